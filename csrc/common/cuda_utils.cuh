@@ -1,0 +1,65 @@
+#pragma once
+// What every csrc/cuda/*_kernels.cuh needs, for both builds of device code:
+//   - nvcc: real CUDA;
+//   - g++ with FR_CUDA_EMULATION defined: csrc/emu/cuda_emu.h runs the same code on the CPU.
+// Device code must reach the CUDA runtime only through the names defined here or in the
+// emulator (FR_LAUNCH, FR_DYNAMIC_SMEM, __syncthreads, shuffles, atomicAdd).
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+
+#include "macros.h"
+
+#if defined(FR_CUDA_EMULATION)
+#include "../emu/cuda_emu.h"
+// Kernels and their host launchers live in a namespace per build, so that the emulated and
+// the real instantiations can sit in the same shared library.
+#define FR_KERNEL_NS emu
+#define FR_LAUNCH(kernel, grid, block, smem_bytes, stream, ...) \
+  ::fr_emu::launch(kernel, grid, block, smem_bytes, __VA_ARGS__)
+#define FR_DYNAMIC_SMEM(type, name) \
+  type* name = reinterpret_cast<type*>(::fr_emu::dynamic_smem())
+#elif defined(__CUDACC__)
+#define FR_KERNEL_NS cuda
+#define FR_LAUNCH(kernel, grid, block, smem_bytes, stream, ...)            \
+  do {                                                                     \
+    kernel<<<grid, block, smem_bytes, stream>>>(__VA_ARGS__);              \
+    ::fastrobust::check_launch(cudaGetLastError(), #kernel);               \
+  } while (0)
+#define FR_DYNAMIC_SMEM(type, name)                                 \
+  extern __shared__ __align__(16) unsigned char fr_dynamic_smem_[]; \
+  type* name = reinterpret_cast<type*>(fr_dynamic_smem_)
+#else
+#error "cuda_utils.cuh needs nvcc, or FR_CUDA_EMULATION for the CPU emulator"
+#endif
+
+namespace fastrobust {
+
+#if defined(__CUDACC__) && !defined(FR_CUDA_EMULATION)
+inline void check_launch(cudaError_t err, const char* kernel) {
+  TORCH_CHECK(err == cudaSuccess, "CUDA launch of ", kernel, " failed: ", cudaGetErrorString(err));
+}
+#endif
+
+// Accumulation type: fp32 for the 16-bit types and for float, double for double.
+template <typename T> struct acc_type { using type = float; };
+template <> struct acc_type<double> { using type = double; };
+template <typename T> using acc_t = typename acc_type<T>::type;
+
+constexpr int kWarpSize = 32;
+
+template <typename T>
+__host__ __device__ __forceinline__ T ceil_div(T a, T b) { return (a + b - 1) / b; }
+
+// Sum over the 32 lanes of a full warp; every lane gets the total.
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+}  // namespace fastrobust

@@ -1,0 +1,65 @@
+#pragma once
+// Tensor-level entry points of the Sparta device kernels: check, make contiguous, allocate,
+// dispatch on dtype, launch. Compiled twice: by nvcc for the CUDA backend and by g++ for
+// the emulated one (FR_KERNEL_NS tells the two apart), so the emulator runs this code too.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+
+#include <tuple>
+
+#include "../ops/sparta.h"
+#include "sparta_kernels.cuh"
+
+namespace fastrobust {
+namespace FR_KERNEL_NS {
+namespace sparta {
+
+inline Geometry geometry(const at::Tensor& x) {
+  return {x.size(0), x.size(1), x.size(2), x.size(3)};
+}
+
+inline at::Tensor forward(const at::Tensor& x_, const at::Tensor& weight_,
+                          const at::Tensor& bias_, cudaStream_t stream) {
+  check_sparta_args(x_, weight_, bias_);
+  const at::Tensor x = x_.contiguous(), weight = weight_.contiguous(), bias = bias_.contiguous();
+  at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  if (y.numel() == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparta_forward", [&] {
+    launch_forward<scalar_t>(x.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                             bias.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
+                             geometry(x), static_cast<int>(weight.size(2)), stream);
+  });
+  return y;
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_y_,
+                                                               const at::Tensor& x_,
+                                                               const at::Tensor& weight_,
+                                                               const at::Tensor& bias_,
+                                                               cudaStream_t stream) {
+  check_sparta_backward_args(grad_y_, x_, weight_, bias_);
+  const at::Tensor grad_y = grad_y_.contiguous(), x = x_.contiguous();
+  const at::Tensor weight = weight_.contiguous(), bias = bias_.contiguous();
+  at::Tensor grad_x = at::empty_like(x, at::MemoryFormat::Contiguous);
+  // Weight and bias gradients are accumulated by atomics in the accumulation type.
+  const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor grad_w = at::zeros(weight.sizes(), weight.options().dtype(acc_dtype));
+  at::Tensor grad_b = at::zeros(bias.sizes(), bias.options().dtype(acc_dtype));
+  if (x.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparta_backward", [&] {
+      using acc = acc_t<scalar_t>;
+      launch_backward<scalar_t>(grad_y.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                weight.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
+                                grad_x.mutable_data_ptr<scalar_t>(), grad_w.mutable_data_ptr<acc>(),
+                                grad_b.mutable_data_ptr<acc>(), geometry(x),
+                                static_cast<int>(weight.size(2)), stream);
+    });
+  }
+  return {grad_x, grad_w.to(weight.scalar_type()), grad_b.to(bias.scalar_type())};
+}
+
+}  // namespace sparta
+}  // namespace FR_KERNEL_NS
+}  // namespace fastrobust

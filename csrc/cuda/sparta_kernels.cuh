@@ -1,0 +1,255 @@
+#pragma once
+// Sparta device code: fused forward and backward kernels and their launchers.
+// Free of CUDA runtime and torch headers, so that it compiles under nvcc and, through
+// csrc/emu/cuda_emu.h, under g++ for the CPU emulator.
+//
+// Work decomposition (both kernels): a block owns one channel c, a spatial tile of
+// tile_h x tile_w outputs, and `planes` consecutive images of the batch. Grouping images
+// of one channel lets a block share the channel's weights and reduce the weight/bias
+// gradients of all its planes before a single atomic per tap. Small planes (the 4x4 and
+// 8x8 maps of late ResNet stages) are packed many to a block so the threads stay busy.
+#include <algorithm>
+#include <cstdint>
+
+#include "../common/cuda_utils.cuh"
+#include "../common/dispatch.h"
+#include "../kernels/sparta.h"
+
+namespace fastrobust {
+namespace FR_KERNEL_NS {
+namespace sparta {
+
+constexpr int kThreads = 256;
+constexpr int kTileElems = 512;               // outputs per block, before packing planes
+constexpr size_t kSmemBudget = 40 * 1024;     // stays under the 48 KiB default limit
+
+struct Geometry {
+  int64_t batch, channels, height, width;
+};
+
+struct LaunchConfig {
+  int tile_h, tile_w, planes, tiles_w;
+  dim3 grid, block;
+  size_t smem_bytes;
+};
+
+// Shared-memory elements (in the accumulation type) one plane's tile needs.
+// forward: x with a halo of R.  backward: x with a halo of 2R, dL/dz with a halo of R and
+// the direct part of dL/dx on the tile itself.
+inline size_t smem_elems_per_plane(bool backward, int th, int tw, int r) {
+  if (!backward) return size_t(th + 2 * r) * (tw + 2 * r);
+  return size_t(th + 4 * r) * (tw + 4 * r) + size_t(th + 2 * r) * (tw + 2 * r) + size_t(th) * tw;
+}
+
+inline LaunchConfig make_config(const Geometry& g, int k, size_t acc_bytes, bool backward) {
+  const int r = k / 2;
+  LaunchConfig cfg{};
+  cfg.tile_w = static_cast<int>(std::min<int64_t>(g.width, 32));
+  cfg.tile_h = static_cast<int>(std::min<int64_t>(g.height, std::max(1, kTileElems / cfg.tile_w)));
+  const int tile = cfg.tile_h * cfg.tile_w;
+  cfg.planes = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(g.batch, kTileElems / tile)));
+  while (cfg.planes > 1 &&
+         cfg.planes * smem_elems_per_plane(backward, cfg.tile_h, cfg.tile_w, r) * acc_bytes >
+             kSmemBudget)
+    --cfg.planes;
+  cfg.smem_bytes = cfg.planes * smem_elems_per_plane(backward, cfg.tile_h, cfg.tile_w, r) * acc_bytes;
+  cfg.tiles_w = static_cast<int>(ceil_div<int64_t>(g.width, cfg.tile_w));
+  const int64_t tiles = ceil_div<int64_t>(g.height, cfg.tile_h) * cfg.tiles_w;
+  const int64_t plane_groups = ceil_div<int64_t>(g.batch, cfg.planes);
+  TORCH_CHECK(g.channels <= 65535, "x: at most 65535 channels are supported, got ", g.channels);
+  TORCH_CHECK(plane_groups <= 65535 && tiles <= INT32_MAX, "x: shape too large for one launch");
+  cfg.grid = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(g.channels),
+                  static_cast<unsigned>(plane_groups));
+  cfg.block = dim3(kThreads);
+  return cfg;
+}
+
+// Copies `planes` haloed windows of x (rows h0-halo .., cols w0-halo ..) into shared memory,
+// converted to the accumulation type, with zeros outside the image (the conv's padding).
+template <typename scalar_t, typename acc>
+__device__ __forceinline__ void load_window(acc* dst, const scalar_t* __restrict__ x,
+                                            int64_t plane0, int64_t plane_stride, int planes,
+                                            int H, int W, int h0, int w0, int wh, int ww) {
+  const int n = planes * wh * ww;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const int p = i / (wh * ww);
+    const int rem = i - p * wh * ww;
+    const int h = h0 + rem / ww;
+    const int w = w0 + rem % ww;
+    acc v = acc(0);
+    if (h >= 0 && h < H && w >= 0 && w < W)
+      v = static_cast<acc>(x[plane0 + p * plane_stride + int64_t(h) * W + w]);
+    dst[i] = v;
+  }
+}
+
+template <typename scalar_t, int K>
+__global__ void __launch_bounds__(kThreads)
+sparta_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ weight,
+                      const scalar_t* __restrict__ bias, scalar_t* __restrict__ y, int64_t B,
+                      int64_t C, int H, int W, int tile_h, int tile_w, int planes, int tiles_w) {
+  using acc = acc_t<scalar_t>;
+  constexpr int R = K / 2;
+  FR_DYNAMIC_SMEM(acc, xs);
+  const int64_t c = blockIdx.y;
+  const int64_t b0 = int64_t(blockIdx.z) * planes;
+  const int np = B - b0 < planes ? static_cast<int>(B - b0) : planes;  // last group may be short
+  const int h0 = (blockIdx.x / tiles_w) * tile_h;
+  const int w0 = (blockIdx.x % tiles_w) * tile_w;
+  const int64_t plane_stride = C * H * W;
+  const int64_t plane0 = (b0 * C + c) * H * W;
+  const int sh = tile_h + 2 * R, sw = tile_w + 2 * R;
+
+  acc wk[K * K];
+#pragma unroll
+  for (int t = 0; t < K * K; ++t) wk[t] = static_cast<acc>(weight[c * K * K + t]);
+  const acc bc = static_cast<acc>(bias[c]);
+
+  load_window(xs, x, plane0, plane_stride, np, H, W, h0 - R, w0 - R, sh, sw);
+  __syncthreads();
+
+  const int n = np * tile_h * tile_w;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const int p = i / (tile_h * tile_w);
+    const int rem = i - p * tile_h * tile_w;
+    const int th = rem / tile_w, tw = rem % tile_w;
+    const int h = h0 + th, w = w0 + tw;
+    if (h >= H || w >= W) continue;
+    const acc* win = xs + p * sh * sw + th * sw + tw;  // top-left tap of this output
+    acc z = bc;
+#pragma unroll
+    for (int i2 = 0; i2 < K; ++i2)
+#pragma unroll
+      for (int j2 = 0; j2 < K; ++j2) z += wk[i2 * K + j2] * win[i2 * sw + j2];
+    const acc xv = win[R * sw + R];
+    y[plane0 + p * plane_stride + int64_t(h) * W + w] =
+        static_cast<scalar_t>(fastrobust::sparta::forward(xv, z));
+  }
+}
+
+// Fused backward: recomputes the gate from x, forms dL/dz on the tile plus a halo of R,
+// then writes dL/dx (direct + transposed conv) and adds this block's share of dL/dw and
+// dL/db with one atomic per tap. grad_w_acc (C*K*K) and grad_b_acc (C) must be zeroed.
+template <typename scalar_t, int K>
+__global__ void __launch_bounds__(kThreads)
+sparta_backward_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ x,
+                       const scalar_t* __restrict__ weight, const scalar_t* __restrict__ bias,
+                       scalar_t* __restrict__ grad_x, acc_t<scalar_t>* __restrict__ grad_w_acc,
+                       acc_t<scalar_t>* __restrict__ grad_b_acc, int64_t B, int64_t C, int H,
+                       int W, int tile_h, int tile_w, int planes, int tiles_w) {
+  using acc = acc_t<scalar_t>;
+  constexpr int R = K / 2;
+  constexpr int kTaps = K * K + 1;  // weight taps, then the bias
+  FR_DYNAMIC_SMEM(acc, smem);
+  const int64_t c = blockIdx.y;
+  const int64_t b0 = int64_t(blockIdx.z) * planes;
+  const int np = B - b0 < planes ? static_cast<int>(B - b0) : planes;  // last group may be short
+  const int h0 = (blockIdx.x / tiles_w) * tile_h;
+  const int w0 = (blockIdx.x % tiles_w) * tile_w;
+  const int64_t plane_stride = C * H * W;
+  const int64_t plane0 = (b0 * C + c) * H * W;
+  const int xh = tile_h + 4 * R, xw = tile_w + 4 * R;  // x window, origin (h0-2R, w0-2R)
+  const int zh = tile_h + 2 * R, zw = tile_w + 2 * R;  // dL/dz window, origin (h0-R, w0-R)
+  acc* xs = smem;
+  acc* gzs = xs + planes * xh * xw;
+  acc* gxs = gzs + planes * zh * zw;  // direct part of dL/dx on the tile
+
+  acc wk[K * K];
+#pragma unroll
+  for (int t = 0; t < K * K; ++t) wk[t] = static_cast<acc>(weight[c * K * K + t]);
+  const acc bc = static_cast<acc>(bias[c]);
+
+  load_window(xs, x, plane0, plane_stride, np, H, W, h0 - 2 * R, w0 - 2 * R, xh, xw);
+  __syncthreads();
+
+  // dL/dz on the tile and its halo; zero outside the image, where no output exists.
+  for (int i = threadIdx.x; i < np * zh * zw; i += blockDim.x) {
+    const int p = i / (zh * zw);
+    const int rem = i - p * zh * zw;
+    const int r = rem / zw, q = rem % zw;
+    const int h = h0 - R + r, w = w0 - R + q;
+    acc gz = acc(0);
+    if (h >= 0 && h < H && w >= 0 && w < W) {
+      const acc* win = xs + p * xh * xw + r * xw + q;
+      acc z = bc;
+#pragma unroll
+      for (int i2 = 0; i2 < K; ++i2)
+#pragma unroll
+        for (int j2 = 0; j2 < K; ++j2) z += wk[i2 * K + j2] * win[i2 * xw + j2];
+      const acc gy = static_cast<acc>(grad_y[plane0 + p * plane_stride + int64_t(h) * W + w]);
+      const auto g = fastrobust::sparta::backward(win[R * xw + R], z, gy);
+      gz = g.dz;
+      const int th = r - R, tw = q - R;
+      if (th >= 0 && th < tile_h && tw >= 0 && tw < tile_w)
+        gxs[(p * tile_h + th) * tile_w + tw] = g.dx;
+    }
+    gzs[i] = gz;
+  }
+  __syncthreads();
+
+  // dL/dx = direct + transposed depthwise conv of dL/dz.
+  for (int i = threadIdx.x; i < np * tile_h * tile_w; i += blockDim.x) {
+    const int p = i / (tile_h * tile_w);
+    const int rem = i - p * tile_h * tile_w;
+    const int th = rem / tile_w, tw = rem % tile_w;
+    const int h = h0 + th, w = w0 + tw;
+    if (h >= H || w >= W) continue;
+    // x[h] feeds z[h + R - i2] through tap i2; in the dL/dz window that row is th + 2R - i2.
+    const acc* win = gzs + p * zh * zw + (th + 2 * R) * zw + (tw + 2 * R);
+    acc gx = gxs[i];
+#pragma unroll
+    for (int i2 = 0; i2 < K; ++i2)
+#pragma unroll
+      for (int j2 = 0; j2 < K; ++j2) gx += wk[i2 * K + j2] * win[-i2 * zw - j2];
+    grad_x[plane0 + p * plane_stride + int64_t(h) * W + w] = static_cast<scalar_t>(gx);
+  }
+
+  // dL/dw[t] = sum over this block's outputs of dL/dz * (x under tap t); dL/db = sum dL/dz.
+  // One warp per tap; outputs past the image edge have dL/dz = 0 and add nothing.
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int nwarps = blockDim.x / kWarpSize;
+  const int n = np * tile_h * tile_w;
+  for (int t = warp; t < kTaps; t += nwarps) {
+    const int ti = t / K, tj = t % K;
+    acc sum = acc(0);
+    for (int i = lane; i < n; i += kWarpSize) {
+      const int p = i / (tile_h * tile_w);
+      const int rem = i - p * tile_h * tile_w;
+      const int th = rem / tile_w, tw = rem % tile_w;
+      const acc gz = gzs[p * zh * zw + (th + R) * zw + (tw + R)];
+      sum += t < K * K ? gz * xs[p * xh * xw + (th + R + ti) * xw + (tw + R + tj)] : gz;
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) atomicAdd(t < K * K ? grad_w_acc + c * K * K + t : grad_b_acc + c, sum);
+  }
+}
+
+// Host launchers on raw pointers (contiguous NCHW x, weight (C,1,K,K), bias (C)).
+template <typename scalar_t>
+void launch_forward(const scalar_t* x, const scalar_t* weight, const scalar_t* bias, scalar_t* y,
+                    const Geometry& g, int k, cudaStream_t stream) {
+  const LaunchConfig cfg = make_config(g, k, sizeof(acc_t<scalar_t>), /*backward=*/false);
+  FR_KERNEL_SIZE_SWITCH(k, K, [&] {
+    auto kernel = sparta_forward_kernel<scalar_t, K>;
+    FR_LAUNCH(kernel, cfg.grid, cfg.block, cfg.smem_bytes, stream, x, weight, bias, y, g.batch,
+              g.channels, static_cast<int>(g.height), static_cast<int>(g.width), cfg.tile_h,
+              cfg.tile_w, cfg.planes, cfg.tiles_w);
+  });
+}
+
+template <typename scalar_t>
+void launch_backward(const scalar_t* grad_y, const scalar_t* x, const scalar_t* weight,
+                     const scalar_t* bias, scalar_t* grad_x, acc_t<scalar_t>* grad_w_acc,
+                     acc_t<scalar_t>* grad_b_acc, const Geometry& g, int k, cudaStream_t stream) {
+  const LaunchConfig cfg = make_config(g, k, sizeof(acc_t<scalar_t>), /*backward=*/true);
+  FR_KERNEL_SIZE_SWITCH(k, K, [&] {
+    auto kernel = sparta_backward_kernel<scalar_t, K>;
+    FR_LAUNCH(kernel, cfg.grid, cfg.block, cfg.smem_bytes, stream, grad_y, x, weight, bias,
+              grad_x, grad_w_acc, grad_b_acc, g.batch, g.channels, static_cast<int>(g.height),
+              static_cast<int>(g.width), cfg.tile_h, cfg.tile_w, cfg.planes, cfg.tiles_w);
+  });
+}
+
+}  // namespace sparta
+}  // namespace FR_KERNEL_NS
+}  // namespace fastrobust

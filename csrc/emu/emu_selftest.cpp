@@ -1,0 +1,119 @@
+// Kernels that exercise the CUDA emulator's own machinery (shared memory, barriers, warp
+// shuffles and ballots, atomics, several blocks, partial warps), registered as
+// fastrobust_emu::_selftest_block_sum so that tests/test_emulator.py can check them.
+#define FR_CUDA_EMULATION 1
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "../common/checks.h"
+#include "../common/cuda_utils.cuh"
+
+namespace fastrobust {
+namespace emu {
+namespace {
+
+// Sum of the calling warp's values over its live lanes (the last warp may be partial).
+__device__ float warp_partial_sum(float v, int live) {
+  const unsigned mask = live == kWarpSize ? 0xffffffffu : ((1u << live) - 1u);
+  const int lane = threadIdx.x % kWarpSize;
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    const float other = __shfl_down_sync(mask, v, offset);
+    if (lane + offset < live) v += other;
+  }
+  return v;
+}
+
+// Each block sums a contiguous chunk of x.
+//   use_shuffles = 1: warp shuffles, then one value per warp through static __shared__;
+//   use_shuffles = 0: a tree over dynamic shared memory, with a barrier per level.
+// Writes the per-block sum, adds it to *total with one atomic per block, and counts the
+// positive entries with warp ballots.
+__global__ void block_sum_kernel(const float* x, int64_t n, int64_t chunk, int use_shuffles,
+                                 float* block_sums, float* total, int* positives) {
+  const int64_t start = int64_t(blockIdx.x) * chunk;
+  const int64_t stop = start + chunk < n ? start + chunk : n;
+  float v = 0.f;
+  int pos = 0;
+  for (int64_t i = start + threadIdx.x; i < stop; i += blockDim.x) {
+    v += x[i];
+    pos += x[i] > 0.f;
+  }
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int nwarps = (blockDim.x + kWarpSize - 1) / kWarpSize;
+  const int live = blockDim.x - warp * kWarpSize < kWarpSize ? blockDim.x - warp * kWarpSize
+                                                               : kWarpSize;
+  float sum;
+  if (use_shuffles) {
+    __shared__ float warp_sums[32];
+    v = warp_partial_sum(v, live);
+    if (lane == 0) warp_sums[warp] = v;
+    __syncthreads();
+    sum = 0.f;
+    if (warp == 0) {
+      float w = lane < nwarps ? warp_sums[lane] : 0.f;
+      sum = warp_partial_sum(w, live);
+    }
+  } else {
+    FR_DYNAMIC_SMEM(float, partial);
+    partial[threadIdx.x] = v;
+    __syncthreads();
+    unsigned width = 1;
+    while (width < blockDim.x) width *= 2;
+    for (unsigned s = width / 2; s > 0; s /= 2) {
+      if (threadIdx.x < s && threadIdx.x + s < blockDim.x) partial[threadIdx.x] += partial[threadIdx.x + s];
+      __syncthreads();
+    }
+    sum = partial[0];
+  }
+  const unsigned mask = live == kWarpSize ? 0xffffffffu : ((1u << live) - 1u);
+  // Each lane votes once per positive entry it saw; __popc of the ballot counts the lanes
+  // that still have a vote left, repeated until no lane has one.
+  for (;;) {
+    const unsigned ballot = __ballot_sync(mask, pos > 0);
+    if (ballot == 0) break;
+    if (lane == 0) atomicAdd(positives, __popc(ballot));
+    pos -= pos > 0;
+  }
+  if (threadIdx.x == 0) {
+    block_sums[blockIdx.x] = sum;
+    atomicAdd(total, sum);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> selftest_block_sum(const at::Tensor& x,
+                                                                  int64_t block,
+                                                                  int64_t chunk,
+                                                                  bool use_shuffles) {
+  FR_CHECK_DIM(x, "x", 1);
+  FR_CHECK(x.scalar_type() == at::kFloat, "x must be float32, got ", x.scalar_type());
+  FR_CHECK(chunk > 0, "chunk must be positive, got ", chunk);
+  const at::Tensor xc = x.contiguous();
+  const int64_t blocks = std::max<int64_t>(1, ceil_div<int64_t>(xc.numel(), chunk));
+  at::Tensor sums = at::empty({blocks}, xc.options());
+  at::Tensor total = at::zeros({1}, xc.options());
+  at::Tensor positives = at::zeros({1}, xc.options().dtype(at::kInt));
+  auto kernel = block_sum_kernel;
+  FR_LAUNCH(kernel, dim3(static_cast<unsigned>(blocks)), dim3(static_cast<unsigned>(block)),
+            use_shuffles ? 0 : block * sizeof(float), nullptr, xc.const_data_ptr<float>(),
+            xc.numel(), chunk, use_shuffles ? 1 : 0, sums.mutable_data_ptr<float>(),
+            total.mutable_data_ptr<float>(), positives.mutable_data_ptr<int>());
+  return {sums, total, positives};
+}
+
+}  // namespace
+}  // namespace emu
+
+TORCH_LIBRARY_FRAGMENT(fastrobust_emu, m) {
+  m.def("_selftest_block_sum(Tensor x, int block, int chunk, bool use_shuffles) "
+        "-> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fastrobust_emu, CPU, m) {
+  m.impl("_selftest_block_sum", &emu::selftest_block_sum);
+}
+
+}  // namespace fastrobust

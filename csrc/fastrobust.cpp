@@ -1,0 +1,25 @@
+// The pybind11 module fastrobust._C. Importing it loads the library, whose static
+// initialisers register every op with the PyTorch dispatcher; the module itself carries
+// which parts were compiled in
+// (versions and flags are in fastrobust/_build_info.py, written by setup.py).
+#include <pybind11/pybind11.h>
+
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastrobust C++/CUDA kernels";
+#ifdef FR_WITH_CUDA
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+#ifdef FR_WITH_EMU
+  m.attr("with_cuda_emulation") = true;
+#else
+  m.attr("with_cuda_emulation") = false;
+#endif
+#ifdef NDEBUG
+  m.attr("debug") = false;
+#else
+  m.attr("debug") = true;
+#endif
+}

@@ -1,0 +1,73 @@
+"""sparta(x, weight, bias): fused Sparta-style spatially gated ReLU.
+
+    y = relu(x) * 2 * sigmoid(dwconv_k(x) + b)
+
+The forward saves only its inputs (x and the parameters); the backward op recomputes the
+gate, so the layer keeps about a quarter of the activation memory of the eager composition.
+The fake (meta) kernels and the autograd formula are registered here, right after _C is
+loaded, for the `fastrobust` ops and for their emulated twins in `fastrobust_emu`.
+"""
+import torch
+
+from .._extension import HAS_EMU, HAS_EXT, warn_fallback
+from ..reference.sparta import check_sparta_args
+from ..reference.sparta import sparta as _reference_sparta
+
+
+def sparta(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Sparta-style spatially gated ReLU.
+
+    Args:
+        x: (N, C, H, W) floating tensor; any layout (non-contiguous and channels_last
+            inputs are read correctly; the output is contiguous NCHW).
+        weight: (C, 1, k, k) depthwise gate kernel, odd k (1, 3, 5, 7 on CUDA).
+        bias: (C,) gate bias.
+    All three must share dtype and device. Differentiable in x, weight and bias.
+    """
+    if HAS_EXT:
+        return torch.ops.fastrobust.sparta(x, weight, bias)
+    warn_fallback("sparta")
+    return _reference_sparta(x, weight, bias)
+
+
+def _fake_sparta(x, weight, bias):
+    check_sparta_args(x, weight, bias)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _fake_sparta_backward(grad_y, x, weight, bias):
+    check_sparta_args(x, weight, bias)
+    torch._check(grad_y.shape == x.shape, lambda: f"grad_y must have the shape of x {tuple(x.shape)}, got {tuple(grad_y.shape)}")
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        torch.empty_like(weight, memory_format=torch.contiguous_format),
+        torch.empty_like(bias, memory_format=torch.contiguous_format),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)  # x, weight, bias: no activation besides x is kept
+
+
+def _make_backward(namespace):
+    backward_op = getattr(torch.ops, namespace)._sparta_backward
+
+    def _backward(ctx, grad_y):
+        x, weight, bias = ctx.saved_tensors
+        return backward_op(grad_y, x, weight, bias)
+
+    return _backward
+
+
+def _register(namespace: str) -> None:
+    torch.library.register_fake(f"{namespace}::sparta")(_fake_sparta)
+    torch.library.register_fake(f"{namespace}::_sparta_backward")(_fake_sparta_backward)
+    torch.library.register_autograd(
+        f"{namespace}::sparta", _make_backward(namespace), setup_context=_setup_context
+    )
+
+
+if HAS_EXT:
+    _register("fastrobust")
+if HAS_EMU:
+    _register("fastrobust_emu")

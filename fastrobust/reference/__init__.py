@@ -1,0 +1,8 @@
+"""Pure-PyTorch reference implementations of every fastrobust op.
+
+Never imports the compiled extension: these are the oracle of the tests, the baseline of the
+benchmarks, and the fallback where the extension is not built.
+"""
+from .sparta import sparta
+
+__all__ = ["sparta"]

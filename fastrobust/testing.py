@@ -1,0 +1,119 @@
+"""Test helpers shipped with the package: backends, dtypes, tolerance tables, input builders.
+
+A *backend* is where an op's kernels run:
+  cpu       the C++ CPU kernels (torch.ops.fastrobust on CPU tensors)
+  cuda      the CUDA kernels on a GPU (torch.ops.fastrobust on CUDA tensors)
+  cuda-emu  the same CUDA device code run on the CPU by the emulator
+            (torch.ops.fastrobust_emu on CPU tensors; FR_EMULATE_CUDA=1 builds)
+Test bodies take a backend and run unchanged on all three.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import torch
+
+from ._extension import HAS_EMU, HAS_EXT
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    device: str
+    namespace: str
+
+    def op(self, name: str):
+        return getattr(getattr(torch.ops, self.namespace), name)
+
+    @property
+    def emulated(self) -> bool:
+        return self.namespace == "fastrobust_emu"
+
+
+CPU = Backend("cpu", "cpu", "fastrobust")
+CUDA = Backend("cuda", "cuda", "fastrobust")
+CUDA_EMU = Backend("cuda-emu", "cpu", "fastrobust_emu")
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def backends():
+    """pytest params for every backend; unavailable ones are skipped with the reason."""
+    import pytest
+
+    no_ext = pytest.mark.skipif(not HAS_EXT, reason="compiled extension not built")
+    return [
+        pytest.param(CPU, id="cpu", marks=no_ext),
+        pytest.param(CUDA, id="cuda", marks=[no_ext, pytest.mark.cuda]),
+        pytest.param(
+            CUDA_EMU,
+            id="cuda-emu",
+            marks=pytest.mark.skipif(not HAS_EMU, reason="built without FR_EMULATE_CUDA=1"),
+        ),
+    ]
+
+
+def devices():
+    """pytest params "cpu" and "cuda" (the latter marked `cuda`, skipped without a GPU)."""
+    import pytest
+
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+# (rtol, atol) of a kernel against a float64 oracle, per dtype; forward and backward.
+FORWARD_TOL: Dict[torch.dtype, Tuple[float, float]] = {
+    torch.float64: (1e-7, 1e-7),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (1e-3, 1e-3),
+    torch.bfloat16: (1.6e-2, 1.6e-2),
+}
+BACKWARD_TOL: Dict[torch.dtype, Tuple[float, float]] = {
+    torch.float64: (1e-7, 1e-7),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (1e-3, 1e-3),
+    torch.bfloat16: (3e-2, 3e-2),
+}
+# Gradients that are sums over many elements (weights, biases) get the reduction tolerance.
+REDUCTION_TOL: Dict[torch.dtype, Tuple[float, float]] = {
+    torch.float64: (1e-7, 1e-7),
+    torch.float32: (1e-4, 1e-4),
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (3e-2, 3e-2),
+}
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def assert_close_to_oracle(actual, oracle, dtype, tol=FORWARD_TOL, lowp_torch=None, name="output"):
+    """Checks `actual` (computed in `dtype`) against a float64 `oracle`.
+
+    float32/float64: plain assert_close with `tol[dtype]`. float16/bfloat16: the kernel's
+    max error must be at most 2x the max error of the same maths done by PyTorch in that
+    dtype (`lowp_torch`), plus a small floor; without `lowp_torch`, the tolerance table.
+    """
+    actual64 = actual.detach().to(torch.float64).cpu()
+    oracle64 = oracle.detach().to(torch.float64).cpu()
+    if dtype in LOW_PRECISION and lowp_torch is not None:
+        err = (actual64 - oracle64).abs().max().item() if actual64.numel() else 0.0
+        ref_err = (lowp_torch.detach().to(torch.float64).cpu() - oracle64).abs().max().item() if actual64.numel() else 0.0
+        floor = tol[dtype][1] * max(1.0, oracle64.abs().max().item() if oracle64.numel() else 1.0) * 0.1
+        assert err <= 2 * ref_err + floor, (
+            f"{name}: {dtype} kernel error {err:.3g} exceeds 2x PyTorch's {dtype} error "
+            f"{ref_err:.3g} (+ floor {floor:.3g})"
+        )
+        return
+    rtol, atol = tol[dtype]
+    torch.testing.assert_close(actual64, oracle64, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def make_sparta_inputs(shape, k=3, dtype=torch.float32, device="cpu", requires_grad=False, seed=0,
+                       param_scale=0.5):
+    """Random (x, weight, bias) for sparta; weights non-zero so the gate matters."""
+    g = torch.Generator().manual_seed(seed)
+    n, c, h, w = shape
+    x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
+    weight = param_scale * torch.randn(c, 1, k, k, generator=g, dtype=torch.float64)
+    bias = param_scale * torch.randn(c, generator=g, dtype=torch.float64)
+    return tuple(t.to(device=device, dtype=dtype).requires_grad_(requires_grad) for t in (x, weight, bias))
