@@ -106,7 +106,9 @@ def swap_relu(model: nn.Module, example_input, kernel_size: int = 3, shared: boo
     tuple of positional inputs). ReLUs applied only to inputs of another rank (an MLP head)
     stay ReLUs; a ReLU applied to both 4-D and other inputs raises, since it cannot be
     swapped without changing what the model computes. Calls of torch.relu / F.relu inside
-    forward() are not modules and are not swapped.
+    forward() are not modules and are not swapped. A ReLU module that the model calls at
+    several places of one width becomes one Sparta called at those places; one called at
+    several widths becomes a SpartaByWidth.
 
     shared=True makes all activations of one width share a single Sparta (one per stage
     width), the arrangement that `save_sparta` / `load_sparta` transfer between models.

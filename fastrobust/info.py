@@ -1,0 +1,85 @@
+"""Build and kernel information: `python -m fastrobust.info` or `fastrobust info`."""
+import json
+import platform
+import sys
+
+import torch
+
+from . import _extension
+from .ops import OPS
+
+
+def _has_kernel(qualified_name: str, key: str) -> bool:
+    try:
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(qualified_name, key))
+    except RuntimeError:  # op not registered (extension not built)
+        return False
+
+
+def kernel_table():
+    """{op: {"cpu": bool, "cuda": bool, "cuda_emulated": bool}} for every public op; an op
+    counts as having a backend kernel when the op and all its backward ops have one."""
+    table = {}
+    for op, names in OPS.items():
+        table[op] = {
+            "cpu": all(_has_kernel(f"fastrobust::{n}", "CPU") for n in names),
+            "cuda": all(_has_kernel(f"fastrobust::{n}", "CUDA") for n in names),
+            "cuda_emulated": all(_has_kernel(f"fastrobust_emu::{n}", "CPU") for n in names),
+        }
+    return table
+
+
+def collect():
+    try:
+        from ._build_info import BUILD_INFO
+    except ImportError:
+        BUILD_INFO = None
+    from . import __version__
+
+    return {
+        "fastrobust": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "extension_loaded": _extension.HAS_EXT,
+        "extension_error": _extension.EXT_ERROR,
+        "build": BUILD_INFO,
+        "ops": kernel_table(),
+    }
+
+
+def format_report(info) -> str:
+    yes = {True: "yes", False: "no"}
+    lines = [
+        f"fastrobust {info['fastrobust']}  (python {info['python']}, torch {info['torch']}, "
+        f"torch CUDA {info['torch_cuda'] or 'none'})",
+        f"GPU: {info['gpu'] or 'none visible'}",
+    ]
+    if not info["extension_loaded"]:
+        lines.append(f"compiled extension: NOT LOADED ({info['extension_error']}); ops use the reference")
+    else:
+        lines.append("compiled extension: loaded")
+    build = info["build"]
+    if build:
+        lines.append(
+            "build: with_cuda={with_cuda} cuda_arch_list={cuda_arch_list} cuda_emulation={with_cuda_emulation} "
+            "debug={debug} torch={torch_version}".format(**build)
+        )
+    lines.append("")
+    lines.append(f"{'op':12s} {'CPU':>5s} {'CUDA':>5s} {'CUDA emulated':>14s}")
+    for op, row in info["ops"].items():
+        lines.append(f"{op:12s} {yes[row['cpu']]:>5s} {yes[row['cuda']]:>5s} {yes[row['cuda_emulated']]:>14s}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    info = collect()
+    print(json.dumps(info, indent=2) if "--json" in argv else format_report(info))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
