@@ -1,0 +1,163 @@
+"""Smoke run of every CUDA op of fastrobust, for compute-sanitizer (see gpu_check.sh).
+
+Runs each op forward and backward on small, odd shapes (a few blocks, partial tiles,
+H or W of 1), for every dtype, every supported kernel size and contiguous, channels_last
+and strided inputs, and compares outputs and gradients with the pure-PyTorch reference
+computed in float64 on the CPU (so that, under the sanitizer, the GPU runs little besides
+our kernels). Exits 0 when everything matches, 1 on a mismatch or an error, 2 when the
+device asked for is not there.
+
+    python benchmarks/gpu_smoke.py                 # CUDA (the default)
+    python benchmarks/gpu_smoke.py --device emu    # the same CUDA kernels, CPU emulator
+    python benchmarks/gpu_smoke.py --device cpu    # the CPU kernels
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable as a plain script
+
+import torch  # noqa: E402
+
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# rtol = atol, against a float64 oracle computed from the same (rounded) inputs
+TOLERANCES = {torch.float64: 1e-7, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+EXIT_OK, EXIT_MISMATCH, EXIT_NO_DEVICE = 0, 1, 2
+
+LAYOUTS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "contiguous": lambda t: t,
+    "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
+    # same values, transposed strides: the kernels must not assume a dense NCHW layout
+    "strided": lambda t: t.transpose(2, 3).contiguous().transpose(2, 3),
+}
+
+
+def max_error_text(name: str, actual: torch.Tensor, expected: torch.Tensor, tol: float) -> Optional[str]:
+    """None when actual matches expected within tol (rtol = atol), else what went wrong."""
+    if tuple(actual.shape) != tuple(expected.shape):
+        return f"{name}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+    if expected.numel() == 0:
+        return None
+    err = (actual.detach().cpu().double() - expected.detach().double()).abs()
+    allowed = tol + tol * expected.detach().double().abs()
+    if bool((err <= allowed).all()):
+        return None
+    return f"{name}: max abs err {err.max().item():.3g}, {(err / allowed).max().item():.3g}x tolerance {tol:g}"
+
+
+def forward_backward(fn: Callable, inputs: Sequence[torch.Tensor], grad_out: torch.Tensor,
+                     layout: Callable[[torch.Tensor], torch.Tensor]):
+    """Output and input gradients of fn(layout(x), *rest); the leaves stay contiguous."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = fn(layout(leaves[0]), *leaves[1:])
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    return out, grads
+
+
+# ----------------------------------------------------------------------------- sparta
+
+SPARTA_KERNEL_SIZES = (1, 3, 5, 7)
+SPARTA_SHAPES = ((1, 1, 1, 1), (2, 3, 5, 7), (3, 5, 17, 13), (2, 7, 37, 41))
+SPARTA_LAYOUT_SHAPE = (2, 7, 37, 41)  # the shape also run channels_last and strided
+
+
+def sparta_configs():
+    for dtype, k in itertools.product(DTYPES, SPARTA_KERNEL_SIZES):
+        for shape in SPARTA_SHAPES:
+            yield dtype, k, shape, "contiguous"
+        for layout in ("channels_last", "strided"):
+            yield dtype, k, SPARTA_LAYOUT_SHAPE, layout
+
+
+def smoke_sparta(namespace, device: str) -> List[str]:
+    from fastrobust.reference import sparta as reference
+
+    failures = []
+    for seed, (dtype, k, shape, layout) in enumerate(sparta_configs()):
+        gen = torch.Generator().manual_seed(seed)
+        c = shape[1]
+        # Rounded to dtype first, so the oracle sees exactly what the kernel sees.
+        cpu = [torch.randn(shape, generator=gen).to(dtype),
+               (0.5 * torch.randn(c, 1, k, k, generator=gen)).to(dtype),
+               (0.5 * torch.randn(c, generator=gen)).to(dtype)]
+        grad_out = torch.randn(shape, generator=gen).to(dtype)
+        where = f"sparta {str(dtype).replace('torch.', '')} k={k} shape={shape} {layout}"
+        try:
+            out, grads = forward_backward(namespace.sparta, [t.to(device) for t in cpu],
+                                          grad_out.to(device), LAYOUTS[layout])
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()  # a kernel fault surfaces here, attributed to this case
+        except Exception as exc:
+            failures.append(f"{where}: {type(exc).__name__}: {exc}")
+            continue
+        ref_out, ref_grads = forward_backward(reference, [t.double() for t in cpu], grad_out.double(),
+                                              LAYOUTS["contiguous"])
+        tol = TOLERANCES[dtype]
+        checks = [("out", out, ref_out)] + list(zip(("grad_x", "grad_weight", "grad_bias"), grads, ref_grads))
+        for name, actual, expected in checks:
+            problem = max_error_text(name, actual, expected, tol)
+            if problem:
+                failures.append(f"{where}: {problem}")
+    return failures
+
+
+# op name -> smoke function(op namespace, device) -> failures. One entry per CUDA op.
+SMOKES = {
+    "sparta": smoke_sparta,
+}
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def resolve(device: str):
+    """(op namespace, torch device) for --device, or exits with EXIT_NO_DEVICE saying why."""
+    try:
+        import fastrobust
+    except Exception as exc:
+        sys.exit(_no_device(f"cannot import fastrobust: {type(exc).__name__}: {exc}"))
+    if not fastrobust.HAS_EXT:
+        sys.exit(_no_device(f"fastrobust._C is not built: {fastrobust.EXT_ERROR}"))
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit(_no_device("no CUDA GPU is visible to torch; this smoke test needs one "
+                                "(or run it with --device emu to use the CPU emulator)"))
+        if not fastrobust.WITH_CUDA:
+            sys.exit(_no_device("fastrobust was built without CUDA kernels (rebuild with FORCE_CUDA=1)"))
+        return torch.ops.fastrobust, "cuda"
+    if device == "emu":
+        if not fastrobust.HAS_EMU:
+            sys.exit(_no_device("fastrobust was built without the emulator (FR_EMULATE_CUDA=1)"))
+        return torch.ops.fastrobust_emu, "cpu"
+    return torch.ops.fastrobust, "cpu"
+
+
+def _no_device(why: str) -> int:
+    print(f"gpu_smoke: {why}", file=sys.stderr)
+    return EXIT_NO_DEVICE
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=["cuda", "emu", "cpu"], default="cuda",
+                   help="cuda: the CUDA kernels (default); emu: the same kernels through the CPU "
+                        "emulator; cpu: the CPU kernels")
+    p.add_argument("--op", choices=sorted(SMOKES), action="append", help="only these ops (default: all)")
+    args = p.parse_args(argv)
+    namespace, device = resolve(args.device)
+    total_failures = 0
+    for name in args.op or sorted(SMOKES):
+        failures = SMOKES[name](namespace, device)
+        total_failures += len(failures)
+        for line in failures:
+            print(f"MISMATCH {line}")
+        print(f"{name}: {'ok' if not failures else f'{len(failures)} failures'} ({args.device})")
+    return EXIT_OK if total_failures == 0 else EXIT_MISMATCH
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,729 @@
+"""A small benchmark harness in the style of xformers' benchmarks/utils.py.
+
+A suite is a list of cases and a set of implementations. A case fixes the input shapes,
+dtype, device and mode ("fwd" or "fwd+bwd"); an implementation is a callable built per case
+("fused", "reference" = the eager pure-PyTorch composition, "compiled" = torch.compile of
+the reference, added here, plus any baseline a suite brings). For every case the harness
+
+1. builds seeded random inputs (and, for fwd+bwd, a seeded output gradient);
+2. checks every implementation against an oracle FIRST: the reference run in float64 on
+   the same (rounded) inputs; outputs and, for fwd+bwd, the gradients of every input (see
+   judge() for the rule). An implementation that fails the check or raises is recorded as
+   such and not timed;
+3. times the rest with torch.utils.benchmark.Timer.blocked_autorange, interleaved in a few
+   rounds, and keeps the median (Timer synchronises CUDA; warm-up runs are not timed);
+4. reports the ratios t_impl / t_fused (the speed-up of the fused op), the fused op's
+   achieved GB/s against the device's measured copy bandwidth (CUDA), and the activation
+   memory each implementation saves for backward (fwd+bwd cases).
+
+Results go to <out>/<suite>-<device>.json and .csv (rewritten after every case, so a run cut
+short still leaves what it measured; "complete" in the JSON says whether it finished) and a
+bar plot <suite>-<device>.png.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.benchmark import Timer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT_DIR = REPO_ROOT / "benchmarks" / "results"
+
+FUSED = "fused"
+REFERENCE = "reference"
+COMPILED = "compiled"
+MODES = ("fwd", "fwd+bwd")
+
+DTYPES = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp64": torch.float64,
+}
+DTYPE_ALIASES = {"float32": "fp32", "f32": "fp32", "float": "fp32", "bfloat16": "bf16",
+                 "float16": "fp16", "f16": "fp16", "half": "fp16", "float64": "fp64",
+                 "f64": "fp64", "double": "fp64"}
+# Same rtol and atol per dtype: |actual - expected| <= tol + tol * |expected|.
+TOLERANCES = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2, torch.float64: 1e-7}
+
+ORACLE_DTYPE = torch.float64
+EAGER_ERROR_FACTOR = 2.0
+
+SEED = 0
+WARMUP_CALLS = 3
+DEFAULT_MIN_RUN_TIME = {"cpu": 0.5, "cuda": 0.25}
+QUICK_MIN_RUN_TIME = 0.02
+TIMING_ROUNDS = 5
+QUICK_TIMING_ROUNDS = 1
+COPY_BANDWIDTH_BYTES = 512 * 2**20  # large enough to stream past any L2
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, d in DTYPES.items() if d == dtype)
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    key = name.strip().lower()
+    key = DTYPE_ALIASES.get(key, key)
+    if key not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose from {sorted(DTYPES)}")
+    return DTYPES[key]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark point. `shapes` lists every input of the implementations, by name, in
+    call order; `params` names the inputs that are parameters (not counted as activation
+    memory); `grad_inputs` names the inputs differentiated in fwd+bwd (None: all)."""
+
+    suite: str
+    label: str
+    shapes: Tuple[Tuple[str, Tuple[int, ...]], ...]
+    dtype: torch.dtype
+    device: str
+    mode: str
+    params: Tuple[str, ...] = ()
+    grad_inputs: Optional[Tuple[str, ...]] = None
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.label} {dtype_name(self.dtype)} {self.mode}"
+
+    @property
+    def input_names(self) -> Tuple[str, ...]:
+        return tuple(n for n, _ in self.shapes)
+
+    def differentiated(self) -> Tuple[str, ...]:
+        if self.mode != "fwd+bwd":
+            return ()
+        return self.input_names if self.grad_inputs is None else self.grad_inputs
+
+
+Implementation = Callable[..., object]
+ImplementationBuilder = Callable[[Case], Implementation]
+InputMaker = Callable[[Case, torch.Generator], Dict[str, torch.Tensor]]
+
+
+def standard_normal_inputs(case: Case, gen: torch.Generator) -> Dict[str, torch.Tensor]:
+    """Default input maker: N(0, 1) for every input (float32 on the CPU, cast later)."""
+    return {name: torch.randn(shape, generator=gen) for name, shape in case.shapes}
+
+
+@dataclass
+class Suite:
+    """`implementations` must hold FUSED and REFERENCE; the harness adds COMPILED (the
+    reference under torch.compile) unless compiled baselines are skipped. `make_inputs`
+    returns float32 CPU tensors from the seeded generator; the harness casts and moves them."""
+
+    name: str
+    cases: List[Case]
+    implementations: Dict[str, ImplementationBuilder]
+    make_inputs: InputMaker = standard_normal_inputs
+    description: str = ""
+
+
+@dataclass
+class Options:
+    out_dir: Path = DEFAULT_OUT_DIR
+    min_run_time: Optional[float] = None  # None: DEFAULT_MIN_RUN_TIME for the device
+    rounds: Optional[int] = None  # interleaved timing rounds; None: TIMING_ROUNDS
+    quick: bool = False
+    compile: bool = True
+    verbose: bool = True
+    argv: List[str] = field(default_factory=list)
+
+    def run_time_for(self, device: str) -> float:
+        if self.min_run_time is not None:
+            return self.min_run_time
+        return QUICK_MIN_RUN_TIME if self.quick else DEFAULT_MIN_RUN_TIME[device_type(device)]
+
+    def timing_rounds(self) -> int:
+        if self.rounds is not None:
+            return self.rounds
+        return QUICK_TIMING_ROUNDS if self.quick else TIMING_ROUNDS
+
+
+def device_type(device: str) -> str:
+    return torch.device(device).type
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def build_inputs(suite: Suite, case: Case) -> Dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(SEED)
+    raw = suite.make_inputs(case, gen)
+    grads = set(case.differentiated())
+    inputs = {}
+    for name in case.input_names:
+        t = raw[name].to(device=case.device, dtype=case.dtype)
+        inputs[name] = t.requires_grad_(name in grads)
+    return inputs
+
+
+def as_outputs(result) -> Tuple[torch.Tensor, ...]:
+    return tuple(result) if isinstance(result, (tuple, list)) else (result,)
+
+
+def make_grad_outputs(outputs: Sequence[torch.Tensor]) -> Tuple[Optional[torch.Tensor], ...]:
+    """Seeded N(0, 1) gradients for every floating output (None for the others)."""
+    gen = torch.Generator().manual_seed(SEED + 1)
+    return tuple(
+        torch.randn(o.shape, generator=gen).to(device=o.device, dtype=o.dtype)
+        if o.dtype.is_floating_point else None
+        for o in outputs
+    )
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """The oracle's copy of a floating tensor: float64, detached, same requires_grad."""
+    if not t.dtype.is_floating_point:
+        return t
+    return t.detach().to(ORACLE_DTYPE).requires_grad_(t.requires_grad)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+GradOutputs = Optional[Sequence[Optional[torch.Tensor]]]
+Step = Callable[[], Dict[str, torch.Tensor]]
+
+
+def make_step(case: Case, fn: Implementation, inputs: Dict[str, torch.Tensor],
+              grad_outputs: GradOutputs) -> Step:
+    """The timed unit: forward, and for fwd+bwd also the input gradients. Gradients come
+    from torch.autograd.grad (no accumulation into .grad, nothing to zero between runs)."""
+    args = [inputs[n] for n in case.input_names]
+    wrt_names = case.differentiated()
+    wrt = [inputs[n] for n in wrt_names]
+
+    def forward() -> Dict[str, torch.Tensor]:
+        outputs = as_outputs(fn(*args))
+        return {f"out{i}" if len(outputs) > 1 else "out": o for i, o in enumerate(outputs)}
+
+    if not wrt_names:
+        return forward
+
+    def forward_backward() -> Dict[str, torch.Tensor]:
+        named = forward()
+        pairs = [(o, g) for o, g in zip(named.values(), grad_outputs) if g is not None]
+        grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs])
+        named.update({f"grad_{n}": g for n, g in zip(wrt_names, grads)})
+        return named
+
+    return forward_backward
+
+
+def tensor_errors(actual: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor],
+                  tol: float) -> Dict[str, Tuple[float, float]]:
+    """{name: (max abs error, max of error / (tol + tol * |expected|))} for every expected
+    tensor; raises ValueError when a tensor is missing or has the wrong shape."""
+    errors = {}
+    for name, exp in expected.items():
+        act = actual.get(name)
+        if act is None or tuple(act.shape) != tuple(exp.shape):
+            got = None if act is None else tuple(act.shape)
+            raise ValueError(f"{name}: expected shape {tuple(exp.shape)}, got {got}")
+        if exp.numel() == 0:
+            continue
+        a, e = act.detach().double().cpu(), exp.detach().double().cpu()
+        err = (a - e).abs()
+        errors[name] = (err.max().item(), (err / (tol + tol * e.abs())).max().item())
+    return errors
+
+
+def max_abs_errors(errors: Dict[str, Tuple[float, float]]) -> Dict[str, float]:
+    return {name: abs_err for name, (abs_err, _) in errors.items()}
+
+
+def judge(errors: Dict[str, Tuple[float, float]], tol: float,
+          eager_errors: Optional[Dict[str, float]]) -> dict:
+    """A tensor passes when every element is within the dtype's tolerance of the float64
+    oracle, or when its max error is at most EAGER_ERROR_FACTOR times that of the eager
+    reference in the same dtype (`eager_errors`; design section 5 states this rule for
+    fp16/bf16). The second rule is needed for reductions such as the weight gradient (a sum
+    over N*H*W): their rounding error scales with the whole tensor, so an element that
+    cancels to near zero fails an elementwise tolerance even in eager PyTorch itself."""
+    failed, passed_like_eager = [], []
+    for name, (abs_err, ratio) in errors.items():
+        within_tol = ratio <= 1.0  # False for NaN
+        like_eager = (eager_errors is not None and math.isfinite(abs_err)
+                      and abs_err <= EAGER_ERROR_FACTOR * eager_errors[name])
+        if not within_tol:
+            (passed_like_eager if like_eager else failed).append(name)
+    return {
+        "correct": not failed,
+        "failed_tensors": failed,
+        "passed_by_eager_error_rule": passed_like_eager,
+        "max_abs_err": max((a for a, _ in errors.values()), default=0.0),
+        "err_over_tol": max((r for _, r in errors.values()), default=0.0),
+        "tol": tol,
+        "errors": max_abs_errors(errors),
+    }
+
+
+def saved_activation_bytes(case: Case, fn: Implementation, inputs: Dict[str, torch.Tensor]) -> int:
+    """Bytes of the distinct storages autograd keeps for backward after one forward,
+    leaving out the parameters (they are kept anyway, whatever the implementation)."""
+    param_ptrs = {inputs[n].untyped_storage().data_ptr() for n in case.params}
+    storages = {}
+
+    def pack(t: torch.Tensor):
+        s = t.untyped_storage()
+        if s.data_ptr() not in param_ptrs:
+            storages[(t.device, s.data_ptr())] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*[inputs[n] for n in case.input_names])
+    return sum(storages.values())
+
+
+def traffic_bytes(inputs: Dict[str, torch.Tensor], result: Dict[str, torch.Tensor],
+                  grad_outputs) -> int:
+    """Minimal DRAM traffic of one step: forward reads every input and writes every output;
+    backward reads the output gradients and the inputs again and writes the gradients."""
+    fwd = sum(t.nbytes for t in inputs.values())
+    fwd += sum(t.nbytes for n, t in result.items() if not n.startswith("grad_"))
+    if grad_outputs is None:
+        return fwd
+    bwd = sum(g.nbytes for g in grad_outputs if g is not None)
+    bwd += sum(t.nbytes for t in inputs.values())
+    bwd += sum(t.nbytes for n, t in result.items() if n.startswith("grad_"))
+    return fwd + bwd
+
+
+def error_text(exc: BaseException, limit: int = 2000) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[:limit] + " ...[truncated]"
+
+
+def compiled_builder(reference: ImplementationBuilder) -> ImplementationBuilder:
+    """torch.compile of the reference, static shapes, with a fresh dynamo cache per case
+    so that no case runs a dynamic-shape kernel compiled for another one."""
+
+    def build(case: Case) -> Implementation:
+        torch._dynamo.reset()
+        return torch.compile(reference(case), dynamic=False)
+
+    return build
+
+
+def implementations_for(suite: Suite, options: Options) -> Dict[str, ImplementationBuilder]:
+    impls = dict(suite.implementations)
+    missing = {FUSED, REFERENCE} - impls.keys()
+    if missing:
+        raise ValueError(f"suite {suite.name} lacks the implementations {sorted(missing)}")
+    if options.compile:
+        impls.setdefault(COMPILED, compiled_builder(impls[REFERENCE]))
+    # The reference runs first: its errors are the yardstick of the others (see judge).
+    return {REFERENCE: impls.pop(REFERENCE), **impls}
+
+
+def run_case(suite: Suite, case: Case, options: Options, copy_gbps: Optional[float]) -> dict:
+    record = {"case": case.name, "label": case.label, "dtype": dtype_name(case.dtype),
+              "mode": case.mode, "device": case.device,
+              "shapes": {n: list(s) for n, s in case.shapes}, "implementations": {}}
+    impls = implementations_for(suite, options)
+    inputs = build_inputs(suite, case)
+    try:
+        grad_outputs, expected = oracle(case, impls[REFERENCE], inputs)
+    except Exception as exc:  # without an oracle nothing can be checked or timed
+        record["error"] = "oracle failed: " + error_text(exc)
+        return record
+
+    correct = check_implementations(case, impls, inputs, grad_outputs, expected, record["implementations"])
+    for impl_name, (fn, step) in correct.items():
+        entry = record["implementations"][impl_name]
+        try:
+            if impl_name == FUSED:
+                entry["traffic_bytes"] = traffic_bytes(inputs, step(), grad_outputs)
+            if case.differentiated() and impl_name != COMPILED:
+                entry["saved_activation_bytes"] = saved_activation_bytes(case, fn, inputs)
+        except Exception as exc:
+            entry["error"] = error_text(exc)
+    steps = {name: step for name, (_, step) in correct.items()}
+    timings = time_interleaved(case, steps, options.run_time_for(case.device), options.timing_rounds())
+    for impl_name, timing in timings.items():
+        record["implementations"][impl_name].update(timing)
+    add_derived_metrics(record, copy_gbps)
+    return record
+
+
+def oracle(case: Case, reference: ImplementationBuilder, inputs: Dict[str, torch.Tensor]):
+    """(output gradients for the implementations, expected outputs and gradients): the
+    reference run in float64 on exactly the (rounded) tensors the implementations see."""
+    fn = reference(case)
+    with torch.no_grad():
+        outputs = as_outputs(fn(*[inputs[n] for n in case.input_names]))
+    grad_outputs = make_grad_outputs(outputs) if case.differentiated() else None
+    oracle_grads = None if grad_outputs is None else tuple(
+        None if g is None else upcast(g) for g in grad_outputs)
+    oracle_inputs = {n: upcast(t) for n, t in inputs.items()}
+    return grad_outputs, make_step(case, fn, oracle_inputs, oracle_grads)()
+
+
+def check_implementations(case: Case, impls: Dict[str, ImplementationBuilder], inputs,
+                          grad_outputs, expected, entries: dict) -> Dict[str, Tuple[Implementation, Step]]:
+    """Builds and checks every implementation, recording each in entries[name]; returns
+    {name: (implementation, step)} for those that are correct. Any exception (a
+    torch.compile failure, say) is recorded, never raised."""
+    tol = TOLERANCES[case.dtype]
+    eager_errors = None  # set once the reference (which runs first) has been checked
+    correct = {}
+    for impl_name, builder in impls.items():
+        entry = entries[impl_name] = {}
+        try:
+            fn = builder(case)
+            step = make_step(case, fn, inputs, grad_outputs)
+            errors = tensor_errors(step(), expected, tol)
+        except ValueError as exc:  # a missing or misshapen output
+            entry.update(correct=False, mismatch=str(exc), tol=tol)
+            continue
+        except Exception as exc:
+            entry["error"] = error_text(exc)
+            continue
+        if impl_name == REFERENCE and case.dtype != ORACLE_DTYPE:
+            eager_errors = max_abs_errors(errors)  # eager is the yardstick: only NaN/inf fail it
+        entry.update(judge(errors, tol, eager_errors))
+        if entry["correct"]:
+            correct[impl_name] = (fn, step)
+    return correct
+
+
+def time_interleaved(case: Case, steps: Dict[str, Step], min_run_time: float, rounds: int) -> dict:
+    """Times the steps in `rounds` interleaved rounds (min_run_time / rounds each) and takes
+    the median over all blocks: a burst of load from a neighbour on a shared machine then
+    slows every implementation a little instead of one of them a lot."""
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    errors: Dict[str, str] = {}
+
+    def measure(name: str, step: Step, warmup: bool) -> None:
+        try:
+            for _ in range(WARMUP_CALLS if warmup else 0):
+                step()
+            timer = Timer(stmt="step()", globals={"step": step}, label=case.suite, sub_label=case.name,
+                          description=name, num_threads=torch.get_num_threads())
+            times[name].extend(timer.blocked_autorange(min_run_time=min_run_time / rounds).times)
+        except Exception as exc:  # out of memory, say: this implementation stops here
+            errors[name] = error_text(exc)
+
+    for r in range(rounds):
+        for name, step in steps.items():
+            if name not in errors:
+                measure(name, step, warmup=r == 0)
+    results = {name: {"error": err} for name, err in errors.items()}
+    for name, ts in times.items():
+        if ts and name not in errors:
+            q1, median, q3 = torch.tensor(ts, dtype=torch.float64).quantile(
+                torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+            results[name] = {"median_s": median, "iqr_s": q3 - q1, "blocks": len(ts)}
+    return results
+
+
+def add_derived_metrics(record: dict, copy_gbps: Optional[float]) -> None:
+    impls = record["implementations"]
+    fused_t = impls.get(FUSED, {}).get("median_s")
+    record["speedup_of_fused"] = {
+        name: (e["median_s"] / fused_t if fused_t and e.get("median_s") else None)
+        for name, e in impls.items() if name != FUSED
+    }
+    record["fused_gbps"] = record["fused_fraction_of_copy_bandwidth"] = None
+    traffic = impls.get(FUSED, {}).get("traffic_bytes")
+    if fused_t and traffic and record["device"].startswith("cuda"):
+        gbps = traffic / fused_t / 1e9
+        record["fused_gbps"] = gbps
+        record["fused_fraction_of_copy_bandwidth"] = gbps / copy_gbps if copy_gbps else None
+    fused_saved = impls.get(FUSED, {}).get("saved_activation_bytes")
+    ref_saved = impls.get(REFERENCE, {}).get("saved_activation_bytes")
+    record["saved_activation_bytes"] = None if fused_saved is None or ref_saved is None else {
+        FUSED: fused_saved, REFERENCE: ref_saved,
+        "fused_to_reference": fused_saved / ref_saved if ref_saved else None,
+    }
+
+
+def measure_copy_bandwidth(device: str, nbytes: int = COPY_BANDWIDTH_BYTES) -> Optional[float]:
+    """GB/s of a large device-to-device copy (bytes read + written): the practical peak the
+    fused kernels, all memory-bound, are measured against."""
+    if device_type(device) != "cuda":
+        return None
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    m = Timer(stmt="dst.copy_(src)", globals={"src": src, "dst": dst}).blocked_autorange(min_run_time=0.2)
+    return 2 * nbytes / m.median / 1e9
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+def git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def fastrobust_build_info() -> Optional[dict]:
+    try:
+        from fastrobust._build_info import BUILD_INFO
+        import fastrobust
+    except Exception:
+        return None
+    return dict(BUILD_INFO, has_ext=fastrobust.HAS_EXT, with_cuda=fastrobust.WITH_CUDA)
+
+
+def device_name(device: str) -> str:
+    if device_type(device) == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def collect_metadata(device: str, options: Options) -> dict:
+    meta = {
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+        "device_name": device_name(device),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "fastrobust_build": fastrobust_build_info(),
+        "git_commit": git_commit(),
+        "argv": options.argv,
+        "seed": SEED,
+        "min_run_time_s": options.run_time_for(device),
+        "timing_rounds": options.timing_rounds(),
+        "quick": options.quick,
+        "compile": options.compile,
+    }
+    if device_type(device) == "cuda":
+        props = torch.cuda.get_device_properties(torch.device(device))
+        meta["cuda_capability"] = f"{props.major}.{props.minor}"
+        meta["cudnn"] = torch.backends.cudnn.version()
+    return meta
+
+
+# ----------------------------------------------------------------------------- the suite
+
+
+def run_suite(suite: Suite, device: str, options: Options) -> dict:
+    copy_gbps = measure_copy_bandwidth(device)
+    result = {"suite": suite.name, "description": suite.description, "device": device,
+              "metadata": collect_metadata(device, options), "copy_bandwidth_gbps": copy_gbps,
+              "tolerances": {dtype_name(d): t for d, t in TOLERANCES.items()},
+              "complete": False, "cases": []}
+    for i, case in enumerate(suite.cases, 1):
+        if options.verbose:
+            print(f"[{suite.name} {i}/{len(suite.cases)}] {case.name}", file=sys.stderr, flush=True)
+        result["cases"].append(run_case(suite, case, options, copy_gbps))
+        write_json(result, output_path(options.out_dir, suite.name, device, "json"))
+        write_csv(result, output_path(options.out_dir, suite.name, device, "csv"))
+    result["complete"] = True
+    return result
+
+
+def output_path(out_dir: Path, suite: str, device: str, ext: str) -> Path:
+    return Path(out_dir) / f"{suite}-{device_type(device)}.{ext}"
+
+
+def write_json(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str, allow_nan=True) + "\n")
+    tmp.replace(path)  # a reader never sees half a file
+
+
+CSV_COLUMNS = ["suite", "device", "device_name", "case", "label", "dtype", "mode", "shapes",
+               "impl", "correct", "max_abs_err", "err_over_tol", "median_s", "iqr_s", "blocks",
+               "time_over_fused", "fused_gbps", "fused_fraction_of_copy_bandwidth",
+               "saved_activation_bytes", "error"]
+
+
+def csv_rows(result: dict):
+    """One row per (case, implementation); a case whose oracle failed gets one row alone."""
+    for case in result["cases"]:
+        base = {"suite": result["suite"], "device": result["device"],
+                "device_name": result["metadata"]["device_name"], "case": case["case"],
+                "label": case["label"], "dtype": case["dtype"], "mode": case["mode"],
+                "shapes": " ".join(f"{n}={'x'.join(map(str, s))}" for n, s in case["shapes"].items())}
+        if not case["implementations"]:
+            yield dict(base, error=case.get("error"))
+        for impl, entry in case["implementations"].items():
+            yield dict(base, **implementation_columns(case, impl, entry))
+
+
+def implementation_columns(case: dict, impl: str, e: dict) -> dict:
+    fused = impl == FUSED
+    ratio = case["speedup_of_fused"].get(impl)
+    if fused and e.get("median_s"):
+        ratio = 1.0
+    return {"impl": impl, "correct": e.get("correct"), "max_abs_err": e.get("max_abs_err"),
+            "err_over_tol": e.get("err_over_tol"), "median_s": e.get("median_s"),
+            "iqr_s": e.get("iqr_s"), "blocks": e.get("blocks"), "time_over_fused": ratio,
+            "fused_gbps": case["fused_gbps"] if fused else None,
+            "fused_fraction_of_copy_bandwidth": case["fused_fraction_of_copy_bandwidth"] if fused else None,
+            "saved_activation_bytes": e.get("saved_activation_bytes"),
+            "error": e.get("error") or e.get("mismatch")}
+
+
+def write_csv(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(csv_rows(result))
+
+
+def baseline_names(result: dict) -> List[str]:
+    """The implementations compared with the fused one, in the order they ran."""
+    return list(dict.fromkeys(b for c in result["cases"] for b in c.get("speedup_of_fused", {})))
+
+
+def plot_speedups(result: dict, path: Path) -> Optional[str]:
+    """Grouped bars of t_baseline / t_fused per case. Returns why no plot was made, if so."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except Exception as exc:
+        return f"no plot: matplotlib unavailable ({error_text(exc, 200)})"
+    cases = result["cases"]
+    baselines = baseline_names(result)
+    if not cases or not baselines:
+        return "no plot: nothing was timed"
+    width = 0.8 / len(baselines)
+    fig, ax = plt.subplots(figsize=(max(8, 0.55 * len(cases) + 2), 5))
+    for j, baseline in enumerate(baselines):
+        xs = [i + (j - (len(baselines) - 1) / 2) * width for i in range(len(cases))]
+        ys = [c.get("speedup_of_fused", {}).get(baseline) for c in cases]
+        # Bars grow from 1x, up where the fused op is faster and down where it is slower.
+        bars = ax.bar(xs, [(y or 1.0) - 1.0 for y in ys], width, bottom=1.0, label=f"{baseline} / fused")
+        ax.bar_label(bars, labels=[f"{y:.2f}" if y else "n/a" for y in ys], fontsize=6, rotation=90, padding=2)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    # Speed-ups are ratios: a log axis shows 0.5x and 2x equally far from 1.
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}x"))
+    ax.set_xticks(range(len(cases)))
+    ax.set_xticklabels([c["case"] for c in cases], rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("speed-up of fused (time ratio, higher is better)")
+    meta = result["metadata"]
+    ax.set_title(f"{result['suite']} on {meta['device_name']} (torch {meta['torch']})\n"
+                 f"{result.get('description', '')}", fontsize=9)
+    timed = [y for c in cases for y in c.get("speedup_of_fused", {}).values() if y]
+    if timed:
+        ax.set_ylim(min(0.8, min(timed)) / 1.5, max(1.25, max(timed)) * 2.5)  # room for labels
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+def write_results(result: dict, out_dir: Path) -> Dict[str, str]:
+    """Writes JSON, CSV and PNG; returns {kind: path or note}."""
+    paths = {ext: output_path(out_dir, result["suite"], result["device"], ext)
+             for ext in ("json", "csv", "png")}
+    write_json(result, paths["json"])
+    write_csv(result, paths["csv"])
+    note = plot_speedups(result, paths["png"])
+    written = {ext: str(p) for ext, p in paths.items()}
+    if note:
+        written["png"] = note
+    return written
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def _fmt(x: Optional[float], spec: str, scale: float = 1.0, suffix: str = "") -> str:
+    return "-" if x is None else f"{x * scale:{spec}}{suffix}"
+
+
+def check_summary(case: dict) -> str:
+    """'ok', 'ERROR' (no oracle) or 'BAD:' and the implementations that failed or raised."""
+    if case.get("error"):
+        return "ERROR"
+    bad = [n for n, e in case["implementations"].items() if e.get("error") or not e.get("correct", True)]
+    return "ok" if not bad else "BAD:" + ",".join(bad)
+
+
+def table_row(case: dict, baselines: List[str], cuda: bool) -> List[str]:
+    ratios = case.get("speedup_of_fused", {})
+    saved = case.get("saved_activation_bytes") or {}
+    row = [case["case"], check_summary(case)]
+    row += [_fmt(ratios.get(b), ".2f", suffix="x") for b in baselines]
+    row.append(_fmt(saved.get("fused_to_reference"), ".2f"))
+    if cuda:
+        impls = case["implementations"]
+        row += [_fmt(impls.get(n, {}).get("median_s"), ".1f", scale=1e6) for n in [FUSED] + baselines]
+        row.append(_fmt(case.get("fused_gbps"), ".0f"))
+        row.append(_fmt(case.get("fused_fraction_of_copy_bandwidth"), ".0f", scale=100, suffix="%"))
+    return row
+
+
+def align(rows: List[List[str]]) -> List[str]:
+    """First column left-aligned, the others right-aligned, a rule under the header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return lines
+
+
+def problem_notes(result: dict) -> List[str]:
+    notes = [f"  {c['case']}: {c['error']}" for c in result["cases"] if c.get("error")]
+    for c in result["cases"]:
+        for n, e in c["implementations"].items():
+            where = f"  {c['case']} [{n}]"
+            if e.get("error"):
+                notes.append(f"{where}: {e['error'].splitlines()[0][:300]}")
+            elif e.get("mismatch"):
+                notes.append(f"{where}: WRONG, {e['mismatch']}")
+            elif e.get("correct") is False:
+                notes.append(f"{where}: WRONG in {','.join(e['failed_tensors'])}: max abs err "
+                             f"{e['max_abs_err']:.3g} ({e['err_over_tol']:.3g}x tolerance {e['tol']:g})")
+    return notes
+
+
+def format_table(result: dict) -> str:
+    """A text table: ratios always; absolute times and GB/s only on CUDA (times on shared
+    CPU machines are noise; the JSON keeps them anyway)."""
+    cuda = device_type(result["device"]) == "cuda"
+    baselines = baseline_names(result)
+    header = ["case", "check"] + [f"{b}/fused" for b in baselines] + ["saved fused/ref"]
+    if cuda:
+        header += ["fused us"] + [f"{b} us" for b in baselines] + ["GB/s", "of copy"]
+    title = f"{result['suite']} on {result['metadata']['device_name']} ({result['device']})"
+    if result.get("copy_bandwidth_gbps"):
+        title += f", copy bandwidth {result['copy_bandwidth_gbps']:.0f} GB/s"
+    legend = ("x/fused = time of x over time of the fused op (>1: fused is faster); "
+              "saved = activation bytes kept for backward, fused over reference")
+    rows = [header] + [table_row(c, baselines, cuda) for c in result["cases"]]
+    return "\n".join([title] + align(rows) + [legend] + problem_notes(result))
