@@ -124,10 +124,12 @@ def test_extreme_values_stay_finite(backend):
 
 
 @pytest.mark.parametrize("backend", backends())
-def test_empty_batch(backend):
-    x, w, b = make_sparta_inputs((0, 3, 4, 4), 3, device=backend.device)
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 3, 0, 4), (2, 3, 4, 0)])
+@pytest.mark.parametrize("k", [1, 3])
+def test_empty_tensors(backend, shape, k):
+    x, w, b = make_sparta_inputs(shape, k, device=backend.device)
     gx, gw, gb = backend.op("_sparta_backward")(torch.empty_like(x), x, w, b)
-    assert backend.op("sparta")(x, w, b).shape == (0, 3, 4, 4)
+    assert backend.op("sparta")(x, w, b).shape == shape
     assert gx.shape == x.shape and (gw == 0).all() and (gb == 0).all()
 
 

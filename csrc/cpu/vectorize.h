@@ -19,33 +19,36 @@
 namespace fastrobust {
 namespace cpu {
 
-// Sums over kLanes independent partial sums: a reduction into one float would need
-// reassociation (-ffast-math) to vectorise; this shape does not.
+// A sum kept in kLanes independent partial sums: a reduction into one float would need
+// reassociation (-ffast-math) to vectorise; this shape does not. Keep one Lanes across many
+// short rows and read total() once: the horizontal sum is the expensive part.
 constexpr int kLanes = 16;
 
 template <typename acc>
-inline acc dot(const acc* __restrict__ a, const acc* __restrict__ b, int64_t n) {
-  acc part[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) part[l] += a[i + l] * b[i + l];
-  acc s = acc(0);
-  for (; i < n; ++i) s += a[i] * b[i];
-  for (int l = 0; l < kLanes; ++l) s += part[l];
-  return s;
-}
+struct Lanes {
+  acc lane[kLanes] = {};
+  acc rest = acc(0);
 
-template <typename acc>
-inline acc sum(const acc* __restrict__ a, int64_t n) {
-  acc part[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) part[l] += a[i + l];
-  acc s = acc(0);
-  for (; i < n; ++i) s += a[i];
-  for (int l = 0; l < kLanes; ++l) s += part[l];
-  return s;
-}
+  // += sum(a[i] * b[i]) for i < n
+  inline void add_dot(const acc* __restrict__ a, const acc* __restrict__ b, int64_t n) {
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+      for (int l = 0; l < kLanes; ++l) lane[l] += a[i + l] * b[i + l];
+    for (; i < n; ++i) rest += a[i] * b[i];
+  }
+  // += sum(a[i]) for i < n
+  inline void add(const acc* __restrict__ a, int64_t n) {
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+      for (int l = 0; l < kLanes; ++l) lane[l] += a[i + l];
+    for (; i < n; ++i) rest += a[i];
+  }
+  inline acc total() const {
+    acc s = rest;
+    for (int l = 0; l < kLanes; ++l) s += lane[l];
+    return s;
+  }
+};
 
 }  // namespace cpu
 }  // namespace fastrobust

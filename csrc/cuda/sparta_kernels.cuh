@@ -83,6 +83,26 @@ __device__ __forceinline__ void load_window(acc* dst, const scalar_t* __restrict
   }
 }
 
+// What a block works on: channel c, images b0 .. b0+np-1 (the last group may be short), and
+// the tile whose top-left output is (h0, w0).
+struct BlockTile {
+  int64_t c, plane0, plane_stride;  // plane0: offset of plane (b0, c); plane_stride: C*H*W
+  int np, h0, w0;
+};
+
+__device__ __forceinline__ BlockTile block_tile(int64_t B, int64_t C, int H, int W, int tile_h,
+                                                int tile_w, int planes, int tiles_w) {
+  BlockTile t;
+  t.c = blockIdx.y;
+  const int64_t b0 = int64_t(blockIdx.z) * planes;
+  t.np = B - b0 < planes ? static_cast<int>(B - b0) : planes;
+  t.h0 = (blockIdx.x / tiles_w) * tile_h;
+  t.w0 = (blockIdx.x % tiles_w) * tile_w;
+  t.plane_stride = C * H * W;
+  t.plane0 = (b0 * C + t.c) * H * W;
+  return t;
+}
+
 template <typename scalar_t, int K>
 __global__ void __launch_bounds__(kThreads)
 sparta_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ weight,
@@ -91,13 +111,9 @@ sparta_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict
   using acc = acc_t<scalar_t>;
   constexpr int R = K / 2;
   FR_DYNAMIC_SMEM(acc, xs);
-  const int64_t c = blockIdx.y;
-  const int64_t b0 = int64_t(blockIdx.z) * planes;
-  const int np = B - b0 < planes ? static_cast<int>(B - b0) : planes;  // last group may be short
-  const int h0 = (blockIdx.x / tiles_w) * tile_h;
-  const int w0 = (blockIdx.x % tiles_w) * tile_w;
-  const int64_t plane_stride = C * H * W;
-  const int64_t plane0 = (b0 * C + c) * H * W;
+  const BlockTile bt = block_tile(B, C, H, W, tile_h, tile_w, planes, tiles_w);
+  const int64_t c = bt.c, plane0 = bt.plane0, plane_stride = bt.plane_stride;
+  const int np = bt.np, h0 = bt.h0, w0 = bt.w0;
   const int sh = tile_h + 2 * R, sw = tile_w + 2 * R;
 
   acc wk[K * K];
@@ -141,13 +157,9 @@ sparta_backward_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __re
   constexpr int R = K / 2;
   constexpr int kTaps = K * K + 1;  // weight taps, then the bias
   FR_DYNAMIC_SMEM(acc, smem);
-  const int64_t c = blockIdx.y;
-  const int64_t b0 = int64_t(blockIdx.z) * planes;
-  const int np = B - b0 < planes ? static_cast<int>(B - b0) : planes;  // last group may be short
-  const int h0 = (blockIdx.x / tiles_w) * tile_h;
-  const int w0 = (blockIdx.x % tiles_w) * tile_w;
-  const int64_t plane_stride = C * H * W;
-  const int64_t plane0 = (b0 * C + c) * H * W;
+  const BlockTile bt = block_tile(B, C, H, W, tile_h, tile_w, planes, tiles_w);
+  const int64_t c = bt.c, plane0 = bt.plane0, plane_stride = bt.plane_stride;
+  const int np = bt.np, h0 = bt.h0, w0 = bt.w0;
   const int xh = tile_h + 4 * R, xw = tile_w + 4 * R;  // x window, origin (h0-2R, w0-2R)
   const int zh = tile_h + 2 * R, zw = tile_w + 2 * R;  // dL/dz window, origin (h0-R, w0-R)
   acc* xs = smem;
