@@ -97,7 +97,6 @@ struct Masks {
       }
     }
   }
-  const acc* input(int j) const { return in.data() + j * in_len; }
   const acc* output(int j) const { return out.data() + j * out_len; }
 };
 
