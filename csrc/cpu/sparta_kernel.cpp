@@ -1,17 +1,21 @@
 // Sparta CPU backend.
 //
 // Flat formulation. The planes of one channel for a block of images sit back to back in one
-// buffer, each preceded by a zero gap of `margin` = R rows + R pixels (R = k/2), with a gap
-// after the last one too:
-//     [gap][plane b0][gap][plane b0+1] ... [plane b0+nb-1][gap][gap]
-// so every tap of the depthwise conv is one loop over the whole block at a fixed offset
-// (dh*W + dw): a few thousand elements, whatever the plane size (a 4x4 plane alone would
-// give loops of 16). Pixels whose column would wrap into the neighbouring row are removed
-// by column masks: on the input side (k masked copies of x, one per column offset) for the
-// conv and the weight gradient, on the output side for the transposed conv. Outputs in the
-// gaps are computed and dropped (x and grad_y are 0 there). The inner loops are plain FMAs
-// with a scalar weight, which the compiler vectorises; the per-element maths comes from
-// csrc/kernels/sparta.h, the same functions the CUDA kernels call (with PolyExp).
+// zero-initialised buffer, each plane followed by R zero rows (R = k/2), after a leading
+// margin of R rows and R pixels:
+//     [margin][plane b0][R zero rows][plane b0+1][R zero rows] ...
+// Every tap of the depthwise conv is then one loop over the whole block at a fixed offset
+// (dh * row_stride + dw), whatever the plane size (a 4x4 plane alone would give loops of 16);
+// a read above or below a plane lands in the zero rows. A read past a row's end or before
+// its start must count as zero too; two ways, chosen by the row width:
+//   - wide rows get R zero columns each (row stride W + R), so such reads land in zeros;
+//   - narrow rows (where R extra columns would be much padding) keep stride W, and the
+//     wrapped reads are removed by column masks: k masked copies of x for the conv and the
+//     weight gradient, of dL/dz for the transposed conv.
+// Outputs computed at padding positions are dropped (x and grad_y are 0 there, so they are 0
+// and add nothing to the gradients). Outputs are computed a chunk at a time with all taps
+// accumulated in vector registers; the per-element maths comes from csrc/kernels/sparta.h,
+// the same functions the CUDA kernels call (with the vectorisable PolyExp).
 //
 // Work items are (channel, block of images). Per-item sums of the weight/bias gradients
 // are reduced in a fixed order afterwards, and the blocking depends on the shape only, so
@@ -25,7 +29,6 @@
 #include <algorithm>
 #include <cstring>
 #include <tuple>
-#include <type_traits>
 #include <vector>
 
 #include "../kernels/sparta.h"
@@ -42,148 +45,170 @@ template <> struct cpu_acc<double> { using type = double; };
 
 constexpr int64_t kBlockElems = 2048;  // output positions per work item, roughly (L1/L2-sized)
 
-// Outputs are computed kChunk at a time with all taps accumulated in registers (one pass
-// over memory instead of one per tap); buffers are sized in whole chunks so that the last
+// Outputs are computed kChunk at a time; buffers are sized in whole chunks so that the last
 // chunk may read and write past the block's end.
 constexpr int64_t kChunk = 64;
+
+// Rows at least this wide get zero columns; narrower ones use column masks.
+constexpr int64_t kPadColumnsMinWidth = 16;
 
 struct Geometry {
   int64_t B, C, H, W, n;  // n = H * W
   int k, r, taps;         // r = k / 2, taps = k * k
-  int64_t margin;         // zero gap before each plane (and after the last)
-  int64_t stride;         // plane-to-plane distance in a block buffer: n + margin
+  bool masked;            // column masks (narrow rows) instead of zero columns
+  int64_t row;            // row stride in a block buffer: W, or W + r with zero columns
+  int64_t stride;         // plane-to-plane distance: (H + r) * row
+  int64_t margin;         // leading zeros: r rows and r pixels
   int64_t images_per_item;
 
   Geometry(const at::Tensor& x, const at::Tensor& weight)
       : B(x.size(0)), C(x.size(1)), H(x.size(2)), W(x.size(3)), n(H * W),
-        k(static_cast<int>(weight.size(2))), r(k / 2), taps(k * k), margin(r * W + r),
-        stride(n + margin) {
-    images_per_item = std::clamp<int64_t>(kBlockElems / std::max<int64_t>(stride, 1), 1,
-                                         std::max<int64_t>(B, 1));
+        k(static_cast<int>(weight.size(2))), r(k / 2), taps(k * k),
+        masked(r > 0 && W < kPadColumnsMinWidth), row(masked ? W : W + r),
+        stride((H + r) * row), margin(r * row + r) {
+    // As many images as fit kBlockElems, then evened out over the blocks (32 images of 8x8
+    // make blocks of 16 + 16, not 28 + 4).
+    const int64_t fit = std::clamp<int64_t>(kBlockElems / std::max<int64_t>(stride, 1), 1,
+                                            std::max<int64_t>(B, 1));
+    const int64_t nblocks = (std::max<int64_t>(B, 1) + fit - 1) / fit;
+    images_per_item = (std::max<int64_t>(B, 1) + nblocks - 1) / nblocks;
   }
   int64_t blocks() const { return (B + images_per_item - 1) / images_per_item; }
-  // Output positions of a block of nb images, and the length of its input buffer.
-  int64_t out_len(int64_t nb) const { return nb * stride; }
-  // Buffers are sized in whole chunks of outputs (kChunk) plus the input margins.
-  int64_t out_len_chunked(int64_t nb) const { return (out_len(nb) + kChunk - 1) / kChunk * kChunk; }
-  int64_t buf_len(int64_t nb) const { return out_len_chunked(nb) + 2 * margin; }
-  // Input buffer index of tap t's pixel for output position i is i + tap_offset(t).
-  int64_t tap_offset(int t) const { return margin + (t / k - r) * W + (t % k - r); }
-  int tap_column(int t) const { return t % k; }
-};
-
-// Column masks for a full block (a shorter last block uses a prefix).
-//   in[j][q]:  input position q may feed an output through column offset j - r;
-//   out[j][i]: output position i may read through column offset j - r.
-// Both are 0 in the gaps. Lengths are rounded up to whole chunks (see kChunk).
-template <typename acc>
-struct Masks {
-  std::vector<acc> in, out;
-  int64_t in_len, out_len;
-
-  explicit Masks(const Geometry& g)
-      : in_len(g.buf_len(g.images_per_item)), out_len(g.out_len_chunked(g.images_per_item)) {
-    in.assign(g.k * in_len, acc(0));
-    out.assign(g.k * out_len, acc(0));
-    for (int j = 0; j < g.k; ++j) {
-      const int64_t dw = j - g.r;
-      for (int64_t i = 0; i < g.out_len(g.images_per_item); ++i) {
-        const int64_t p = i % g.stride;  // position in its plane (>= n: a gap)
-        if (p >= g.n) continue;
-        const int64_t col = p % g.W;
-        // Output col reads input col + dw; input col feeds output col - dw.
-        out[j * out_len + i] = (col + dw >= 0 && col + dw < g.W) ? acc(1) : acc(0);
-        in[j * in_len + g.margin + i] = (col - dw >= 0 && col - dw < g.W) ? acc(1) : acc(0);
-      }
-    }
-  }
-  const acc* output(int j) const { return out.data() + j * out_len; }
+  // Output positions of a block of nb images, in whole chunks.
+  int64_t out_len(int64_t nb) const { return (nb * stride + kChunk - 1) / kChunk * kChunk; }
+  // Length of a buffer that holds the block with its leading margin and room to read past.
+  int64_t buf_len(int64_t nb) const { return out_len(nb) + 2 * margin; }
+  // Output position i reads tap t's input at buffer index i + tap_offset(t) (x buffers start
+  // with the margin); the transposed conv reads dL/dz of output q + margin - tap_offset(t)
+  // for input position q, at index q + 2*margin - tap_offset(t) of a margined dL/dz buffer.
+  int64_t tap_offset(int t) const { return margin + (t / k - r) * row + (t % k - r); }
 };
 
 // Per-thread buffers, reused across items.
 template <typename acc>
 struct Scratch {
-  std::vector<acc> x, x_masked, grad_y, out, grad_x, grad_z_masked;
+  std::vector<acc> x, grad_y, out, grad_x, masked;
 };
 
-// The block's planes of x (or grad_y) in block layout, zeros in the gaps; `first` is the
-// buffer index of the first plane (margin for an input buffer, 0 for an output-position one).
+// Column masks of the masked layout, for a full block (a shorter last block uses a prefix),
+// each buf_len long and indexed like a margined buffer (position i at margin + i):
+//   in[j]:  the input there may feed an output through column offset j - r;
+//   out[j]: the output there may read through column offset j - r.
+// Both are 0 at padding positions.
+template <typename acc>
+struct Masks {
+  std::vector<acc> in, out;
+  int64_t len = 0;
+
+  explicit Masks(const Geometry& g) {
+    if (!g.masked) return;
+    len = g.buf_len(g.images_per_item);
+    in.assign(g.k * len, acc(0));
+    out.assign(g.k * len, acc(0));
+    for (int64_t i = 0; i < g.images_per_item * g.stride; ++i) {
+      const int64_t p = i % g.stride, h = p / g.row, col = p % g.row;
+      if (h >= g.H || col >= g.W) continue;
+      for (int j = 0; j < g.k; ++j) {
+        const int64_t dw = j - g.r;
+        // Output col reads input col + dw; input col feeds output col - dw.
+        out[j * len + g.margin + i] = (col + dw >= 0 && col + dw < g.W) ? acc(1) : acc(0);
+        in[j * len + g.margin + i] = (col - dw >= 0 && col - dw < g.W) ? acc(1) : acc(0);
+      }
+    }
+  }
+};
+
+// Where each tap reads, for output position 0: `src` (x, or dL/dz for the transposed conv)
+// at `offset`, or in the masked layout the copy of `src` masked for the tap's column. The
+// k masked copies are made in `masked_buf` (len each).
+template <typename acc>
+inline void tap_sources(const acc* src, const std::vector<acc>& masks, int64_t len,
+                        const std::vector<int64_t>& offsets, const Geometry& g,
+                        std::vector<acc>& masked_buf, std::vector<const acc*>& out) {
+  out.resize(g.taps);
+  if (g.masked) {
+    masked_buf.resize(g.k * len);
+    for (int j = 0; j < g.k; ++j) {
+      const acc* __restrict__ m = masks.data() + j * len;
+      acc* __restrict__ dst = masked_buf.data() + j * len;
+      for (int64_t q = 0; q < len; ++q) dst[q] = src[q] * m[q];
+    }
+  }
+  for (int t = 0; t < g.taps; ++t)
+    out[t] = (g.masked ? masked_buf.data() + (t % g.k) * len : src) + offsets[t];
+}
+
+// Copies a plane between its tensor and its place in a block buffer, converting the type.
+// Rows of the masked layout have no zero columns, so the plane is one contiguous run there.
+template <typename from_t, typename to_t>
+inline void copy_plane(const from_t* src, int64_t src_row, to_t* dst, int64_t dst_row,
+                       const Geometry& g) {
+  const int64_t rows = g.row == g.W ? 1 : g.H, cols = g.row == g.W ? g.n : g.W;
+  for (int64_t h = 0; h < rows; ++h) {
+    const from_t* __restrict__ in = src + h * src_row;
+    to_t* __restrict__ out = dst + h * dst_row;
+    for (int64_t w = 0; w < cols; ++w) out[w] = static_cast<to_t>(in[w]);
+  }
+}
+
+// The block's planes of x (or grad_y) in block layout, zeros elsewhere; `first` is the
+// buffer index of the first pixel (margin for a margined buffer, 0 for an output one).
 template <typename scalar_t, typename acc>
 inline void load_block(const scalar_t* src, const Geometry& g, int64_t c, int64_t b0, int64_t nb,
                        int64_t first, int64_t len, std::vector<acc>& buf) {
   buf.assign(len, acc(0));
-  for (int64_t b = 0; b < nb; ++b) {
-    const scalar_t* __restrict__ plane = src + ((b0 + b) * g.C + c) * g.n;
-    acc* __restrict__ dst = buf.data() + first + b * g.stride;
-    for (int64_t i = 0; i < g.n; ++i) dst[i] = static_cast<acc>(plane[i]);
-  }
+  for (int64_t b = 0; b < nb; ++b)
+    copy_plane(src + ((b0 + b) * g.C + c) * g.n, g.W, buf.data() + first + b * g.stride, g.row, g);
 }
 
-// dst[j] = src * masks[j] for the k column offsets, each `len` long.
-template <typename acc>
-inline void apply_masks(const acc* src, const acc* masks, int64_t masks_len, int k, int64_t len,
-                        std::vector<acc>& dst) {
-  dst.resize(k * len);
-  for (int j = 0; j < k; ++j) {
-    const acc* __restrict__ m = masks + j * masks_len;
-    acc* __restrict__ out = dst.data() + j * len;
-    for (int64_t q = 0; q < len; ++q) out[q] = src[q] * m[q];
-  }
+template <typename scalar_t, typename acc>
+inline void store_block(const acc* block, const Geometry& g, int64_t c, int64_t b0, int64_t nb,
+                        scalar_t* dst) {
+  for (int64_t b = 0; b < nb; ++b)
+    copy_plane(block + b * g.stride, g.row, dst + ((b0 + b) * g.C + c) * g.n, g.W, g);
 }
 
-// out[l] = init + sum over taps of w[t] * src(t)[i0 + offset(t) + l], l < kChunk, where
-// src(t) is the masked copy of the tap's column. Written with GCC vector types so that the
-// chunk stays in registers across the taps (as plain loops, GCC interchanges them and the
-// tap loop, now innermost, runs scalar).
+// out[l] = init + sum over taps of w[t] * srcs[t][i0 + l], l < kChunk. Written with GCC
+// vector types so that the chunk stays in registers across the taps (as plain loops, GCC
+// interchanges them and the tap loop, now innermost, runs scalar).
 template <typename acc>
-inline void conv_chunk(const acc* masked, int64_t masked_len, const acc* w, const Geometry& g,
-                       const int64_t* offsets, int64_t i0, acc init, acc* out) {
+inline void conv_chunk(const acc* const* srcs, const acc* w, int taps, int64_t i0, acc init,
+                       acc* out) {
   typedef acc Vec __attribute__((vector_size(64)));
   constexpr int kLanesPerVec = 64 / sizeof(acc);
   constexpr int kVecs = kChunk / kLanesPerVec;
   Vec sum[kVecs];
   for (int v = 0; v < kVecs; ++v) sum[v] = Vec{} + init;
-  for (int t = 0; t < g.taps; ++t) {
+  for (int t = 0; t < taps; ++t) {
     const acc wt = w[t];
-    const acc* src = masked + g.tap_column(t) * masked_len + offsets[t] + i0;
+    const acc* p = srcs[t] + i0;
     for (int v = 0; v < kVecs; ++v) {
       Vec x;
-      std::memcpy(&x, src + v * kLanesPerVec, sizeof(Vec));  // unaligned load
+      std::memcpy(&x, p + v * kLanesPerVec, sizeof(Vec));  // unaligned load
       sum[v] += wt * x;
     }
   }
   std::memcpy(out, sum, sizeof(sum));
 }
 
-template <typename scalar_t, typename acc>
-inline void store_block(const acc* block, const Geometry& g, int64_t c, int64_t b0, int64_t nb,
-                        scalar_t* dst) {
-  for (int64_t b = 0; b < nb; ++b) {
-    const acc* __restrict__ src = block + b * g.stride;
-    scalar_t* __restrict__ plane = dst + ((b0 + b) * g.C + c) * g.n;
-    for (int64_t i = 0; i < g.n; ++i) plane[i] = static_cast<scalar_t>(src[i]);
-  }
-}
-
+// A channel's weights in the accumulation type, with each tap's read offset for the conv
+// and for the transposed conv.
 template <typename acc>
-struct ChannelWeights {
+struct ChannelTaps {
   std::vector<acc> w;
-  std::vector<int64_t> forward_offset;   // input index of tap t for output 0
-  std::vector<int64_t> backward_offset;  // masked dL/dz index feeding input 0 through tap t
+  std::vector<int64_t> forward_offset, backward_offset;
 };
 
 template <typename scalar_t, typename acc>
-inline ChannelWeights<acc> channel_weights(const scalar_t* w, const Geometry& g) {
-  ChannelWeights<acc> cw{std::vector<acc>(g.taps), std::vector<int64_t>(g.taps),
-                         std::vector<int64_t>(g.taps)};
+inline ChannelTaps<acc> channel_taps(const scalar_t* w, const Geometry& g) {
+  ChannelTaps<acc> ct{std::vector<acc>(g.taps), std::vector<int64_t>(g.taps),
+                      std::vector<int64_t>(g.taps)};
   for (int t = 0; t < g.taps; ++t) {
-    cw.w[t] = static_cast<acc>(w[t]);
-    cw.forward_offset[t] = g.tap_offset(t);
-    // Input q gets dL/dz of output q - (tap_offset(t) - margin); masked dL/dz is stored
-    // with `margin` leading zeros, so that index is q + 2*margin - tap_offset(t) - margin.
-    cw.backward_offset[t] = 2 * g.margin - g.tap_offset(t);
+    ct.w[t] = static_cast<acc>(w[t]);
+    ct.forward_offset[t] = g.tap_offset(t);
+    ct.backward_offset[t] = 2 * g.margin - g.tap_offset(t);
   }
-  return cw;
+  return ct;
 }
 
 // One item of the forward: channel c, images b0 .. b0 + nb - 1.
@@ -194,15 +219,16 @@ FR_CPU_MULTIVERSION void forward_item(const scalar_t* x, const scalar_t* weight,
                                       const Geometry& g,
                                       Scratch<typename cpu_acc<scalar_t>::type>& s) {
   using acc = typename cpu_acc<scalar_t>::type;
-  const auto cw = channel_weights<scalar_t, acc>(weight + c * g.taps, g);
-  const int64_t len = masks.in_len, out_len = g.out_len(nb);
+  const auto ct = channel_taps<scalar_t, acc>(weight + c * g.taps, g);
+  const int64_t out_len = g.out_len(nb), len = g.buf_len(nb);
   load_block(x, g, c, b0, nb, g.margin, len, s.x);
-  apply_masks(s.x.data(), masks.in.data(), masks.in_len, g.k, len, s.x_masked);
-  s.out.resize(masks.out_len);
+  std::vector<const acc*> srcs;
+  tap_sources(s.x.data(), masks.in, masks.len, ct.forward_offset, g, s.masked, srcs);
+  s.out.resize(out_len);
   const acc* __restrict__ xf = s.x.data() + g.margin;
   for (int64_t i0 = 0; i0 < out_len; i0 += kChunk) {
     acc z[kChunk];
-    conv_chunk(s.x_masked.data(), len, cw.w.data(), g, cw.forward_offset.data(), i0, static_cast<acc>(bias), z);
+    conv_chunk(srcs.data(), ct.w.data(), g.taps, i0, static_cast<acc>(bias), z);
     acc* __restrict__ y_out = s.out.data() + i0;
     for (int64_t l = 0; l < kChunk; ++l) y_out[l] = sparta::forward<acc, Exp>(xf[i0 + l], z[l]);
   }
@@ -220,45 +246,38 @@ FR_CPU_MULTIVERSION void backward_item(const scalar_t* grad_y, const scalar_t* x
                                        const Geometry& g,
                                        Scratch<typename cpu_acc<scalar_t>::type>& s) {
   using acc = typename cpu_acc<scalar_t>::type;
-  const auto cw = channel_weights<scalar_t, acc>(weight + c * g.taps, g);
-  const int64_t len = masks.in_len, out_len = g.out_len(nb), full_out = masks.out_len;
+  const auto ct = channel_taps<scalar_t, acc>(weight + c * g.taps, g);
+  const int64_t out_len = g.out_len(nb), len = g.buf_len(nb);
   load_block(x, g, c, b0, nb, g.margin, len, s.x);
-  load_block(grad_y, g, c, b0, nb, 0, full_out, s.grad_y);
-  apply_masks(s.x.data(), masks.in.data(), masks.in_len, g.k, len, s.x_masked);
+  load_block(grad_y, g, c, b0, nb, 0, out_len, s.grad_y);
+  std::vector<const acc*> srcs;
+  tap_sources(s.x.data(), masks.in, masks.len, ct.forward_offset, g, s.masked, srcs);
+  // dL/dz goes into a margined buffer (zeros around), ready for the transposed conv.
+  s.out.assign(len, acc(0));
+  s.grad_x.resize(out_len);
   const acc* __restrict__ xf = s.x.data() + g.margin;
   const acc* __restrict__ gy = s.grad_y.data();
-  s.grad_x.resize(full_out);
-  s.out.resize(full_out);
+  acc* __restrict__ gz = s.out.data() + g.margin;
   acc* __restrict__ gx = s.grad_x.data();  // direct part of dL/dx, then all of it
-  acc* __restrict__ gz = s.out.data();     // dL/dz
   // Pass 1: dL/dz and the direct dL/dx, chunk by chunk, with the weight/bias sums.
   std::vector<cpu::Lanes<acc>> sums(g.taps + 1);
   for (int64_t i0 = 0; i0 < out_len; i0 += kChunk) {
     acc z[kChunk];
-    conv_chunk(s.x_masked.data(), len, cw.w.data(), g, cw.forward_offset.data(), i0, static_cast<acc>(bias), z);
+    conv_chunk(srcs.data(), ct.w.data(), g.taps, i0, static_cast<acc>(bias), z);
     for (int64_t l = 0; l < kChunk; ++l) {
       const auto d = sparta::backward<acc, Exp>(xf[i0 + l], z[l], gy[i0 + l]);
       gx[i0 + l] = d.dx;
       gz[i0 + l] = d.dz;
     }
     sums[g.taps].add(gz + i0, kChunk);
-    for (int t = 0; t < g.taps; ++t)
-      sums[t].add_dot(gz + i0,
-                      s.x_masked.data() + g.tap_column(t) * len + cw.forward_offset[t] + i0, kChunk);
+    for (int t = 0; t < g.taps; ++t) sums[t].add_dot(gz + i0, srcs[t] + i0, kChunk);
   }
   for (int t = 0; t <= g.taps; ++t) partial[t] = sums[t].total();
-  // Pass 2: the transposed conv as a gather from dL/dz masked per column (stored after
-  // `margin` zeros so that every tap's read stays in the buffer).
-  const int64_t gz_len = full_out + 2 * g.margin + kChunk;
-  s.grad_z_masked.assign(g.k * gz_len, acc(0));
-  for (int j = 0; j < g.k; ++j) {
-    const acc* __restrict__ m = masks.output(j);
-    acc* __restrict__ dst = s.grad_z_masked.data() + j * gz_len + g.margin;
-    for (int64_t i = 0; i < out_len; ++i) dst[i] = gz[i] * m[i];
-  }
+  // Pass 2: the transposed conv, a gather from the margined dL/dz.
+  tap_sources(s.out.data(), masks.out, masks.len, ct.backward_offset, g, s.masked, srcs);
   for (int64_t i0 = 0; i0 < out_len; i0 += kChunk) {
     acc conv[kChunk];
-    conv_chunk(s.grad_z_masked.data(), gz_len, cw.w.data(), g, cw.backward_offset.data(), i0, acc(0), conv);
+    conv_chunk(srcs.data(), ct.w.data(), g.taps, i0, acc(0), conv);
     for (int64_t l = 0; l < kChunk; ++l) gx[i0 + l] += conv[l];
   }
   store_block(gx, g, c, b0, nb, grad_x);
