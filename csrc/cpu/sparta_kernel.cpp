@@ -211,6 +211,19 @@ inline ChannelTaps<acc> channel_taps(const scalar_t* w, const Geometry& g) {
   return ct;
 }
 
+// What both passes start an item with: the channel's taps, the item's x planes in block
+// layout (s.x), and where each tap of the conv reads from (`srcs`).
+template <typename scalar_t, typename acc>
+inline ChannelTaps<acc> load_item(const scalar_t* x, const scalar_t* weight, int64_t c,
+                                  int64_t b0, int64_t nb, const Masks<acc>& masks,
+                                  const Geometry& g, Scratch<acc>& s,
+                                  std::vector<const acc*>& srcs) {
+  auto ct = channel_taps<scalar_t, acc>(weight + c * g.taps, g);
+  load_block(x, g, c, b0, nb, g.margin, g.buf_len(nb), s.x);
+  tap_sources(s.x.data(), masks.in, masks.len, ct.forward_offset, g, s.masked, srcs);
+  return ct;
+}
+
 // One item of the forward: channel c, images b0 .. b0 + nb - 1.
 template <typename scalar_t>
 FR_CPU_MULTIVERSION void forward_item(const scalar_t* x, const scalar_t* weight, scalar_t bias,
@@ -219,11 +232,9 @@ FR_CPU_MULTIVERSION void forward_item(const scalar_t* x, const scalar_t* weight,
                                       const Geometry& g,
                                       Scratch<typename cpu_acc<scalar_t>::type>& s) {
   using acc = typename cpu_acc<scalar_t>::type;
-  const auto ct = channel_taps<scalar_t, acc>(weight + c * g.taps, g);
-  const int64_t out_len = g.out_len(nb), len = g.buf_len(nb);
-  load_block(x, g, c, b0, nb, g.margin, len, s.x);
   std::vector<const acc*> srcs;
-  tap_sources(s.x.data(), masks.in, masks.len, ct.forward_offset, g, s.masked, srcs);
+  const auto ct = load_item(x, weight, c, b0, nb, masks, g, s, srcs);
+  const int64_t out_len = g.out_len(nb);
   s.out.resize(out_len);
   const acc* __restrict__ xf = s.x.data() + g.margin;
   for (int64_t i0 = 0; i0 < out_len; i0 += kChunk) {
@@ -246,12 +257,10 @@ FR_CPU_MULTIVERSION void backward_item(const scalar_t* grad_y, const scalar_t* x
                                        const Geometry& g,
                                        Scratch<typename cpu_acc<scalar_t>::type>& s) {
   using acc = typename cpu_acc<scalar_t>::type;
-  const auto ct = channel_taps<scalar_t, acc>(weight + c * g.taps, g);
-  const int64_t out_len = g.out_len(nb), len = g.buf_len(nb);
-  load_block(x, g, c, b0, nb, g.margin, len, s.x);
-  load_block(grad_y, g, c, b0, nb, 0, out_len, s.grad_y);
   std::vector<const acc*> srcs;
-  tap_sources(s.x.data(), masks.in, masks.len, ct.forward_offset, g, s.masked, srcs);
+  const auto ct = load_item(x, weight, c, b0, nb, masks, g, s, srcs);
+  const int64_t out_len = g.out_len(nb), len = g.buf_len(nb);
+  load_block(grad_y, g, c, b0, nb, 0, out_len, s.grad_y);
   // dL/dz goes into a margined buffer (zeros around), ready for the transposed conv.
   s.out.assign(len, acc(0));
   s.grad_x.resize(out_len);
