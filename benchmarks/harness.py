@@ -541,14 +541,15 @@ def run_suite(suite: Suite, device: str, options: Options) -> dict:
         if options.verbose:
             print(f"[{suite.name} {i}/{len(suite.cases)}] {case.name}", file=sys.stderr, flush=True)
         result["cases"].append(run_case(suite, case, options, copy_gbps))
-        write_json(result, output_path(options.out_dir, suite.name, device, "json"))
-        write_csv(result, output_path(options.out_dir, suite.name, device, "csv"))
+        write_json(result, output_path(options.out_dir, suite.name, device, "json", options.quick))
+        write_csv(result, output_path(options.out_dir, suite.name, device, "csv", options.quick))
     result["complete"] = True
     return result
 
 
-def output_path(out_dir: Path, suite: str, device: str, ext: str) -> Path:
-    return Path(out_dir) / f"{suite}-{device_type(device)}.{ext}"
+def output_path(out_dir: Path, suite: str, device: str, ext: str, quick: bool = False) -> Path:
+    # Quick (smoke) runs get their own files so that they never replace a full run's results.
+    return Path(out_dir) / f"{suite}-{device_type(device)}{'-quick' if quick else ''}.{ext}"
 
 
 def write_json(result: dict, path: Path) -> None:
@@ -648,7 +649,8 @@ def plot_speedups(result: dict, path: Path) -> Optional[str]:
 
 def write_results(result: dict, out_dir: Path) -> Dict[str, str]:
     """Writes JSON, CSV and PNG; returns {kind: path or note}."""
-    paths = {ext: output_path(out_dir, result["suite"], result["device"], ext)
+    quick = bool(result["metadata"].get("quick"))
+    paths = {ext: output_path(out_dir, result["suite"], result["device"], ext, quick)
              for ext in ("json", "csv", "png")}
     write_json(result, paths["json"])
     write_csv(result, paths["csv"])

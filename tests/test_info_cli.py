@@ -55,3 +55,20 @@ def test_fallback_without_extension_uses_reference(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once only
         fastrobust.ops.sparta(x, w, b)
+
+
+@pytest.mark.skipif(not fastrobust.HAS_EXT, reason="compiled extension not built")
+def test_cli_bench_smoke_run_writes_results(tmp_path):
+    """`fastrobust bench` end to end on a quick CPU run: every case checked correct first,
+    results written as JSON, CSV and a PNG plot under names a full run does not use."""
+    rc = cli_main(["bench", "sparta", "--device", "cpu", "--quick", "--no-compile",
+                   "--dtype", "fp32", "--out", str(tmp_path), "--quiet"])
+    assert rc == 0
+    result = json.loads((tmp_path / "sparta-cpu-quick.json").read_text())
+    assert result["complete"] and result["cases"]
+    for case in result["cases"]:
+        for name, impl in case["implementations"].items():
+            assert impl["correct"], (case["case"], name)
+            assert impl["median_s"] > 0
+    assert (tmp_path / "sparta-cpu-quick.csv").read_text().count("\n") > len(result["cases"])
+    assert (tmp_path / "sparta-cpu-quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
