@@ -36,10 +36,6 @@ CUDA = Backend("cuda", "cuda", "fastrobust")
 CUDA_EMU = Backend("cuda-emu", "cpu", "fastrobust_emu")
 
 
-def cuda_available() -> bool:
-    return torch.cuda.is_available()
-
-
 def backends():
     """pytest params for every backend; unavailable ones are skipped with the reason."""
     import pytest
