@@ -1,8 +1,8 @@
 """Smoke run of every CUDA op of fastrobust, for compute-sanitizer (see gpu_check.sh).
 
-Runs each op forward and backward on small, odd shapes (a few blocks, partial tiles,
-H or W of 1), for every dtype, every supported kernel size and contiguous, channels_last
-and strided inputs, and compares outputs and gradients with the pure-PyTorch reference
+Runs each op (forward and backward where it has one) on small, odd shapes (a few blocks,
+partial tiles, H or W of 1, rows longer than a block), for every dtype, every supported
+kernel size and contiguous, channels_last and strided inputs, and compares outputs and gradients with the pure-PyTorch reference
 computed in float64 on the CPU (so that, under the sanitizer, the GPU runs little besides
 our kernels). Exits 0 when everything matches, 1 on a mismatch or an error, 2 when the
 device asked for is not there.
@@ -105,9 +105,123 @@ def smoke_sparta(namespace, device: str) -> List[str]:
     return failures
 
 
+# ----------------------------------------------------------------------------- pgd
+
+# rows x row size: one element, CIFAR-sized rows, rows longer than a block's threads x 4
+PGD_SHAPES = ((1, 1), (3, 3 * 32 * 32), (2, 5000), (5, 77))
+
+
+def pgd_configs():
+    for dtype, norm, shape in itertools.product(DTYPES, ("linf", "l2"), PGD_SHAPES):
+        for layout in ("contiguous", "channels_last") if len(shape) == 4 else ("contiguous",):
+            yield dtype, norm, shape, layout
+    for dtype, norm in itertools.product(DTYPES, ("linf", "l2")):
+        yield dtype, norm, (2, 3, 9, 11), "channels_last"
+
+
+def smoke_pgd(namespace, device: str) -> List[str]:
+    """pgd_step_ (with active mask, noise, descent), apgd_step_, pgd_update_best_ and
+    pgd_random_init_ against fastrobust.reference.pgd_step run on the CPU."""
+    from fastrobust.reference import pgd_step as ref
+
+    failures = []
+    for seed, (dtype, norm, shape, layout) in enumerate(pgd_configs()):
+        gen = torch.Generator().manual_seed(seed)
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        n = shape[0]
+        x0 = torch.rand(shape, generator=gen).to(dtype)
+        x = (x0.float() + 0.05 * torch.randn(shape, generator=gen)).clamp(0, 1).to(dtype)
+        grad = torch.randn(shape, generator=gen).to(dtype)
+        noise = (1e-3 * torch.randn(shape, generator=gen)).to(dtype)
+        eps = (0.05 + 0.1 * torch.rand(n, generator=gen)).to(acc)
+        alpha = eps / 4
+        active = torch.arange(n) % 2 == 0
+        loss = torch.randn(n, generator=gen).to(dtype)
+        best_loss = torch.randn(n, generator=gen).to(acc)
+        success = torch.rand(n, generator=gen) < 0.5
+        is_adv = torch.rand(n, generator=gen) < 0.5
+        lay = LAYOUTS[layout]
+        where = f"pgd {str(dtype).replace('torch.', '')} {norm} shape={shape} {layout}"
+        dev = lambda t: lay(t).to(device) if t.dim() == 4 else t.to(device)
+        tol = TOLERANCES[dtype]
+        try:
+            got = dev(x).clone()
+            namespace.pgd_step_(got, dev(x0), dev(grad), eps.to(device), alpha.to(device), active.to(device),
+                                dev(noise), norm, 0.0, 1.0, True)
+            got_x, got_prev = dev(x).clone(), dev(x0).clone()
+            namespace.apgd_step_(got_x, got_prev, dev(x0), dev(grad), (2 * eps).to(device), eps.to(device), 0.75,
+                                 norm, 0.0, 1.0)
+            got_best = [dev(x0).clone(), best_loss.to(device, copy=True), success.to(device, copy=True)]
+            namespace.pgd_update_best_(*got_best, dev(x), loss.to(device), is_adv.to(device), "first_success")
+            start = torch.empty_like(dev(x0))
+            namespace.pgd_random_init_(start, dev(x0), eps.to(device), norm, 0.0, 1.0, seed, 3)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+        except Exception as exc:
+            failures.append(f"{where}: {type(exc).__name__}: {exc}")
+            continue
+        want = ref.pgd_step_(x.clone(), x0, grad, eps, alpha, active, noise, norm, 0.0, 1.0, True)
+        want_x, _ = ref.apgd_step_(x.clone(), x0.clone(), x0, grad, 2 * eps, eps, 0.75, norm, 0.0, 1.0)
+        want_best = ref.pgd_update_best_(x0.clone(), best_loss.clone(), success.clone(), x, loss, is_adv,
+                                         "first_success")
+        checks = [("pgd_step_", got, want), ("apgd_step_", got_x, want_x), ("apgd x_prev", got_prev, x)]
+        checks += list(zip(("best_x", "best_loss", "success"), got_best, want_best))
+        for name, actual, expected in checks:
+            problem = max_error_text(name, actual.double(), expected.double(), tol)
+            if problem:
+                failures.append(f"{where}: {problem}")
+        d = (start.cpu().double() - x0.double()).reshape(n, -1)
+        size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+        if not bool((size <= eps.double() * (1 + tol) + tol).all()) or start.min() < 0 or start.max() > 1:
+            failures.append(f"{where}: pgd_random_init_ left the eps-ball or the box")
+    return failures
+
+
+# ----------------------------------------------------------------------------- margin_loss
+
+MARGIN_SHAPES = ((1, 4), (7, 10), (5, 33), (3, 1000), (130, 10))
+
+
+def smoke_margin_loss(namespace, device: str) -> List[str]:
+    from fastrobust.reference.margin_loss import margin_loss as reference
+
+    failures = []
+    configs = itertools.product(DTYPES, MARGIN_SHAPES, (("cw", False), ("cw", True), ("dlr", False), ("dlr", True)))
+    for seed, (dtype, shape, (kind, targeted)) in enumerate(configs):
+        gen = torch.Generator().manual_seed(seed)
+        n, classes = shape
+        # distinct logits in every dtype (2^(r/64): neighbours 1.1% apart), so that every max
+        # and every sort has one answer
+        ranks = torch.stack([torch.randperm(classes, generator=gen) for _ in range(n)])
+        logits = torch.exp2(ranks.double() / 64).to(dtype)
+        labels = torch.randint(0, classes, (n,), generator=gen)
+        targets = (labels + torch.randint(1, classes, (n,), generator=gen)) % classes if targeted else None
+        grad_out = torch.randn(n, generator=gen).to(dtype)
+        where = f"margin_loss {str(dtype).replace('torch.', '')} {kind}{' targeted' if targeted else ''} shape={shape}"
+        fn = lambda op, t: (lambda z: op(z, labels.to(t.device), None if targets is None else targets.to(t.device),
+                                         kind, float("inf")))
+        try:
+            out, grads = forward_backward(fn(namespace.margin_loss, logits.to(device)), [logits.to(device)],
+                                          grad_out.to(device), LAYOUTS["contiguous"])
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+        except Exception as exc:
+            failures.append(f"{where}: {type(exc).__name__}: {exc}")
+            continue
+        ref_out, ref_grads = forward_backward(fn(reference, logits), [logits.double()], grad_out.double(),
+                                              LAYOUTS["contiguous"])
+        for name, actual, expected in (("loss", out, ref_out), ("grad", grads[0], ref_grads[0])):
+            problem = max_error_text(name, actual, expected, TOLERANCES[dtype])
+            if problem:
+                failures.append(f"{where}: {problem}")
+    return failures
+
+
 # op name -> smoke function(op namespace, device) -> failures. One entry per CUDA op.
 SMOKES = {
     "sparta": smoke_sparta,
+    "pgd": smoke_pgd,
+    "margin_loss": smoke_margin_loss,
 }
 
 

@@ -30,9 +30,10 @@ def warn_fallback(op: str) -> None:
     if op in _warned:
         return
     _warned.add(op)
+    why = (f"the compiled extension is not available ({EXT_ERROR})" if not HAS_EXT
+           else "the compiled extension was built without this op (rebuild it)")
     warnings.warn(
-        f"fastrobust: the compiled extension is not available ({EXT_ERROR}); "
-        f"{op} runs its pure-PyTorch reference. Build it with "
+        f"fastrobust: {why}; {op} runs its pure-PyTorch reference. Build it with "
         "`pip install --no-build-isolation -e .`",
         RuntimeWarning,
         stacklevel=3,

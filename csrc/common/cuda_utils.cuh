@@ -62,4 +62,18 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
+// Sum over the whole block (blockDim.x a multiple of 32); every thread gets the total.
+// Every thread of the block must call it (it synchronises).
+template <typename T>
+__device__ __forceinline__ T block_sum(T v) {
+  __shared__ T partial[kWarpSize];
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  v = warp_sum(v);
+  __syncthreads();  // a previous call's readers are done with `partial`
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  const int warps = static_cast<int>(blockDim.x) / kWarpSize;
+  return warp_sum(lane < warps ? partial[lane] : T(0));
+}
+
 }  // namespace fastrobust

@@ -1,7 +1,13 @@
 """Public functional API of the fused ops (fall back to fastrobust.reference without _C)."""
+from .margin_loss import margin_loss
+from .pgd import apgd_step_, pgd_random_init_, pgd_step_, pgd_update_best_
 from .sparta import sparta
 
 # Every op of the `fastrobust` library, with its backward ops: what `fastrobust info` reports.
-OPS = {"sparta": ("sparta", "_sparta_backward")}
+OPS = {
+    "sparta": ("sparta", "_sparta_backward"),
+    "pgd": ("pgd_step_", "pgd_random_init_", "pgd_update_best_", "apgd_step_"),
+    "margin_loss": ("margin_loss", "_margin_loss_backward"),
+}
 
-__all__ = ["OPS", "sparta"]
+__all__ = ["OPS", "apgd_step_", "margin_loss", "pgd_random_init_", "pgd_step_", "pgd_update_best_", "sparta"]

@@ -1,0 +1,141 @@
+#pragma once
+// Per-row maths of the margin losses (CW margin, DLR; untargeted and targeted), shared by
+// the CPU and CUDA kernels. A row is reduced to a few statistics (the four largest logits,
+// the largest logit other than one class, z_y, z_t); the loss and its gradient follow from
+// them: the gradient is non-zero at five classes at most, given as (class, coefficient) pairs.
+// Ties between logits go to the lower class index. Formulas: fastrobust/reference/margin_loss.py.
+#include <cstdint>
+#include <limits>
+
+#include "../common/macros.h"
+
+namespace fastrobust {
+namespace margin {
+
+enum class Kind : int { CW = 0, DLR = 1 };
+
+constexpr double kDlrTiny = 1e-12;
+constexpr int kNoClass = std::numeric_limits<int>::max();
+
+// a (value va at class ia) ranks before b: larger, or equal and a lower class.
+template <typename acc>
+FR_HOST_DEVICE bool ranks_before(acc va, int ia, acc vb, int ib) {
+  return va > vb || (va == vb && ia < ib);
+}
+
+// The largest logit and its class.
+template <typename acc>
+struct Top1 {
+  acc v = -std::numeric_limits<acc>::infinity();
+  int i = kNoClass;
+  FR_HOST_DEVICE void push(acc val, int idx) {
+    if (ranks_before(val, idx, v, i)) { v = val; i = idx; }
+  }
+};
+
+// The four largest logits and their classes, largest first.
+template <typename acc>
+struct Top4 {
+  acc v[4] = {-std::numeric_limits<acc>::infinity(), -std::numeric_limits<acc>::infinity(),
+              -std::numeric_limits<acc>::infinity(), -std::numeric_limits<acc>::infinity()};
+  int i[4] = {kNoClass, kNoClass, kNoClass, kNoClass};
+  FR_HOST_DEVICE void push(acc val, int idx) {
+    if (!ranks_before(val, idx, v[3], i[3])) return;
+    int k = 3;
+    for (; k > 0 && ranks_before(val, idx, v[k - 1], i[k - 1]); --k) {
+      v[k] = v[k - 1];
+      i[k] = i[k - 1];
+    }
+    v[k] = val;
+    i[k] = idx;
+  }
+};
+
+// What a row is reduced to. `other` is the largest logit of a class other than `excluded`
+// (y untargeted, t for the targeted CW margin).
+template <typename acc>
+struct RowStats {
+  Top4<acc> top;
+  Top1<acc> other;
+  acc z_y = 0, z_t = 0;
+
+  FR_HOST_DEVICE void push(acc val, int idx, int excluded) {
+    top.push(val, idx);
+    if (idx != excluded) other.push(val, idx);
+  }
+};
+
+// The loss of a row and its gradient as (class, coefficient) pairs: dL/dz_c = sum of the
+// coefficients paired with c.
+template <typename acc>
+struct Terms {
+  acc loss = 0;
+  int n = 0;
+  int cls[5];
+  acc coef[5];
+  FR_HOST_DEVICE void add(int c, acc k) { cls[n] = c; coef[n] = k; ++n; }
+};
+
+// dL/dz_c: the sum of the coefficients paired with class c.
+template <typename acc>
+FR_HOST_DEVICE acc coefficient(const Terms<acc>& tm, int c) {
+  acc total = 0;
+  for (int k = 0; k < tm.n; ++k)
+    if (tm.cls[k] == c) total += tm.coef[k];
+  return total;
+}
+
+template <typename acc>
+FR_HOST_DEVICE Terms<acc> terms(Kind kind, bool targeted, const RowStats<acc>& s, int y, int t, acc kappa) {
+  Terms<acc> out;
+  if (kind == Kind::CW) {
+    // untargeted: min(max_{i!=y} z_i - z_y, kappa); targeted: min(z_t - max_{i!=t} z_i, kappa)
+    const acc raw = targeted ? s.z_t - s.other.v : s.other.v - s.z_y;
+    out.loss = raw < kappa ? raw : kappa;
+    if (raw <= kappa) {  // clamp passes the gradient up to and at kappa, as torch.clamp
+      out.add(targeted ? t : s.other.i, acc(1));
+      out.add(targeted ? s.other.i : y, acc(-1));
+    }
+    return out;
+  }
+  // DLR: L = -N / D
+  const acc num = targeted ? s.z_y - s.z_t : s.z_y - s.other.v;
+  const acc den = targeted ? s.top.v[0] - acc(0.5) * (s.top.v[2] + s.top.v[3]) + acc(kDlrTiny)
+                           : s.top.v[0] - s.top.v[2] + acc(kDlrTiny);
+  out.loss = -num / den;
+  const acc d_num = -acc(1) / den, d_den = num / (den * den);
+  out.add(y, d_num);
+  out.add(targeted ? t : s.other.i, -d_num);
+  out.add(s.top.i[0], d_den);
+  if (targeted) {
+    out.add(s.top.i[2], acc(-0.5) * d_den);
+    out.add(s.top.i[3], acc(-0.5) * d_den);
+  } else {
+    out.add(s.top.i[2], -d_den);
+  }
+  return out;
+}
+
+// Raw arguments of the margin-loss kernels. targets is null for the untargeted losses.
+template <typename scalar_t, typename acc>
+struct MarginPtrs {
+  const scalar_t* logits;
+  const int64_t* labels;
+  const int64_t* targets;
+  const scalar_t* grad_loss;  // backward only
+  scalar_t* out;              // loss (N) forward, dL/dlogits (N, C) backward
+  int64_t rows, classes;
+  Kind kind;
+  acc kappa;
+
+  FR_HOST_DEVICE int excluded(int64_t row) const {
+    return static_cast<int>(targets != nullptr && kind == Kind::CW ? targets[row] : labels[row]);
+  }
+  FR_HOST_DEVICE bool valid(int64_t row) const {
+    return labels[row] >= 0 && labels[row] < classes &&
+           (targets == nullptr || (targets[row] >= 0 && targets[row] < classes));
+  }
+};
+
+}  // namespace margin
+}  // namespace fastrobust

@@ -1,0 +1,141 @@
+"""The PGD engine's fused in-place ops (see fastrobust.reference.pgd_step for their maths).
+
+    pgd_step_        step + projection onto the eps-ball + box clip, per row, in place
+    pgd_random_init_ random start inside the eps-ball + box clip, in place (Philox, seeded)
+    pgd_update_best_ per-row best point: highest loss, or first/last successful point
+    apgd_step_       APGD's momentum step with per-row step sizes
+
+None of them synchronises with the host or changes a shape, so a whole attack step
+(model forward and input gradient in PyTorch, then these ops) can be captured in a CUDA
+graph. eps, alpha and eta are a Python number or a tensor with one value or one value per
+row; pass tensors (made once, on x's device) inside captured or hot loops.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from .._extension import HAS_EMU, HAS_EXT, warn_fallback
+from ..reference import pgd_step as _ref
+from ..reference.pgd_step import BEST_MODES, canonical_norm, check_step_args
+
+Scalar = Union[float, torch.Tensor]
+
+
+def _has_op(name: str) -> bool:
+    return HAS_EXT and hasattr(torch.ops.fastrobust, name)
+
+
+def _as_rows(v: Scalar, x: torch.Tensor, name: str) -> torch.Tensor:
+    """A number or tensor as a 1-D tensor on x's device in the op maths type (no copy if it is one)."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if isinstance(v, torch.Tensor):
+        if not v.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {v.dtype}")
+        return v.to(device=x.device, dtype=acc).reshape(-1)
+    v = float(v)
+    if not v >= 0:  # also catches NaN
+        raise ValueError(f"{name} must be >= 0, got {v}")
+    return torch.full((1,), v, dtype=acc, device=x.device)
+
+
+def pgd_step_(x: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor, eps: Scalar, alpha: Scalar,
+              active: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None,
+              norm="linf", lo: float = 0.0, hi: float = 1.0, descent: bool = False) -> torch.Tensor:
+    """One PGD step on every active row of x, in place; returns x.
+
+    L-inf: x <- clip_[lo,hi]( clip_[x0-eps, x0+eps]( x +- alpha*sign(grad) + noise ) ).
+    L2:    x <- x +- alpha*grad/(||grad||+1e-12) + noise, then delta*min(1, eps/||delta||),
+           then the box clip; norms are per row (dim 0), computed inside the kernel.
+    active: bool (N,) or None; inactive rows are not touched. noise: x-shaped or None (added
+    before the projection; FAT's omega*N(0,1) term). descent=True steps against the gradient
+    (hypocritical / targeted attacks).
+    """
+    norm = canonical_norm(norm)
+    eps_t, alpha_t = _as_rows(eps, x, "eps"), _as_rows(alpha, x, "alpha")
+    if _has_op("pgd_step_"):
+        torch.ops.fastrobust.pgd_step_(x, x0, grad, eps_t, alpha_t, active, noise, norm, float(lo),
+                                       float(hi), bool(descent))
+        return x
+    warn_fallback("pgd_step_")
+    return _ref.pgd_step_(x, x0, grad, eps_t, alpha_t, active, noise, norm, lo, hi, descent)
+
+
+def pgd_random_init_(x: torch.Tensor, x0: torch.Tensor, eps: Scalar, norm="linf", lo: float = 0.0,
+                     hi: float = 1.0, seed: Optional[int] = None, offset: int = 0) -> torch.Tensor:
+    """x <- clip_[lo,hi](x0 + delta), delta uniform in the eps-ball around x0, in place; returns x.
+
+    L-inf: uniform per element. L2: uniform in the ball (normalised Gaussian direction,
+    radius eps*u^(1/d)). Numbers come from a Philox4x32-10 stream keyed by `seed` (drawn from
+    torch's default generator when None) at counter `offset`: the same seed gives the same
+    start on the CPU and on the GPU.
+    """
+    norm = canonical_norm(norm)
+    eps_t = _as_rows(eps, x, "eps")
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    if _has_op("pgd_random_init_"):
+        torch.ops.fastrobust.pgd_random_init_(x, x0, eps_t, norm, float(lo), float(hi), int(seed), int(offset))
+        return x
+    warn_fallback("pgd_random_init_")
+    gen = torch.Generator(device=x.device).manual_seed(int(seed) + int(offset))
+    return _ref.pgd_random_init_(x, x0, eps_t, norm, lo, hi, generator=gen)
+
+
+def pgd_update_best_(best_x: torch.Tensor, best_loss: torch.Tensor, success: torch.Tensor, x: torch.Tensor,
+                     loss: torch.Tensor, is_adv: torch.Tensor, mode: str = "loss"):
+    """Keeps each row's best point, in place; returns (best_x, best_loss, success).
+
+    mode "loss": the highest loss; "first_success": the first successful point, the highest
+    loss until then; "last_success": the latest successful point, the highest loss until the
+    first. best_loss is float32/float64 (N,), success and is_adv bool (N,); success |= is_adv.
+    """
+    if mode not in BEST_MODES:
+        raise ValueError(f"mode must be one of {BEST_MODES}, got {mode!r}")
+    if _has_op("pgd_update_best_"):
+        torch.ops.fastrobust.pgd_update_best_(best_x, best_loss, success, x, loss, is_adv, mode)
+        return best_x, best_loss, success
+    warn_fallback("pgd_update_best_")
+    return _ref.pgd_update_best_(best_x, best_loss, success, x, loss, is_adv, mode)
+
+
+def apgd_step_(x: torch.Tensor, x_prev: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor, eta: Scalar,
+               eps: Scalar, momentum: float = 0.75, norm="linf", lo: float = 0.0, hi: float = 1.0):
+    """APGD's momentum step, in place; returns (x, x_prev).
+
+    z = P(x + eta*dir(grad)); x_new = P(x + a(z - x) + (1-a)(x - x_prev)); x_prev <- x; x <- x_new,
+    with a = momentum (1.0 on APGD's first step) and per-row step sizes eta.
+    """
+    norm = canonical_norm(norm)
+    eta_t, eps_t = _as_rows(eta, x, "eta"), _as_rows(eps, x, "eps")
+    if _has_op("apgd_step_"):
+        torch.ops.fastrobust.apgd_step_(x, x_prev, x0, grad, eta_t, eps_t, float(momentum), norm, float(lo), float(hi))
+        return x, x_prev
+    warn_fallback("apgd_step_")
+    return _ref.apgd_step_(x, x_prev, x0, grad, eta_t, eps_t, momentum, norm, lo, hi)
+
+
+def _register_fakes(namespace: str) -> None:
+    def fake_step(x, x0, grad, eps, alpha, active, noise, norm, lo, hi, descent):
+        check_step_args(x, x0, grad, eps, alpha, active, noise, norm)
+
+    def fake_init(x, x0, eps, norm, lo, hi, seed, offset):
+        torch._check(x0.shape == x.shape, lambda: "x0 must have the shape of x")
+
+    def fake_best(best_x, best_loss, success, x, loss, is_adv, keep):
+        torch._check(best_x.shape == x.shape, lambda: "best_x must have the shape of x")
+
+    def fake_apgd(x, x_prev, x0, grad, eta, eps, momentum, norm, lo, hi):
+        check_step_args(x, x0, grad, eps, eta, None, None, norm)
+
+    torch.library.register_fake(f"{namespace}::pgd_step_")(fake_step)
+    torch.library.register_fake(f"{namespace}::pgd_random_init_")(fake_init)
+    torch.library.register_fake(f"{namespace}::pgd_update_best_")(fake_best)
+    torch.library.register_fake(f"{namespace}::apgd_step_")(fake_apgd)
+
+
+if _has_op("pgd_step_"):
+    _register_fakes("fastrobust")
+if HAS_EMU and hasattr(torch.ops.fastrobust_emu, "pgd_step_"):
+    _register_fakes("fastrobust_emu")

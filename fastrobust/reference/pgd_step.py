@@ -1,0 +1,196 @@
+"""Reference of the PGD engine's fused ops, in plain PyTorch.
+
+Written as eager element-wise chains, the way torchattacks / AutoAttack / robustness write
+their inner loops; they define what the fused kernels compute:
+
+- pgd_step_:        one step + projection onto the eps-ball around x0 + box clip, in place;
+- pgd_random_init_: a random start inside the eps-ball, box-clipped, in place;
+- pgd_update_best_: per-sample best point (highest loss, or first/last successful one);
+- apgd_step_:       the momentum step of APGD (Croce & Hein 2020).
+
+Rows are dim 0: every sample (and every restart, when restarts are folded into the batch)
+is one row with its own eps, alpha and norms.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+NORMS = ("linf", "l2")
+BEST_MODES = ("loss", "first_success", "last_success")
+# Added to L2 norms before dividing by them (AutoAttack's constant).
+L2_TINY = 1e-12
+
+
+def canonical_norm(norm) -> str:
+    """'linf' or 'l2' from any of the spellings users write (inf, 'Linf', 2, 'L2', ...)."""
+    if isinstance(norm, str):
+        key = norm.strip().lower()
+        if key in ("linf", "inf", "l_inf"):
+            return "linf"
+        if key in ("l2", "2"):
+            return "l2"
+    elif isinstance(norm, (int, float)) and not isinstance(norm, bool):
+        if norm == float("inf"):
+            return "linf"
+        if norm == 2:
+            return "l2"
+    raise ValueError(f"norm must be 'linf' (or inf) or 'l2' (or 2), got {norm!r}")
+
+
+def _check_rows(name: str, t: Optional[torch.Tensor], x: torch.Tensor) -> None:
+    if t is None:
+        return
+    if t.dim() > 1 or t.numel() not in (1, x.shape[0]):
+        raise ValueError(
+            f"{name} must be a scalar or have one value per row ({x.shape[0]}), got shape {tuple(t.shape)}"
+        )
+
+
+def check_step_args(x, x0, grad, eps, alpha, active=None, noise=None, norm="linf"):
+    """The checks every pgd_step_ backend runs (same messages as the C++ ops)."""
+    if x.dim() < 1:
+        raise ValueError("x must have a batch dimension (rows are dim 0)")
+    if not x.is_floating_point():
+        raise ValueError(f"x must have a floating-point dtype, got {x.dtype}")
+    for name, t in (("x0", x0), ("grad", grad), ("noise", noise)):
+        if t is None:
+            continue
+        if t.shape != x.shape:
+            raise ValueError(f"{name} must have the shape of x {tuple(x.shape)}, got {tuple(t.shape)}")
+        if t.dtype != x.dtype:
+            raise ValueError(f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}")
+    _check_rows("eps", eps, x)
+    _check_rows("alpha", alpha, x)
+    if active is not None:
+        if active.dtype != torch.bool or active.shape != (x.shape[0],):
+            raise ValueError(
+                f"active must be a bool tensor of shape ({x.shape[0]},), got {active.dtype} {tuple(active.shape)}"
+            )
+    canonical_norm(norm)
+
+
+def _per_row(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """eps/alpha (scalar or one per row) shaped to broadcast over x's rows, in the op maths type."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    v = v.to(device=x.device, dtype=acc).reshape(-1)
+    return v.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def _row_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], math.prod(t.shape[1:])).norm(dim=1).reshape(-1, *([1] * (t.dim() - 1)))
+
+
+def project(x_new, x0, eps, norm, lo, hi):
+    """Projection onto the eps-ball around x0 (L-inf clamp or L2 rescale), then the box clip."""
+    if norm == "linf":
+        x_new = torch.minimum(torch.maximum(x_new, x0 - eps), x0 + eps)
+    else:
+        delta = x_new - x0
+        dnorm = _row_norm(delta)
+        # delta * min(1, eps/||delta||), written so that ||delta|| = 0 and eps = 0 stay finite.
+        scale = torch.where(dnorm > eps, eps / torch.where(dnorm > 0, dnorm, torch.ones_like(dnorm)), torch.ones_like(dnorm))
+        x_new = x0 + delta * scale
+    return x_new.clamp(lo, hi)
+
+
+def step_direction(grad, norm):
+    """sign(g) for L-inf; g / (||g|| + 1e-12) for L2 (per row)."""
+    if norm == "linf":
+        return grad.sign()
+    return grad / (_row_norm(grad) + L2_TINY)
+
+
+def pgd_step_(x, x0, grad, eps, alpha, active=None, noise=None, norm="linf", lo=0.0, hi=1.0,
+              descent=False):
+    """x <- clip_[lo,hi]( P_eps,x0( x +- alpha * dir(grad) + noise ) ) on the active rows, in place.
+
+    The maths runs in float32 (float64 for float64 x) and is stored in x's dtype.
+    """
+    norm = canonical_norm(norm)
+    check_step_args(x, x0, grad, eps, alpha, active, noise, norm)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xa, x0a, ga = x.to(acc), x0.to(acc), grad.to(acc)
+    eps_r, alpha_r = _per_row(eps, x), _per_row(alpha, x)
+    direction = step_direction(ga, norm)
+    x_new = xa - alpha_r * direction if descent else xa + alpha_r * direction
+    if noise is not None:
+        x_new = x_new + noise.to(acc)
+    x_new = project(x_new, x0a, eps_r, norm, lo, hi)
+    if active is not None:
+        x_new = torch.where(active.reshape(-1, *([1] * (x.dim() - 1))), x_new, xa)
+    x.copy_(x_new)
+    return x
+
+
+def pgd_random_init_(x, x0, eps, norm="linf", lo=0.0, hi=1.0, generator=None):
+    """x <- clip_[lo,hi](x0 + delta), delta uniform in the eps-ball, in place.
+
+    L-inf: delta ~ U(-eps, eps) per element. L2: a uniform direction (normalised Gaussian)
+    times eps * u^(1/d), u ~ U(0, 1): uniform in the ball's volume (for image-sized d the
+    radius is eps to within a few per cent, as in robustness' and AutoAttack's L2 starts).
+    The kernels draw from their own counter-based generator (Philox): same distribution,
+    other numbers.
+    """
+    norm = canonical_norm(norm)
+    _check_rows("eps", eps, x)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    eps_r = _per_row(eps, x)
+    if norm == "linf":
+        u = torch.rand(x.shape, generator=generator, dtype=acc, device=x.device)
+        delta = (2 * u - 1) * eps_r
+    else:
+        n = torch.randn(x.shape, generator=generator, dtype=acc, device=x.device)
+        d = math.prod(x.shape[1:])
+        r = torch.rand((x.shape[0],), generator=generator, dtype=acc, device=x.device) ** (1.0 / d)
+        delta = n / (_row_norm(n) + L2_TINY) * r.reshape(-1, *([1] * (x.dim() - 1))) * eps_r
+    x.copy_((x0.to(acc) + delta).clamp(lo, hi))
+    return x
+
+
+def better_rows(loss, is_adv, best_loss, success, mode):
+    """Rows whose new point replaces the kept one.
+
+    loss:           the highest loss wins (strictly higher).
+    first_success:  the first successful point is kept for good; until then, the highest loss.
+    last_success:   every successful point replaces the kept one; until the first, the highest loss.
+    """
+    higher = loss.to(best_loss.dtype) > best_loss
+    if mode == "loss":
+        return higher
+    if mode == "first_success":
+        return ~success & (is_adv | higher)
+    if mode == "last_success":
+        return is_adv | (~success & higher)
+    raise ValueError(f"mode must be one of {BEST_MODES}, got {mode!r}")
+
+
+def pgd_update_best_(best_x, best_loss, success, x, loss, is_adv, mode="loss"):
+    """Keeps each row's best point (see better_rows) in best_x/best_loss; success |= is_adv."""
+    better = better_rows(loss, is_adv, best_loss, success, mode)
+    rows = better.reshape(-1, *([1] * (x.dim() - 1)))
+    best_x.copy_(torch.where(rows, x, best_x))
+    best_loss.copy_(torch.where(better, loss.to(best_loss.dtype), best_loss))
+    success.logical_or_(is_adv)
+    return best_x, best_loss, success
+
+
+def apgd_step_(x, x_prev, x0, grad, eta, eps, momentum=0.75, norm="linf", lo=0.0, hi=1.0):
+    """APGD's step, in place:  z = P(x + eta * dir(grad));  x_new = P(x + a(z - x) + (1 - a)(x - x_prev));
+    then x_prev <- x and x <- x_new. momentum a = 1 gives the plain first step (x_new = z).
+
+    Both projections are `project` (L-inf: clamp to the ball, then the box; L2: rescale delta
+    to norm min(eps, ||delta||), then the box), as in AutoAttack's code.
+    """
+    norm = canonical_norm(norm)
+    check_step_args(x, x0, grad, eps, eta, None, None, norm)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xa, xpa, x0a, ga = x.to(acc), x_prev.to(acc), x0.to(acc), grad.to(acc)
+    eta_r, eps_r = _per_row(eta, x), _per_row(eps, x)
+    z = project(xa + eta_r * step_direction(ga, norm), x0a, eps_r, norm, lo, hi)
+    x_new = project(xa + momentum * (z - xa) + (1 - momentum) * (xa - xpa), x0a, eps_r, norm, lo, hi)
+    x_prev.copy_(x)
+    x.copy_(x_new)
+    return x, x_prev
