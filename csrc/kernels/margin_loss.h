@@ -2,7 +2,7 @@
 // Per-row maths of the margin losses (CW margin, DLR; untargeted and targeted), shared by
 // the CPU and CUDA kernels. A row is reduced to a few statistics (the four largest logits,
 // the largest logit other than one class, z_y, z_t); the loss and its gradient follow from
-// them: the gradient is non-zero at five classes at most, given as (class, coefficient) pairs.
+// them: the gradient is non-zero at five classes at most (see Terms).
 // Ties between logits go to the lower class index. Formulas: fastrobust/reference/margin_loss.py.
 #include <cstdint>
 #include <limits>
@@ -65,24 +65,29 @@ struct RowStats {
   }
 };
 
-// The loss of a row and its gradient as (class, coefficient) pairs: dL/dz_c = sum of the
-// coefficients paired with c.
+// The loss of a row and its gradient. Every loss here is a ratio L = -num/den (CW: den = 1)
+// and its gradient is sparse: dL/dz_c = (A_c * den + B_c * num) / den^2, where A_c and B_c sum
+// the (a, b) weights of the entries naming class c (a for d num, b for d den). Summing the
+// weights before the division lets terms that cancel do so exactly: DLR is constant (1) while
+// y ranks third, and its gradient there is 0, not a rounding residue whose sign would steer
+// a sign-gradient step.
 template <typename acc>
 struct Terms {
-  acc loss = 0;
+  acc loss = 0, num = 0, den = 1;
   int n = 0;
   int cls[5];
-  acc coef[5];
-  FR_HOST_DEVICE void add(int c, acc k) { cls[n] = c; coef[n] = k; ++n; }
+  acc a[5], b[5];
+  FR_HOST_DEVICE void add(int c, acc wa, acc wb) { cls[n] = c; a[n] = wa; b[n] = wb; ++n; }
 };
 
-// dL/dz_c: the sum of the coefficients paired with class c.
+// dL/dz_c.
 template <typename acc>
 FR_HOST_DEVICE acc coefficient(const Terms<acc>& tm, int c) {
-  acc total = 0;
+  acc wa = 0, wb = 0;
   for (int k = 0; k < tm.n; ++k)
-    if (tm.cls[k] == c) total += tm.coef[k];
-  return total;
+    if (tm.cls[k] == c) { wa += tm.a[k]; wb += tm.b[k]; }
+  if (wa == acc(0) && wb == acc(0)) return acc(0);
+  return (wa * tm.den + wb * tm.num) / (tm.den * tm.den);
 }
 
 template <typename acc>
@@ -93,25 +98,24 @@ FR_HOST_DEVICE Terms<acc> terms(Kind kind, bool targeted, const RowStats<acc>& s
     const acc raw = targeted ? s.z_t - s.other.v : s.other.v - s.z_y;
     out.loss = raw < kappa ? raw : kappa;
     if (raw <= kappa) {  // clamp passes the gradient up to and at kappa, as torch.clamp
-      out.add(targeted ? t : s.other.i, acc(1));
-      out.add(targeted ? s.other.i : y, acc(-1));
+      out.add(targeted ? t : s.other.i, acc(1), acc(0));
+      out.add(targeted ? s.other.i : y, acc(-1), acc(0));
     }
     return out;
   }
-  // DLR: L = -N / D
-  const acc num = targeted ? s.z_y - s.z_t : s.z_y - s.other.v;
-  const acc den = targeted ? s.top.v[0] - acc(0.5) * (s.top.v[2] + s.top.v[3]) + acc(kDlrTiny)
-                           : s.top.v[0] - s.top.v[2] + acc(kDlrTiny);
-  out.loss = -num / den;
-  const acc d_num = -acc(1) / den, d_den = num / (den * den);
-  out.add(y, d_num);
-  out.add(targeted ? t : s.other.i, -d_num);
-  out.add(s.top.i[0], d_den);
+  // DLR: L = -N / D, so dL/dN = -1/D and dL/dD = N/D^2
+  out.num = targeted ? s.z_y - s.z_t : s.z_y - s.other.v;
+  out.den = targeted ? s.top.v[0] - acc(0.5) * (s.top.v[2] + s.top.v[3]) + acc(kDlrTiny)
+                     : s.top.v[0] - s.top.v[2] + acc(kDlrTiny);
+  out.loss = -out.num / out.den;
+  out.add(y, acc(-1), acc(0));
+  out.add(targeted ? t : s.other.i, acc(1), acc(0));
+  out.add(s.top.i[0], acc(0), acc(1));
   if (targeted) {
-    out.add(s.top.i[2], acc(-0.5) * d_den);
-    out.add(s.top.i[3], acc(-0.5) * d_den);
+    out.add(s.top.i[2], acc(0), acc(-0.5));
+    out.add(s.top.i[3], acc(0), acc(-0.5));
   } else {
-    out.add(s.top.i[2], -d_den);
+    out.add(s.top.i[2], acc(0), acc(-1));
   }
   return out;
 }

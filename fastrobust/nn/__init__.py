@@ -1,1 +1,2 @@
+from .normalize import Normalize
 from .sparta import Sparta, swap_relu

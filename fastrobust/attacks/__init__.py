@@ -1,0 +1,23 @@
+"""Adversarial attacks on the fused PGD engine.
+
+Classes are called like torchattacks' (`PGD(model, eps=8/255)(x, y)` returns x_adv;
+`.run(x, y)` returns an AttackResult with success flags, losses and pass counts);
+fastrobust.attacks.functional has the same attacks as functions.
+
+    PGD              Madry PGD, L-inf/L2, random start, restarts folded into the batch, targeted, CE/CW/DLR
+    FATPGD, fat_tau  FAT's early-stopped PGD and its dynamic tau schedule
+    AlternatingPGD   alternating-objectives PGD (CE/CW/DLR schedules)
+    HypocriticalPGD  descent on CE towards the true class (hypocritical examples)
+    APGD             AutoAttack's APGD-CE / APGD-DLR / APGD-T
+"""
+from . import functional
+from .alternating import AlternatingPGD
+from .apgd import APGD, apgd_checkpoints
+from .engine import Attack
+from .fat import FATPGD, fat_tau
+from .hypocritical import HypocriticalPGD
+from .pgd import PGD
+from .result import AttackResult
+
+__all__ = ["APGD", "AlternatingPGD", "Attack", "AttackResult", "FATPGD", "HypocriticalPGD", "PGD",
+           "apgd_checkpoints", "fat_tau", "functional"]

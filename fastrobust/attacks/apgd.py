@@ -1,0 +1,181 @@
+"""APGD (Croce & Hein, ICML 2020): AutoAttack's APGDAttack / APGDAttack_targeted, batched.
+
+Every row has its own step size, best point and oscillation counters on the device; the
+checkpoint iterations are known in advance, so the checkpoint rule runs as torch.where on
+all rows without reading anything back to the host.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..ops import apgd_step_, pgd_update_best_
+from .engine import Attack, Plan
+from .objectives import attack_loss, check_loss_name, reached
+from .rows import RowOutcome, Rows, row_mask
+from .starts import autoattack_start
+from .validation import Scalar, check_count, check_radius
+
+
+def apgd_checkpoints(steps: int) -> List[Tuple[int, int]]:
+    """(iteration, interval length) of every APGD checkpoint for `steps` iterations.
+
+    The first interval is max(int(0.22 steps), 1) iterations; each next one is shorter by
+    max(int(0.03 steps), 1), down to max(int(0.06 steps), 1) (AutoAttack's n_iter_2, size_decr,
+    n_iter_min; the paper's p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)). The check runs at
+    the end of the interval's last iteration (0-based). steps=100: intervals 22, 19, 16, 13, 10,
+    7, 6, 6 ending after 22, 41, 57, 70, 80, 87, 93 and 99 iterations.
+    """
+    interval = max(int(0.22 * steps), 1)
+    shrink = max(int(0.03 * steps), 1)
+    shortest = max(int(0.06 * steps), 1)
+    checkpoints, done = [], interval
+    while done <= steps:
+        checkpoints.append((done - 1, interval))
+        interval = max(interval - shrink, shortest)
+        done += interval
+    return checkpoints
+
+
+class APGDState:
+    """The per-row state of one APGD pass (AutoAttack's attack_single_run, all rows at once).
+
+    x, x_prev, grad:          iterate, previous iterate (momentum) and the gradient at x;
+    x_best, grad_best, loss_best: the highest-loss point (the restart point at checkpoints);
+    x_out, loss_out, success: the returned point: the last successful iterate, else x_best
+                              (pgd_update_best_ "last_success" = AutoAttack's x_best_adv);
+    eta:                      per-row step size, 2*eps at the start;
+    increases, loss_prev:     how many iterations of the current interval raised the loss over
+                              the previous iteration's; loss_prev starts at 0, as AutoAttack's
+                              first check compares its first loss with loss_steps[-1], still 0;
+    improved:                 loss_best rose since the last checkpoint (AutoAttack's
+                              loss_best_last_check < loss_best: loss_best only ever rises);
+    reduced:                  the step size was halved at the last checkpoint (starts True).
+    """
+
+    def __init__(self, rows: Rows, x: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor, is_adv: torch.Tensor):
+        n = rows.n
+        self.x, self.x_prev, self.grad = x, x.clone(), grad.clone()
+        self.x_best, self.grad_best, self.loss_best = x.clone(), grad.clone(), loss.clone()
+        self.x_out, self.loss_out, self.success = x.clone(), loss.clone(), is_adv.clone()
+        self.eta = (2 * rows.eps).expand(n).clone()
+        self.increases = torch.zeros(n, device=x.device)
+        self.loss_prev = torch.zeros_like(loss)
+        self.improved = torch.zeros(n, dtype=torch.bool, device=x.device)
+        self.reduced = torch.ones(n, dtype=torch.bool, device=x.device)
+
+    def tensors(self) -> List[torch.Tensor]:
+        return [self.x, self.x_prev, self.grad, self.x_best, self.grad_best, self.loss_best, self.x_out,
+                self.loss_out, self.success, self.eta, self.increases, self.loss_prev, self.improved, self.reduced]
+
+    def record(self, loss: torch.Tensor, grad: torch.Tensor, is_adv: torch.Tensor) -> None:
+        """Takes in the loss, gradient and goal at the new iterate self.x."""
+        self.grad.copy_(grad)
+        # The improvement mask is taken before pgd_update_best_ raises loss_best.
+        improved = loss > self.loss_best
+        self.grad_best.copy_(torch.where(row_mask(improved, grad), grad, self.grad_best))
+        pgd_update_best_(self.x_best, self.loss_best, self.improved, self.x, loss, improved, mode="loss")
+        pgd_update_best_(self.x_out, self.loss_out, self.success, self.x, loss, is_adv, mode="last_success")
+        self.increases.add_((loss > self.loss_prev).to(self.increases.dtype))
+        self.loss_prev.copy_(loss)
+
+    def checkpoint(self, interval: int, rho: float) -> torch.Tensor:
+        """The checkpoint rule; returns the rows where it fired. It fires where (i) the loss rose
+        in at most rho*interval iterations of the interval, or (ii) the step size was not halved
+        at the last checkpoint and loss_best has not risen since; there eta is halved and the
+        iterate and its gradient restart from x_best."""
+        fired = (self.increases <= interval * rho) | (~self.reduced & ~self.improved)
+        self.reduced.copy_(fired)
+        self.improved.zero_()
+        self.increases.zero_()
+        self.eta.copy_(torch.where(fired, self.eta / 2, self.eta))
+        rows = row_mask(fired, self.x)
+        self.x.copy_(torch.where(rows, self.x_best, self.x))
+        self.grad.copy_(torch.where(rows, self.grad_best, self.grad))
+        return fired
+
+
+class APGD(Attack):
+    """Auto-PGD with AutoAttack's semantics, restarts and target classes folded into the batch.
+
+    Step (per row, eta = 2*eps at the start, momentum a = 0.75, a = 1 on the first iteration):
+      z = P(x + eta*sign(g))  (L2: eta*g/||g||);  x_new = P(x + a(z - x) + (1 - a)(x - x_prev)),
+    P the projection onto the eps-ball and the box. At the checkpoints of apgd_checkpoints(steps)
+    the rule of APGDState.checkpoint halves eta and restarts from the best point.
+    loss: "ce" or "dlr" (APGD-CE / APGD-DLR).
+    targeted: without targets, AutoAttack's APGD-T: the targeted loss (DLR: -(z_y - z_t)/
+      (z_pi1 - (z_pi3 + z_pi4)/2); CE: -CE(t)) towards each of the n_target_classes classes
+      ranked 2nd, 3rd, ... by the clean logits, one row group per class; success means
+      misclassification. With targets=t, one group per restart towards t; success means predicting t.
+    As AutoAttack, the clean inputs are classified first: a sample already successful there
+    keeps x and is not attacked. The returned point is the last successful iterate, else the
+    highest-loss one. Restarts (and target classes) run as row groups, all in one pass or
+    restart_batch groups per pass with the samples already fooled dropped in between.
+    The random start is AutoAttack's (see starts.autoattack_start), from `seed`.
+    Defaults: eps=8/255, steps=100, rho=0.75, momentum=0.75. Common arguments: see Attack.
+    """
+
+    def __init__(self, model: nn.Module, eps: Scalar = 8 / 255, steps: int = 100, norm="linf", loss: str = "ce",
+                 targeted: bool = False, n_target_classes: int = 9, restarts: int = 1, rho: float = 0.75,
+                 momentum: float = 0.75, restart_batch: Optional[int] = None, **common):
+        super().__init__(model, eps=eps, norm=norm, **common)
+        self.steps = check_count(steps, "steps", 0)
+        self.loss = check_loss_name(loss)
+        if self.loss == "cw":
+            raise ValueError("loss must be 'ce' or 'dlr' for APGD, got 'cw'")
+        self.targeted = bool(targeted)
+        self.n_target_classes = check_count(n_target_classes, "n_target_classes", 1)
+        self.restarts = check_count(restarts, "restarts", 1)
+        self.restart_batch = None if restart_batch is None else check_count(restart_batch, "restart_batch", 1)
+        self.rho = float(check_radius(rho, "rho"))
+        self.momentum = float(check_radius(momentum, "momentum"))
+        if self.momentum > 1:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+
+    def _check_targets(self, targets) -> None:
+        if targets is not None and not self.targeted:
+            raise ValueError("targets: given to an untargeted APGD (construct it with targeted=True)")
+
+    def _plan(self, ctx, x0, y, targets) -> Plan:
+        logits = ctx.model.logits(x0)
+        ctx.count(x0.shape[0], backward=False)
+        goal = "fooled"
+        if targets is not None:
+            goal, group_targets = "target", targets.expand(self.restarts, -1)
+        elif self.targeted:
+            if self.n_target_classes > logits.shape[1] - 1:
+                raise ValueError(f"n_target_classes must be at most classes - 1 = {logits.shape[1] - 1}, "
+                                 f"got {self.n_target_classes}")
+            ranked = logits.sort(dim=1)[1]
+            per_class = torch.stack([ranked[:, -c] for c in range(2, self.n_target_classes + 2)])
+            group_targets = per_class.repeat_interleave(self.restarts, dim=0)
+        else:
+            group_targets = None
+        first = None if group_targets is None else group_targets[0]
+        initial = (attack_loss(self.loss, logits, y, first), reached(goal, logits, y, first))
+        groups = self.restarts if group_targets is None else group_targets.shape[0]
+        return Plan(groups, goal, group_targets, initial)
+
+    def _run_rows(self, ctx, rows, evaluate):
+        loss_fn = rows.loss_fn(self.loss)
+        x = autoattack_start(rows, self.norm, self.lo, self.hi)
+        logits, loss, grad = ctx.model.loss_and_grad(x, loss_fn)
+        ctx.count(rows.n, backward=True)
+        state = APGDState(rows, x, loss, grad, rows.reached(logits))
+        checkpoints = dict(apgd_checkpoints(self.steps))
+        runner = ctx.step_runner(state.tensors())
+        for i in range(self.steps):
+            momentum = 1.0 if i == 0 else self.momentum
+            runner(i == 0, lambda a=momentum: self._iteration(ctx, rows, state, loss_fn, a))
+            ctx.count(rows.n, backward=True)
+            if i in checkpoints:
+                state.checkpoint(checkpoints[i], self.rho)
+        return RowOutcome(state.x_out, state.loss_out, state.success)
+
+    def _iteration(self, ctx, rows: Rows, state: APGDState, loss_fn, momentum: float) -> None:
+        apgd_step_(state.x, state.x_prev, rows.x0, state.grad, state.eta, rows.eps, momentum=momentum,
+                   norm=self.norm, lo=self.lo, hi=self.hi)
+        logits, loss, grad = ctx.model.loss_and_grad(state.x, loss_fn)
+        state.record(loss, grad, rows.reached(logits))

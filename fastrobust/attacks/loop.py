@@ -1,0 +1,115 @@
+"""The sign-step PGD loop shared by PGD, FATPGD, AlternatingPGD and HypocriticalPGD.
+
+Each iteration: forward and input gradient of the step's loss, best-point update, early-stop
+bookkeeping, then one fused pgd_step_ (sign step for L-inf, normalised step for L2, projection,
+box clip) on the active rows. Nothing in an iteration reads a tensor value on the host, so the
+iteration body can be captured in a CUDA graph (see graph.StepRunner).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Protocol
+
+import torch
+
+from ..ops import pgd_step_, pgd_update_best_
+from .rows import RowOutcome, Rows, maths_dtype
+
+# Which point a PGD-style attack returns per row (keep=...), as pgd_update_best_ modes:
+#   success: the first successful iterate, else the highest-loss one (needs the last iterate evaluated);
+#   loss:    the highest-loss iterate;
+#   last:    the final iterate (torchattacks), no best tracking.
+KEEP_MODES = {"success": "first_success", "loss": "loss", "last": None}
+
+
+class StepControl(Protocol):
+    """Per-row early stopping (FAT): which rows step, and the noise added to the step."""
+
+    active: Optional[torch.Tensor]
+    noise: Optional[torch.Tensor]
+
+    def tensors(self) -> List[torch.Tensor]: ...  # the static tensors it updates
+
+    def prepare(self) -> None: ...  # eager work before an iteration (fresh noise)
+
+    def observe(self, rows: Rows, logits: torch.Tensor) -> None: ...  # inside the iteration, before the step
+
+
+class BestTracker:
+    """Each row's best point so far (pgd_update_best_ with `mode`)."""
+
+    def __init__(self, x: torch.Tensor, mode: str):
+        self.mode = mode
+        self.x = x.clone()
+        self.loss = torch.full((x.shape[0],), -math.inf, dtype=maths_dtype(x), device=x.device)
+        self.success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+
+    def tensors(self) -> List[torch.Tensor]:
+        return [self.x, self.loss, self.success]
+
+    def update(self, x: torch.Tensor, score: torch.Tensor, is_adv: torch.Tensor) -> None:
+        pgd_update_best_(self.x, self.loss, self.success, x, score, is_adv, mode=self.mode)
+
+
+@dataclass
+class SignSteps:
+    """`steps` iterations of sign-step PGD.
+
+    loss_at(t): the loss kind ("ce", "cw", "dlr") whose gradient step t follows.
+    keep:       pgd_update_best_ mode of the returned point, or None for the last iterate.
+    score:      (rows, logits, loss) -> the per-row objective that best tracking maximises
+                and the result reports; default the step's loss (its negative for descent).
+    descent:    step against the gradient (hypocritical attack).
+    """
+
+    steps: int
+    norm: str
+    lo: float
+    hi: float
+    loss_at: Callable[[int], str]
+    keep: Optional[str] = None
+    score: Optional[Callable[[Rows, torch.Tensor, torch.Tensor], torch.Tensor]] = None
+    descent: bool = False
+
+    def _score(self, rows: Rows, logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        if self.score is not None:
+            return self.score(rows, logits, loss)
+        return -loss if self.descent else loss
+
+    def run(self, ctx, rows: Rows, x: torch.Tensor, control: Optional[StepControl] = None,
+            evaluate: bool = True) -> RowOutcome:
+        """Runs the loop on the iterate x (updated in place) and returns the kept points; with
+        evaluate (or best tracking) the last iterate is evaluated by one extra forward."""
+        tracker = None if self.keep is None else BestTracker(x, self.keep)
+        state = [x] + (tracker.tensors() if tracker else []) + (control.tensors() if control else [])
+        runner = ctx.step_runner(state)
+        for t in range(self.steps):
+            kind = self.loss_at(t)
+            if control is not None:
+                control.prepare()
+            runner(kind, lambda kind=kind: self._iteration(ctx, rows, x, kind, tracker, control))
+            ctx.count(rows.n, backward=True)
+        if tracker is None and not evaluate:
+            return RowOutcome(x, None, None)
+        logits = ctx.model.logits(x)
+        ctx.count(rows.n, backward=False)
+        kind = self.loss_at(max(self.steps - 1, 0))
+        score = self._score(rows, logits, rows.loss_fn(kind)(logits))
+        is_adv = rows.reached(logits)
+        if tracker is None:
+            return RowOutcome(x, score, is_adv)
+        tracker.update(x, score, is_adv)
+        return RowOutcome(tracker.x, tracker.loss, tracker.success)
+
+    def _iteration(self, ctx, rows: Rows, x: torch.Tensor, kind: str, tracker: Optional[BestTracker],
+                   control: Optional[StepControl]) -> None:
+        logits, loss, grad = ctx.model.loss_and_grad(x, rows.loss_fn(kind))
+        if tracker is not None:
+            tracker.update(x, self._score(rows, logits, loss), rows.reached(logits))
+        if control is not None:
+            control.observe(rows, logits)
+        pgd_step_(x, rows.x0, grad, rows.eps, rows.alpha,
+                  active=None if control is None else control.active,
+                  noise=None if control is None else control.noise,
+                  norm=self.norm, lo=self.lo, hi=self.hi, descent=self.descent)

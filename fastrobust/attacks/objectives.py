@@ -1,0 +1,43 @@
+"""Per-row attack losses (float32, to be maximised) and attack goals, computed from logits."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from ..ops.margin_loss import margin_loss
+from ..reference.margin_loss import cross_entropy
+
+LOSSES = ("ce", "cw", "dlr")
+
+
+def check_loss_name(loss: str, name: str = "loss") -> str:
+    if loss not in LOSSES:
+        raise ValueError(f"{name} must be one of {LOSSES}, got {loss!r}")
+    return loss
+
+
+def attack_loss(kind: str, logits: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None,
+                kappa: float = math.inf) -> torch.Tensor:
+    """Per-row loss to maximise, in float32 (float64 for float64 logits).
+
+    ce:  CE(z, y), targeted -CE(z, t).
+    cw:  the CW margin (fastrobust.ops.margin_loss, clamped at kappa), targeted on t.
+    dlr: the DLR loss, targeted -(z_y - z_t)/(z_pi1 - (z_pi3 + z_pi4)/2).
+    """
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    if kind == "ce":
+        return cross_entropy(logits, y, targets)
+    return margin_loss(logits, y, targets, kind=kind, kappa=kappa if kind == "cw" else math.inf)
+
+
+def reached(goal: str, logits: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """bool (N,): whether each row's prediction meets the attack's goal: "fooled" (not y),
+    "target" (the row's target) or "correct" (y). Ties between logits go to the lowest class."""
+    pred = logits.argmax(dim=1)
+    if goal == "fooled":
+        return pred != y
+    if goal == "target":
+        return pred == targets
+    return pred == y

@@ -1,0 +1,63 @@
+"""PGD (Madry et al. 2018), with restarts folded into the batch."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from torch import nn
+
+from .engine import Attack
+from .loop import KEEP_MODES, SignSteps
+from .objectives import check_loss_name
+from .starts import clean_start, uniform_start
+from .validation import Scalar, check_choice, check_count, check_radius
+
+
+class PGD(Attack):
+    """Projected gradient descent, called like torchattacks' PGD: `PGD(model, eps, alpha, steps)(x, y)`.
+
+    L-inf: x <- clip_[lo,hi]( clip_[x0-eps, x0+eps]( x + alpha*sign(g) ) );
+    L2:    x <- x + alpha*g/||g||, then delta*min(1, eps/||delta||), then the box clip,
+    g the input gradient of the per-sample loss: "ce" (CE; targeted -CE(t)), "cw" (CW margin,
+    clamped at kappa; kappa=inf is unclamped) or "dlr".
+
+    random_start: start uniformly in the eps-ball (box-clipped), else at x.
+    restarts:     R restarts folded into the batch (rows = R*B, restart-major); each sample gets
+                  its worst case over restarts (a successful point first, else the highest loss).
+    restart_batch: run k restarts per pass; between passes only the samples not yet fooled are
+                  attacked again (one host synchronisation per pass). None: all in one pass.
+    targeted:     call with targets=t; success means predicting t.
+    keep:         "success" (default): the first successful iterate, else the highest-loss one
+                  (one extra forward evaluates the last iterate); "loss": the highest-loss
+                  iterate; "last": the final iterate (torchattacks' output, no extra forward).
+    Defaults: eps=8/255, alpha=2/255, steps=10 (CIFAR-10 PGD-10). Common arguments: see Attack.
+    """
+
+    def __init__(self, model: nn.Module, eps: Scalar = 8 / 255, alpha: Scalar = 2 / 255, steps: int = 10,
+                 norm="linf", random_start: bool = True, restarts: int = 1, restart_batch: Optional[int] = None,
+                 targeted: bool = False, loss: str = "ce", kappa: float = math.inf, keep: str = "success", **common):
+        super().__init__(model, eps=eps, norm=norm, **common)
+        self.alpha = check_radius(alpha, "alpha")
+        self.steps = check_count(steps, "steps", 0)
+        self.random_start = bool(random_start)
+        self.restarts = check_count(restarts, "restarts", 1)
+        self.restart_batch = None if restart_batch is None else check_count(restart_batch, "restart_batch", 1)
+        self.targeted = bool(targeted)
+        self.goal = "target" if self.targeted else "fooled"
+        self.loss = check_loss_name(loss)
+        if math.isnan(kappa):
+            raise ValueError("kappa must not be NaN")
+        self.kappa = float(kappa)
+        self.keep = check_choice(keep, tuple(KEEP_MODES), "keep")
+
+    def _check_targets(self, targets) -> None:
+        if self.targeted and targets is None:
+            raise ValueError("targets: a targeted PGD needs targets=...")
+        if not self.targeted and targets is not None:
+            raise ValueError("targets: given to an untargeted PGD (construct it with targeted=True)")
+
+    def _run_rows(self, ctx, rows, evaluate):
+        x = uniform_start(rows, self.norm, self.lo, self.hi) if self.random_start else clean_start(rows)
+        loop = SignSteps(self.steps, self.norm, self.lo, self.hi, loss_at=lambda t: self.loss,
+                         keep=KEEP_MODES[self.keep])
+        return loop.run(ctx, rows, x, evaluate=evaluate)

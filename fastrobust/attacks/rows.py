@@ -1,0 +1,104 @@
+"""Attack rows: samples x row groups folded into one batch, and what a pass over them returns."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+import torch
+
+from ..ops import pgd_update_best_
+from .objectives import attack_loss, reached
+
+Scalar = Union[float, torch.Tensor]
+
+
+def fold(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """t repeated `groups` times along dim 0, group-major: row g*B + b is sample b of group g."""
+    return t if groups == 1 else t.repeat(groups, *([1] * (t.dim() - 1)))
+
+
+def row_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (N,) mask shaped to broadcast over the rows of `like`."""
+    return mask.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def maths_dtype(x: torch.Tensor) -> torch.dtype:
+    """The fused ops' maths type for x, also that of losses and step sizes: float64 for float64
+    x, float32 otherwise."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def per_row_values(value: Scalar, index: Optional[torch.Tensor], groups: int, x: torch.Tensor) -> torch.Tensor:
+    """eps/alpha for the rows: one value (1,), or per-sample values picked by `index` and
+    folded; in maths_dtype(x), on x's device."""
+    if not isinstance(value, torch.Tensor):
+        return torch.full((1,), float(value), dtype=maths_dtype(x), device=x.device)
+    value = value.to(device=x.device, dtype=maths_dtype(x)).reshape(-1)
+    if value.numel() == 1:
+        return value
+    return fold(value if index is None else value[index], groups)
+
+
+@dataclass
+class Rows:
+    """The rows one pass of an attack loop works on: `groups` row groups (restarts, or target
+    classes x restarts) of the same samples, folded group-major into one batch.
+
+    eps/alpha hold one value or one per row. first_group is the index of the first of these
+    groups among all the groups of the call; it keys the random-start stream, so that groups
+    run in separate passes (restart_batch) start from different points.
+    """
+
+    x0: torch.Tensor
+    y: torch.Tensor
+    targets: Optional[torch.Tensor]
+    eps: torch.Tensor
+    alpha: Optional[torch.Tensor]
+    groups: int
+    first_group: int
+    goal: str
+    seed: int
+    generator: torch.Generator
+    kappa: float = math.inf
+
+    @property
+    def n(self) -> int:
+        return self.x0.shape[0]
+
+    def loss_fn(self, kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda logits: attack_loss(kind, logits, self.y, self.targets, self.kappa)
+
+    def reached(self, logits: torch.Tensor) -> torch.Tensor:
+        return reached(self.goal, logits, self.y, self.targets)
+
+
+@dataclass
+class RowOutcome:
+    """Per row: the point an attack pass keeps, the objective there and whether the goal holds.
+    loss and success are None when the pass was asked not to evaluate its last iterate."""
+
+    x: torch.Tensor
+    loss: Optional[torch.Tensor]
+    success: Optional[torch.Tensor]
+
+
+def merge_groups(best: RowOutcome, index: Optional[torch.Tensor], out: RowOutcome, groups: int) -> None:
+    """Folds the `groups` row groups of `out` into the per-sample `best`, in place: a successful
+    point first (the earliest group's), else the highest loss. `index` lists the samples that
+    `out` ran on (None: all of them)."""
+    if index is None:
+        bx, bl, bs = best.x, best.loss, best.success
+    else:
+        # Gathered into best.x's strides: pgd_update_best_ updates best_x in place and wants them.
+        bx = torch.empty_like(best.x[: index.numel()]).copy_(best.x[index])
+        bl, bs = best.loss[index], best.success[index]
+    b = bx.shape[0]
+    for g in range(groups):
+        rows = slice(g * b, (g + 1) * b)
+        pgd_update_best_(bx, bl, bs, out.x[rows], out.loss[rows], out.success[rows], mode="first_success")
+    if index is not None:
+        best.x.index_copy_(0, index, bx)
+        best.loss.index_copy_(0, index, bl)
+        best.success.index_copy_(0, index, bs)
+

@@ -1,0 +1,85 @@
+"""Argument checks of the attacks; every error is a ValueError that names the argument."""
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+Scalar = Union[float, torch.Tensor]
+AUTOCAST_DTYPES = (None, torch.bfloat16, torch.float16)
+
+
+def check_model(model) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def check_radius(value: Scalar, name: str) -> Scalar:
+    """eps / alpha: a number >= 0, or a floating 1-D tensor of values >= 0 (one per sample)."""
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point() or value.dim() > 1:
+            raise ValueError(f"{name} must be a number or a floating-point 1-D tensor, got {value.dtype} "
+                             f"of shape {tuple(value.shape)}")
+        if bool((value.detach() < 0).any() or value.detach().isnan().any()):
+            raise ValueError(f"{name} must be >= 0 everywhere")
+        return value.detach().reshape(-1)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return float(value)
+
+
+def check_count(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_choice(value, choices, name: str):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_autocast(dtype) -> Optional[torch.dtype]:
+    if dtype not in AUTOCAST_DTYPES:
+        raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {dtype!r}")
+    return dtype
+
+
+def check_box(lo: float, hi: float) -> None:
+    if not float(lo) <= float(hi):
+        raise ValueError(f"lo must be <= hi, got lo={lo!r}, hi={hi!r}")
+
+
+def _check_labels(t: torch.Tensor, name: str, n: int) -> None:
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.int64:
+        raise ValueError(f"{name} must be an int64 tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+    if t.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) (one label per row of x), got {tuple(t.shape)}")
+
+
+def check_call(x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor], lo: float, hi: float):
+    """Checks one attack call's inputs; returns y and targets on x's device.
+
+    The range check of x is the one host synchronisation an attack makes before its loop.
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.dim() < 2:
+        raise ValueError(f"x must have a batch dimension and at least one feature dimension, "
+                         f"got shape {tuple(x.shape)}")
+    _check_labels(y, "y", x.shape[0])
+    if targets is not None:
+        _check_labels(targets, "targets", x.shape[0])
+    if x.numel() and bool(((x < lo) | (x > hi) | x.isnan()).any()):
+        raise ValueError(f"x must lie in [lo, hi] = [{lo}, {hi}] (normalisation belongs inside the model)")
+    y = y.to(x.device)
+    return y, None if targets is None else targets.to(x.device)
+
+
+def check_per_sample(value: Scalar, name: str, n: int) -> None:
+    if isinstance(value, torch.Tensor) and value.numel() not in (1, n):
+        raise ValueError(f"{name} must have 1 or {n} values (one per sample), got {value.numel()}")

@@ -1,0 +1,63 @@
+"""PreAct ResNet-18 for 32x32 inputs, the CIFAR model of the adversarial-training literature
+(He et al. 2016 pre-activation blocks; the variant used by Rice et al. 2020 and Wong et al. 2020)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn.normalize import Values
+from ._checks import input_normalization, positive_int
+
+STAGE_WIDTHS = (64, 128, 256, 512)
+BLOCKS_PER_STAGE = (2, 2, 2, 2)
+
+
+class PreActBlock(nn.Module):
+    """BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus a shortcut; a 1x1 shortcut convolution, where the
+    shape changes, reads the pre-activated input (as in the paper)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        residual = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + residual
+
+
+class PreActResNet18(nn.Module):
+    """Inputs (N, in_channels, H, W) in [0, 1] (32x32 for CIFAR); logits (N, num_classes)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3,
+                 mean: Optional[Values] = None, std: Optional[Values] = None):
+        super().__init__()
+        positive_int(num_classes, "num_classes")
+        positive_int(in_channels, "in_channels")
+        self.normalize = input_normalization(mean, std, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, STAGE_WIDTHS[0], 3, stride=1, padding=1, bias=False)
+        blocks, in_planes = [], STAGE_WIDTHS[0]
+        for stage, (planes, count) in enumerate(zip(STAGE_WIDTHS, BLOCKS_PER_STAGE)):
+            for i in range(count):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(PreActBlock(in_planes, planes, stride))
+                in_planes = planes
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.linear = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.blocks(self.conv1(self.normalize(x)))
+        out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1)
+        return self.linear(torch.flatten(out, 1))

@@ -1,0 +1,81 @@
+"""Wide ResNet (Zagoruyko and Komodakis 2016) for 32x32 inputs; WRN-34-10 is the CIFAR model
+of Madry et al. 2018 and TRADES (Zhang et al. 2019)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn.normalize import Values
+from ._checks import input_normalization, positive_int
+
+BASE_WIDTHS = (16, 32, 64)  # the three stages, multiplied by widen_factor
+STEM_WIDTH = 16
+
+
+class WideBlock(nn.Module):
+    """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3 plus a shortcut. Where the width changes, the
+    1x1 shortcut convolution reads the pre-activated input, as in the original code."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.dropout = dropout
+        self.shortcut = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        residual = x if self.shortcut is None else self.shortcut(out)
+        out = F.relu(self.bn2(self.conv1(out)))
+        if self.dropout > 0:
+            out = F.dropout(out, p=self.dropout, training=self.training)
+        return self.conv2(out) + residual
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-widen_factor: (depth - 4) / 6 blocks per stage. Inputs (N, in_channels, H, W)
+    in [0, 1] (32x32 for CIFAR); logits (N, num_classes)."""
+
+    def __init__(self, depth: int = 34, widen_factor: int = 10, num_classes: int = 10,
+                 dropout: float = 0.0, in_channels: int = 3,
+                 mean: Optional[Values] = None, std: Optional[Values] = None):
+        super().__init__()
+        positive_int(depth, "depth")
+        if depth < 10 or (depth - 4) % 6 != 0:
+            raise ValueError(f"depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, ...), got {depth}")
+        positive_int(widen_factor, "widen_factor")
+        positive_int(num_classes, "num_classes")
+        positive_int(in_channels, "in_channels")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
+        self.depth, self.widen_factor = depth, widen_factor
+        self.normalize = input_normalization(mean, std, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, STEM_WIDTH, 3, stride=1, padding=1, bias=False)
+        blocks_per_stage = (depth - 4) // 6
+        blocks, in_planes = [], STEM_WIDTH
+        for stage, base in enumerate(BASE_WIDTHS):
+            planes = base * widen_factor
+            for i in range(blocks_per_stage):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(WideBlock(in_planes, planes, stride, float(dropout)))
+                in_planes = planes
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.linear = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.blocks(self.conv1(self.normalize(x)))
+        out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1)
+        return self.linear(torch.flatten(out, 1))
+
+
+def wrn34_10(num_classes: int = 10, **kwargs) -> WideResNet:
+    """WRN-34-10, the CIFAR-10 model of Madry et al. and TRADES."""
+    return WideResNet(depth=34, widen_factor=10, num_classes=num_classes, **kwargs)

@@ -1,0 +1,89 @@
+"""Multi-step invariants of every attack over hypothesis-generated inputs: the result stays in
+the eps-ball and the box, keeps shape/dtype, and its success flags and losses describe x_adv."""
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from fastrobust import attacks
+from fastrobust.attacks.objectives import attack_loss
+from fastrobust.reference import pgd as ref
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*runs its pure-PyTorch reference:RuntimeWarning")
+
+SHAPES = [(3,), (1, 4, 4), (2, 3, 5)]
+BOXES = [(0.0, 1.0), (-1.0, 1.0)]
+CLASSES = 5
+
+
+def make_attack(kind, model, eps, steps, norm, lo, hi, seed):
+    common = dict(eps=eps, norm=norm, lo=lo, hi=hi, seed=seed)
+    alpha = eps / 3
+    return {
+        "pgd": lambda: attacks.PGD(model, alpha=alpha, steps=steps, restarts=2, **common),
+        "pgd-cw-loss": lambda: attacks.PGD(model, alpha=alpha, steps=steps, loss="cw", keep="loss", **common),
+        "pgd-dlr-last": lambda: attacks.PGD(model, alpha=alpha, steps=steps, loss="dlr", keep="last", restarts=3,
+                                            restart_batch=2, **common),
+        "fat": lambda: attacks.FATPGD(model, alpha=alpha, steps=steps, tau=1, omega=0.01, **common),
+        "alternating": lambda: attacks.AlternatingPGD(model, steps=steps, schedule=("ce", "cw", "dlr"),
+                                                      random_start=True, **common),
+        "hypocritical": lambda: attacks.HypocriticalPGD(model, alpha=alpha, steps=steps, keep="success", **common),
+        "apgd": lambda: attacks.APGD(model, steps=steps, restarts=2, **common),
+        "apgd-t": lambda: attacks.APGD(model, steps=steps, loss="dlr", targeted=True, n_target_classes=2, **common),
+    }[kind]()
+
+
+GOAL_OF = {"hypocritical": "correct"}
+MAXIMISED_LOSS = {"pgd": "ce", "pgd-cw-loss": "cw", "pgd-dlr-last": "dlr", "fat": "ce", "apgd": "ce"}
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["pgd", "pgd-cw-loss", "pgd-dlr-last", "fat", "alternating", "hypocritical", "apgd",
+                             "apgd-t"]),
+       batch=st.integers(1, 5), shape=st.sampled_from(SHAPES), box=st.sampled_from(BOXES),
+       norm=st.sampled_from(["linf", "l2"]), eps=st.floats(0.0, 0.6), steps=st.integers(0, 4),
+       seed=st.integers(0, 2**31 - 1))
+def test_result_in_ball_and_box_and_described_by_flags(kind, batch, shape, box, norm, eps, steps, seed):
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = box
+    features = math.prod(shape)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(features, CLASSES)).double()
+    with torch.no_grad():
+        model[1].weight.copy_(3 * torch.randn(CLASSES, features, generator=g, dtype=torch.float64))
+    x = lo + (hi - lo) * torch.rand(batch, *shape, generator=g, dtype=torch.float64)
+    y = torch.randint(0, CLASSES, (batch,), generator=g)
+
+    result = make_attack(kind, model, eps, steps, norm, lo, hi, seed).run(x, y)
+
+    x_adv = result.x_adv
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and torch.isfinite(x_adv).all()
+    assert (x_adv >= lo).all() and (x_adv <= hi).all()
+    delta = (x_adv - x).reshape(batch, -1)
+    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    assert (size <= eps * (1 + 1e-9) + 1e-9).all(), (size, eps)
+    with torch.no_grad():
+        logits = model(x_adv)
+    pred = logits.argmax(1)
+    assert torch.equal(result.success, pred == y if GOAL_OF.get(kind) == "correct" else pred != y)
+    assert result.loss.shape == (batch,) and result.loss.dtype == torch.float64
+    if kind in MAXIMISED_LOSS:
+        torch.testing.assert_close(result.loss, attack_loss(MAXIMISED_LOSS[kind], logits, y))
+
+
+@settings(max_examples=15, deadline=None)
+@given(batch=st.integers(1, 6), tau=st.integers(0, 3), steps=st.integers(0, 6), seed=st.integers(0, 2**31 - 1))
+def test_fat_frozen_rows_match_the_reference(batch, tau, steps, seed):
+    """Without noise and random start FAT is deterministic: every sample is output where the
+    official loop outputs it, so rows frozen early are never touched again."""
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, CLASSES)).double()
+    with torch.no_grad():
+        model[1].weight.copy_(3 * torch.randn(CLASSES, 6, generator=g, dtype=torch.float64))
+    x = torch.rand(batch, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, CLASSES, (batch,), generator=g)
+    ours = attacks.FATPGD(model, eps=0.3, alpha=0.07, steps=steps, tau=tau, omega=0.0, random_start=False)(x, y)
+    theirs = ref.fat_pgd(model, x, y, eps=0.3, alpha=0.07, steps=steps, tau=tau, omega=0.0, random_start=False)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
