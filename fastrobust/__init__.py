@@ -5,9 +5,9 @@ with a pure-PyTorch reference of every op (fastrobust.reference); adversarial at
 fused PGD engine (fastrobust.attacks).
 """
 from ._extension import EXT_ERROR, HAS_EMU, HAS_EXT, WITH_CUDA
-from . import attacks, data, nn, ops, reference
+from . import attacks, data, models, nn, ops, reference
 from .ops import sparta
 
 __version__ = "0.1.0"
 
-__all__ = ["HAS_EXT", "HAS_EMU", "WITH_CUDA", "EXT_ERROR", "attacks", "data", "nn", "ops", "reference", "sparta"]
+__all__ = ["HAS_EXT", "HAS_EMU", "WITH_CUDA", "EXT_ERROR", "attacks", "data", "models", "nn", "ops", "reference", "sparta"]
