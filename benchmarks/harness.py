@@ -592,12 +592,14 @@ def implementation_columns(case: dict, impl: str, e: dict) -> dict:
             "error": e.get("error") or e.get("mismatch")}
 
 
-def write_csv(result: dict, path: Path) -> None:
+def write_csv(result: dict, path: Path, columns: Sequence[str] = CSV_COLUMNS, rows=csv_rows) -> None:
+    """One CSV row per case and implementation; a suite with other columns passes its own
+    `columns` and `rows(result)`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=list(columns))
         writer.writeheader()
-        writer.writerows(csv_rows(result))
+        writer.writerows(rows(result))
 
 
 def baseline_names(result: dict) -> List[str]:

@@ -2,7 +2,6 @@
 harness's bar plot (t_impl / t_fastrobust per case) and a text table."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -56,14 +55,6 @@ def csv_rows(result: dict):
                                                 "iqr_s", "blocks", "images_per_s")})
 
 
-def write_csv(result: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(csv_rows(result))
-
-
 def paths(result: dict, out_dir: Path, quick: bool) -> Dict[str, Path]:
     return {ext: harness.output_path(out_dir, result["suite"], result["device"], ext, quick)
             for ext in ("json", "csv", "png")}
@@ -73,7 +64,7 @@ def write_data(result: dict, out_dir: Path, quick: bool) -> None:
     """JSON and CSV, rewritten after every case so that a run cut short keeps what it measured."""
     p = paths(result, out_dir, quick)
     harness.write_json(result, p["json"])
-    write_csv(result, p["csv"])
+    harness.write_csv(result, p["csv"], CSV_COLUMNS, csv_rows)
 
 
 def write_results(result: dict, out_dir: Path, quick: bool) -> Dict[str, str]:

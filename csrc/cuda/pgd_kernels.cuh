@@ -194,36 +194,31 @@ __global__ void update_best_kernel(BestPtrs<scalar_t, acc_t<scalar_t>> b) {
 
 // ---- launchers -------------------------------------------------------------------------
 
+// An L-inf kernel runs elementwise over all elements, an L2 kernel one block per row.
+template <typename P, typename LinfKernel, typename L2Kernel>
+void launch_by_norm(LinfKernel linf_kernel, L2Kernel l2_kernel, const P& p, Norm norm, cudaStream_t stream) {
+  if (norm == Norm::Linf)
+    FR_LAUNCH(linf_kernel, elementwise_grid(p.rows * p.row_size), dim3(kElementwiseThreads), 0, stream, p);
+  else
+    FR_LAUNCH(l2_kernel, row_grid(p.rows), row_block(p.row_size), 0, stream, p);
+}
+
 template <typename scalar_t>
 void launch_step(const RowPtrs<scalar_t, acc_t<scalar_t>>& p, Norm norm, cudaStream_t stream) {
-  const bool noise = p.noise != nullptr;
-  if (norm == Norm::Linf) {
-    const dim3 grid = elementwise_grid(p.rows * p.row_size), block(kElementwiseThreads);
-    if (noise) FR_LAUNCH((linf_step_kernel<scalar_t, true>), grid, block, 0, stream, p);
-    else FR_LAUNCH((linf_step_kernel<scalar_t, false>), grid, block, 0, stream, p);
-  } else {
-    const dim3 grid = row_grid(p.rows), block = row_block(p.row_size);
-    if (noise) FR_LAUNCH((l2_step_kernel<scalar_t, true>), grid, block, 0, stream, p);
-    else FR_LAUNCH((l2_step_kernel<scalar_t, false>), grid, block, 0, stream, p);
-  }
+  if (p.noise != nullptr)
+    launch_by_norm(linf_step_kernel<scalar_t, true>, l2_step_kernel<scalar_t, true>, p, norm, stream);
+  else
+    launch_by_norm(linf_step_kernel<scalar_t, false>, l2_step_kernel<scalar_t, false>, p, norm, stream);
 }
 
 template <typename scalar_t>
 void launch_random_init(const RowPtrs<scalar_t, acc_t<scalar_t>>& p, Norm norm, cudaStream_t stream) {
-  if (norm == Norm::Linf)
-    FR_LAUNCH(linf_random_init_kernel<scalar_t>, elementwise_grid(p.rows * p.row_size),
-              dim3(kElementwiseThreads), 0, stream, p);
-  else
-    FR_LAUNCH(l2_random_init_kernel<scalar_t>, row_grid(p.rows), row_block(p.row_size), 0, stream, p);
+  launch_by_norm(linf_random_init_kernel<scalar_t>, l2_random_init_kernel<scalar_t>, p, norm, stream);
 }
 
 template <typename scalar_t>
 void launch_apgd(const RowPtrs<scalar_t, acc_t<scalar_t>>& p, Norm norm, cudaStream_t stream) {
-  if (norm == Norm::Linf)
-    FR_LAUNCH(linf_apgd_kernel<scalar_t>, elementwise_grid(p.rows * p.row_size),
-              dim3(kElementwiseThreads), 0, stream, p);
-  else
-    FR_LAUNCH(l2_apgd_kernel<scalar_t>, row_grid(p.rows), row_block(p.row_size), 0, stream, p);
+  launch_by_norm(linf_apgd_kernel<scalar_t>, l2_apgd_kernel<scalar_t>, p, norm, stream);
 }
 
 template <typename scalar_t>

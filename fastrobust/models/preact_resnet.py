@@ -16,15 +16,17 @@ BLOCKS_PER_STAGE = (2, 2, 2, 2)
 
 
 class PreActBlock(nn.Module):
-    """BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus a shortcut; a 1x1 shortcut convolution, where the
-    shape changes, reads the pre-activated input (as in the paper)."""
+    """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3 plus a shortcut; a 1x1 shortcut convolution,
+    where the shape changes, reads the pre-activated input (as in the paper and in the Wide
+    ResNet code, which uses this block with dropout)."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int):
+    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float = 0.0):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.dropout = dropout
         self.shortcut = None
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
@@ -32,9 +34,10 @@ class PreActBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(x))
         residual = x if self.shortcut is None else self.shortcut(out)
-        out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
-        return out + residual
+        out = F.relu(self.bn2(self.conv1(out)))
+        if self.dropout > 0:
+            out = F.dropout(out, p=self.dropout, training=self.training)
+        return self.conv2(out) + residual
 
 
 class PreActResNet18(nn.Module):

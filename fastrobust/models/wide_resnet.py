@@ -10,33 +10,10 @@ from torch import nn
 
 from ..nn.normalize import Values
 from ._checks import input_normalization, positive_int
+from .preact_resnet import PreActBlock
 
 BASE_WIDTHS = (16, 32, 64)  # the three stages, multiplied by widen_factor
 STEM_WIDTH = 16
-
-
-class WideBlock(nn.Module):
-    """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3 plus a shortcut. Where the width changes, the
-    1x1 shortcut convolution reads the pre-activated input, as in the original code."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.dropout = dropout
-        self.shortcut = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        residual = x if self.shortcut is None else self.shortcut(out)
-        out = F.relu(self.bn2(self.conv1(out)))
-        if self.dropout > 0:
-            out = F.dropout(out, p=self.dropout, training=self.training)
-        return self.conv2(out) + residual
 
 
 class WideResNet(nn.Module):
@@ -64,7 +41,7 @@ class WideResNet(nn.Module):
             planes = base * widen_factor
             for i in range(blocks_per_stage):
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(WideBlock(in_planes, planes, stride, float(dropout)))
+                blocks.append(PreActBlock(in_planes, planes, stride, float(dropout)))
                 in_planes = planes
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(in_planes)
