@@ -62,6 +62,13 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
+// Calls f(i) for every i < n, spread over the whole grid (grid-stride loop).
+template <typename F>
+__device__ __forceinline__ void grid_stride(int64_t n, F f) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
+}
+
 // Sum over the whole block (blockDim.x a multiple of 32); every thread gets the total.
 // Every thread of the block must call it (it synchronises).
 template <typename T>

@@ -50,16 +50,14 @@ inline dim3 row_grid(int64_t rows) {
 template <typename scalar_t, bool with_noise>
 __global__ void linf_step_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
   using acc = acc_t<scalar_t>;
-  const int64_t numel = p.rows * p.row_size;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
+  grid_stride(p.rows * p.row_size, [&](int64_t i) {
     const int64_t row = i / p.row_size;
-    if (!p.is_active(row)) continue;
+    if (!p.is_active(row)) return;
     const acc noise = with_noise ? acc(p.noise[i]) : acc(0);
     const acc step = m::signed_step(p.alpha_of(row), p.descent);
     p.x[i] = m::project_linf(m::raw_step<acc, Norm::Linf>(acc(p.x[i]), acc(p.grad[i]), step, acc(1), noise),
                              acc(p.x0[i]), p.eps_of(row), p.lo, p.hi);
-  }
+  });
 }
 
 template <typename scalar_t, bool with_noise>
@@ -96,11 +94,10 @@ __global__ void l2_step_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
 template <typename scalar_t>
 __global__ void linf_random_init_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
   using acc = acc_t<scalar_t>;
-  const int64_t numel = p.rows * p.row_size;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride)
+  grid_stride(p.rows * p.row_size, [&](int64_t i) {
     p.x[i] = m::linf_start(acc(p.x0[i]), p.eps_of(i / p.row_size),
                            philox::uniform(p.seed, p.offset, static_cast<uint64_t>(i)), p.lo, p.hi);
+  });
 }
 
 template <typename scalar_t>
@@ -124,9 +121,7 @@ __global__ void l2_random_init_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
 template <typename scalar_t>
 __global__ void linf_apgd_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
   using acc = acc_t<scalar_t>;
-  const int64_t numel = p.rows * p.row_size;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
+  grid_stride(p.rows * p.row_size, [&](int64_t i) {
     const int64_t row = i / p.row_size;
     const acc eps = p.eps_of(row), xi = p.x[i], x0i = p.x0[i];
     const acc z = m::project_linf(m::raw_step<acc, Norm::Linf>(xi, acc(p.grad[i]), p.alpha_of(row), acc(1), acc(0)),
@@ -134,7 +129,7 @@ __global__ void linf_apgd_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
     const acc x_new = m::project_linf(m::momentum_mix(xi, z, acc(p.x_prev[i]), p.momentum), x0i, eps, p.lo, p.hi);
     p.x_prev[i] = p.x[i];
     p.x[i] = x_new;
-  }
+  });
 }
 
 template <typename scalar_t>

@@ -40,7 +40,22 @@ class PreActBlock(nn.Module):
         return self.conv2(out) + residual
 
 
-class PreActResNet18(nn.Module):
+class PreActNetwork(nn.Module):
+    """Input normalisation, a 3x3 stem, pre-activation blocks, then BN-ReLU, global average
+    pooling and a linear classifier: the shape PreActResNet and WideResNet share."""
+
+    def _build_head(self, blocks, in_planes: int, num_classes: int) -> None:
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.linear = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.blocks(self.conv1(self.normalize(x)))
+        out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1)
+        return self.linear(torch.flatten(out, 1))
+
+
+class PreActResNet18(PreActNetwork):
     """Inputs (N, in_channels, H, W) in [0, 1] (32x32 for CIFAR); logits (N, num_classes)."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3,
@@ -56,11 +71,4 @@ class PreActResNet18(nn.Module):
                 stride = 2 if stage > 0 and i == 0 else 1
                 blocks.append(PreActBlock(in_planes, planes, stride))
                 in_planes = planes
-        self.blocks = nn.Sequential(*blocks)
-        self.bn = nn.BatchNorm2d(in_planes)
-        self.linear = nn.Linear(in_planes, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.blocks(self.conv1(self.normalize(x)))
-        out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1)
-        return self.linear(torch.flatten(out, 1))
+        self._build_head(blocks, in_planes, num_classes)

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..nn.normalize import Values
 from ._checks import input_normalization, positive_int
-from .preact_resnet import PreActBlock
+from .preact_resnet import PreActBlock, PreActNetwork
 
 BASE_WIDTHS = (16, 32, 64)  # the three stages, multiplied by widen_factor
 STEM_WIDTH = 16
 
 
-class WideResNet(nn.Module):
+class WideResNet(PreActNetwork):
     """WRN-depth-widen_factor: (depth - 4) / 6 blocks per stage. Inputs (N, in_channels, H, W)
     in [0, 1] (32x32 for CIFAR); logits (N, num_classes)."""
 
@@ -43,14 +41,7 @@ class WideResNet(nn.Module):
                 stride = 2 if stage > 0 and i == 0 else 1
                 blocks.append(PreActBlock(in_planes, planes, stride, float(dropout)))
                 in_planes = planes
-        self.blocks = nn.Sequential(*blocks)
-        self.bn = nn.BatchNorm2d(in_planes)
-        self.linear = nn.Linear(in_planes, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.blocks(self.conv1(self.normalize(x)))
-        out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1)
-        return self.linear(torch.flatten(out, 1))
+        self._build_head(blocks, in_planes, num_classes)
 
 
 def wrn34_10(num_classes: int = 10, **kwargs) -> WideResNet:
