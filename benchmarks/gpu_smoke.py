@@ -217,11 +217,51 @@ def smoke_margin_loss(namespace, device: str) -> List[str]:
     return failures
 
 
+# ----------------------------------------------------------------------------- cifs_reweight
+
+# (B, C, H, W): one element, layer4 (chunks of 256 channels), 2048 channels of 7x7 (a chunk
+# of 83 channels, a channel wider than a warp), C = 1
+CIFS_SHAPES = ((1, 1, 1, 1), (3, 512, 4, 4), (2, 2048, 7, 7), (4, 1, 3, 5))
+
+
+def smoke_cifs_reweight(namespace, device: str) -> List[str]:
+    from fastrobust.reference.cifs import cifs_reweight as reference
+
+    failures = []
+    configs = list(itertools.product(DTYPES, CIFS_SHAPES, ("contiguous",)))
+    configs += [(dtype, (2, 64, 5, 3), layout) for dtype in DTYPES for layout in ("channels_last", "strided")]
+    for seed, (dtype, shape, layout) in enumerate(configs):
+        gen = torch.Generator().manual_seed(seed)
+        cpu = [torch.randn(shape, generator=gen).to(dtype), (3 * torch.randn(shape[:2], generator=gen)).to(dtype)]
+        grad_out = torch.randn(shape, generator=gen).to(dtype)
+        where = f"cifs_reweight {str(dtype).replace('torch.', '')} shape={shape} {layout}"
+        op = lambda f, r: namespace.cifs_reweight(f, r, 1.0, 2.0)
+        try:
+            out, grads = forward_backward(op, [t.to(device) for t in cpu], grad_out.to(device), LAYOUTS[layout])
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+        except Exception as exc:
+            failures.append(f"{where}: {type(exc).__name__}: {exc}")
+            continue
+        ref_out, ref_grads = forward_backward(lambda f, r: reference(f, r, 1.0, 2.0), [t.double() for t in cpu],
+                                              grad_out.double(), LAYOUTS["contiguous"])
+        # the relevance gradient sums C x H x W products: a looser tolerance in 16-bit types
+        tol = TOLERANCES[dtype]
+        checks = (("out", out, ref_out, tol), ("grad_feat", grads[0], ref_grads[0], tol),
+                  ("grad_relevance", grads[1], ref_grads[1], 3 * tol))
+        for name, actual, expected, t in checks:
+            problem = max_error_text(name, actual, expected, t)
+            if problem:
+                failures.append(f"{where}: {problem}")
+    return failures
+
+
 # op name -> smoke function(op namespace, device) -> failures. One entry per CUDA op.
 SMOKES = {
     "sparta": smoke_sparta,
     "pgd": smoke_pgd,
     "margin_loss": smoke_margin_loss,
+    "cifs_reweight": smoke_cifs_reweight,
 }
 
 

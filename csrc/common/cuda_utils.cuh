@@ -54,12 +54,25 @@ constexpr int kWarpSize = 32;
 template <typename T>
 __host__ __device__ __forceinline__ T ceil_div(T a, T b) { return (a + b - 1) / b; }
 
-// Sum over the 32 lanes of a full warp; every lane gets the total.
+// Reduction over the 32 lanes of a full warp with a commutative, associative op; every lane
+// gets the result.
+template <typename T, typename Op>
+__device__ __forceinline__ T warp_reduce(T v, Op op) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+struct SumOp {
+  template <typename T> __host__ __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+};
+struct MaxOp {
+  template <typename T> __host__ __device__ __forceinline__ T operator()(T a, T b) const { return a > b ? a : b; }
+};
+
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-    v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
+  return warp_reduce(v, SumOp{});
 }
 
 // Calls f(i) for every i < n, spread over the whole grid (grid-stride loop).
@@ -69,18 +82,23 @@ __device__ __forceinline__ void grid_stride(int64_t n, F f) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
 }
 
-// Sum over the whole block (blockDim.x a multiple of 32); every thread gets the total.
-// Every thread of the block must call it (it synchronises).
-template <typename T>
-__device__ __forceinline__ T block_sum(T v) {
+// Reduction over the whole block (blockDim.x a multiple of 32) with op and its identity;
+// every thread gets the result. Every thread of the block must call it (it synchronises).
+template <typename T, typename Op>
+__device__ __forceinline__ T block_reduce(T v, Op op, T identity) {
   __shared__ T partial[kWarpSize];
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  v = warp_sum(v);
+  v = warp_reduce(v, op);
   __syncthreads();  // a previous call's readers are done with `partial`
   if (lane == 0) partial[warp] = v;
   __syncthreads();
   const int warps = static_cast<int>(blockDim.x) / kWarpSize;
-  return warp_sum(lane < warps ? partial[lane] : T(0));
+  return warp_reduce(lane < warps ? partial[lane] : identity, op);
+}
+
+template <typename T>
+__device__ __forceinline__ T block_sum(T v) {
+  return block_reduce(v, SumOp{}, T(0));
 }
 
 }  // namespace fastrobust

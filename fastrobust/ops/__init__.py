@@ -1,4 +1,5 @@
 """Public functional API of the fused ops (fall back to fastrobust.reference without _C)."""
+from .cifs import cifs_reweight, cifs_targets, linear_relevance, mlp_relevance
 from .margin_loss import margin_loss
 from .pgd import apgd_step_, pgd_random_init_, pgd_step_, pgd_update_best_
 from .sparta import sparta
@@ -8,6 +9,7 @@ OPS = {
     "sparta": ("sparta", "_sparta_backward"),
     "pgd": ("pgd_step_", "pgd_random_init_", "pgd_update_best_", "apgd_step_"),
     "margin_loss": ("margin_loss", "_margin_loss_backward"),
+    "cifs_reweight": ("cifs_reweight", "_cifs_reweight_backward"),
 }
 
-__all__ = ["OPS", "apgd_step_", "margin_loss", "pgd_random_init_", "pgd_step_", "pgd_update_best_", "sparta"]
+__all__ = ["OPS", "apgd_step_", "cifs_reweight", "cifs_targets", "linear_relevance", "margin_loss", "mlp_relevance", "pgd_random_init_", "pgd_step_", "pgd_update_best_", "sparta"]

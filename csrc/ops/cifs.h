@@ -1,0 +1,56 @@
+#pragma once
+// CIFS's fused reweighting cifs_reweight(feat, relevance, T, scale) = feat * scale *
+// softmax(relevance / T) over channels: schemas, checks and the preparation every backend
+// runs first.
+#include <ATen/core/Tensor.h>
+
+#include "../kernels/cifs.h"
+
+namespace fastrobust {
+
+constexpr const char* kCifsReweightSchema =
+    "cifs_reweight(Tensor feat, Tensor relevance, float temperature, float scale) -> Tensor";
+constexpr const char* kCifsReweightBackwardSchema =
+    "_cifs_reweight_backward(Tensor grad_out, Tensor feat, Tensor relevance, float temperature, "
+    "float scale) -> (Tensor, Tensor)";
+
+namespace cifs {
+
+// relevance converted to the accumulation dtype (it is only B x C values); the backward's
+// grad_relevance is computed in it and converted back to relevance_dtype.
+struct Prepared {
+  at::Tensor feat, relevance, grad_out;  // contiguous; grad_out undefined in the forward
+  at::ScalarType relevance_dtype = at::kFloat;
+  int64_t batch = 0, channels = 0, spatial = 0;
+  double temperature = 1, scale = 2;
+};
+
+// feat (B, C, H, W) floating, any layout; relevance (B, C) floating (any dtype) on feat's
+// device; temperature > 0.
+Prepared prepare(const at::Tensor& feat, const at::Tensor& relevance, double temperature, double scale);
+// The above, plus grad_out with feat's shape, dtype and device.
+// The accumulation dtype of feat: float64 for float64, float32 otherwise.
+at::ScalarType acc_dtype(const at::Tensor& feat);
+Prepared prepare_backward(const at::Tensor& grad_out, const at::Tensor& feat, const at::Tensor& relevance,
+                          double temperature, double scale);
+
+template <typename scalar_t, typename acc>
+ReweightPtrs<scalar_t, acc> ptrs(const Prepared& p, const at::Tensor& out, const at::Tensor& grad_relevance,
+                                 const at::Tensor& channel_dots) {
+  ReweightPtrs<scalar_t, acc> r;
+  r.feat = p.feat.const_data_ptr<scalar_t>();
+  r.relevance = p.relevance.const_data_ptr<acc>();
+  r.grad_out = p.grad_out.defined() ? p.grad_out.const_data_ptr<scalar_t>() : nullptr;
+  r.out = out.mutable_data_ptr<scalar_t>();
+  r.grad_relevance = grad_relevance.defined() ? grad_relevance.mutable_data_ptr<acc>() : nullptr;
+  r.channel_dots = channel_dots.defined() ? channel_dots.mutable_data_ptr<acc>() : nullptr;
+  r.batch = p.batch;
+  r.channels = p.channels;
+  r.spatial = p.spatial;
+  r.temperature = static_cast<acc>(p.temperature);
+  r.scale = static_cast<acc>(p.scale);
+  return r;
+}
+
+}  // namespace cifs
+}  // namespace fastrobust

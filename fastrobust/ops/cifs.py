@@ -1,0 +1,115 @@
+"""CIFS (Yan et al., ICML 2021) as fused pieces.
+
+The CIFS layer reweights a feature map by a channel mask m = scale * softmax_c(r / T), where
+the relevance r (B, C) is the gradient of the probe's top-2 logits with respect to the pooled
+feature, evaluated on the detached feature. For the two probe kinds r has a closed form
+(no autograd, so it works under torch.no_grad and inference_mode too):
+
+    linear probe  z = W GAP(f) + b:                   r = W[t1] + W[t2]
+    mlp probe     z = W2 softplus_beta(W1 GAP(f) + b1) + b2, u = W1 GAP(f) + b1:
+                  r_c = sum_k (W2[t1,k] + W2[t2,k]) * sigmoid(beta u_k) * W1[k,c]
+
+Written with differentiable torch ops of the probe weights, these give the weights the same
+second-order gradients as the official code's create_graph=True, and no gradient reaches the
+feature through r (the pooled feature is detached). The memory-bound part, softmax over
+channels fused with feat * m, forward and backward, is the op `cifs_reweight` (one kernel
+forward, two backward on CUDA).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .._extension import HAS_EMU, HAS_EXT, warn_fallback
+from ..reference.cifs import check_reweight_args
+from ..reference.cifs import cifs_reweight as _reference_reweight
+
+
+def _has_op() -> bool:
+    return HAS_EXT and hasattr(torch.ops.fastrobust, "cifs_reweight")
+
+
+def cifs_reweight(feat: torch.Tensor, relevance: torch.Tensor, temperature: float = 1.0,
+                  scale: float = 2.0) -> torch.Tensor:
+    """feat * scale * softmax(relevance / temperature, dim=1)[:, :, None, None].
+
+    feat: (B, C, H, W) floating; relevance: (B, C) floating (any dtype; the maths runs in
+    float32, float64 for float64 feat). Differentiable in both. The output has feat's dtype.
+    """
+    if _has_op():
+        return torch.ops.fastrobust.cifs_reweight(feat, relevance, float(temperature), float(scale))
+    warn_fallback("cifs_reweight")
+    return _reference_reweight(feat, relevance, temperature, scale)
+
+
+def cifs_targets(probe_logits: torch.Tensor, labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The two classes whose logits define the relevance, on the device (no host sync).
+
+    With labels (train mode): t1 = the label, t2 = the second of the probe's top-2 predictions,
+    even when that is the label (the official rule). Without (eval mode): the top-1 and top-2
+    predictions. Ties are broken as torch.topk breaks them.
+    """
+    if probe_logits.dim() != 2 or probe_logits.shape[1] < 2:
+        raise ValueError(f"probe_logits must be (B, K) with K >= 2 classes, got shape {tuple(probe_logits.shape)}")
+    top2 = probe_logits.detach().topk(2, dim=1).indices
+    if labels is None:
+        return top2[:, 0], top2[:, 1]
+    if labels.dtype != torch.int64 or labels.shape != (probe_logits.shape[0],):
+        raise ValueError(f"labels must be int64 of shape ({probe_logits.shape[0]},), got {labels.dtype} "
+                         f"{tuple(labels.shape)}")
+    return labels, top2[:, 1]
+
+
+def linear_relevance(weight: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
+    """r = W[t1] + W[t2] for a linear probe with weight (K, C): (B, C)."""
+    return weight[t1] + weight[t2]
+
+
+def mlp_relevance(pooled: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, beta: float,
+                  t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
+    """r for the probe Linear(C, hidden) -> Softplus(beta) -> Linear(hidden, K), from the
+    detached pooled feature (B, C): sum_k (W2[t1,k] + W2[t2,k]) sigmoid(beta u_k) W1[k, :]."""
+    u = torch.nn.functional.linear(pooled.detach(), w1, b1)
+    return ((w2[t1] + w2[t2]) * torch.sigmoid(beta * u)) @ w1
+
+
+def _fake_reweight(feat, relevance, temperature, scale):
+    check_reweight_args(feat, relevance, temperature)
+    return torch.empty_like(feat, memory_format=torch.contiguous_format)
+
+
+def _fake_reweight_backward(grad_out, feat, relevance, temperature, scale):
+    check_reweight_args(feat, relevance, temperature)
+    return (torch.empty_like(feat, memory_format=torch.contiguous_format),
+            torch.empty_like(relevance, memory_format=torch.contiguous_format))
+
+
+def _setup_context(ctx, inputs, output):
+    feat, relevance, temperature, scale = inputs
+    ctx.save_for_backward(feat, relevance)
+    ctx.temperature, ctx.scale = temperature, scale
+
+
+def _make_backward(namespace):
+    backward_op = getattr(torch.ops, namespace)._cifs_reweight_backward
+
+    def _backward(ctx, grad_out):
+        feat, relevance = ctx.saved_tensors
+        grad_feat, grad_relevance = backward_op(grad_out, feat, relevance, ctx.temperature, ctx.scale)
+        return grad_feat, grad_relevance, None, None
+
+    return _backward
+
+
+def _register(namespace: str) -> None:
+    torch.library.register_fake(f"{namespace}::cifs_reweight")(_fake_reweight)
+    torch.library.register_fake(f"{namespace}::_cifs_reweight_backward")(_fake_reweight_backward)
+    torch.library.register_autograd(f"{namespace}::cifs_reweight", _make_backward(namespace),
+                                    setup_context=_setup_context)
+
+
+if _has_op():
+    _register("fastrobust")
+if HAS_EMU and hasattr(torch.ops.fastrobust_emu, "cifs_reweight"):
+    _register("fastrobust_emu")

@@ -1,0 +1,60 @@
+"""Reference of CIFS (Yan et al., ICML 2021) in plain PyTorch.
+
+`cifs_reweight` is the eager composition the fused op replaces; `cifs_layer` transcribes the
+official module's forward (models/nets/resnet_CIFS.py): the probe on the non-detached feature
+for its logits, the relevance as torch.autograd.grad of the top-2 logits with respect to the
+detached feature (create_graph=True, so the probe weights get the second-order gradient),
+summed over space, the mask 2 * softmax over channels, and feat * mask. It is the oracle of
+the tests; it needs autograd, so it fails under torch.no_grad().
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+
+def check_reweight_args(feat: torch.Tensor, relevance: torch.Tensor, temperature: float) -> None:
+    if feat.dim() != 4:
+        raise ValueError(f"feat must be a 4-D (B, C, H, W) tensor, got shape {tuple(feat.shape)}")
+    if not feat.is_floating_point() or not relevance.is_floating_point():
+        raise ValueError(f"feat and relevance must be floating-point, got {feat.dtype} and {relevance.dtype}")
+    if relevance.shape != feat.shape[:2]:
+        raise ValueError(f"relevance must have shape (B, C) = {tuple(feat.shape[:2])}, got {tuple(relevance.shape)}")
+    if relevance.device != feat.device:
+        raise ValueError(f"relevance must be on feat's device ({feat.device}), got {relevance.device}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a positive number, got {temperature}")
+
+
+def cifs_reweight(feat: torch.Tensor, relevance: torch.Tensor, temperature: float = 1.0,
+                  scale: float = 2.0) -> torch.Tensor:
+    """feat * scale * softmax(relevance / temperature, dim=1), broadcast over H and W."""
+    check_reweight_args(feat, relevance, temperature)
+    acc = torch.float64 if feat.dtype == torch.float64 else torch.float32
+    mask = scale * torch.softmax(relevance.to(acc) / temperature, dim=1)
+    return (feat.to(acc) * mask[:, :, None, None]).to(feat.dtype)
+
+
+def cifs_layer(feat: torch.Tensor, probe: nn.Module, labels: Optional[torch.Tensor], training: bool,
+               temperature: float = 1.0, scale: float = 2.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(feat * m, probe logits) as the official CIFS module computes them.
+
+    probe: a module mapping the (B, C, H, W) feature to (B, K) logits through global average
+    pooling first. Train mode (training=True, labels given): t1 = labels, t2 = the second of the
+    probe's top-2 predictions (even when it is the label). Eval mode: top-1 and top-2.
+    """
+    probe_logits = probe(feat)
+    with torch.enable_grad():
+        detached = feat.detach().requires_grad_(True)
+        logits = probe(detached)
+        top2 = logits.topk(2, dim=1).indices
+        t1 = labels if training else top2[:, 0]
+        t2 = top2[:, 1]
+        selected = logits.gather(1, t1[:, None]) + logits.gather(1, t2[:, None])
+        (grad,) = torch.autograd.grad(selected.sum(), detached, create_graph=True)
+    relevance = grad.sum(dim=(2, 3))
+    mask = scale * torch.softmax(relevance / temperature, dim=1)
+    return feat * mask[:, :, None, None], probe_logits

@@ -1,0 +1,128 @@
+"""cifs_reweight (feat * scale * softmax(relevance / T) over channels) on every backend
+against the float64 reference: output, both gradients, dtypes, layouts, softmax stability,
+gradcheck, opcheck, compile and bad inputs."""
+import pytest
+import torch
+
+import fastrobust
+from fastrobust.reference.cifs import cifs_reweight as reference_reweight
+from fastrobust.testing import BACKWARD_TOL, FORWARD_TOL, REDUCTION_TOL, assert_close_to_oracle, backends
+
+pytestmark = pytest.mark.skipif(not fastrobust.HAS_EXT, reason="compiled extension not built")
+
+# (B, C, H, W): C in {1, 3, 64, 512}, H x W in {1x1, 4x4, 7x5}, batch 0, 1 and 5; chunks of a
+# few channels per block (512 x 16) and one channel wider than a warp (7 x 5).
+SHAPES = [(1, 1, 1, 1), (5, 3, 4, 4), (2, 64, 7, 5), (2, 512, 4, 4), (0, 3, 2, 2), (3, 512, 1, 1)]
+EMU_SHAPES = SHAPES[:5]  # the emulator runs every block's threads as std::threads: a few blocks
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+def inputs(shape, dtype, device, seed=0, relevance_scale=3.0, relevance_dtype=None):
+    g = torch.Generator().manual_seed(seed)
+    b, c = shape[:2]
+    feat = torch.randn(shape, generator=g, dtype=torch.float64)
+    relevance = relevance_scale * torch.randn(b, c, generator=g, dtype=torch.float64)
+    grad_out = torch.randn(shape, generator=g, dtype=torch.float64)
+    return (feat.to(device, dtype), relevance.to(device, relevance_dtype or dtype), grad_out.to(device, dtype))
+
+
+def run(fn, feat, relevance, grad_out, temperature, scale):
+    f = feat.detach().clone().requires_grad_(True)
+    r = relevance.detach().clone().requires_grad_(True)
+    out = fn(f, r, temperature, scale)
+    if out.numel():
+        grads = torch.autograd.grad(out, (f, r), grad_out)
+    else:
+        grads = (torch.zeros_like(f), torch.zeros_like(r))
+    return out, grads
+
+
+def check(backend, shape, dtype, temperature=1.0, scale=2.0, seed=0, layout=None, relevance_scale=3.0,
+          relevance_dtype=None):
+    feat, relevance, grad_out = inputs(shape, dtype, backend.device, seed, relevance_scale, relevance_dtype)
+    if layout is not None:
+        feat, grad_out = layout(feat), layout(grad_out)
+    out, grads = run(backend.op("cifs_reweight"), feat, relevance, grad_out, temperature, scale)
+    out64, grads64 = run(reference_reweight, *(t.cpu().double() for t in (feat, relevance, grad_out)),
+                         temperature, scale)
+    lowp = (None, (None, None))
+    if dtype in (torch.float16, torch.bfloat16):
+        lowp = run(reference_reweight, feat.cpu(), relevance.cpu(), grad_out.cpu(), temperature, scale)
+    assert out.dtype == dtype and out.shape == feat.shape
+    assert grads[1].dtype == relevance.dtype
+    assert_close_to_oracle(out, out64, dtype, FORWARD_TOL, lowp[0], name="out")
+    assert_close_to_oracle(grads[0], grads64[0], dtype, BACKWARD_TOL, lowp[1][0], name="grad feat")
+    # the relevance gradient sums over channels and space
+    assert_close_to_oracle(grads[1], grads64[1], relevance.dtype, REDUCTION_TOL, lowp[1][1], name="grad relevance")
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matches_reference(backend, dtype):
+    for i, shape in enumerate(EMU_SHAPES if backend.emulated else SHAPES):
+        check(backend, shape, dtype, seed=i)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_temperature_scale_and_layouts(backend):
+    check(backend, (3, 5, 4, 3), torch.float32, temperature=0.5, scale=1.0)
+    check(backend, (3, 5, 4, 3), torch.float32, temperature=3.0, scale=5.0, seed=1)
+    check(backend, (3, 5, 4, 3), torch.float32, layout=lambda t: t.contiguous(memory_format=torch.channels_last))
+    check(backend, (3, 5, 4, 3), torch.float32, layout=lambda t: t.transpose(2, 3).contiguous().transpose(2, 3))
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_large_relevance_is_stable(backend):
+    """Relevances of magnitude 1e4: the softmax subtracts the row max, nothing overflows."""
+    check(backend, (2, 7, 2, 2), torch.float32, relevance_scale=1e4)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_float32_relevance_with_bfloat16_feature(backend):
+    """Under autocast the probe may give float32 relevance for a bfloat16 feature: the gradient
+    comes back in the relevance's dtype."""
+    check(backend, (2, 6, 3, 3), torch.bfloat16, relevance_dtype=torch.float32)
+
+
+def test_gradcheck():
+    feat, relevance, _ = inputs((2, 4, 3, 2), torch.float64, "cpu")
+    feat.requires_grad_(True)
+    relevance.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda f, r: fastrobust.ops.cifs_reweight(f, r, 0.7, 2.0), (feat, relevance))
+
+
+def test_opcheck():
+    feat, relevance, _ = inputs((2, 4, 3, 2), torch.float32, "cpu")
+    torch.library.opcheck(torch.ops.fastrobust.cifs_reweight.default,
+                          (feat.requires_grad_(True), relevance.requires_grad_(True), 1.0, 2.0))
+
+
+def test_compile_fullgraph():
+    feat, relevance, grad_out = inputs((2, 6, 3, 3), torch.float32, "cpu")
+
+    def f(x, r):
+        return fastrobust.ops.cifs_reweight(x, r, 1.0, 2.0)
+
+    eager = run(lambda x, r, t, s: f(x, r), feat, relevance, grad_out, 1.0, 2.0)
+    compiled_f = torch.compile(f, fullgraph=True, backend="aot_eager")
+    compiled = run(lambda x, r, t, s: compiled_f(x, r), feat, relevance, grad_out, 1.0, 2.0)
+    torch.testing.assert_close(compiled[0], eager[0])
+    for a, b in zip(compiled[1], eager[1]):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_errors_name_the_argument(backend):
+    op = backend.op("cifs_reweight")
+    feat, relevance, _ = inputs((2, 3, 4, 4), torch.float32, backend.device)
+    cases = [
+        ((feat[0], relevance, 1.0, 2.0), "feat must be a 4-D tensor"),
+        ((feat, relevance[:, :2], 1.0, 2.0), r"relevance must have shape \(B, C\) = \(2, 3\)"),
+        ((feat, relevance[0], 1.0, 2.0), "relevance must be a 2-D tensor"),
+        ((feat.long(), relevance, 1.0, 2.0), "feat must have a floating-point dtype"),
+        ((feat, relevance, 0.0, 2.0), "temperature must be a positive number"),
+        ((feat, relevance, 1.0, float("nan")), "scale must be finite"),
+    ]
+    for args, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            op(*args)
