@@ -26,15 +26,15 @@ template <> struct cpu_acc<double> { using type = double; };
 
 // p = softmax(r / T) of one sample's relevance row, into p[0 .. C).
 template <typename acc>
-void softmax_row(const acc* r, int64_t channels, acc temperature, acc* p) {
+FR_CPU_MULTIVERSION void softmax_row(const acc* __restrict__ r, int64_t channels, acc temperature,
+                                     acc* __restrict__ p) {
   acc max_z = -std::numeric_limits<acc>::infinity();
   for (int64_t c = 0; c < channels; ++c) max_z = std::max(max_z, logit(r[c], temperature));
+  for (int64_t c = 0; c < channels; ++c) p[c] = shifted_exp<acc, math::PolyExp>(r[c], temperature, max_z);
   acc sum = 0;
-  for (int64_t c = 0; c < channels; ++c) {
-    p[c] = shifted_exp(r[c], temperature, max_z);
-    sum += p[c];
-  }
-  for (int64_t c = 0; c < channels; ++c) p[c] /= sum;
+  for (int64_t c = 0; c < channels; ++c) sum += p[c];
+  const acc inv_sum = acc(1) / sum;
+  for (int64_t c = 0; c < channels; ++c) p[c] *= inv_sum;
 }
 
 template <typename scalar_t>
@@ -48,7 +48,10 @@ FR_CPU_MULTIVERSION void scale_rows(const scalar_t* __restrict__ in, scalar_t* _
   }
 }
 
-// grad_feat rows = grad_out rows * m_c; d[c] = sum_hw grad_out * feat.
+// grad_feat rows = grad_out rows * m_c; d[c] = sum_hw grad_out * feat, kept in kDotLanes
+// partial sums so that the loop vectorises without reassociating a single sum.
+constexpr int kDotLanes = 8;
+
 template <typename scalar_t>
 FR_CPU_MULTIVERSION void backward_rows(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ feat,
                                        scalar_t* __restrict__ grad_feat,
@@ -56,13 +59,25 @@ FR_CPU_MULTIVERSION void backward_rows(const scalar_t* __restrict__ grad_out, co
                                        typename cpu_acc<scalar_t>::type* d, int64_t channels, int64_t spatial) {
   using acc = typename cpu_acc<scalar_t>::type;
   for (int64_t c = 0; c < channels; ++c) {
+    const scalar_t* g = grad_out + c * spatial;
+    const scalar_t* f = feat + c * spatial;
+    scalar_t* out = grad_feat + c * spatial;
     const acc m = mask[c];
+    acc lane[kDotLanes] = {};
+    int64_t i = 0;
+    for (; i + kDotLanes <= spatial; i += kDotLanes)
+      for (int l = 0; l < kDotLanes; ++l) {
+        const acc gi = g[i + l];
+        lane[l] += gi * acc(f[i + l]);
+        out[i + l] = gi * m;
+      }
     acc dot = 0;
-    for (int64_t i = 0; i < spatial; ++i) {
-      const acc g = grad_out[c * spatial + i];
-      dot += g * acc(feat[c * spatial + i]);
-      grad_feat[c * spatial + i] = g * m;
+    for (; i < spatial; ++i) {
+      const acc gi = g[i];
+      dot += gi * acc(f[i]);
+      out[i] = gi * m;
     }
+    for (int l = 0; l < kDotLanes; ++l) dot += lane[l];
     d[c] = dot;
   }
 }

@@ -10,19 +10,21 @@
 #include <cstdint>
 
 #include "../common/macros.h"
+#include "math.h"
 
 namespace fastrobust {
 namespace cifs {
 
-// z_c = r_c / T and exp(z_c - max z) for one channel.
+// z_c = r_c / T and exp(z_c - max z) for one channel; Exp is the exp policy of
+// kernels/math.h (the vectorisable polynomial on the CPU).
 template <typename acc>
 FR_HOST_DEVICE acc logit(acc r, acc temperature) {
   return r / temperature;
 }
 
-template <typename acc>
+template <typename acc, typename Exp = math::StdExp>
 FR_HOST_DEVICE acc shifted_exp(acc r, acc temperature, acc max_z) {
-  return std::exp(logit(r, temperature) - max_z);
+  return Exp::exp(logit(r, temperature) - max_z);
 }
 
 // d loss / d r_c from the channel's p_c and d_c and the row's sum_c' p_c' d_c'.
