@@ -26,8 +26,9 @@ _warned = set()
 
 
 def warn_fallback(op: str) -> None:
-    """Warns once per op that the reference implementation is used instead of a kernel."""
-    if op in _warned:
+    """Warns once per op that the reference implementation is used instead of a kernel
+    (not while torch.compile traces: dynamo cannot trace warnings.warn)."""
+    if op in _warned or torch.compiler.is_compiling():
         return
     _warned.add(op)
     why = (f"the compiled extension is not available ({EXT_ERROR})" if not HAS_EXT

@@ -29,13 +29,13 @@ def data(n=12, features=8, classes=6, seed=1):
 def losses_used(monkeypatch):
     """The loss kind of every loss evaluation the attack rows make, in order."""
     used = []
-    original = rows_module.attack_loss
+    original = rows_module.objective
 
     def recording(kind, *args, **kwargs):
         used.append(kind)
         return original(kind, *args, **kwargs)
 
-    monkeypatch.setattr(rows_module, "attack_loss", recording)
+    monkeypatch.setattr(rows_module, "objective", recording)
     return used
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..ops import apgd_step_, pgd_update_best_
 from .engine import Attack, Plan
-from .objectives import attack_loss, check_loss_name, reached
+from .objectives import check_loss, objective, reached
 from .rows import RowOutcome, Rows, row_mask
 from .starts import autoattack_start
 from .validation import Scalar, check_count, check_radius
@@ -104,7 +104,8 @@ class APGD(Attack):
       z = P(x + eta*sign(g))  (L2: eta*g/||g||);  x_new = P(x + a(z - x) + (1 - a)(x - x_prev)),
     P the projection onto the eps-ball and the box. At the checkpoints of apgd_checkpoints(steps)
     the rule of APGDState.checkpoint halves eta and restarts from the best point.
-    loss: "ce" or "dlr" (APGD-CE / APGD-DLR).
+    loss: "ce" or "dlr" (APGD-CE / APGD-DLR), or a callable loss of the model's whole output
+      (see PGD).
     targeted: without targets, AutoAttack's APGD-T: the targeted loss (DLR: -(z_y - z_t)/
       (z_pi1 - (z_pi3 + z_pi4)/2); CE: -CE(t)) towards each of the n_target_classes classes
       ranked 2nd, 3rd, ... by the clean logits, one row group per class; success means
@@ -117,14 +118,14 @@ class APGD(Attack):
     Defaults: eps=8/255, steps=100, rho=0.75, momentum=0.75. Common arguments: see Attack.
     """
 
-    def __init__(self, model: nn.Module, eps: Scalar = 8 / 255, steps: int = 100, norm="linf", loss: str = "ce",
+    def __init__(self, model: nn.Module, eps: Scalar = 8 / 255, steps: int = 100, norm="linf", loss="ce",
                  targeted: bool = False, n_target_classes: int = 9, restarts: int = 1, rho: float = 0.75,
                  momentum: float = 0.75, restart_batch: Optional[int] = None, **common):
         super().__init__(model, eps=eps, norm=norm, **common)
         self.steps = check_count(steps, "steps", 0)
-        self.loss = check_loss_name(loss)
+        self.loss = check_loss(loss)
         if self.loss == "cw":
-            raise ValueError("loss must be 'ce' or 'dlr' for APGD, got 'cw'")
+            raise ValueError("loss must be 'ce', 'dlr' or a callable for APGD, got 'cw'")
         self.targeted = bool(targeted)
         self.n_target_classes = check_count(n_target_classes, "n_target_classes", 1)
         self.restarts = check_count(restarts, "restarts", 1)
@@ -139,7 +140,8 @@ class APGD(Attack):
             raise ValueError("targets: given to an untargeted APGD (construct it with targeted=True)")
 
     def _plan(self, ctx, x0, y, targets) -> Plan:
-        logits = ctx.model.logits(x0)
+        output = ctx.model.output(x0)
+        logits = output.logits
         ctx.count(x0.shape[0], backward=False)
         goal = "fooled"
         if targets is not None:
@@ -154,7 +156,7 @@ class APGD(Attack):
         else:
             group_targets = None
         first = None if group_targets is None else group_targets[0]
-        initial = (attack_loss(self.loss, logits, y, first), reached(goal, logits, y, first))
+        initial = (objective(self.loss, output, y, first), reached(goal, logits, y, first))
         groups = self.restarts if group_targets is None else group_targets.shape[0]
         return Plan(groups, goal, group_targets, initial)
 

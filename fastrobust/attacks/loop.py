@@ -92,10 +92,11 @@ class SignSteps:
             ctx.count(rows.n, backward=True)
         if tracker is None and not evaluate:
             return RowOutcome(x, None, None)
-        logits = ctx.model.logits(x)
+        output = ctx.model.output(x)
+        logits = output.logits
         ctx.count(rows.n, backward=False)
         kind = self.loss_at(max(self.steps - 1, 0))
-        score = self._score(rows, logits, rows.loss_fn(kind)(logits))
+        score = self._score(rows, logits, rows.loss_fn(kind)(output))
         is_adv = rows.reached(logits)
         if tracker is None:
             return RowOutcome(x, score, is_adv)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -24,11 +24,31 @@ def eval_mode(model: nn.Module):
             module.train(training)
 
 
+class ModelOutput(NamedTuple):
+    """One forward of the model: the logits (the first output, which decides success) and the
+    whole output (the logits alone, or the tuple/list the model returned), every tensor in
+    maths_dtype(x), for losses of the whole output."""
+
+    logits: torch.Tensor
+    raw: Any
+
+
+def _convert(out, dtype: torch.dtype):
+    if isinstance(out, torch.Tensor):
+        return out.to(dtype)
+    if isinstance(out, (tuple, list)):
+        return type(out)(_convert(o, dtype) for o in out)
+    return out
+
+
 class ModelRunner:
     """Calls the model on attack rows.
 
-    Logits come back as float32 (float64 for float64 inputs) whatever the autocast dtype, so
-    every loss is computed in that type. Gradients are taken with torch.autograd.grad with respect to the input only:
+    The model returns (N, classes) logits, or a tuple/list whose first element they are (the
+    other elements reach custom losses only: e.g. a CIFS network's probe logits). Everything
+    comes back as float32 (float64 for float64 inputs) whatever the autocast dtype, so every
+    loss is computed in that type.
+    Gradients are taken with torch.autograd.grad with respect to the input only:
     autograd then skips the weight-gradient work and parameters never get a .grad.
     graph_safe turns off autocast's weight cast cache, which CUDA-graph capture cannot use.
     """
@@ -38,29 +58,36 @@ class ModelRunner:
         self.autocast = autocast
         self.graph_safe = graph_safe
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> ModelOutput:
         if self.autocast is None:
             out = self.model(x)
         else:
             with torch.autocast(x.device.type, dtype=self.autocast, cache_enabled=not self.graph_safe):
                 out = self.model(x)
-        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"model must return (N, classes) logits for N={x.shape[0]} inputs, got {got}")
-        return out.to(maths_dtype(x))
+        logits = out[0] if isinstance(out, (tuple, list)) and len(out) > 0 else out
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"model must return (N, classes) logits (or a tuple starting with them) for "
+                             f"N={x.shape[0]} inputs, got {got}")
+        dtype = maths_dtype(x)
+        return ModelOutput(logits.to(dtype), _convert(out, dtype))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits in maths_dtype(x), no graph kept."""
+        return self.output(x).logits
+
+    def output(self, x: torch.Tensor) -> ModelOutput:
+        """The whole output, no graph kept."""
         with torch.no_grad():
             return self._forward(x)
 
-    def loss_and_grad(self, x: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor]
+    def loss_and_grad(self, x: torch.Tensor, loss_fn: Callable[[ModelOutput], torch.Tensor]
                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, per-row loss, d sum(loss) / d x): logits and loss detached, in
         maths_dtype(x); the gradient in x's dtype and layout."""
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
-            logits = self._forward(x_in)
-            loss = loss_fn(logits)
+            out = self._forward(x_in)
+            loss = loss_fn(out)
             (grad,) = torch.autograd.grad(loss.sum(), x_in)
-        return logits.detach(), loss.detach(), grad
+        return out.logits.detach(), loss.detach(), grad

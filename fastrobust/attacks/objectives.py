@@ -18,6 +18,25 @@ def check_loss_name(loss: str, name: str = "loss") -> str:
     return loss
 
 
+def check_loss(loss, name: str = "loss"):
+    """A loss name, or a callable loss(output, y, targets) -> (N,) of the model's whole output."""
+    return loss if callable(loss) else check_loss_name(loss, name)
+
+
+def objective(kind, output, y: torch.Tensor, targets: Optional[torch.Tensor] = None,
+              kappa: float = math.inf) -> torch.Tensor:
+    """Per-row loss to maximise from a ModelOutput: attack_loss of its logits for a loss name;
+    for a callable, kind(output.raw, y, targets), the model's whole output, e.g. a
+    CIFS network's (logits, [probe logits]) and fastrobust.nn.cifs_loss(..., reduction="none")."""
+    if not callable(kind):
+        return attack_loss(kind, output.logits, y, targets, kappa)
+    loss = kind(output.raw, y, targets)
+    if not isinstance(loss, torch.Tensor) or loss.shape != (output.logits.shape[0],):
+        got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(f"loss: a callable loss must return one value per row ({output.logits.shape[0]},), got {got}")
+    return loss.to(output.logits.dtype)
+
+
 def attack_loss(kind: str, logits: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None,
                 kappa: float = math.inf) -> torch.Tensor:
     """Per-row loss to maximise, in float32 (float64 for float64 logits).

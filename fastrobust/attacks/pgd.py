@@ -8,7 +8,7 @@ from torch import nn
 
 from .engine import Attack
 from .loop import KEEP_MODES, SignSteps
-from .objectives import check_loss_name
+from .objectives import check_loss
 from .starts import clean_start, uniform_start
 from .validation import Scalar, check_choice, check_count, check_radius
 
@@ -19,7 +19,10 @@ class PGD(Attack):
     L-inf: x <- clip_[lo,hi]( clip_[x0-eps, x0+eps]( x + alpha*sign(g) ) );
     L2:    x <- x + alpha*g/||g||, then delta*min(1, eps/||delta||), then the box clip,
     g the input gradient of the per-sample loss: "ce" (CE; targeted -CE(t)), "cw" (CW margin,
-    clamped at kappa; kappa=inf is unclamped) or "dlr".
+    clamped at kappa; kappa=inf is unclamped), "dlr", or a callable loss(output, y, targets)
+    -> (N,) of the model's whole output (in float32): for a model returning a tuple, its first
+    element is the logits that decide success (e.g. a CIFS network and
+    fastrobust.models.cifs_joint_loss, the official CIFS attack objective).
 
     random_start: start uniformly in the eps-ball (box-clipped), else at x.
     restarts:     R restarts folded into the batch (rows = R*B, restart-major); each sample gets
@@ -35,7 +38,7 @@ class PGD(Attack):
 
     def __init__(self, model: nn.Module, eps: Scalar = 8 / 255, alpha: Scalar = 2 / 255, steps: int = 10,
                  norm="linf", random_start: bool = True, restarts: int = 1, restart_batch: Optional[int] = None,
-                 targeted: bool = False, loss: str = "ce", kappa: float = math.inf, keep: str = "success", **common):
+                 targeted: bool = False, loss="ce", kappa: float = math.inf, keep: str = "success", **common):
         super().__init__(model, eps=eps, norm=norm, **common)
         self.alpha = check_radius(alpha, "alpha")
         self.steps = check_count(steps, "steps", 0)
@@ -44,7 +47,7 @@ class PGD(Attack):
         self.restart_batch = None if restart_batch is None else check_count(restart_batch, "restart_batch", 1)
         self.targeted = bool(targeted)
         self.goal = "target" if self.targeted else "fooled"
-        self.loss = check_loss_name(loss)
+        self.loss = check_loss(loss)
         if math.isnan(kappa):
             raise ValueError("kappa must not be NaN")
         self.kappa = float(kappa)

@@ -8,7 +8,7 @@ from typing import Callable, Optional, Union
 import torch
 
 from ..ops import pgd_update_best_
-from .objectives import attack_loss, reached
+from .objectives import objective, reached
 
 Scalar = Union[float, torch.Tensor]
 
@@ -66,8 +66,9 @@ class Rows:
     def n(self) -> int:
         return self.x0.shape[0]
 
-    def loss_fn(self, kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        return lambda logits: attack_loss(kind, logits, self.y, self.targets, self.kappa)
+    def loss_fn(self, kind) -> Callable[..., torch.Tensor]:
+        """The per-row loss of a ModelOutput: a loss name, or a callable (see objectives.objective)."""
+        return lambda output: objective(kind, output, self.y, self.targets, self.kappa)
 
     def reached(self, logits: torch.Tensor) -> torch.Tensor:
         return reached(self.goal, logits, self.y, self.targets)

@@ -26,6 +26,10 @@ from ..reference.cifs import check_reweight_args
 from ..reference.cifs import cifs_reweight as _reference_reweight
 
 
+# nn.Softplus's default threshold: above it (in beta * u) the layer returns its input.
+SOFTPLUS_THRESHOLD = 20.0
+
+
 def _has_op() -> bool:
     return HAS_EXT and hasattr(torch.ops.fastrobust, "cifs_reweight")
 
@@ -71,7 +75,9 @@ def mlp_relevance(pooled: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: 
     """r for the probe Linear(C, hidden) -> Softplus(beta) -> Linear(hidden, K), from the
     detached pooled feature (B, C): sum_k (W2[t1,k] + W2[t2,k]) sigmoid(beta u_k) W1[k, :]."""
     u = torch.nn.functional.linear(pooled.detach(), w1, b1)
-    return ((w2[t1] + w2[t2]) * torch.sigmoid(beta * u)) @ w1
+    # softplus_beta's derivative; nn.Softplus is the identity (derivative 1) where beta*u > 20
+    slope = torch.where(beta * u > SOFTPLUS_THRESHOLD, torch.ones_like(u), torch.sigmoid(beta * u))
+    return ((w2[t1] + w2[t2]) * slope) @ w1
 
 
 def _fake_reweight(feat, relevance, temperature, scale):
