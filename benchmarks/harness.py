@@ -11,7 +11,9 @@ the reference, added here, plus any baseline a suite brings). For every case the
    judge() for the rule). An implementation that fails the check or raises is recorded as
    such and not timed;
 3. times the rest with torch.utils.benchmark.Timer.blocked_autorange, interleaved in a few
-   rounds, and keeps the median (Timer synchronises CUDA; warm-up runs are not timed);
+   rounds, and keeps the median (Timer synchronises CUDA; warm-up runs are not timed),
+   together with the suite's floors (steps doing only the work the fused op cannot avoid,
+   a plain multiply say: timed, never checked);
 4. reports the ratios t_impl / t_fused (the speed-up of the fused op), the fused op's
    achieved GB/s against the device's measured copy bandwidth (CUDA), and the activation
    memory each implementation saves for backward (fwd+bwd cases).
@@ -85,7 +87,9 @@ def parse_dtype(name: str) -> torch.dtype:
 class Case:
     """One benchmark point. `shapes` lists every input of the implementations, by name, in
     call order; `params` names the inputs that are parameters (not counted as activation
-    memory); `grad_inputs` names the inputs differentiated in fwd+bwd (None: all)."""
+    memory); `grad_inputs` names the inputs differentiated in fwd+bwd (None: all);
+    `input_dtypes` names the inputs kept in another dtype than `dtype` (the float32 master
+    weights of an autocast run, say)."""
 
     suite: str
     label: str
@@ -95,6 +99,7 @@ class Case:
     mode: str
     params: Tuple[str, ...] = ()
     grad_inputs: Optional[Tuple[str, ...]] = None
+    input_dtypes: Tuple[Tuple[str, torch.dtype], ...] = ()
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -127,14 +132,18 @@ def standard_normal_inputs(case: Case, gen: torch.Generator) -> Dict[str, torch.
 @dataclass
 class Suite:
     """`implementations` must hold FUSED and REFERENCE; the harness adds COMPILED (the
-    reference under torch.compile) unless compiled baselines are skipped. `make_inputs`
-    returns float32 CPU tensors from the seeded generator; the harness casts and moves them."""
+    reference under torch.compile, unless the suite brings its own) unless compiled baselines
+    are skipped. `make_inputs`
+    returns float32 CPU tensors from the seeded generator; the harness casts and moves them.
+    `floors` build, from a case and its inputs, steps that are timed but never checked (they
+    compute something else): the work the fused op cannot avoid, a lower bound of its time."""
 
     name: str
     cases: List[Case]
     implementations: Dict[str, ImplementationBuilder]
     make_inputs: InputMaker = standard_normal_inputs
     description: str = ""
+    floors: Dict[str, FloorBuilder] = field(default_factory=dict)
 
 
 @dataclass
@@ -169,9 +178,10 @@ def build_inputs(suite: Suite, case: Case) -> Dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(SEED)
     raw = suite.make_inputs(case, gen)
     grads = set(case.differentiated())
+    dtypes = dict(case.input_dtypes)
     inputs = {}
     for name in case.input_names:
-        t = raw[name].to(device=case.device, dtype=case.dtype)
+        t = raw[name].to(device=case.device, dtype=dtypes.get(name, case.dtype))
         inputs[name] = t.requires_grad_(name in grads)
     return inputs
 
@@ -202,6 +212,7 @@ def upcast(t: torch.Tensor) -> torch.Tensor:
 
 GradOutputs = Optional[Sequence[Optional[torch.Tensor]]]
 Step = Callable[[], Dict[str, torch.Tensor]]
+FloorBuilder = Callable[[Case, Dict[str, torch.Tensor]], Step]
 
 
 def make_step(case: Case, fn: Implementation, inputs: Dict[str, torch.Tensor],
@@ -313,6 +324,11 @@ def error_text(exc: BaseException, limit: int = 2000) -> str:
     return text if len(text) <= limit else text[:limit] + " ...[truncated]"
 
 
+class Unsupported(Exception):
+    """Raised by an implementation builder for a case it cannot run by design (a baseline
+    that does not support the case): recorded as skipped, with the reason, not as a failure."""
+
+
 def compiled_builder(reference: ImplementationBuilder) -> ImplementationBuilder:
     """torch.compile of the reference, static shapes, with a fresh dynamo cache per case
     so that no case runs a dynamic-shape kernel compiled for another one."""
@@ -331,6 +347,8 @@ def implementations_for(suite: Suite, options: Options) -> Dict[str, Implementat
         raise ValueError(f"suite {suite.name} lacks the implementations {sorted(missing)}")
     if options.compile:
         impls.setdefault(COMPILED, compiled_builder(impls[REFERENCE]))
+    else:  # a suite's own compiled baseline is skipped too
+        impls.pop(COMPILED, None)
     # The reference runs first: its errors are the yardstick of the others (see judge).
     return {REFERENCE: impls.pop(REFERENCE), **impls}
 
@@ -339,6 +357,8 @@ def run_case(suite: Suite, case: Case, options: Options, copy_gbps: Optional[flo
     record = {"case": case.name, "label": case.label, "dtype": dtype_name(case.dtype),
               "mode": case.mode, "device": case.device,
               "shapes": {n: list(s) for n, s in case.shapes}, "implementations": {}}
+    if case.input_dtypes:
+        record["input_dtypes"] = {n: dtype_name(d) for n, d in case.input_dtypes}
     impls = implementations_for(suite, options)
     inputs = build_inputs(suite, case)
     try:
@@ -358,6 +378,7 @@ def run_case(suite: Suite, case: Case, options: Options, copy_gbps: Optional[flo
         except Exception as exc:
             entry["error"] = error_text(exc)
     steps = {name: step for name, (_, step) in correct.items()}
+    steps.update(floor_steps(suite, case, inputs, record["implementations"]))
     timings = time_interleaved(case, steps, options.run_time_for(case.device), options.timing_rounds())
     for impl_name, timing in timings.items():
         record["implementations"][impl_name].update(timing)
@@ -392,6 +413,9 @@ def check_implementations(case: Case, impls: Dict[str, ImplementationBuilder], i
             fn = builder(case)
             step = make_step(case, fn, inputs, grad_outputs)
             errors = tensor_errors(step(), expected, tol)
+        except Unsupported as exc:
+            entry["skipped"] = str(exc)
+            continue
         except ValueError as exc:  # a missing or misshapen output
             entry.update(correct=False, mismatch=str(exc), tol=tol)
             continue
@@ -404,6 +428,19 @@ def check_implementations(case: Case, impls: Dict[str, ImplementationBuilder], i
         if entry["correct"]:
             correct[impl_name] = (fn, step)
     return correct
+
+
+def floor_steps(suite: Suite, case: Case, inputs: Dict[str, torch.Tensor],
+                entries: dict) -> Dict[str, Step]:
+    """Builds the suite's floors for the case, recording each in entries[name] as unchecked."""
+    steps = {}
+    for name, build in suite.floors.items():
+        entry = entries[name] = {"checked": False}
+        try:
+            steps[name] = build(case, inputs)
+        except Exception as exc:
+            entry["error"] = error_text(exc)
+    return steps
 
 
 def time_interleaved(case: Case, steps: Dict[str, Step], min_run_time: float, rounds: int) -> dict:

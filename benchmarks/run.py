@@ -20,6 +20,7 @@ from . import harness
 SUITES = {
     "sparta": "benchmarks.bench_sparta",
     "pgd": "benchmarks.bench_pgd",
+    "cifs": "benchmarks.bench_cifs",
 }
 
 

@@ -21,17 +21,14 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._extension import HAS_EMU, HAS_EXT, warn_fallback
+from .._extension import warn_fallback
+from ._registration import has_op, register_differentiable_op
 from ..reference.cifs import check_reweight_args
 from ..reference.cifs import cifs_reweight as _reference_reweight
 
 
 # nn.Softplus's default threshold: above it (in beta * u) the layer returns its input.
 SOFTPLUS_THRESHOLD = 20.0
-
-
-def _has_op() -> bool:
-    return HAS_EXT and hasattr(torch.ops.fastrobust, "cifs_reweight")
 
 
 def cifs_reweight(feat: torch.Tensor, relevance: torch.Tensor, temperature: float = 1.0,
@@ -41,7 +38,7 @@ def cifs_reweight(feat: torch.Tensor, relevance: torch.Tensor, temperature: floa
     feat: (B, C, H, W) floating; relevance: (B, C) floating (any dtype; the maths runs in
     float32, float64 for float64 feat). Differentiable in both. The output has feat's dtype.
     """
-    if _has_op():
+    if has_op("fastrobust", "cifs_reweight"):
         return torch.ops.fastrobust.cifs_reweight(feat, relevance, float(temperature), float(scale))
     warn_fallback("cifs_reweight")
     return _reference_reweight(feat, relevance, temperature, scale)
@@ -65,9 +62,14 @@ def cifs_targets(probe_logits: torch.Tensor, labels: Optional[torch.Tensor] = No
     return labels, top2[:, 1]
 
 
+def _pair_rows(weight: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
+    """weight[t1] + weight[t2] as one gather (one scatter in the backward, not two)."""
+    return weight.index_select(0, torch.cat([t1, t2])).unflatten(0, (2, t1.shape[0])).sum(0)
+
+
 def linear_relevance(weight: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
     """r = W[t1] + W[t2] for a linear probe with weight (K, C): (B, C)."""
-    return weight[t1] + weight[t2]
+    return _pair_rows(weight, t1, t2)
 
 
 def mlp_relevance(pooled: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, beta: float,
@@ -77,7 +79,7 @@ def mlp_relevance(pooled: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: 
     u = torch.nn.functional.linear(pooled.detach(), w1, b1)
     # softplus_beta's derivative; nn.Softplus is the identity (derivative 1) where beta*u > 20
     slope = torch.where(beta * u > SOFTPLUS_THRESHOLD, torch.ones_like(u), torch.sigmoid(beta * u))
-    return ((w2[t1] + w2[t2]) * slope) @ w1
+    return (_pair_rows(w2, t1, t2) * slope) @ w1
 
 
 def _fake_reweight(feat, relevance, temperature, scale):
@@ -97,25 +99,10 @@ def _setup_context(ctx, inputs, output):
     ctx.temperature, ctx.scale = temperature, scale
 
 
-def _make_backward(namespace):
-    backward_op = getattr(torch.ops, namespace)._cifs_reweight_backward
-
-    def _backward(ctx, grad_out):
-        feat, relevance = ctx.saved_tensors
-        grad_feat, grad_relevance = backward_op(grad_out, feat, relevance, ctx.temperature, ctx.scale)
-        return grad_feat, grad_relevance, None, None
-
-    return _backward
+def _backward(backward_op, ctx, grad_out):
+    feat, relevance = ctx.saved_tensors
+    grad_feat, grad_relevance = backward_op(grad_out, feat, relevance, ctx.temperature, ctx.scale)
+    return grad_feat, grad_relevance, None, None
 
 
-def _register(namespace: str) -> None:
-    torch.library.register_fake(f"{namespace}::cifs_reweight")(_fake_reweight)
-    torch.library.register_fake(f"{namespace}::_cifs_reweight_backward")(_fake_reweight_backward)
-    torch.library.register_autograd(f"{namespace}::cifs_reweight", _make_backward(namespace),
-                                    setup_context=_setup_context)
-
-
-if _has_op():
-    _register("fastrobust")
-if HAS_EMU and hasattr(torch.ops.fastrobust_emu, "cifs_reweight"):
-    _register("fastrobust_emu")
+register_differentiable_op("cifs_reweight", _fake_reweight, _fake_reweight_backward, _setup_context, _backward)

@@ -12,13 +12,10 @@ from typing import Optional
 
 import torch
 
-from .._extension import HAS_EMU, HAS_EXT, warn_fallback
+from .._extension import warn_fallback
+from ._registration import has_op, register_differentiable_op
 from ..reference.margin_loss import check_margin_loss_args
 from ..reference.margin_loss import margin_loss as _reference_margin_loss
-
-
-def _has_op() -> bool:
-    return HAS_EXT and hasattr(torch.ops.fastrobust, "margin_loss")
 
 
 def margin_loss(logits: torch.Tensor, labels: torch.Tensor, targets: Optional[torch.Tensor] = None,
@@ -29,7 +26,7 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor, targets: Optional[to
     dlr: -(z_y - max_{i!=y} z_i)/(z_pi1 - z_pi3 + 1e-12),
          targeted -(z_y - z_t)/(z_pi1 - (z_pi3 + z_pi4)/2 + 1e-12).
     """
-    if _has_op():
+    if has_op("fastrobust", "margin_loss"):
         return torch.ops.fastrobust.margin_loss(logits, labels, targets, kind, float(kappa))
     warn_fallback("margin_loss")
     return _reference_margin_loss(logits, labels, targets, kind, kappa)
@@ -51,25 +48,9 @@ def _setup_context(ctx, inputs, output):
     ctx.kind, ctx.kappa = kind, kappa
 
 
-def _make_backward(namespace):
-    backward_op = getattr(torch.ops, namespace)._margin_loss_backward
-
-    def _backward(ctx, grad_loss):
-        logits, labels, targets = ctx.saved_tensors
-        grad = backward_op(grad_loss, logits, labels, targets, ctx.kind, ctx.kappa)
-        return grad, None, None, None, None
-
-    return _backward
+def _backward(backward_op, ctx, grad_loss):
+    logits, labels, targets = ctx.saved_tensors
+    return backward_op(grad_loss, logits, labels, targets, ctx.kind, ctx.kappa), None, None, None, None
 
 
-def _register(namespace: str) -> None:
-    torch.library.register_fake(f"{namespace}::margin_loss")(_fake_margin_loss)
-    torch.library.register_fake(f"{namespace}::_margin_loss_backward")(_fake_margin_loss_backward)
-    torch.library.register_autograd(f"{namespace}::margin_loss", _make_backward(namespace),
-                                    setup_context=_setup_context)
-
-
-if _has_op():
-    _register("fastrobust")
-if HAS_EMU and hasattr(torch.ops.fastrobust_emu, "margin_loss"):
-    _register("fastrobust_emu")
+register_differentiable_op("margin_loss", _fake_margin_loss, _fake_margin_loss_backward, _setup_context, _backward)

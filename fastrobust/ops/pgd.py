@@ -16,15 +16,12 @@ from typing import Optional, Union
 
 import torch
 
-from .._extension import HAS_EMU, HAS_EXT, warn_fallback
+from .._extension import warn_fallback
+from ._registration import has_op
 from ..reference import pgd_step as _ref
 from ..reference.pgd_step import BEST_MODES, canonical_norm, check_step_args
 
 Scalar = Union[float, torch.Tensor]
-
-
-def _has_op(name: str) -> bool:
-    return HAS_EXT and hasattr(torch.ops.fastrobust, name)
 
 
 def _as_rows(v: Scalar, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -54,7 +51,7 @@ def pgd_step_(x: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor, eps: Scalar
     """
     norm = canonical_norm(norm)
     eps_t, alpha_t = _as_rows(eps, x, "eps"), _as_rows(alpha, x, "alpha")
-    if _has_op("pgd_step_"):
+    if has_op("fastrobust", "pgd_step_"):
         torch.ops.fastrobust.pgd_step_(x, x0, grad, eps_t, alpha_t, active, noise, norm, float(lo),
                                        float(hi), bool(descent))
         return x
@@ -75,7 +72,7 @@ def pgd_random_init_(x: torch.Tensor, x0: torch.Tensor, eps: Scalar, norm="linf"
     eps_t = _as_rows(eps, x, "eps")
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
-    if _has_op("pgd_random_init_"):
+    if has_op("fastrobust", "pgd_random_init_"):
         torch.ops.fastrobust.pgd_random_init_(x, x0, eps_t, norm, float(lo), float(hi), int(seed), int(offset))
         return x
     warn_fallback("pgd_random_init_")
@@ -93,7 +90,7 @@ def pgd_update_best_(best_x: torch.Tensor, best_loss: torch.Tensor, success: tor
     """
     if mode not in BEST_MODES:
         raise ValueError(f"mode must be one of {BEST_MODES}, got {mode!r}")
-    if _has_op("pgd_update_best_"):
+    if has_op("fastrobust", "pgd_update_best_"):
         torch.ops.fastrobust.pgd_update_best_(best_x, best_loss, success, x, loss, is_adv, mode)
         return best_x, best_loss, success
     warn_fallback("pgd_update_best_")
@@ -109,7 +106,7 @@ def apgd_step_(x: torch.Tensor, x_prev: torch.Tensor, x0: torch.Tensor, grad: to
     """
     norm = canonical_norm(norm)
     eta_t, eps_t = _as_rows(eta, x, "eta"), _as_rows(eps, x, "eps")
-    if _has_op("apgd_step_"):
+    if has_op("fastrobust", "apgd_step_"):
         torch.ops.fastrobust.apgd_step_(x, x_prev, x0, grad, eta_t, eps_t, float(momentum), norm, float(lo), float(hi))
         return x, x_prev
     warn_fallback("apgd_step_")
@@ -135,7 +132,6 @@ def _register_fakes(namespace: str) -> None:
     torch.library.register_fake(f"{namespace}::apgd_step_")(fake_apgd)
 
 
-if _has_op("pgd_step_"):
-    _register_fakes("fastrobust")
-if HAS_EMU and hasattr(torch.ops.fastrobust_emu, "pgd_step_"):
-    _register_fakes("fastrobust_emu")
+for _namespace in ("fastrobust", "fastrobust_emu"):
+    if has_op(_namespace, "pgd_step_"):
+        _register_fakes(_namespace)

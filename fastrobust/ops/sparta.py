@@ -9,7 +9,8 @@ loaded, for the `fastrobust` ops and for their emulated twins in `fastrobust_emu
 """
 import torch
 
-from .._extension import HAS_EMU, HAS_EXT, warn_fallback
+from .._extension import HAS_EXT, warn_fallback
+from ._registration import register_differentiable_op
 from ..reference.sparta import check_sparta_args
 from ..reference.sparta import sparta as _reference_sparta
 
@@ -49,25 +50,9 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs)  # x, weight, bias: no activation besides x is kept
 
 
-def _make_backward(namespace):
-    backward_op = getattr(torch.ops, namespace)._sparta_backward
-
-    def _backward(ctx, grad_y):
-        x, weight, bias = ctx.saved_tensors
-        return backward_op(grad_y, x, weight, bias)
-
-    return _backward
+def _backward(backward_op, ctx, grad_y):
+    x, weight, bias = ctx.saved_tensors
+    return backward_op(grad_y, x, weight, bias)
 
 
-def _register(namespace: str) -> None:
-    torch.library.register_fake(f"{namespace}::sparta")(_fake_sparta)
-    torch.library.register_fake(f"{namespace}::_sparta_backward")(_fake_sparta_backward)
-    torch.library.register_autograd(
-        f"{namespace}::sparta", _make_backward(namespace), setup_context=_setup_context
-    )
-
-
-if HAS_EXT:
-    _register("fastrobust")
-if HAS_EMU:
-    _register("fastrobust_emu")
+register_differentiable_op("sparta", _fake_sparta, _fake_sparta_backward, _setup_context, _backward)

@@ -1,0 +1,85 @@
+"""The CIFS layer as bench_cifs times it: the composition of fastrobust.nn.CIFS.forward on
+plain tensors. The probe's parameters are inputs of the benchmark, so that their gradients are
+checked and timed; calling the module through torch.func.functional_call instead would add
+about 40 us per call on a 2-core CPU, some 5% of a layer4 step at batch 32.
+
+The two probes are those of the official CIFAR ResNet-18 (spec/algorithms.md section 3), on the
+globally average-pooled feature: "linear" (Linear(C, K)) and "mlp" (Linear(C, 128) ->
+Softplus(beta=5) -> Linear(128, K)). Both layers run in train mode (t1 = the label), with the
+official temperature 1 and scale 2 (the defaults of the ops).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from fastrobust import ops
+from fastrobust.reference.cifs import cifs_layer
+
+MLP_HIDDEN = 128
+MLP_BETA = 5.0
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A probe on the pooled feature: its parameters' shapes for (channels C, classes K), in
+    call order, its logits and the closed form of the relevance d(z_t1 + z_t2)/d pooled."""
+
+    name: str
+    param_shapes: Callable[[int, int], Dict[str, Tuple[int, ...]]]
+    logits: Callable[..., torch.Tensor]  # (pooled, *params) -> (B, K)
+    relevance: Callable[..., torch.Tensor]  # (pooled, t1, t2, *params) -> (B, C)
+
+
+def linear_logits(pooled, weight, bias):
+    return F.linear(pooled, weight, bias)
+
+
+def linear_relevance(pooled, t1, t2, weight, bias):
+    return ops.linear_relevance(weight, t1, t2)
+
+
+def mlp_logits(pooled, w1, b1, w2, b2):
+    return F.linear(F.softplus(F.linear(pooled, w1, b1), beta=MLP_BETA), w2, b2)
+
+
+def mlp_relevance(pooled, t1, t2, w1, b1, w2, b2):
+    return ops.mlp_relevance(pooled, w1, b1, w2, MLP_BETA, t1, t2)
+
+
+LINEAR = Probe("linear", lambda c, k: {"weight": (k, c), "bias": (k,)}, linear_logits, linear_relevance)
+MLP = Probe("mlp", lambda c, k: {"w1": (MLP_HIDDEN, c), "b1": (MLP_HIDDEN,), "w2": (k, MLP_HIDDEN), "b2": (k,)},
+            mlp_logits, mlp_relevance)
+
+
+def pool(feat: torch.Tensor) -> torch.Tensor:
+    """Global average pooling as the official probe (and nn.CIFS) computes it."""
+    return F.adaptive_avg_pool2d(feat, 1).flatten(1)
+
+
+def fused_layer(probe: Probe, labels: torch.Tensor):
+    """(feat * m, probe logits) by the closed form (fastrobust/ops/cifs.py): the logits on the
+    non-detached pooled feature, the targets from them, the relevance in closed form, then
+    the fused softmax + reweighting."""
+
+    def layer(feat, *params):
+        pooled = pool(feat)
+        logits = probe.logits(pooled, *params)
+        t1, t2 = ops.cifs_targets(logits, labels)
+        return ops.cifs_reweight(feat, probe.relevance(pooled, t1, t2, *params)), logits
+
+    return layer
+
+
+def reference_layer(probe: Probe, labels: torch.Tensor):
+    """The same layer as the official module computes it (autograd, create_graph=True).
+    The logits are computed exactly as in fused_layer, so both pick the same targets even
+    where rounding in bf16 makes two logits tie."""
+
+    def layer(feat, *params):
+        return cifs_layer(feat, lambda f: probe.logits(pool(f), *params), labels, training=True)
+
+    return layer
