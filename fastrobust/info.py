@@ -68,9 +68,10 @@ def format_report(info) -> str:
             "debug={debug} torch={torch_version}".format(**build)
         )
     lines.append("")
-    lines.append(f"{'op':12s} {'CPU':>5s} {'CUDA':>5s} {'CUDA emulated':>14s}")
+    width = max([len("op")] + [len(op) for op in info["ops"]])
+    lines.append(f"{'op':{width}s} {'CPU':>5s} {'CUDA':>5s} {'CUDA emulated':>14s}")
     for op, row in info["ops"].items():
-        lines.append(f"{op:12s} {yes[row['cpu']]:>5s} {yes[row['cuda']]:>5s} {yes[row['cuda_emulated']]:>14s}")
+        lines.append(f"{op:{width}s} {yes[row['cpu']]:>5s} {yes[row['cuda']]:>5s} {yes[row['cuda_emulated']]:>14s}")
     return "\n".join(lines)
 
 
