@@ -64,13 +64,14 @@ class ModelRunner:
         else:
             with torch.autocast(x.device.type, dtype=self.autocast, cache_enabled=not self.graph_safe):
                 out = self.model(x)
-        logits = out[0] if isinstance(out, (tuple, list)) and len(out) > 0 else out
+        # one conversion of everything the model returned; the logits are its first element
+        raw = _convert(out, maths_dtype(x))
+        logits = raw[0] if isinstance(raw, (tuple, list)) and len(raw) > 0 else raw
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(f"model must return (N, classes) logits (or a tuple starting with them) for "
                              f"N={x.shape[0]} inputs, got {got}")
-        dtype = maths_dtype(x)
-        return ModelOutput(logits.to(dtype), _convert(out, dtype))
+        return ModelOutput(logits, raw)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits in maths_dtype(x), no graph kept."""
