@@ -12,9 +12,8 @@ from torch import nn
 from ..nn.cifs import CIFS
 from ..nn.normalize import Values
 from ._checks import input_normalization, positive_int
+from .preact_resnet import BLOCKS_PER_STAGE, STAGE_WIDTHS  # the CIFAR ResNet-18 layout
 
-STAGE_WIDTHS = (64, 128, 256, 512)
-BLOCKS_PER_STAGE = (2, 2, 2, 2)
 # Probe of the CIFS layer after each block of layer4; CIFS's defaults (hidden 128, beta 5) are
 # the official mlp probe.
 LAYER4_PROBES = ("mlp", "linear")

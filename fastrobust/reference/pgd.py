@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .margin_loss import cross_entropy, margin_loss
-from .pgd_step import canonical_norm
+from .pgd_step import canonical_norm, row_norm
 
 
 def _generator(x: torch.Tensor, seed: Optional[int]) -> torch.Generator:
@@ -41,10 +41,6 @@ def _maths_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _view_rows(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.view(-1, *([1] * (x.dim() - 1)))
-
-
-def _row_l2(t: torch.Tensor) -> torch.Tensor:
-    return _view_rows(t.reshape(t.shape[0], -1).norm(p=2, dim=1), t)
 
 
 def loss_of(kind: str, logits: torch.Tensor, y: torch.Tensor, targets=None, kappa: float = math.inf):
@@ -78,7 +74,7 @@ def _linf_step(adv, x, grad, eps, alpha, lo, hi):
 
 def _l2_step(adv, x, grad, eps, alpha, lo, hi):
     # robustness L2Step.step then .project
-    adv = adv + alpha * grad / (_row_l2(grad) + 1e-10)
+    adv = adv + alpha * grad / (row_norm(grad) + 1e-10)
     diff = (adv - x).renorm(p=2, dim=0, maxnorm=eps)
     return torch.clamp(x + diff, lo, hi)
 
@@ -205,7 +201,7 @@ def hypocritical_pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10, norm="li
             adv = adv - alpha * grad.sign()
             adv = torch.min(torch.max(adv, x - eps), x + eps)
         else:
-            adv = adv - alpha * grad / (_row_l2(grad) + 1e-12)
+            adv = adv - alpha * grad / (row_norm(grad) + 1e-12)
             adv = x + (adv - x).renorm(p=2, dim=0, maxnorm=eps)
         adv = torch.clamp(adv, lo, hi).detach()
     return adv
@@ -246,7 +242,7 @@ def apgd_single_run(model, x, y, eps, n_iter, norm, loss, targets=None, rho=0.75
         if norm == "linf":
             return torch.clamp(torch.min(torch.max(x_new, x - eps), x + eps), lo, hi)
         delta = x_new - x
-        return torch.clamp(x + _aa_normalize(delta, norm) * torch.min(eps * torch.ones_like(x), _row_l2(delta)), lo, hi)
+        return torch.clamp(x + _aa_normalize(delta, norm) * torch.min(eps * torch.ones_like(x), row_norm(delta)), lo, hi)
 
     if norm == "linf":
         t = 2 * torch.rand(x.shape, generator=generator, device=x.device) - 1

@@ -79,7 +79,8 @@ def _per_row(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (x.dim() - 1)))
 
 
-def _row_norm(t: torch.Tensor) -> torch.Tensor:
+def row_norm(t: torch.Tensor) -> torch.Tensor:
+    """Per-row (dim 0) L2 norm, shaped to broadcast over t."""
     return t.reshape(t.shape[0], math.prod(t.shape[1:])).norm(dim=1).reshape(-1, *([1] * (t.dim() - 1)))
 
 
@@ -89,7 +90,7 @@ def project(x_new, x0, eps, norm, lo, hi):
         x_new = torch.minimum(torch.maximum(x_new, x0 - eps), x0 + eps)
     else:
         delta = x_new - x0
-        dnorm = _row_norm(delta)
+        dnorm = row_norm(delta)
         # delta * min(1, eps/||delta||), written so that ||delta|| = 0 and eps = 0 stay finite.
         scale = torch.where(dnorm > eps, eps / torch.where(dnorm > 0, dnorm, torch.ones_like(dnorm)), torch.ones_like(dnorm))
         x_new = x0 + delta * scale
@@ -100,7 +101,7 @@ def step_direction(grad, norm):
     """sign(g) for L-inf; g / (||g|| + 1e-12) for L2 (per row)."""
     if norm == "linf":
         return grad.sign()
-    return grad / (_row_norm(grad) + L2_TINY)
+    return grad / (row_norm(grad) + L2_TINY)
 
 
 def pgd_step_(x, x0, grad, eps, alpha, active=None, noise=None, norm="linf", lo=0.0, hi=1.0,
@@ -145,7 +146,7 @@ def pgd_random_init_(x, x0, eps, norm="linf", lo=0.0, hi=1.0, generator=None):
         n = torch.randn(x.shape, generator=generator, dtype=acc, device=x.device)
         d = math.prod(x.shape[1:])
         r = torch.rand((x.shape[0],), generator=generator, dtype=acc, device=x.device) ** (1.0 / d)
-        delta = n / (_row_norm(n) + L2_TINY) * r.reshape(-1, *([1] * (x.dim() - 1))) * eps_r
+        delta = n / (row_norm(n) + L2_TINY) * r.reshape(-1, *([1] * (x.dim() - 1))) * eps_r
     x.copy_((x0.to(acc) + delta).clamp(lo, hi))
     return x
 
