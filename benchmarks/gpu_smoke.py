@@ -256,12 +256,149 @@ def smoke_cifs_reweight(namespace, device: str) -> List[str]:
     return failures
 
 
+# ----------------------------------------------------------------------------- nlm_gaussian
+
+# (B, d, C, H, W): N = H * W mostly not a multiple of the 32-position tile, d != C (d < C as in
+# the embedded layer, d > C too), C above the 64 output columns of a block, H of 1, one position
+NLM_SHAPES = ((1, 1, 1, 1, 1), (2, 3, 5, 7, 5), (3, 16, 40, 9, 11), (1, 64, 24, 13, 17), (2, 8, 130, 1, 37),
+              (1, 128, 256, 10, 10))
+NLM_LAYOUT_SHAPE = (2, 8, 12, 9, 7)  # the shape also run channels_last and strided
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def like_eager_text(name: str, actual: torch.Tensor, expected: torch.Tensor, tol: float,
+                    eager: Optional[torch.Tensor]) -> Optional[str]:
+    """max_error_text, except that in float16/bfloat16 a max error at most 2x that of the same
+    maths done by PyTorch in that dtype (`eager`) also passes (design section 5): the
+    gradients of nlm_gaussian are sums over N positions, beyond an elementwise tolerance."""
+    problem = max_error_text(name, actual, expected, tol)
+    if problem is None or eager is None or tuple(actual.shape) != tuple(expected.shape):
+        return problem
+    err = (actual.detach().cpu().double() - expected.double()).abs().max().item()
+    eager_err = (eager.detach().double() - expected.double()).abs().max().item()
+    if err <= 2 * eager_err:
+        return None
+    return f"{problem}; also more than 2x PyTorch's {str(actual.dtype).replace('torch.', '')} error {eager_err:.3g}"
+
+
+def nlm_configs():
+    for dtype in DTYPES:
+        for shape in NLM_SHAPES:
+            yield dtype, shape, "contiguous"
+        for layout in ("channels_last", "strided"):
+            yield dtype, NLM_LAYOUT_SHAPE, layout
+
+
+def reference_nlm(theta, phi, g, grad_y, scale):
+    """(y, lse, (grad theta, grad phi, grad g)) of the materialised reference, by autograd."""
+    from fastrobust.reference import nlm as reference
+
+    leaves = [t.detach().clone().requires_grad_(True) for t in (theta, phi, g)]
+    y = reference.nlm_gaussian(*leaves, scale)
+    grads = torch.autograd.grad(y, leaves, grad_y)
+    b, d = theta.shape[:2]
+    logits = reference.nlm_affinity_logits(theta.reshape(b, d, -1), phi.reshape(b, d, -1), scale)
+    return y.detach(), torch.logsumexp(logits, dim=-1), grads
+
+
+def smoke_nlm_gaussian(namespace, device: str) -> List[str]:
+    """The ops nlm_gaussian (y and the saved log-sum-exp) and _nlm_gaussian_backward, called
+    directly, against the materialised reference in float64 on the CPU."""
+    failures = []
+    for seed, (dtype, shape, layout) in enumerate(nlm_configs()):
+        gen = torch.Generator().manual_seed(seed)
+        b, d, c, h, w = shape
+        scale = 1.0 / d ** 0.5
+        # theta, phi of std sqrt(2): logits of std about 2, a softmax far from uniform
+        cpu = [(2 ** 0.5 * torch.randn(b, d, h, w, generator=gen)).to(dtype),
+               (2 ** 0.5 * torch.randn(b, d, h, w, generator=gen)).to(dtype),
+               torch.randn(b, c, h, w, generator=gen).to(dtype)]
+        grad_y = torch.randn(b, c, h, w, generator=gen).to(dtype)
+        where = f"nlm_gaussian {str(dtype).replace('torch.', '')} shape={shape} {layout}"
+        lay = LAYOUTS[layout]
+        try:
+            theta, phi, g = (lay(t.to(device)) for t in cpu)
+            y, lse = namespace.nlm_gaussian(theta, phi, g, scale)
+            grads = namespace._nlm_gaussian_backward(lay(grad_y.to(device)), theta, phi, g, y, lse, scale)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+        except Exception as exc:
+            failures.append(f"{where}: {type(exc).__name__}: {exc}")
+            continue
+        want_y, want_lse, want_grads = reference_nlm(*(t.double() for t in cpu), grad_y.double(), scale)
+        eager_y, eager_grads = None, (None, None, None)
+        if dtype in LOW_PRECISION:
+            eager_y, _, eager_grads = reference_nlm(*cpu, grad_y, scale)
+        tol = TOLERANCES[dtype]
+        checks = [("y", y, want_y, eager_y)]
+        checks += list(zip(("grad_theta", "grad_phi", "grad_g"), grads, want_grads, eager_grads))
+        for name, actual, expected, eager in checks:
+            problem = like_eager_text(name, actual, expected, tol, eager)
+            if problem:
+                failures.append(f"{where}: {problem}")
+        # the row statistics accumulate in float32 (float64 for float64 inputs)
+        problem = max_error_text("lse", lse, want_lse, TOLERANCES[torch.float64 if dtype == torch.float64
+                                                                  else torch.float32])
+        if problem:
+            failures.append(f"{where}: {problem}")
+    return failures
+
+
+# ----------------------------------------------------------------------------- median3x3
+
+# (B, C, H, W): one pixel, H or W of 1 (the replicate rule), 2 x 2 (all border), odd sizes
+# over several blocks
+MEDIAN_SHAPES = ((1, 1, 1, 1), (2, 3, 1, 6), (2, 3, 6, 1), (1, 2, 2, 2), (2, 5, 17, 13), (3, 7, 37, 41))
+MEDIAN_LAYOUT_SHAPE = (2, 5, 17, 13)
+
+
+def smoke_median3x3(namespace, device: str) -> List[str]:
+    """The ops median3x3 (y and the uint8 window position) and _median3x3_backward, called
+    directly, against fastrobust.reference.median in float64 on the CPU: y and the position
+    exactly (a selection does no arithmetic; ties follow the same rule), the gradient within
+    the dtype's tolerance."""
+    from fastrobust.reference.median import median3x3_with_arg
+
+    failures = []
+    configs = [(dtype, shape, "contiguous") for dtype in DTYPES for shape in MEDIAN_SHAPES]
+    configs += [(dtype, MEDIAN_LAYOUT_SHAPE, layout) for dtype in DTYPES for layout in ("channels_last", "strided")]
+    for seed, (dtype, shape, layout) in enumerate(configs):
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(shape, generator=gen).to(dtype)
+        grad_y = torch.randn(shape, generator=gen).to(dtype)
+        where = f"median3x3 {str(dtype).replace('torch.', '')} shape={shape} {layout}"
+        try:
+            y, arg = namespace.median3x3(LAYOUTS[layout](x.to(device)))
+            grad = namespace._median3x3_backward(grad_y.to(device), arg)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+        except Exception as exc:
+            failures.append(f"{where}: {type(exc).__name__}: {exc}")
+            continue
+        leaf = x.double().requires_grad_(True)
+        want_y, want_arg = median3x3_with_arg(leaf)
+        (want_grad,) = torch.autograd.grad(want_y, leaf, grad_y.double())
+        if arg.dtype != torch.uint8 or tuple(arg.shape) != shape:
+            failures.append(f"{where}: arg must be uint8 of shape {shape}, got {arg.dtype} {tuple(arg.shape)}")
+        elif not torch.equal(arg.cpu(), want_arg):
+            failures.append(f"{where}: arg differs from the reference's window position at "
+                            f"{int((arg.cpu() != want_arg).sum())} of {arg.numel()} pixels")
+        if y.dtype != dtype or tuple(y.shape) != shape or not torch.equal(y.cpu().double(), want_y.detach()):
+            failures.append(f"{where}: y is not the reference's median exactly")
+        problem = max_error_text("grad_x", grad, want_grad, TOLERANCES[dtype])
+        if problem:
+            failures.append(f"{where}: {problem}")
+    return failures
+
+
 # op name -> smoke function(op namespace, device) -> failures. One entry per CUDA op.
 SMOKES = {
     "sparta": smoke_sparta,
     "pgd": smoke_pgd,
     "margin_loss": smoke_margin_loss,
     "cifs_reweight": smoke_cifs_reweight,
+    "nlm_gaussian": smoke_nlm_gaussian,
+    "median3x3": smoke_median3x3,
 }
 
 

@@ -21,6 +21,7 @@ SUITES = {
     "sparta": "benchmarks.bench_sparta",
     "pgd": "benchmarks.bench_pgd",
     "cifs": "benchmarks.bench_cifs",
+    "nlm": "benchmarks.bench_nlm",
 }
 
 

@@ -2,7 +2,7 @@
 (He et al. 2016 pre-activation blocks; the variant used by Rice et al. 2020 and Wong et al. 2020)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,22 +41,39 @@ class PreActBlock(nn.Module):
 
 
 class PreActNetwork(nn.Module):
-    """Input normalisation, a 3x3 stem, pre-activation blocks, then BN-ReLU, global average
-    pooling and a linear classifier: the shape PreActResNet and WideResNet share."""
+    """Input normalisation, a 3x3 stem, stages of pre-activation blocks (children layer1,
+    layer2, ..., each an nn.Sequential), then BN-ReLU, global average pooling and a linear
+    classifier: the shape PreActResNet and WideResNet share."""
 
-    def _build_head(self, blocks, in_planes: int, num_classes: int) -> None:
-        self.blocks = nn.Sequential(*blocks)
+    def _build_head(self, stages: Sequence[Sequence[nn.Module]], in_planes: int, num_classes: int) -> None:
+        """Registers the stages (lists of blocks) as layer1, layer2, ... and the head."""
+        self.num_stages = len(stages)
+        for i, blocks in enumerate(stages, 1):
+            setattr(self, f"layer{i}", nn.Sequential(*blocks))
         self.bn = nn.BatchNorm2d(in_planes)
         self.linear = nn.Linear(in_planes, num_classes)
 
+    def stages(self) -> List[nn.Module]:
+        """layer1, layer2, ... in forward order."""
+        return [getattr(self, f"layer{i}") for i in range(1, self.num_stages + 1)]
+
+    @property
+    def blocks(self) -> nn.Sequential:
+        """Every PreActBlock of the stages, in order (a view for counting and inspection; the
+        forward runs the stages, and modules put after a stage are not in this list)."""
+        return nn.Sequential(*(m for stage in self.stages() for m in stage.modules() if isinstance(m, PreActBlock)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.blocks(self.conv1(self.normalize(x)))
+        out = self.conv1(self.normalize(x))
+        for stage in self.stages():
+            out = stage(out)
         out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1)
         return self.linear(torch.flatten(out, 1))
 
 
 class PreActResNet18(PreActNetwork):
-    """Inputs (N, in_channels, H, W) in [0, 1] (32x32 for CIFAR); logits (N, num_classes)."""
+    """Inputs (N, in_channels, H, W) in [0, 1] (32x32 for CIFAR); logits (N, num_classes).
+    Stages layer1 .. layer4 (64, 128, 256, 512 channels; Xie et al.'s res2 .. res5)."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3,
                  mean: Optional[Values] = None, std: Optional[Values] = None):
@@ -65,10 +82,12 @@ class PreActResNet18(PreActNetwork):
         positive_int(in_channels, "in_channels")
         self.normalize = input_normalization(mean, std, in_channels)
         self.conv1 = nn.Conv2d(in_channels, STAGE_WIDTHS[0], 3, stride=1, padding=1, bias=False)
-        blocks, in_planes = [], STAGE_WIDTHS[0]
+        stages, in_planes = [], STAGE_WIDTHS[0]
         for stage, (planes, count) in enumerate(zip(STAGE_WIDTHS, BLOCKS_PER_STAGE)):
+            blocks = []
             for i in range(count):
                 stride = 2 if stage > 0 and i == 0 else 1
                 blocks.append(PreActBlock(in_planes, planes, stride))
                 in_planes = planes
-        self._build_head(blocks, in_planes, num_classes)
+            stages.append(blocks)
+        self._build_head(stages, in_planes, num_classes)

@@ -15,8 +15,8 @@ STEM_WIDTH = 16
 
 
 class WideResNet(PreActNetwork):
-    """WRN-depth-widen_factor: (depth - 4) / 6 blocks per stage. Inputs (N, in_channels, H, W)
-    in [0, 1] (32x32 for CIFAR); logits (N, num_classes)."""
+    """WRN-depth-widen_factor: (depth - 4) / 6 blocks in each of the stages layer1 .. layer3.
+    Inputs (N, in_channels, H, W) in [0, 1] (32x32 for CIFAR); logits (N, num_classes)."""
 
     def __init__(self, depth: int = 34, widen_factor: int = 10, num_classes: int = 10,
                  dropout: float = 0.0, in_channels: int = 3,
@@ -34,14 +34,16 @@ class WideResNet(PreActNetwork):
         self.normalize = input_normalization(mean, std, in_channels)
         self.conv1 = nn.Conv2d(in_channels, STEM_WIDTH, 3, stride=1, padding=1, bias=False)
         blocks_per_stage = (depth - 4) // 6
-        blocks, in_planes = [], STEM_WIDTH
+        stages, in_planes = [], STEM_WIDTH
         for stage, base in enumerate(BASE_WIDTHS):
             planes = base * widen_factor
+            blocks = []
             for i in range(blocks_per_stage):
                 stride = 2 if stage > 0 and i == 0 else 1
                 blocks.append(PreActBlock(in_planes, planes, stride, float(dropout)))
                 in_planes = planes
-        self._build_head(blocks, in_planes, num_classes)
+            stages.append(blocks)
+        self._build_head(stages, in_planes, num_classes)
 
 
 def wrn34_10(num_classes: int = 10, **kwargs) -> WideResNet:

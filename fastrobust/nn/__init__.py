@@ -1,3 +1,4 @@
 from .cifs import CIFS, cifs_loss
+from .nlm import DenoisingBlock, NonLocalMeans, add_denoising_blocks
 from .normalize import Normalize
 from .sparta import Sparta, swap_relu

@@ -3,7 +3,7 @@
 Never imports the compiled extension: these are the oracle of the tests, the baseline of the
 benchmarks, and the fallback where the extension is not built.
 """
-from . import cifs, pgd
+from . import cifs, median, nlm, pgd
 from .sparta import sparta
 
-__all__ = ["cifs", "pgd", "sparta"]
+__all__ = ["cifs", "median", "nlm", "pgd", "sparta"]

@@ -1,0 +1,112 @@
+"""Non-local-means feature denoising (Xie et al., CVPR 2019) as fused ops.
+
+    nlm_gaussian(theta, phi, g, scale)   y_i = sum_j softmax_j(scale * theta_i . phi_j) g_j
+    nlm_dot(theta, phi, g)               y_i = (1/N) sum_j (theta_i . phi_j) g_j
+
+over all N = H * W positions of a feature map; theta and phi of width d, g of width C
+(d != C allowed: the embedded layer uses d = C/2 and g = x).
+
+nlm_gaussian is the op `fastrobust::nlm_gaussian`, flash-style: the N x N affinity is never
+stored. It returns y and the per-row log-sum-exp (B, N) of the logits, from which the
+backward op `_nlm_gaussian_backward` recomputes the softmax tile by tile (the
+FlashAttention-2 scheme). Extra memory: O(B * N).
+
+nlm_dot is linear in each input, so it needs no kernel: it is two batched GEMMs in the cheaper
+order, theta (phi^T g) / N when that costs fewer flops than forming the N x N affinity.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .._extension import warn_fallback
+from ._registration import has_op, register_differentiable_op
+from ..reference.nlm import check_nlm_args, default_scale, flatten, positions
+from ..reference.nlm import nlm_dot as _reference_dot
+from ..reference.nlm import nlm_gaussian as _reference_gaussian
+
+
+def _autocast_inputs(*tensors: torch.Tensor):
+    """Under autocast, the op runs in the autocast dtype like a matmul (the three inputs may
+    arrive in different dtypes: conv outputs in bf16, the value x in float32)."""
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        return tensors  # check_nlm_args names the culprit
+    device_type = tensors[0].device.type
+    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        return tuple(t.to(dtype) if t.dtype.is_floating_point else t for t in tensors)
+    return tensors
+
+
+def nlm_gaussian(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, scale: Optional[float] = None) -> torch.Tensor:
+    """Softmax non-local means without materialising the N x N affinity.
+
+    Args:
+        theta: queries (B, d, H, W) or (B, d, N).
+        phi: keys, theta's shape.
+        g: values (B, C, H, W) or (B, C, N), same positions as theta.
+        scale: multiplies the logits theta_i . phi_j; default 1/sqrt(d).
+    All three share dtype (float32/float16/bfloat16; float64 on CPU) and device; any layout.
+    Returns y with g's shape (contiguous), differentiable in all three inputs.
+    """
+    theta, phi, g = _autocast_inputs(theta, phi, g)
+    if not torch.compiler.is_compiling():  # traced, the fake kernel checks (dynamo cannot trace the messages)
+        check_nlm_args(theta, phi, g)
+    scale = default_scale(theta, scale)
+    if has_op("fastrobust", "nlm_gaussian"):
+        return torch.ops.fastrobust.nlm_gaussian(theta, phi, g, scale)[0]
+    warn_fallback("nlm_gaussian")
+    return _reference_gaussian(theta, phi, g, scale)
+
+
+def nlm_dot_flops(d: int, c: int, n: int):
+    """Multiply-adds of the two orders: (phi^T g first, affinity first)."""
+    return 2 * c * d * n, n * n * (d + c)
+
+
+def nlm_dot(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Dot-product non-local means, y = theta (phi^T g) / N in the cheaper order.
+
+    Shapes and dtypes as nlm_gaussian; differentiable (autograd through two batched GEMMs).
+    """
+    theta, phi, g = _autocast_inputs(theta, phi, g)
+    if not torch.compiler.is_compiling():  # traced, the fake kernel checks (dynamo cannot trace the messages)
+        check_nlm_args(theta, phi, g)
+    q, k, v = flatten(theta, phi, g)
+    d, n, c = q.shape[1], q.shape[2], v.shape[1]
+    gram_first, affinity_first = nlm_dot_flops(d, c, n)
+    if gram_first >= affinity_first:
+        return _reference_dot(theta, phi, g)
+    # (C, d) = g phi^T / N per sample, then y = that @ theta: never an N x N matrix.
+    gram = torch.bmm(v, k.transpose(1, 2)) / max(n, 1)
+    return torch.bmm(gram, q).reshape(g.shape)
+
+
+def _fake_nlm_gaussian(theta, phi, g, scale):
+    check_nlm_args(theta, phi, g)
+    acc = torch.float64 if theta.dtype == torch.float64 else torch.float32
+    lse = theta.new_empty((theta.shape[0], positions(theta)), dtype=acc)
+    return torch.empty_like(g, memory_format=torch.contiguous_format), lse
+
+
+def _fake_nlm_gaussian_backward(grad_y, theta, phi, g, y, lse, scale):
+    check_nlm_args(theta, phi, g)
+    torch._check(grad_y.shape == g.shape, lambda: f"grad_y must have the shape of g {tuple(g.shape)}, got {tuple(grad_y.shape)}")
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (theta, phi, g))
+
+
+def _setup_context(ctx, inputs, output):
+    theta, phi, g, scale = inputs
+    y, lse = output
+    ctx.scale = scale
+    ctx.save_for_backward(theta, phi, g, y, lse)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(backward_op, ctx, grad_y, _grad_lse):
+    theta, phi, g, y, lse = ctx.saved_tensors
+    return (*backward_op(grad_y, theta, phi, g, y, lse, ctx.scale), None)
+
+
+register_differentiable_op("nlm_gaussian", _fake_nlm_gaussian, _fake_nlm_gaussian_backward, _setup_context, _backward)

@@ -1,0 +1,214 @@
+"""nlm_gaussian (softmax non-local means, flash-style) on every backend against the float64
+materialised reference: output, the three gradients, the saved log-sum-exp, dtypes, layouts,
+softmax stability, gradcheck, opcheck, compile, autocast and bad inputs."""
+import math
+
+import pytest
+import torch
+
+import fastrobust
+from fastrobust.ops.nlm import nlm_gaussian
+from fastrobust.reference import nlm as reference
+from fastrobust.testing import FORWARD_TOL, REDUCTION_TOL, assert_close_to_oracle, backends
+
+pytestmark = pytest.mark.skipif(not fastrobust.HAS_EXT, reason="compiled extension not built")
+
+# (B, d, C, H, W): N = H * W from 1 to 33 x 33, mostly not multiples of the 32-position tile;
+# d in {1, 8, 32, 96, 256}, C in {1, 3, 64, 160, 512}; batch 0, 1 and 3.
+SHAPES = [
+    (1, 1, 1, 1, 1),
+    (3, 8, 3, 5, 7),
+    (1, 32, 64, 8, 8),
+    (2, 1, 64, 17, 3),
+    (3, 96, 160, 33, 33),
+    (1, 256, 512, 6, 6),
+    (1, 256, 1, 10, 10),
+    (0, 8, 3, 4, 4),
+]
+# The emulator runs each block's 128 threads as std::threads: a few tiles per sample.
+EMU_SHAPES = [
+    (1, 1, 1, 1, 1),
+    (3, 8, 3, 5, 7),
+    (1, 32, 64, 8, 8),
+    (2, 96, 160, 6, 6),
+    (1, 1, 3, 33, 1),
+    (0, 8, 3, 4, 4),
+]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+def inputs(shape, dtype, device, seed=0, logit_std=2.0):
+    """theta, phi scaled so that the logits scale * theta . phi have about logit_std."""
+    b, d, c, h, w = shape
+    gen = torch.Generator().manual_seed(seed)
+    qk_std = math.sqrt(logit_std)  # theta . phi has std qk_std^2 sqrt(d); scale = 1/sqrt(d)
+    theta = qk_std * torch.randn(b, d, h, w, generator=gen, dtype=torch.float64)
+    phi = qk_std * torch.randn(b, d, h, w, generator=gen, dtype=torch.float64)
+    g = torch.randn(b, c, h, w, generator=gen, dtype=torch.float64)
+    grad_y = torch.randn(b, c, h, w, generator=gen, dtype=torch.float64)
+    return [t.to(device, dtype) for t in (theta, phi, g, grad_y)]
+
+
+def run(fn, theta, phi, g, grad_y, scale):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (theta, phi, g)]
+    y = fn(*leaves, scale)
+    if y.numel():
+        grads = torch.autograd.grad(y, leaves, grad_y)
+    else:
+        grads = tuple(torch.zeros_like(t) for t in leaves)
+    return y, grads
+
+
+def backend_fn(backend):
+    op = backend.op("nlm_gaussian")
+    return lambda theta, phi, g, scale: op(theta, phi, g, scale)[0]
+
+
+def check(backend, shape, dtype, seed=0, logit_std=2.0, layout=None, scale=None):
+    theta, phi, g, grad_y = inputs(shape, dtype, backend.device, seed, logit_std)
+    if layout is not None:
+        theta, phi, g, grad_y = (layout(t) for t in (theta, phi, g, grad_y))
+    scale = 1.0 / math.sqrt(shape[1]) if scale is None else scale
+    y, grads = run(backend_fn(backend), theta, phi, g, grad_y, scale)
+    y64, grads64 = run(reference.nlm_gaussian, *(t.cpu().double() for t in (theta, phi, g, grad_y)), scale)
+    lowp = (None, (None, None, None))
+    if dtype in (torch.float16, torch.bfloat16):
+        lowp = run(reference.nlm_gaussian, *(t.cpu() for t in (theta, phi, g, grad_y)), scale)
+    assert y.dtype == dtype and y.shape == g.shape
+    assert_close_to_oracle(y, y64, dtype, FORWARD_TOL, lowp[0], name="y")
+    for name, grad, grad64, lowp_grad, t in zip(("grad theta", "grad phi", "grad g"), grads, grads64, lowp[1],
+                                                 (theta, phi, g)):
+        assert grad.shape == t.shape and grad.dtype == dtype, name
+        # sums over the N positions (and over d or C for dp)
+        assert_close_to_oracle(grad, grad64, dtype, REDUCTION_TOL, lowp_grad, name=name)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matches_reference(backend, dtype):
+    for i, shape in enumerate(EMU_SHAPES if backend.emulated else SHAPES):
+        check(backend, shape, dtype, seed=i)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_log_sum_exp_is_saved(backend):
+    theta, phi, g, _ = inputs((2, 8, 5, 6, 7), torch.float32, backend.device)
+    y, lse = backend.op("nlm_gaussian")(theta, phi, g, 0.3)
+    logits = reference.nlm_affinity_logits(*(t.double().reshape(2, t.shape[1], -1) for t in (theta, phi)), 0.3)
+    assert lse.shape == (2, 42) and lse.dtype == torch.float32
+    torch.testing.assert_close(lse.double().cpu(), torch.logsumexp(logits, dim=-1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_flattened_layouts_and_scale(backend):
+    """(B, d, N) inputs, channels_last and transposed (non-contiguous) maps, an explicit scale."""
+    shape = (2, 8, 12, 5, 6)
+    check(backend, shape, torch.float32, layout=lambda t: t.reshape(t.shape[0], t.shape[1], -1))
+    check(backend, shape, torch.float32, layout=lambda t: t.contiguous(memory_format=torch.channels_last))
+    check(backend, shape, torch.float32, layout=lambda t: t.transpose(2, 3))
+    check(backend, shape, torch.float32, scale=0.05, seed=3)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_large_logits_are_stable(backend):
+    """Logits scale * theta . phi of magnitude up to 1e4 in float32: the running max keeps every
+    exp finite (no inf, no NaN) and the output matches the float64 softmax."""
+    theta, phi, g, grad_y = inputs((2, 4, 6, 7, 5), torch.float32, backend.device, logit_std=1e4)
+    logits = reference.nlm_affinity_logits(*(t.double().reshape(2, 4, -1) for t in (theta, phi)), 0.5)
+    assert logits.abs().max() > 1e4
+    y, grads = run(backend_fn(backend), theta, phi, g, grad_y, 0.5)
+    y64, grads64 = run(reference.nlm_gaussian, *(t.double() for t in (theta, phi, g, grad_y)), 0.5)
+    assert torch.isfinite(y).all() and all(torch.isfinite(t).all() for t in grads)
+    torch.testing.assert_close(y.double(), y64, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grads[2].double(), grads64[2], rtol=1e-4, atol=1e-4)
+
+
+def test_sdpa_baseline_is_the_same_maths():
+    theta, phi, g, _ = inputs((2, 8, 12, 5, 6), torch.float64, "cpu")
+    torch.testing.assert_close(reference.nlm_gaussian_sdpa(theta, phi, g), reference.nlm_gaussian(theta, phi, g))
+
+
+def test_python_api_default_scale_is_inverse_sqrt_d():
+    theta, phi, g, _ = inputs((2, 9, 4, 3, 5), torch.float32, "cpu")
+    torch.testing.assert_close(nlm_gaussian(theta, phi, g), reference.nlm_gaussian(theta, phi, g, 1 / 3),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_autocast_runs_in_the_autocast_dtype():
+    """Under autocast the op runs like a matmul, in the autocast dtype, even when the value g
+    arrives in float32 and theta/phi in bfloat16 (conv outputs)."""
+    theta, phi, g, _ = inputs((2, 8, 12, 5, 6), torch.float32, "cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = nlm_gaussian(theta.bfloat16(), phi.bfloat16(), g)
+    assert y.dtype == torch.bfloat16
+    expected = reference.nlm_gaussian(*(t.bfloat16().double() for t in (theta, phi, g)))
+    torch.testing.assert_close(y.double(), expected, rtol=2e-2, atol=2e-2)
+
+
+def test_gradcheck():
+    theta, phi, g, _ = inputs((2, 3, 4, 5, 7), torch.float64, "cpu")
+    args = [t.requires_grad_(True) for t in (theta, phi, g)]
+    assert torch.autograd.gradcheck(lambda a, b, c: nlm_gaussian(a, b, c, 0.7), args)
+
+
+@pytest.mark.parametrize("namespace", ["fastrobust", "fastrobust_emu"])
+def test_opcheck(namespace):
+    if namespace == "fastrobust_emu" and not fastrobust.HAS_EMU:
+        pytest.skip("built without FR_EMULATE_CUDA=1")
+    theta, phi, g, _ = inputs((2, 4, 6, 5, 7), torch.float32, "cpu")
+    op = getattr(torch.ops, namespace).nlm_gaussian.default
+    torch.library.opcheck(op, tuple(t.requires_grad_(True) for t in (theta, phi, g)) + (0.5,))
+
+
+def test_compile_fullgraph():
+    theta, phi, g, grad_y = inputs((2, 4, 6, 5, 7), torch.float32, "cpu")
+
+    def f(a, b, c, scale):
+        return nlm_gaussian(a, b, c, scale)
+
+    eager = run(f, theta, phi, g, grad_y, 0.5)
+    compiled = run(torch.compile(f, fullgraph=True, backend="aot_eager"), theta, phi, g, grad_y, 0.5)
+    torch.testing.assert_close(compiled[0], eager[0])
+    for a, b in zip(compiled[1], eager[1]):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_errors_name_the_argument(backend):
+    op = backend.op("nlm_gaussian")
+    theta, phi, g, _ = inputs((2, 4, 6, 5, 7), torch.float32, backend.device)
+    cases = [
+        ((theta[0, 0], phi, g, 1.0), r"theta must be a 3-D \(B, d, N\) or 4-D \(B, d, H, W\) tensor, got 2-D"),
+        ((theta, phi[:, :, :4], g, 1.0), r"phi must have the positions of theta \[5, 7\], got \[4, 7\]"),
+        ((theta, phi, g[:, :, :, :6], 1.0), r"g must have the positions of theta"),
+        ((theta, phi[:, :3], g, 1.0), r"phi must have the width d of theta \(4\), got 3"),
+        ((theta, phi[:1], g, 1.0), r"phi must have the batch size of theta \(2\), got 1"),
+        ((theta, phi, g[:1], 1.0), r"g must have the batch size of theta \(2\), got 1"),
+        ((theta, phi, g.reshape(2, 6, 35), 1.0), r"g must have the rank of theta \(4-D\), got 3-D"),
+        ((theta, phi.double(), g, 1.0), r"phi must have the dtype of theta \(Float\), got Double"),
+        ((theta.long(), phi.long(), g.long(), 1.0), "theta must have a floating-point dtype"),
+        ((theta, phi, g, float("inf")), "scale must be finite"),
+    ]
+    if backend.device == "cpu":
+        cases.append(((theta, phi.to("meta"), g, 1.0), "phi must be on the device of theta"))
+    for args, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            op(*args)
+    y, lse = op(theta, phi, g, 1.0)
+    backward = backend.op("_nlm_gaussian_backward")
+    with pytest.raises(RuntimeError, match=r"grad_y must have the shape of g"):
+        backward(y[:, :3], theta, phi, g, y, lse, 1.0)
+    with pytest.raises(RuntimeError, match=r"lse must have shape \[2, 35\]"):
+        backward(y, theta, phi, g, y, lse[:, :4], 1.0)
+    with pytest.raises(RuntimeError, match=r"lse must have dtype Float"):
+        backward(y, theta, phi, g, y, lse.double(), 1.0)
+
+
+def test_python_errors_match_the_kernels():
+    theta, phi, g, _ = inputs((2, 4, 6, 5, 7), torch.float32, "cpu")
+    with pytest.raises(RuntimeError, match=r"phi must have the width d of theta \(4\), got 3"):
+        reference.nlm_gaussian(theta, phi[:, :3], g)
+    with pytest.raises(TypeError, match="g must be a torch.Tensor"):
+        nlm_gaussian(theta, phi, g.tolist())
+    with pytest.raises(ValueError, match="scale must be finite"):
+        nlm_gaussian(theta, phi, g, float("nan"))
