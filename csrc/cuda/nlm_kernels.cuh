@@ -14,9 +14,9 @@
 //
 //   forward   block (query tile, C slice, sample): online softmax over key tiles, y and lse.
 //   row_dot   D_i = sum_c dy_ic y_ic.
-//   grad_g    block (key tile, C slice, sample): dg_j = sum_i p_ij dy_i over query tiles.
-//   grad_phi  block (key tile, d slice, sample): dphi_j = scale sum_i ds_ij theta_i.
-//   grad_theta block (query tile, d slice, sample): dtheta_i = scale sum_j ds_ij phi_j.
+//   grad<kG>     block (key tile, C slice, sample): dg_j = sum_i p_ij dy_i over query tiles.
+//   grad<kPhi>   block (key tile, d slice, sample): dphi_j = scale sum_i ds_ij theta_i.
+//   grad<kTheta> block (query tile, d slice, sample): dtheta_i = scale sum_j ds_ij phi_j.
 // The backward recomputes p from the saved lse (and dp = dy . g for ds) in each kernel that
 // needs it: more arithmetic than FlashAttention-2's fused dK/dV kernel, but fixed-size
 // accumulators for every d and C.
@@ -205,61 +205,40 @@ __global__ void row_dot_kernel(Ptrs<scalar_t, acc_t<scalar_t>> a) {
   });
 }
 
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) grad_g_kernel(Ptrs<scalar_t, acc_t<scalar_t>> a) {
-  using acc = acc_t<scalar_t>;
-  __shared__ acc As[kTile * kTile], Bs[kTile * kTile], Ts[kTile * kPad], Xs[kOutWidth * kPad];
-  const int64_t b = blockIdx.z, k0 = int64_t(blockIdx.x) * kTile, c0 = int64_t(blockIdx.y) * kOutWidth;
-  const int64_t n = a.positions;
-  acc o[kOutCols] = {};
-  for (int64_t q0 = 0; q0 < n; q0 += kTile) {
-    acc p[kTileCols];
-    probability_tile(p, a, b, q0, k0, As, Bs);
-    store_tile(Ts, p);
-    stage(Xs, kPad, a.grad_y + b * a.channels * n, a.channels, n, c0, kOutWidth, q0);
-    __syncthreads();
-    accumulate<true>(o, Ts, Xs);
-    __syncthreads();
-  }
-  store_output(a.grad_g + b * a.channels * n, o, acc(1), a.channels, n, c0, k0);
-}
+// The three gradient kernels share one loop: a block owns a tile of positions (keys for dg
+// and dphi, queries for dtheta) and a slice of the output's width, and walks the tiles of the
+// other axis; each step forms a tile T (p for dg, ds otherwise) and accumulates T (or its
+// transpose) times a staged slice X of one input:
+//   dg_j     = sum_i p_ij dy_i          (T^T, X = dy)
+//   dphi_j   = sum_i ds_ij theta_i      (T^T, X = theta)
+//   dtheta_i = sum_j ds_ij phi_j        (T,   X = phi)
+enum class Grad { kG, kPhi, kTheta };
 
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) grad_phi_kernel(Ptrs<scalar_t, acc_t<scalar_t>> a) {
+template <typename scalar_t, Grad kWhich>
+__global__ void __launch_bounds__(kThreads) grad_kernel(Ptrs<scalar_t, acc_t<scalar_t>> a) {
   using acc = acc_t<scalar_t>;
+  constexpr bool kByKey = kWhich != Grad::kTheta;  // the block's own positions are keys
   __shared__ acc As[kTile * kTile], Bs[kTile * kTile], Ts[kTile * kPad], Xs[kOutWidth * kPad];
-  const int64_t b = blockIdx.z, k0 = int64_t(blockIdx.x) * kTile, d0 = int64_t(blockIdx.y) * kOutWidth;
+  const int64_t b = blockIdx.z, p0 = int64_t(blockIdx.x) * kTile, w0 = int64_t(blockIdx.y) * kOutWidth;
   const int64_t n = a.positions;
+  const int64_t width = kWhich == Grad::kG ? a.channels : a.dim;
+  const scalar_t* x = kWhich == Grad::kG ? a.grad_y : (kWhich == Grad::kPhi ? a.theta : a.phi);
+  scalar_t* out = kWhich == Grad::kG ? a.grad_g : (kWhich == Grad::kPhi ? a.grad_phi : a.grad_theta);
   acc o[kOutCols] = {};
-  for (int64_t q0 = 0; q0 < n; q0 += kTile) {
-    acc ds[kTileCols];
-    logit_grad_tile(ds, a, b, q0, k0, As, Bs);
-    store_tile(Ts, ds);
-    stage(Xs, kPad, a.theta + b * a.dim * n, a.dim, n, d0, kOutWidth, q0);
+  for (int64_t other0 = 0; other0 < n; other0 += kTile) {
+    const int64_t q0 = kByKey ? other0 : p0, k0 = kByKey ? p0 : other0;
+    acc t[kTileCols];
+    if (kWhich == Grad::kG)
+      probability_tile(t, a, b, q0, k0, As, Bs);
+    else
+      logit_grad_tile(t, a, b, q0, k0, As, Bs);
+    store_tile(Ts, t);
+    stage(Xs, kPad, x + b * width * n, width, n, w0, kOutWidth, other0);
     __syncthreads();
-    accumulate<true>(o, Ts, Xs);
+    accumulate<kByKey>(o, Ts, Xs);
     __syncthreads();
   }
-  store_output(a.grad_phi + b * a.dim * n, o, acc(1), a.dim, n, d0, k0);
-}
-
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) grad_theta_kernel(Ptrs<scalar_t, acc_t<scalar_t>> a) {
-  using acc = acc_t<scalar_t>;
-  __shared__ acc As[kTile * kTile], Bs[kTile * kTile], Ts[kTile * kPad], Xs[kOutWidth * kPad];
-  const int64_t b = blockIdx.z, q0 = int64_t(blockIdx.x) * kTile, d0 = int64_t(blockIdx.y) * kOutWidth;
-  const int64_t n = a.positions;
-  acc o[kOutCols] = {};
-  for (int64_t k0 = 0; k0 < n; k0 += kTile) {
-    acc ds[kTileCols];
-    logit_grad_tile(ds, a, b, q0, k0, As, Bs);
-    store_tile(Ts, ds);
-    stage(Xs, kPad, a.phi + b * a.dim * n, a.dim, n, d0, kOutWidth, k0);
-    __syncthreads();
-    accumulate<false>(o, Ts, Xs);
-    __syncthreads();
-  }
-  store_output(a.grad_theta + b * a.dim * n, o, acc(1), a.dim, n, d0, q0);
+  store_output(out + b * width * n, o, acc(1), width, n, w0, p0);
 }
 
 // Grid of (position tiles, output slices of `width`, samples).
@@ -282,10 +261,12 @@ void launch_backward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, cudaStream_t stre
   const int64_t row_blocks = std::min<int64_t>(ceil_div<int64_t>(rows, kThreads), 4096);
   FR_LAUNCH(row_dot_kernel<scalar_t>, dim3(static_cast<unsigned>(row_blocks)), dim3(kThreads), 0, stream, a);
   if (a.channels > 0)
-    FR_LAUNCH(grad_g_kernel<scalar_t>, tile_grid(a.batch, a.positions, a.channels), dim3(kThreads), 0, stream, a);
+    FR_LAUNCH((grad_kernel<scalar_t, Grad::kG>), tile_grid(a.batch, a.positions, a.channels), dim3(kThreads), 0,
+              stream, a);
   if (a.dim > 0) {
-    FR_LAUNCH(grad_phi_kernel<scalar_t>, tile_grid(a.batch, a.positions, a.dim), dim3(kThreads), 0, stream, a);
-    FR_LAUNCH(grad_theta_kernel<scalar_t>, tile_grid(a.batch, a.positions, a.dim), dim3(kThreads), 0, stream, a);
+    const dim3 grid = tile_grid(a.batch, a.positions, a.dim);
+    FR_LAUNCH((grad_kernel<scalar_t, Grad::kPhi>), grid, dim3(kThreads), 0, stream, a);
+    FR_LAUNCH((grad_kernel<scalar_t, Grad::kTheta>), grid, dim3(kThreads), 0, stream, a);
   }
 }
 
