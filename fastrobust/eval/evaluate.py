@@ -1,0 +1,492 @@
+"""Robust-accuracy evaluation: clean accuracy, then a cascade of attacks on the points still
+robust (as AutoAttack's run_standard_evaluation), with per-attack time and pass counts.
+
+    report = evaluate(model, (x_test, y_test), attacks=["pgd20", "apgd-ce", "apgd-dlr"], eps=8/255)
+    print(report.summary())
+    write_report(report, "out/eval")        # report.json / .csv / .md (+ plots)
+
+Protocol:
+1. Clean pass: a point is robust only if it is classified correctly.
+2. For each cascade attack in order: every point still robust is attacked (in batches of
+   batch_size); a point the attack breaks (the model misclassifies its output) is robust no
+   more. robust_accuracy after an attack is the fraction of all n points still robust, so
+   the last one is the reported robust accuracy (the AND of every attack's outcome).
+   With cascade=False every attack runs on all clean-correct points instead (each attack's
+   own accuracy is reported as accuracy_alone; the overall robust accuracy is the same AND).
+3. A hypocritical attack ("hypocritical" preset) runs on the clean-misclassified points and
+   reports the hypocritical risk: the fraction of them its output makes correctly classified.
+4. Optional gradient-masking checks (fastrobust.eval.masking) on the first check_n points;
+   a check that fires emits a GradientMaskingWarning and is recorded in the report.
+
+The robust mask, the per-attack outcomes and the counts stay on the device; the host reads
+them once per attack (the indices of the points still robust, to batch them) and at the end.
+The attacks themselves do not synchronise inside their step loops.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..attacks import Attack, HypocriticalPGD
+from ..attacks.model_runner import eval_mode
+from ..data import TensorLoader
+from .presets import CASCADE, DEFAULT_ATTACKS, HYPOCRITICAL, Preset, get_preset
+
+AttackFactory = Callable[..., Attack]
+AttackSpec = Union[str, Preset, Tuple[str, AttackFactory], Tuple[str, Attack], Attack]
+Data = Union[Tuple[torch.Tensor, torch.Tensor], TensorLoader]
+
+
+@dataclass
+class AttackReport:
+    """One attack's row of the report.
+
+    kind:             "cascade" or "hypocritical".
+    points_attacked:  points given to the attack (cascade: still robust; hypocritical:
+                      clean-misclassified).
+    successes:        of those, the points the attack broke (hypocritical: fixed).
+    robust_accuracy:  cascade: fraction of all n points still robust after this attack.
+    accuracy_alone:   cascade=False only: the fraction of all n points this attack alone leaves robust.
+    hypocritical_risk: hypocritical only: successes / points_attacked (None without such points).
+    time_s:           wall time of the attack (synchronised on CUDA at its end).
+    forwards, backwards: model forward / input-gradient passes in sample-passes (rows), from
+                      the attacks' counts (restarts and target classes included), plus one
+                      forward per point where a separate model judges (attack_model); with an
+                      EOT attack model each row is `samples` rows of the inner model.
+    images_per_s:     points_attacked / time_s.
+    params:           the attack's parameters (preset name, class, keyword arguments).
+    success:          bool (n,) on the CPU: which points the attack broke (fixed), False for
+                      the points it did not attack. Not in to_dict() unless samples=True.
+    """
+
+    name: str
+    kind: str
+    points_attacked: int
+    successes: int
+    robust_accuracy: Optional[float]
+    time_s: float
+    forwards: int
+    backwards: int
+    images_per_s: Optional[float]
+    params: Dict[str, Any] = field(default_factory=dict)
+    accuracy_alone: Optional[float] = None
+    hypocritical_risk: Optional[float] = None
+    success: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    def to_dict(self, samples: bool = False) -> Dict[str, Any]:
+        out = {k: getattr(self, k) for k in ("name", "kind", "points_attacked", "successes", "robust_accuracy",
+                                             "accuracy_alone", "hypocritical_risk", "time_s", "forwards",
+                                             "backwards", "images_per_s")}
+        out["params"] = _jsonable(self.params)
+        if samples and self.success is not None:
+            out["success"] = self.success.tolist()
+        return out
+
+
+@dataclass
+class EvalReport:
+    """What evaluate() returns.
+
+    n:                 points evaluated (the first n of the data).
+    clean_accuracy:    fraction of the n points classified correctly.
+    robust_accuracy:   fraction robust against every cascade attack (clean_accuracy if none).
+    attacks:           one AttackReport per attack, in the order run.
+    checks:            gradient-masking CheckResults (empty when not run).
+    clean_correct, robust: bool (n,) on the CPU, per point.
+    metadata:          model, data, attacks, eps, seed, versions, git commit, device, ...
+    """
+
+    n: int
+    eps: float
+    norm: str
+    seed: Optional[int]
+    cascade: bool
+    clean_accuracy: float
+    robust_accuracy: float
+    attacks: List[AttackReport]
+    clean_time_s: float
+    total_time_s: float
+    checks: List[Any] = field(default_factory=list)
+    metadata: Dict[str, Any] = field(default_factory=dict)
+    clean_correct: Optional[torch.Tensor] = field(default=None, repr=False)
+    robust: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    @property
+    def hypocritical_risk(self) -> Optional[float]:
+        """The risk of the (last) hypocritical attack, None if none ran."""
+        risks = [a.hypocritical_risk for a in self.attacks if a.kind == HYPOCRITICAL]
+        return risks[-1] if risks else None
+
+    @property
+    def warnings(self) -> List[Any]:
+        """The checks that fired."""
+        return [c for c in self.checks if c.passed is False]
+
+    def attack(self, name: str) -> AttackReport:
+        for a in self.attacks:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+    def to_dict(self, samples: bool = False) -> Dict[str, Any]:
+        """A JSON-ready dict; samples=True adds the per-point masks."""
+        out: Dict[str, Any] = {
+            "n": self.n, "eps": self.eps, "norm": self.norm, "seed": self.seed, "cascade": self.cascade,
+            "clean_accuracy": self.clean_accuracy, "robust_accuracy": self.robust_accuracy,
+            "hypocritical_risk": self.hypocritical_risk,
+            "clean_time_s": self.clean_time_s, "total_time_s": self.total_time_s,
+            "attacks": [a.to_dict(samples) for a in self.attacks],
+            "checks": [c.to_dict() for c in self.checks],
+            "metadata": _jsonable(self.metadata),
+        }
+        if samples and self.clean_correct is not None:
+            out["clean_correct"] = self.clean_correct.tolist()
+            out["robust"] = self.robust.tolist()
+        return out
+
+    def summary(self) -> str:
+        """A plain-text table (as AutoAttack's log)."""
+        lines = [f"clean accuracy: {100 * self.clean_accuracy:.2f}% ({self.n} points, {self.clean_time_s:.1f} s)"]
+        for a in self.attacks:
+            if a.kind == HYPOCRITICAL:
+                risk = "n/a" if a.hypocritical_risk is None else f"{100 * a.hypocritical_risk:.2f}%"
+                lines.append(f"hypocritical risk ({a.name}): {risk} of {a.points_attacked} misclassified points "
+                             f"({a.time_s:.1f} s)")
+            else:
+                alone = "" if a.accuracy_alone is None else f", alone {100 * a.accuracy_alone:.2f}%"
+                lines.append(f"robust accuracy after {a.name}: {100 * a.robust_accuracy:.2f}%{alone} "
+                             f"({a.points_attacked} attacked, {a.time_s:.1f} s, {_rate(a.images_per_s)} img/s)")
+        lines.append(f"robust accuracy: {100 * self.robust_accuracy:.2f}% (total {self.total_time_s:.1f} s)")
+        for c in self.checks:
+            status = "skipped" if c.passed is None else ("ok" if c.passed else "WARNING")
+            lines.append(f"check {c.name}: {status}: {c.message}")
+        return "\n".join(lines)
+
+
+def _rate(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{v:.0f}"
+
+
+def _jsonable(value):
+    """Tensors, dtypes, tuples and non-finite floats made JSON-safe (recursively)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.numel() <= 64 else f"tensor{tuple(value.shape)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, torch.dtype):
+        return str(value).replace("torch.", "")
+    return repr(value) if not callable(value) else getattr(value, "__name__", repr(value))
+
+
+# --------------------------------------------------------------------------------------------
+# attack specs
+
+
+@dataclass
+class _Spec:
+    name: str
+    role: str
+    params: Dict[str, Any]
+    build: Callable[[nn.Module, Optional[int]], Attack]
+    fixed: bool = False  # a ready-made Attack instance: its own model and seed
+
+
+def _attack_params(attack: Attack) -> Dict[str, Any]:
+    keep = {}
+    for k, v in vars(attack).items():
+        if k == "model" or k.startswith("_"):
+            continue
+        if isinstance(v, (int, float, str, bool, tuple, type(None), torch.dtype)) or callable(v):
+            keep[k] = v
+    return keep
+
+
+def _role_of(attack: Attack) -> str:
+    return HYPOCRITICAL if isinstance(attack, HypocriticalPGD) else CASCADE
+
+
+def _resolve(spec: AttackSpec, eps: float, norm: str, autocast, attacker: nn.Module) -> _Spec:
+    if isinstance(spec, str):
+        spec = get_preset(spec)
+    if isinstance(spec, Preset):
+        preset = spec
+        params = dict(preset.parameters(eps, norm), preset=preset.name, attack=preset.cls.__name__)
+        return _Spec(preset.name, preset.role, params,
+                     lambda model, seed: preset.build(model, eps, norm, seed=seed, autocast=autocast))
+    if isinstance(spec, Attack):
+        return _Spec(type(spec).__name__, _role_of(spec), dict(_attack_params(spec), attack=type(spec).__name__),
+                     lambda model, seed: spec, fixed=True)
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
+        name, what = spec
+        if isinstance(what, Attack):
+            return _Spec(name, _role_of(what), dict(_attack_params(what), attack=type(what).__name__),
+                         lambda model, seed: what, fixed=True)
+        if callable(what):
+            def build(model, seed, factory=what):
+                attack = factory(model, eps=eps, norm=norm, seed=seed, autocast=autocast)
+                if not isinstance(attack, Attack):
+                    raise TypeError(f"attack factory {name!r} must return a fastrobust Attack, "
+                                    f"got {type(attack).__name__}")
+                return attack
+            probe = build(attacker, None)  # constructors do not run the model: parameters and role
+            return _Spec(name, _role_of(probe), dict(_attack_params(probe), attack=type(probe).__name__), build)
+    raise TypeError(f"an attack must be a preset name, a Preset, an Attack, or (name, factory) / (name, Attack); "
+                    f"got {spec!r}")
+
+
+def _mix(*values: int) -> int:
+    """A 62-bit seed from ints (splitmix64-style), so each attack and batch gets its own stream."""
+    mask = (1 << 64) - 1
+    state = 0x9E3779B97F4A7C15
+    for v in values:
+        state = ((state ^ (int(v) & mask)) + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        state = z ^ (z >> 31)
+    return state >> 2
+
+
+# --------------------------------------------------------------------------------------------
+# data and model helpers
+
+
+def resolve_data(data: Data, n: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, str]:
+    """(x, y, description) of the first n points of (x, y) tensors or a TensorLoader (its stored
+    tensors in stored order: evaluation ignores shuffling and sharding)."""
+    if isinstance(data, TensorLoader):
+        x, y, what = data.x, data.y, "TensorLoader"
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = data
+        what = "tensors"
+    else:
+        raise TypeError(f"data must be (x, y) tensors or a TensorLoader, got {type(data).__name__}")
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError("data must hold tensors x and y")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must have the same first dimension, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        x, y = x[:n], y[:n]
+    return x, y.long(), f"{what} x{tuple(x.shape)} {str(x.dtype).replace('torch.', '')}"
+
+
+def model_device(model: nn.Module, default: torch.device) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return default
+
+
+def logits_of(out) -> torch.Tensor:
+    """The logits of a model output: the tensor itself, or the first element of a tuple/list."""
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return out
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device,
+            autocast: Optional[torch.dtype] = None) -> torch.Tensor:
+    """argmax predictions (on device) of model on x in eval mode, without gradients."""
+    preds = []
+    with eval_mode(model), torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size].to(device, non_blocking=True)
+            if autocast is None:
+                out = model(xb)
+            else:
+                with torch.autocast(device.type, dtype=autocast):
+                    out = model(xb)
+            preds.append(logits_of(out).argmax(dim=1))
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+
+
+def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAULT_ATTACKS, eps: float = 8 / 255,
+             n: Optional[int] = None, *, norm: str = "linf", batch_size: int = 500,
+             device: Optional[Union[str, torch.device]] = None, seed: Optional[int] = 0,
+             autocast: Optional[torch.dtype] = None, cascade: bool = True,
+             attack_model: Optional[nn.Module] = None, bpda=None, eot: Optional[int] = None,
+             checks: Union[bool, Sequence[str], None] = None,
+             check_n: int = 200, check_options: Optional[Dict[str, Any]] = None,
+             surrogate: Optional[nn.Module] = None,
+             surrogate_data: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+             model_name: Optional[str] = None, data_name: Optional[str] = None,
+             verbose: bool = False) -> EvalReport:
+    """Clean and robust accuracy of `model` on the first n points of `data`.
+
+    model:     nn.Module taking inputs in [0, 1] (normalisation inside), returning (N, classes)
+               logits or a tuple starting with them; it must be on `device`.
+    data:      (x, y) tensors or a TensorLoader (its stored tensors, in stored order).
+    attacks:   preset names (see fastrobust.eval.presets), Preset objects, Attack instances
+               (used as given: their own model and seed), or (name, factory) pairs where
+               factory(model, eps=, norm=, seed=, autocast=) -> Attack.
+    eps, norm: threat model ("linf" or "l2") for the presets and factories.
+    n:         evaluate the first n points (None: all).
+    batch_size: points per attack call (restarts and target classes multiply the rows).
+    device:    default: the model's device. Batches are moved there as they are attacked.
+    seed:      base seed; attack i on batch b gets its own seed derived from (seed, i, b), so a
+               run repeats exactly. None: fresh random seeds.
+    autocast:  None, torch.bfloat16 or torch.float16 for the clean pass and the attacks.
+    cascade:   True: each attack only on the points still robust (AutoAttack). False: each on
+               all clean-correct points (accuracy_alone per attack; the overall result is the same AND).
+    attack_model: craft the attacks on this model instead (e.g. with BPDA or EOT wrappers, see
+               fastrobust.eval.masking) while `model` judges every adversarial point.
+    bpda, eot: shortcuts for attack_model: bpda=targets attacks bpda_wrap(model, targets)
+               (straight-through gradients through the matching submodules), eot=k attacks
+               EOT(..., samples=k) (logits averaged over k draws of a randomised model).
+    checks:    gradient-masking checks on the first check_n points: True for
+               masking.DEFAULT_CHECKS, or a sequence of check names (see masking.run_checks);
+               "transfer" runs when named, or by default when surrogate / surrogate_data is
+               given. Fired checks emit GradientMaskingWarning. check_options are passed on.
+    model_name, data_name: labels for the report's metadata.
+    verbose:   print a line per attack.
+    """
+    from . import report as _report  # metadata helpers
+
+    t_start = time.perf_counter()
+    x, y, data_desc = resolve_data(data, n)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    device = torch.device(device) if device is not None else model_device(model, x.device)
+    eps = float(eps)
+    if attack_model is None and (bpda is not None or eot is not None):
+        from .masking import EOT, bpda_wrap
+        attack_model = model if bpda is None else bpda_wrap(model, bpda)
+        attack_model = attack_model if eot is None else EOT(attack_model, samples=eot)
+    attacker = model if attack_model is None else attack_model
+    specs = [_resolve(s, eps, norm, autocast, attacker) for s in attacks]
+    total = x.shape[0]
+    y_dev = y.to(device)
+
+    # 1. clean accuracy
+    t0 = time.perf_counter()
+    pred = predict(model, x, batch_size, device, autocast)
+    clean_correct = pred == y_dev
+    robust = clean_correct.clone()
+    _sync(device)
+    clean_time = time.perf_counter() - t0
+    if verbose:
+        print(f"clean accuracy: {100 * clean_correct.float().mean().item():.2f}% ({clean_time:.1f} s)")
+
+    rows: List[AttackReport] = []
+    row_counts: List[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []
+    x_src_device = x.device
+    for i, spec in enumerate(specs):
+        if spec.role == HYPOCRITICAL:
+            todo = ~clean_correct
+        elif cascade:
+            todo = robust
+        else:
+            todo = clean_correct
+        index = todo.nonzero()[:, 0]  # one host sync per attack: the number of points to attack
+        count = int(index.numel())
+        success = torch.zeros(total, dtype=torch.bool, device=device)
+        forwards = backwards = 0
+        _sync(device)
+        t0 = time.perf_counter()
+        index_src = index.to(x_src_device)
+        for b, first in enumerate(range(0, count, batch_size)):
+            rows_dev = index[first:first + batch_size]
+            xb = x[index_src[first:first + batch_size]].to(device, non_blocking=True)
+            yb = y_dev[rows_dev]
+            seed_b = None if seed is None else _mix(seed, i, b)
+            attack = spec.build(attacker, seed_b)
+            result = attack.run(xb, yb)
+            forwards += result.forwards
+            backwards += result.backwards
+            ok = result.success
+            if attack_model is not None or spec.fixed and attack.model is not model:
+                # the judged model decides: one forward on the adversarial points
+                pb = predict(model, result.x_adv, batch_size, device, autocast)
+                forwards += xb.shape[0]
+                ok = (pb == yb) if spec.role == HYPOCRITICAL else (pb != yb)
+            success[rows_dev] = ok
+        if spec.role != HYPOCRITICAL:
+            robust &= ~success
+        _sync(device)
+        elapsed = time.perf_counter() - t0
+        alone = None if cascade or spec.role == HYPOCRITICAL else (clean_correct & ~success)
+        row_counts.append((success.sum(), robust.sum(), None if alone is None else alone.sum()))
+        rows.append(AttackReport(
+            name=spec.name, kind=spec.role, points_attacked=count, successes=0, robust_accuracy=None,
+            time_s=elapsed, forwards=forwards, backwards=backwards,
+            images_per_s=count / elapsed if elapsed > 0 and count else None, params=spec.params, success=success))
+        if verbose:
+            _, r, _ = row_counts[-1]
+            print(f"{spec.name}: {count} points attacked, {elapsed:.1f} s"
+                  + ("" if spec.role == HYPOCRITICAL else f", robust accuracy {100 * r.item() / max(total, 1):.2f}%"))
+
+    # the one read-back of all counts
+    counts = torch.stack([t for c in row_counts for t in c if t is not None]).tolist() if row_counts else []
+    it = iter(counts)
+    for row, (_, _, alone) in zip(rows, row_counts):
+        row.successes = int(next(it))
+        robust_after = int(next(it))
+        if alone is not None:
+            row.accuracy_alone = int(next(it)) / total if total else float("nan")
+        if row.kind == HYPOCRITICAL:
+            row.hypocritical_risk = row.successes / row.points_attacked if row.points_attacked else None
+        else:
+            row.robust_accuracy = robust_after / total if total else float("nan")
+        row.success = row.success.cpu()
+
+    clean_cpu = clean_correct.cpu()
+    robust_cpu = robust.cpu()
+    clean_acc = int(clean_cpu.sum()) / total if total else float("nan")
+    robust_acc = int(robust_cpu.sum()) / total if total else float("nan")
+
+    # 4. gradient-masking checks
+    check_results = []
+    names = _check_names(checks, surrogate, surrogate_data)
+    if names:
+        from .masking import run_checks
+        m = min(check_n, total)
+        check_results = run_checks(attacker, x[:m], y[:m], eps, norm=norm, checks=names, seed=seed,
+                                   batch_size=batch_size, device=device, autocast=autocast, surrogate=surrogate,
+                                   surrogate_data=surrogate_data, options=check_options)
+
+    total_time = time.perf_counter() - t_start
+    report = EvalReport(n=total, eps=eps, norm=norm, seed=seed, cascade=cascade, clean_accuracy=clean_acc,
+                        robust_accuracy=robust_acc, attacks=rows, clean_time_s=clean_time, total_time_s=total_time,
+                        checks=check_results, clean_correct=clean_cpu, robust=robust_cpu)
+    report.metadata = _report.collect_metadata(
+        model, model_name=model_name, data=data_name or data_desc, attacks=[s.name for s in specs], eps=eps,
+        norm=norm, seed=seed, n=total, batch_size=batch_size, device=device, autocast=autocast, cascade=cascade,
+        attack_model=None if attack_model is None else type(attack_model).__name__)
+    if verbose:
+        print(f"robust accuracy: {100 * robust_acc:.2f}% (total {total_time:.1f} s)")
+    return report
+
+
+def _check_names(checks, surrogate, surrogate_data) -> List[str]:
+    from .masking import DEFAULT_CHECKS
+    if checks is None or checks is False:
+        return []
+    names = list(DEFAULT_CHECKS) if checks is True else list(checks)
+    if checks is True and (surrogate is not None or surrogate_data is not None) and "transfer" not in names:
+        names.append("transfer")
+    return names

@@ -1,0 +1,135 @@
+"""Named attack presets for `fastrobust.eval.evaluate`: name -> attack factory.
+
+Every preset builds a fastrobust.attacks attack from (model, eps, norm, seed, autocast) and
+optional keyword overrides. Step sizes are relative to eps (alpha = ratio * eps), so a preset
+means the same at 8/255 (CIFAR L-inf), 0.3 (MNIST L-inf) or 0.5 (L2). norm is "linf" (default)
+or "l2" for every preset.
+
+    name              attack                                           alpha      steps  restarts
+    pgd20             PGD, CE, uniform random start                    eps/4      20     1
+    pgd100-restarts5  PGD, CE, uniform random start, restarts folded   eps/10     100    5
+    cw                PGD on the CW margin (kappa=50), random start    eps/4      30     1
+    apgd-ce           APGD-CE (AutoAttack)                             2*eps (a)  100    1
+    apgd-dlr          APGD-DLR (AutoAttack's "rand"/"plus" versions)   2*eps (a)  100    1
+    apgd-t            APGD-T, DLR-targeted on the 9 runner-up classes  2*eps (a)  100    1 per class
+    alt-ce-cw-dlr     AlternatingPGD, CE -> CW -> DLR at 1/3, 2/3      eps/4      100    1 (start at x)
+    fat               FAT's early-stopped PGD, tau=0, noise 0.001      7/31 eps   10     1
+    hypocritical      HypocriticalPGD (descent on CE, from x+0.01 N)   eps/4      10     1
+
+    (a) APGD's step size is adaptive: it starts at 2*eps and halves at the checkpoints.
+
+The cascade presets are untargeted: a point counts as broken when the model misclassifies the
+attack's output. "hypocritical" is not part of the cascade: evaluate() runs it on the clean-
+misclassified points and reports the hypocritical risk (the fraction the descent attack turns
+correctly classified).
+
+Parameter sources: PGD-20 at eps/4 with a random start and CW-30 are FAT's evaluation
+(spec §4b); PGD-100 with restarts follows Madry et al.'s MNIST evaluation (100 steps) with the
+restarts AutoAttack's protocol adds; APGD's defaults are AutoAttack's; the alternating schedule
+is Antoniou et al.'s 3-loss variant with alpha=0.25 eps (§4c); "fat" is FAT's CIFAR-10
+attack (eps=0.031, alpha=0.007: alpha = 7/31 eps; K=10; tau=0); "hypocritical" Tao et al.'s
+(8/255 with 2/255 steps, 10 steps).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple, Type
+
+import torch
+from torch import nn
+
+from ..attacks import APGD, FATPGD, AlternatingPGD, Attack, HypocriticalPGD, PGD
+
+# Roles: "cascade" attacks try to break the clean-correct points; "hypocritical" attacks try
+# to fix the clean-misclassified ones (reported as a risk, outside the cascade).
+CASCADE = "cascade"
+HYPOCRITICAL = "hypocritical"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named attack configuration.
+
+    cls:      the attack class.
+    params:   fixed keyword arguments of cls.
+    relative: keyword arguments given as a multiple of eps (e.g. {"alpha": 0.25}).
+    role:     CASCADE or HYPOCRITICAL.
+    """
+
+    name: str
+    cls: Type[Attack]
+    description: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    relative: Mapping[str, float] = field(default_factory=dict)
+    role: str = CASCADE
+
+    def parameters(self, eps: float, norm: str = "linf", **overrides) -> Dict[str, Any]:
+        """The keyword arguments the attack is built with (eps and relative values resolved)."""
+        kwargs: Dict[str, Any] = {"eps": float(eps), "norm": norm}
+        kwargs.update(self.params)
+        kwargs.update({k: ratio * float(eps) for k, ratio in self.relative.items()})
+        kwargs.update(overrides)
+        return kwargs
+
+    def build(self, model: nn.Module, eps: float, norm: str = "linf", seed: Optional[int] = None,
+              autocast: Optional[torch.dtype] = None, **overrides) -> Attack:
+        """The attack on `model`; overrides replace any parameter (steps=..., alpha=...)."""
+        kwargs = self.parameters(eps, norm, **overrides)
+        return self.cls(model, seed=seed, autocast=autocast, **kwargs)
+
+
+def _presets(*presets: Preset) -> Dict[str, Preset]:
+    return {p.name: p for p in presets}
+
+
+PRESETS: Dict[str, Preset] = _presets(
+    Preset("pgd20", PGD, "PGD-20, CE, random start, alpha=eps/4 (FAT's evaluation)",
+           params={"steps": 20, "random_start": True, "restarts": 1, "loss": "ce", "keep": "success"},
+           relative={"alpha": 0.25}),
+    Preset("pgd100-restarts5", PGD, "PGD-100, CE, 5 random restarts (per-sample worst case), alpha=eps/10",
+           params={"steps": 100, "random_start": True, "restarts": 5, "loss": "ce", "keep": "success"},
+           relative={"alpha": 0.1}),
+    Preset("cw", PGD, "CW-30: PGD on the CW margin clamped at kappa=50, random start, alpha=eps/4",
+           params={"steps": 30, "random_start": True, "loss": "cw", "kappa": 50.0, "keep": "success"},
+           relative={"alpha": 0.25}),
+    Preset("apgd-ce", APGD, "APGD-CE, 100 iterations (AutoAttack)",
+           params={"steps": 100, "loss": "ce", "restarts": 1}),
+    Preset("apgd-dlr", APGD, "APGD-DLR, 100 iterations (AutoAttack)",
+           params={"steps": 100, "loss": "dlr", "restarts": 1}),
+    Preset("apgd-t", APGD, "APGD-T: targeted DLR towards the 9 runner-up classes, 100 iterations each (AutoAttack)",
+           params={"steps": 100, "loss": "dlr", "targeted": True, "n_target_classes": 9, "restarts": 1}),
+    Preset("alt-ce-cw-dlr", AlternatingPGD, "Alternating-objectives PGD-100, CE -> CW -> DLR, alpha=eps/4, start at x",
+           params={"steps": 100, "schedule": ("ce", "cw", "dlr"), "random_start": False},
+           relative={"alpha": 0.25}),
+    Preset("fat", FATPGD, "FAT's early-stopped PGD-10 (tau=0, omega=0.001), alpha=7/31 eps",
+           params={"steps": 10, "tau": 0, "omega": 0.001, "random_start": True},
+           relative={"alpha": 7 / 31}),
+    Preset("hypocritical", HypocriticalPGD, "Hypocritical PGD-10 (CE descent), alpha=eps/4; risk on misclassified points",
+           params={"steps": 10, "keep": "last"}, relative={"alpha": 0.25}, role=HYPOCRITICAL),
+)
+
+# The default set of evaluate(): PGD-20 first (its row is then PGD-20's own accuracy), then the
+# two APGD losses AutoAttack's rand/plus versions use, each on the points still robust.
+DEFAULT_ATTACKS: Tuple[str, ...] = ("pgd20", "apgd-ce", "apgd-dlr")
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown attack preset {name!r}; presets are {', '.join(PRESETS)}") from None
+
+
+def make_attack(name: str, model: nn.Module, eps: float, norm: str = "linf", seed: Optional[int] = None,
+                autocast: Optional[torch.dtype] = None, **overrides) -> Attack:
+    """The attack of preset `name` on `model` (see the module docstring for the parameters)."""
+    return get_preset(name).build(model, eps, norm, seed=seed, autocast=autocast, **overrides)
+
+
+def register_preset(preset: Preset, replace: bool = False) -> None:
+    """Adds a preset usable by name in evaluate()."""
+    if preset.name in PRESETS and not replace:
+        raise ValueError(f"preset {preset.name!r} exists (pass replace=True)")
+    if preset.role not in (CASCADE, HYPOCRITICAL):
+        raise ValueError(f"role must be {CASCADE!r} or {HYPOCRITICAL!r}, got {preset.role!r}")
+    PRESETS[preset.name] = preset

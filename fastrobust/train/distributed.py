@@ -1,0 +1,104 @@
+"""torch.distributed helpers for the trainer.
+
+Launch with torchrun: `torchrun --nproc_per_node N -m fastrobust.train ...`. The environment
+(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) decides the process group; the
+backend is NCCL on CUDA devices and gloo on the CPU. Without those variables (or with
+WORLD_SIZE=1) everything is single-process and no group is created.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, List
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    created_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """"auto": CUDA when available (cuda:LOCAL_RANK), else the CPU; "cuda" under torchrun
+    means cuda:LOCAL_RANK; other names are taken as they are."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def setup(device: str = "auto") -> DistInfo:
+    """This process's rank, world size and device; initialises the process group from the
+    torchrun environment when WORLD_SIZE > 1 and none exists yet."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if dist.is_available() and dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        return DistInfo(rank, world_size, local_rank, resolve_device(device, local_rank), False)
+    if world_size <= 1:
+        return DistInfo(0, 1, 0, resolve_device(device), False)
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but torch.distributed is not available in this build")
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    dev = resolve_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size)
+    return DistInfo(rank, world_size, local_rank, dev, True)
+
+
+def cleanup(info: DistInfo) -> None:
+    """Destroys the process group if setup created it."""
+    if info.created_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum over ranks, in place (a no-op single-process)."""
+    if info.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_object(obj: Any, info: DistInfo) -> List[Any]:
+    """[obj of rank 0, obj of rank 1, ...] on every rank."""
+    if not info.enabled:
+        return [obj]
+    out: List[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
+    """Rank src's obj on every rank."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()

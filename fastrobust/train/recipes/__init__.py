@@ -1,0 +1,24 @@
+"""Training recipes: small strategy objects turning (model, x, y) into the loss of a batch.
+
+    standard  CE on clean inputs                 pgd     Madry PGD-AT
+    fat       FAT (early-stopped PGD)            trades  TRADES
+    fgsm      FGSM-AT (Wong et al.) + tricks     iat     interpolated AT
+    spat      self-paced AT                      thrm    hypocritical risk minimisation
+
+Importing this package registers every recipe module present in RECIPES.
+"""
+import importlib as _importlib
+
+from .base import RECIPES, BatchOutput, Recipe, StepContext, create_recipe, register_recipe
+from . import pgd, standard  # noqa: F401  (registration)
+
+_OPTIONAL = ("fat", "trades", "fgsm", "iat", "spat", "thrm")
+for _name in _OPTIONAL:
+    try:
+        _importlib.import_module(f"{__name__}.{_name}")
+    except ModuleNotFoundError as _exc:  # only a module not written yet is skipped
+        if _exc.name != f"{__name__}.{_name}":
+            raise
+del _name
+
+__all__ = ["RECIPES", "BatchOutput", "Recipe", "StepContext", "create_recipe", "register_recipe"]

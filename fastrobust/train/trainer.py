@@ -1,0 +1,597 @@
+"""The training loop: one loop for every recipe.
+
+    result = train(TrainConfig(data="digits", recipe="pgd"))   # or train(recipe="pgd", epochs=5)
+    result.metrics["final_test_pgd_acc"], result.checkpoint, result.plot_path
+
+Per epoch: recipe.epoch_start; for each batch: recipe.batch_loss (under autocast when amp is
+set; attacks get the same dtype through the StepContext) -> zero_grad -> backward (GradScaler
+for fp16) -> optimizer step -> schedule step. Loss and accuracy sums stay on the device; the
+host synchronises only every `log_every` batches (progress bar) and at the epoch's end (one
+all-reduce under DDP). Then: test-set clean / PGD accuracy (every eval_every epochs), the
+overfitting guard, metrics.jsonl, and the checkpoint (out/last.pt, atomically; out/best.pt
+whenever the PGD accuracy is the best so far).
+
+Distributed: under torchrun each rank trains on its shard of every epoch's permutation
+(TensorLoader rank/world_size), attacks its own shard (its own recipe generator), and
+DistributedDataParallel averages the gradients; batch_size is global (batch_size //
+world_size per rank), so a run with N ranks sees the same batches as a single process.
+Only rank 0 writes files.
+
+Reproducibility: torch's global RNG is seeded with config.seed before the model is built; the
+data order comes from (seed, epoch), every random draw of a recipe from its generator (seeded
+from seed and rank); checkpoints hold the optimizer, schedule, recipe and every RNG state, so
+`resume` continues a run bit for bit on the CPU (2 epochs straight == 1 + resume + 1).
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+import fastrobust
+from ..attacks import PGD
+from ..attacks.model_runner import eval_mode
+from ..data import DatasetInfo, TensorLoader, load_dataset
+from ..data.loader import _mix
+from . import distributed
+from .checkpoint import (CheckpointError, check_config, load_checkpoint, load_model_state, rng_state,
+                         save_checkpoint, set_rng_state)
+from .config import TrainConfig
+from .metrics import MetricsWriter, Progress, plot_curves, read_metrics
+from .recipes import RECIPES, Recipe, StepContext, create_recipe
+from .schedule import build_optimizer, build_scheduler
+
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# -- models --------------------------------------------------------------------------------
+
+def build_model(name: str, info: DatasetInfo, **options) -> nn.Module:
+    """The model `name` of fastrobust.models.create for data set `info`: classes, input
+    channels and the Normalize layer's mean/std come from it unless given in options
+    (activation, denoise, cifs, first_stride, width, ...: see fastrobust.models.registry)."""
+    from ..models import create
+
+    defaults = {"num_classes": info.num_classes, "in_channels": info.input_shape[0], "mean": info.mean,
+                "std": info.std}
+    return create(name, **{**defaults, **options})
+
+
+# -- evaluation ----------------------------------------------------------------------------
+
+Batches = Iterable[Tuple[torch.Tensor, torch.Tensor]]
+
+
+def _batches(data, y: Optional[torch.Tensor], batch_size: int) -> Batches:
+    if isinstance(data, torch.Tensor):
+        if y is None:
+            raise ValueError("evaluate_pgd: pass labels y with a tensor of inputs")
+        return [(data[i:i + batch_size], y[i:i + batch_size]) for i in range(0, data.shape[0], batch_size)]
+    if y is not None:
+        raise ValueError("evaluate_pgd: y is only for a tensor of inputs, the loader yields its labels")
+    return data
+
+
+def _eval_counts(model: nn.Module, batches: Batches, eps: float, alpha: Optional[float], steps: int,
+                 seed: int, autocast: Optional[torch.dtype], channels_last: bool, restarts: int,
+                 device: Optional[torch.device] = None) -> torch.Tensor:
+    """float64 tensor [n, clean correct, robust correct] on the batches' device (no host sync
+    besides the attacks' own input check)."""
+    counts = None
+    with eval_mode(model):
+        for i, (xb, yb) in enumerate(batches):
+            if device is not None:
+                xb, yb = xb.to(device), yb.to(device)
+            if counts is None:
+                counts = torch.zeros(3, dtype=torch.float64, device=xb.device)
+            if xb.shape[0] == 0:
+                continue
+            if channels_last and xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.no_grad(), (torch.autocast(xb.device.type, dtype=autocast) if autocast
+                                   else contextlib.nullcontext()):
+                clean = model(xb)
+            clean = (clean[0] if isinstance(clean, (tuple, list)) else clean).argmax(1) == yb
+            if eps > 0 and steps > 0:
+                attack = PGD(model, eps=eps, alpha=eps / 4 if alpha is None else alpha, steps=steps,
+                             random_start=True, restarts=restarts, seed=int(_mix(seed, i)) % (2 ** 62),
+                             autocast=autocast, channels_last=channels_last)
+                robust = clean & ~attack.run(xb, yb).success
+            else:
+                robust = clean
+            counts += torch.stack([torch.tensor(float(yb.shape[0]), dtype=torch.float64, device=xb.device),
+                                   clean.sum().double(), robust.sum().double()])
+    if counts is None:
+        counts = torch.zeros(3, dtype=torch.float64)
+    return counts
+
+
+def evaluate_pgd(model: nn.Module, data: Union[torch.Tensor, Batches], y: Optional[torch.Tensor] = None, *,
+                 eps: float, alpha: Optional[float] = None, steps: int = 20, restarts: int = 1,
+                 batch_size: int = 500, seed: int = 0, autocast: Optional[torch.dtype] = None,
+                 channels_last: bool = False) -> Dict[str, float]:
+    """Clean and PGD accuracy of `model` (in eval mode; its modes are restored after).
+
+    data: a tensor of inputs in [0, 1] with labels y, or any iterable of (x, y) batches (e.g.
+    a TensorLoader with shuffle=False). PGD: L-inf, eps, alpha (default eps/4), `steps`
+    (default 20: PGD-20), random start, `restarts`, seeded (reproducible). A sample counts as
+    robust when it is classified correctly and no PGD iterate fools it.
+    Returns {"clean_acc", "pgd_acc", "n"} (accuracies as fractions in [0, 1]).
+    """
+    counts = _eval_counts(model, _batches(data, y, batch_size), float(eps), alpha, int(steps), int(seed),
+                          autocast, channels_last, int(restarts)).tolist()
+    n = counts[0]
+    return {"clean_acc": counts[1] / n if n else float("nan"), "pgd_acc": counts[2] / n if n else float("nan"),
+            "n": int(n)}
+
+
+# -- results -------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    """What train() returns.
+
+    metrics: the last epoch's record plus the final evaluation (final_test_clean_acc,
+    final_test_pgd_acc on the whole test set), train_time_s, stopped_early.
+    history: every epoch's record (metrics.jsonl). checkpoint: the checkpoint whose weights
+    `model` holds (last.pt, or best.pt when the overfitting guard restored it);
+    best_checkpoint: out/best.pt (None if never written). model: the trained (unwrapped) model.
+    """
+
+    metrics: Dict[str, Any]
+    history: List[Dict[str, Any]]
+    out_dir: str
+    checkpoint: Optional[str]
+    best_checkpoint: Optional[str]
+    metrics_path: Optional[str]
+    plot_path: Optional[str]
+    model: nn.Module = field(repr=False)
+    stopped_early: Optional[int] = None
+    finished: bool = True
+
+
+# -- the trainer ---------------------------------------------------------------------------
+
+def _recipe_kwargs(recipe_cls, config: TrainConfig) -> Dict[str, Any]:
+    """eps / alpha / steps for the recipe where its constructor takes them (alpha and steps
+    only when set), plus recipe_options."""
+    params = inspect.signature(recipe_cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs: Dict[str, Any] = {}
+    for name in ("eps", "alpha", "steps"):
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if name in params or takes_any:
+            kwargs[name] = value
+        elif name != "eps":
+            raise ValueError(f"{name}={value!r}: recipe {config.recipe!r} has no option {name!r}")
+    overlap = sorted(set(kwargs) & set(config.recipe_options))
+    if overlap:
+        raise ValueError(f"recipe_options {overlap} repeat top-level options; set them once")
+    kwargs.update(config.recipe_options)
+    return kwargs
+
+
+class Trainer:
+    """One training run: `Trainer(config).fit()`; keyword overrides set config options
+    (`Trainer(recipe="standard", epochs=3)`), model=nn.Module trains that module.
+
+    Catastrophic-overfitting guard (config.overfit_guard; on by default for the fgsm recipe),
+    as Wong et al. 2020 ("Fast is better than free", train_fgsm.py --early-stop): after every
+    epoch, the PGD accuracy (guard_steps steps of eps/4, random start, fixed seed) on one fixed
+    training batch (the first batch_size training images) is measured; when it falls below the
+    previous epoch's by more than guard_threshold (0.2: 20 points), training stops and the
+    weights of the best epoch by that accuracy (out/best.pt) are restored. Wong et al. check the
+    first batch of the current epoch, in train mode; the fixed batch in eval mode makes the
+    measure comparable from epoch to epoch.
+
+    best.pt always holds the epoch with the highest PGD accuracy: the guard's when the guard
+    is on, else the test PGD accuracy (when evaluated).
+    """
+
+    def __init__(self, config: Union[TrainConfig, Dict[str, Any], None] = None, *,
+                 model: Optional[nn.Module] = None, **overrides):
+        if config is None:
+            config = TrainConfig()
+        elif isinstance(config, dict):
+            config = TrainConfig.from_dict(config)
+        if model is not None:
+            overrides["model"] = model
+        cfg = config.replace(**overrides).resolved() if overrides else config.resolved()
+        self.config = cfg
+        self.dist = distributed.setup(cfg.device)
+        self._threads_before: Optional[int] = None
+        if self.dist.device.type == "cpu" and cfg.threads:
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(cfg.threads)
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- construction ----------------------------------------------------------------------
+    def _build(self) -> None:
+        cfg, dist = self.config, self.dist
+        device = dist.device
+        if cfg.batch_size % dist.world_size:
+            raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the world size {dist.world_size}")
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        x, y, info = load_dataset(cfg.data, "train", cfg.data_dir, device, **cfg.data_options)
+        if cfg.subset is not None:
+            x, y = x[:cfg.subset], y[:cfg.subset]
+        xt, yt, _ = load_dataset(cfg.data, "test", cfg.data_dir, device, **cfg.data_options)
+        self.info = info
+        self.test_data = (xt, yt)
+
+        recipe_cls = RECIPES[cfg.recipe]
+        self.recipe: Recipe = create_recipe(cfg.recipe, **_recipe_kwargs(recipe_cls, cfg))
+
+        model = cfg.model if isinstance(cfg.model, nn.Module) else build_model(cfg.model, info, **cfg.model_options)
+        model = self.recipe.prepare(model, info.num_classes)
+        model = model.to(device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.optimizer = build_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+
+        self.loader = TensorLoader(x, y, cfg.batch_size // dist.world_size, shuffle=True, drop_last=True,
+                                   augment=info.augmentation(), seed=cfg.seed, rank=dist.rank,
+                                   world_size=dist.world_size)
+        if len(self.loader) == 0:
+            raise ValueError(f"batch_size={cfg.batch_size} is larger than the {x.shape[0]} training images")
+        self.steps_per_epoch = min(len(self.loader), cfg.max_steps_per_epoch or len(self.loader))
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, epochs=cfg.epochs,
+                                         steps_per_epoch=self.steps_per_epoch, milestones=cfg.milestones,
+                                         gamma=cfg.lr_gamma, peak=cfg.onecycle_peak)
+        self.autocast_dtype = AMP_DTYPES[cfg.amp]
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(_mix(cfg.seed, dist.rank, 0x7EC1))
+
+        guard_n = min(cfg.batch_size, x.shape[0])
+        self.guard_batch = (x[:guard_n], y[:guard_n])
+        n_eval = xt.shape[0] if cfg.eval_samples is None else min(cfg.eval_samples, xt.shape[0])
+        self.eval_rows = torch.arange(n_eval, device=device)[dist.rank::dist.world_size]
+
+        self.out_dir = cfg.out
+        self.last_path = os.path.join(cfg.out, "last.pt")
+        self.best_path = os.path.join(cfg.out, "best.pt")
+        self.metrics_path = os.path.join(cfg.out, "metrics.jsonl")
+        self.plot_path = os.path.join(cfg.out, "curves.png")
+
+        # trainer state (checkpointed)
+        self.epoch = 0
+        self.step = 0
+        self.finished = False
+        self.stopped_early: Optional[int] = None
+        self.best_metric = "guard_pgd_acc" if cfg.guard_enabled else ("test_pgd_acc" if cfg.eval_every else None)
+        self.best_value: Optional[float] = None
+        self.best_epoch: Optional[int] = None
+        self.guard_prev: Optional[float] = None
+        self.train_time = 0.0
+        self._best_state: Optional[Dict[str, torch.Tensor]] = None
+        self.resumed_from: Optional[str] = None
+        if cfg.resume:
+            self._resume(cfg.resume if isinstance(cfg.resume, str) else self.last_path)
+
+        train_model: nn.Module = model
+        if dist.enabled:
+            train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.compile:
+            train_model = torch.compile(train_model)
+        self.train_model = train_model
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _trainer_state(self) -> Dict[str, Any]:
+        return dict(best_metric=self.best_metric, best_value=self.best_value, best_epoch=self.best_epoch,
+                    guard_prev=self.guard_prev, train_time=self.train_time)
+
+    def _checkpoint(self) -> Dict[str, Any]:
+        """The full state (every rank must call it: the RNG states are gathered)."""
+        rngs = distributed.all_gather_object(rng_state({"recipe": self.generator}, self.dist.device), self.dist)
+        return dict(
+            epoch=self.epoch, step=self.step, finished=self.finished, stopped_early=self.stopped_early,
+            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), scaler=None if self.scaler is None else self.scaler.state_dict(),
+            recipe=self.recipe.state_dict(), rng=rngs, trainer=self._trainer_state(),
+            config=self.config.to_dict(), fingerprint=self.config.fingerprint(), world_size=self.dist.world_size,
+            model_class=type(self.model).__name__,
+            versions={"torch": str(torch.__version__),
+                      "fastrobust": str(getattr(fastrobust, "__version__", "unknown"))})
+
+    def _resume(self, path: str) -> None:
+        state = load_checkpoint(path)
+        if "fingerprint" in state:
+            check_config(path, state["fingerprint"], self.config.fingerprint())
+        if state.get("world_size", 1) != self.dist.world_size:
+            raise CheckpointError(f"checkpoint {path}: written by {state.get('world_size')} processes, resumed with "
+                                  f"{self.dist.world_size} (the data shards and RNG states would differ)")
+        load_model_state(path, self.model, state["model"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if self.scaler is not None and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            self.recipe.load_state_dict(state.get("recipe") or {})
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {path}: does not match this run's optimizer/schedule/recipe "
+                                  f"({type(exc).__name__}: {exc})") from None
+        set_rng_state(state["rng"][self.dist.rank], {"recipe": self.generator}, self.dist.device)
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.finished = bool(state.get("finished", False))
+        self.stopped_early = state.get("stopped_early")
+        t = state.get("trainer") or {}
+        self.best_value, self.best_epoch = t.get("best_value"), t.get("best_epoch")
+        self.guard_prev, self.train_time = t.get("guard_prev"), float(t.get("train_time", 0.0))
+        if self.config.guard_enabled and self.best_value is not None and os.path.exists(self.best_path):
+            self._best_state = {k: v.to(self.dist.device) for k, v in load_checkpoint(self.best_path)["model"].items()}
+        self.resumed_from = path
+
+    # -- one epoch -------------------------------------------------------------------------
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=self.autocast_dtype)
+
+    def _train_epoch(self, epoch: int, progress: Progress) -> Dict[str, Any]:
+        cfg, device = self.config, self.dist.device
+        self.recipe.epoch_start(epoch, cfg.epochs)
+        self.loader.set_epoch(epoch)
+        self.train_model.train()
+        # loss sum, samples, clean correct, clean samples, adv correct, adv samples
+        sums = torch.zeros(6, dtype=torch.float64, device=device)
+        extra_sums: Dict[str, Any] = {}
+        lr = self.optimizer.param_groups[0]["lr"]
+        progress.start_epoch(epoch, cfg.epochs, self.steps_per_epoch)
+        t0 = time.perf_counter()
+        seen = 0
+        last_logged = 0
+        for i, (xb, yb) in enumerate(self.loader):
+            if i >= self.steps_per_epoch:
+                break
+            if cfg.channels_last and xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            ctx = StepContext(epoch=epoch, epochs=cfg.epochs, step=self.step, steps_per_epoch=self.steps_per_epoch,
+                              generator=self.generator, autocast_dtype=self.autocast_dtype,
+                              channels_last=cfg.channels_last)
+            with self._autocast():
+                out = self.recipe.batch_loss(self.train_model, xb, yb, ctx)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(out.loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                out.loss.backward()
+                self.optimizer.step()
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.scheduler.step()
+            self.step += 1
+            b = yb.shape[0]
+            seen += b
+            with torch.no_grad():
+                sums[0] += out.loss.detach().double() * b
+                sums[1] += b
+                logits = out.logits
+                if logits is None and cfg.track_clean:
+                    with eval_mode(self.model), self._autocast():
+                        logits = self.model(xb)
+                if logits is not None:
+                    logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+                    sums[2] += (logits.argmax(1) == yb).sum()
+                    sums[3] += b
+                adv = out.adv_logits
+                adv = adv[0] if isinstance(adv, (tuple, list)) else adv
+                if adv is not None and adv.shape[0] == b:  # rows in the batch's order
+                    sums[4] += (adv.argmax(1) == yb).sum()
+                    sums[5] += b
+                for k, v in out.extras.items():
+                    v = v.detach().double() if isinstance(v, torch.Tensor) else float(v)
+                    extra_sums[k] = extra_sums.get(k, 0.0) + v
+            if (i + 1) % cfg.log_every == 0 or i + 1 == self.steps_per_epoch:
+                values = self._values(sums.tolist(), seen * self.dist.world_size, time.perf_counter() - t0)
+                if not math.isfinite(values["loss"]):
+                    raise FloatingPointError(f"training loss is {values['loss']} at epoch {epoch + 1}, step "
+                                             f"{self.step}; lower the learning rate or check the recipe")
+                progress.update(i + 1 - last_logged, values)
+                last_logged = i + 1
+        distributed.all_reduce_sum(sums, self.dist)
+        totals = sums.tolist()
+        elapsed = time.perf_counter() - t0
+        values = self._values(totals, int(totals[1]), elapsed)
+        record: Dict[str, Any] = {
+            "epoch": epoch + 1, "step": self.step, "lr": lr, "train_loss": values["loss"],
+            "train_clean_acc": values["clean acc"], "train_adv_acc": values["adv acc"],
+            "images_per_s": values["img/s"], "epoch_time_s": elapsed,
+        }
+        steps = max(1, self.steps_per_epoch)
+        for k, v in extra_sums.items():
+            v = torch.as_tensor(v, dtype=torch.float64, device=device)
+            distributed.all_reduce_sum(v, self.dist)
+            record["train_" + k] = float(v) / (steps * self.dist.world_size)
+        return record
+
+    @staticmethod
+    def _values(s: List[float], images: int, elapsed: float) -> Dict[str, Optional[float]]:
+        return {"loss": s[0] / s[1] if s[1] else float("nan"),
+                "clean acc": s[2] / s[3] if s[3] else None,
+                "adv acc": s[4] / s[5] if s[5] else None,
+                "img/s": images / elapsed if elapsed > 0 else None}
+
+    # -- evaluations -----------------------------------------------------------------------
+    def _evaluate_test(self, rows: torch.Tensor, steps: int, autocast, seed: int) -> Tuple[float, float]:
+        xt, yt = self.test_data
+        x, y = xt.index_select(0, rows), yt.index_select(0, rows)
+        bs = max(self.config.batch_size // self.dist.world_size, 1) * 4
+        counts = _eval_counts(self.model, _batches(x, y, bs), self.config.eps, None, steps,
+                              _mix(seed, self.dist.rank), autocast, self.config.channels_last, 1,
+                              device=self.dist.device)
+        counts = distributed.all_reduce_sum(counts.to(self.dist.device), self.dist).tolist()
+        return counts[1] / max(counts[0], 1), counts[2] / max(counts[0], 1)
+
+    def _guard_accuracy(self) -> float:
+        x, y = self.guard_batch
+        counts = _eval_counts(self.model, [(x, y)], self.config.eps, None, self.config.guard_steps,
+                              _mix(self.config.seed, 0x6A4D), self.autocast_dtype, self.config.channels_last, 1)
+        n, _, robust = counts.tolist()
+        return robust / max(n, 1)
+
+    # -- the run ---------------------------------------------------------------------------
+    def fit(self, stop_after: Optional[int] = None) -> TrainResult:
+        """Trains until config.epochs (from where a resumed run stopped). stop_after=k returns
+        after epoch k as if the run had been interrupted there (its checkpoint is written as
+        usual; a later resume continues it)."""
+        cfg, dist = self.config, self.dist
+        main = dist.is_main
+        writer = MetricsWriter(self.metrics_path, enabled=main)
+        if main:
+            os.makedirs(self.out_dir, exist_ok=True)
+            writer.reset(self.epoch if self.resumed_from else 0)
+            if not self.resumed_from:
+                with open(os.path.join(self.out_dir, "config.json"), "w") as f:
+                    json.dump(self.config.to_dict(), f, indent=2)
+        # every rank holds the (all-reduced, identical) records; earlier epochs from rank 0's file
+        self.history = distributed.broadcast_object(read_metrics(self.metrics_path) if main else None, dist)
+        progress = Progress(cfg.progress and main)
+        interrupted = False
+        try:
+            epoch = self.epoch
+            while not self.finished and epoch < cfg.epochs:
+                if stop_after is not None and epoch >= stop_after:
+                    interrupted = True
+                    break
+                t_epoch = time.perf_counter()
+                record = self._train_epoch(epoch, progress)
+                self.epoch = epoch = epoch + 1
+                collapsed, new_best = self._end_of_epoch(record)
+                self.train_time += time.perf_counter() - t_epoch
+                record["train_time_s"] = self.train_time
+                progress.end_epoch({"loss": record["train_loss"], "clean acc": record["train_clean_acc"],
+                                    "adv acc": record["train_adv_acc"], "img/s": record["images_per_s"],
+                                    "test acc": record.get("test_clean_acc"),
+                                    "test pgd acc": record.get("test_pgd_acc"),
+                                    "guard acc": record.get("guard_pgd_acc")})
+                if collapsed:
+                    self.stopped_early = epoch
+                    self.finished = True
+                elif epoch >= cfg.epochs:
+                    self.finished = True
+                writer.append(record)
+                self.history.append(record)
+                state = self._checkpoint()
+                if main:
+                    save_checkpoint(self.last_path, state)
+                    if new_best:
+                        save_checkpoint(self.best_path, state)
+                if collapsed and self._best_state is not None:
+                    self.model.load_state_dict(self._best_state)
+                distributed.barrier(dist)
+        finally:
+            progress.close()
+        result = self._result(interrupted)
+        return result
+
+    def _end_of_epoch(self, record: Dict[str, Any]) -> Tuple[bool, bool]:
+        """Evaluations, the guard and the best-so-far bookkeeping: (training collapsed, new best)."""
+        cfg = self.config
+        epoch = record["epoch"]
+        if cfg.eval_every and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+            clean, robust = self._evaluate_test(self.eval_rows, cfg.eval_steps, self.autocast_dtype,
+                                                _mix(cfg.seed, epoch, 0xE7A1))
+            record["test_clean_acc"], record["test_pgd_acc"] = clean, robust
+        collapsed = False
+        if cfg.guard_enabled:
+            acc = self._guard_accuracy()
+            record["guard_pgd_acc"] = acc
+            if self.guard_prev is not None and acc < self.guard_prev - cfg.guard_threshold:
+                collapsed = True
+                record["overfit_guard"] = (f"PGD accuracy on the guard batch fell from {self.guard_prev:.3f} to "
+                                           f"{acc:.3f}: catastrophic overfitting, stopped; best epoch "
+                                           f"{self.best_epoch} restored")
+            self.guard_prev = acc
+        value = record.get(self.best_metric) if self.best_metric else None
+        new_best = value is not None and not collapsed and (self.best_value is None or value > self.best_value)
+        if new_best:
+            self.best_value, self.best_epoch = value, epoch
+            if cfg.guard_enabled:
+                self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return collapsed, new_best
+
+    def _result(self, interrupted: bool = False) -> TrainResult:
+        cfg, dist = self.config, self.dist
+        history = list(self.history)
+        metrics: Dict[str, Any] = dict(history[-1]) if history else {}
+        metrics["train_time_s"] = self.train_time
+        metrics["stopped_early"] = self.stopped_early
+        metrics["best_epoch"], metrics["best_" + (self.best_metric or "metric")] = self.best_epoch, self.best_value
+        plot = None
+        if self.finished and not interrupted:
+            if cfg.final_eval:
+                rows = torch.arange(self.test_data[1].shape[0], device=dist.device)[dist.rank::dist.world_size]
+                clean, robust = self._evaluate_test(rows, 20, None, _mix(cfg.seed, 0xF1A1))
+                metrics["final_test_clean_acc"], metrics["final_test_pgd_acc"] = clean, robust
+                metrics["final_eval"] = f"PGD-20 (alpha=eps/4, random start) at eps={cfg.eps:g}, float32, " \
+                                        f"{self.test_data[1].shape[0]} test images"
+            if dist.is_main:
+                with open(os.path.join(self.out_dir, "results.json"), "w") as f:
+                    json.dump(metrics, f, indent=2, default=str)
+                if cfg.plot:
+                    plot = plot_curves(history, self.plot_path, title=f"{cfg.data} {cfg.recipe} eps={cfg.eps:g}")
+        restored = self.stopped_early is not None and self._best_state is not None
+        return TrainResult(
+            metrics=metrics, history=history, out_dir=self.out_dir,
+            checkpoint=self.best_path if restored else self.last_path,
+            best_checkpoint=self.best_path if os.path.exists(self.best_path) else None,
+            metrics_path=self.metrics_path, plot_path=plot, model=self.model,
+            stopped_early=self.stopped_early, finished=self.finished and not interrupted)
+
+    def close(self) -> None:
+        """Destroys the process group if this trainer created it and restores torch's thread count."""
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
+        distributed.cleanup(self.dist)
+
+
+def train(config: Union[TrainConfig, Dict[str, Any], None] = None, *, model: Optional[nn.Module] = None,
+          **overrides) -> TrainResult:
+    """Runs a whole training (see Trainer and TrainConfig); returns a TrainResult."""
+    trainer = Trainer(config, model=model, **overrides)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
+
+
+def main(argv=None) -> int:
+    """`python -m fastrobust.train --data digits --recipe pgd ...` (torchrun for DDP)."""
+    import sys
+
+    from .config import ConfigError, config_from_args
+
+    config = config_from_args(argv)
+    try:
+        trainer = Trainer(config)
+    except (CheckpointError, ConfigError, ValueError) as exc:  # option and checkpoint errors: no traceback
+        print(f"fastrobust.train: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = trainer.fit()
+    finally:
+        trainer.close()
+    if int(os.environ.get("RANK", "0")) == 0:
+        shown = {k: v for k, v in result.metrics.items() if k.startswith("final_") or k in ("train_time_s",)}
+        print(json.dumps(shown, indent=2, default=str))
+        print(f"checkpoint: {result.checkpoint}\nmetrics: {result.metrics_path}\nplot: {result.plot_path}")
+    return 0
