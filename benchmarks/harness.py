@@ -39,6 +39,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.benchmark import Timer
 
+from fastrobust.info import device_name
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT_DIR = REPO_ROOT / "benchmarks" / "results"
 
@@ -524,18 +526,6 @@ def fastrobust_build_info() -> Optional[dict]:
     except Exception:
         return None
     return dict(BUILD_INFO, has_ext=fastrobust.HAS_EXT, with_cuda=fastrobust.WITH_CUDA)
-
-
-def device_name(device: str) -> str:
-    if device_type(device) == "cuda":
-        return torch.cuda.get_device_name(torch.device(device))
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def collect_metadata(device: str, options: Options) -> dict:

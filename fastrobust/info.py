@@ -2,11 +2,27 @@
 import json
 import platform
 import sys
+from pathlib import Path
 
 import torch
 
 from . import _extension
 from .ops import OPS
+
+
+def device_name(device) -> str:
+    """A readable name of a device ("cuda:0", "cpu" or a torch.device): the GPU's name, or
+    the CPU's model name from /proc/cpuinfo (else what platform reports)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _has_kernel(qualified_name: str, key: str) -> bool:

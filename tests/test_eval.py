@@ -7,13 +7,12 @@ import struct
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fastrobust.attacks import PGD, APGD, HypocriticalPGD
 from fastrobust.data import TensorLoader, load_digits
 from fastrobust.eval import (DEFAULT_ATTACKS, PRESETS, EvalReport, evaluate, make_attack, plots, write_report)
 from fastrobust.eval.presets import HYPOCRITICAL
-from fastrobust.models import SmallCNN
+from fastrobust.testing import train_digits_cnn
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*runs its pure-PyTorch reference:RuntimeWarning")
 
@@ -34,22 +33,7 @@ def _one_thread():
 def model():
     """SmallCNN (width 16), 6 epochs of Adam on the digits train split (about 96 % test accuracy)."""
     x, y = load_digits("train")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        net = SmallCNN(1, 10, width=16)
-        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-        for epoch in range(6):
-            order = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch))
-            for i in range(0, len(y), 128):
-                rows = order[i:i + 128]
-                loss = F.cross_entropy(net(x[rows]), y[rows])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
+    return train_digits_cnn(x, y)
 
 
 @pytest.fixture(scope="module")

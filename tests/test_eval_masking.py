@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastrobust.attacks import PGD
@@ -14,7 +13,7 @@ from fastrobust.data import load_digits
 from fastrobust.eval import (BPDA, EOT, CheckResult, GradientMaskingWarning, attack_loss_curve, bpda_wrap,
                              evaluate, run_checks, train_surrogate)
 from fastrobust.eval.masking import attack_accuracy
-from fastrobust.models import SmallCNN
+from fastrobust.testing import train_digits_cnn
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*runs its pure-PyTorch reference:RuntimeWarning")
 
@@ -70,22 +69,7 @@ def points():
 @pytest.fixture(scope="module")
 def plain(train_set):
     x, y = train_set
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        net = SmallCNN(1, 10, width=16)
-        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-        for epoch in range(6):
-            order = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch))
-            for i in range(0, len(y), 128):
-                rows = order[i:i + 128]
-                loss = F.cross_entropy(net(x[rows]), y[rows])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
+    return train_digits_cnn(x, y)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ..info import device_name
+
 CSV_COLUMNS = ["model", "data", "eps", "norm", "seed", "n", "attack", "kind", "points_attacked", "successes",
                "robust_accuracy", "accuracy_alone", "hypocritical_risk", "time_s", "forwards", "backwards",
                "images_per_s"]
@@ -44,18 +46,6 @@ def git_info(path: Optional[Path] = None) -> Dict[str, Any]:
     return info
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def collect_metadata(model: nn.Module, *, model_name: Optional[str] = None, data: Optional[str] = None,
                      attacks: Sequence[str] = (), eps: Optional[float] = None, norm: Optional[str] = None,
                      seed: Optional[int] = None, n: Optional[int] = None, device=None, **extra) -> Dict[str, Any]:
@@ -75,7 +65,7 @@ def collect_metadata(model: nn.Module, *, model_name: Optional[str] = None, data
         "seed": seed,
         "n": n,
         "device": str(device),
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "fastrobust": getattr(fastrobust, "__version__", None),
