@@ -22,6 +22,7 @@ SUITES = {
     "pgd": "benchmarks.bench_pgd",
     "cifs": "benchmarks.bench_cifs",
     "nlm": "benchmarks.bench_nlm",
+    "train": "benchmarks.bench_train",
 }
 
 

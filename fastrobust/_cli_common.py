@@ -1,0 +1,267 @@
+"""Pieces shared by the `fastrobust` subcommands (fastrobust.cli): one-line errors, option
+types, the device check, and the evaluation step (attacks with progress bars, the printed
+accuracy table, the report files)."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+AMP_CHOICES = ("none", "bf16", "fp16")
+AMP_DTYPES = {"none": None, None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class CLIError(Exception):
+    """A user error: fastrobust.cli prints `fastrobust COMMAND: error: MESSAGE` (one line) and
+    exits with status 2."""
+
+
+def one_line(message: Any) -> str:
+    """The message on one line (exception texts may span several)."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `PROG: error: MESSAGE (see PROG --help)`, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's and epilog's line breaks; wider option column."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=34)
+
+
+# -- option types --------------------------------------------------------------------------
+
+def eps_type(text: str) -> float:
+    """A radius as a number or a fraction: 0.15, 8/255."""
+    try:
+        value = float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.15 or 8/255, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def attack_list(text: str) -> Tuple[str, ...]:
+    """Comma-separated attack presets (fastrobust.eval.presets); "none": no attack."""
+    from .eval.presets import PRESETS
+
+    if text.strip().lower() == "none":
+        return ()
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown attack {', '.join(map(repr, unknown)) or repr(text)}; "
+                                         f"choose from {', '.join(PRESETS)} (comma-separated) or none")
+    return names
+
+
+def checks_type(text: str) -> Tuple[str, ...]:
+    """Gradient-masking checks: "none", "default" (masking.DEFAULT_CHECKS) or a comma list."""
+    from .eval.masking import CHECKS, DEFAULT_CHECKS
+
+    key = text.strip().lower()
+    if key in ("none", "off", "no"):
+        return ()
+    if key in ("default", "on", "yes", "all"):
+        return tuple(DEFAULT_CHECKS)
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in CHECKS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown check {', '.join(map(repr, unknown)) or repr(text)}; choose "
+                                         f"from none, default, or a comma list of {', '.join(CHECKS)}")
+    if "transfer" in names:
+        raise argparse.ArgumentTypeError("the transfer check needs a surrogate model; it is not available from "
+                                         "the command line (use fastrobust.eval.evaluate)")
+    return names
+
+
+def check_device(name: str) -> torch.device:
+    """torch.device for --device ("auto": CUDA when available, else the CPU); CLIError for an
+    unparsable name or a CUDA device that is not there."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"--device {name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {name}: CUDA is not available (no GPU visible or torch built without CUDA); "
+                           "use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CLIError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif device.type != "cpu":
+        raise CLIError(f"--device {name}: unsupported device type {device.type!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+@contextlib.contextmanager
+def cpu_threads(device: torch.device, threads: Optional[int]):
+    """torch.set_num_threads(threads) on the CPU for the block (0 / None: unchanged)."""
+    before = torch.get_num_threads()
+    if device.type == "cpu" and threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def fmt_eps(eps: float) -> str:
+    """0.15 -> "0.15", 8/255 -> "8/255 (0.03137)"."""
+    k = eps * 255
+    if eps > 0 and abs(k - round(k)) < 1e-6 and round(k) < 64 and abs(eps - round(eps, 3)) > 1e-9:
+        return f"{round(k)}/255 ({eps:.4g})"
+    return f"{eps:g}"
+
+
+# -- evaluation options (shared by `train` and `eval`) ---------------------------------------
+
+def add_eval_options(group, *, prefix: str, default_checks: str) -> None:
+    """--attacks, --{prefix}n, --{prefix}batch-size, --checks, --check-n, --{prefix}seed."""
+    from .eval.presets import DEFAULT_ATTACKS, PRESETS
+
+    group.add_argument("--attacks", type=attack_list, default=tuple(DEFAULT_ATTACKS), metavar="A[,A...]",
+                       help=f"attack cascade, comma-separated (default: {','.join(DEFAULT_ATTACKS)}); "
+                            f"presets: {', '.join(PRESETS)}; none: clean accuracy only")
+    group.add_argument(f"--{prefix}n", dest="eval_n", type=positive_int, default=None, metavar="N",
+                       help="evaluate the first N test images (default: all)")
+    group.add_argument(f"--{prefix}batch-size", dest="eval_batch_size", type=positive_int, default=500,
+                       metavar="B", help="images per attack call (default: 500)")
+    group.add_argument("--checks", type=checks_type, default=checks_type(default_checks), metavar="C[,C...]",
+                       help="gradient-masking checks, which also draw the accuracy-vs-eps, accuracy-vs-steps and "
+                            "attack-loss plots: default (randomness, zero_gradients, eps_sweep, steps, loss_curve), "
+                            f"none, or a comma list of those (default: {default_checks})")
+    group.add_argument("--check-n", type=positive_int, default=200, metavar="N",
+                       help="test images the checks use (default: 200)")
+    group.add_argument(f"--{prefix}seed", dest="eval_seed", type=int, default=0, metavar="S",
+                       help="seed of the attacks (default: 0)")
+
+
+# -- the evaluation step ---------------------------------------------------------------------
+
+def _ticking_presets(names: Sequence[str], enabled: bool) -> Tuple[List[Any], Callable[[], None]]:
+    """The presets `names` wrapped so each attack shows a tqdm bar of its batches (the bar of an
+    attack closes when the next one starts). Returns (specs, close)."""
+    from .eval.presets import Preset, get_preset
+
+    presets = [get_preset(n) for n in names]
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        tqdm = None
+    if not enabled or tqdm is None:
+        return presets, lambda: None
+    state: Dict[str, Any] = {"bar": None, "name": None}
+
+    def close():
+        if state["bar"] is not None:
+            state["bar"].close()
+            state["bar"] = None
+
+    def tick(name: str) -> None:
+        if state["name"] != name:
+            close()
+            state["name"] = name
+            state["bar"] = tqdm(desc=f"attack {name}", unit="batch", leave=True, file=sys.stderr,
+                                dynamic_ncols=True)
+        state["bar"].update(1)
+
+    @dataclass(frozen=True)
+    class _Ticking(Preset):
+        def build(self, model, eps, norm="linf", seed=None, autocast=None, **overrides):
+            tick(self.name)
+            return super().build(model, eps, norm, seed=seed, autocast=autocast, **overrides)
+
+    wrapped = [_Ticking(p.name, p.cls, p.description, dict(p.params), dict(p.relative), p.role) for p in presets]
+    return wrapped, close
+
+
+def format_table(report) -> str:
+    """The accuracy table (Markdown): clean, each attack of the cascade, robust."""
+    rows = [("clean", report.clean_accuracy, report.n, "–", report.clean_time_s)]
+    risks = []
+    for a in report.attacks:
+        if a.kind == "cascade":
+            rows.append((a.name, a.robust_accuracy, a.points_attacked, a.successes, a.time_s))
+        else:
+            risks.append(a)
+    rows.append(("**robust**", report.robust_accuracy, "", "", report.total_time_s))
+    lines = ["| evaluation | accuracy (%) | attacked | broken | time (s) |", "|---|---:|---:|---:|---:|"]
+    for name, acc, attacked, broken, t in rows:
+        acc_text = "–" if acc is None else f"{100 * acc:.2f}"
+        if name == "**robust**":
+            acc_text = f"**{acc_text}**"
+        lines.append(f"| {name} | {acc_text} | {attacked} | {broken} | {t:.1f} |")
+    for a in risks:
+        risk = "n/a" if a.hypocritical_risk is None else f"{100 * a.hypocritical_risk:.2f}%"
+        lines.append(f"\nhypocritical risk ({a.name}): {risk} ({a.successes} of {a.points_attacked} misclassified "
+                     "points made correct)")
+    for c in report.checks:
+        status = "skipped" if c.passed is None else ("ok" if c.passed else "WARNING")
+        lines.append(f"check {c.name}: {status}: {c.message}")
+    return "\n".join(lines)
+
+
+def run_evaluation(model, x: torch.Tensor, y: torch.Tensor, *, args, eps: float, device: torch.device,
+                   model_name: str, data_name: str, out_dir: str, autocast=None, threads: Optional[int] = None,
+                   progress: bool = True, metadata: Optional[Dict[str, Any]] = None):
+    """evaluate() with the options of add_eval_options, then the table on stdout and
+    write_report(out_dir) (metadata added to the report's). Returns (report, {kind: path})."""
+    import warnings
+
+    from .eval import evaluate, write_report
+    from .eval.masking import GradientMaskingWarning
+
+    specs, close = _ticking_presets(args.attacks, progress)
+    n = min(args.eval_n, x.shape[0]) if args.eval_n else x.shape[0]
+    what = ", ".join(args.attacks) or "clean only"
+    print(f"evaluating {model_name} on {data_name} (first {n} test images), eps={fmt_eps(eps)}: {what}"
+          + (f"; checks: {', '.join(args.checks)}" if args.checks else ""), file=sys.stderr, flush=True)
+    try:
+        with cpu_threads(device, threads), warnings.catch_warnings():
+            warnings.simplefilter("ignore", GradientMaskingWarning)  # the table and report show them
+            report = evaluate(model, (x, y), attacks=specs, eps=eps, n=n, batch_size=args.eval_batch_size,
+                              device=device, seed=args.eval_seed, autocast=autocast, checks=list(args.checks),
+                              check_n=args.check_n, model_name=model_name, data_name=data_name)
+    finally:
+        close()
+    report.metadata.update(metadata or {})
+    paths = write_report(report, out_dir)
+    print(format_table(report))
+    if report.warnings:
+        print(f"WARNING: {len(report.warnings)} gradient-masking check(s) fired; the robust accuracy may be "
+              "overestimated (see report.md)")
+    return report, paths

@@ -1,0 +1,120 @@
+"""`fastrobust eval CHECKPOINT`: the robustness evaluation of a training checkpoint.
+
+The model is rebuilt from the configuration the checkpoint stores (fastrobust.train writes it:
+model name and options, data set, recipe), its weights loaded, and it is evaluated on the test
+split of the checkpoint's data set (fastrobust.eval.evaluate), the table printed and the
+report written.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ._cli_common import (AMP_CHOICES, AMP_DTYPES, CLIError, HelpFormatter, add_eval_options, check_device,
+                          eps_type, fmt_eps, nonnegative_int, one_line, run_evaluation)
+
+DESCRIPTION = """\
+Robustness evaluation of a `fastrobust train` checkpoint (last.pt or best.pt).
+
+The model is rebuilt from the checkpoint's stored configuration and evaluated on the test split
+of its data set: clean accuracy, then the attack cascade (each attack on the images still
+robust), then the gradient-masking checks. The table is printed; report.json, report.csv,
+report.md and the checks' plots are written to --out (default: CHECKPOINT's folder/eval for
+last.pt, CHECKPOINT's folder/eval-NAME for another checkpoint NAME.pt).
+"""
+
+EPILOG = """\
+examples:
+  fastrobust eval runs/digits-pgd-small_cnn-20250101-120000/last.pt
+  fastrobust eval runs/cifar-pgd/best.pt --attacks pgd20,apgd-ce,apgd-t --n 1000 --eps 8/255 --device cuda
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="robustness evaluation of a training checkpoint", description=DESCRIPTION,
+                       epilog=EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint written by fastrobust train")
+    g = p.add_argument_group("evaluation")
+    add_eval_options(g, prefix="", default_checks="default")
+    g.add_argument("--eps", type=eps_type, metavar="EPS",
+                   help="L-inf radius, e.g. 0.15 or 8/255 (default: the checkpoint's training eps)")
+    g.add_argument("--amp", choices=AMP_CHOICES, default="none",
+                   help="autocast of the clean pass and the attacks (default: none, float32)")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", metavar="DIR", help="report folder (default: CHECKPOINT's folder/eval, see above)")
+    g.add_argument("--data-dir", metavar="DIR",
+                   help="CIFAR folder (default: the checkpoint's, else $FASTROBUST_DATA_DIR, else ./data)")
+    g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N (default: auto)")
+    g.add_argument("--threads", type=nonnegative_int, metavar="N",
+                   help="CPU threads, 0: torch's default (default: the checkpoint's run setting; digits 1)")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bars (default: on)")
+    p.set_defaults(func=run)
+
+
+def default_out(checkpoint: str) -> str:
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    stem = os.path.splitext(os.path.basename(checkpoint))[0]
+    return os.path.join(folder, "eval" if stem == "last" else f"eval-{stem}")
+
+
+def load_model(path: str, device, data_dir=None):
+    """(model in eval mode on device, resolved TrainConfig, (x_test, y_test), state) of a
+    checkpoint; CLIError for every problem with the file, its config or its data."""
+    from .data import load_dataset
+    from .train.checkpoint import CheckpointError, load_checkpoint, load_model_state
+    from .train.config import ConfigError, TrainConfig
+    from .train.recipes import RECIPES, create_recipe
+    from .train.trainer import _recipe_kwargs, build_model
+
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise CLIError(one_line(exc)) from None
+    try:
+        config = TrainConfig.from_dict(dict(state["config"]))
+    except (ConfigError, TypeError) as exc:
+        raise CLIError(f"checkpoint {path}: its stored configuration is not readable by this fastrobust "
+                       f"({one_line(exc)})") from None
+    if not isinstance(config.model, str) or config.model.startswith("<module"):
+        raise CLIError(f"checkpoint {path}: trained with a custom nn.Module ({config.model}), which cannot be "
+                       "rebuilt from its name; evaluate it with fastrobust.eval.evaluate")
+    if config.recipe not in RECIPES:
+        raise CLIError(f"checkpoint {path}: unknown recipe {config.recipe!r}")
+    try:
+        x, y, info = load_dataset(config.data, "test", data_dir or config.data_dir, device, **config.data_options)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CLIError(f"{one_line(exc)}" + ("" if data_dir else " (pass --data-dir)")) from None
+    try:
+        model = build_model(config.model, info, **config.model_options)
+        model = create_recipe(config.recipe, **_recipe_kwargs(RECIPES[config.recipe], config)).prepare(
+            model, info.num_classes)
+        load_model_state(path, model, state["model"])
+    except (CheckpointError, ValueError) as exc:
+        raise CLIError(one_line(exc)) from None
+    return model.to(device).eval(), config, (x, y), state
+
+
+def run(args) -> int:
+    from .cli_train import describe_model
+
+    device = check_device(args.device)
+    model, config, (x, y), state = load_model(args.checkpoint, device, args.data_dir)
+    eps = config.eps if args.eps is None else args.eps
+    if eps is None:
+        raise CLIError(f"checkpoint {args.checkpoint}: no eps stored; pass --eps")
+    out = args.out or default_out(args.checkpoint)
+    epoch, epochs = int(state.get("epoch", 0)), config.epochs
+    unfinished = "" if state.get("finished") else f" (unfinished run: epoch {epoch} of {epochs})"
+    print(f"checkpoint {args.checkpoint}: {config.recipe} on {config.data}, eps={fmt_eps(config.eps)}, "
+          f"epoch {epoch}{unfinished}", file=sys.stderr)
+    model_desc = describe_model(config.model, config.model_options)
+    threads = config.threads if args.threads is None else args.threads
+    _, paths = run_evaluation(model, x, y, args=args, eps=eps, device=device, model_name=model_desc,
+                              data_name=f"{config.data} test", out_dir=out, autocast=AMP_DTYPES[args.amp],
+                              threads=threads, progress=args.progress,
+                              metadata={"checkpoint": os.path.abspath(args.checkpoint), "epoch": epoch,
+                                        "recipe": config.recipe, "train_eps": config.eps})
+    print("\n".join(f"{k}: {v}" for k, v in paths.items()))
+    return 0

@@ -1,0 +1,353 @@
+"""`fastrobust train`: adversarial training (fastrobust.train) followed by the robustness
+evaluation (fastrobust.eval) of the final model, everything written under one folder.
+
+Options map onto fastrobust.train.TrainConfig: an option left out keeps TrainConfig's default
+(the data set's, or the recipe's: see DATASET_DEFAULTS), so the defaults live in one place.
+The command line adds the model options (--activation, --denoise, --cifs, --first-stride) and
+the evaluation after training (--attacks, --eval-n, --checks, --no-eval).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import shlex
+import sys
+import time
+from typing import Any, Dict
+
+from ._cli_common import (AMP_CHOICES, CLIError, HelpFormatter, add_eval_options, check_device, eps_type, fmt_eps,
+                          nonnegative_int, one_line, positive_int, run_evaluation)
+
+DESCRIPTION = """\
+Adversarial training, then the robustness evaluation of the final model.
+
+With no options: PGD-AT on scikit-learn's 8x8 digits (embedded, no download) of the small CNN
+with Sparta activations and a Gaussian non-local-means denoising block after layer2, 10 epochs
+on the CPU (a few minutes on 2 cores), then clean accuracy and the pgd20 -> apgd-ce -> apgd-dlr
+cascade at eps 0.15 on the digits test split, with the gradient-masking checks.
+
+Everything goes under --out (default runs/DATA-RECIPE-MODEL-YYYYmmdd-HHMMSS):
+  config.json  command.txt  last.pt  best.pt  metrics.jsonl  results.json  curves.png
+  eval/report.json  eval/report.csv  eval/report.md  eval/*.png (checks' plots)
+"""
+
+EPILOG = """\
+examples:
+  fastrobust train
+  fastrobust train --epochs 3 --out runs/quick
+  fastrobust train --data cifar10 --data-dir ~/data --model preact_resnet18 --activation sparta \\
+      --denoise layer3:gaussian --amp bf16 --out runs/cifar-pgd
+  fastrobust train --data cifar10 ... --resume runs/cifar-pgd/last.pt   # continue (same options)
+  fastrobust eval runs/quick/last.pt --attacks pgd20,apgd-t
+"""
+
+SMALL_CNN_DENOISE = ("layer2", "gaussian")  # the embedded default's denoising block
+
+
+def _field_default(name: str):
+    from .train.config import TrainConfig
+
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)}[name]
+
+
+def _per_data(name: str) -> str:
+    """'digits 10, cifar10 200, ...': a DATASET_DEFAULTS option for the help."""
+    from .train.config import DATASET_DEFAULTS
+
+    parts = []
+    for data, values in DATASET_DEFAULTS.items():
+        v = values.get(name)
+        parts.append(f"{data} {fmt_eps(v) if name == 'eps' else v}")
+    return ", ".join(parts)
+
+
+def denoise_type(text: str):
+    """STAGE[,STAGE]:MODE, none or auto."""
+    import argparse
+
+    from .nn.nlm import MODES
+
+    key = text.strip()
+    if key.lower() in ("none", "auto"):
+        return key.lower()
+    stages, sep, mode = key.rpartition(":")
+    names = [s.strip() for s in stages.split(",") if s.strip()]
+    if not sep or not names or mode not in MODES:
+        raise argparse.ArgumentTypeError(f"expected STAGE[,STAGE]:MODE with MODE one of {', '.join(MODES)} "
+                                         f"(e.g. layer3:gaussian), none or auto; got {text!r}")
+    return (names[0] if len(names) == 1 else names, mode)
+
+
+def _json_object(text: str) -> Dict[str, Any]:
+    import argparse
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"beta\": 6}}', got {text!r}")
+    return value
+
+
+def add_parser(sub) -> None:
+    import argparse
+
+    from .data import DATASETS
+    from .models import list_models
+    from .models.activations import ACTIVATIONS
+    from .train.config import SCHEDULES
+    from .train.recipes import RECIPES
+
+    p = sub.add_parser("train", help="adversarial training, then the robustness evaluation",
+                       description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
+    d = _field_default
+    bool_opt = argparse.BooleanOptionalAction
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data", choices=DATASETS, default=d("data"), help=f"data set (default: {d('data')})")
+    g.add_argument("--data-dir", metavar="DIR", help="folder holding cifar-10-batches-py/ or cifar-100-python/ "
+                   "(default: $FASTROBUST_DATA_DIR, else ./data); nothing is downloaded")
+    g.add_argument("--data-options", type=_json_object, metavar="JSON",
+                   help="load_dataset options, e.g. '{\"seed\": 1}' (default: none)")
+    g.add_argument("--subset", type=positive_int, metavar="N", help="train on the first N images (default: all)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=list_models(), help=f"architecture (default: the data set's: {_per_data('model')})")
+    g.add_argument("--activation", choices=ACTIVATIONS, default="sparta", help="activation (default: sparta)")
+    g.add_argument("--denoise", type=denoise_type, default="auto", metavar="STAGE[,STAGE]:MODE",
+                   help="non-local-means denoising blocks after these stages, e.g. layer3:gaussian or "
+                        "layer2,layer3:median; none; auto (default): layer2:gaussian for small_cnn, none otherwise")
+    g.add_argument("--cifs", action=bool_opt, default=False, help="CIFS variant (resnet18 only; default: off)")
+    g.add_argument("--first-stride", type=positive_int, metavar="S",
+                   help="stride of the first convolution (default: the model's, 1)")
+    g.add_argument("--model-options", type=_json_object, metavar="JSON",
+                   help="more fastrobust.models.create options, e.g. '{\"width\": 64}' (default: none)")
+
+    g = p.add_argument_group("recipe")
+    g.add_argument("--recipe", choices=sorted(RECIPES), default=d("recipe"),
+                   help=f"training recipe (default: {d('recipe')})")
+    g.add_argument("--recipe-options", type=_json_object, metavar="JSON",
+                   help="the recipe's own options, e.g. '{\"beta\": 6}' for trades (default: none)")
+    g.add_argument("--eps", type=eps_type, metavar="EPS",
+                   help=f"L-inf radius in pixel units, e.g. 0.15 or 8/255, for training and evaluation "
+                        f"(default: the data set's: {_per_data('eps')})")
+    g.add_argument("--alpha", type=eps_type, metavar="A", help="training attack step (default: the recipe's)")
+    g.add_argument("--steps", type=nonnegative_int, metavar="K", help="training attack steps (default: the recipe's)")
+
+    g = p.add_argument_group("optimisation (SGD)")
+    g.add_argument("--epochs", type=positive_int, metavar="N", help=f"default: the data set's: {_per_data('epochs')}")
+    g.add_argument("--batch-size", type=positive_int, metavar="B",
+                   help=f"global batch size (default: {_per_data('batch_size')})")
+    g.add_argument("--lr", type=float, metavar="LR", help=f"peak learning rate (default: {_per_data('lr')})")
+    g.add_argument("--momentum", type=float, metavar="M", help=f"default: {d('momentum')}")
+    g.add_argument("--nesterov", action=bool_opt, help="Nesterov momentum (default: off)")
+    g.add_argument("--weight-decay", type=float, metavar="WD", help=f"default: {_per_data('weight_decay')}")
+    g.add_argument("--schedule", choices=SCHEDULES, help=f"lr schedule (default: {_per_data('schedule')}; "
+                   "fgsm: onecycle)")
+    g.add_argument("--milestones", type=float, nargs="+", metavar="EPOCH",
+                   help="piecewise schedule: epochs of the lr drops (default: 50%% and 75%% of the epochs)")
+    g.add_argument("--lr-gamma", type=float, metavar="G", help=f"piecewise lr factor (default: {d('lr_gamma')})")
+    g.add_argument("--onecycle-peak", type=float, metavar="F",
+                   help=f"onecycle: fraction of the iterations to the peak (default: {d('onecycle_peak')})")
+    g.add_argument("--max-steps-per-epoch", type=positive_int, metavar="N",
+                   help="cut every epoch after N batches (quick runs; default: no cut)")
+
+    g = p.add_argument_group("speed and device")
+    g.add_argument("--device", default=d("device"), help="auto (CUDA when available), cpu, cuda, cuda:N "
+                   "(default: auto)")
+    g.add_argument("--amp", choices=AMP_CHOICES, help="training autocast: none (float32, default), bf16, fp16")
+    g.add_argument("--channels-last", action=bool_opt, help="channels-last memory format (default: off)")
+    g.add_argument("--compile", action=bool_opt, help="torch.compile the training model (default: off)")
+    g.add_argument("--threads", type=nonnegative_int, metavar="N",
+                   help=f"CPU threads, 0: torch's default (default: {_per_data('threads')})")
+    g.add_argument("--seed", type=nonnegative_int, default=d("seed"), metavar="S", help=f"default: {d('seed')}")
+
+    g = p.add_argument_group("run folder")
+    g.add_argument("--out", metavar="DIR", help="run folder (default: runs/DATA-RECIPE-MODEL-YYYYmmdd-HHMMSS)")
+    g.add_argument("--resume", nargs="?", const=True, metavar="CHECKPOINT",
+                   help="continue the run in --out from its last.pt, or from CHECKPOINT (its folder is then the "
+                        "default --out); the other options must match the run's (default: a new run)")
+    g.add_argument("--progress", action=bool_opt, default=True, help="progress bars (default: on)")
+    g.add_argument("--plot", action=bool_opt, help="curves.png of the training metrics (default: on)")
+    g.add_argument("--log-every", type=positive_int, metavar="N",
+                   help=f"batches between progress updates (default: {d('log_every')})")
+
+    g = p.add_argument_group("checks during training")
+    g.add_argument("--eval-every", type=nonnegative_int, metavar="N",
+                   help=f"test clean / PGD accuracy every N epochs, 0: never (default: {d('eval_every')})")
+    g.add_argument("--eval-samples", type=positive_int, metavar="N",
+                   help=f"test images of those checks (default: {d('eval_samples')})")
+    g.add_argument("--eval-steps", type=nonnegative_int, metavar="K",
+                   help=f"PGD steps of those checks (default: {d('eval_steps')})")
+    g.add_argument("--final-eval", action=bool_opt,
+                   help="the trainer's own PGD-20 on the whole test set at the end (default: off: the "
+                        "evaluation after training supersedes it)")
+    g.add_argument("--overfit-guard", action=bool_opt,
+                   help="stop on catastrophic overfitting and restore the best epoch (default: on for fgsm only)")
+    g.add_argument("--guard-threshold", type=float, metavar="F",
+                   help=f"accuracy drop that stops training (default: {d('guard_threshold')})")
+    g.add_argument("--guard-steps", type=positive_int, metavar="K",
+                   help=f"PGD steps of the guard (default: {d('guard_steps')})")
+    g.add_argument("--track-clean", action=bool_opt,
+                   help="clean accuracy of the training batches (default: on)")
+
+    g = p.add_argument_group("evaluation after training (fastrobust.eval, float32)")
+    g.add_argument("--no-eval", dest="evaluate", action="store_false",
+                   help="skip it (default: evaluate the final model on the test split)")
+    add_eval_options(g, prefix="eval-", default_checks="default")
+    p.set_defaults(func=run)
+
+
+# -- options -> TrainConfig ------------------------------------------------------------------
+
+CONFIG_OPTIONS = ("data", "data_dir", "data_options", "subset", "model", "recipe", "recipe_options", "eps", "alpha",
+                  "steps", "epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "schedule",
+                  "milestones", "lr_gamma", "onecycle_peak", "max_steps_per_epoch", "amp", "channels_last",
+                  "compile", "threads", "device", "seed", "out", "resume", "progress", "plot", "log_every",
+                  "eval_every", "eval_samples", "eval_steps", "final_eval", "overfit_guard", "guard_threshold",
+                  "guard_steps", "track_clean")
+
+
+def config_from_args(args):
+    """The TrainConfig of the options (those left out keep TrainConfig's defaults) and the
+    folder of the run."""
+    from .train.config import TrainConfig
+
+    values = {k: getattr(args, k) for k in CONFIG_OPTIONS if getattr(args, k) is not None}
+    if values.get("amp") == "none":
+        values["amp"] = None
+    if "milestones" in values:
+        values["milestones"] = tuple(values["milestones"])
+    values.setdefault("final_eval", False)  # the evaluation after training supersedes it
+    options = dict(args.model_options or {})
+    options.setdefault("activation", args.activation)
+    if args.cifs:
+        options["cifs"] = True
+    if args.first_stride is not None:
+        options["first_stride"] = args.first_stride
+    values["model_options"] = options
+    resume = values.get("resume")
+    if "out" not in values:
+        if isinstance(resume, str):
+            values["out"] = os.path.dirname(os.path.abspath(resume))
+        elif resume is True:
+            raise CLIError("--resume without a checkpoint needs --out, the folder of the run to continue")
+    config = TrainConfig.from_dict(values)
+    resolved = config.resolved()
+    if args.denoise == "auto":
+        if resolved.model == "small_cnn" and "denoise" not in options:
+            options["denoise"] = SMALL_CNN_DENOISE
+    elif args.denoise != "none":
+        options["denoise"] = args.denoise
+    config = config.replace(model_options=options)
+    if "out" not in values:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        config = config.replace(out=os.path.join("runs", f"{resolved.data}-{resolved.recipe}-{resolved.model}-{stamp}"))
+    return config
+
+
+def describe_model(name: str, options: Dict[str, Any]) -> str:
+    parts = [f"activation {options.get('activation', 'relu')}"]
+    denoise = options.get("denoise")
+    if denoise:
+        stages = denoise[0] if isinstance(denoise[0], str) else ",".join(denoise[0])
+        parts.append(f"denoise {stages}:{denoise[1]}")
+    if options.get("cifs"):
+        parts.append("cifs")
+    if options.get("first_stride"):
+        parts.append(f"first stride {options['first_stride']}")
+    return f"{name} ({', '.join(parts)})"
+
+
+# -- the command -----------------------------------------------------------------------------
+
+def run(args) -> int:
+    from .train.checkpoint import CheckpointError
+    from .train.config import ConfigError
+    from .train.trainer import Trainer
+
+    check_device(args.device)  # a clear error before anything is built
+    try:
+        config = config_from_args(args)
+        trainer = Trainer(config)
+    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        raise CLIError(one_line(exc)) from None
+    except TypeError as exc:  # load_dataset's unexpected --data-options; other TypeErrors are bugs
+        if not str(exc).startswith("load_dataset("):
+            raise
+        raise CLIError(f"--data-options: {one_line(exc)}") from None
+    cfg = trainer.config
+    main_rank = trainer.dist.is_main  # under torchrun only rank 0 prints, evaluates and writes
+    model_desc = describe_model(cfg.model, cfg.model_options)
+    try:
+        if main_rank:
+            print(f"training {model_desc} on {cfg.data} with {cfg.recipe}, eps={fmt_eps(cfg.eps)}, {cfg.epochs} "
+                  f"epochs, batch {cfg.batch_size}, on {trainer.dist.device} -> {cfg.out}"
+                  + (f" (resuming after epoch {trainer.epoch})" if trainer.resumed_from else ""),
+                  file=sys.stderr, flush=True)
+            _write_command(cfg.out, getattr(args, "argv", None))
+        t0 = time.perf_counter()
+        try:
+            result = trainer.fit()
+        except FloatingPointError as exc:
+            raise CLIError(one_line(exc)) from None
+        except KeyboardInterrupt:
+            if main_rank:
+                saved = (f"last.pt holds epoch {trainer.epoch}; continue with: "
+                         f"{resume_command(getattr(args, 'argv', None), cfg.out)}") if trainer.epoch else \
+                    "no epoch finished, nothing saved"
+                print(f"\ninterrupted in epoch {trainer.epoch + 1}: {saved}", file=sys.stderr)
+            return 130
+        if not main_rank:
+            return 0
+        _print_training(result, cfg, trainer, time.perf_counter() - t0)
+        files = {"checkpoint": result.checkpoint, "metrics": result.metrics_path, "curves": result.plot_path}
+        if args.evaluate:
+            x, y = trainer.test_data
+            _, paths = run_evaluation(result.model, x, y, args=args, eps=cfg.eps, device=trainer.dist.device,
+                                      model_name=model_desc, data_name=f"{cfg.data} test",
+                                      out_dir=os.path.join(cfg.out, "eval"), threads=cfg.threads,
+                                      progress=cfg.progress,
+                                      metadata={"run": cfg.out, "checkpoint": result.checkpoint,
+                                                "epochs_trained": len(result.history), "recipe": cfg.recipe,
+                                                "train_eps": cfg.eps})
+            files.update({f"report ({k})" if k in ("json", "csv", "md") else k: v for k, v in paths.items()})
+        print("\n".join(f"{k}: {v}" for k, v in files.items() if v))
+    finally:
+        trainer.close()
+    return 0
+
+
+def _print_training(result, cfg, trainer, seconds: float) -> None:
+    m = result.metrics
+    done = len(result.history)
+    line = f"trained in {seconds:.0f} s ({done} epoch{'s' if done != 1 else ''} recorded)"
+    if m.get("test_clean_acc") is not None:
+        n = min(cfg.eval_samples or 10 ** 9, trainer.test_data[1].shape[0])
+        line += (f"; last check on {n} test images: clean {100 * m['test_clean_acc']:.1f}%, "
+                 f"PGD-{cfg.eval_steps} {100 * m['test_pgd_acc']:.1f}%")
+    if result.stopped_early:
+        line += f"; stopped early at epoch {result.stopped_early} (best epoch restored)"
+    print(line)
+    if m.get("final_test_clean_acc") is not None:
+        print(f"final: clean {100 * m['final_test_clean_acc']:.2f}%, PGD-20 {100 * m['final_test_pgd_acc']:.2f}% "
+              f"({m.get('final_eval')})")
+
+
+def resume_command(argv, out: str) -> str:
+    """The command line that continues this run (the same options, --resume its last.pt)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a == "--resume" or a.startswith("--resume=") for a in argv):
+        argv += ["--resume", os.path.join(out, "last.pt")]
+    return shlex.join(["fastrobust"] + argv)
+
+
+def _write_command(out: str, argv) -> None:
+    """command.txt: the command line of the run (a line per invocation: resumes append)."""
+    os.makedirs(out, exist_ok=True)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with open(os.path.join(out, "command.txt"), "a") as f:
+        f.write(shlex.join(["fastrobust"] + argv) + "\n")

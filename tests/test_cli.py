@@ -1,0 +1,247 @@
+"""The `fastrobust` command line: train -> eval end to end on digits with tiny settings, the help
+of every subcommand, and every documented error path (one line on stderr, exit status 2)."""
+import contextlib
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastrobust import cli
+from fastrobust.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TINY = ["--epochs", "1", "--subset", "128", "--batch-size", "32", "--max-steps-per-epoch", "2", "--eval-samples",
+        "32", "--eval-steps", "2", "--attacks", "pgd20,apgd-ce", "--eval-n", "48", "--check-n", "24",
+        "--no-progress"]
+
+
+def run_cli(argv, capsys):
+    """(exit status, stdout, stderr) of main(argv), argparse's SystemExit included."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny `fastrobust train` run (capsys is per test: output captured by hand); its report
+    is read right away (a later test rewrites eval/)."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["train", *TINY, "--out", str(out)])
+    report = json.loads((out / "eval" / "report.json").read_text())
+    return {"out": out, "code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue(), "report": report}
+
+
+def test_train_writes_run_folder(trained):
+    out, report = trained["out"], trained["report"]
+    assert trained["code"] == 0, trained["stderr"]
+    for name in ("last.pt", "best.pt", "config.json", "command.txt", "metrics.jsonl", "results.json"):
+        assert (out / name).is_file(), name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1]
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"] == "digits" and config["recipe"] == "pgd" and config["model"] == "small_cnn"
+    assert config["model_options"] == {"activation": "sparta", "denoise": ["layer2", "gaussian"]}
+    assert config["eps"] == pytest.approx(0.15)
+    assert (out / "command.txt").read_text().startswith("fastrobust train --epochs 1")
+    # the evaluation report
+    assert report["n"] == 48 and 0.0 <= report["robust_accuracy"] <= report["clean_accuracy"] <= 1.0
+    assert [a["name"] for a in report["attacks"]] == ["pgd20", "apgd-ce"]
+    assert report["metadata"]["run"] == str(out)
+    assert {c["name"] for c in report["checks"]} >= {"eps_sweep", "steps", "loss_curve"}
+    with open(out / "eval" / "report.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["attack"] for r in rows] == ["clean", "pgd20", "apgd-ce", "overall"]
+    assert float(rows[-1]["robust_accuracy"]) == pytest.approx(report["robust_accuracy"])
+    assert "| clean |" in (out / "eval" / "report.md").read_text()
+    pngs = [out / "curves.png"] + [out / "eval" / f"{n}.png" for n in ("accuracy_vs_eps", "accuracy_vs_steps",
+                                                                      "loss_curves")]
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG, png
+    # the printed table: clean, each attack, robust
+    table = trained["stdout"]
+    for row in ("| clean |", "| pgd20 |", "| apgd-ce |", "| **robust** |"):
+        assert row in table
+    assert f"{100 * report['robust_accuracy']:.2f}" in table
+
+
+def test_eval_rebuilds_the_checkpoint(trained, capsys):
+    """eval of last.pt with the training run's evaluation settings gives its numbers (the model
+    is rebuilt from the stored config: Sparta, the denoising block, the weights)."""
+    out, report = trained["out"], trained["report"]
+    code, stdout, err = run_cli(["eval", out / "last.pt", "--attacks", "pgd20,apgd-ce", "--n", "48", "--checks",
+                                 "none", "--no-progress"], capsys)
+    assert code == 0, err
+    again = json.loads((out / "eval" / "report.json").read_text())  # default --out: the run's eval/
+    assert again["clean_accuracy"] == report["clean_accuracy"]
+    assert again["robust_accuracy"] == report["robust_accuracy"]
+    assert again["metadata"]["checkpoint"] == str(out / "last.pt")
+    assert "| **robust** |" in stdout
+    for name in ("report.csv", "report.md"):
+        assert (out / "eval" / name).is_file()
+
+
+def test_train_resume_of_a_finished_run_evaluates_again(trained, capsys):
+    """The same options + --resume CHECKPOINT: the stored configuration matches (the defaults are
+    deterministic), nothing is trained, the evaluation runs; --out defaults to the folder."""
+    out = trained["out"]
+    before = (out / "last.pt").read_bytes()
+    code, stdout, err = run_cli(["train", *TINY, "--checks", "none", "--resume", out / "last.pt"], capsys)
+    assert code == 0, err
+    assert (out / "last.pt").read_bytes() == before
+    assert "| **robust** |" in stdout
+    assert json.loads((out / "eval" / "report.json").read_text())["robust_accuracy"] == \
+        trained["report"]["robust_accuracy"]
+    assert len((out / "command.txt").read_text().splitlines()) == 2
+
+
+def test_eval_best_checkpoint_and_options(trained, capsys, tmp_path):
+    code, _, err = run_cli(["eval", trained["out"] / "best.pt", "--attacks", "none", "--n", "16", "--checks",
+                            "none", "--eps", "8/255", "--no-progress"], capsys)
+    assert code == 0, err
+    report = json.loads((trained["out"] / "eval-best" / "report.json").read_text())
+    assert report["n"] == 16 and report["attacks"] == [] and report["eps"] == pytest.approx(8 / 255)
+    assert report["robust_accuracy"] == report["clean_accuracy"]
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "info", "bench"])
+def test_help_lists_every_option(command, capsys):
+    code, out, _ = run_cli([command, "--help"], capsys)
+    assert code == 0
+    if command == "bench":
+        assert "--device" in out and "suite" in out
+        return
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command").choices[command]
+    for action in sub._actions:
+        for flag in action.option_strings:
+            assert flag in out, flag
+        if action.option_strings and action.dest not in ("help", "json"):
+            assert action.help and "default" in action.help, action.option_strings
+
+
+def test_top_level_help_lists_commands(capsys):
+    code, out, _ = run_cli(["--help"], capsys)
+    assert code == 0
+    for command in ("train", "eval", "bench", "info"):
+        assert command in out
+
+
+def _corrupt_checkpoints(trained, tmp_path):
+    """name -> (path, expected text) of checkpoints eval must refuse."""
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((trained["out"] / "last.pt").read_bytes()[:200])
+    text = tmp_path / "text.pt"
+    text.write_text("not a checkpoint\n")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    other_model = tmp_path / "other_model.pt"
+    state = torch.load(trained["out"] / "last.pt", weights_only=True)
+    state["config"]["model_options"]["width"] = 8
+    torch.save(state, other_model)
+    return {
+        "missing": (tmp_path / "missing.pt", "no such file"),
+        "truncated": (truncated, "truncated, corrupted or not a torch file"),
+        "text": (text, "truncated, corrupted or not a torch file"),
+        "foreign": (foreign, "not a fastrobust training checkpoint"),
+        "other_model": (other_model, "made for another model"),
+    }
+
+
+def _assert_one_line_error(code, err, command, expected):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"fastrobust {command}: error: "), err
+    assert "Traceback" not in err
+    assert expected in lines[0], err
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "text", "foreign", "other_model"])
+def test_eval_bad_checkpoint_is_one_line(kind, trained, tmp_path, capsys):
+    path, expected = _corrupt_checkpoints(trained, tmp_path)[kind]
+    code, _, err = run_cli(["eval", path, "--no-progress"], capsys)
+    _assert_one_line_error(code, err, "eval", expected)
+
+
+TRAIN_ERRORS = {
+    "cifar_missing": (["--data", "cifar10", "--data-dir", "{tmp}/no-data"], "CIFAR data not found"),
+    "recipe": (["--recipe", "bogus"], "argument --recipe: invalid choice: 'bogus'"),
+    "model": (["--model", "bogus"], "argument --model: invalid choice"),
+    "activation": (["--activation", "bogus"], "argument --activation: invalid choice"),
+    "data": (["--data", "mnist"], "argument --data: invalid choice"),
+    "amp": (["--amp", "fp8"], "argument --amp: invalid choice"),
+    "attack": (["--attacks", "pgd20,bogus"], "unknown attack 'bogus'"),
+    "checks": (["--checks", "bogus"], "unknown check 'bogus'"),
+    "eps": (["--eps", "eight"], "argument --eps"),
+    "epochs": (["--epochs", "0"], "argument --epochs: must be >= 1"),
+    "denoise_syntax": (["--denoise", "layer2"], "argument --denoise"),
+    "denoise_stage": (["--denoise", "layer9:gaussian"], "unknown stage 'layer9'"),
+    "cifs": (["--cifs"], "has no CIFS variant"),
+    "model_option": (["--model-options", '{"depth": 3}'], "unknown option 'depth'"),
+    "model_options_json": (["--model-options", "{depth"], "argument --model-options: not JSON"),
+    "recipe_option": (["--recipe-options", '{"bogus": 1}'], "bogus"),
+    "recipe_steps": (["--recipe", "standard", "--steps", "3"], "recipe 'standard' has no option 'steps'"),
+    "data_option": (["--data-options", '{"bogus": 1}'], "--data-options"),
+    "lr": (["--lr", "-1"], "lr must be"),
+    "batch_size": (["--batch-size", "100000"], "larger than the"),
+    "device_name": (["--device", "tpu9"], "--device"),
+    "resume_no_out": (["--resume"], "--resume without a checkpoint needs --out"),
+    "resume_missing": (["--resume", "{tmp}/nothing/last.pt"], "no such file"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRAIN_ERRORS))
+def test_train_errors_are_one_line(name, tmp_path, capsys):
+    extra, expected = TRAIN_ERRORS[name]
+    argv = ["train", "--out", tmp_path / "run"] if name != "resume_no_out" else ["train"]
+    argv += [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    code, _, err = run_cli(argv, capsys)
+    _assert_one_line_error(code, err, "train", expected)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--attacks", "bogus"], "unknown attack 'bogus'"),
+    (["--n", "0"], "argument --n: must be >= 1"),
+    (["--eps", "1/0"], "argument --eps"),
+    (["--amp", "fp8"], "argument --amp: invalid choice"),
+])
+def test_eval_option_errors_are_one_line(argv, expected, trained, capsys):
+    code, _, err = run_cli(["eval", trained["out"] / "last.pt", *argv], capsys)
+    _assert_one_line_error(code, err, "eval", expected)
+
+
+def test_eval_needs_a_checkpoint(capsys):
+    code, _, err = run_cli(["eval"], capsys)
+    _assert_one_line_error(code, err, "eval", "CHECKPOINT")
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cuda_without_gpu_is_one_line(command, device, trained, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["train", "--out", tmp_path / "run"] if command == "train" else ["eval", trained["out"] / "last.pt"]
+    code, _, err = run_cli(argv + ["--device", device], capsys)
+    _assert_one_line_error(code, err, command, "CUDA is not available")
+
+
+def test_console_errors_have_no_traceback(tmp_path):
+    """Through a fresh interpreter, as the console script runs: one stderr line, status 2."""
+    for argv, expected in ((["eval", str(tmp_path / "missing.pt")], "no such file"),
+                           (["train", "--denoise", "layer9:gaussian", "--out", str(tmp_path / "r")],
+                            "unknown stage")):
+        proc = subprocess.run([sys.executable, "-m", "fastrobust.cli", *argv], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if "error" in line]
+        assert len(errors) == 1 and expected in errors[0], proc.stderr
