@@ -66,6 +66,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 
 from . import harness
+from .pgd_report import failures, note, status
 from .train_baselines import EagerLoop, FloorLoop
 
 NAME = "train"
@@ -546,28 +547,6 @@ CSV_COLUMNS = ["suite", "device", "device_name", "case", "kind", "model", "batch
                "channels_last", "status", "loss_first", "loss_last", "linf_distance", "step_time_s", "iqr_s",
                "rounds", "steps_per_round", "images_per_s", "steps_per_epoch", "seconds_per_epoch",
                "time_over_fastrobust", "eager_over_fastrobust", "fastrobust_over_floor", "note"]
-
-
-def status(entry: dict) -> str:
-    """ok (checked and timed), skipped, ERROR (raised) or WRONG (failed its check)."""
-    if entry.get("skipped"):
-        return "skipped"
-    if entry.get("error"):
-        return "ERROR"
-    return "ok" if entry.get("correct") else "WRONG"
-
-
-def note(entry: dict) -> Optional[str]:
-    return entry.get("skipped") or entry.get("error") or ("; ".join(entry.get("problems") or []) or None)
-
-
-def failures(result: dict) -> List[str]:
-    out = [f"{c['case']}: {c['error']}" for c in result["cases"] if c.get("error")]
-    for c in result["cases"]:
-        for impl, e in c["implementations"].items():
-            if status(e) in ("ERROR", "WRONG"):
-                out.append(f"{c['case']} [{impl}]: {status(e)} {note(e) or ''}".rstrip())
-    return out
 
 
 def csv_rows(result: dict):

@@ -19,3 +19,12 @@ def _seeded_rng():
     torch.manual_seed(0)
     yield
     torch.random.set_rng_state(state)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: its tiny models run faster so on a shared, loaded CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

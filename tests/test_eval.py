@@ -21,12 +21,8 @@ N = 96
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these tiny models run faster so on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """These modules run with one intra-op thread (conftest.one_thread)."""
 
 
 @pytest.fixture(scope="module")

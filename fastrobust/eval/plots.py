@@ -17,6 +17,8 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..train.metrics import read_metrics
+
 PathLike = Union[str, Path]
 
 
@@ -127,22 +129,6 @@ def plot_loss_curves(curves, path: PathLike, *, title: Optional[str] = None) -> 
     return _save(fig, path)
 
 
-def _read_jsonl(path: PathLike) -> List[Dict[str, Any]]:
-    records = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-            if isinstance(record, dict):
-                records.append(record)
-    return records
-
-
 def _numeric(v) -> Optional[float]:
     if isinstance(v, bool):
         return None
@@ -159,7 +145,9 @@ def plot_training_curves(metrics_path: PathLike, path: Optional[PathLike] = None
     name contains "loss" in one panel, every key ending in "acc" (fractions, drawn as %) in a
     second, "lr" in a third. Missing keys and unreadable lines are skipped; the x axis is
     "epoch" (the line number where absent). Default path: training_curves.png next to the file."""
-    records = _read_jsonl(metrics_path)
+    if not Path(metrics_path).is_file():
+        raise FileNotFoundError(f"no metrics file at {metrics_path}")
+    records = read_metrics(metrics_path)
     path = Path(metrics_path).with_name("training_curves.png") if path is None else path
     keys: List[str] = list(dict.fromkeys(k for r in records for k in r))
     groups = {

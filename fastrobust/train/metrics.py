@@ -13,7 +13,7 @@ import time
 from typing import Any, Dict, Iterable, List, Optional
 
 
-def read_metrics(path: str) -> List[Dict[str, Any]]:
+def read_metrics(path) -> List[Dict[str, Any]]:
     """The records of a metrics.jsonl file (an unreadable last line, e.g. cut by a crash, is skipped)."""
     records = []
     if not os.path.exists(path):
@@ -24,9 +24,11 @@ def read_metrics(path: str) -> List[Dict[str, Any]]:
             if not line:
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(record, dict):
+                records.append(record)
     return records
 
 
