@@ -4,21 +4,21 @@
 // to the values. The tile is bounded by kScoreTileBytes and by half of the queries, so the
 // extra memory is O(B * N) plus that bound, never the whole (B, N, N) affinity. The backward
 // recomputes the probabilities of each block from the saved log-sum-exp and forms dg, dtheta
-// and dphi with GEMMs around one fused pass for ds = scale * p * (dp - D). Inputs of 16-bit
-// types are computed in float32.
+// and dphi with GEMMs around one fused pass for ds = scale * p * (dp - D). bfloat16 inputs
+// run bfloat16 GEMMs (float32 accumulation) with the row passes in float32; float16 inputs
+// are computed in float32.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/baddbmm.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/sum.h>
-#include <ATen/ops/mul.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <tuple>
+#include <type_traits>
 
 #include "../kernels/nlm.h"
 #include "../ops/nlm.h"
@@ -39,40 +39,66 @@ int64_t query_block(int64_t batch, int64_t positions, int64_t elem_bytes) {
   return std::clamp<int64_t>(kScoreTileBytes / per_query, 1, positions > 1 ? half : 1);
 }
 
+// The row passes read and write the tiles in the storage type st (the GEMMs' dtype: float32 or
+// float64, or bfloat16 for bfloat16 inputs) and compute in acc (float32; float64 for float64).
+
 // Logit rows -> softmax rows in place, and each row's log-sum-exp.
-template <typename acc>
-FR_CPU_MULTIVERSION void softmax_rows(acc* __restrict__ s, int64_t rows, int64_t n, acc* __restrict__ lse) {
+template <typename st, typename acc>
+FR_CPU_MULTIVERSION void softmax_rows(st* __restrict__ s, int64_t rows, int64_t n, acc* __restrict__ lse) {
   for (int64_t r = 0; r < rows; ++r) {
-    acc* row = s + r * n;
+    st* row = s + r * n;
     acc m = neg_inf<acc>();
-    for (int64_t j = 0; j < n; ++j) m = std::max(m, row[j]);
-    cpu::Lanes<acc> sum;
-    for (int64_t j = 0; j < n; ++j) row[j] = math::PolyExp::exp(row[j] - m);
-    sum.add(row, n);
-    const acc l = sum.total();
-    const acc inv = acc(1) / l;
-    for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+    for (int64_t j = 0; j < n; ++j) m = std::max(m, acc(row[j]));
+    acc l;
+    if constexpr (std::is_same_v<st, acc>) {  // exp once, in place, then scale
+      cpu::Lanes<acc> sum;
+      for (int64_t j = 0; j < n; ++j) row[j] = math::PolyExp::exp(row[j] - m);
+      sum.add(row, n);
+      l = sum.total();
+      const acc inv = acc(1) / l;
+      for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+    } else {  // 16-bit rows: sum in acc first, then round each probability once
+      acc lane[cpu::kLanes] = {};
+      int64_t j = 0;
+      for (; j + cpu::kLanes <= n; j += cpu::kLanes)
+        for (int u = 0; u < cpu::kLanes; ++u) lane[u] += math::PolyExp::exp(acc(row[j + u]) - m);
+      l = 0;
+      for (; j < n; ++j) l += math::PolyExp::exp(acc(row[j]) - m);
+      for (int u = 0; u < cpu::kLanes; ++u) l += lane[u];
+      const acc inv = acc(1) / l;
+      for (j = 0; j < n; ++j) row[j] = st(math::PolyExp::exp(acc(row[j]) - m) * inv);
+    }
     lse[r] = row_lse(m, l);
   }
 }
 
 // Logit rows -> probabilities in place, from each row's saved log-sum-exp.
-template <typename acc>
-FR_CPU_MULTIVERSION void probability_rows(acc* __restrict__ s, int64_t rows, int64_t n, const acc* __restrict__ lse) {
+template <typename st, typename acc>
+FR_CPU_MULTIVERSION void probability_rows(st* __restrict__ s, int64_t rows, int64_t n, const acc* __restrict__ lse) {
   for (int64_t r = 0; r < rows; ++r) {
-    acc* row = s + r * n;
+    st* row = s + r * n;
     const acc l = lse[r];
-    for (int64_t j = 0; j < n; ++j) row[j] = probability<acc, math::PolyExp>(row[j], l);
+    for (int64_t j = 0; j < n; ++j) row[j] = st(probability<acc, math::PolyExp>(acc(row[j]), l));
   }
 }
 
-// dp rows -> scale * p * (dp - D_i) in place.
-template <typename acc>
-FR_CPU_MULTIVERSION void logit_grad_rows(const acc* __restrict__ p, acc* __restrict__ dp, int64_t rows, int64_t n,
-                                         const acc* __restrict__ row_dot, acc scale) {
+// dp rows -> scale * p * (dp - D_i) in place, with D_i = sum_j p_ij dp_ij taken from the same
+// tile (a block holds whole rows): equal to dy_i . y_i, but rounded like p and dp, so that
+// ds is exactly 0 where the softmax is flat in the row (as PyTorch's softmax backward).
+template <typename st, typename acc>
+FR_CPU_MULTIVERSION void logit_grad_rows(const st* __restrict__ p, st* __restrict__ dp, int64_t rows, int64_t n,
+                                         acc scale) {
   for (int64_t r = 0; r < rows; ++r) {
-    const acc d = row_dot[r];
-    for (int64_t j = 0; j < n; ++j) dp[r * n + j] = scaled_logit_grad(p[r * n + j], dp[r * n + j], d, scale);
+    const st* pr = p + r * n;
+    st* dr = dp + r * n;
+    acc lane[cpu::kLanes] = {};
+    int64_t j = 0;
+    for (; j + cpu::kLanes <= n; j += cpu::kLanes)
+      for (int u = 0; u < cpu::kLanes; ++u) lane[u] += acc(pr[j + u]) * acc(dr[j + u]);
+    acc d = 0;
+    for (; j < n; ++j) d += acc(pr[j]) * acc(dr[j]);
+    for (int u = 0; u < cpu::kLanes; ++u) d += lane[u];
+    for (j = 0; j < n; ++j) dr[j] = st(scaled_logit_grad(acc(pr[j]), acc(dr[j]), d, scale));
   }
 }
 
@@ -120,13 +146,28 @@ void bmm_into_columns(at::Tensor& out, int64_t q0, int64_t len, const at::Tensor
   out.narrow(2, q0, len).copy_(t);
 }
 
-// out = a @ b for the first block, out += a @ b after (no zero fill).
+// out = a @ b for the first block, out += a @ b after (no zero fill). A float32 `out` for
+// bfloat16 a, b sums the blocks' products in float32 (each product is rounded once).
 void bmm_accumulate(at::Tensor& out, bool first, const at::Tensor& a, const at::Tensor& b) {
-  if (first)
+  if (out.scalar_type() != a.scalar_type()) {
+    const at::Tensor part = at::bmm(a, b);
+    first ? out.copy_(part) : out.add_(part);
+  } else if (first) {
     at::bmm_out(out, a, b);
-  else
+  } else {
     out.baddbmm_(a, b);
+  }
 }
+
+// The dtype of the GEMMs and tiles: bfloat16 inputs stay bfloat16 (this CPU path runs bfloat16
+// GEMMs with float32 accumulation, several times faster than float32 GEMMs where the CPU has
+// bfloat16 dot products), float16 is computed in float32, float32 and float64 as they are.
+at::ScalarType compute_dtype(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 ? at::kBFloat16 : acc_dtype(t);
+}
+
+template <typename T> struct cpu_acc { using type = float; };
+template <> struct cpu_acc<double> { using type = double; };
 
 template <typename acc>
 acc* row_ptr(const at::Tensor& t, int64_t b, int64_t i) {
@@ -136,20 +177,21 @@ acc* row_ptr(const at::Tensor& t, int64_t b, int64_t i) {
 std::tuple<at::Tensor, at::Tensor> nlm_gaussian_cpu(const at::Tensor& theta, const at::Tensor& phi,
                                                     const at::Tensor& g, double scale) {
   const Prepared p = prepare(theta, phi, g, scale);
-  const auto acc_type = acc_dtype(theta);
+  const auto acc_type = acc_dtype(theta), st_type = compute_dtype(theta);
   at::Tensor lse = at::empty({p.batch, p.positions}, theta.options().dtype(acc_type));
-  at::Tensor y = at::empty({p.batch, p.channels, p.positions}, g.options().dtype(acc_type));
+  at::Tensor y = at::empty({p.batch, p.channels, p.positions}, g.options().dtype(st_type));
   if (p.batch > 0 && p.positions > 0) {
-    const at::Tensor q = p.theta.to(acc_type), k = p.phi.to(acc_type), v = p.g.to(acc_type);
-    const int64_t block = query_block(p.batch, p.positions, c10::elementSize(acc_type));
+    const at::Tensor q = p.theta.to(st_type), k = p.phi.to(st_type), v = p.g.to(st_type);
+    const int64_t block = query_block(p.batch, p.positions, c10::elementSize(st_type));
     BlockBuffer tiles{at::empty({p.batch, block, p.positions}, q.options())};
     BlockBuffer y_tiles{block < p.positions ? at::empty({p.batch, p.channels, block}, q.options()) : at::Tensor()};
     for (int64_t q0 = 0; q0 < p.positions; q0 += block) {
       const int64_t len = std::min(block, p.positions - q0);
       at::Tensor s = logit_tile(q, k, q0, len, scale, tiles);
-      AT_DISPATCH_FLOATING_TYPES(acc_type, "nlm_gaussian_softmax", [&] {
+      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, st_type, "nlm_gaussian_softmax", [&] {
+        using acc = typename cpu_acc<scalar_t>::type;
         for_rows(p.batch, len, [&](int64_t b, int64_t i, int64_t rows) {
-          softmax_rows(row_ptr<scalar_t>(s, b, i), rows, p.positions, row_ptr<scalar_t>(lse, b, q0 + i));
+          softmax_rows(row_ptr<scalar_t>(s, b, i), rows, p.positions, row_ptr<acc>(lse, b, q0 + i));
         });
       });
       bmm_into_columns(y, q0, len, v, s.transpose(1, 2), y_tiles);  // y_i = sum_j p_ij g_j
@@ -162,14 +204,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nlm_gaussian_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& g,
     const at::Tensor& y, const at::Tensor& lse, double scale) {
   const Prepared p = prepare_backward(grad_y, theta, phi, g, y, lse, scale);
-  const auto acc_type = acc_dtype(theta);
-  const at::Tensor q = p.theta.to(acc_type), k = p.phi.to(acc_type), v = p.g.to(acc_type);
+  const auto acc_type = acc_dtype(theta), st_type = compute_dtype(theta);
+  const at::Tensor q = p.theta.to(st_type), k = p.phi.to(st_type), v = p.g.to(st_type);
   at::Tensor dq, dk, dv;
   if (p.batch > 0 && p.positions > 0) {
-    dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
-    const at::Tensor dy = p.grad_y.to(acc_type);
-    const at::Tensor row_dot = at::sum(at::mul(dy, p.y.to(acc_type)), {1});  // D_i, (B, N)
-    const int64_t block = query_block(p.batch, p.positions, c10::elementSize(acc_type));
+    // dk and dv sum over query blocks: in acc (float32 for bfloat16 inputs)
+    dq = at::empty_like(q), dk = at::empty_like(k, k.options().dtype(acc_type));
+    dv = at::empty_like(v, v.options().dtype(acc_type));
+    const at::Tensor dy = p.grad_y.to(st_type);
+    const int64_t block = query_block(p.batch, p.positions, c10::elementSize(st_type));
     BlockBuffer prob_tiles{at::empty({p.batch, block, p.positions}, q.options())};
     BlockBuffer grad_tiles{at::empty({p.batch, block, p.positions}, q.options())};
     BlockBuffer dq_tiles{block < p.positions ? at::empty({p.batch, p.dim, block}, q.options()) : at::Tensor()};
@@ -179,12 +222,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nlm_gaussian_backward_cpu(
       const at::Tensor dy_block = dy.narrow(2, q0, len);
       at::Tensor ds = grad_tiles.get(len, 1);
       at::bmm_out(ds, dy_block.transpose(1, 2), v);  // dp_ij = dy_i . g_j
-      AT_DISPATCH_FLOATING_TYPES(acc_type, "nlm_gaussian_backward_rows", [&] {
+      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, st_type, "nlm_gaussian_backward_rows", [&] {
+        using acc = typename cpu_acc<scalar_t>::type;
         for_rows(p.batch, len, [&](int64_t b, int64_t i, int64_t rows) {
           scalar_t* prob_rows = row_ptr<scalar_t>(prob, b, i);
-          probability_rows(prob_rows, rows, p.positions, row_ptr<scalar_t>(p.lse, b, q0 + i));
-          logit_grad_rows(prob_rows, row_ptr<scalar_t>(ds, b, i), rows, p.positions,
-                          row_ptr<scalar_t>(row_dot, b, q0 + i), static_cast<scalar_t>(scale));
+          probability_rows(prob_rows, rows, p.positions, row_ptr<acc>(p.lse, b, q0 + i));
+          logit_grad_rows(prob_rows, row_ptr<scalar_t>(ds, b, i), rows, p.positions, static_cast<acc>(scale));
         });
       });
       bmm_accumulate(dv, q0 == 0, dy_block, prob);            // dg_j += sum_i p_ij dy_i
