@@ -71,7 +71,7 @@ def nlm_dot(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor) -> torch.Te
     Shapes and dtypes as nlm_gaussian; differentiable (autograd through two batched GEMMs).
     """
     theta, phi, g = _autocast_inputs(theta, phi, g)
-    if not torch.compiler.is_compiling():  # traced, the fake kernel checks (dynamo cannot trace the messages)
+    if not torch.compiler.is_compiling():  # dynamo cannot trace the messages; traced, the GEMMs check shapes
         check_nlm_args(theta, phi, g)
     q, k, v = flatten(theta, phi, g)
     d, n, c = q.shape[1], q.shape[2], v.shape[1]
