@@ -336,9 +336,12 @@ def smoke_nlm_gaussian(namespace, device: str) -> List[str]:
             problem = like_eager_text(name, actual, expected, tol, eager)
             if problem:
                 failures.append(f"{where}: {problem}")
-        # the row statistics accumulate in float32 (float64 for float64 inputs)
-        problem = max_error_text("lse", lse, want_lse, TOLERANCES[torch.float64 if dtype == torch.float64
-                                                                  else torch.float32])
+        # the row statistics accumulate in float32 (float64 for float64 inputs); the logits they
+        # come from are exact products of the inputs on CUDA, but bfloat16-rounded on the CPU,
+        # whose kernel runs bfloat16 GEMMs for bfloat16 inputs
+        lse_tol = TOLERANCES[dtype if dtype == torch.bfloat16 else (torch.float64 if dtype == torch.float64
+                                                                    else torch.float32)]
+        problem = max_error_text("lse", lse, want_lse, lse_tol)
         if problem:
             failures.append(f"{where}: {problem}")
     return failures
