@@ -66,7 +66,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 
 from . import harness
-from .pgd_report import failures, note, status
+from . import pgd_report
+from .pgd_report import _fmt, failures, note, status
 from .train_baselines import EagerLoop, FloorLoop
 
 NAME = "train"
@@ -567,32 +568,12 @@ def csv_rows(result: dict):
                                                 "rounds", "steps_per_round", "images_per_s", "seconds_per_epoch")})
 
 
-def paths(result: dict, out_dir, quick: bool) -> dict:
-    return {ext: harness.output_path(out_dir, result["suite"], result["device"], ext, quick)
-            for ext in ("json", "csv", "png")}
-
-
 def write_data(result: dict, out_dir, quick: bool) -> None:
-    """JSON and CSV, rewritten after every case so that a run cut short keeps what it measured."""
-    p = paths(result, out_dir, quick)
-    harness.write_json(result, p["json"])
-    harness.write_csv(result, p["csv"], CSV_COLUMNS, csv_rows)
+    pgd_report.write_data(result, out_dir, quick, CSV_COLUMNS, csv_rows)
 
 
 def write_results(result: dict, out_dir, quick: bool) -> Dict[str, str]:
-    write_data(result, out_dir, quick)
-    p = paths(result, out_dir, quick)
-    written = {ext: str(path) for ext, path in p.items()}
-    # skipped cases (WRN-34-10 on the CPU) would be empty groups of bars
-    timed = dict(result, cases=[c for c in result["cases"] if c.get("speedup_of_fused")])
-    why_not = harness.plot_speedups(timed, p["png"])
-    if why_not:
-        written["png"] = why_not
-    return written
-
-
-def _fmt(x: Optional[float], spec: str, suffix: str = "") -> str:
-    return "-" if x is None else f"{x:{spec}}{suffix}"
+    return pgd_report.write_results(result, out_dir, quick, CSV_COLUMNS, csv_rows)
 
 
 def format_table(result: dict) -> str:

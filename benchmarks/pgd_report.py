@@ -60,19 +60,23 @@ def paths(result: dict, out_dir: Path, quick: bool) -> Dict[str, Path]:
             for ext in ("json", "csv", "png")}
 
 
-def write_data(result: dict, out_dir: Path, quick: bool) -> None:
-    """JSON and CSV, rewritten after every case so that a run cut short keeps what it measured."""
+def write_data(result: dict, out_dir: Path, quick: bool, columns=CSV_COLUMNS, rows=csv_rows) -> None:
+    """JSON and CSV, rewritten after every case so that a run cut short keeps what it measured
+    (columns and rows: the CSV layout of a suite that reuses this report, e.g. bench_train)."""
     p = paths(result, out_dir, quick)
     harness.write_json(result, p["json"])
-    harness.write_csv(result, p["csv"], CSV_COLUMNS, csv_rows)
+    harness.write_csv(result, p["csv"], columns, rows)
 
 
-def write_results(result: dict, out_dir: Path, quick: bool) -> Dict[str, str]:
-    """JSON, CSV and PNG; returns {kind: path, or why there is no plot}."""
-    write_data(result, out_dir, quick)
+def write_results(result: dict, out_dir: Path, quick: bool, columns=CSV_COLUMNS, rows=csv_rows) -> Dict[str, str]:
+    """JSON, CSV and PNG; returns {kind: path, or why there is no plot}. Cases without
+    speedups (skipped, or their fastrobust run missing) are left out of the plot: they would be
+    empty groups of bars."""
+    write_data(result, out_dir, quick, columns, rows)
     p = paths(result, out_dir, quick)
     written = {ext: str(path) for ext, path in p.items()}
-    why_not = harness.plot_speedups(result, p["png"])
+    timed = dict(result, cases=[c for c in result["cases"] if c.get("speedup_of_fused")])
+    why_not = harness.plot_speedups(timed, p["png"])
     if why_not:
         written["png"] = why_not
     return written

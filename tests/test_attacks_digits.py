@@ -10,6 +10,7 @@ from fastrobust.attacks import functional
 from fastrobust.data import load_digits
 from fastrobust.models import SmallCNN
 from fastrobust.reference import pgd as ref
+from fastrobust.testing import train_digits_cnn
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*runs its pure-PyTorch reference:RuntimeWarning")
 
@@ -23,22 +24,7 @@ def digits_model():
     """SmallCNN (width 16) trained for 10 epochs on the digits train split (about 96 % test
     accuracy, under a second on a CPU), frozen, in eval mode."""
     x, y = load_digits("train")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = SmallCNN(1, 10, width=16)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for epoch in range(10):
-            order = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch))
-            for i in range(0, len(y), 128):
-                rows = order[i:i + 128]
-                loss = F.cross_entropy(model(x[rows]), y[rows])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return train_digits_cnn(x, y, epochs=10)
 
 
 @pytest.fixture(scope="session")
