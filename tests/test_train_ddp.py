@@ -41,7 +41,8 @@ def test_two_cpu_ranks_end_with_identical_weights(tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(SCRIPT)
     out = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+    # the fault handler prints every thread's Python stack should a rank abort
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", PYTHONFAULTHANDLER="1")
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script), str(out)]

@@ -7,6 +7,7 @@ WORLD_SIZE=1) everything is single-process and no group is created.
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any, List
@@ -68,10 +69,21 @@ def setup(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world_size, local_rank, dev, True)
 
 
-def cleanup(info: DistInfo) -> None:
-    """Destroys the process group if setup created it."""
-    if info.created_group and dist.is_initialized():
+def cleanup(info: DistInfo, synchronize: bool = True) -> None:
+    """Destroys the process group if setup created it.
+
+    With synchronize, every rank first waits at a barrier, so no rank tears its connections
+    down while a peer is still inside a collective. Without it (after an error, when a peer may
+    never arrive) nothing is torn down: the process exits and the launcher stops the others.
+    The caller must have dropped its DistributedDataParallel wrapper (which holds the group) so
+    the group's threads are joined here, not during interpreter shutdown.
+    """
+    if not (info.created_group and dist.is_initialized()):
+        return
+    if synchronize:
+        dist.barrier()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

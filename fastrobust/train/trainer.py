@@ -210,6 +210,9 @@ class Trainer:
         self.config = cfg
         self.dist = distributed.setup(cfg.device)
         self._threads_before: Optional[int] = None
+        # True while every rank is known to be at the same point (after construction and after a
+        # fit that returned); close() only waits for the peers then, never after a failure
+        self._ranks_aligned = False
         if self.dist.device.type == "cpu" and cfg.threads:
             self._threads_before = torch.get_num_threads()
             torch.set_num_threads(cfg.threads)
@@ -218,6 +221,7 @@ class Trainer:
         except BaseException:
             self.close()
             raise
+        self._ranks_aligned = True
 
     # -- construction ----------------------------------------------------------------------
     def _build(self) -> None:
@@ -465,6 +469,7 @@ class Trainer:
         self.history = distributed.broadcast_object(read_metrics(self.metrics_path) if main else None, dist)
         progress = Progress(cfg.progress and main)
         interrupted = False
+        self._ranks_aligned = False
         try:
             epoch = self.epoch
             while not self.finished and epoch < cfg.epochs:
@@ -500,6 +505,7 @@ class Trainer:
         finally:
             progress.close()
         result = self._result(interrupted)
+        self._ranks_aligned = True
         return result
 
     def _end_of_epoch(self, record: Dict[str, Any]) -> Tuple[bool, bool]:
@@ -557,11 +563,17 @@ class Trainer:
             stopped_early=self.stopped_early, finished=self.finished and not interrupted)
 
     def close(self) -> None:
-        """Destroys the process group if this trainer created it and restores torch's thread count."""
+        """Destroys the process group if this trainer created it and restores torch's thread count.
+
+        After a clean construction or fit the ranks meet at a barrier first; after an exception
+        (one rank may be stuck in a collective) the group is left to the process's exit."""
         if self._threads_before is not None:
             torch.set_num_threads(self._threads_before)
             self._threads_before = None
-        distributed.cleanup(self.dist)
+        # the DistributedDataParallel wrapper keeps the process group alive: release it first
+        if hasattr(self, "model"):
+            self.train_model = self.model
+        distributed.cleanup(self.dist, synchronize=self._ranks_aligned)
 
 
 def train(config: Union[TrainConfig, Dict[str, Any], None] = None, *, model: Optional[nn.Module] = None,
