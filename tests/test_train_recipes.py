@@ -336,7 +336,8 @@ def test_iat_loss_equals_hand_computed_value(monkeypatch):
     draws = [(0.3, torch.tensor([2, 0, 3, 1])), (0.8, torch.tensor([1, 3, 0, 2]))]
     calls = []
 
-    def fixed_draw(generator, n, alpha):
+    def fixed_draw(generator, n, alpha, seed=None):
+        assert isinstance(seed, int)
         calls.append((n, alpha))
         return draws[len(calls) - 1]
 
@@ -376,6 +377,27 @@ def test_draw_mixup_is_uniform_lambda_and_a_permutation():
     b = losses.draw_mixup(torch.Generator().manual_seed(3), 7, 1.0)
     assert a[0] == b[0] and torch.equal(a[1], b[1])
     assert losses.draw_mixup(g, 7, 0.0)[0] == 1.0
+    # a given seed decides lambda alone; the generator then only draws the permutation
+    state = g.get_state()
+    c = losses.draw_mixup(g, 7, 1.0, seed=11)
+    assert c[0] == losses.draw_mixup(torch.Generator().manual_seed(5), 7, 1.0, seed=11)[0]
+    g.set_state(state)
+    assert torch.equal(c[1], torch.randperm(7, generator=g))
+
+
+def test_step_seeds_come_from_the_host_generator_when_given():
+    device_side = torch.Generator().manual_seed(1)
+    host = torch.Generator().manual_seed(2)
+    before = device_side.get_state()
+    ctx = StepContext(0, 1, 0, 1, device_side, host_generator=host)
+    seeds = [ctx.seed() for _ in range(3)]
+    assert torch.equal(device_side.get_state(), before)  # the batch's generator is untouched
+    expected = torch.Generator().manual_seed(2)
+    assert seeds == [int(torch.randint(2 ** 31 - 1, (1,), generator=expected)) for _ in range(3)]
+    # without a host generator the seeds come from the batch's generator
+    ctx = StepContext(0, 1, 0, 1, device_side)
+    ctx.seed()
+    assert not torch.equal(device_side.get_state(), before)
 
 
 def test_spat_installs_a_cosine_head():

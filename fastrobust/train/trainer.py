@@ -261,6 +261,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(_mix(cfg.seed, dist.rank, 0x7EC1))
+        # attack seeds and mixup draws are host integers: on a GPU they come from a CPU
+        # generator so no step waits for the device (on the CPU the one generator serves)
+        self.host_generator: Optional[torch.Generator] = None
+        if device.type != "cpu":
+            self.host_generator = torch.Generator().manual_seed(_mix(cfg.seed, dist.rank, 0x5EED))
 
         guard_n = min(cfg.batch_size, x.shape[0])
         self.guard_batch = (x[:guard_n], y[:guard_n])
@@ -301,9 +306,15 @@ class Trainer:
         return dict(best_metric=self.best_metric, best_value=self.best_value, best_epoch=self.best_epoch,
                     guard_prev=self.guard_prev, train_time=self.train_time)
 
+    def _generators(self) -> Dict[str, torch.Generator]:
+        gens = {"recipe": self.generator}
+        if self.host_generator is not None:
+            gens["host"] = self.host_generator
+        return gens
+
     def _checkpoint(self) -> Dict[str, Any]:
         """The full state (every rank must call it: the RNG states are gathered)."""
-        rngs = distributed.all_gather_object(rng_state({"recipe": self.generator}, self.dist.device), self.dist)
+        rngs = distributed.all_gather_object(rng_state(self._generators(), self.dist.device), self.dist)
         return dict(
             epoch=self.epoch, step=self.step, finished=self.finished, stopped_early=self.stopped_early,
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
@@ -331,7 +342,7 @@ class Trainer:
         except (ValueError, KeyError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {path}: does not match this run's optimizer/schedule/recipe "
                                   f"({type(exc).__name__}: {exc})") from None
-        set_rng_state(state["rng"][self.dist.rank], {"recipe": self.generator}, self.dist.device)
+        set_rng_state(state["rng"][self.dist.rank], self._generators(), self.dist.device)
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.finished = bool(state.get("finished", False))
         self.stopped_early = state.get("stopped_early")
@@ -368,7 +379,7 @@ class Trainer:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             ctx = StepContext(epoch=epoch, epochs=cfg.epochs, step=self.step, steps_per_epoch=self.steps_per_epoch,
                               generator=self.generator, autocast_dtype=self.autocast_dtype,
-                              channels_last=cfg.channels_last)
+                              channels_last=cfg.channels_last, host_generator=self.host_generator)
             with self._autocast():
                 out = self.recipe.batch_loss(self.train_model, xb, yb, ctx)
             self.optimizer.zero_grad(set_to_none=True)

@@ -18,8 +18,11 @@ from torch import nn
 class StepContext:
     """Where the trainer is, and the randomness a recipe may use.
 
-    generator: on the batch's device; every random draw of a recipe comes from it (or from a
-               seed drawn from it, for the attacks), so that runs and resumes are reproducible.
+    generator: on the batch's device; every random tensor a recipe draws comes from it, so
+               that runs and resumes are reproducible.
+    host_generator: a CPU generator for the integers the host needs (attack seeds, mixup
+               draws): reading a number drawn on a GPU would wait for the device every step.
+               None draws them from `generator` instead.
     autocast_dtype: None for float32; else the dtype the trainer runs the model under, which
                the recipe passes on to its attacks (autocast=...).
     """
@@ -31,10 +34,13 @@ class StepContext:
     generator: torch.Generator
     autocast_dtype: Optional[torch.dtype] = None
     channels_last: bool = False
+    host_generator: Optional[torch.Generator] = None
 
-    def seed(self) -> int:
-        """A fresh attack seed drawn from the generator."""
-        return int(torch.randint(2 ** 31 - 1, (1,), generator=self.generator, device=self.generator.device))
+    def seed(self, high: int = 2 ** 31 - 1) -> int:
+        """A fresh integer in [0, high), e.g. an attack seed, drawn from host_generator (no
+        device sync) or else from generator."""
+        g = self.host_generator if self.host_generator is not None else self.generator
+        return int(torch.randint(high, (1,), generator=g, device=g.device))
 
     @property
     def progress(self) -> float:

@@ -39,9 +39,9 @@ class IAT(Recipe):
         x_adv = PGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps, random_start=True, keep="last",
                     **attack_kwargs(ctx))(x, y)
         n = x.shape[0]
-        lam_clean, perm_clean = draw_mixup(ctx.generator, n, self.mixup_alpha)
+        lam_clean, perm_clean = draw_mixup(ctx.generator, n, self.mixup_alpha, seed=ctx.seed())
         loss_clean = mixup_cross_entropy(output_logits(model(mix(x, perm_clean, lam_clean))), y, perm_clean, lam_clean)
-        lam_adv, perm_adv = draw_mixup(ctx.generator, n, self.mixup_alpha)
+        lam_adv, perm_adv = draw_mixup(ctx.generator, n, self.mixup_alpha, seed=ctx.seed())
         loss_adv = mixup_cross_entropy(output_logits(model(mix(x_adv, perm_adv, lam_adv))), y, perm_adv, lam_adv)
         loss = 0.5 * (loss_clean + loss_adv)
         return BatchOutput(loss, None, None, {"lam_clean": lam_clean, "lam_adv": lam_adv,

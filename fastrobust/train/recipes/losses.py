@@ -120,11 +120,14 @@ def kl_objective(clean_logits: torch.Tensor) -> Callable:
 # mixup (IAT)
 
 
-def draw_mixup(generator: torch.Generator, n: int, alpha: float) -> Tuple[float, torch.Tensor]:
-    """One mixup draw: (lambda ~ Beta(alpha, alpha), a random permutation of range(n)), both
-    from `generator` (Beta via numpy seeded from it: torch's Beta sampler takes no generator).
-    alpha = 0 gives lambda = 1 (no mixing), as the mixup reference code."""
-    seed = int(torch.randint(2 ** 62, (1,), generator=generator, device=generator.device))
+def draw_mixup(generator: torch.Generator, n: int, alpha: float,
+               seed: Optional[int] = None) -> Tuple[float, torch.Tensor]:
+    """One mixup draw: (lambda ~ Beta(alpha, alpha), a random permutation of range(n) from
+    `generator`). Lambda comes from numpy (torch's Beta sampler takes no generator) seeded with
+    `seed`, or with a number drawn from `generator` when seed is None. alpha = 0 gives
+    lambda = 1 (no mixing), as the mixup reference code."""
+    if seed is None:
+        seed = int(torch.randint(2 ** 62, (1,), generator=generator, device=generator.device))
     lam = float(np.random.default_rng(seed).beta(alpha, alpha)) if alpha > 0 else 1.0
     perm = torch.randperm(n, generator=generator, device=generator.device)
     return lam, perm
