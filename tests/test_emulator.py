@@ -1,6 +1,7 @@
 """The CUDA emulator's own machinery, checked with a reduction kernel that uses shared
 memory (static and dynamic), barriers, warp shuffles, ballots and atomics over several
-blocks, including block sizes that are not a multiple of the warp size."""
+blocks, including block sizes that are not a multiple of the warp size; and its warp matrix
+(wmma) operations against CUDA's documented layouts."""
 import pytest
 import torch
 
@@ -38,3 +39,28 @@ def test_rejects_bad_arguments():
         block_sum(torch.ones(2, 2), 32, 4, True)
     with pytest.raises(RuntimeError, match="chunk must be positive"):
         block_sum(torch.ones(4), 32, 0, True)
+
+
+@pytest.mark.parametrize("a_col", [False, True], ids=["A-row", "A-col"])
+@pytest.mark.parametrize("b_col", [False, True], ids=["B-row", "B-col"])
+@pytest.mark.parametrize("c_col", [False, True], ids=["C-row", "C-col"])
+def test_wmma_product_follows_cuda_layouts(a_col, b_col, c_col):
+    # small integers: bf16 holds them and every float sum is exact
+    a = torch.randint(-4, 5, (16, 16)).bfloat16()
+    b = torch.randint(-4, 5, (16, 16)).bfloat16()
+    c = torch.ops.fastrobust_emu._selftest_wmma(a, b, a_col, b_col, c_col, 16)
+    # row_major: entry (r, k) at p[r * ldm + k]; col_major: at p[k * ldm + r]
+    A = (a.t() if a_col else a).float()
+    B = (b.t() if b_col else b).float()
+    expected = A @ B + 1
+    torch.testing.assert_close(c.t() if c_col else c, expected, rtol=0, atol=0)
+
+
+def test_wmma_rejects_what_the_hardware_leaves_undefined():
+    a = torch.ones(16, 16).bfloat16()
+    misaligned = torch.ones(16 * 16 + 1).bfloat16()[1:]  # 2 bytes past a 32-byte boundary
+    with pytest.raises(RuntimeError, match="not aligned to 32 bytes"):
+        torch.ops.fastrobust_emu._selftest_wmma(misaligned, a, False, False, False, 16)
+    padded = torch.ones(16 * 20).bfloat16()
+    with pytest.raises(RuntimeError, match="ldm 4 is not a multiple of 16 bytes"):
+        torch.ops.fastrobust_emu._selftest_wmma(padded, padded, False, False, False, 4)

@@ -32,6 +32,7 @@ EMU_SHAPES = [
     (1, 32, 64, 8, 8),
     (2, 96, 160, 6, 6),
     (1, 1, 3, 33, 1),
+    (1, 24, 70, 9, 8),  # two 64-query blocks of the tensor-core forward, two channel slices
     (0, 8, 3, 4, 4),
 ]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]

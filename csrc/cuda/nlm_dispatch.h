@@ -9,6 +9,7 @@
 
 #include "../ops/nlm.h"
 #include "nlm_kernels.cuh"
+#include "nlm_wmma_kernels.cuh"
 
 namespace fastrobust {
 namespace FR_KERNEL_NS {
@@ -16,8 +17,9 @@ namespace nlm {
 
 namespace pn = ::fastrobust::nlm;
 
+// tensor_cores: fp16 / bf16 inputs run the wmma forward (the device must be sm_80 or newer).
 inline std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& g,
-                                                  double scale, cudaStream_t stream) {
+                                                  double scale, bool tensor_cores, cudaStream_t stream) {
   const auto p = pn::prepare(theta, phi, g, scale);
   at::Tensor y = at::empty({p.batch, p.channels, p.positions}, p.g.options());
   at::Tensor lse = at::empty({p.batch, p.positions}, p.theta.options().dtype(pn::acc_dtype(theta)));
@@ -26,7 +28,7 @@ inline std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& theta, const
       auto a = pn::ptrs<scalar_t, acc_t<scalar_t>>(p);
       a.out = y.mutable_data_ptr<scalar_t>();
       a.lse = lse.mutable_data_ptr<acc_t<scalar_t>>();
-      launch_forward<scalar_t>(a, stream);
+      launch_forward<scalar_t>(a, tensor_cores, stream);
     });
   }
   return {y.view(g.sizes()), lse};

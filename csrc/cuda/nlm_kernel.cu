@@ -11,7 +11,8 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> nlm_gaussian_cuda(const at::Tensor& theta, const at::Tensor& phi,
                                                      const at::Tensor& g, double scale) {
   const c10::cuda::CUDAGuard guard(theta.device());
-  return cuda::nlm::forward(theta, phi, g, scale, at::cuda::getCurrentCUDAStream());
+  const bool tensor_cores = at::cuda::getCurrentDeviceProperties()->major >= 8;
+  return cuda::nlm::forward(theta, phi, g, scale, tensor_cores, at::cuda::getCurrentCUDAStream());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> nlm_gaussian_backward_cuda(

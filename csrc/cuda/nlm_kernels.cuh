@@ -20,7 +20,8 @@
 // The backward recomputes p from the saved lse (and dp = dy . g for ds) in each kernel that
 // needs it: more arithmetic than FlashAttention-2's fused dK/dV kernel, but fixed-size
 // accumulators for every d and C.
-// These are SIMT kernels (fp32 FMA, fp32 accumulation for fp16/bf16); no tensor cores.
+// These are SIMT kernels (fp32 FMA, fp32 accumulation for fp16/bf16). On GPUs with bf16
+// tensor cores (sm_80+) the fp16/bf16 forward runs nlm_wmma_kernels.cuh instead.
 #include <algorithm>
 #include <cstdint>
 
@@ -60,13 +61,13 @@ __device__ __forceinline__ T row_reduce(T v, Op op) {
   return v;
 }
 
-// dst[w * stride + t] = src[(w0 + w) * n + p0 + t] for w < rows, t < kTile, where src is one
+// dst[w * stride + t] = src[(w0 + w) * n + p0 + t] for w < rows, t < kCols, where src is one
 // sample's (width, n) slice; 0 outside it. Consecutive threads read consecutive positions.
-template <typename scalar_t, typename acc>
+template <int kCols = kTile, typename scalar_t, typename acc>
 __device__ __forceinline__ void stage(acc* dst, int stride, const scalar_t* src, int64_t width, int64_t n,
                                       int64_t w0, int rows, int64_t p0) {
-  for (int e = threadIdx.x; e < rows * kTile; e += blockDim.x) {
-    const int w = e / kTile, t = e % kTile;
+  for (int e = threadIdx.x; e < rows * kCols; e += blockDim.x) {
+    const int w = e / kCols, t = e % kCols;
     const int64_t ch = w0 + w, pos = p0 + t;
     dst[w * stride + t] = (ch < width && pos < n) ? acc(src[ch * n + pos]) : acc(0);
   }
@@ -241,9 +242,9 @@ __global__ void __launch_bounds__(kThreads) grad_kernel(Ptrs<scalar_t, acc_t<sca
   store_output(out + b * width * n, o, acc(1), width, n, w0, p0);
 }
 
-// Grid of (position tiles, output slices of `width`, samples).
-inline dim3 tile_grid(int64_t batch, int64_t positions, int64_t width) {
-  const int64_t tiles = ceil_div<int64_t>(positions, kTile);
+// Grid of (position tiles of `tile`, output slices of `width`, samples).
+inline dim3 tile_grid(int64_t batch, int64_t positions, int64_t width, int64_t tile = kTile) {
+  const int64_t tiles = ceil_div<int64_t>(positions, tile);
   const int64_t slices = width > 0 ? ceil_div<int64_t>(width, kOutWidth) : 1;
   TORCH_CHECK(batch <= 65535, "nlm_gaussian: batch ", batch, " is too large for one launch (at most 65535)");
   TORCH_CHECK(tiles <= INT32_MAX && slices <= 65535, "nlm_gaussian: too many positions or channels for one launch");

@@ -11,6 +11,7 @@
 
 #include "../common/checks.h"
 #include "../common/cuda_utils.cuh"
+#include "../common/wmma.cuh"
 
 namespace fastrobust {
 namespace emu {
@@ -104,16 +105,58 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> selftest_block_sum(const at::Tens
   return {sums, total, positives};
 }
 
+// One warp: c = A B + 1 for 16 x 16 bf16 tiles read from a and b with the layouts LA, LB,
+// stored row- or column-major; the ldm is 16 (or ld when given, for the alignment checks).
+template <typename LA, typename LB>
+__global__ void wmma_product_kernel(const c10::BFloat16* a, const c10::BFloat16* b, float* c, unsigned ld,
+                                    int c_col_major) {
+  wmma::fragment<wmma::matrix_a, kWmmaDim, kWmmaDim, kWmmaDim, c10::BFloat16, LA> fa;
+  wmma::fragment<wmma::matrix_b, kWmmaDim, kWmmaDim, kWmmaDim, c10::BFloat16, LB> fb;
+  wmma::fragment<wmma::accumulator, kWmmaDim, kWmmaDim, kWmmaDim, float> acc;
+  wmma::load_matrix_sync(fa, a, ld);
+  wmma::load_matrix_sync(fb, b, ld);
+  wmma::fill_fragment(acc, 1.f);
+  wmma::mma_sync(acc, fa, fb, acc);
+  wmma::store_matrix_sync(c, acc, kWmmaDim, c_col_major ? wmma::mem_col_major : wmma::mem_row_major);
+}
+
+at::Tensor selftest_wmma(const at::Tensor& a, const at::Tensor& b, bool a_col_major, bool b_col_major,
+                         bool c_col_major, int64_t ld) {
+  FR_CHECK(a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16, "a and b must be bfloat16");
+  FR_CHECK(a.numel() >= 16 * ld && b.numel() >= 16 * ld, "a and b need 16 rows of ld elements");
+  at::Tensor c = at::empty({kWmmaDim, kWmmaDim}, a.options().dtype(at::kFloat));
+  const auto* pa = a.const_data_ptr<c10::BFloat16>();
+  const auto* pb = b.const_data_ptr<c10::BFloat16>();
+  float* pc = c.mutable_data_ptr<float>();
+  const unsigned l = static_cast<unsigned>(ld);
+  const int cc = c_col_major ? 1 : 0;
+  using R = wmma::row_major;
+  using C = wmma::col_major;
+  if (a_col_major && b_col_major) {
+    FR_LAUNCH((wmma_product_kernel<C, C>), dim3(1), dim3(kWarpSize), 0, nullptr, pa, pb, pc, l, cc);
+  } else if (a_col_major) {
+    FR_LAUNCH((wmma_product_kernel<C, R>), dim3(1), dim3(kWarpSize), 0, nullptr, pa, pb, pc, l, cc);
+  } else if (b_col_major) {
+    FR_LAUNCH((wmma_product_kernel<R, C>), dim3(1), dim3(kWarpSize), 0, nullptr, pa, pb, pc, l, cc);
+  } else {
+    FR_LAUNCH((wmma_product_kernel<R, R>), dim3(1), dim3(kWarpSize), 0, nullptr, pa, pb, pc, l, cc);
+  }
+  return c;
+}
+
 }  // namespace
 }  // namespace emu
 
 TORCH_LIBRARY_FRAGMENT(fastrobust_emu, m) {
   m.def("_selftest_block_sum(Tensor x, int block, int chunk, bool use_shuffles) "
         "-> (Tensor, Tensor, Tensor)");
+  m.def("_selftest_wmma(Tensor a, Tensor b, bool a_col_major, bool b_col_major, bool c_col_major, int ld) "
+        "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastrobust_emu, CPU, m) {
   m.impl("_selftest_block_sum", &emu::selftest_block_sum);
+  m.impl("_selftest_wmma", &emu::selftest_wmma);
 }
 
 }  // namespace fastrobust

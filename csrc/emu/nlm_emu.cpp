@@ -10,7 +10,7 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> nlm_gaussian_emu(const at::Tensor& theta, const at::Tensor& phi,
                                                     const at::Tensor& g, double scale) {
-  return emu::nlm::forward(theta, phi, g, scale, nullptr);
+  return emu::nlm::forward(theta, phi, g, scale, /*tensor_cores=*/true, nullptr);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> nlm_gaussian_backward_emu(
