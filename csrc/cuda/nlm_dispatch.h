@@ -17,7 +17,7 @@ namespace nlm {
 
 namespace pn = ::fastrobust::nlm;
 
-// tensor_cores: fp16 / bf16 inputs run the wmma forward (the device must be sm_80 or newer).
+// tensor_cores: fp16 / bf16 inputs run the wmma kernels (the device must be sm_80 or newer).
 inline std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& g,
                                                   double scale, bool tensor_cores, cudaStream_t stream) {
   const auto p = pn::prepare(theta, phi, g, scale);
@@ -37,7 +37,8 @@ inline std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& theta, const
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_y, const at::Tensor& theta,
                                                                const at::Tensor& phi, const at::Tensor& g,
                                                                const at::Tensor& y, const at::Tensor& lse,
-                                                               double scale, cudaStream_t stream) {
+                                                               double scale, bool tensor_cores,
+                                                               cudaStream_t stream) {
   const auto p = pn::prepare_backward(grad_y, theta, phi, g, y, lse, scale);
   at::Tensor grad_theta = at::empty_like(p.theta), grad_phi = at::empty_like(p.phi), grad_g = at::empty_like(p.g);
   if (p.batch > 0 && p.positions > 0) {
@@ -49,7 +50,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
       a.grad_theta = grad_theta.mutable_data_ptr<scalar_t>();
       a.grad_phi = grad_phi.mutable_data_ptr<scalar_t>();
       a.grad_g = grad_g.mutable_data_ptr<scalar_t>();
-      launch_backward<scalar_t>(a, stream);
+      launch_backward<scalar_t>(a, tensor_cores, stream);
     });
   }
   return {grad_theta.view(theta.sizes()), grad_phi.view(phi.sizes()), grad_g.view(g.sizes())};

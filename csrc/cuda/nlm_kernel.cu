@@ -8,18 +8,21 @@
 namespace fastrobust {
 namespace {
 
+// The wmma kernels need bf16 tensor cores: compute capability 8.0 or newer.
+bool has_tensor_cores() { return at::cuda::getCurrentDeviceProperties()->major >= 8; }
+
 std::tuple<at::Tensor, at::Tensor> nlm_gaussian_cuda(const at::Tensor& theta, const at::Tensor& phi,
                                                      const at::Tensor& g, double scale) {
   const c10::cuda::CUDAGuard guard(theta.device());
-  const bool tensor_cores = at::cuda::getCurrentDeviceProperties()->major >= 8;
-  return cuda::nlm::forward(theta, phi, g, scale, tensor_cores, at::cuda::getCurrentCUDAStream());
+  return cuda::nlm::forward(theta, phi, g, scale, has_tensor_cores(), at::cuda::getCurrentCUDAStream());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> nlm_gaussian_backward_cuda(
     const at::Tensor& grad_y, const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& g,
     const at::Tensor& y, const at::Tensor& lse, double scale) {
   const c10::cuda::CUDAGuard guard(theta.device());
-  return cuda::nlm::backward(grad_y, theta, phi, g, y, lse, scale, at::cuda::getCurrentCUDAStream());
+  return cuda::nlm::backward(grad_y, theta, phi, g, y, lse, scale, has_tensor_cores(),
+                             at::cuda::getCurrentCUDAStream());
 }
 
 }  // namespace

@@ -21,7 +21,7 @@
 // needs it: more arithmetic than FlashAttention-2's fused dK/dV kernel, but fixed-size
 // accumulators for every d and C.
 // These are SIMT kernels (fp32 FMA, fp32 accumulation for fp16/bf16). On GPUs with bf16
-// tensor cores (sm_80+) the fp16/bf16 forward runs nlm_wmma_kernels.cuh instead.
+// tensor cores (sm_80+) fp16/bf16 inputs run nlm_wmma_kernels.cuh instead.
 #include <algorithm>
 #include <cstdint>
 
@@ -257,10 +257,15 @@ void launch_forward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, cudaStream_t strea
 }
 
 template <typename scalar_t>
-void launch_backward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, cudaStream_t stream) {
+void launch_row_dot(const Ptrs<scalar_t, acc_t<scalar_t>>& a, cudaStream_t stream) {
   const int64_t rows = a.batch * a.positions;
   const int64_t row_blocks = std::min<int64_t>(ceil_div<int64_t>(rows, kThreads), 4096);
   FR_LAUNCH(row_dot_kernel<scalar_t>, dim3(static_cast<unsigned>(row_blocks)), dim3(kThreads), 0, stream, a);
+}
+
+template <typename scalar_t>
+void launch_backward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, cudaStream_t stream) {
+  launch_row_dot(a, stream);
   if (a.channels > 0)
     FR_LAUNCH((grad_kernel<scalar_t, Grad::kG>), tile_grid(a.batch, a.positions, a.channels), dim3(kThreads), 0,
               stream, a);

@@ -1,11 +1,13 @@
 #pragma once
-// Softmax non-local means forward on tensor cores, for fp16 and bf16 inputs (sm_80+): the
-// two products of a key tile, S = theta^T phi and O += P g^T, are 16x16x16 warp matrix
-// operations with float accumulators; the online softmax between them is SIMT code.
+// Softmax non-local means on tensor cores, for fp16 and bf16 inputs (sm_80+): every product
+// of a tile is a 16x16x16 warp matrix operation with float accumulators; the softmax maths
+// between products is SIMT code on float tiles in shared memory.
 //
-// A block has 4 warps and owns kQueries = 64 queries (warp w: rows 16w .. 16w + 15 in every
-// step, so the softmax rows and the matrix tiles of a warp are the same) and kOutWidth
-// channels of y. Per key tile of kKeys = 32:
+// A block has 4 warps and owns kQueries = 64 positions of its own (warp w: rows 16w .. 16w + 15
+// in every step, so a warp's SIMT rows and matrix tiles are the same) and kOutWidth columns of
+// its output; it walks the other positions in tiles of kKeys = 32.
+//
+// Forward (own positions are queries, output y). Per key tile:
 //   1. S (64 x 32) accumulates over the width d in chunks of 16, theta and phi staged in
 //      shared memory as 16-bit values (zero outside the sample, so any d, N);
 //   2. each row's two lanes (16 keys each) update the row's max m and sum l, write
@@ -14,7 +16,13 @@
 //      which entry of a wmma fragment is unspecified;
 //   3. O (64 x kOutWidth) += P (64 x 32) g^T (32 x kOutWidth).
 // P is rounded to the input type before the product, as FlashAttention does; l sums the
-// float values. The maths per row is kernels/nlm.h's, as in the SIMT kernel.
+// float values.
+//
+// Backward: the SIMT kernels' three gradient kernels (grad<kG>, <kPhi>, <kTheta>: same grids,
+// same recomputation of p and ds from the saved lse and D), with the logit tile S, the tile
+// dP = dy . g and the product T X on tensor cores; the output accumulators stay in wmma
+// fragments (no rescaling), written through shared memory at the end. T (p or ds) is
+// rounded to the input type before its product. The maths per entry is kernels/nlm.h's.
 #include <type_traits>
 
 #include "../common/wmma.cuh"
@@ -37,18 +45,82 @@ constexpr int kLdTheta = kQueries + 8;           // theta chunk, col-major A: [k
 constexpr int kLdKey = kKeys + 8;                // phi chunk [k][key]; P [query][key]; g [channel][key]
 constexpr int kLdS = kKeys + 4;                  // float S [query][key]
 constexpr int kLdO = kOutWidth + 4;              // float O [query][channel]
+// One float buffer serves the S (and dP) tiles and, at the end, the output tile.
+constexpr int kFloatTile = 2 * kQueries * kLdS > kQueries * kLdO ? 2 * kQueries * kLdS : kQueries * kLdO;
 static_assert(kThreads == kWarps * kWarpSize, "one warp per 16 query rows");
 static_assert(kQueries == kWarps * kWmmaDim && kKeys % kWmmaDim == 0 && kOutWidth % kWmmaDim == 0, "tile shape");
 static_assert(kWarpSize == 2 * kWmmaDim, "two lanes per softmax row");
 
 }  // namespace tc
 
+#if FR_HAS_WMMA
+using FragF = wmma::fragment<wmma::accumulator, kWmmaDim, kWmmaDim, kWmmaDim, float>;
+
+// dst[r * kLdS + t] = sum_k own[k, p0 + r] other[k, o0 + t] for the calling warp's 16 rows r and
+// the kKeys columns t, own and other one sample's (width, n) slices (0 outside them), through
+// 16-wide chunks staged in Own ([k][position], kLdTheta) and Oth ([k][position], kLdKey).
+// Every thread of the block must call it.
+template <typename scalar_t>
+__device__ void tile_product(float* dst, const scalar_t* own, const scalar_t* other, int64_t width, int64_t n,
+                             int64_t p0, int64_t o0, scalar_t* Own, scalar_t* Oth) {
+  using namespace tc;
+  using E = typename wmma_element<scalar_t>::type;
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  FragF acc[kKeys / kWmmaDim];
+  for (auto& f : acc) wmma::fill_fragment(f, 0.f);
+  for (int64_t k0 = 0; k0 < width; k0 += kChunk) {
+    stage<kQueries>(Own, kLdTheta, own, width, n, k0, kChunk, p0);
+    stage<kKeys>(Oth, kLdKey, other, width, n, k0, kChunk, o0);
+    __syncthreads();
+    wmma::fragment<wmma::matrix_a, kWmmaDim, kWmmaDim, kWmmaDim, E, wmma::col_major> fa;
+    wmma::load_matrix_sync(fa, as_wmma(Own + warp * kWmmaDim), kLdTheta);
+    for (int t = 0; t < kKeys / kWmmaDim; ++t) {
+      wmma::fragment<wmma::matrix_b, kWmmaDim, kWmmaDim, kWmmaDim, E, wmma::row_major> fb;
+      wmma::load_matrix_sync(fb, as_wmma(Oth + t * kWmmaDim), kLdKey);
+      wmma::mma_sync(acc[t], fa, fb, acc[t]);
+    }
+    __syncthreads();  // before the next chunk is staged
+  }
+  for (int t = 0; t < kKeys / kWmmaDim; ++t)
+    wmma::store_matrix_sync(dst + warp * kWmmaDim * kLdS + t * kWmmaDim, acc[t], kLdS, wmma::mem_row_major);
+}
+
+// acc[f] += T (the warp's 16 rows x kKeys, row-major, kLdKey) times X (kKeys x kOutWidth,
+// stored [column][key] with kLdKey), for the kOutWidth / 16 column blocks f.
+template <typename scalar_t>
+__device__ __forceinline__ void accumulate_product(FragF (&acc)[kOutWidth / kWmmaDim], const scalar_t* Ts,
+                                                   const scalar_t* Xs) {
+  using namespace tc;
+  using E = typename wmma_element<scalar_t>::type;
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  for (int f = 0; f < kOutWidth / kWmmaDim; ++f)
+    for (int kk = 0; kk < kKeys / kWmmaDim; ++kk) {
+      wmma::fragment<wmma::matrix_a, kWmmaDim, kWmmaDim, kWmmaDim, E, wmma::row_major> ft;
+      wmma::fragment<wmma::matrix_b, kWmmaDim, kWmmaDim, kWmmaDim, E, wmma::col_major> fx;
+      wmma::load_matrix_sync(ft, as_wmma(Ts + warp * kWmmaDim * kLdKey + kk * kWmmaDim), kLdKey);
+      wmma::load_matrix_sync(fx, as_wmma(Xs + f * kWmmaDim * kLdKey + kk * kWmmaDim), kLdKey);
+      wmma::mma_sync(acc[f], ft, fx, acc[f]);
+    }
+}
+#endif
+
+// out[(w0 + c) * n + p0 + r] = Fs[r * kLdO + c] * (row_inv ? row_inv[r] : 1) inside one
+// sample's (width, n) slice; consecutive threads write consecutive positions.
+template <typename scalar_t>
+__device__ __forceinline__ void store_tile_output(scalar_t* out, const float* Fs, const float* row_inv,
+                                                  int64_t width, int64_t n, int64_t w0, int64_t p0) {
+  using namespace tc;
+  for (int e = threadIdx.x; e < kOutWidth * kQueries; e += blockDim.x) {
+    const int c = e / kQueries, r = e % kQueries;
+    if (w0 + c < width && p0 + r < n)
+      out[(w0 + c) * n + p0 + r] = static_cast<scalar_t>(Fs[r * kLdO + c] * (row_inv ? row_inv[r] : 1.f));
+  }
+}
+
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, float> a) {
 #if FR_HAS_WMMA
   using namespace tc;
-  using E = typename wmma_element<scalar_t>::type;
-  using FragS = wmma::fragment<wmma::accumulator, kWmmaDim, kWmmaDim, kWmmaDim, float>;
   __shared__ __align__(32) scalar_t Ths[kChunk * kLdTheta];
   __shared__ __align__(32) scalar_t Phs[kChunk * kLdKey];
   __shared__ __align__(32) scalar_t Ps[kQueries * kLdKey];
@@ -69,23 +141,7 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
 
   for (int64_t k0 = 0; k0 < n; k0 += kKeys) {
     stage<kKeys>(Gs, kLdKey, g, a.channels, n, c0, kOutWidth, k0);
-    FragS s_acc[kKeys / kWmmaDim];
-    for (auto& f : s_acc) wmma::fill_fragment(f, 0.f);
-    for (int64_t d0 = 0; d0 < a.dim; d0 += kChunk) {
-      stage<kQueries>(Ths, kLdTheta, theta, a.dim, n, d0, kChunk, q0);
-      stage<kKeys>(Phs, kLdKey, phi, a.dim, n, d0, kChunk, k0);
-      __syncthreads();
-      wmma::fragment<wmma::matrix_a, kWmmaDim, kWmmaDim, kWmmaDim, E, wmma::col_major> fa;
-      wmma::load_matrix_sync(fa, as_wmma(Ths + warp * kWmmaDim), kLdTheta);
-      for (int t = 0; t < kKeys / kWmmaDim; ++t) {
-        wmma::fragment<wmma::matrix_b, kWmmaDim, kWmmaDim, kWmmaDim, E, wmma::row_major> fb;
-        wmma::load_matrix_sync(fb, as_wmma(Phs + t * kWmmaDim), kLdKey);
-        wmma::mma_sync(s_acc[t], fa, fb, s_acc[t]);
-      }
-      __syncthreads();  // before the next chunk is staged
-    }
-    for (int t = 0; t < kKeys / kWmmaDim; ++t)
-      wmma::store_matrix_sync(Ss + warp * kWmmaDim * kLdS + t * kWmmaDim, s_acc[t], kLdS, wmma::mem_row_major);
+    tile_product(Ss, theta, phi, a.dim, n, q0, k0, Ths, Phs);
     __syncwarp();
 
     // Online softmax of the row over this tile: the lane's 16 keys, then its partner's.
@@ -109,19 +165,13 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
     for (int c = half * (kOutWidth / 2); c < (half + 1) * (kOutWidth / 2); ++c) Os[row * kLdO + c] *= alpha;
     __syncthreads();  // g staged by the block; P and the rescaled O by the warp
 
-    for (int f = 0; f < kOutWidth / kWmmaDim; ++f) {
-      float* o_tile = Os + warp * kWmmaDim * kLdO + f * kWmmaDim;
-      FragS o_acc;
-      wmma::load_matrix_sync(o_acc, o_tile, kLdO, wmma::mem_row_major);
-      for (int kk = 0; kk < kKeys / kWmmaDim; ++kk) {
-        wmma::fragment<wmma::matrix_a, kWmmaDim, kWmmaDim, kWmmaDim, E, wmma::row_major> fp;
-        wmma::fragment<wmma::matrix_b, kWmmaDim, kWmmaDim, kWmmaDim, E, wmma::col_major> fg;
-        wmma::load_matrix_sync(fp, as_wmma(Ps + warp * kWmmaDim * kLdKey + kk * kWmmaDim), kLdKey);
-        wmma::load_matrix_sync(fg, as_wmma(Gs + f * kWmmaDim * kLdKey + kk * kWmmaDim), kLdKey);
-        wmma::mma_sync(o_acc, fp, fg, o_acc);
-      }
-      wmma::store_matrix_sync(o_tile, o_acc, kLdO, wmma::mem_row_major);
-    }
+    // the output accumulators round-trip through shared memory, where the rows were rescaled
+    FragF o_acc[kOutWidth / kWmmaDim];
+    for (int f = 0; f < kOutWidth / kWmmaDim; ++f)
+      wmma::load_matrix_sync(o_acc[f], Os + warp * kWmmaDim * kLdO + f * kWmmaDim, kLdO, wmma::mem_row_major);
+    accumulate_product(o_acc, Ps, Gs);
+    for (int f = 0; f < kOutWidth / kWmmaDim; ++f)
+      wmma::store_matrix_sync(Os + warp * kWmmaDim * kLdO + f * kWmmaDim, o_acc[f], kLdO, wmma::mem_row_major);
     __syncthreads();  // before the next tile restages g, theta, phi and rescales O
   }
 
@@ -131,11 +181,62 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
     if (blockIdx.y == 0 && i < n) a.lse[b * n + i] = mn::row_lse(m, l);
   }
   __syncthreads();
-  scalar_t* out = a.out + b * a.channels * n;
-  for (int e = threadIdx.x; e < kOutWidth * kQueries; e += blockDim.x) {
-    const int c = e / kQueries, r = e % kQueries;  // consecutive threads: consecutive positions
-    if (c0 + c < a.channels && q0 + r < n) out[(c0 + c) * n + q0 + r] = static_cast<scalar_t>(Os[r * kLdO + c] * row_inv[r]);
+  store_tile_output(a.out + b * a.channels * n, Os, row_inv, a.channels, n, c0, q0);
+#endif
+}
+
+template <typename scalar_t, Grad kWhich>
+__global__ void __launch_bounds__(kThreads) grad_wmma_kernel(Ptrs<scalar_t, float> a) {
+#if FR_HAS_WMMA
+  using namespace tc;
+  constexpr bool kByKey = kWhich != Grad::kTheta;  // the block's own positions are keys
+  constexpr bool kLogitGrad = kWhich != Grad::kG;  // T = ds (else p)
+  __shared__ __align__(32) scalar_t Own[kChunk * kLdTheta];
+  __shared__ __align__(32) scalar_t Oth[kChunk * kLdKey];
+  __shared__ __align__(32) scalar_t Ts[kQueries * kLdKey];
+  __shared__ __align__(32) scalar_t Xs[kOutWidth * kLdKey];
+  __shared__ __align__(32) float Fs[kFloatTile];
+  float* Ss = Fs;                       // logits, [own][other]
+  float* Dps = Fs + kQueries * kLdS;    // dp = dy . g, [own][other]
+
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int row = warp * kWmmaDim + lane / 2, half = lane % 2;
+  const int64_t b = blockIdx.z, p0 = int64_t(blockIdx.x) * kQueries, w0 = int64_t(blockIdx.y) * kOutWidth;
+  const int64_t n = a.positions;
+  const int64_t width = kWhich == Grad::kG ? a.channels : a.dim;
+  const scalar_t* theta = a.theta + b * a.dim * n;
+  const scalar_t* phi = a.phi + b * a.dim * n;
+  const scalar_t* g = a.g + b * a.channels * n;
+  const scalar_t* dy = a.grad_y + b * a.channels * n;
+  const scalar_t* x = kWhich == Grad::kG ? dy : (kWhich == Grad::kPhi ? theta : phi);
+  scalar_t* out = (kWhich == Grad::kG ? a.grad_g : (kWhich == Grad::kPhi ? a.grad_phi : a.grad_theta)) + b * width * n;
+  FragF o_acc[kOutWidth / kWmmaDim];
+  for (auto& f : o_acc) wmma::fill_fragment(f, 0.f);
+
+  for (int64_t o0 = 0; o0 < n; o0 += kKeys) {
+    stage<kKeys>(Xs, kLdKey, x, width, n, w0, kOutWidth, o0);
+    tile_product(Ss, kByKey ? phi : theta, kByKey ? theta : phi, a.dim, n, p0, o0, Own, Oth);
+    if (kLogitGrad) tile_product(Dps, kByKey ? g : dy, kByKey ? dy : g, a.channels, n, p0, o0, Own, Oth);
+    __syncwarp();
+    for (int u = 0; u < kHalfKeys; ++u) {
+      const int t = half * kHalfKeys + u;
+      const int64_t own = p0 + row, other = o0 + t;
+      const int64_t i = kByKey ? other : own, j = kByKey ? own : other;
+      float value = 0.f;  // 0 outside the N x N plane: padded rows must not reach the sums
+      if (i < n && j < n) {
+        const float p = mn::probability(a.scale * Ss[row * kLdS + t], a.lse[b * n + i]);
+        value = kLogitGrad ? mn::scaled_logit_grad(p, Dps[row * kLdS + t], a.row_dot[b * n + i], a.scale) : p;
+      }
+      Ts[row * kLdKey + t] = static_cast<scalar_t>(value);
+    }
+    __syncthreads();  // X staged by the block, T by the warp
+    accumulate_product(o_acc, Ts, Xs);
+    __syncthreads();  // before the next tile restages X and the products overwrite S, dP
   }
+  for (int f = 0; f < kOutWidth / kWmmaDim; ++f)
+    wmma::store_matrix_sync(Fs + warp * kWmmaDim * kLdO + f * kWmmaDim, o_acc[f], kLdO, wmma::mem_row_major);
+  __syncthreads();
+  store_tile_output(out, Fs, static_cast<const float*>(nullptr), width, n, w0, p0);
 #endif
 }
 
@@ -145,13 +246,38 @@ void launch_forward_wmma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
             dim3(kThreads), 0, stream, a);
 }
 
-// The forward for any input type: wmma for fp16 / bf16 when tensor_cores, SIMT otherwise.
+template <typename scalar_t>
+void launch_backward_wmma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
+  launch_row_dot(a, stream);
+  if (a.channels > 0)
+    FR_LAUNCH((grad_wmma_kernel<scalar_t, Grad::kG>), tile_grid(a.batch, a.positions, a.channels, tc::kQueries),
+              dim3(kThreads), 0, stream, a);
+  if (a.dim > 0) {
+    const dim3 grid = tile_grid(a.batch, a.positions, a.dim, tc::kQueries);
+    FR_LAUNCH((grad_wmma_kernel<scalar_t, Grad::kPhi>), grid, dim3(kThreads), 0, stream, a);
+    FR_LAUNCH((grad_wmma_kernel<scalar_t, Grad::kTheta>), grid, dim3(kThreads), 0, stream, a);
+  }
+}
+
+template <typename scalar_t>
+constexpr bool kHasWmmaPath = std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>;
+
+// The forward and the backward for any input type: wmma for fp16 / bf16 when tensor_cores,
+// SIMT otherwise.
 template <typename scalar_t>
 void launch_forward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, bool tensor_cores, cudaStream_t stream) {
-  if constexpr (std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>) {
+  if constexpr (kHasWmmaPath<scalar_t>) {
     if (tensor_cores) return launch_forward_wmma<scalar_t>(a, stream);
   }
   launch_forward<scalar_t>(a, stream);
+}
+
+template <typename scalar_t>
+void launch_backward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, bool tensor_cores, cudaStream_t stream) {
+  if constexpr (kHasWmmaPath<scalar_t>) {
+    if (tensor_cores) return launch_backward_wmma<scalar_t>(a, stream);
+  }
+  launch_backward<scalar_t>(a, stream);
 }
 
 }  // namespace nlm

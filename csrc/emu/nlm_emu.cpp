@@ -16,7 +16,7 @@ std::tuple<at::Tensor, at::Tensor> nlm_gaussian_emu(const at::Tensor& theta, con
 std::tuple<at::Tensor, at::Tensor, at::Tensor> nlm_gaussian_backward_emu(
     const at::Tensor& grad_y, const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& g,
     const at::Tensor& y, const at::Tensor& lse, double scale) {
-  return emu::nlm::backward(grad_y, theta, phi, g, y, lse, scale, nullptr);
+  return emu::nlm::backward(grad_y, theta, phi, g, y, lse, scale, /*tensor_cores=*/true, nullptr);
 }
 
 }  // namespace
