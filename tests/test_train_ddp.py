@@ -12,7 +12,7 @@ import torch
 from fastrobust.train import load_checkpoint
 
 SCRIPT = textwrap.dedent("""
-    import os, sys, torch
+    import gc, os, sys, weakref, torch
     from fastrobust.train import Trainer
 
     out = sys.argv[1]
@@ -21,11 +21,13 @@ SCRIPT = textwrap.dedent("""
                 plot=False, progress=False, out=out, device="cpu")
     initial = {k: v.clone() for k, v in t.model.state_dict().items()}
     result = t.fit()
+    group = weakref.ref(torch.distributed.group.WORLD)
+    t.close()
+    gc.collect()
     torch.save({"initial": initial, "final": t.model.state_dict(), "indices": t.loader.indices(0).cpu(),
-                "rank": t.dist.rank, "world_size": t.dist.world_size,
+                "rank": t.dist.rank, "world_size": t.dist.world_size, "group_freed": group() is None,
                 "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}},
                os.path.join(out, f"rank{t.dist.rank}.pt"))
-    t.close()
 """)
 
 
@@ -51,6 +53,9 @@ def test_two_cpu_ranks_end_with_identical_weights(tmp_path):
     r0 = torch.load(out / "rank0.pt", weights_only=True)
     r1 = torch.load(out / "rank1.pt", weights_only=True)
     assert (r0["rank"], r1["rank"], r0["world_size"]) == (0, 1, 2)
+    # close() really frees the process group (its gloo threads are joined then, not while the
+    # interpreter exits, where they could abort the process)
+    assert r0["group_freed"] and r1["group_freed"]
     # each rank trains on (and attacks) its own half of the epoch's permutation
     assert not set(r0["indices"].tolist()) & set(r1["indices"].tolist())
     # the same initial weights, training moved them, and both ranks end bitwise equal

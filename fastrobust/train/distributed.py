@@ -65,6 +65,10 @@ def setup(device: str = "auto") -> DistInfo:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
+    # torch._dynamo, imported lazily (DistributedDataParallel does), keeps references to the
+    # default group when the group already exists: destroy_process_group could not free it,
+    # and its still-running gloo threads abort the process at exit now and then
+    import torch._dynamo  # noqa: F401
     dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size)
     return DistInfo(rank, world_size, local_rank, dev, True)
 
