@@ -8,7 +8,7 @@
 // its output; it walks the other positions in tiles of kKeys = 32.
 //
 // Forward (own positions are queries, output y). Per key tile:
-//   1. S (64 x 32) accumulates over the width d in chunks of 16, theta and phi staged in
+//   1. S (64 x 32) accumulates over the width d in chunks of 32, theta and phi staged in
 //      shared memory as 16-bit values (zero outside the sample, so any d, N);
 //   2. each row's two lanes (16 keys each) update the row's max m and sum l, write
 //      P = exp(scale S - m) as 16-bit values and rescale the row's output accumulator by
@@ -36,7 +36,7 @@ namespace tc {
 
 constexpr int kQueries = 64;                     // queries per block (16 per warp)
 constexpr int kKeys = 32;                        // keys per tile
-constexpr int kChunk = kWmmaDim;                 // width of the theta / phi chunks
+constexpr int kChunk = 2 * kWmmaDim;             // rows of the reduction staged per barrier pair
 constexpr int kWarps = kQueries / kWmmaDim;
 constexpr int kHalfKeys = kKeys / 2;             // keys per lane in the softmax step
 // Leading dimensions of the shared tiles: a multiple of 16 bytes (wmma), padded off a
@@ -48,6 +48,7 @@ constexpr int kLdO = kOutWidth + 4;              // float O [query][channel]
 // One float buffer serves the S (and dP) tiles and, at the end, the output tile.
 constexpr int kFloatTile = 2 * kQueries * kLdS > kQueries * kLdO ? 2 * kQueries * kLdS : kQueries * kLdO;
 static_assert(kThreads == kWarps * kWarpSize, "one warp per 16 query rows");
+static_assert(kChunk % kWmmaDim == 0, "whole warp products per chunk");
 static_assert(kQueries == kWarps * kWmmaDim && kKeys % kWmmaDim == 0 && kOutWidth % kWmmaDim == 0, "tile shape");
 static_assert(kWarpSize == 2 * kWmmaDim, "two lanes per softmax row");
 
@@ -58,8 +59,8 @@ using FragF = wmma::fragment<wmma::accumulator, kWmmaDim, kWmmaDim, kWmmaDim, fl
 
 // dst[r * kLdS + t] = sum_k own[k, p0 + r] other[k, o0 + t] for the calling warp's 16 rows r and
 // the kKeys columns t, own and other one sample's (width, n) slices (0 outside them), through
-// 16-wide chunks staged in Own ([k][position], kLdTheta) and Oth ([k][position], kLdKey).
-// Every thread of the block must call it.
+// chunks of kChunk rows staged in Own ([k][position], kLdTheta) and Oth ([k][position], kLdKey),
+// each consumed as kChunk / 16 warp products. Every thread of the block must call it.
 template <typename scalar_t>
 __device__ void tile_product(float* dst, const scalar_t* own, const scalar_t* other, int64_t width, int64_t n,
                              int64_t p0, int64_t o0, scalar_t* Own, scalar_t* Oth) {
@@ -72,12 +73,14 @@ __device__ void tile_product(float* dst, const scalar_t* own, const scalar_t* ot
     stage<kQueries>(Own, kLdTheta, own, width, n, k0, kChunk, p0);
     stage<kKeys>(Oth, kLdKey, other, width, n, k0, kChunk, o0);
     __syncthreads();
-    wmma::fragment<wmma::matrix_a, kWmmaDim, kWmmaDim, kWmmaDim, E, wmma::col_major> fa;
-    wmma::load_matrix_sync(fa, as_wmma(Own + warp * kWmmaDim), kLdTheta);
-    for (int t = 0; t < kKeys / kWmmaDim; ++t) {
-      wmma::fragment<wmma::matrix_b, kWmmaDim, kWmmaDim, kWmmaDim, E, wmma::row_major> fb;
-      wmma::load_matrix_sync(fb, as_wmma(Oth + t * kWmmaDim), kLdKey);
-      wmma::mma_sync(acc[t], fa, fb, acc[t]);
+    for (int kk = 0; kk < kChunk / kWmmaDim; ++kk) {
+      wmma::fragment<wmma::matrix_a, kWmmaDim, kWmmaDim, kWmmaDim, E, wmma::col_major> fa;
+      wmma::load_matrix_sync(fa, as_wmma(Own + kk * kWmmaDim * kLdTheta + warp * kWmmaDim), kLdTheta);
+      for (int t = 0; t < kKeys / kWmmaDim; ++t) {
+        wmma::fragment<wmma::matrix_b, kWmmaDim, kWmmaDim, kWmmaDim, E, wmma::row_major> fb;
+        wmma::load_matrix_sync(fb, as_wmma(Oth + kk * kWmmaDim * kLdKey + t * kWmmaDim), kLdKey);
+        wmma::mma_sync(acc[t], fa, fb, acc[t]);
+      }
     }
     __syncthreads();  // before the next chunk is staged
   }
