@@ -242,10 +242,11 @@ __global__ void __launch_bounds__(kThreads) grad_kernel(Ptrs<scalar_t, acc_t<sca
   store_output(out + b * width * n, o, acc(1), width, n, w0, p0);
 }
 
-// Grid of (position tiles of `tile`, output slices of `width`, samples).
-inline dim3 tile_grid(int64_t batch, int64_t positions, int64_t width, int64_t tile = kTile) {
+// Grid of (position tiles of `tile`, slices of `slice` output columns, samples).
+inline dim3 tile_grid(int64_t batch, int64_t positions, int64_t width, int64_t tile = kTile,
+                      int64_t slice = kOutWidth) {
   const int64_t tiles = ceil_div<int64_t>(positions, tile);
-  const int64_t slices = width > 0 ? ceil_div<int64_t>(width, kOutWidth) : 1;
+  const int64_t slices = width > 0 ? ceil_div<int64_t>(width, slice) : 1;
   TORCH_CHECK(batch <= 65535, "nlm_gaussian: batch ", batch, " is too large for one launch (at most 65535)");
   TORCH_CHECK(tiles <= INT32_MAX && slices <= 65535, "nlm_gaussian: too many positions or channels for one launch");
   return dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(slices), static_cast<unsigned>(batch));

@@ -18,11 +18,12 @@
 // P is rounded to the input type before the product, as FlashAttention does; l sums the
 // float values.
 //
-// Backward: the SIMT kernels' three gradient kernels (grad<kG>, <kPhi>, <kTheta>: same grids,
-// same recomputation of p and ds from the saved lse and D), with the logit tile S, the tile
-// dP = dy . g and the product T X on tensor cores; the output accumulators stay in wmma
-// fragments (no rescaling), written through shared memory at the end. T (p or ds) is
-// rounded to the input type before its product. The maths per entry is kernels/nlm.h's.
+// Backward: the SIMT kernels' three gradient kernels (grad<kG>, <kPhi>, <kTheta>: the same
+// recomputation of p and ds from the saved lse and D), with the logit tile S, the tile
+// dP = dy . g and the product T X on tensor cores, and kGradWidth = 128 output columns per
+// block; the output accumulators stay in wmma fragments (no rescaling), written through
+// shared memory at the end. T (p or ds) is rounded to the input type before its product. The
+// maths per entry is kernels/nlm.h's.
 #include <type_traits>
 
 #include "../common/wmma.cuh"
@@ -45,6 +46,10 @@ constexpr int kLdTheta = kQueries + 8;           // theta chunk, col-major A: [k
 constexpr int kLdKey = kKeys + 8;                // phi chunk [k][key]; P [query][key]; g [channel][key]
 constexpr int kLdS = kKeys + 4;                  // float S [query][key]
 constexpr int kLdO = kOutWidth + 4;              // float O [query][channel]
+// The gradient kernels own twice as many output columns per block as the forward: their
+// accumulators stay in registers (no rescaling), and each output slice recomputes S (and dP)
+// over the whole N x N plane, so wider slices mean proportionally fewer recomputations.
+constexpr int kGradWidth = 2 * kOutWidth;
 // One float buffer serves the S (and dP) tiles and, at the end, the output tile.
 constexpr int kFloatTile = 2 * kQueries * kLdS > kQueries * kLdO ? 2 * kQueries * kLdS : kQueries * kLdO;
 static_assert(kThreads == kWarps * kWarpSize, "one warp per 16 query rows");
@@ -88,15 +93,15 @@ __device__ void tile_product(float* dst, const scalar_t* own, const scalar_t* ot
     wmma::store_matrix_sync(dst + warp * kWmmaDim * kLdS + t * kWmmaDim, acc[t], kLdS, wmma::mem_row_major);
 }
 
-// acc[f] += T (the warp's 16 rows x kKeys, row-major, kLdKey) times X (kKeys x kOutWidth,
-// stored [column][key] with kLdKey), for the kOutWidth / 16 column blocks f.
-template <typename scalar_t>
-__device__ __forceinline__ void accumulate_product(FragF (&acc)[kOutWidth / kWmmaDim], const scalar_t* Ts,
+// acc[f] += T (the warp's 16 rows x kKeys, row-major, kLdKey) times X (kKeys x kWidth,
+// stored [column][key] with kLdKey), for the kWidth / 16 column blocks f.
+template <int kWidth, typename scalar_t>
+__device__ __forceinline__ void accumulate_product(FragF (&acc)[kWidth / kWmmaDim], const scalar_t* Ts,
                                                    const scalar_t* Xs) {
   using namespace tc;
   using E = typename wmma_element<scalar_t>::type;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
-  for (int f = 0; f < kOutWidth / kWmmaDim; ++f)
+  for (int f = 0; f < kWidth / kWmmaDim; ++f)
     for (int kk = 0; kk < kKeys / kWmmaDim; ++kk) {
       wmma::fragment<wmma::matrix_a, kWmmaDim, kWmmaDim, kWmmaDim, E, wmma::row_major> ft;
       wmma::fragment<wmma::matrix_b, kWmmaDim, kWmmaDim, kWmmaDim, E, wmma::col_major> fx;
@@ -172,7 +177,7 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
     FragF o_acc[kOutWidth / kWmmaDim];
     for (int f = 0; f < kOutWidth / kWmmaDim; ++f)
       wmma::load_matrix_sync(o_acc[f], Os + warp * kWmmaDim * kLdO + f * kWmmaDim, kLdO, wmma::mem_row_major);
-    accumulate_product(o_acc, Ps, Gs);
+    accumulate_product<kOutWidth>(o_acc, Ps, Gs);
     for (int f = 0; f < kOutWidth / kWmmaDim; ++f)
       wmma::store_matrix_sync(Os + warp * kWmmaDim * kLdO + f * kWmmaDim, o_acc[f], kLdO, wmma::mem_row_major);
     __syncthreads();  // before the next tile restages g, theta, phi and rescales O
@@ -197,14 +202,14 @@ __global__ void __launch_bounds__(kThreads) grad_wmma_kernel(Ptrs<scalar_t, floa
   __shared__ __align__(32) scalar_t Own[kChunk * kLdTheta];
   __shared__ __align__(32) scalar_t Oth[kChunk * kLdKey];
   __shared__ __align__(32) scalar_t Ts[kQueries * kLdKey];
-  __shared__ __align__(32) scalar_t Xs[kOutWidth * kLdKey];
+  __shared__ __align__(32) scalar_t Xs[kGradWidth * kLdKey];
   __shared__ __align__(32) float Fs[kFloatTile];
   float* Ss = Fs;                       // logits, [own][other]
   float* Dps = Fs + kQueries * kLdS;    // dp = dy . g, [own][other]
 
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int row = warp * kWmmaDim + lane / 2, half = lane % 2;
-  const int64_t b = blockIdx.z, p0 = int64_t(blockIdx.x) * kQueries, w0 = int64_t(blockIdx.y) * kOutWidth;
+  const int64_t b = blockIdx.z, p0 = int64_t(blockIdx.x) * kQueries, w0 = int64_t(blockIdx.y) * kGradWidth;
   const int64_t n = a.positions;
   const int64_t width = kWhich == Grad::kG ? a.channels : a.dim;
   const scalar_t* theta = a.theta + b * a.dim * n;
@@ -213,11 +218,11 @@ __global__ void __launch_bounds__(kThreads) grad_wmma_kernel(Ptrs<scalar_t, floa
   const scalar_t* dy = a.grad_y + b * a.channels * n;
   const scalar_t* x = kWhich == Grad::kG ? dy : (kWhich == Grad::kPhi ? theta : phi);
   scalar_t* out = (kWhich == Grad::kG ? a.grad_g : (kWhich == Grad::kPhi ? a.grad_phi : a.grad_theta)) + b * width * n;
-  FragF o_acc[kOutWidth / kWmmaDim];
+  FragF o_acc[kGradWidth / kWmmaDim];
   for (auto& f : o_acc) wmma::fill_fragment(f, 0.f);
 
   for (int64_t o0 = 0; o0 < n; o0 += kKeys) {
-    stage<kKeys>(Xs, kLdKey, x, width, n, w0, kOutWidth, o0);
+    stage<kKeys>(Xs, kLdKey, x, width, n, w0, kGradWidth, o0);
     tile_product(Ss, kByKey ? phi : theta, kByKey ? theta : phi, a.dim, n, p0, o0, Own, Oth);
     if (kLogitGrad) tile_product(Dps, kByKey ? g : dy, kByKey ? dy : g, a.channels, n, p0, o0, Own, Oth);
     __syncwarp();
@@ -233,13 +238,19 @@ __global__ void __launch_bounds__(kThreads) grad_wmma_kernel(Ptrs<scalar_t, floa
       Ts[row * kLdKey + t] = static_cast<scalar_t>(value);
     }
     __syncthreads();  // X staged by the block, T by the warp
-    accumulate_product(o_acc, Ts, Xs);
+    accumulate_product<kGradWidth>(o_acc, Ts, Xs);
     __syncthreads();  // before the next tile restages X and the products overwrite S, dP
   }
-  for (int f = 0; f < kOutWidth / kWmmaDim; ++f)
-    wmma::store_matrix_sync(Fs + warp * kWmmaDim * kLdO + f * kWmmaDim, o_acc[f], kLdO, wmma::mem_row_major);
-  __syncthreads();
-  store_tile_output(out, Fs, static_cast<const float*>(nullptr), width, n, w0, p0);
+  // written kOutWidth columns at a time through the float buffer
+  constexpr int kPerPass = kOutWidth / kWmmaDim;
+  for (int pass = 0; pass < kGradWidth / kOutWidth; ++pass) {
+    for (int f = 0; f < kPerPass; ++f)
+      wmma::store_matrix_sync(Fs + warp * kWmmaDim * kLdO + f * kWmmaDim, o_acc[pass * kPerPass + f], kLdO,
+                              wmma::mem_row_major);
+    __syncthreads();
+    store_tile_output(out, Fs, static_cast<const float*>(nullptr), width, n, w0 + pass * kOutWidth, p0);
+    __syncthreads();  // before the next pass overwrites the buffer
+  }
 #endif
 }
 
@@ -253,10 +264,10 @@ template <typename scalar_t>
 void launch_backward_wmma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
   launch_row_dot(a, stream);
   if (a.channels > 0)
-    FR_LAUNCH((grad_wmma_kernel<scalar_t, Grad::kG>), tile_grid(a.batch, a.positions, a.channels, tc::kQueries),
-              dim3(kThreads), 0, stream, a);
+    FR_LAUNCH((grad_wmma_kernel<scalar_t, Grad::kG>),
+              tile_grid(a.batch, a.positions, a.channels, tc::kQueries, tc::kGradWidth), dim3(kThreads), 0, stream, a);
   if (a.dim > 0) {
-    const dim3 grid = tile_grid(a.batch, a.positions, a.dim, tc::kQueries);
+    const dim3 grid = tile_grid(a.batch, a.positions, a.dim, tc::kQueries, tc::kGradWidth);
     FR_LAUNCH((grad_wmma_kernel<scalar_t, Grad::kPhi>), grid, dim3(kThreads), 0, stream, a);
     FR_LAUNCH((grad_wmma_kernel<scalar_t, Grad::kTheta>), grid, dim3(kThreads), 0, stream, a);
   }
