@@ -9,7 +9,10 @@ over all N = H * W positions of a feature map; theta and phi of width d, g of wi
 nlm_gaussian is the op `fastrobust::nlm_gaussian`, flash-style: the N x N affinity is never
 stored. It returns y and the per-row log-sum-exp (B, N) of the logits, from which the
 backward op `_nlm_gaussian_backward` recomputes the softmax tile by tile (the
-FlashAttention-2 scheme). Extra memory: O(B * N).
+FlashAttention-2 scheme). Extra memory: O(B * N). On CUDA GPUs of compute capability 8.0 or
+newer, float16 and bfloat16 inputs run on tensor cores with float32 accumulation (the
+probabilities, and ds in the backward, are rounded to the input type before their second
+product, as FlashAttention does); float32 runs in float32 FMA (no TF32).
 
 nlm_dot is linear in each input, so it needs no kernel: it is two batched GEMMs in the cheaper
 order, theta (phi^T g) / N when that costs fewer flops than forming the N x N affinity.
