@@ -9,7 +9,7 @@ import torch
 import fastrobust
 from fastrobust.ops.nlm import nlm_gaussian
 from fastrobust.reference import nlm as reference
-from fastrobust.testing import FORWARD_TOL, REDUCTION_TOL, assert_close_to_oracle, backends
+from fastrobust.testing import CUDA_EMU, FORWARD_TOL, REDUCTION_TOL, assert_close_to_oracle, backends
 
 pytestmark = pytest.mark.skipif(not fastrobust.HAS_EXT, reason="compiled extension not built")
 
@@ -89,6 +89,22 @@ def check(backend, shape, dtype, seed=0, logit_std=2.0, layout=None, scale=None)
 def test_matches_reference(backend, dtype):
     for i, shape in enumerate(EMU_SHAPES if backend.emulated else SHAPES):
         check(backend, shape, dtype, seed=i)
+
+
+@pytest.mark.skipif(not fastrobust.HAS_EMU, reason="built without FR_EMULATE_CUDA=1")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_emulated_simt_path_of_16_bit_types(monkeypatch, dtype):
+    # What a GPU older than sm_80 runs for fp16/bf16: the SIMT kernels (float32 products)
+    emu = CUDA_EMU
+    shape = (2, 24, 70, 9, 8)
+    theta, phi, g, _ = inputs(shape, dtype, "cpu")
+    tensor_cores = emu.op("nlm_gaussian")(theta, phi, g, 0.2)[0]
+    monkeypatch.setenv("FASTROBUST_EMU_SIMT", "1")
+    simt = emu.op("nlm_gaussian")(theta, phi, g, 0.2)[0]
+    # the two paths round differently (p is rounded to the input type on tensor cores only)
+    assert not torch.equal(simt, tensor_cores)
+    for i, shape in enumerate(EMU_SHAPES):
+        check(emu, shape, dtype, seed=i)
 
 
 @pytest.mark.parametrize("backend", backends())
