@@ -4,10 +4,10 @@
 // between products is SIMT code on float tiles in shared memory.
 //
 // A block has 4 warps and owns kQueries = 64 positions of its own (warp w: rows 16w .. 16w + 15
-// in every step, so a warp's SIMT rows and matrix tiles are the same) and kOutWidth columns of
-// its output; it walks the other positions in tiles of kKeys = 32.
+// in every step, so a warp's SIMT rows and matrix tiles are the same) and a slice of the
+// columns of its output; it walks the other positions in tiles of kKeys = 32.
 //
-// Forward (own positions are queries, output y). Per key tile:
+// Forward, up to kOutWidth = 64 channels: one pass (own positions are queries). Per key tile:
 //   1. S (64 x 32) accumulates over the width d in chunks of 32, theta and phi staged in
 //      shared memory as 16-bit values (zero outside the sample, so any d, N);
 //   2. each row's two lanes (16 keys each) update the row's max m and sum l, write
@@ -16,12 +16,13 @@
 //      which entry of a wmma fragment is unspecified;
 //   3. O (64 x kOutWidth) += P (64 x 32) g^T (32 x kOutWidth).
 // P is rounded to the input type before the product, as FlashAttention does; l sums the
-// float values.
+// float values. Wider g: the same kernel without outputs computes the lse, then
+// slice_wmma_kernel<kY> forms y in slices of kGradWidth = 128 channels.
 //
-// Backward: the SIMT kernels' three gradient kernels (grad<kG>, <kPhi>, <kTheta>: the same
-// recomputation of p and ds from the saved lse and D), with the logit tile S, the tile
-// dP = dy . g and the product T X on tensor cores, and kGradWidth = 128 output columns per
-// block; the output accumulators stay in wmma fragments (no rescaling), written through
+// slice_wmma_kernel (y in two-pass forwards, and the backward: the SIMT kernels' three
+// gradient kernels, with the same recomputation of p and ds from the saved lse and D): the
+// logit tile S, the tile dP = dy . g and the product T X on tensor cores, kGradWidth output
+// columns per block, the accumulators in wmma fragments (no rescaling), written through
 // shared memory at the end. T (p or ds) is rounded to the input type before its product. The
 // maths per entry is kernels/nlm.h's.
 #include <type_traits>
@@ -125,7 +126,9 @@ __device__ __forceinline__ void store_tile_output(scalar_t* out, const float* Fs
   }
 }
 
-template <typename scalar_t>
+// kWithOutput: y and lse in one pass over the keys; otherwise only the lse (the first pass of
+// the two-pass forward, whose outputs come from slice_wmma_kernel<kY>).
+template <typename scalar_t, bool kWithOutput>
 __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, float> a) {
 #if FR_HAS_WMMA
   using namespace tc;
@@ -148,7 +151,7 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
   float m = mn::neg_inf<float>(), l = 0.f;
 
   for (int64_t k0 = 0; k0 < n; k0 += kKeys) {
-    stage<kKeys>(Gs, kLdKey, g, a.channels, n, c0, kOutWidth, k0);
+    if (kWithOutput) stage<kKeys>(Gs, kLdKey, g, a.channels, n, c0, kOutWidth, k0);
     tile_product(Ss, theta, phi, a.dim, n, q0, k0, Ths, Phs);
     __syncwarp();
 
@@ -166,10 +169,14 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
     for (int u = 0; u < kHalfKeys; ++u) {
       const float p = mn::shifted_weight(s[u], m_new);
       sum += p;
-      Ps[row * kLdKey + half * kHalfKeys + u] = static_cast<scalar_t>(p);
+      if (kWithOutput) Ps[row * kLdKey + half * kHalfKeys + u] = static_cast<scalar_t>(p);
     }
     l = l * alpha + sum + __shfl_xor_sync(0xffffffffu, sum, 1);
     m = m_new;
+    if (!kWithOutput) {
+      __syncthreads();  // the next tile's products overwrite S
+      continue;
+    }
     for (int c = half * (kOutWidth / 2); c < (half + 1) * (kOutWidth / 2); ++c) Os[row * kLdO + c] *= alpha;
     __syncthreads();  // g staged by the block; P and the rescaled O by the warp
 
@@ -188,17 +195,30 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
     row_inv[row] = 1.f / l;
     if (blockIdx.y == 0 && i < n) a.lse[b * n + i] = mn::row_lse(m, l);
   }
+  if (!kWithOutput) return;
   __syncthreads();
   store_tile_output(a.out + b * a.channels * n, Os, row_inv, a.channels, n, c0, q0);
 #endif
 }
 
-template <typename scalar_t, Grad kWhich>
-__global__ void __launch_bounds__(kThreads) grad_wmma_kernel(Ptrs<scalar_t, float> a) {
+// Which output a slice kernel computes: y (the second pass of the two-pass forward) or one of
+// the three gradients.
+enum class Slice { kY, kG, kPhi, kTheta };
+
+// One block: kGradWidth columns of its output for kQueries own positions, from the tiles
+// T (p or ds) of the other axis times a staged slice X of one input:
+//   y_i      = sum_j p_ij g_j          (own = queries, X = g)
+//   dg_j     = sum_i p_ij dy_i         (own = keys,    X = dy)
+//   dphi_j   = sum_i ds_ij theta_i     (own = keys,    X = theta)
+//   dtheta_i = sum_j ds_ij phi_j       (own = queries, X = phi)
+// p comes from the saved lse, so no rescaling: the accumulators stay in registers.
+template <typename scalar_t, Slice kWhich>
+__global__ void __launch_bounds__(kThreads) slice_wmma_kernel(Ptrs<scalar_t, float> a) {
 #if FR_HAS_WMMA
   using namespace tc;
-  constexpr bool kByKey = kWhich != Grad::kTheta;  // the block's own positions are keys
-  constexpr bool kLogitGrad = kWhich != Grad::kG;  // T = ds (else p)
+  constexpr bool kByKey = kWhich == Slice::kG || kWhich == Slice::kPhi;        // own positions are keys
+  constexpr bool kLogitGrad = kWhich == Slice::kPhi || kWhich == Slice::kTheta;  // T = ds (else p)
+  constexpr bool kChannels = kWhich == Slice::kY || kWhich == Slice::kG;         // output width C (else d)
   __shared__ __align__(32) scalar_t Own[kChunk * kLdTheta];
   __shared__ __align__(32) scalar_t Oth[kChunk * kLdKey];
   __shared__ __align__(32) scalar_t Ts[kQueries * kLdKey];
@@ -211,13 +231,16 @@ __global__ void __launch_bounds__(kThreads) grad_wmma_kernel(Ptrs<scalar_t, floa
   const int row = warp * kWmmaDim + lane / 2, half = lane % 2;
   const int64_t b = blockIdx.z, p0 = int64_t(blockIdx.x) * kQueries, w0 = int64_t(blockIdx.y) * kGradWidth;
   const int64_t n = a.positions;
-  const int64_t width = kWhich == Grad::kG ? a.channels : a.dim;
+  const int64_t width = kChannels ? a.channels : a.dim;
   const scalar_t* theta = a.theta + b * a.dim * n;
   const scalar_t* phi = a.phi + b * a.dim * n;
   const scalar_t* g = a.g + b * a.channels * n;
-  const scalar_t* dy = a.grad_y + b * a.channels * n;
-  const scalar_t* x = kWhich == Grad::kG ? dy : (kWhich == Grad::kPhi ? theta : phi);
-  scalar_t* out = (kWhich == Grad::kG ? a.grad_g : (kWhich == Grad::kPhi ? a.grad_phi : a.grad_theta)) + b * width * n;
+  const scalar_t* dy = kWhich == Slice::kY ? nullptr : a.grad_y + b * a.channels * n;
+  const scalar_t* x = kWhich == Slice::kY ? g : (kWhich == Slice::kG ? dy : (kWhich == Slice::kPhi ? theta : phi));
+  scalar_t* out = (kWhich == Slice::kY ? a.out
+                                       : (kWhich == Slice::kG ? a.grad_g
+                                                              : (kWhich == Slice::kPhi ? a.grad_phi : a.grad_theta))) +
+                  b * width * n;
   FragF o_acc[kGradWidth / kWmmaDim];
   for (auto& f : o_acc) wmma::fill_fragment(f, 0.f);
 
@@ -254,22 +277,32 @@ __global__ void __launch_bounds__(kThreads) grad_wmma_kernel(Ptrs<scalar_t, floa
 #endif
 }
 
+// Up to kOutWidth channels: one pass (online softmax, y and lse). Wider: the lse first, then
+// y in slices of kGradWidth channels with the accumulators in registers, which recomputes the
+// logits once per 128 channels instead of once per 64.
 template <typename scalar_t>
 void launch_forward_wmma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
-  FR_LAUNCH(forward_wmma_kernel<scalar_t>, tile_grid(a.batch, a.positions, a.channels, tc::kQueries),
+  if (a.channels <= kOutWidth) {
+    FR_LAUNCH((forward_wmma_kernel<scalar_t, true>), tile_grid(a.batch, a.positions, a.channels, tc::kQueries),
+              dim3(kThreads), 0, stream, a);
+    return;
+  }
+  FR_LAUNCH((forward_wmma_kernel<scalar_t, false>), tile_grid(a.batch, a.positions, 0, tc::kQueries),
             dim3(kThreads), 0, stream, a);
+  FR_LAUNCH((slice_wmma_kernel<scalar_t, Slice::kY>),
+            tile_grid(a.batch, a.positions, a.channels, tc::kQueries, tc::kGradWidth), dim3(kThreads), 0, stream, a);
 }
 
 template <typename scalar_t>
 void launch_backward_wmma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
   launch_row_dot(a, stream);
   if (a.channels > 0)
-    FR_LAUNCH((grad_wmma_kernel<scalar_t, Grad::kG>),
+    FR_LAUNCH((slice_wmma_kernel<scalar_t, Slice::kG>),
               tile_grid(a.batch, a.positions, a.channels, tc::kQueries, tc::kGradWidth), dim3(kThreads), 0, stream, a);
   if (a.dim > 0) {
     const dim3 grid = tile_grid(a.batch, a.positions, a.dim, tc::kQueries, tc::kGradWidth);
-    FR_LAUNCH((grad_wmma_kernel<scalar_t, Grad::kPhi>), grid, dim3(kThreads), 0, stream, a);
-    FR_LAUNCH((grad_wmma_kernel<scalar_t, Grad::kTheta>), grid, dim3(kThreads), 0, stream, a);
+    FR_LAUNCH((slice_wmma_kernel<scalar_t, Slice::kPhi>), grid, dim3(kThreads), 0, stream, a);
+    FR_LAUNCH((slice_wmma_kernel<scalar_t, Slice::kTheta>), grid, dim3(kThreads), 0, stream, a);
   }
 }
 
