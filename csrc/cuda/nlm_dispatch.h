@@ -24,10 +24,14 @@ inline std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& theta, const
   at::Tensor y = at::empty({p.batch, p.channels, p.positions}, p.g.options());
   at::Tensor lse = at::empty({p.batch, p.positions}, p.theta.options().dtype(pn::acc_dtype(theta)));
   if (p.batch > 0 && p.positions > 0) {
+    // the row max of the two-pass tensor-core forward (B x N floats; unused otherwise)
+    const bool half_type = theta.scalar_type() == at::kHalf || theta.scalar_type() == at::kBFloat16;
+    const at::Tensor row_max = tensor_cores && half_type ? at::empty_like(lse) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.theta.scalar_type(), "nlm_gaussian", [&] {
       auto a = pn::ptrs<scalar_t, acc_t<scalar_t>>(p);
       a.out = y.mutable_data_ptr<scalar_t>();
       a.lse = lse.mutable_data_ptr<acc_t<scalar_t>>();
+      if (row_max.defined()) a.row_max = row_max.mutable_data_ptr<acc_t<scalar_t>>();
       launch_forward<scalar_t>(a, tensor_cores, stream);
     });
   }

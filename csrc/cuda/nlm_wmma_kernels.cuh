@@ -193,7 +193,10 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
   const int64_t i = q0 + row;
   if (half == 0) {
     row_inv[row] = 1.f / l;
-    if (blockIdx.y == 0 && i < n) a.lse[b * n + i] = mn::row_lse(m, l);
+    if (blockIdx.y == 0 && i < n) {
+      a.lse[b * n + i] = mn::row_lse(m, l);
+      if (!kWithOutput) a.row_max[b * n + i] = m;
+    }
   }
   if (!kWithOutput) return;
   __syncthreads();
@@ -211,7 +214,8 @@ enum class Slice { kY, kG, kPhi, kTheta };
 //   dg_j     = sum_i p_ij dy_i         (own = keys,    X = dy)
 //   dphi_j   = sum_i ds_ij theta_i     (own = keys,    X = theta)
 //   dtheta_i = sum_j ds_ij phi_j       (own = queries, X = phi)
-// p comes from the saved lse, so no rescaling: the accumulators stay in registers.
+// p comes from the saved lse (for y: exp(s - m) from the saved row max, times 1 / l at the
+// end), so no rescaling: the accumulators stay in registers.
 template <typename scalar_t, Slice kWhich>
 __global__ void __launch_bounds__(kThreads) slice_wmma_kernel(Ptrs<scalar_t, float> a) {
 #if FR_HAS_WMMA
@@ -255,7 +259,10 @@ __global__ void __launch_bounds__(kThreads) slice_wmma_kernel(Ptrs<scalar_t, flo
       const int64_t i = kByKey ? other : own, j = kByKey ? own : other;
       float value = 0.f;  // 0 outside the N x N plane: padded rows must not reach the sums
       if (i < n && j < n) {
-        const float p = mn::probability(a.scale * Ss[row * kLdS + t], a.lse[b * n + i]);
+        // y: exp(s - m), the row's largest weight exactly 1 (as in the one-pass forward), and
+        // 1 / l at the end; the gradients: p itself
+        const float shift = kWhich == Slice::kY ? a.row_max[b * n + i] : a.lse[b * n + i];
+        const float p = mn::probability(a.scale * Ss[row * kLdS + t], shift);
         value = kLogitGrad ? mn::scaled_logit_grad(p, Dps[row * kLdS + t], a.row_dot[b * n + i], a.scale) : p;
       }
       Ts[row * kLdKey + t] = static_cast<scalar_t>(value);
@@ -264,6 +271,10 @@ __global__ void __launch_bounds__(kThreads) slice_wmma_kernel(Ptrs<scalar_t, flo
     accumulate_product<kGradWidth>(o_acc, Ts, Xs);
     __syncthreads();  // before the next tile restages X and the products overwrite S, dP
   }
+  // y's rows are scaled by 1 / l = exp(m - lse)
+  __shared__ float row_scale[kQueries];
+  if (kWhich == Slice::kY && half == 0)
+    row_scale[row] = p0 + row < n ? mn::probability(a.row_max[b * n + p0 + row], a.lse[b * n + p0 + row]) : 0.f;
   // written kOutWidth columns at a time through the float buffer
   constexpr int kPerPass = kOutWidth / kWmmaDim;
   for (int pass = 0; pass < kGradWidth / kOutWidth; ++pass) {
@@ -271,7 +282,7 @@ __global__ void __launch_bounds__(kThreads) slice_wmma_kernel(Ptrs<scalar_t, flo
       wmma::store_matrix_sync(Fs + warp * kWmmaDim * kLdO + f * kWmmaDim, o_acc[pass * kPerPass + f], kLdO,
                               wmma::mem_row_major);
     __syncthreads();
-    store_tile_output(out, Fs, static_cast<const float*>(nullptr), width, n, w0 + pass * kOutWidth, p0);
+    store_tile_output(out, Fs, kWhich == Slice::kY ? row_scale : nullptr, width, n, w0 + pass * kOutWidth, p0);
     __syncthreads();  // before the next pass overwrites the buffer
   }
 #endif
