@@ -188,6 +188,13 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     return _result("zero_gradients", problems, "the input gradients are non-zero", {"zero_fraction": fraction}, warn)
 
 
+
+def _rises(settings, accs, tol):
+    """(setting, next setting, accuracy, next accuracy) wherever accuracy rises by more than tol
+    from one setting to the next."""
+    return [(settings[i], settings[i + 1], accs[i], accs[i + 1]) for i in range(len(settings) - 1)
+            if accs[i + 1] > accs[i] + tol]
+
 def check_eps_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "linf",
                     eps_values: Optional[Sequence[float]] = None, large_eps: Optional[float] = None,
                     steps: int = 20, tol: float = DEFAULT_TOL, zero_tol: Optional[float] = None,
@@ -215,8 +222,7 @@ def check_eps_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
             accs.append(attack_accuracy(model, x, y, _pgd(model, e, norm, steps, seed, autocast, lo=lo, hi=hi),
                                         batch_size, device, autocast=autocast))
     problems = []
-    rises = [(values[i], values[i + 1], accs[i], accs[i + 1]) for i in range(len(values) - 1)
-             if accs[i + 1] > accs[i] + tol]
+    rises = _rises(values, accs, tol)
     if rises:
         problems.append("accuracy rises with eps: " + ", ".join(
             f"{100 * a:.1f}% at {e0:.4g} -> {100 * b:.1f}% at {e1:.4g}" for e0, e1, a, b in rises))
@@ -252,8 +258,7 @@ def check_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, 
     restarted = attack_accuracy(model, x, y, _pgd(model, eps, norm, restart_steps, seed, autocast, alpha=alpha,
                                                   restarts=restarts), batch_size, device, autocast=autocast)
     problems = []
-    rises = [(counts[i], counts[i + 1], accs[i], accs[i + 1]) for i in range(len(counts) - 1)
-             if accs[i + 1] > accs[i] + tol]
+    rises = _rises(counts, accs, tol)
     if rises:
         problems.append("more steps raise accuracy: " + ", ".join(
             f"{100 * a:.1f}% with {s0} -> {100 * b:.1f}% with {s1}" for s0, s1, a, b in rises))

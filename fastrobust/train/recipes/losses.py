@@ -104,14 +104,21 @@ def kl_objective(clean_logits: torch.Tensor) -> Callable:
     """The attacks' loss=callable for maximising KL(p(x) || p(x_adv)) row by row; p(x) comes
     from `clean_logits` (fixed, computed once). The attack keeps the rows in the batch's order
     (one restart, one pass), which the shape check guards."""
+    return rowwise_objective("KL", clean_logits, kl_rows)
+
+
+def rowwise_objective(name: str, clean_logits: torch.Tensor,
+                      rows: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
+    """The attacks' loss=callable rows(p(x) logits, attack logits) with p(x) fixed; the attack
+    must keep the rows in the batch's order, which the shape check guards."""
     clean_logits = clean_logits.detach()
 
     def objective(output, y, targets):
         logits = output_logits(output)
         if logits.shape != clean_logits.shape:
-            raise ValueError(f"KL objective: attack rows {tuple(logits.shape)} do not match the batch "
+            raise ValueError(f"{name} objective: attack rows {tuple(logits.shape)} do not match the batch "
                              f"{tuple(clean_logits.shape)}")
-        return kl_rows(clean_logits, logits)
+        return rows(clean_logits, logits)
 
     return objective
 
@@ -226,16 +233,7 @@ def spat_robust_rows(clean_logits: torch.Tensor, adv_logits: torch.Tensor, n: fl
 
 def spat_objective(clean_logits: torch.Tensor, n: float) -> Callable:
     """The attacks' loss=callable maximising SPAT's robust term row by row (p(x) fixed)."""
-    clean_logits = clean_logits.detach()
-
-    def objective(output, y, targets):
-        logits = output_logits(output)
-        if logits.shape != clean_logits.shape:
-            raise ValueError(f"SPAT objective: attack rows {tuple(logits.shape)} do not match the batch "
-                             f"{tuple(clean_logits.shape)}")
-        return spat_robust_rows(clean_logits, logits, n)
-
-    return objective
+    return rowwise_objective("SPAT", clean_logits, lambda clean, adv: spat_robust_rows(clean, adv, n))
 
 
 # --------------------------------------------------------------------------------------------
