@@ -188,12 +188,12 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     return _result("zero_gradients", problems, "the input gradients are non-zero", {"zero_fraction": fraction}, warn)
 
 
-
 def _rises(settings, accs, tol):
     """(setting, next setting, accuracy, next accuracy) wherever accuracy rises by more than tol
     from one setting to the next."""
     return [(settings[i], settings[i + 1], accs[i], accs[i + 1]) for i in range(len(settings) - 1)
             if accs[i + 1] > accs[i] + tol]
+
 
 def check_eps_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "linf",
                     eps_values: Optional[Sequence[float]] = None, large_eps: Optional[float] = None,
