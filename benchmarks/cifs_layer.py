@@ -6,7 +6,7 @@ about 40 us per call on a 2-core CPU, some 5% of a layer4 step at batch 32.
 The two probes are those of the official CIFAR ResNet-18 (spec/algorithms.md section 3), on the
 globally average-pooled feature: "linear" (Linear(C, K)) and "mlp" (Linear(C, 128) ->
 Softplus(beta=5) -> Linear(128, K)). Both layers run in train mode (t1 = the label), with the
-official temperature 1 and scale 2 (the defaults of the ops).
+official temperature 1 and scale 1 (the defaults of the ops).
 """
 from __future__ import annotations
 

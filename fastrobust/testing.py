@@ -52,6 +52,21 @@ def backends():
     ]
 
 
+def raises_value_check(backend: Backend, host_message: str, device_message: str):
+    """pytest.raises for a bad value inside a tensor argument (a negative eps, a label out of
+    range). The CPU backend reads values on the host (host_message); the CUDA device code
+    asserts them in the kernel, which the emulator reports as "device-side assert triggered:
+    <device_message>". On a real GPU such an assert ends the CUDA context, so the `cuda` backend
+    is skipped here: tests/test_device_asserts.py checks it in a subprocess."""
+    import pytest
+
+    if backend.name == "cuda":
+        pytest.skip("a device-side assert ends the CUDA context; checked in a subprocess instead")
+    if backend.emulated:
+        return pytest.raises(RuntimeError, match="device-side assert triggered: .*" + device_message)
+    return pytest.raises(RuntimeError, match=host_message)
+
+
 def devices():
     """pytest params "cpu" and "cuda" (the latter marked `cuda`, skipped without a GPU)."""
     import pytest

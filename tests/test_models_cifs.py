@@ -31,7 +31,7 @@ def test_layout_is_the_official_one(model):
     mlp, linear = model.cifs
     assert isinstance(mlp, CIFS) and (mlp.probe, mlp.hidden, mlp.beta, mlp.channels) == ("mlp", 128, 5.0, 512)
     assert (linear.probe, linear.channels) == ("linear", 512)
-    assert all((c.num_classes, c.temperature, c.scale) == (7, 1.0, 2.0) for c in model.cifs)
+    assert all((c.num_classes, c.temperature, c.scale) == (7, 1.0, 1.0) for c in model.cifs)
 
 
 def test_outputs_and_label_rules(model):

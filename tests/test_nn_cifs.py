@@ -1,12 +1,14 @@
 """The CIFS layer against the transcription of the official module (reference.cifs.cifs_layer)
 on the same weights: outputs and every gradient, both probes, train and eval mode, ties, the
 label as second prediction, gradcheck, no_grad/inference_mode, compile, errors; and cifs_loss."""
+import inspect
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import fastrobust.ops
 from fastrobust.nn import CIFS, cifs_loss
 from fastrobust.ops import cifs_targets
 from fastrobust.reference.cifs import cifs_layer
@@ -152,7 +154,7 @@ def test_label_equal_to_second_prediction_counts_twice(probe):
     assert_matches_reference(layer, feat, labels, rtol=1e-10, atol=1e-10)
     if probe == "linear":
         out, _ = layer(feat, labels)
-        mask = 2.0 * torch.softmax(2 * layer.head[0].weight[labels], dim=1)
+        mask = layer.scale * torch.softmax(2 * layer.head[0].weight[labels], dim=1)
         torch.testing.assert_close(out, feat * mask[:, :, None, None], rtol=1e-12, atol=1e-12)
 
 
@@ -299,3 +301,16 @@ def test_cifs_loss_errors():
         cifs_loss(final, [final], y, beta=-1.0)
     with pytest.raises(ValueError, match="reduction must be 'mean' or 'none'"):
         cifs_loss(final, [final], y, reduction="sum")
+
+
+def test_default_scale_is_the_official_plain_softmax():
+    """The official code at its current commit (2e68025) masks with softmax(r), not 2 * softmax(r)
+    (the older commit 2d8217c): the default mask sums to 1 over the channels."""
+    assert CIFS(8, 6).scale == 1.0
+    assert inspect.signature(fastrobust.ops.cifs_reweight).parameters["scale"].default == 1.0
+    feat = torch.randn(2, 5, 3, 3, dtype=torch.float64)
+    relevance = torch.randn(2, 5, dtype=torch.float64)
+    out = fastrobust.ops.cifs_reweight(feat, relevance)
+    torch.testing.assert_close(out, feat * torch.softmax(relevance, dim=1)[:, :, None, None])
+    doubled = fastrobust.ops.cifs_reweight(feat, relevance, scale=2.0)  # the older commit's value
+    torch.testing.assert_close(doubled, 2 * out)

@@ -294,7 +294,7 @@ def test_update_best_and_apgd_errors():
 
 def test_python_api_rejects_negative_eps():
     x, x0, grad, _, _ = step_inputs((2, 3))
-    with pytest.raises(ValueError, match="eps must be >= 0"):
+    with pytest.raises(ValueError, match="eps must be finite and >= 0"):
         fastrobust.ops.pgd_step_(x, x0, grad, -0.1, 0.01)
     with pytest.raises(ValueError, match="norm must be"):
         fastrobust.ops.pgd_step_(x, x0, grad, 0.1, 0.01, norm=1)

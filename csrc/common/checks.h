@@ -24,3 +24,13 @@
 #define FR_CHECK_SHAPE(t, name, ...)                                                          \
   TORCH_CHECK((t).sizes() == at::IntArrayRef({__VA_ARGS__}), name, " must have shape ",       \
               at::IntArrayRef({__VA_ARGS__}), ", got ", (t).sizes())
+
+namespace fastrobust {
+
+// Where the value checks of tensor arguments (signs, finiteness, index ranges) run. The CPU
+// backend reads the values on the host. The CUDA backend (and the emulator, which runs its
+// code) checks them in the kernels with FR_DEVICE_ASSERT: a host check would synchronise with
+// the device on every call and break CUDA-graph capture.
+enum class ValueChecks { kHost, kDevice };
+
+}  // namespace fastrobust

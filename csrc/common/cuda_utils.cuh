@@ -4,6 +4,11 @@
 //   - g++ with FR_CUDA_EMULATION defined: csrc/emu/cuda_emu.h runs the same code on the CPU.
 // Device code must reach the CUDA runtime only through the names defined here or in the
 // emulator (FR_LAUNCH, FR_DYNAMIC_SMEM, __syncthreads, shuffles, atomicAdd).
+//
+// FR_DEVICE_ASSERT(cond, msg) checks a value that only the device sees (an eps tensor, a label)
+// without a host sync: on a GPU it is CUDA's device-side assert (the kernel traps, the next
+// CUDA call reports "device-side assert triggered", msg goes to stderr); in the emulator the
+// launch throws a RuntimeError with msg, so the tests see the same check fire.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -22,6 +27,10 @@
   ::fr_emu::launch(kernel, grid, block, smem_bytes, __VA_ARGS__)
 #define FR_DYNAMIC_SMEM(type, name) \
   type* name = reinterpret_cast<type*>(::fr_emu::dynamic_smem())
+#define FR_DEVICE_ASSERT(cond, msg)                                            \
+  do {                                                                         \
+    if (!(cond)) ::fr_emu::device_assert_failed(msg, __FILE__, __LINE__);      \
+  } while (0)
 #elif defined(__CUDACC__)
 #define FR_KERNEL_NS cuda
 #define FR_LAUNCH(kernel, grid, block, smem_bytes, stream, ...)            \
@@ -32,6 +41,10 @@
 #define FR_DYNAMIC_SMEM(type, name)                                 \
   extern __shared__ __align__(16) unsigned char fr_dynamic_smem_[]; \
   type* name = reinterpret_cast<type*>(fr_dynamic_smem_)
+#define FR_DEVICE_ASSERT(cond, msg) \
+  do {                              \
+    CUDA_KERNEL_ASSERT_MSG(cond, msg) \
+  } while (0)
 #else
 #error "cuda_utils.cuh needs nvcc, or FR_CUDA_EMULATION for the CPU emulator"
 #endif

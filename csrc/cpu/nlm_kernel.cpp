@@ -131,7 +131,13 @@ struct BlockBuffer {
 at::Tensor logit_tile(const at::Tensor& q, const at::Tensor& k, int64_t q0, int64_t len, double scale,
                       BlockBuffer& tiles) {
   at::Tensor out = tiles.get(len, 1);
-  return at::baddbmm_out(out, out, q.narrow(2, q0, len).transpose(1, 2), k, /*beta=*/0, /*alpha=*/scale);
+  const at::Tensor queries = q.narrow(2, q0, len).transpose(1, 2);
+  if (scale == 0) {
+    // baddbmm with alpha = beta = 0 leaves a bfloat16 `out` as it was (uninitialised memory);
+    // the product times 0 also keeps 0 * inf = NaN, as the reference's scale * (theta^T phi).
+    return at::bmm_out(out, queries, k).mul_(0.0);
+  }
+  return at::baddbmm_out(out, out, queries, k, /*beta=*/0, /*alpha=*/scale);
 }
 
 // out[:, :, q0 : q0 + len] = a @ b: straight into out when the block is all of it.

@@ -176,8 +176,8 @@ void apgd_step_cpu(const at::Tensor& x, const at::Tensor& x_prev, const at::Tens
 
 void pgd_update_best_cpu(const at::Tensor& best_x, const at::Tensor& best_loss, const at::Tensor& success,
                          const at::Tensor& x, const at::Tensor& loss, const at::Tensor& is_adv,
-                         c10::string_view mode) {
-  const PreparedBest p = prepare_update_best(best_x, best_loss, success, x, loss, is_adv, mode);
+                         c10::string_view mode, const std::optional<at::Tensor>& nonfinite) {
+  const PreparedBest p = prepare_update_best(best_x, best_loss, success, x, loss, is_adv, mode, nonfinite);
   if (p.rows == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.best_x.scalar_type(), "pgd_update_best_", [&] {
     using acc = typename cpu_acc<scalar_t>::type;
@@ -188,7 +188,9 @@ void pgd_update_best_cpu(const at::Tensor& best_x, const at::Tensor& best_loss, 
           std::memcpy(b.best_x + row * b.row_size, b.x + row * b.row_size, sizeof(scalar_t) * b.row_size);
           b.best_loss[row] = b.loss[row];
         }
-        b.success[row] = b.success[row] || b.is_adv[row];
+        const bool usable = usable_point(b.loss[row]);
+        b.success[row] = b.success[row] || (usable && b.is_adv[row]);
+        if (b.nonfinite != nullptr) b.nonfinite[row] = b.nonfinite[row] || !usable;
       }
     });
   });

@@ -12,8 +12,11 @@
 //   - narrow rows (where R extra columns would be much padding) keep stride W, and the
 //     wrapped reads are removed by column masks: k masked copies of x for the conv and the
 //     weight gradient, of dL/dz for the transposed conv.
-// Outputs computed at padding positions are dropped (x and grad_y are 0 there, so they are 0
-// and add nothing to the gradients). Outputs are computed a chunk at a time with all taps
+// Outputs computed at padding positions are dropped. Reads of padding must never multiply:
+// 0 * NaN is NaN, so a NaN or inf next to the padding would reach other images and other rows'
+// ends. Masked copies therefore select (mask ? x : 0), and dL/dz is forced to 0 at padding
+// positions (where the conv of a non-finite neighbour can make the gate NaN) before it feeds
+// the weight gradient and the transposed conv. Outputs are computed a chunk at a time with all taps
 // accumulated in vector registers; the per-element maths comes from csrc/kernels/sparta.h,
 // the same functions the CUDA kernels call (with the vectorisable PolyExp).
 //
@@ -94,13 +97,19 @@ struct Scratch {
 // each buf_len long and indexed like a margined buffer (position i at margin + i):
 //   in[j]:  the input there may feed an output through column offset j - r;
 //   out[j]: the output there may read through column offset j - r.
-// Both are 0 at padding positions.
+// Both are 0 at padding positions. `pixel` (both layouts, indexed like an output buffer) is 1
+// at the positions of pixels, 0 at padding.
 template <typename acc>
 struct Masks {
-  std::vector<acc> in, out;
+  std::vector<acc> in, out, pixel;
   int64_t len = 0;
 
   explicit Masks(const Geometry& g) {
+    pixel.assign(g.out_len(g.images_per_item), acc(0));
+    for (int64_t i = 0; i < g.images_per_item * g.stride; ++i) {
+      const int64_t p = i % g.stride;
+      pixel[i] = (p / g.row < g.H && p % g.row < g.W) ? acc(1) : acc(0);
+    }
     if (!g.masked) return;
     len = g.buf_len(g.images_per_item);
     in.assign(g.k * len, acc(0));
@@ -131,7 +140,7 @@ inline void tap_sources(const acc* src, const std::vector<acc>& masks, int64_t l
     for (int j = 0; j < g.k; ++j) {
       const acc* __restrict__ m = masks.data() + j * len;
       acc* __restrict__ dst = masked_buf.data() + j * len;
-      for (int64_t q = 0; q < len; ++q) dst[q] = src[q] * m[q];
+      for (int64_t q = 0; q < len; ++q) dst[q] = m[q] != acc(0) ? src[q] : acc(0);
     }
   }
   for (int t = 0; t < g.taps; ++t)
@@ -266,6 +275,7 @@ FR_CPU_MULTIVERSION void backward_item(const scalar_t* grad_y, const scalar_t* x
   s.grad_x.resize(out_len);
   const acc* __restrict__ xf = s.x.data() + g.margin;
   const acc* __restrict__ gy = s.grad_y.data();
+  const acc* __restrict__ pixel = masks.pixel.data();
   acc* __restrict__ gz = s.out.data() + g.margin;
   acc* __restrict__ gx = s.grad_x.data();  // direct part of dL/dx, then all of it
   // Pass 1: dL/dz and the direct dL/dx, chunk by chunk, with the weight/bias sums.
@@ -276,7 +286,7 @@ FR_CPU_MULTIVERSION void backward_item(const scalar_t* grad_y, const scalar_t* x
     for (int64_t l = 0; l < kChunk; ++l) {
       const auto d = sparta::backward<acc, Exp>(xf[i0 + l], z[l], gy[i0 + l]);
       gx[i0 + l] = d.dx;
-      gz[i0 + l] = d.dz;
+      gz[i0 + l] = pixel[i0 + l] != acc(0) ? d.dz : acc(0);
     }
     sums[g.taps].add(gz + i0, kChunk);
     for (int t = 0; t < g.taps; ++t) sums[t].add_dot(gz + i0, srcs[t] + i0, kChunk);

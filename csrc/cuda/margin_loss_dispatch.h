@@ -17,7 +17,7 @@ namespace margin {
 inline at::Tensor forward(const at::Tensor& logits, const at::Tensor& labels,
                           const std::optional<at::Tensor>& targets, c10::string_view kind,
                           double kappa, cudaStream_t stream) {
-  const auto p = ::fastrobust::margin::prepare(logits, labels, targets, kind, kappa);
+  const auto p = ::fastrobust::margin::prepare(logits, labels, targets, kind, kappa, ValueChecks::kDevice);
   at::Tensor loss = at::empty({logits.size(0)}, logits.options());
   if (loss.numel() == 0) return loss;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "margin_loss", [&] {
@@ -29,7 +29,8 @@ inline at::Tensor forward(const at::Tensor& logits, const at::Tensor& labels,
 inline at::Tensor backward(const at::Tensor& grad_loss, const at::Tensor& logits,
                            const at::Tensor& labels, const std::optional<at::Tensor>& targets,
                            c10::string_view kind, double kappa, cudaStream_t stream) {
-  const auto p = ::fastrobust::margin::prepare_backward(grad_loss, logits, labels, targets, kind, kappa);
+  const auto p = ::fastrobust::margin::prepare_backward(grad_loss, logits, labels, targets, kind, kappa,
+                                                         ValueChecks::kDevice);
   at::Tensor grad = at::empty_like(p.logits);
   if (grad.numel() == 0) return grad;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "margin_loss_backward", [&] {

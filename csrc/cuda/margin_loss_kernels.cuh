@@ -33,6 +33,7 @@ __device__ __forceinline__ void warp_merge(RowStats<acc>& s) {
     }
     const acc other_v = __shfl_xor_sync(0xffffffffu, s.other.v, offset);
     const int other_i = __shfl_xor_sync(0xffffffffu, s.other.i, offset);
+    s.has_nan |= __shfl_xor_sync(0xffffffffu, s.has_nan, offset);
     for (int k = 0; k < 4; ++k) s.top.push(v[k], i[k]);
     s.other.push(other_v, other_i);
   }
@@ -45,13 +46,7 @@ __global__ void margin_loss_kernel(MarginPtrs<scalar_t, acc_t<scalar_t>> p) {
   if (row >= p.rows) return;  // whole warps leave together
   const int lane = threadIdx.x % kWarpSize;
   const int64_t classes = p.classes;
-  if (!p.valid(row)) {  // a label out of range: NaN rather than a read out of bounds
-    const acc nan = std::numeric_limits<acc>::quiet_NaN();
-    if (!backward && lane == 0) p.out[row] = nan;
-    if (backward)
-      for (int64_t c = lane; c < classes; c += kWarpSize) p.out[row * classes + c] = nan;
-    return;
-  }
+  FR_DEVICE_ASSERT(p.valid(row), "margin_loss: labels and targets must be class indices in [0, classes)");
   const scalar_t* z = p.logits + row * classes;
   const int y = static_cast<int>(p.labels[row]);
   const int t = p.targets ? static_cast<int>(p.targets[row]) : mm::kNoClass;

@@ -28,7 +28,7 @@ inline std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, cudaStrea
 }
 
 inline at::Tensor backward(const at::Tensor& grad_y, const at::Tensor& arg, cudaStream_t stream) {
-  const auto p = ::fastrobust::median::prepare_backward(grad_y, arg);
+  const auto p = ::fastrobust::median::prepare_backward(grad_y, arg, ValueChecks::kDevice);
   at::Tensor grad_x = at::empty_like(p.grad_y, at::MemoryFormat::Contiguous);
   if (grad_x.numel() == 0) return grad_x;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.grad_y.scalar_type(), "median3x3_backward", [&] {

@@ -66,6 +66,7 @@ __global__ void __launch_bounds__(kThreads) median3x3_backward_kernel(BackwardPt
       const int64_t oh = h + e / 3 - 1, ow = w + e % 3 - 1;
       if (oh < 0 || oh >= H || ow < 0 || ow >= W) continue;
       const int64_t o = base + oh * W + ow;
+      FR_DEVICE_ASSERT(a.arg[o] < mm::kWindow, "_median3x3_backward: arg must hold window positions in [0, 9)");
       if (mm::source_offset<int64_t>(a.arg[o], oh, ow, H, W) == mm::opposite(e)) sum += static_cast<acc>(a.grad_y[o]);
     }
     a.grad_x[i] = static_cast<scalar_t>(sum);

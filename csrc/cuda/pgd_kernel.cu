@@ -33,9 +33,9 @@ void apgd_step_cuda(const at::Tensor& x, const at::Tensor& x_prev, const at::Ten
 
 void pgd_update_best_cuda(const at::Tensor& best_x, const at::Tensor& best_loss, const at::Tensor& success,
                           const at::Tensor& x, const at::Tensor& loss, const at::Tensor& is_adv,
-                          c10::string_view mode) {
+                          c10::string_view mode, const std::optional<at::Tensor>& nonfinite) {
   const c10::cuda::CUDAGuard guard(best_x.device());
-  cuda::pgd::update_best(best_x, best_loss, success, x, loss, is_adv, mode,
+  cuda::pgd::update_best(best_x, best_loss, success, x, loss, is_adv, mode, nonfinite,
                          at::cuda::getCurrentCUDAStream());
 }
 

@@ -45,6 +45,10 @@ inline dim3 row_grid(int64_t rows) {
   return dim3(static_cast<unsigned>(rows));
 }
 
+// eps, alpha and eta are checked where the kernels read them (the host never sees them).
+#define FR_CHECK_ROW_PARAM(value, name) \
+  FR_DEVICE_ASSERT(m::valid_row_param(value), name " must be finite and >= 0")
+
 // ---- pgd_step_ ---------------------------------------------------------------------------
 
 template <typename scalar_t, bool with_noise>
@@ -52,11 +56,14 @@ __global__ void linf_step_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
   using acc = acc_t<scalar_t>;
   grid_stride(p.rows * p.row_size, [&](int64_t i) {
     const int64_t row = i / p.row_size;
+    const acc eps = p.eps_of(row), alpha = p.alpha_of(row);
+    FR_CHECK_ROW_PARAM(eps, "eps");  // inactive rows too, as the CPU backend's host check
+    FR_CHECK_ROW_PARAM(alpha, "alpha");
     if (!p.is_active(row)) return;
     const acc noise = with_noise ? acc(p.noise[i]) : acc(0);
-    const acc step = m::signed_step(p.alpha_of(row), p.descent);
+    const acc step = m::signed_step(alpha, p.descent);
     p.x[i] = m::project_linf(m::raw_step<acc, Norm::Linf>(acc(p.x[i]), acc(p.grad[i]), step, acc(1), noise),
-                             acc(p.x0[i]), p.eps_of(row), p.lo, p.hi);
+                             acc(p.x0[i]), eps, p.lo, p.hi);
   });
 }
 
@@ -64,12 +71,15 @@ template <typename scalar_t, bool with_noise>
 __global__ void l2_step_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
   using acc = acc_t<scalar_t>;
   const int64_t row = blockIdx.x;
+  const acc eps = p.eps_of(row), alpha = p.alpha_of(row);
+  FR_CHECK_ROW_PARAM(eps, "eps");  // inactive rows too, as the CPU backend's host check
+  FR_CHECK_ROW_PARAM(alpha, "alpha");
   if (!p.is_active(row)) return;
   const int64_t n = p.row_size, base = row * n;
   scalar_t* x = p.x + base;
   const scalar_t* x0 = p.x0 + base;
   const scalar_t* g = p.grad + base;
-  const acc step = m::signed_step(p.alpha_of(row), p.descent);
+  const acc step = m::signed_step(alpha, p.descent);
 
   acc s = 0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += acc(g[i]) * acc(g[i]);
@@ -84,7 +94,7 @@ __global__ void l2_step_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
     const acc d = moved(i) - acc(x0[i]);
     s += d * d;
   }
-  const acc shrink = m::l2_shrink(block_sum(s), p.eps_of(row));
+  const acc shrink = m::l2_shrink(block_sum(s), eps);
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
     x[i] = m::project_l2(moved(i), acc(x0[i]), shrink, p.lo, p.hi);
 }
@@ -95,8 +105,10 @@ template <typename scalar_t>
 __global__ void linf_random_init_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
   using acc = acc_t<scalar_t>;
   grid_stride(p.rows * p.row_size, [&](int64_t i) {
-    p.x[i] = m::linf_start(acc(p.x0[i]), p.eps_of(i / p.row_size),
-                           philox::uniform(p.seed, p.offset, static_cast<uint64_t>(i)), p.lo, p.hi);
+    const acc eps = p.eps_of(i / p.row_size);
+    FR_CHECK_ROW_PARAM(eps, "eps");
+    p.x[i] = m::linf_start(acc(p.x0[i]), eps, philox::uniform(p.seed, p.offset, static_cast<uint64_t>(i)),
+                           p.lo, p.hi);
   });
 }
 
@@ -107,10 +119,12 @@ __global__ void l2_random_init_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
   auto gauss = [&](int64_t i) {
     return acc(philox::normal(p.seed, p.offset, static_cast<uint64_t>(base + i)));
   };
+  const acc eps = p.eps_of(row);
+  FR_CHECK_ROW_PARAM(eps, "eps");
   acc s = 0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += gauss(i) * gauss(i);
   const acc radius = m::l2_start_radius(
-      p.eps_of(row), philox::uniform(p.seed, p.offset ^ m::kRadiusStream, static_cast<uint64_t>(row)), n);
+      eps, philox::uniform(p.seed, p.offset ^ m::kRadiusStream, static_cast<uint64_t>(row)), n);
   const acc scale = radius / m::l2_denominator(block_sum(s));
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
     p.x[base + i] = m::clamp(acc(p.x0[base + i]) + gauss(i) * scale, p.lo, p.hi);
@@ -123,8 +137,10 @@ __global__ void linf_apgd_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
   using acc = acc_t<scalar_t>;
   grid_stride(p.rows * p.row_size, [&](int64_t i) {
     const int64_t row = i / p.row_size;
-    const acc eps = p.eps_of(row), xi = p.x[i], x0i = p.x0[i];
-    const acc z = m::project_linf(m::raw_step<acc, Norm::Linf>(xi, acc(p.grad[i]), p.alpha_of(row), acc(1), acc(0)),
+    const acc eps = p.eps_of(row), eta = p.alpha_of(row), xi = p.x[i], x0i = p.x0[i];
+    FR_CHECK_ROW_PARAM(eps, "eps");
+    FR_CHECK_ROW_PARAM(eta, "eta");
+    const acc z = m::project_linf(m::raw_step<acc, Norm::Linf>(xi, acc(p.grad[i]), eta, acc(1), acc(0)),
                                   x0i, eps, p.lo, p.hi);
     const acc x_new = m::project_linf(m::momentum_mix(xi, z, acc(p.x_prev[i]), p.momentum), x0i, eps, p.lo, p.hi);
     p.x_prev[i] = p.x[i];
@@ -141,6 +157,8 @@ __global__ void l2_apgd_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
   const scalar_t* x0 = p.x0 + base;
   const scalar_t* g = p.grad + base;
   const acc eps = p.eps_of(row), eta = p.alpha_of(row);
+  FR_CHECK_ROW_PARAM(eps, "eps");
+  FR_CHECK_ROW_PARAM(eta, "eta");
 
   acc s = 0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += acc(g[i]) * acc(g[i]);
@@ -177,13 +195,15 @@ template <typename scalar_t>
 __global__ void update_best_kernel(BestPtrs<scalar_t, acc_t<scalar_t>> b) {
   const int64_t row = blockIdx.x, n = b.row_size;
   const bool take = m::better(b.mode, b.loss[row], b.is_adv[row], b.best_loss[row], b.success[row]);
-  const bool adv = b.is_adv[row];
+  const bool usable = m::usable_point(b.loss[row]);
+  const bool adv = usable && b.is_adv[row];
   if (take)
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) b.best_x[row * n + i] = b.x[row * n + i];
   __syncthreads();
   if (threadIdx.x == 0) {
     if (take) b.best_loss[row] = b.loss[row];
     b.success[row] = b.success[row] || adv;
+    if (b.nonfinite != nullptr) b.nonfinite[row] = b.nonfinite[row] || !usable;
   }
 }
 

@@ -133,6 +133,17 @@ T warp_exchange(T value, int src_lane) {
   return out;
 }
 
+// A failed FR_DEVICE_ASSERT: the thread leaves the kernel (like a trap), and the launch
+// rethrows the first failure once every thread has finished.
+struct DeviceAssertion : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+[[noreturn]] inline void device_assert_failed(const char* msg, const char* file, int line) {
+  throw DeviceAssertion(std::string("device-side assert triggered: ") + msg + " (block " +
+                        std::to_string(blockIdx.x) + ", thread " + std::to_string(threadIdx.x) +
+                        ", " + file + ":" + std::to_string(line) + ")");
+}
+
 template <typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem_bytes,
             Args&&... args) {

@@ -28,8 +28,8 @@ void apgd_step_emu(const at::Tensor& x, const at::Tensor& x_prev, const at::Tens
 
 void pgd_update_best_emu(const at::Tensor& best_x, const at::Tensor& best_loss, const at::Tensor& success,
                          const at::Tensor& x, const at::Tensor& loss, const at::Tensor& is_adv,
-                         c10::string_view mode) {
-  emu::pgd::update_best(best_x, best_loss, success, x, loss, is_adv, mode, nullptr);
+                         c10::string_view mode, const std::optional<at::Tensor>& nonfinite) {
+  emu::pgd::update_best(best_x, best_loss, success, x, loss, is_adv, mode, nonfinite, nullptr);
 }
 
 }  // namespace

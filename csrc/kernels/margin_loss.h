@@ -3,7 +3,9 @@
 // the CPU and CUDA kernels. A row is reduced to a few statistics (the four largest logits,
 // the largest logit other than one class, z_y, z_t); the loss and its gradient follow from
 // them: the gradient is non-zero at five classes at most (see Terms).
-// Ties between logits go to the lower class index. Formulas: fastrobust/reference/margin_loss.py.
+// Ties between logits go to the lower class index. A row holding a NaN logit has a NaN loss and
+// a NaN gradient at every class (the comparisons of the top-k would otherwise skip the NaN).
+// Formulas: fastrobust/reference/margin_loss.py.
 #include <cstdint>
 #include <limits>
 
@@ -58,8 +60,10 @@ struct RowStats {
   Top4<acc> top;
   Top1<acc> other;
   acc z_y = 0, z_t = 0;
+  int has_nan = 0;  // an int, not a bool: CUDA shuffles have no bool overload
 
   FR_HOST_DEVICE void push(acc val, int idx, int excluded) {
+    has_nan |= val != val;
     top.push(val, idx);
     if (idx != excluded) other.push(val, idx);
   }
@@ -74,6 +78,7 @@ struct RowStats {
 template <typename acc>
 struct Terms {
   acc loss = 0, num = 0, den = 1;
+  bool nan = false;  // the row holds a NaN: loss and every dL/dz_c are NaN
   int n = 0;
   int cls[5];
   acc a[5], b[5];
@@ -83,6 +88,7 @@ struct Terms {
 // dL/dz_c.
 template <typename acc>
 FR_HOST_DEVICE acc coefficient(const Terms<acc>& tm, int c) {
+  if (tm.nan) return std::numeric_limits<acc>::quiet_NaN();
   acc wa = 0, wb = 0;
   for (int k = 0; k < tm.n; ++k)
     if (tm.cls[k] == c) { wa += tm.a[k]; wb += tm.b[k]; }
@@ -93,10 +99,15 @@ FR_HOST_DEVICE acc coefficient(const Terms<acc>& tm, int c) {
 template <typename acc>
 FR_HOST_DEVICE Terms<acc> terms(Kind kind, bool targeted, const RowStats<acc>& s, int y, int t, acc kappa) {
   Terms<acc> out;
+  if (s.has_nan) {
+    out.nan = true;
+    out.loss = std::numeric_limits<acc>::quiet_NaN();
+    return out;
+  }
   if (kind == Kind::CW) {
     // untargeted: min(max_{i!=y} z_i - z_y, kappa); targeted: min(z_t - max_{i!=t} z_i, kappa)
     const acc raw = targeted ? s.z_t - s.other.v : s.other.v - s.z_y;
-    out.loss = raw < kappa ? raw : kappa;
+    out.loss = raw > kappa ? kappa : raw;  // min(raw, kappa) that keeps a NaN (inf - inf), as torch.clamp
     if (raw <= kappa) {  // clamp passes the gradient up to and at kappa, as torch.clamp
       out.add(targeted ? t : s.other.i, acc(1), acc(0));
       out.add(targeted ? s.other.i : y, acc(-1), acc(0));
@@ -135,6 +146,8 @@ struct MarginPtrs {
   FR_HOST_DEVICE int excluded(int64_t row) const {
     return static_cast<int>(targets != nullptr && kind == Kind::CW ? targets[row] : labels[row]);
   }
+  // Labels (and targets) in [0, classes): checked on the host for CPU tensors, asserted by
+  // the CUDA kernel.
   FR_HOST_DEVICE bool valid(int64_t row) const {
     return labels[row] >= 0 && labels[row] < classes &&
            (targets == nullptr || (targets[row] >= 0 && targets[row] < classes));

@@ -16,6 +16,12 @@ enum class Norm : int { Linf = 0, L2 = 1 };
 // Which point a row keeps (pgd_update_best_): see better().
 enum class BestMode : int { Loss = 0, FirstSuccess = 1, LastSuccess = 2 };
 
+// eps, alpha and eta: finite and >= 0 (NaN fails both comparisons).
+template <typename acc>
+FR_HOST_DEVICE bool valid_row_param(acc v) {
+  return v >= acc(0) && v - v == acc(0);
+}
+
 // Added to L2 norms before dividing by them (AutoAttack's constant).
 constexpr double kL2Tiny = 1e-12;
 
@@ -99,8 +105,16 @@ FR_HOST_DEVICE acc l2_start_radius(acc eps, float u, int64_t d) {
 //   Loss:         strictly higher loss;
 //   FirstSuccess: the first successful point is kept for good; until then, higher loss;
 //   LastSuccess:  every successful point replaces the kept one; until the first, higher loss.
+// A point with a non-finite loss (NaN, +-inf) is never taken, whatever is_adv says: a model
+// whose output is not finite there has shown nothing (usable_point).
+template <typename acc>
+FR_HOST_DEVICE bool usable_point(acc loss) {
+  return loss - loss == acc(0);
+}
+
 template <typename acc>
 FR_HOST_DEVICE bool better(BestMode mode, acc loss, bool is_adv, acc best_loss, bool success) {
+  if (!usable_point(loss)) return false;
   const bool higher = loss > best_loss;
   switch (mode) {
     case BestMode::FirstSuccess: return !success && (is_adv || higher);
@@ -135,11 +149,13 @@ struct RowPtrs {
   FR_HOST_DEVICE bool is_active(int64_t row) const { return active == nullptr || active[row]; }
 };
 
+// success |= is_adv for usable points; nonfinite (null when not asked for) |= !usable_point.
 template <typename scalar_t, typename acc>
 struct BestPtrs {
   scalar_t* best_x;
   acc* best_loss;
   bool* success;
+  bool* nonfinite;
   const scalar_t* x;
   const acc* loss;
   const bool* is_adv;

@@ -18,11 +18,11 @@ Kind parse_kind(c10::string_view kind) {
   return Kind::CW;
 }
 
-at::Tensor class_vector(const at::Tensor& t, const char* name, const at::Tensor& logits) {
+at::Tensor class_vector(const at::Tensor& t, const char* name, const at::Tensor& logits, ValueChecks checks) {
   FR_CHECK(t.scalar_type() == at::kLong, name, " must be int64, got ", t.scalar_type());
   FR_CHECK_SHAPE(t, name, logits.size(0));
   FR_CHECK_SAME_DEVICE(t, name, logits, "logits");
-  if (t.device().is_cpu() && t.numel() > 0) {
+  if (checks == ValueChecks::kHost && t.device().is_cpu() && t.numel() > 0) {
     const int64_t lo = t.min().item<int64_t>(), hi = t.max().item<int64_t>();
     FR_CHECK(lo >= 0 && hi < logits.size(1), name, " must be class indices in [0, ", logits.size(1),
              "), got values in [", lo, ", ", hi, "]");
@@ -33,7 +33,8 @@ at::Tensor class_vector(const at::Tensor& t, const char* name, const at::Tensor&
 }  // namespace
 
 Prepared prepare(const at::Tensor& logits, const at::Tensor& labels,
-                 const std::optional<at::Tensor>& targets, c10::string_view kind, double kappa) {
+                 const std::optional<at::Tensor>& targets, c10::string_view kind, double kappa,
+                 ValueChecks checks) {
   FR_CHECK_DIM(logits, "logits", 2);
   FR_CHECK_FLOATING(logits, "logits");
   Prepared p;
@@ -45,16 +46,16 @@ Prepared prepare(const at::Tensor& logits, const at::Tensor& labels,
   FR_CHECK(!std::isnan(kappa), "kappa must not be NaN");
   FR_CHECK(logits.size(1) <= INT32_MAX, "logits: at most 2^31 - 1 classes are supported");
   p.logits = logits.contiguous();
-  p.labels = class_vector(labels, "labels", logits);
-  if (targeted) p.targets = class_vector(*targets, "targets", logits);
+  p.labels = class_vector(labels, "labels", logits, checks);
+  if (targeted) p.targets = class_vector(*targets, "targets", logits, checks);
   p.kappa = kappa;
   return p;
 }
 
 Prepared prepare_backward(const at::Tensor& grad_loss, const at::Tensor& logits,
                           const at::Tensor& labels, const std::optional<at::Tensor>& targets,
-                          c10::string_view kind, double kappa) {
-  Prepared p = prepare(logits, labels, targets, kind, kappa);
+                          c10::string_view kind, double kappa, ValueChecks checks) {
+  Prepared p = prepare(logits, labels, targets, kind, kappa, checks);
   FR_CHECK_SHAPE(grad_loss, "grad_loss", logits.size(0));
   FR_CHECK_SAME_DTYPE(grad_loss, "grad_loss", logits, "logits");
   FR_CHECK_SAME_DEVICE(grad_loss, "grad_loss", logits, "logits");

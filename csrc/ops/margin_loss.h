@@ -6,6 +6,7 @@
 
 #include <optional>
 
+#include "../common/checks.h"
 #include "../kernels/margin_loss.h"
 
 namespace fastrobust {
@@ -25,14 +26,14 @@ struct Prepared {
 };
 
 // logits (N, C) floating; labels/targets int64 (N,) on logits' device; enough classes for
-// the loss (CW 2, DLR 3, targeted DLR 4). Label values are checked here for CPU tensors;
-// on a GPU (where a check would wait for the device) a row with an out-of-range label
-// gets a NaN loss and a NaN gradient.
+// the loss (CW 2, DLR 3, targeted DLR 4). Label values are checked here with kHost; with
+// kDevice (CUDA, where a host check would wait for the device) the kernel asserts them.
 Prepared prepare(const at::Tensor& logits, const at::Tensor& labels,
-                 const std::optional<at::Tensor>& targets, c10::string_view kind, double kappa);
+                 const std::optional<at::Tensor>& targets, c10::string_view kind, double kappa,
+                 ValueChecks checks = ValueChecks::kHost);
 Prepared prepare_backward(const at::Tensor& grad_loss, const at::Tensor& logits,
                           const at::Tensor& labels, const std::optional<at::Tensor>& targets,
-                          c10::string_view kind, double kappa);
+                          c10::string_view kind, double kappa, ValueChecks checks = ValueChecks::kHost);
 
 template <typename scalar_t, typename acc>
 MarginPtrs<scalar_t, acc> ptrs(const Prepared& p, const at::Tensor& out) {

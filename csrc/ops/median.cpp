@@ -19,7 +19,7 @@ Prepared prepare(const at::Tensor& x) {
   return p;
 }
 
-Prepared prepare_backward(const at::Tensor& grad_y, const at::Tensor& arg) {
+Prepared prepare_backward(const at::Tensor& grad_y, const at::Tensor& arg, ValueChecks checks) {
   FR_CHECK_DIM(grad_y, "grad_y", 4);
   FR_CHECK_FLOATING(grad_y, "grad_y");
   FR_CHECK(arg.scalar_type() == at::kByte, "arg must have dtype uint8 (the window positions median3x3 returns), got ",
@@ -30,6 +30,11 @@ Prepared prepare_backward(const at::Tensor& grad_y, const at::Tensor& arg) {
   Prepared p;
   p.grad_y = grad_y.contiguous();
   p.arg = arg.contiguous();
+  if (checks == ValueChecks::kHost && arg.device().is_cpu() && arg.numel() > 0) {
+    const int64_t largest = p.arg.max().item<int64_t>();
+    FR_CHECK(largest < kWindow, "arg must hold window positions in [0, ", kWindow, ") as median3x3 returns them, got ",
+             largest);
+  }
   p.batch = grad_y.size(0);
   p.channels = grad_y.size(1);
   p.height = grad_y.size(2);

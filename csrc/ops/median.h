@@ -4,6 +4,7 @@
 // rules (reflect padding, tie breaking, NaN) are in csrc/kernels/median.h.
 #include <ATen/core/Tensor.h>
 
+#include "../common/checks.h"
 #include "../kernels/median.h"
 
 namespace fastrobust {
@@ -26,8 +27,10 @@ struct Prepared {
 
 // x (B, C, H, W) floating (float32, float64, float16, bfloat16), any layout.
 Prepared prepare(const at::Tensor& x);
-// grad_y (B, C, H, W) floating, any layout; arg uint8 with grad_y's shape, on its device.
-Prepared prepare_backward(const at::Tensor& grad_y, const at::Tensor& arg);
+// grad_y (B, C, H, W) floating, any layout; arg uint8 with grad_y's shape, on its device, values
+// in [0, 9): checked here with kHost, asserted by the CUDA kernel with kDevice.
+Prepared prepare_backward(const at::Tensor& grad_y, const at::Tensor& arg,
+                          ValueChecks checks = ValueChecks::kHost);
 
 template <typename scalar_t>
 ForwardPtrs<scalar_t> forward_ptrs(const Prepared& p, const at::Tensor& y, const at::Tensor& arg) {

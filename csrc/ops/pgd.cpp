@@ -3,7 +3,10 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <ATen/Dispatch.h>
+
 #include <limits>
+#include <string>
 
 #include "../common/checks.h"
 
@@ -67,14 +70,30 @@ void check_same_layout(const at::Tensor& t, const char* name, const at::Tensor& 
            x_name, " (", x.strides(), "), got ", t.strides());
 }
 
-// eps / alpha / eta: a floating tensor with 1 or `rows` values, as a 1-D vector in the
-// accumulation dtype on x's device.
-at::Tensor per_row(const at::Tensor& v, const char* name, const at::Tensor& x) {
+// eps / alpha / eta: a floating tensor of shape (), (1,) or (rows,), as a 1-D vector in the
+// accumulation dtype on x's device. Its values must be finite and >= 0: checked here for the
+// CPU backend, by the kernels (FR_DEVICE_ASSERT) for the CUDA one.
+at::Tensor per_row(const at::Tensor& v, const char* name, const at::Tensor& x, ValueChecks checks) {
   FR_CHECK_FLOATING(v, name);
   FR_CHECK_SAME_DEVICE(v, name, x, "x");
   FR_CHECK(v.dim() <= 1 && (v.numel() == 1 || v.numel() == x.size(0)), name,
            " must hold one value or one per row (", x.size(0), "), got shape ", v.sizes());
-  return v.reshape({-1}).to(acc_dtype(x)).contiguous();
+  at::Tensor rows = v.reshape({-1}).to(acc_dtype(x)).contiguous();
+  if (checks == ValueChecks::kHost && rows.device().is_cpu()) {
+    AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "per_row", [&] {
+      const scalar_t* values = rows.const_data_ptr<scalar_t>();
+      for (int64_t i = 0; i < rows.numel(); ++i)
+        FR_CHECK(valid_row_param(values[i]), name, " must be finite and >= 0, got ", values[i],
+                 rows.numel() > 1 ? " at row " : "", rows.numel() > 1 ? std::to_string(i) : std::string());
+    });
+  }
+  return rows;
+}
+
+// x (and x_prev, best_x) are written by the kernels behind autograd's back.
+void check_no_grad(const at::Tensor& t, const char* name) {
+  FR_CHECK(!t.requires_grad(), name, " is updated in place and must not require grad (pass a detached tensor, "
+           "e.g. ", name, ".detach())");
 }
 
 at::Tensor row_mask(const at::Tensor& m, const char* name, const at::Tensor& x) {
@@ -85,17 +104,18 @@ at::Tensor row_mask(const at::Tensor& m, const char* name, const at::Tensor& x) 
 }
 
 void check_box(double lo, double hi) {
-  FR_CHECK(lo <= hi, "lo must be <= hi, got lo=", lo, ", hi=", hi);
+  FR_CHECK(lo <= hi, "lo must be <= hi, got lo=", lo, ", hi=", hi);  // also rejects NaN
 }
 
 Prepared base(const at::Tensor& x, const at::Tensor& x0, const at::Tensor& eps,
-              c10::string_view norm, double lo, double hi) {
+              c10::string_view norm, double lo, double hi, ValueChecks checks) {
   check_rows_layout(x, "x");
+  check_no_grad(x, "x");
   check_box(lo, hi);
   Prepared p;
   p.x = x;
   p.x0 = like_x(x0, "x0", x, "x");
-  p.eps = per_row(eps, "eps", x);
+  p.eps = per_row(eps, "eps", x, checks);
   p.rows = x.size(0);
   p.row_size = p.rows == 0 ? 0 : x.numel() / p.rows;
   p.norm = parse_norm(norm);
@@ -110,10 +130,10 @@ Prepared prepare_step(const at::Tensor& x, const at::Tensor& x0, const at::Tenso
                       const at::Tensor& eps, const at::Tensor& alpha,
                       const std::optional<at::Tensor>& active,
                       const std::optional<at::Tensor>& noise, c10::string_view norm, double lo,
-                      double hi, bool descent) {
-  Prepared p = base(x, x0, eps, norm, lo, hi);
+                      double hi, bool descent, ValueChecks checks) {
+  Prepared p = base(x, x0, eps, norm, lo, hi, checks);
   p.grad = like_x(grad, "grad", x, "x");
-  p.alpha = per_row(alpha, "alpha", x);
+  p.alpha = per_row(alpha, "alpha", x, checks);
   if (active.has_value()) p.active = row_mask(*active, "active", x);
   if (noise.has_value()) p.noise = like_x(*noise, "noise", x, "x");
   p.descent = descent;
@@ -122,8 +142,8 @@ Prepared prepare_step(const at::Tensor& x, const at::Tensor& x0, const at::Tenso
 
 Prepared prepare_random_init(const at::Tensor& x, const at::Tensor& x0, const at::Tensor& eps,
                              c10::string_view norm, double lo, double hi, int64_t seed,
-                             int64_t offset) {
-  Prepared p = base(x, x0, eps, norm, lo, hi);
+                             int64_t offset, ValueChecks checks) {
+  Prepared p = base(x, x0, eps, norm, lo, hi, checks);
   p.seed = static_cast<uint64_t>(seed);
   p.offset = static_cast<uint64_t>(offset);
   return p;
@@ -131,13 +151,15 @@ Prepared prepare_random_init(const at::Tensor& x, const at::Tensor& x0, const at
 
 Prepared prepare_apgd_step(const at::Tensor& x, const at::Tensor& x_prev, const at::Tensor& x0,
                            const at::Tensor& grad, const at::Tensor& eta, const at::Tensor& eps,
-                           double momentum, c10::string_view norm, double lo, double hi) {
-  Prepared p = base(x, x0, eps, norm, lo, hi);
+                           double momentum, c10::string_view norm, double lo, double hi,
+                           ValueChecks checks) {
+  Prepared p = base(x, x0, eps, norm, lo, hi, checks);
   check_same_layout(x_prev, "x_prev", x, "x");
   FR_CHECK(!x_prev.is_same(x), "x_prev must be a different tensor from x");
+  check_no_grad(x_prev, "x_prev");
   p.x_prev = x_prev;
   p.grad = like_x(grad, "grad", x, "x");
-  p.alpha = per_row(eta, "eta", x);
+  p.alpha = per_row(eta, "eta", x, checks);
   FR_CHECK(momentum >= 0 && momentum <= 1, "momentum must be in [0, 1], got ", momentum);
   p.momentum = momentum;
   return p;
@@ -146,8 +168,10 @@ Prepared prepare_apgd_step(const at::Tensor& x, const at::Tensor& x_prev, const 
 PreparedBest prepare_update_best(const at::Tensor& best_x, const at::Tensor& best_loss,
                                  const at::Tensor& success, const at::Tensor& x,
                                  const at::Tensor& loss, const at::Tensor& is_adv,
-                                 c10::string_view mode) {
+                                 c10::string_view mode, const std::optional<at::Tensor>& nonfinite) {
   check_rows_layout(best_x, "best_x");
+  check_no_grad(best_x, "best_x");
+  check_no_grad(best_loss, "best_loss");
   PreparedBest p;
   p.best_x = best_x;
   p.x = like_x(x, "x", best_x, "best_x");
@@ -171,6 +195,14 @@ PreparedBest prepare_update_best(const at::Tensor& best_x, const at::Tensor& bes
   FR_CHECK_SAME_DEVICE(loss, "loss", best_x, "best_x");
   p.loss = loss.to(acc).contiguous();
   p.is_adv = row_mask(is_adv, "is_adv", best_x);
+  if (nonfinite.has_value()) {
+    const at::Tensor& t = *nonfinite;
+    FR_CHECK(t.scalar_type() == at::kBool, "nonfinite must be a bool tensor, got ", t.scalar_type());
+    FR_CHECK_SHAPE(t, "nonfinite", p.rows);
+    FR_CHECK(t.is_contiguous(), "nonfinite is updated in place and must be contiguous");
+    FR_CHECK_SAME_DEVICE(t, "nonfinite", best_x, "best_x");
+    p.nonfinite = t;
+  }
   p.mode = parse_mode(mode);
   return p;
 }

@@ -12,6 +12,7 @@
 
 #include <optional>
 
+#include "../common/checks.h"
 #include "../kernels/pgd.h"
 
 namespace fastrobust {
@@ -24,9 +25,10 @@ constexpr const char* kPgdRandomInitSchema =
     "int offset) -> ()";
 // `keep` is the Python API's `mode` (an argument named `mode` clashes with PyTorch's
 // dispatch-mode machinery under torch.compile).
+// nonfinite (optional, bool (rows,)): set for the rows whose loss is not finite in this call.
 constexpr const char* kPgdUpdateBestSchema =
     "pgd_update_best_(Tensor(a!) best_x, Tensor(b!) best_loss, Tensor(c!) success, Tensor x, "
-    "Tensor loss, Tensor is_adv, str keep) -> ()";
+    "Tensor loss, Tensor is_adv, str keep, Tensor(d!)? nonfinite=None) -> ()";
 constexpr const char* kApgdStepSchema =
     "apgd_step_(Tensor(a!) x, Tensor(b!) x_prev, Tensor x0, Tensor grad, Tensor eta, Tensor eps, "
     "float momentum, str norm, float lo, float hi) -> ()";
@@ -49,7 +51,7 @@ struct Prepared {
 };
 
 struct PreparedBest {
-  at::Tensor best_x, best_loss, success, x, loss, is_adv;
+  at::Tensor best_x, best_loss, success, x, loss, is_adv, nonfinite;  // nonfinite may be undefined
   int64_t rows = 0, row_size = 0;
   BestMode mode = BestMode::Loss;
 };
@@ -58,17 +60,18 @@ Prepared prepare_step(const at::Tensor& x, const at::Tensor& x0, const at::Tenso
                       const at::Tensor& eps, const at::Tensor& alpha,
                       const std::optional<at::Tensor>& active,
                       const std::optional<at::Tensor>& noise, c10::string_view norm, double lo,
-                      double hi, bool descent);
+                      double hi, bool descent, ValueChecks checks = ValueChecks::kHost);
 Prepared prepare_random_init(const at::Tensor& x, const at::Tensor& x0, const at::Tensor& eps,
                              c10::string_view norm, double lo, double hi, int64_t seed,
-                             int64_t offset);
+                             int64_t offset, ValueChecks checks = ValueChecks::kHost);
 Prepared prepare_apgd_step(const at::Tensor& x, const at::Tensor& x_prev, const at::Tensor& x0,
                            const at::Tensor& grad, const at::Tensor& eta, const at::Tensor& eps,
-                           double momentum, c10::string_view norm, double lo, double hi);
+                           double momentum, c10::string_view norm, double lo, double hi,
+                           ValueChecks checks = ValueChecks::kHost);
 PreparedBest prepare_update_best(const at::Tensor& best_x, const at::Tensor& best_loss,
                                  const at::Tensor& success, const at::Tensor& x,
                                  const at::Tensor& loss, const at::Tensor& is_adv,
-                                 c10::string_view mode);
+                                 c10::string_view mode, const std::optional<at::Tensor>& nonfinite);
 
 // Raw pointers of a Prepared call for kernels over scalar_t (see kernels/pgd.h RowPtrs).
 template <typename scalar_t, typename acc>
@@ -101,6 +104,7 @@ BestPtrs<scalar_t, acc> best_ptrs(const PreparedBest& p) {
   r.best_x = p.best_x.mutable_data_ptr<scalar_t>();
   r.best_loss = p.best_loss.mutable_data_ptr<acc>();
   r.success = p.success.mutable_data_ptr<bool>();
+  r.nonfinite = p.nonfinite.defined() ? p.nonfinite.mutable_data_ptr<bool>() : nullptr;
   r.x = p.x.const_data_ptr<scalar_t>();
   r.loss = p.loss.const_data_ptr<acc>();
   r.is_adv = p.is_adv.const_data_ptr<bool>();

@@ -14,7 +14,7 @@ from torch import nn
 from ..ops import apgd_step_, pgd_update_best_
 from .engine import Attack, Plan
 from .objectives import check_loss, objective, reached
-from .rows import RowOutcome, Rows, row_mask
+from .rows import RowOutcome, Rows, row_mask, usable_start
 from .starts import autoattack_start
 from .validation import Scalar, check_count, check_radius
 
@@ -57,6 +57,8 @@ class APGDState:
 
     def __init__(self, rows: Rows, x: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor, is_adv: torch.Tensor):
         n = rows.n
+        # A start with a non-finite loss is no best point: -inf, not a success (usable_start).
+        loss, is_adv, self.nonfinite = usable_start(loss, is_adv)
         self.x, self.x_prev, self.grad = x, x.clone(), grad.clone()
         self.x_best, self.grad_best, self.loss_best = x.clone(), grad.clone(), loss.clone()
         self.x_out, self.loss_out, self.success = x.clone(), loss.clone(), is_adv.clone()
@@ -68,7 +70,8 @@ class APGDState:
 
     def tensors(self) -> List[torch.Tensor]:
         return [self.x, self.x_prev, self.grad, self.x_best, self.grad_best, self.loss_best, self.x_out,
-                self.loss_out, self.success, self.eta, self.increases, self.loss_prev, self.improved, self.reduced]
+                self.loss_out, self.success, self.eta, self.increases, self.loss_prev, self.improved, self.reduced,
+                self.nonfinite]
 
     def record(self, loss: torch.Tensor, grad: torch.Tensor, is_adv: torch.Tensor) -> None:
         """Takes in the loss, gradient and goal at the new iterate self.x."""
@@ -77,7 +80,8 @@ class APGDState:
         improved = loss > self.loss_best
         self.grad_best.copy_(torch.where(row_mask(improved, grad), grad, self.grad_best))
         pgd_update_best_(self.x_best, self.loss_best, self.improved, self.x, loss, improved, mode="loss")
-        pgd_update_best_(self.x_out, self.loss_out, self.success, self.x, loss, is_adv, mode="last_success")
+        pgd_update_best_(self.x_out, self.loss_out, self.success, self.x, loss, is_adv, mode="last_success",
+                         nonfinite=self.nonfinite)
         self.increases.add_((loss > self.loss_prev).to(self.increases.dtype))
         self.loss_prev.copy_(loss)
 
@@ -174,7 +178,7 @@ class APGD(Attack):
             ctx.count(rows.n, backward=True)
             if i in checkpoints:
                 state.checkpoint(checkpoints[i], self.rho)
-        return RowOutcome(state.x_out, state.loss_out, state.success)
+        return RowOutcome(state.x_out, state.loss_out, state.success, state.nonfinite)
 
     def _iteration(self, ctx, rows: Rows, state: APGDState, loss_fn, momentum: float) -> None:
         apgd_step_(state.x, state.x_prev, rows.x0, state.grad, state.eta, rows.eps, momentum=momentum,

@@ -9,11 +9,11 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from ..reference.pgd_step import canonical_norm
+from .._checks.pgd import canonical_norm
 from .graph import StepRunner
 from .model_runner import ModelRunner, eval_mode
 from .result import AttackResult
-from .rows import RowOutcome, Rows, fold, maths_dtype, merge_groups, per_row_values
+from .rows import RowOutcome, Rows, fold, maths_dtype, merge_groups, per_row_values, usable_start
 from .validation import (Scalar, check_autocast, check_box, check_call, check_count, check_model,
                          check_per_sample, check_radius)
 
@@ -106,7 +106,7 @@ class Attack:
 
     def run(self, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None) -> AttackResult:
         x_adv, outcome, ctx = self._attack(x, y, targets, evaluate=True)
-        return AttackResult(x_adv, outcome.success, outcome.loss, ctx.forwards, ctx.backwards)
+        return AttackResult(x_adv, outcome.success, outcome.loss, ctx.forwards, ctx.backwards, outcome.nonfinite)
 
     # -- what each attack defines ------------------------------------------------------------
     def _check_targets(self, targets: Optional[torch.Tensor]) -> None:
@@ -129,7 +129,7 @@ class Attack:
         return t.contiguous()
 
     def _attack(self, x, y, targets, evaluate: bool):
-        y, targets = check_call(x, y, targets, self.lo, self.hi)
+        y, targets, classes_needed = check_call(x, y, targets, self.lo, self.hi)
         self._check_targets(targets)
         check_per_sample(self.eps, "eps", x.shape[0])
         if self.alpha is not None:
@@ -137,7 +137,8 @@ class Attack:
         capture = self.cuda_graph and x.device.type == "cuda"
         if self.cuda_graph and not capture:
             _warn_cuda_graph_on_cpu()
-        ctx = LoopContext(ModelRunner(self.model, self.autocast, graph_safe=capture), capture)
+        ctx = LoopContext(ModelRunner(self.model, self.autocast, graph_safe=capture, classes_needed=classes_needed),
+                          capture)
         seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
         generator = torch.Generator(device=x.device).manual_seed(seed)
         x0 = self._layout(x.detach())
@@ -172,9 +173,10 @@ class Attack:
         n = x0.shape[0]
         if plan.initial is None:
             no_loss = torch.full((n,), -float("inf"), dtype=maths_dtype(x0), device=x0.device)
-            best = RowOutcome(x0.clone(), no_loss, torch.zeros(n, dtype=torch.bool, device=x0.device))
+            none = torch.zeros(n, dtype=torch.bool, device=x0.device)
+            best = RowOutcome(x0.clone(), no_loss, none, none.clone())
         else:
-            best = RowOutcome(x0.clone(), plan.initial[0].clone(), plan.initial[1].clone())
+            best = RowOutcome(x0.clone(), *usable_start(*plan.initial))
         per_pass = self.restart_batch or plan.groups
         for first in range(0, plan.groups, per_pass):
             last = min(plan.groups, first + per_pass)

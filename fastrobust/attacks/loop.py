@@ -37,19 +37,27 @@ class StepControl(Protocol):
 
 
 class BestTracker:
-    """Each row's best point so far (pgd_update_best_ with `mode`)."""
+    """Each row's best point so far (pgd_update_best_ with `mode`; a point with a non-finite
+    loss is never kept), and which rows met a non-finite loss. Until a row has a point it holds
+    the clean input x0 with loss -inf."""
 
-    def __init__(self, x: torch.Tensor, mode: str):
+    def __init__(self, x: torch.Tensor, x0: torch.Tensor, mode: str):
         self.mode = mode
-        self.x = x.clone()
+        self.x = torch.empty_like(x).copy_(x0)  # x's layout: pgd_update_best_ writes it in place
         self.loss = torch.full((x.shape[0],), -math.inf, dtype=maths_dtype(x), device=x.device)
         self.success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        self.nonfinite = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
 
     def tensors(self) -> List[torch.Tensor]:
-        return [self.x, self.loss, self.success]
+        return [self.x, self.loss, self.success, self.nonfinite]
 
     def update(self, x: torch.Tensor, score: torch.Tensor, is_adv: torch.Tensor) -> None:
-        pgd_update_best_(self.x, self.loss, self.success, x, score, is_adv, mode=self.mode)
+        pgd_update_best_(self.x, self.loss, self.success, x, score, is_adv, mode=self.mode, nonfinite=self.nonfinite)
+
+
+def note_nonfinite(nonfinite: torch.Tensor, loss: torch.Tensor) -> None:
+    """nonfinite |= the loss is not finite, in place (no host sync)."""
+    torch.logical_or(nonfinite, ~torch.isfinite(loss), out=nonfinite)
 
 
 @dataclass
@@ -81,14 +89,19 @@ class SignSteps:
             evaluate: bool = True) -> RowOutcome:
         """Runs the loop on the iterate x (updated in place) and returns the kept points; with
         evaluate (or best tracking) the last iterate is evaluated by one extra forward."""
-        tracker = None if self.keep is None else BestTracker(x, self.keep)
-        state = [x] + (tracker.tensors() if tracker else []) + (control.tensors() if control else [])
+        tracker = None if self.keep is None else BestTracker(x, rows.x0, self.keep)
+        # Without best tracking (keep="last") the non-finite losses are noted only when the
+        # result is asked for (evaluate): the plain call stays as lean as torchattacks' loop.
+        seen = None if tracker is not None or not evaluate else \
+            torch.zeros(rows.n, dtype=torch.bool, device=x.device)
+        state = [x] + (tracker.tensors() if tracker else []) + (control.tensors() if control else []) + \
+            ([seen] if seen is not None else [])
         runner = ctx.step_runner(state)
         for t in range(self.steps):
             kind = self.loss_at(t)
             if control is not None:
                 control.prepare()
-            runner(kind, lambda kind=kind: self._iteration(ctx, rows, x, kind, tracker, control))
+            runner(kind, lambda kind=kind: self._iteration(ctx, rows, x, kind, tracker, control, seen))
             ctx.count(rows.n, backward=True)
         if tracker is None and not evaluate:
             return RowOutcome(x, None, None)
@@ -99,15 +112,18 @@ class SignSteps:
         score = self._score(rows, logits, rows.loss_fn(kind)(output))
         is_adv = rows.reached(logits)
         if tracker is None:
-            return RowOutcome(x, score, is_adv)
+            note_nonfinite(seen, score)
+            return RowOutcome(x, score, is_adv & torch.isfinite(score), seen)
         tracker.update(x, score, is_adv)
-        return RowOutcome(tracker.x, tracker.loss, tracker.success)
+        return RowOutcome(tracker.x, tracker.loss, tracker.success, tracker.nonfinite)
 
     def _iteration(self, ctx, rows: Rows, x: torch.Tensor, kind: str, tracker: Optional[BestTracker],
-                   control: Optional[StepControl]) -> None:
+                   control: Optional[StepControl], seen: Optional[torch.Tensor] = None) -> None:
         logits, loss, grad = ctx.model.loss_and_grad(x, rows.loss_fn(kind))
         if tracker is not None:
             tracker.update(x, self._score(rows, logits, loss), rows.reached(logits))
+        elif seen is not None:
+            note_nonfinite(seen, loss)
         if control is not None:
             control.observe(rows, logits)
         pgd_step_(x, rows.x0, grad, rows.eps, rows.alpha,

@@ -53,10 +53,13 @@ class ModelRunner:
     graph_safe turns off autocast's weight cast cache, which CUDA-graph capture cannot use.
     """
 
-    def __init__(self, model: nn.Module, autocast: Optional[torch.dtype] = None, graph_safe: bool = False):
+    def __init__(self, model: nn.Module, autocast: Optional[torch.dtype] = None, graph_safe: bool = False,
+                 classes_needed: int = 0):
         self.model = model
         self.autocast = autocast
         self.graph_safe = graph_safe
+        # The attack's labels are class indices below this: the logits must have that many classes.
+        self.classes_needed = classes_needed
 
     def _forward(self, x: torch.Tensor) -> ModelOutput:
         if self.autocast is None:
@@ -71,6 +74,9 @@ class ModelRunner:
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(f"model must return (N, classes) logits (or a tuple starting with them) for "
                              f"N={x.shape[0]} inputs, got {got}")
+        if logits.shape[1] < self.classes_needed:
+            raise ValueError(f"y (or targets) must be class indices in [0, {logits.shape[1]}) for a model with "
+                             f"{logits.shape[1]} classes, got the label {self.classes_needed - 1}")
         return ModelOutput(logits, raw)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

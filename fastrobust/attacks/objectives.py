@@ -6,8 +6,8 @@ from typing import Optional
 
 import torch
 
+from .._checks.common import check_class_indices
 from ..ops.margin_loss import margin_loss
-from ..reference.margin_loss import cross_entropy
 
 LOSSES = ("ce", "cw", "dlr")
 
@@ -35,6 +35,13 @@ def objective(kind, output, y: torch.Tensor, targets: Optional[torch.Tensor] = N
         got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
         raise ValueError(f"loss: a callable loss must return one value per row ({output.logits.shape[0]},), got {got}")
     return loss.to(output.logits.dtype)
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-sample CE to maximise: CE(z, y) untargeted, -CE(z, t) targeted."""
+    if targets is None:
+        return torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    return -torch.nn.functional.cross_entropy(logits, targets, reduction="none")
 
 
 def attack_loss(kind: str, logits: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -17,6 +18,10 @@ class AttackResult:
                that is -CE; for AlternatingPGD the CW margin, the one scale shared by its stages).
     forwards:  model forward passes summed over rows (sample-passes), restarts included.
     backwards: input-gradient passes, counted the same way.
+    nonfinite: bool (N,): the attack met a non-finite loss (NaN, +-inf) at some iterate of the
+               sample (any restart). Such points are never kept and never count as successes;
+               where no iterate had a finite loss, x_adv is the clean point and loss is -inf.
+               nonfinite_count says how many samples met one.
     """
 
     x_adv: torch.Tensor
@@ -24,3 +29,9 @@ class AttackResult:
     loss: torch.Tensor
     forwards: int
     backwards: int
+    nonfinite: Optional[torch.Tensor] = None
+
+    @property
+    def nonfinite_count(self) -> int:
+        """Samples whose attack met a non-finite loss (a host read on CUDA)."""
+        return 0 if self.nonfinite is None else int(self.nonfinite.sum())

@@ -82,6 +82,14 @@ class RowOutcome:
     x: torch.Tensor
     loss: Optional[torch.Tensor]
     success: Optional[torch.Tensor]
+    nonfinite: Optional[torch.Tensor] = None  # bool per row: some iterate had a non-finite loss
+
+
+def usable_start(loss: torch.Tensor, success: torch.Tensor):
+    """(loss, success, nonfinite) of a starting point as the best-point rule sees it: a
+    non-finite loss is no point at all (-inf, not a success)."""
+    usable = torch.isfinite(loss)
+    return torch.where(usable, loss, torch.full_like(loss, -math.inf)), success & usable, ~usable
 
 
 def merge_groups(best: RowOutcome, index: Optional[torch.Tensor], out: RowOutcome, groups: int) -> None:
@@ -95,11 +103,16 @@ def merge_groups(best: RowOutcome, index: Optional[torch.Tensor], out: RowOutcom
         bx = torch.empty_like(best.x[: index.numel()]).copy_(best.x[index])
         bl, bs = best.loss[index], best.success[index]
     b = bx.shape[0]
+    bn = None if best.nonfinite is None else (best.nonfinite if index is None else best.nonfinite[index])
     for g in range(groups):
         rows = slice(g * b, (g + 1) * b)
         pgd_update_best_(bx, bl, bs, out.x[rows], out.loss[rows], out.success[rows], mode="first_success")
+        if bn is not None and out.nonfinite is not None:
+            bn.logical_or_(out.nonfinite[rows])
     if index is not None:
         best.x.index_copy_(0, index, bx)
         best.loss.index_copy_(0, index, bl)
         best.success.index_copy_(0, index, bs)
+        if bn is not None:
+            best.nonfinite.index_copy_(0, index, bn)
 

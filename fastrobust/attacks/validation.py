@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import nn
@@ -61,11 +61,20 @@ def _check_labels(t: torch.Tensor, name: str, n: int) -> None:
         raise ValueError(f"{name} must have shape ({n},) (one label per row of x), got {tuple(t.shape)}")
 
 
-def check_call(x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor], lo: float, hi: float):
-    """Checks one attack call's inputs; returns y and targets on x's device.
+class CheckedCall(NamedTuple):
+    """An attack call's labels on x's device, and the number of classes they need (the largest
+    label + 1; the model's logits are checked against it, see ModelRunner)."""
 
-    The range check of x is the one host synchronisation an attack makes before its loop.
-    """
+    y: torch.Tensor
+    targets: Optional[torch.Tensor]
+    classes_needed: int
+
+
+def check_call(x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor], lo: float, hi: float
+               ) -> CheckedCall:
+    """Checks one attack call's inputs: x a floating batch inside [lo, hi], y and targets int64
+    labels >= 0, one per row. The range checks of x and of the labels are the one host
+    synchronisation an attack makes before its loop."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     if x.dim() < 2:
@@ -74,10 +83,19 @@ def check_call(x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor]
     _check_labels(y, "y", x.shape[0])
     if targets is not None:
         _check_labels(targets, "targets", x.shape[0])
-    if x.numel() and bool(((x < lo) | (x > hi) | x.isnan()).any()):
-        raise ValueError(f"x must lie in [lo, hi] = [{lo}, {hi}] (normalisation belongs inside the model)")
     y = y.to(x.device)
-    return y, None if targets is None else targets.to(x.device)
+    targets = None if targets is None else targets.to(x.device)
+    if x.numel() == 0:
+        return CheckedCall(y, targets, 0)
+    labels = y if targets is None else torch.cat([y, targets])
+    outside = ((x < lo) | (x > hi) | x.isnan()).any()
+    bad_x, smallest, largest = torch.stack([outside.to(torch.int64), labels.min(), labels.max()]).tolist()
+    if bad_x:
+        raise ValueError(f"x must lie in [lo, hi] = [{lo}, {hi}] (normalisation belongs inside the model)")
+    if smallest < 0:
+        name = "y" if bool((y < 0).any()) else "targets"
+        raise ValueError(f"{name} must be class indices >= 0, got {smallest}")
+    return CheckedCall(y, targets, int(largest) + 1)
 
 
 def check_per_sample(value: Scalar, name: str, n: int) -> None:

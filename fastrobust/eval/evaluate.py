@@ -59,6 +59,10 @@ class AttackReport:
                       forward per point where a separate model judges (attack_model); with an
                       EOT attack model each row is `samples` rows of the inner model.
     images_per_s:     points_attacked / time_s.
+    nonfinite:        points whose attack met a non-finite loss (NaN / inf) at some iterate; such
+                      iterates are never kept nor counted as breaks (see AttackResult.nonfinite).
+                      A model that is not finite on part of the threat ball can hide its
+                      weakness there: a non-zero count deserves a look.
     params:           the attack's parameters (preset name, class, keyword arguments).
     success:          bool (n,) on the CPU: which points the attack broke (fixed), False for
                       the points it did not attack. Not in to_dict() unless samples=True.
@@ -74,6 +78,7 @@ class AttackReport:
     backwards: int
     images_per_s: Optional[float]
     params: Dict[str, Any] = field(default_factory=dict)
+    nonfinite: int = 0
     accuracy_alone: Optional[float] = None
     hypocritical_risk: Optional[float] = None
     success: Optional[torch.Tensor] = field(default=None, repr=False)
@@ -81,7 +86,7 @@ class AttackReport:
     def to_dict(self, samples: bool = False) -> Dict[str, Any]:
         out = {k: getattr(self, k) for k in ("name", "kind", "points_attacked", "successes", "robust_accuracy",
                                              "accuracy_alone", "hypocritical_risk", "time_s", "forwards",
-                                             "backwards", "images_per_s")}
+                                             "backwards", "images_per_s", "nonfinite")}
         out["params"] = _jsonable(self.params)
         if samples and self.success is not None:
             out["success"] = self.success.tolist()
@@ -300,7 +305,9 @@ def logits_of(out) -> torch.Tensor:
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device,
             autocast: Optional[torch.dtype] = None) -> torch.Tensor:
-    """argmax predictions (on device) of model on x in eval mode, without gradients."""
+    """argmax predictions (on device) of model on x in eval mode, without gradients; -1 where the
+    logits are not all finite (argmax would pick the NaN's class: no class is predicted there,
+    so such a point is never counted correct)."""
     preds = []
     with eval_mode(model), torch.no_grad():
         for i in range(0, x.shape[0], batch_size):
@@ -310,7 +317,9 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.de
             else:
                 with torch.autocast(device.type, dtype=autocast):
                     out = model(xb)
-            preds.append(logits_of(out).argmax(dim=1))
+            logits = logits_of(out)
+            pred = logits.argmax(dim=1)
+            preds.append(torch.where(torch.isfinite(logits).all(dim=1), pred, torch.full_like(pred, -1)))
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=device)
 
 
@@ -393,7 +402,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
         print(f"clean accuracy: {100 * clean_correct.float().mean().item():.2f}% ({clean_time:.1f} s)")
 
     rows: List[AttackReport] = []
-    row_counts: List[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []
+    row_counts: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []
     x_src_device = x.device
     for i, spec in enumerate(specs):
         if spec.role == HYPOCRITICAL:
@@ -405,6 +414,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
         index = todo.nonzero()[:, 0]  # one host sync per attack: the number of points to attack
         count = int(index.numel())
         success = torch.zeros(total, dtype=torch.bool, device=device)
+        nonfinite = torch.zeros((), dtype=torch.int64, device=device)
         forwards = backwards = 0
         _sync(device)
         t0 = time.perf_counter()
@@ -418,6 +428,8 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
             result = attack.run(xb, yb)
             forwards += result.forwards
             backwards += result.backwards
+            if result.nonfinite is not None:
+                nonfinite += result.nonfinite.sum().to(device)
             ok = result.success
             if attack_model is not None or spec.fixed and attack.model is not model:
                 # the judged model decides: one forward on the adversarial points
@@ -430,22 +442,23 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
         _sync(device)
         elapsed = time.perf_counter() - t0
         alone = None if cascade or spec.role == HYPOCRITICAL else (clean_correct & ~success)
-        row_counts.append((success.sum(), robust.sum(), None if alone is None else alone.sum()))
+        row_counts.append((success.sum(), robust.sum(), nonfinite, None if alone is None else alone.sum()))
         rows.append(AttackReport(
             name=spec.name, kind=spec.role, points_attacked=count, successes=0, robust_accuracy=None,
             time_s=elapsed, forwards=forwards, backwards=backwards,
             images_per_s=count / elapsed if elapsed > 0 and count else None, params=spec.params, success=success))
         if verbose:
-            _, r, _ = row_counts[-1]
+            _, r, _, _ = row_counts[-1]
             print(f"{spec.name}: {count} points attacked, {elapsed:.1f} s"
                   + ("" if spec.role == HYPOCRITICAL else f", robust accuracy {100 * r.item() / max(total, 1):.2f}%"))
 
     # the one read-back of all counts
     counts = torch.stack([t for c in row_counts for t in c if t is not None]).tolist() if row_counts else []
     it = iter(counts)
-    for row, (_, _, alone) in zip(rows, row_counts):
+    for row, (_, _, _, alone) in zip(rows, row_counts):
         row.successes = int(next(it))
         robust_after = int(next(it))
+        row.nonfinite = int(next(it))
         if alone is not None:
             row.accuracy_alone = int(next(it)) / total if total else float("nan")
         if row.kind == HYPOCRITICAL:

@@ -44,7 +44,7 @@ from torch import nn
 
 from ..attacks import PGD
 from ..attacks.model_runner import eval_mode
-from ..reference.pgd_step import canonical_norm
+from .._checks.pgd import canonical_norm
 from .evaluate import logits_of, model_device, predict
 
 DEFAULT_CHECKS: Tuple[str, ...] = ("randomness", "zero_gradients", "eps_sweep", "steps", "loss_curve")

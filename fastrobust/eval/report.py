@@ -21,7 +21,7 @@ from ..info import device_name
 
 CSV_COLUMNS = ["model", "data", "eps", "norm", "seed", "n", "attack", "kind", "points_attacked", "successes",
                "robust_accuracy", "accuracy_alone", "hypocritical_risk", "time_s", "forwards", "backwards",
-               "images_per_s"]
+               "images_per_s", "nonfinite"]
 
 
 def git_info(path: Optional[Path] = None) -> Dict[str, Any]:
@@ -140,6 +140,12 @@ def markdown(report, plots: Optional[Dict[str, str]] = None) -> str:
     lines.append(f"| **overall** | **{_pct(report.robust_accuracy)}** | " + " | ".join(
         (["–"] if alone else []) + ["–", "–", _num(report.total_time_s), "–", "–", "–"]) + " |")
     lines.append("")
+    for a in report.attacks:
+        if a.nonfinite:
+            lines.append(f"**Non-finite losses** ({a.name}): on {a.nonfinite} of {a.points_attacked} attacked points "
+                         f"the model gave a NaN or infinite loss at some iterate; those iterates count neither as "
+                         f"breaks nor as best points, so the model may be less robust there than reported.")
+            lines.append("")
     for a in report.attacks:
         if a.kind == "hypocritical":
             risk = "n/a (no misclassified points)" if a.hypocritical_risk is None else f"{_pct(a.hypocritical_risk)}%"

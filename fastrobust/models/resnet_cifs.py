@@ -15,7 +15,7 @@ from .resnet import BasicBlock, ResNet18
 __all__ = ["BasicBlock", "LAYER4_PROBES", "ResNet18CIFS"]
 
 # Probe of the CIFS layer after each block of layer4; CIFS's defaults (hidden 128, beta 5) are
-# the official mlp probe.
+# the official mlp probe, its scale 1 the official mask (plain softmax; see fastrobust.nn.CIFS).
 LAYER4_PROBES = ("mlp", "linear")
 
 

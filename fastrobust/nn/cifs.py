@@ -55,9 +55,13 @@ class CIFS(nn.Module):
     hidden=128, beta=5.0: the mlp probe of the official ResNet-18 (hidden is unused by "linear").
                  Where beta * u > 20 torch's Softplus is the identity; the relevance's closed
                  form uses the same derivative (1 there, sigmoid(beta * u) elsewhere).
-    temperature=1.0, scale=2.0: m = scale * softmax(r / temperature) over channels (official values;
-                 the mask sums to `scale`, so it shrinks the feature by about C / scale on average).
-    labels:      int64 (B,), required in train mode (t1 = the label); ignored in eval mode.
+    temperature=1.0, scale=1.0: m = scale * softmax(r / temperature) over channels; the mask sums to
+                 `scale`, so it shrinks the feature by about C / scale on average. scale=1 is the
+                 official code as it stands (HEAD 2e68025, October 2021): plain softmax. An older
+                 commit (2d8217c) multiplied the softmax by 2 and a later one commented the factor
+                 out; pass scale=2.0 to reproduce models trained with that commit.
+    labels:      int64 (B,) class indices in [0, num_classes), required in train mode (t1 = the
+                 label); ignored in eval mode.
 
     The probe logits come from the non-detached feature, so a loss on them (cifs_loss) trains
     the backbone too. `self.head` holds the probe's layers after pooling (nn.Linear weights in
@@ -66,7 +70,7 @@ class CIFS(nn.Module):
     """
 
     def __init__(self, channels: int, num_classes: int, probe: str = "linear", hidden: int = 128,
-                 beta: float = 5.0, temperature: float = 1.0, scale: float = 2.0, device=None, dtype=None):
+                 beta: float = 5.0, temperature: float = 1.0, scale: float = 1.0, device=None, dtype=None):
         super().__init__()
         self.channels = _check_int(channels, "channels", 1)
         # The mask needs the probe's top-2 classes.

@@ -23,7 +23,8 @@ import torch
 
 from .._extension import warn_fallback
 from ._registration import has_op, register_differentiable_op
-from ..reference.cifs import check_reweight_args
+from .._checks.cifs import check_probe_labels, check_reweight_args
+from .._checks.common import check_same_device
 from ..reference.cifs import cifs_reweight as _reference_reweight
 
 
@@ -32,8 +33,11 @@ SOFTPLUS_THRESHOLD = 20.0
 
 
 def cifs_reweight(feat: torch.Tensor, relevance: torch.Tensor, temperature: float = 1.0,
-                  scale: float = 2.0) -> torch.Tensor:
+                  scale: float = 1.0) -> torch.Tensor:
     """feat * scale * softmax(relevance / temperature, dim=1)[:, :, None, None].
+
+    scale=1: the official CIFS code at its current commit (2e68025); see fastrobust.nn.CIFS for
+    the history of the constant (an older commit used 2).
 
     feat: (B, C, H, W) floating; relevance: (B, C) floating (any dtype; the maths runs in
     float32, float64 for float64 feat). Differentiable in both. The output has feat's dtype.
@@ -45,7 +49,8 @@ def cifs_reweight(feat: torch.Tensor, relevance: torch.Tensor, temperature: floa
 
 
 def cifs_targets(probe_logits: torch.Tensor, labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The two classes whose logits define the relevance, on the device (no host sync).
+    """The two classes whose logits define the relevance, on the device (on a GPU without a host
+    sync; labels are checked there by an asynchronous device-side assert).
 
     With labels (train mode): t1 = the label, t2 = the second of the probe's top-2 predictions,
     even when that is the label (the official rule). Without (eval mode): the top-1 and top-2
@@ -56,9 +61,7 @@ def cifs_targets(probe_logits: torch.Tensor, labels: Optional[torch.Tensor] = No
     top2 = probe_logits.detach().topk(2, dim=1).indices
     if labels is None:
         return top2[:, 0], top2[:, 1]
-    if labels.dtype != torch.int64 or labels.shape != (probe_logits.shape[0],):
-        raise ValueError(f"labels must be int64 of shape ({probe_logits.shape[0]},), got {labels.dtype} "
-                         f"{tuple(labels.shape)}")
+    check_probe_labels(probe_logits, labels)
     return labels, top2[:, 1]
 
 
@@ -83,12 +86,13 @@ def mlp_relevance(pooled: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: 
 
 
 def _fake_reweight(feat, relevance, temperature, scale):
-    check_reweight_args(feat, relevance, temperature)
+    check_reweight_args(feat, relevance, temperature, scale)
     return torch.empty_like(feat, memory_format=torch.contiguous_format)
 
 
 def _fake_reweight_backward(grad_out, feat, relevance, temperature, scale):
-    check_reweight_args(feat, relevance, temperature)
+    check_reweight_args(feat, relevance, temperature, scale)
+    check_same_device("feat", feat, grad_out=grad_out)
     return (torch.empty_like(feat, memory_format=torch.contiguous_format),
             torch.empty_like(relevance, memory_format=torch.contiguous_format))
 

@@ -14,7 +14,7 @@ import torch
 
 from .._extension import warn_fallback
 from ._registration import has_op, register_differentiable_op
-from ..reference.margin_loss import check_margin_loss_args
+from .._checks.margin_loss import check_margin_loss_args, check_margin_loss_backward_args
 from ..reference.margin_loss import margin_loss as _reference_margin_loss
 
 
@@ -38,7 +38,7 @@ def _fake_margin_loss(logits, labels, targets, kind, kappa):
 
 
 def _fake_margin_loss_backward(grad_loss, logits, labels, targets, kind, kappa):
-    check_margin_loss_args(logits, labels, targets, kind, kappa)
+    check_margin_loss_backward_args(grad_loss, logits, labels, targets, kind, kappa)
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 

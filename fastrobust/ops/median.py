@@ -19,7 +19,7 @@ import torch
 
 from .._extension import warn_fallback
 from ._registration import has_op, register_differentiable_op
-from ..reference.median import check_median_args, check_median_backward_args
+from .._checks.median import check_median_args, check_median_backward_args
 from ..reference.median import median3x3 as _reference_median3x3
 
 

@@ -25,7 +25,9 @@ import torch
 
 from .._extension import warn_fallback
 from ._registration import has_op, register_differentiable_op
-from ..reference.nlm import check_nlm_args, default_scale, flatten, positions
+from .._checks.common import check_same_device
+from .._checks.nlm import check_nlm_args, default_scale
+from ..reference.nlm import flatten, positions
 from ..reference.nlm import nlm_dot as _reference_dot
 from ..reference.nlm import nlm_gaussian as _reference_gaussian
 
@@ -88,6 +90,7 @@ def nlm_dot(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor) -> torch.Te
 
 def _fake_nlm_gaussian(theta, phi, g, scale):
     check_nlm_args(theta, phi, g)
+    default_scale(theta, scale)
     acc = torch.float64 if theta.dtype == torch.float64 else torch.float32
     lse = theta.new_empty((theta.shape[0], positions(theta)), dtype=acc)
     return torch.empty_like(g, memory_format=torch.contiguous_format), lse
@@ -95,6 +98,7 @@ def _fake_nlm_gaussian(theta, phi, g, scale):
 
 def _fake_nlm_gaussian_backward(grad_y, theta, phi, g, y, lse, scale):
     check_nlm_args(theta, phi, g)
+    check_same_device("g", g, grad_y=grad_y, y=y, lse=lse)
     torch._check(grad_y.shape == g.shape, lambda: f"grad_y must have the shape of g {tuple(g.shape)}, got {tuple(grad_y.shape)}")
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (theta, phi, g))
 

@@ -16,25 +16,25 @@ from typing import Optional, Union
 
 import torch
 
+from .._checks.pgd import (BEST_MODES, canonical_norm, check_in_place, check_random_init_args, check_row_values,
+                           check_step_args, check_update_best_args)
+from .._checks.common import check_same_device
 from .._extension import warn_fallback
 from ._registration import has_op
 from ..reference import pgd_step as _ref
-from ..reference.pgd_step import BEST_MODES, canonical_norm, check_step_args
 
 Scalar = Union[float, torch.Tensor]
 
 
 def _as_rows(v: Scalar, x: torch.Tensor, name: str) -> torch.Tensor:
-    """A number or tensor as a 1-D tensor on x's device in the op maths type (no copy if it is one)."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    """eps / alpha / eta for the op: a number becomes a (1,) tensor on x's device in the op maths
+    type; a tensor is passed as it is (the op checks its shape and values), moved to x's device
+    only when it is a CPU tensor for x elsewhere."""
+    check_row_values(v, name, x)
     if isinstance(v, torch.Tensor):
-        if not v.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got {v.dtype}")
-        return v.to(device=x.device, dtype=acc).reshape(-1)
-    v = float(v)
-    if not v >= 0:  # also catches NaN
-        raise ValueError(f"{name} must be >= 0, got {v}")
-    return torch.full((1,), v, dtype=acc, device=x.device)
+        return v if v.device == x.device else v.to(x.device)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return torch.full((1,), float(v), dtype=acc, device=x.device)
 
 
 def pgd_step_(x: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor, eps: Scalar, alpha: Scalar,
@@ -48,8 +48,12 @@ def pgd_step_(x: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor, eps: Scalar
     active: bool (N,) or None; inactive rows are not touched. noise: x-shaped or None (added
     before the projection; FAT's omega*N(0,1) term). descent=True steps against the gradient
     (hypocritical / targeted attacks).
+    eps and alpha: finite and >= 0 (a tensor's values are checked by the op: on the host for CPU
+    tensors, by an asynchronous device-side assert on CUDA, so no step waits for the device).
+    x must not require grad: it is written in place.
     """
     norm = canonical_norm(norm)
+    check_in_place(x, "x")
     eps_t, alpha_t = _as_rows(eps, x, "eps"), _as_rows(alpha, x, "alpha")
     if has_op("fastrobust", "pgd_step_"):
         torch.ops.fastrobust.pgd_step_(x, x0, grad, eps_t, alpha_t, active, noise, norm, float(lo),
@@ -69,6 +73,7 @@ def pgd_random_init_(x: torch.Tensor, x0: torch.Tensor, eps: Scalar, norm="linf"
     start on the CPU and on the GPU.
     """
     norm = canonical_norm(norm)
+    check_in_place(x, "x")
     eps_t = _as_rows(eps, x, "eps")
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
@@ -81,20 +86,25 @@ def pgd_random_init_(x: torch.Tensor, x0: torch.Tensor, eps: Scalar, norm="linf"
 
 
 def pgd_update_best_(best_x: torch.Tensor, best_loss: torch.Tensor, success: torch.Tensor, x: torch.Tensor,
-                     loss: torch.Tensor, is_adv: torch.Tensor, mode: str = "loss"):
+                     loss: torch.Tensor, is_adv: torch.Tensor, mode: str = "loss",
+                     nonfinite: Optional[torch.Tensor] = None):
     """Keeps each row's best point, in place; returns (best_x, best_loss, success).
 
     mode "loss": the highest loss; "first_success": the first successful point, the highest
     loss until then; "last_success": the latest successful point, the highest loss until the
-    first. best_loss is float32/float64 (N,), success and is_adv bool (N,); success |= is_adv.
+    first. best_loss is float32/float64 (N,), success and is_adv bool (N,).
+    A point whose loss is not finite (NaN, +-inf) is never kept and never counts as a success;
+    nonfinite (optional bool (N,)) is set for those rows.
     """
     if mode not in BEST_MODES:
         raise ValueError(f"mode must be one of {BEST_MODES}, got {mode!r}")
+    check_in_place(best_x, "best_x")
+    check_in_place(best_loss, "best_loss")
     if has_op("fastrobust", "pgd_update_best_"):
-        torch.ops.fastrobust.pgd_update_best_(best_x, best_loss, success, x, loss, is_adv, mode)
+        torch.ops.fastrobust.pgd_update_best_(best_x, best_loss, success, x, loss, is_adv, mode, nonfinite)
         return best_x, best_loss, success
     warn_fallback("pgd_update_best_")
-    return _ref.pgd_update_best_(best_x, best_loss, success, x, loss, is_adv, mode)
+    return _ref.pgd_update_best_(best_x, best_loss, success, x, loss, is_adv, mode, nonfinite)
 
 
 def apgd_step_(x: torch.Tensor, x_prev: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor, eta: Scalar,
@@ -102,9 +112,12 @@ def apgd_step_(x: torch.Tensor, x_prev: torch.Tensor, x0: torch.Tensor, grad: to
     """APGD's momentum step, in place; returns (x, x_prev).
 
     z = P(x + eta*dir(grad)); x_new = P(x + a(z - x) + (1-a)(x - x_prev)); x_prev <- x; x <- x_new,
-    with a = momentum (1.0 on APGD's first step) and per-row step sizes eta.
+    with a = momentum (1.0 on APGD's first step) and per-row step sizes eta (finite, >= 0, as
+    eps; checked as pgd_step_ checks them). x and x_prev must not require grad.
     """
     norm = canonical_norm(norm)
+    check_in_place(x, "x")
+    check_in_place(x_prev, "x_prev")
     eta_t, eps_t = _as_rows(eta, x, "eta"), _as_rows(eps, x, "eps")
     if has_op("fastrobust", "apgd_step_"):
         torch.ops.fastrobust.apgd_step_(x, x_prev, x0, grad, eta_t, eps_t, float(momentum), norm, float(lo), float(hi))
@@ -114,17 +127,24 @@ def apgd_step_(x: torch.Tensor, x_prev: torch.Tensor, x0: torch.Tensor, grad: to
 
 
 def _register_fakes(namespace: str) -> None:
+    # The fake kernels run for meta tensors, and for every call that mixes a meta tensor with
+    # real ones: their device checks make the latter an error instead of a call that does nothing.
     def fake_step(x, x0, grad, eps, alpha, active, noise, norm, lo, hi, descent):
         check_step_args(x, x0, grad, eps, alpha, active, noise, norm)
 
     def fake_init(x, x0, eps, norm, lo, hi, seed, offset):
-        torch._check(x0.shape == x.shape, lambda: "x0 must have the shape of x")
+        check_random_init_args(x, x0, eps, norm)
 
-    def fake_best(best_x, best_loss, success, x, loss, is_adv, keep):
-        torch._check(best_x.shape == x.shape, lambda: "best_x must have the shape of x")
+    def fake_best(best_x, best_loss, success, x, loss, is_adv, keep, nonfinite=None):
+        check_update_best_args(best_x, best_loss, success, x, loss, is_adv, keep, nonfinite)
 
     def fake_apgd(x, x_prev, x0, grad, eta, eps, momentum, norm, lo, hi):
-        check_step_args(x, x0, grad, eps, eta, None, None, norm)
+        check_step_args(x, x0, grad, eps, eta, None, None, norm, alpha_name="eta")
+        check_in_place(x_prev, "x_prev")
+        check_same_device("x", x, x_prev=x_prev)
+        torch._check(x_prev.shape == x.shape and x_prev.dtype == x.dtype,
+                     lambda: f"x_prev must have the shape and dtype of x ({tuple(x.shape)}, {x.dtype}), got "
+                             f"{tuple(x_prev.shape)}, {x_prev.dtype}")
 
     torch.library.register_fake(f"{namespace}::pgd_step_")(fake_step)
     torch.library.register_fake(f"{namespace}::pgd_random_init_")(fake_init)

@@ -11,7 +11,7 @@ import torch
 
 from .._extension import HAS_EXT, warn_fallback
 from ._registration import register_differentiable_op
-from ..reference.sparta import check_sparta_args
+from .._checks.sparta import check_sparta_args, check_sparta_backward_args
 from ..reference.sparta import sparta as _reference_sparta
 
 
@@ -37,8 +37,7 @@ def _fake_sparta(x, weight, bias):
 
 
 def _fake_sparta_backward(grad_y, x, weight, bias):
-    check_sparta_args(x, weight, bias)
-    torch._check(grad_y.shape == x.shape, lambda: f"grad_y must have the shape of x {tuple(x.shape)}, got {tuple(grad_y.shape)}")
+    check_sparta_backward_args(grad_y, x, weight, bias)
     return (
         torch.empty_like(x, memory_format=torch.contiguous_format),
         torch.empty_like(weight, memory_format=torch.contiguous_format),

@@ -4,7 +4,8 @@
 official module's forward (models/nets/resnet_CIFS.py): the probe on the non-detached feature
 for its logits, the relevance as torch.autograd.grad of the top-2 logits with respect to the
 detached feature (create_graph=True, so the probe weights get the second-order gradient),
-summed over space, the mask 2 * softmax over channels, and feat * mask. It is the oracle of
+summed over space, the mask scale * softmax over channels (scale 1 in the official code at
+HEAD 2e68025; 2 at the older commit 2d8217c), and feat * mask. It is the oracle of
 the tests; it needs autograd, so it fails under torch.no_grad().
 """
 from __future__ import annotations
@@ -15,31 +16,20 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-
-def check_reweight_args(feat: torch.Tensor, relevance: torch.Tensor, temperature: float) -> None:
-    if feat.dim() != 4:
-        raise ValueError(f"feat must be a 4-D (B, C, H, W) tensor, got shape {tuple(feat.shape)}")
-    if not feat.is_floating_point() or not relevance.is_floating_point():
-        raise ValueError(f"feat and relevance must be floating-point, got {feat.dtype} and {relevance.dtype}")
-    if relevance.shape != feat.shape[:2]:
-        raise ValueError(f"relevance must have shape (B, C) = {tuple(feat.shape[:2])}, got {tuple(relevance.shape)}")
-    if relevance.device != feat.device:
-        raise ValueError(f"relevance must be on feat's device ({feat.device}), got {relevance.device}")
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a positive number, got {temperature}")
+from .._checks.cifs import check_reweight_args
 
 
 def cifs_reweight(feat: torch.Tensor, relevance: torch.Tensor, temperature: float = 1.0,
-                  scale: float = 2.0) -> torch.Tensor:
+                  scale: float = 1.0) -> torch.Tensor:
     """feat * scale * softmax(relevance / temperature, dim=1), broadcast over H and W."""
-    check_reweight_args(feat, relevance, temperature)
+    check_reweight_args(feat, relevance, temperature, scale)
     acc = torch.float64 if feat.dtype == torch.float64 else torch.float32
     mask = scale * torch.softmax(relevance.to(acc) / temperature, dim=1)
     return (feat.to(acc) * mask[:, :, None, None]).to(feat.dtype)
 
 
 def cifs_layer(feat: torch.Tensor, probe: nn.Module, labels: Optional[torch.Tensor], training: bool,
-               temperature: float = 1.0, scale: float = 2.0) -> Tuple[torch.Tensor, torch.Tensor]:
+               temperature: float = 1.0, scale: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
     """(feat * m, probe logits) as the official CIFS module computes them.
 
     probe: a module mapping the (B, C, H, W) feature to (B, K) logits through global average

@@ -19,29 +19,10 @@ from typing import Optional
 
 import torch
 
-KINDS = ("cw", "dlr")
+from .._checks.common import check_class_indices
+from .._checks.margin_loss import check_margin_loss_args
+
 DLR_TINY = 1e-12
-
-
-def check_margin_loss_args(logits, labels, targets=None, kind="cw", kappa=math.inf):
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if logits.dim() != 2:
-        raise ValueError(f"logits must be a 2-D (N, classes) tensor, got shape {tuple(logits.shape)}")
-    if not logits.is_floating_point():
-        raise ValueError(f"logits must have a floating-point dtype, got {logits.dtype}")
-    for name, t in (("labels", labels), ("targets", targets)):
-        if t is None:
-            continue
-        if t.dtype != torch.int64:
-            raise ValueError(f"{name} must be int64, got {t.dtype}")
-        if t.shape != (logits.shape[0],):
-            raise ValueError(f"{name} must have shape ({logits.shape[0]},), got {tuple(t.shape)}")
-    need = 2 if kind == "cw" else (4 if targets is not None else 3)
-    if logits.shape[1] < need:
-        raise ValueError(f"{kind} loss{' (targeted)' if targets is not None else ''} needs at least {need} classes, got {logits.shape[1]}")
-    if math.isnan(kappa):
-        raise ValueError("kappa must not be NaN")
 
 
 def _max_other(z, exclude):
@@ -53,6 +34,9 @@ def _max_other(z, exclude):
 def margin_loss(logits: torch.Tensor, labels: torch.Tensor, targets: Optional[torch.Tensor] = None,
                 kind: str = "cw", kappa: float = math.inf) -> torch.Tensor:
     check_margin_loss_args(logits, labels, targets, kind, kappa)
+    for name, t in (("labels", labels), ("targets", targets)):
+        if t is not None:
+            check_class_indices(t, logits.shape[1], name)
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     z = logits.to(acc)
     z_y = z.gather(1, labels[:, None])[:, 0]
@@ -70,10 +54,3 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor, targets: Optional[to
             z_t = z.gather(1, targets[:, None])[:, 0]
             loss = -(z_y - z_t) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + DLR_TINY)
     return loss.to(logits.dtype)
-
-
-def cross_entropy(logits, labels, targets=None):
-    """Per-sample CE to maximise: CE(z, y) untargeted, -CE(z, t) targeted."""
-    if targets is None:
-        return torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-    return -torch.nn.functional.cross_entropy(logits, targets, reduction="none")

@@ -24,8 +24,9 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .margin_loss import cross_entropy, margin_loss
-from .pgd_step import canonical_norm, row_norm
+from .._checks.pgd import canonical_norm
+from .margin_loss import margin_loss
+from .pgd_step import row_norm
 
 
 def _generator(x: torch.Tensor, seed: Optional[int]) -> torch.Generator:
@@ -47,8 +48,10 @@ def loss_of(kind: str, logits: torch.Tensor, y: torch.Tensor, targets=None, kapp
     """Per-sample loss to maximise, in float32 (float64 for float64 logits): CE (targeted
     -CE(t)), CW margin or DLR."""
     logits = logits.to(_maths_dtype(logits))
-    if kind == "ce":
-        return cross_entropy(logits, y, targets)
+    if kind == "ce":  # CE(z, y) to raise, or -CE(z, t) to lower towards t
+        if targets is None:
+            return F.cross_entropy(logits, y, reduction="none")
+        return -F.cross_entropy(logits, targets, reduction="none")
     return margin_loss(logits, y, targets, kind, kappa if kind == "cw" else math.inf)
 
 

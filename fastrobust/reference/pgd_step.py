@@ -18,64 +18,22 @@ from typing import Optional
 
 import torch
 
-NORMS = ("linf", "l2")
-BEST_MODES = ("loss", "first_success", "last_success")
+from .._checks.pgd import (BEST_MODES, NORMS, canonical_norm, check_random_init_args,  # noqa: F401
+                           check_in_place, check_row_value_range, check_row_values, check_step_args,
+                           check_update_best_args)
+
 # Added to L2 norms before dividing by them (AutoAttack's constant).
 L2_TINY = 1e-12
 
 
-def canonical_norm(norm) -> str:
-    """'linf' or 'l2' from any of the spellings users write (inf, 'Linf', 2, 'L2', ...)."""
-    if isinstance(norm, str):
-        key = norm.strip().lower()
-        if key in ("linf", "inf", "l_inf"):
-            return "linf"
-        if key in ("l2", "2"):
-            return "l2"
-    elif isinstance(norm, (int, float)) and not isinstance(norm, bool):
-        if norm == float("inf"):
-            return "linf"
-        if norm == 2:
-            return "l2"
-    raise ValueError(f"norm must be 'linf' (or inf) or 'l2' (or 2), got {norm!r}")
-
-
-def _check_rows(name: str, t: Optional[torch.Tensor], x: torch.Tensor) -> None:
-    if t is None:
-        return
-    if t.dim() > 1 or t.numel() not in (1, x.shape[0]):
-        raise ValueError(
-            f"{name} must be a scalar or have one value per row ({x.shape[0]}), got shape {tuple(t.shape)}"
-        )
-
-
-def check_step_args(x, x0, grad, eps, alpha, active=None, noise=None, norm="linf"):
-    """The checks every pgd_step_ backend runs (same messages as the C++ ops)."""
-    if x.dim() < 1:
-        raise ValueError("x must have a batch dimension (rows are dim 0)")
-    if not x.is_floating_point():
-        raise ValueError(f"x must have a floating-point dtype, got {x.dtype}")
-    for name, t in (("x0", x0), ("grad", grad), ("noise", noise)):
-        if t is None:
-            continue
-        if t.shape != x.shape:
-            raise ValueError(f"{name} must have the shape of x {tuple(x.shape)}, got {tuple(t.shape)}")
-        if t.dtype != x.dtype:
-            raise ValueError(f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}")
-    _check_rows("eps", eps, x)
-    _check_rows("alpha", alpha, x)
-    if active is not None:
-        if active.dtype != torch.bool or active.shape != (x.shape[0],):
-            raise ValueError(
-                f"active must be a bool tensor of shape ({x.shape[0]},), got {active.dtype} {tuple(active.shape)}"
-            )
-    canonical_norm(norm)
-
-
-def _per_row(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """eps/alpha (scalar or one per row) shaped to broadcast over x's rows, in the op maths type."""
+def _per_row(v, x: torch.Tensor, name: str = "eps") -> torch.Tensor:
+    """eps/alpha (a number, or a tensor with one value or one per row) shaped to broadcast over
+    x's rows, in the op maths type; values checked (finite, >= 0) as the fused ops check them."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if not isinstance(v, torch.Tensor):
+        v = torch.full((1,), float(v), dtype=acc, device=x.device)
     v = v.to(device=x.device, dtype=acc).reshape(-1)
+    check_row_value_range(v, name)
     return v.reshape(-1, *([1] * (x.dim() - 1)))
 
 
@@ -114,7 +72,7 @@ def pgd_step_(x, x0, grad, eps, alpha, active=None, noise=None, norm="linf", lo=
     check_step_args(x, x0, grad, eps, alpha, active, noise, norm)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     xa, x0a, ga = x.to(acc), x0.to(acc), grad.to(acc)
-    eps_r, alpha_r = _per_row(eps, x), _per_row(alpha, x)
+    eps_r, alpha_r = _per_row(eps, x, "eps"), _per_row(alpha, x, "alpha")
     direction = step_direction(ga, norm)
     x_new = xa - alpha_r * direction if descent else xa + alpha_r * direction
     if noise is not None:
@@ -136,9 +94,9 @@ def pgd_random_init_(x, x0, eps, norm="linf", lo=0.0, hi=1.0, generator=None):
     other numbers.
     """
     norm = canonical_norm(norm)
-    _check_rows("eps", eps, x)
+    check_random_init_args(x, x0, eps, norm)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    eps_r = _per_row(eps, x)
+    eps_r = _per_row(eps, x, "eps")
     if norm == "linf":
         u = torch.rand(x.shape, generator=generator, dtype=acc, device=x.device)
         delta = (2 * u - 1) * eps_r
@@ -157,24 +115,31 @@ def better_rows(loss, is_adv, best_loss, success, mode):
     loss:           the highest loss wins (strictly higher).
     first_success:  the first successful point is kept for good; until then, the highest loss.
     last_success:   every successful point replaces the kept one; until the first, the highest loss.
+    A point whose loss is not finite (NaN, +-inf) is never taken.
     """
+    usable = torch.isfinite(loss)
     higher = loss.to(best_loss.dtype) > best_loss
     if mode == "loss":
-        return higher
+        return usable & higher
     if mode == "first_success":
-        return ~success & (is_adv | higher)
+        return usable & ~success & (is_adv | higher)
     if mode == "last_success":
-        return is_adv | (~success & higher)
+        return usable & (is_adv | (~success & higher))
     raise ValueError(f"mode must be one of {BEST_MODES}, got {mode!r}")
 
 
-def pgd_update_best_(best_x, best_loss, success, x, loss, is_adv, mode="loss"):
-    """Keeps each row's best point (see better_rows) in best_x/best_loss; success |= is_adv."""
+def pgd_update_best_(best_x, best_loss, success, x, loss, is_adv, mode="loss", nonfinite=None):
+    """Keeps each row's best point (see better_rows) in best_x/best_loss; success |= is_adv where
+    the loss is finite; nonfinite (optional bool (N,)) |= the loss is not finite."""
+    check_update_best_args(best_x, best_loss, success, x, loss, is_adv, mode, nonfinite)
     better = better_rows(loss, is_adv, best_loss, success, mode)
+    usable = torch.isfinite(loss)
     rows = better.reshape(-1, *([1] * (x.dim() - 1)))
     best_x.copy_(torch.where(rows, x, best_x))
     best_loss.copy_(torch.where(better, loss.to(best_loss.dtype), best_loss))
-    success.logical_or_(is_adv)
+    success.logical_or_(is_adv & usable)
+    if nonfinite is not None:
+        nonfinite.logical_or_(~usable)
     return best_x, best_loss, success
 
 
@@ -186,10 +151,11 @@ def apgd_step_(x, x_prev, x0, grad, eta, eps, momentum=0.75, norm="linf", lo=0.0
     to norm min(eps, ||delta||), then the box), as in AutoAttack's code.
     """
     norm = canonical_norm(norm)
-    check_step_args(x, x0, grad, eps, eta, None, None, norm)
+    check_step_args(x, x0, grad, eps, eta, None, None, norm, alpha_name="eta")
+    check_in_place(x_prev, "x_prev")
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     xa, xpa, x0a, ga = x.to(acc), x_prev.to(acc), x0.to(acc), grad.to(acc)
-    eta_r, eps_r = _per_row(eta, x), _per_row(eps, x)
+    eta_r, eps_r = _per_row(eta, x, "eta"), _per_row(eps, x, "eps")
     z = project(xa + eta_r * step_direction(ga, norm), x0a, eps_r, norm, lo, hi)
     x_new = project(xa + momentum * (z - xa) + (1 - momentum) * (xa - xpa), x0a, eps_r, norm, lo, hi)
     x_prev.copy_(x)
