@@ -28,3 +28,94 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """read_only(folder): from then on every write under `folder` fails with EROFS, as on a
+    read-only mount (the tests may run as root, whom chmod does not stop). Covers the ways the
+    package writes: open / io.open, os.open (tempfile), os.mkdir (os.makedirs), os.replace,
+    os.rename, os.unlink."""
+    import builtins
+    import errno
+    import io
+    import os
+
+    roots = []
+
+    def inside(path) -> bool:
+        if isinstance(path, int):
+            return False
+        p = os.path.abspath(os.fsdecode(path))
+        return any(p == r or p.startswith(r + os.sep) for r in roots)
+
+    def refuse(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+
+    real = {name: getattr(os, name) for name in ("open", "mkdir", "replace", "rename", "unlink", "remove")}
+    real_open = builtins.open
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        if not isinstance(file, int) and any(c in mode for c in "wax+") and inside(file):
+            refuse(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def fake_os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and inside(path):
+            refuse(path)
+        return real["open"](path, flags, *args, **kwargs)
+
+    def guard(name):
+        def fake(*paths, **kwargs):
+            for p in paths[:2]:
+                if isinstance(p, (str, bytes, os.PathLike)) and inside(p):
+                    refuse(p)
+            return real[name](*paths, **kwargs)
+        return fake
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(io, "open", fake_open)
+    monkeypatch.setattr(os, "open", fake_os_open)
+    for name in ("mkdir", "replace", "rename", "unlink", "remove"):
+        monkeypatch.setattr(os, name, guard(name))
+    return lambda folder: roots.append(os.path.abspath(os.fspath(folder)))
+
+
+class FullDiskFile:
+    """A file that takes `room` bytes and then fails every write with ENOSPC (what a full disk
+    does); close() releases the real file underneath."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        import errno
+        import os
+
+        n = len(memoryview(data).cast("B"))
+        if n > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= n
+        return self.f.write(data)
+
+    def flush(self):
+        self.f.flush()
+
+    def fileno(self):
+        return self.f.fileno()
+
+    def close(self):
+        self.f.close()
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """full_disk(room): checkpoints are written to a disk with `room` bytes left (the failure
+    comes from inside torch.save, as on a real full disk)."""
+    import os
+
+    from fastrobust.train import checkpoint
+
+    def fill(room: int) -> None:
+        monkeypatch.setattr(checkpoint, "_open_for_writing", lambda fd: FullDiskFile(os.fdopen(fd, "wb"), room))
+    return fill

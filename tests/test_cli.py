@@ -1,9 +1,14 @@
 """The `fastrobust` command line: train -> eval end to end on digits with tiny settings, the help
-of every subcommand, and every documented error path (one line on stderr, exit status 2)."""
+of every subcommand, and every documented error path (one line on stderr, exit status 2):
+the options, corrupted checkpoints, a folder holding a run, a read-only folder, a full disk;
+--debug shows the traceback instead."""
 import contextlib
 import csv
+import errno
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +17,8 @@ import torch
 
 from fastrobust import cli
 from fastrobust.cli import main
+from fastrobust.cli.errors import CLIError
+from fastrobust.train import CheckpointError, load_checkpoint, save_checkpoint
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = ["--epochs", "1", "--subset", "128", "--batch-size", "32", "--max-steps-per-epoch", "2", "--eval-samples",
@@ -144,15 +151,37 @@ def _corrupt_checkpoints(trained, tmp_path):
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
     other_model = tmp_path / "other_model.pt"
-    state = torch.load(trained["out"] / "last.pt", weights_only=True)
+    state = load_checkpoint(str(trained["out"] / "last.pt"))
     state["config"]["model_options"]["width"] = 8
-    torch.save(state, other_model)
+    save_checkpoint(str(other_model), state)
+    flipped = tmp_path / "flipped.pt"
+    data = bytearray((trained["out"] / "last.pt").read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    flipped.write_bytes(bytes(data))
+    nan_weights = tmp_path / "nan_weights.pt"
+    state = load_checkpoint(str(trained["out"] / "last.pt"))
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    save_checkpoint(str(nan_weights), state)
+    config_list = tmp_path / "config_list.pt"
+    state = load_checkpoint(str(trained["out"] / "last.pt"))
+    state["config"] = list(state["config"].items())
+    save_checkpoint(str(config_list), state)
+    config_values = tmp_path / "config_values.pt"
+    state = load_checkpoint(str(trained["out"] / "last.pt"))
+    state["config"]["eps"] = "0.15"
+    save_checkpoint(str(config_values), state)
     return {
         "missing": (tmp_path / "missing.pt", "no such file"),
         "truncated": (truncated, "truncated, corrupted or not a torch file"),
         "text": (text, "truncated, corrupted or not a torch file"),
         "foreign": (foreign, "not a fastrobust training checkpoint"),
         "other_model": (other_model, "made for another model"),
+        "flipped": (flipped, "corrupted: content hash mismatch"),
+        "nan_weights": (nan_weights, f"the model's weights are not finite (NaN or inf in [{name}])"),
+        "config_list": (config_list, "entry 'config' must be a dict, got list"),
+        "config_values": (config_values, "stored configuration is not readable by this fastrobust (eps must be"),
     }
 
 
@@ -165,11 +194,14 @@ def _assert_one_line_error(code, err, command, expected):
     assert expected in lines[0], err
 
 
-@pytest.mark.parametrize("kind", ["missing", "truncated", "text", "foreign", "other_model"])
+@pytest.mark.parametrize("kind", ["missing", "truncated", "text", "foreign", "other_model", "flipped",
+                                  "nan_weights", "config_list", "config_values"])
 def test_eval_bad_checkpoint_is_one_line(kind, trained, tmp_path, capsys):
     path, expected = _corrupt_checkpoints(trained, tmp_path)[kind]
-    code, _, err = run_cli(["eval", path, "--no-progress"], capsys)
+    code, out, err = run_cli(["eval", path, "--no-progress", "--out", tmp_path / "eval"], capsys)
     _assert_one_line_error(code, err, "eval", expected)
+    assert str(path) in err and "accuracy" not in out  # no number reported
+    assert not (tmp_path / "eval").exists()
 
 
 TRAIN_ERRORS = {
@@ -196,6 +228,20 @@ TRAIN_ERRORS = {
     "device_name": (["--device", "tpu9"], "--device"),
     "resume_no_out": (["--resume"], "--resume without a checkpoint needs --out"),
     "resume_missing": (["--resume", "{tmp}/nothing/last.pt"], "no such file"),
+    "eps_inf": (["--eps", "inf"], "argument --eps: must be a finite number >= 0, got 'inf'"),
+    "eps_nan": (["--eps", "nan"], "argument --eps: must be a finite number >= 0, got 'nan'"),
+    "eps_negative": (["--eps", "-0.1"], "argument --eps: must be >= 0"),
+    "alpha_inf": (["--alpha", "1e999"], "argument --alpha: must be a finite number"),
+    "lr_inf": (["--lr", "inf"], "lr must be a finite number >= 0.0, got inf"),
+    "data_option_type": (["--data-options", '{"seed": "x"}'],
+                         "--data-options: load_dataset('digits') option 'seed' must be an integer in [0, 2**63), "
+                         "got 'x'"),
+    "data_option_shape": (["--data", "synthetic", "--data-options", '{"shape": 3}'],
+                          "option 'shape' must be a list of positive integers"),
+    "model_option_type": (["--model-options", '{"width": "x"}'], "width must be a positive int, got 'x'"),
+    "recipe_option_type": (["--recipe", "trades", "--recipe-options", '{"beta": "x"}'],
+                           "beta must be a finite number, got 'x'"),
+    "overwrite_resume": (["--overwrite", "--resume"], "give one of them"),
 }
 
 
@@ -206,13 +252,16 @@ def test_train_errors_are_one_line(name, tmp_path, capsys):
     argv += [a.replace("{tmp}", str(tmp_path)) for a in extra]
     code, _, err = run_cli(argv, capsys)
     _assert_one_line_error(code, err, "train", expected)
-    assert not (tmp_path / "run" / "last.pt").exists()
+    assert not (tmp_path / "run").exists()  # a refused run leaves no folder behind
 
 
 @pytest.mark.parametrize("argv, expected", [
     (["--attacks", "bogus"], "unknown attack 'bogus'"),
     (["--n", "0"], "argument --n: must be >= 1"),
     (["--eps", "1/0"], "argument --eps"),
+    (["--eps", "inf"], "argument --eps: must be a finite number >= 0, got 'inf'"),
+    (["--eps", "nan"], "argument --eps: must be a finite number >= 0, got 'nan'"),
+    (["--eps=-8/255"], "argument --eps: must be >= 0"),
     (["--amp", "fp8"], "argument --amp: invalid choice"),
 ])
 def test_eval_option_errors_are_one_line(argv, expected, trained, capsys):
@@ -245,3 +294,114 @@ def test_console_errors_have_no_traceback(tmp_path):
         assert "Traceback" not in proc.stderr
         errors = [line for line in proc.stderr.splitlines() if "error" in line]
         assert len(errors) == 1 and expected in errors[0], proc.stderr
+
+
+# -- runs are never lost; the machine's state is one line ------------------------------------
+
+def _files(folder):
+    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder)) if (folder / name).is_file()}
+
+
+def test_train_into_a_run_folder_is_refused(trained, capsys):
+    out = trained["out"]
+    before = _files(out)
+    code, _, err = run_cli(["train", *TINY, "--no-eval", "--out", out], capsys)
+    _assert_one_line_error(code, err, "train", f"{out}: holds a run (config.json, last.pt, best.pt, metrics.jsonl)")
+    assert "--resume" in err and "--overwrite" in err
+    assert _files(out) == before  # not even command.txt
+
+
+def test_train_overwrite_moves_the_run_aside(trained, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(trained["out"], out)
+    before = _files(out)
+    code, _, err = run_cli(["train", *TINY, "--no-eval", "--out", out, "--overwrite"], capsys)
+    assert code == 0, err
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(moved) == 1 and f"moved it to {moved[0]}" in err
+    assert _files(moved[0]) == before
+    assert (out / "last.pt").is_file() and len((out / "command.txt").read_text().splitlines()) == 1
+
+
+def test_train_extends_a_finished_run_with_more_epochs(tmp_path, capsys):
+    """--resume --epochs 2 after a finished 1-epoch run: allowed for a piecewise run with its
+    milestones; metrics.jsonl gains a line; the onecycle default is refused, naming the options
+    that may change."""
+    out = tmp_path / "run"
+    quick = [*TINY, "--no-eval", "--out", out]
+    code, _, err = run_cli(["train", *quick, "--schedule", "piecewise", "--milestones", "1"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["train", *quick, "--schedule", "piecewise", "--milestones", "1", "--epochs", "2",
+                            "--resume"], capsys)
+    assert code == 0, err
+    assert "(resuming after epoch 1)" in err
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert load_checkpoint(str(out / "last.pt"))["epoch"] == 2
+    other = tmp_path / "onecycle"
+    assert run_cli(["train", *TINY, "--no-eval", "--out", other], capsys)[0] == 0
+    code, _, err = run_cli(["train", *TINY, "--no-eval", "--out", other, "--epochs", "2", "--resume"], capsys)
+    _assert_one_line_error(code, err, "train", "epochs=2 instead of the run's 1: the onecycle schedule")
+    assert "on resume only these options may differ from the run's" in err
+
+
+def test_train_help_says_what_may_change_on_resume(capsys):
+    code, out, _ = run_cli(["train", "--help"], capsys)
+    assert code == 0
+    assert "Resuming (--resume) continues a run bit for bit, so the options must be the run's except:" in out
+    assert "--overwrite" in out and ".old-" in out
+
+
+@pytest.mark.parametrize("case", ["train_new", "train_resume", "eval"])
+def test_read_only_folders_are_one_line(case, trained, tmp_path, read_only, capsys):
+    if case == "train_new":
+        read_only(tmp_path)
+        argv = ["train", *TINY, "--no-eval", "--out", tmp_path / "run"]
+        where = tmp_path / "run"
+    elif case == "train_resume":
+        run = tmp_path / "run"
+        shutil.copytree(trained["out"], run)
+        read_only(run)
+        argv = ["train", *TINY, "--checks", "none", "--resume", "--out", run]
+        where = run
+    else:
+        read_only(trained["out"])
+        argv = ["eval", trained["out"] / "last.pt", "--attacks", "none", "--checks", "none", "--no-progress"]
+        where = trained["out"] / "eval"
+    code, _, err = run_cli(argv, capsys)
+    _assert_one_line_error(code, err, argv[0], f"{where}: Read-only file system (EROFS)")
+
+
+def test_a_full_disk_is_one_line(tmp_path, full_disk, capsys):
+    full_disk(room=20_000)  # config.json and metrics.jsonl fit; the first checkpoint does not
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", *TINY, "--no-eval", "--out", out], capsys)
+    assert code == 2 and "Traceback" not in err
+    started, error = err.strip().splitlines()  # the run had started: its first line, then the error
+    assert started.startswith("training ")
+    assert error.startswith(f"fastrobust train: error: {out / 'last.pt'}: No space left on device (ENOSPC)")
+    assert "--resume" in error
+    assert not [name for name in os.listdir(out) if name.endswith(".pt") or name.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback(where, tmp_path, capsys):
+    missing = str(tmp_path / "missing.pt")
+    argv = ["--debug", "eval", missing] if where == "before" else ["eval", missing, "--debug"]
+    with pytest.raises(CLIError) as info:
+        main(argv)
+    assert isinstance(info.value.__cause__, CheckpointError)  # what it was made from, shown too
+    code, _, err = run_cli(["eval", missing], capsys)  # and without it: one line
+    _assert_one_line_error(code, err, "eval", "no such file")
+
+
+def test_debug_shows_os_errors(tmp_path, read_only):
+    read_only(tmp_path)
+    with pytest.raises(OSError) as info:
+        main(["--debug", "train", *TINY, "--no-eval", "--out", str(tmp_path / "run")])
+    assert info.value.errno == errno.EROFS
+
+
+def test_python_m_cli_from_another_folder(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fastrobust.cli", "--debug", "eval", str(tmp_path / "x.pt")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "no such file" in proc.stderr

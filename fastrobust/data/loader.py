@@ -193,9 +193,32 @@ def resolve_data_dir(data_dir: Optional[Union[str, "os.PathLike[str]"]] = None) 
 
 
 def _options(name: str, options: dict, allowed: Tuple[str, ...]) -> None:
+    """Unknown options are a TypeError, values of the wrong type or range a ValueError; both
+    start with load_dataset(NAME) and name the option (they often come from JSON typed by hand)."""
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise TypeError(f"load_dataset({name!r}) got unexpected options {unknown}; it takes {list(allowed) or 'none'}")
+    for key, value in options.items():
+        problem = _OPTION_CHECKS[key](value)
+        if problem:
+            raise ValueError(f"load_dataset({name!r}) option {key!r} must be {problem}, got {value!r}")
+
+
+def _is_int(value, lo: int, hi: Optional[int] = None) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= lo and (hi is None or value < hi)
+
+
+# Each data-set option: None when the value is usable, else what it must be.
+_OPTION_CHECKS = {
+    "seed": lambda v: None if _is_int(v, 0, 2 ** 63) else "an integer in [0, 2**63)",
+    "n": lambda v: None if _is_int(v, 0) else "an integer >= 0",
+    "num_classes": lambda v: None if _is_int(v, 1) else "an integer >= 1",
+    "shape": lambda v: None if isinstance(v, (list, tuple)) and v and all(_is_int(s, 1) for s in v)
+    else "a list of positive integers such as [3, 32, 32]",
+    "noise": lambda v: None if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+    else "a number in [0, 1]",
+    "label": lambda v: None if v in ("fine", "coarse") else "'fine' or 'coarse'",
+}
 
 
 def load_dataset(name: str, split: str = "train", data_dir=None, device: Device = "cpu",

@@ -1,6 +1,7 @@
 """Adversarial training: one loop (Trainer / train), recipes as small strategy objects that
 compute the loss of a batch (fastrobust.train.recipes), SGD with the papers' schedules,
-atomic checkpoints with exact resume, DDP through torchrun, JSON-lines metrics and plots.
+atomic checkpoints verified by a content hash, exact resume (run folders are never
+overwritten: see run_folder and resume_rules), DDP through torchrun, JSON-lines metrics and plots.
 
     from fastrobust.train import train
     result = train(data="digits", recipe="pgd")        # PGD-AT on sklearn digits, CPU, ~1 min

@@ -42,8 +42,10 @@ DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
 }
 FILLED = ("model", "eps", "epochs", "batch_size", "lr", "weight_decay", "schedule", "threads")
 
-# Options that may differ between a run and its resumption (they do not change the trajectory).
-RESUME_MAY_DIFFER = ("out", "resume", "progress", "plot", "log_every", "device", "compile", "data_dir", "threads")
+# Options that may differ between a run and its resumption (they do not change the trajectory);
+# epochs and milestones may change too, within the limits of fastrobust.train.resume_rules.
+RESUME_MAY_DIFFER = ("out", "resume", "overwrite", "progress", "plot", "log_every", "device", "compile", "data_dir",
+                     "threads")
 
 
 class ConfigError(ValueError):
@@ -88,7 +90,12 @@ class TrainConfig:
       device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1"; under torchrun each rank
       takes cuda:LOCAL_RANK. seed: everything random derives from it. out: run folder
       (checkpoints last.pt / best.pt, metrics.jsonl, curves.png, config.json); None:
-      runs/<data>-<recipe>. resume: True continues from out/last.pt, or the path of a checkpoint.
+      runs/<data>-<recipe>. resume: True continues the run in out from out/last.pt, or the path
+      of a checkpoint (into out: its own folder, or a folder holding no run); the options must
+      be the run's, except those fastrobust.train.resume_rules lets change (epochs, to extend a
+      run where the schedule allows it). overwrite: a new run into a folder that holds a run
+      (config.json, last.pt, best.pt or metrics.jsonl) is refused unless overwrite=True, which
+      moves the old folder aside to OUT.old-YYYYmmdd-HHMMSS (never deletes it).
     Evaluation and overfitting guard
       eval_every: test-set clean and PGD accuracy every this many epochs (0: never during
       training) on the first eval_samples test images (None: all); eval_steps PGD steps of
@@ -133,6 +140,7 @@ class TrainConfig:
     seed: int = 0
     out: Optional[str] = None
     resume: Union[bool, str] = False
+    overwrite: bool = False
     eval_every: int = 1
     eval_samples: Optional[int] = 1000
     eval_steps: int = 20
@@ -256,6 +264,11 @@ class TrainConfig:
         _optional_int(self.threads, "threads", 0)
         if not isinstance(self.resume, (bool, str)):
             raise ConfigError(f"resume must be a bool or a checkpoint path, got {self.resume!r}")
+        if not isinstance(self.overwrite, bool):
+            raise ConfigError(f"overwrite must be True or False, got {self.overwrite!r}")
+        if self.overwrite and self.resume is True:
+            raise ConfigError("overwrite=True (--overwrite) starts a new run with the old one moved aside, resume=True "
+                              "(--resume) continues the run in out: give one of them")
         _optional_int(self.eval_every, "eval_every", 0)
         _optional_int(self.eval_samples, "eval_samples", 1)
         _optional_int(self.eval_steps, "eval_steps", 0)
@@ -290,8 +303,12 @@ def _number(value, name, lo, hi):
 
 
 def _optional_number(value, name, minimum):
-    if value is not None:
-        _number(value, name, minimum, math.inf)
+    """None or a finite number >= minimum (inf would overflow where the value is formatted or
+    scaled, and is no radius or learning rate)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"{name} must be a finite number >= {minimum}, got {value!r}")
 
 
 def _optional_int(value, name, minimum):
@@ -323,7 +340,7 @@ def build_parser(prog: str = "python -m fastrobust.train") -> argparse.ArgumentP
         elif f.name == "milestones":
             p.add_argument(flag, type=float, nargs="+", default=None, help="epochs of the piecewise lr drops")
         elif f.name in ("nesterov", "channels_last", "compile", "final_eval", "progress", "plot", "track_clean",
-                        "overfit_guard"):
+                        "overfit_guard", "overwrite"):
             p.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None, help="true/false")
         elif f.name in ("eps", "alpha", "lr", "momentum", "weight_decay", "lr_gamma", "onecycle_peak",
                         "guard_threshold"):

@@ -14,10 +14,16 @@ from typing import Any, Dict, Iterable, List, Optional
 
 
 def read_metrics(path) -> List[Dict[str, Any]]:
-    """The records of a metrics.jsonl file (an unreadable last line, e.g. cut by a crash, is skipped)."""
-    records = []
+    """The epoch records of a metrics.jsonl file, by epoch.
+
+    The file is only appended to, so an epoch can have several lines: a run killed after
+    writing an epoch's line but before its checkpoint re-runs that epoch when resumed (bit for
+    bit, so the same numbers but the timings). The last line of an epoch is the one kept. An
+    unreadable line (e.g. cut by a crash) is skipped; records without an epoch come last."""
+    latest: Dict[int, Dict[str, Any]] = {}
+    others = []
     if not os.path.exists(path):
-        return records
+        return []
     with open(path) as f:
         for line in f:
             line = line.strip()
@@ -27,9 +33,26 @@ def read_metrics(path) -> List[Dict[str, Any]]:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
+            if not isinstance(record, dict):
+                continue
+            epoch = record.get("epoch")
+            if isinstance(epoch, int) and not isinstance(epoch, bool):
+                latest[epoch] = record
+            else:
+                others.append(record)
+    return [latest[e] for e in sorted(latest)] + others
+
+
+def _ends_without_newline(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
 
 
 def _jsonable(value):
@@ -39,30 +62,25 @@ def _jsonable(value):
 
 
 class MetricsWriter:
-    """Appends one JSON object per line to `path`; does nothing when disabled (DDP ranks > 0)."""
+    """Appends one JSON object per line to `path` (never truncates it: a resumed run adds its
+    epochs after the lines already there); does nothing when disabled (DDP ranks > 0)."""
 
     def __init__(self, path: str, enabled: bool = True):
         self.path = path
         self.enabled = enabled
-
-    def reset(self, keep_epochs: int = 0) -> None:
-        """Keeps only the records of epochs <= keep_epochs (fresh run: 0; resume: the
-        checkpoint's epoch, dropping lines of an epoch that ran past the last checkpoint)."""
-        if not self.enabled:
-            return
-        records = [r for r in read_metrics(self.path) if r.get("epoch", 0) <= keep_epochs] if keep_epochs else []
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, self.path)
+        self._checked_end = False
 
     def append(self, record: Dict[str, Any]) -> None:
         if not self.enabled:
             return
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        line = json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n"
+        if not self._checked_end:  # a line cut by a crash must not swallow the first new one
+            self._checked_end = True
+            if _ends_without_newline(self.path):
+                line = "\n" + line
         with open(self.path, "a") as f:
-            f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+            f.write(line)
             f.flush()
 
 

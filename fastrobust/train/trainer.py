@@ -20,7 +20,14 @@ Only rank 0 writes files.
 Reproducibility: torch's global RNG is seeded with config.seed before the model is built; the
 data order comes from (seed, epoch), every random draw of a recipe from its generator (seeded
 from seed and rank); checkpoints hold the optimizer, schedule, recipe and every RNG state, so
-`resume` continues a run bit for bit on the CPU (2 epochs straight == 1 + resume + 1).
+`resume` continues a run bit for bit on the CPU (2 epochs straight == 1 + resume + 1), and a
+finished run resumed with more epochs equals a straight run of that length where resume_rules
+allows the change.
+
+Nothing is lost: the run folder is checked before anything is built (run_folder: a folder
+holding another run is refused unless overwrite moves it aside), metrics.jsonl is only appended
+to, checkpoints carry a content hash checked when read, and weights that are no longer finite
+are never saved (FloatingPointError) nor continued from (CheckpointError).
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ import inspect
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
@@ -42,11 +50,13 @@ from ..attacks.model_runner import eval_mode
 from ..data import DatasetInfo, TensorLoader, load_dataset
 from ..data.loader import _mix
 from . import distributed
-from .checkpoint import (CheckpointError, check_config, load_checkpoint, load_model_state, rng_state,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (CheckpointError, check_finite_weights, load_checkpoint, load_model_state, nonfinite_entries,
+                         rng_state, save_checkpoint, set_rng_state)
 from .config import TrainConfig
 from .metrics import MetricsWriter, Progress, plot_curves, read_metrics
 from .recipes import RECIPES, Recipe, StepContext, create_recipe
+from .resume_rules import check_resume
+from .run_folder import check_run_folder, prepare_run_folder, write_json_atomically
 from .schedule import build_optimizer, build_scheduler
 
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -218,6 +228,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         try:
             self._build()
+            self._prepare_folder()
         except BaseException:
             self.close()
             raise
@@ -227,6 +238,14 @@ class Trainer:
     def _build(self) -> None:
         cfg, dist = self.config, self.dist
         device = dist.device
+        self.out_dir = cfg.out
+        self.last_path = os.path.join(cfg.out, "last.pt")
+        self.best_path = os.path.join(cfg.out, "best.pt")
+        self.metrics_path = os.path.join(cfg.out, "metrics.jsonl")
+        self.plot_path = os.path.join(cfg.out, "curves.png")
+        resume_path = (cfg.resume if isinstance(cfg.resume, str) else self.last_path) if cfg.resume else None
+        # before anything is loaded or written: a run never lands on another run
+        self._move_old_run = check_run_folder(cfg.out, resume_path, cfg.overwrite)
         if cfg.batch_size % dist.world_size:
             raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the world size {dist.world_size}")
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -272,12 +291,6 @@ class Trainer:
         n_eval = xt.shape[0] if cfg.eval_samples is None else min(cfg.eval_samples, xt.shape[0])
         self.eval_rows = torch.arange(n_eval, device=device)[dist.rank::dist.world_size]
 
-        self.out_dir = cfg.out
-        self.last_path = os.path.join(cfg.out, "last.pt")
-        self.best_path = os.path.join(cfg.out, "best.pt")
-        self.metrics_path = os.path.join(cfg.out, "metrics.jsonl")
-        self.plot_path = os.path.join(cfg.out, "curves.png")
-
         # trainer state (checkpointed)
         self.epoch = 0
         self.step = 0
@@ -290,8 +303,12 @@ class Trainer:
         self.train_time = 0.0
         self._best_state: Optional[Dict[str, torch.Tensor]] = None
         self.resumed_from: Optional[str] = None
-        if cfg.resume:
-            self._resume(cfg.resume if isinstance(cfg.resume, str) else self.last_path)
+        # the epoch records of the run so far (rank 0 reads them; fit shares them with the others)
+        self.history: List[Dict[str, Any]] = []
+        self.moved_aside: Optional[str] = None
+        self._folder_started = False
+        if resume_path is not None:
+            self._resume(resume_path)
 
         train_model: nn.Module = model
         if dist.enabled:
@@ -300,6 +317,21 @@ class Trainer:
         if cfg.compile:
             train_model = torch.compile(train_model)
         self.train_model = train_model
+
+    def _prepare_folder(self) -> None:
+        """Rank 0 moves an old run aside (overwrite), creates the folder and checks it can be
+        written, before any epoch is trained; every rank raises the same error if it fails."""
+        error: Optional[BaseException] = None
+        if self.dist.is_main:
+            try:
+                self.moved_aside = prepare_run_folder(self.out_dir, self._move_old_run)
+            except OSError as exc:
+                error = exc
+            if self.moved_aside:
+                print(f"{self.out_dir} held a run: moved it to {self.moved_aside}", file=sys.stderr, flush=True)
+        error = distributed.broadcast_object(error, self.dist)
+        if error is not None:
+            raise error
 
     # -- checkpoints -----------------------------------------------------------------------
     def _trainer_state(self) -> Dict[str, Any]:
@@ -327,31 +359,54 @@ class Trainer:
 
     def _resume(self, path: str) -> None:
         state = load_checkpoint(path)
-        if "fingerprint" in state:
-            check_config(path, state["fingerprint"], self.config.fingerprint())
+        done, stopped_early = int(state["epoch"]), state.get("stopped_early")
+        check_resume(path, state.get("fingerprint"), self.config, done=done, stopped_early=stopped_early,
+                     recipe_scales_with_epochs=self.recipe.depends_on_total_epochs())
         if state.get("world_size", 1) != self.dist.world_size:
             raise CheckpointError(f"checkpoint {path}: written by {state.get('world_size')} processes, resumed with "
                                   f"{self.dist.world_size} (the data shards and RNG states would differ)")
+        check_finite_weights(path, state["model"])
         load_model_state(path, self.model, state["model"])
         try:
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            self._load_scheduler(state["scheduler"])
             if self.scaler is not None and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
             self.recipe.load_state_dict(state.get("recipe") or {})
-        except (ValueError, KeyError, RuntimeError) as exc:
+        except (ValueError, KeyError, RuntimeError, TypeError) as exc:
             raise CheckpointError(f"checkpoint {path}: does not match this run's optimizer/schedule/recipe "
                                   f"({type(exc).__name__}: {exc})") from None
         set_rng_state(state["rng"][self.dist.rank], self._generators(), self.dist.device)
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.finished = bool(state.get("finished", False))
-        self.stopped_early = state.get("stopped_early")
+        self.epoch, self.step = done, int(state["step"])
+        self.stopped_early = stopped_early
+        # finished by this run's epochs: a finished run resumed with more continues (check_resume
+        # allowed it), an unfinished one resumed with as many epochs as it has done is complete
+        self.finished = stopped_early is not None or done >= self.config.epochs
         t = state.get("trainer") or {}
         self.best_value, self.best_epoch = t.get("best_value"), t.get("best_epoch")
         self.guard_prev, self.train_time = t.get("guard_prev"), float(t.get("train_time", 0.0))
         if self.config.guard_enabled and self.best_value is not None and os.path.exists(self.best_path):
             self._best_state = {k: v.to(self.dist.device) for k, v in load_checkpoint(self.best_path)["model"].items()}
+        if self.dist.is_main:  # the records of the epochs the checkpoint holds (a fork starts its folder with them)
+            source = os.path.join(os.path.dirname(os.path.abspath(path)), "metrics.jsonl")
+            self.history = [r for r in read_metrics(source) if isinstance(r.get("epoch"), int) and r["epoch"] <= done]
         self.resumed_from = path
+
+    def _load_scheduler(self, state: Dict[str, Any]) -> None:
+        """The schedule's position from the checkpoint, its shape from this run's config.
+
+        LambdaLR.load_state_dict also restores the attributes of the factor object (Piecewise
+        milestones, OneCycle total_steps) as they were saved; a resume that extends the run
+        (resume_rules) keeps the new ones, and the learning rate of the next step is
+        recomputed from them (the same number when nothing changed)."""
+        factor = self.scheduler.lr_lambdas[0]
+        shape = dict(vars(factor))
+        self.scheduler.load_state_dict(state)
+        vars(factor).update(shape)
+        lrs = [base * factor(self.scheduler.last_epoch) for base in self.scheduler.base_lrs]
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self.scheduler._last_lr = lrs
 
     # -- one epoch -------------------------------------------------------------------------
     def _autocast(self):
@@ -471,13 +526,9 @@ class Trainer:
         main = dist.is_main
         writer = MetricsWriter(self.metrics_path, enabled=main)
         if main:
-            os.makedirs(self.out_dir, exist_ok=True)
-            writer.reset(self.epoch if self.resumed_from else 0)
-            if not self.resumed_from:
-                with open(os.path.join(self.out_dir, "config.json"), "w") as f:
-                    json.dump(self.config.to_dict(), f, indent=2)
+            self._start_folder(writer)
         # every rank holds the (all-reduced, identical) records; earlier epochs from rank 0's file
-        self.history = distributed.broadcast_object(read_metrics(self.metrics_path) if main else None, dist)
+        self.history = distributed.broadcast_object(self.history if main else None, dist)
         progress = Progress(cfg.progress and main)
         interrupted = False
         self._ranks_aligned = False
@@ -489,6 +540,7 @@ class Trainer:
                     break
                 t_epoch = time.perf_counter()
                 record = self._train_epoch(epoch, progress)
+                self._check_finite(epoch + 1)
                 self.epoch = epoch = epoch + 1
                 collapsed, new_best = self._end_of_epoch(record)
                 self.train_time += time.perf_counter() - t_epoch
@@ -518,6 +570,33 @@ class Trainer:
         result = self._result(interrupted)
         self._ranks_aligned = True
         return result
+
+    def _start_folder(self, writer: MetricsWriter) -> None:
+        """config.json (this invocation's options, written atomically) and, for a run that
+        continues another folder's checkpoint, the records of the epochs it inherits.
+        metrics.jsonl is only ever appended to: a resumed run adds its epochs after the lines
+        already there (read_metrics keeps the last record of an epoch)."""
+        os.makedirs(self.out_dir, exist_ok=True)
+        write_json_atomically(os.path.join(self.out_dir, "config.json"), self.config.to_dict())
+        if self._folder_started:
+            return
+        self._folder_started = True
+        continuing_here = self.resumed_from is not None and os.path.exists(self.metrics_path) and \
+            os.path.samefile(os.path.dirname(os.path.abspath(self.resumed_from)), self.out_dir)
+        if not continuing_here:
+            for record in self.history:
+                writer.append(record)
+
+    def _check_finite(self, epoch: int) -> None:
+        """FloatingPointError when the weights are no longer finite (the loss is checked before
+        each logged step; the last optimizer step of an epoch can still blow the weights up):
+        such weights are never saved, last.pt keeps the previous epoch."""
+        bad = nonfinite_entries(self.model.state_dict())
+        if bad:
+            kept = f"{self.last_path} keeps epoch {epoch - 1}" if epoch > 1 else "nothing was saved"
+            raise FloatingPointError(f"the model's weights are not finite after epoch {epoch} (NaN or inf in "
+                                     f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); {kept}; lower the "
+                                     "learning rate or check the recipe")
 
     def _end_of_epoch(self, record: Dict[str, Any]) -> Tuple[bool, bool]:
         """Evaluations, the guard and the best-so-far bookkeeping: (training collapsed, new best)."""
@@ -561,8 +640,7 @@ class Trainer:
                 metrics["final_eval"] = f"PGD-20 (alpha=eps/4, random start) at eps={cfg.eps:g}, float32, " \
                                         f"{self.test_data[1].shape[0]} test images"
             if dist.is_main:
-                with open(os.path.join(self.out_dir, "results.json"), "w") as f:
-                    json.dump(metrics, f, indent=2, default=str)
+                write_json_atomically(os.path.join(self.out_dir, "results.json"), metrics)
                 if cfg.plot:
                     plot = plot_curves(history, self.plot_path, title=f"{cfg.data} {cfg.recipe} eps={cfg.eps:g}")
         restored = self.stopped_early is not None and self._best_state is not None

@@ -73,6 +73,13 @@ class Recipe:
     def epoch_start(self, epoch: int, epochs: int) -> None:
         """Called at the start of every epoch (0-based)."""
 
+    def depends_on_total_epochs(self) -> bool:
+        """Whether the recipe's maths uses the run's total epochs (ctx.epochs, ctx.progress,
+        epoch_start's `epochs`). A finished run of such a recipe cannot be extended by resuming
+        with more epochs: its trained epochs would differ from a straight run of the new length.
+        True unless a recipe says otherwise, since a recipe may read them anywhere."""
+        return True
+
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> BatchOutput:
         raise NotImplementedError
 

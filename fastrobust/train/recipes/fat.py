@@ -72,6 +72,10 @@ class FAT(Recipe):
         official, official_epochs = FAT_TRADES_SCHEDULE if self.trades else FAT_SCHEDULE
         return tuple(int(round(m * epochs / official_epochs)) for m in official)
 
+    def depends_on_total_epochs(self) -> bool:
+        """The default tau milestones are scaled to the run's epochs."""
+        return self.tau is None and self.tau_milestones is None
+
     def tau_at(self, epoch: int, epochs: int) -> int:
         """tau of the 0-based `epoch` of a run of `epochs` epochs."""
         if self.tau is not None:

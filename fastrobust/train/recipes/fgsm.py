@@ -109,6 +109,9 @@ class FGSMAT(Recipe):
         self._first_conv = (id(model), probe.module)
         return grad
 
+    def depends_on_total_epochs(self) -> bool:
+        return False  # nothing here reads the run's total epochs: a finished run can be extended
+
     def batch_loss(self, model, x, y, ctx: StepContext) -> BatchOutput:
         x0 = x.detach()
         if self.random_start:

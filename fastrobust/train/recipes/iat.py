@@ -35,6 +35,9 @@ class IAT(Recipe):
         self.steps = check_int(steps, "steps", 0)
         self.mixup_alpha = check_real(mixup_alpha, "mixup_alpha")
 
+    def depends_on_total_epochs(self) -> bool:
+        return False  # nothing here reads the run's total epochs: a finished run can be extended
+
     def batch_loss(self, model, x, y, ctx: StepContext) -> BatchOutput:
         x_adv = PGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps, random_start=True, keep="last",
                     **attack_kwargs(ctx))(x, y)

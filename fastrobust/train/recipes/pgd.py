@@ -44,6 +44,9 @@ class PGDAT(Recipe):
     def options(self):
         return dict(eps=self.eps, alpha=self.alpha, steps=self.steps, random_start=self.random_start)
 
+    def depends_on_total_epochs(self) -> bool:
+        return False  # nothing here reads the run's total epochs: a finished run can be extended
+
     def batch_loss(self, model, x, y, ctx: StepContext) -> BatchOutput:
         attack = PGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps, random_start=self.random_start,
                      keep="last", seed=ctx.seed(), autocast=ctx.autocast_dtype, channels_last=ctx.channels_last)

@@ -70,6 +70,9 @@ class SPAT(Recipe):
                              "num_classes) before training")
         self._checked = True
 
+    def depends_on_total_epochs(self) -> bool:
+        return False  # nothing here reads the run's total epochs: a finished run can be extended
+
     def batch_loss(self, model, x, y, ctx: StepContext) -> BatchOutput:
         self._check_model(model)
         objective = spat_objective(eval_logits(model, x, ctx.autocast_dtype), self.n)

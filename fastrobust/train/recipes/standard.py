@@ -16,6 +16,9 @@ class Standard(Recipe):
     def __init__(self, eps: float = 8 / 255):
         self.eps = eps
 
+    def depends_on_total_epochs(self) -> bool:
+        return False  # nothing here reads the run's total epochs: a finished run can be extended
+
     def batch_loss(self, model, x, y, ctx: StepContext) -> BatchOutput:
         logits = model(x)
         return BatchOutput(loss=F.cross_entropy(logits.float(), y), logits=logits.detach())

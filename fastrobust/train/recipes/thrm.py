@@ -36,6 +36,9 @@ class THRM(Recipe):
         self.steps = check_int(steps, "steps", 0)
         self.beta = check_real(beta, "beta")
 
+    def depends_on_total_epochs(self) -> bool:
+        return False  # nothing here reads the run's total epochs: a finished run can be extended
+
     def batch_loss(self, model, x, y, ctx: StepContext) -> BatchOutput:
         x_hyp = HypocriticalPGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps, keep="last",
                                 **attack_kwargs(ctx))(x, y)

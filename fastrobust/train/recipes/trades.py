@@ -33,6 +33,9 @@ class TRADES(Recipe):
         self.steps = check_int(steps, "steps", 0)
         self.beta = check_real(beta, "beta")
 
+    def depends_on_total_epochs(self) -> bool:
+        return False  # nothing here reads the run's total epochs: a finished run can be extended
+
     def batch_loss(self, model, x, y, ctx: StepContext) -> BatchOutput:
         objective = kl_objective(eval_logits(model, x, ctx.autocast_dtype))
         x_adv = GaussianStartPGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps, loss=objective,

@@ -11,8 +11,9 @@ import argparse
 import os
 import sys
 
-from ._cli_common import (AMP_CHOICES, AMP_DTYPES, CLIError, HelpFormatter, add_eval_options, check_device,
-                          eps_type, fmt_eps, nonnegative_int, one_line, run_evaluation)
+from .common import AMP_CHOICES, AMP_DTYPES, HelpFormatter, check_device, eps_type, fmt_eps, nonnegative_int
+from .errors import CLIError, one_line
+from .evaluation import add_eval_options, run_evaluation
 
 DESCRIPTION = """\
 Robustness evaluation of a `fastrobust train` checkpoint (last.pt or best.pt).
@@ -22,6 +23,9 @@ of its data set: clean accuracy, then the attack cascade (each attack on the ima
 robust), then the gradient-masking checks. The table is printed; report.json, report.csv,
 report.md and the checks' plots are written to --out (default: CHECKPOINT's folder/eval for
 last.pt, CHECKPOINT's folder/eval-NAME for another checkpoint NAME.pt).
+
+The checkpoint is verified first: a content hash mismatch (a corrupted file) or weights that
+are NaN or inf stop the command with an error; no number is reported for such a model.
 """
 
 EPILOG = """\
@@ -61,22 +65,24 @@ def default_out(checkpoint: str) -> str:
 
 def load_model(path: str, device, data_dir=None):
     """(model in eval mode on device, resolved TrainConfig, (x_test, y_test), state) of a
-    checkpoint; CLIError for every problem with the file, its config or its data."""
-    from .data import load_dataset
-    from .train.checkpoint import CheckpointError, load_checkpoint, load_model_state
-    from .train.config import ConfigError, TrainConfig
-    from .train.recipes import RECIPES, create_recipe
-    from .train.trainer import _recipe_kwargs, build_model
+    checkpoint; CLIError for every problem with the file, its config, its weights or its data."""
+    from ..data import load_dataset
+    from ..train.checkpoint import CheckpointError, check_finite_weights, load_checkpoint, load_model_state
+    from ..train.config import ConfigError, TrainConfig
+    from ..train.recipes import RECIPES, create_recipe
+    from ..train.trainer import _recipe_kwargs, build_model
 
     try:
-        state = load_checkpoint(path)
+        state = load_checkpoint(path)  # verifies the content hash and the entries' types
+        check_finite_weights(path, state["model"])  # evaluating NaN weights gives no result
     except CheckpointError as exc:
-        raise CLIError(one_line(exc)) from None
+        raise CLIError(one_line(exc)) from exc
     try:
-        config = TrainConfig.from_dict(dict(state["config"]))
+        config = TrainConfig.from_dict(state["config"])
+        config.validate()
     except (ConfigError, TypeError) as exc:
         raise CLIError(f"checkpoint {path}: its stored configuration is not readable by this fastrobust "
-                       f"({one_line(exc)})") from None
+                       f"({one_line(exc)})") from exc
     if not isinstance(config.model, str) or config.model.startswith("<module"):
         raise CLIError(f"checkpoint {path}: trained with a custom nn.Module ({config.model}), which cannot be "
                        "rebuilt from its name; evaluate it with fastrobust.eval.evaluate")
@@ -84,27 +90,32 @@ def load_model(path: str, device, data_dir=None):
         raise CLIError(f"checkpoint {path}: unknown recipe {config.recipe!r}")
     try:
         x, y, info = load_dataset(config.data, "test", data_dir or config.data_dir, device, **config.data_options)
-    except (FileNotFoundError, ValueError) as exc:
-        raise CLIError(f"{one_line(exc)}" + ("" if data_dir else " (pass --data-dir)")) from None
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        stored_options = str(exc).startswith("load_dataset(")  # the checkpoint's data options
+        if isinstance(exc, TypeError) and not stored_options:
+            raise
+        hint = "" if data_dir or stored_options else " (pass --data-dir)"
+        raise CLIError(f"checkpoint {path}: {one_line(exc)}" if stored_options else one_line(exc) + hint) from exc
     try:
         model = build_model(config.model, info, **config.model_options)
         model = create_recipe(config.recipe, **_recipe_kwargs(RECIPES[config.recipe], config)).prepare(
             model, info.num_classes)
         load_model_state(path, model, state["model"])
     except (CheckpointError, ValueError) as exc:
-        raise CLIError(one_line(exc)) from None
+        raise CLIError(one_line(exc)) from exc
     return model.to(device).eval(), config, (x, y), state
 
 
 def run(args) -> int:
-    from .cli_train import describe_model
+    from ..train.run_folder import writable_folder
+    from .train import describe_model
 
     device = check_device(args.device)
     model, config, (x, y), state = load_model(args.checkpoint, device, args.data_dir)
     eps = config.eps if args.eps is None else args.eps
     if eps is None:
         raise CLIError(f"checkpoint {args.checkpoint}: no eps stored; pass --eps")
-    out = args.out or default_out(args.checkpoint)
+    out = writable_folder(args.out or default_out(args.checkpoint))  # before the attacks, not after
     epoch, epochs = int(state.get("epoch", 0)), config.epochs
     unfinished = "" if state.get("finished") else f" (unfinished run: epoch {epoch} of {epochs})"
     print(f"checkpoint {args.checkpoint}: {config.recipe} on {config.data}, eps={fmt_eps(config.eps)}, "

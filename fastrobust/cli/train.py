@@ -17,8 +17,9 @@ import sys
 import time
 from typing import Any, Dict
 
-from ._cli_common import (AMP_CHOICES, CLIError, HelpFormatter, add_eval_options, check_device, eps_type, fmt_eps,
-                          nonnegative_int, one_line, positive_int, run_evaluation)
+from .common import AMP_CHOICES, HelpFormatter, check_device, eps_type, fmt_eps, nonnegative_int, positive_int
+from .errors import CLIError, one_line
+from .evaluation import add_eval_options, run_evaluation
 
 DESCRIPTION = """\
 Adversarial training, then the robustness evaluation of the final model.
@@ -31,6 +32,23 @@ cascade at eps 0.15 on the digits test split, with the gradient-masking checks.
 Everything goes under --out (default runs/DATA-RECIPE-MODEL-YYYYmmdd-HHMMSS):
   config.json  command.txt  last.pt  best.pt  metrics.jsonl  results.json  curves.png
   eval/report.json  eval/report.csv  eval/report.md  eval/*.png (checks' plots)
+
+Runs are never lost: a new run into a folder that holds one (config.json, last.pt, best.pt or
+metrics.jsonl) is refused, nothing written, unless --resume continues it or --overwrite moves
+the old folder aside to OUT.old-YYYYmmdd-HHMMSS (never deleted). Checkpoints carry a content
+hash: a corrupted one is refused when loaded.
+
+Resuming (--resume) continues a run bit for bit, so the options must be the run's except:
+  --epochs      more, to extend a finished run (or fewer, not below the epochs done), when no
+                trained epoch depends on the total: not with the onecycle schedule (the digits
+                default; its ramp spans all epochs), not with a recipe that scales with the
+                epochs (fat's default tau milestones), not after the overfitting guard stopped
+                the run; a piecewise run must keep its milestones (give them with --milestones:
+                the default ones are 50 % and 75 % of the epochs and would move)
+  --milestones  those the run has not reached yet
+  --out --device --threads --compile --data-dir --progress --plot --log-every, and the
+  evaluation after training (--attacks, --eval-n, --checks, ...)
+metrics.jsonl is appended to, never truncated; config.json holds the latest invocation's options.
 """
 
 EPILOG = """\
@@ -40,6 +58,9 @@ examples:
   fastrobust train --data cifar10 --data-dir ~/data --model preact_resnet18 --activation sparta \\
       --denoise layer3:gaussian --amp bf16 --out runs/cifar-pgd
   fastrobust train --data cifar10 ... --resume runs/cifar-pgd/last.pt   # continue (same options)
+  fastrobust train --schedule piecewise --milestones 5 8 --epochs 10 --out runs/long
+  fastrobust train --schedule piecewise --milestones 5 8 --epochs 20 --out runs/long --resume   # extend
+  fastrobust train --epochs 3 --out runs/quick --overwrite   # the old runs/quick -> runs/quick.old-...
   fastrobust eval runs/quick/last.pt --attacks pgd20,apgd-t
 """
 
@@ -47,14 +68,14 @@ SMALL_CNN_DENOISE = ("layer2", "gaussian")  # the embedded default's denoising b
 
 
 def _field_default(name: str):
-    from .train.config import TrainConfig
+    from ..train.config import TrainConfig
 
     return {f.name: f.default for f in dataclasses.fields(TrainConfig)}[name]
 
 
 def _per_data(name: str) -> str:
     """'digits 10, cifar10 200, ...': a DATASET_DEFAULTS option for the help."""
-    from .train.config import DATASET_DEFAULTS
+    from ..train.config import DATASET_DEFAULTS
 
     parts = []
     for data, values in DATASET_DEFAULTS.items():
@@ -67,7 +88,7 @@ def denoise_type(text: str):
     """STAGE[,STAGE]:MODE, none or auto."""
     import argparse
 
-    from .nn.nlm import MODES
+    from ..nn.nlm import MODES
 
     key = text.strip()
     if key.lower() in ("none", "auto"):
@@ -95,11 +116,11 @@ def _json_object(text: str) -> Dict[str, Any]:
 def add_parser(sub) -> None:
     import argparse
 
-    from .data import DATASETS
-    from .models import list_models
-    from .models.activations import ACTIVATIONS
-    from .train.config import SCHEDULES
-    from .train.recipes import RECIPES
+    from ..data import DATASETS
+    from ..models import list_models
+    from ..models.activations import ACTIVATIONS
+    from ..train.config import SCHEDULES
+    from ..train.recipes import RECIPES
 
     p = sub.add_parser("train", help="adversarial training, then the robustness evaluation",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
@@ -169,7 +190,13 @@ def add_parser(sub) -> None:
     g.add_argument("--out", metavar="DIR", help="run folder (default: runs/DATA-RECIPE-MODEL-YYYYmmdd-HHMMSS)")
     g.add_argument("--resume", nargs="?", const=True, metavar="CHECKPOINT",
                    help="continue the run in --out from its last.pt, or from CHECKPOINT (its folder is then the "
-                        "default --out); the other options must match the run's (default: a new run)")
+                        "default --out; another --out must hold no run); the other options must match the run's "
+                        "but those listed above: --epochs (within limits), unreached --milestones, --out, --device, "
+                        "--threads, --compile, --data-dir, --progress, --plot, --log-every, the evaluation's "
+                        "(default: a new run)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="a new run even where --out holds one: the old folder is moved aside to "
+                        "OUT.old-YYYYmmdd-HHMMSS, never deleted (default: refuse, nothing written)")
     g.add_argument("--progress", action=bool_opt, default=True, help="progress bars (default: on)")
     g.add_argument("--plot", action=bool_opt, help="curves.png of the training metrics (default: on)")
     g.add_argument("--log-every", type=positive_int, metavar="N",
@@ -206,7 +233,7 @@ def add_parser(sub) -> None:
 CONFIG_OPTIONS = ("data", "data_dir", "data_options", "subset", "model", "recipe", "recipe_options", "eps", "alpha",
                   "steps", "epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "schedule",
                   "milestones", "lr_gamma", "onecycle_peak", "max_steps_per_epoch", "amp", "channels_last",
-                  "compile", "threads", "device", "seed", "out", "resume", "progress", "plot", "log_every",
+                  "compile", "threads", "device", "seed", "out", "resume", "overwrite", "progress", "plot", "log_every",
                   "eval_every", "eval_samples", "eval_steps", "final_eval", "overfit_guard", "guard_threshold",
                   "guard_steps", "track_clean")
 
@@ -214,7 +241,7 @@ CONFIG_OPTIONS = ("data", "data_dir", "data_options", "subset", "model", "recipe
 def config_from_args(args):
     """The TrainConfig of the options (those left out keep TrainConfig's defaults) and the
     folder of the run."""
-    from .train.config import TrainConfig
+    from ..train.config import TrainConfig
 
     values = {k: getattr(args, k) for k in CONFIG_OPTIONS if getattr(args, k) is not None}
     if values.get("amp") == "none":
@@ -265,20 +292,22 @@ def describe_model(name: str, options: Dict[str, Any]) -> str:
 # -- the command -----------------------------------------------------------------------------
 
 def run(args) -> int:
-    from .train.checkpoint import CheckpointError
-    from .train.config import ConfigError
-    from .train.trainer import Trainer
+    from ..train.checkpoint import CheckpointError
+    from ..train.config import ConfigError
+    from ..train.trainer import Trainer
 
     check_device(args.device)  # a clear error before anything is built
     try:
         config = config_from_args(args)
-        trainer = Trainer(config)
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as exc:
-        raise CLIError(one_line(exc)) from None
-    except TypeError as exc:  # load_dataset's unexpected --data-options; other TypeErrors are bugs
-        if not str(exc).startswith("load_dataset("):
+        trainer = Trainer(config)  # refuses a folder holding another run before writing anything
+    except (ConfigError, CheckpointError, FileNotFoundError) as exc:
+        raise CLIError(one_line(exc)) from exc
+    except (ValueError, TypeError) as exc:  # the options' values; other TypeErrors are bugs
+        if str(exc).startswith("load_dataset("):  # --data-options typed by hand
+            raise CLIError(f"--data-options: {one_line(exc)}") from exc
+        if isinstance(exc, TypeError):
             raise
-        raise CLIError(f"--data-options: {one_line(exc)}") from None
+        raise CLIError(one_line(exc)) from exc
     cfg = trainer.config
     main_rank = trainer.dist.is_main  # under torchrun only rank 0 prints, evaluates and writes
     model_desc = describe_model(cfg.model, cfg.model_options)
@@ -293,7 +322,7 @@ def run(args) -> int:
         try:
             result = trainer.fit()
         except FloatingPointError as exc:
-            raise CLIError(one_line(exc)) from None
+            raise CLIError(one_line(exc)) from exc
         except KeyboardInterrupt:
             if main_rank:
                 saved = (f"last.pt holds epoch {trainer.epoch}; continue with: "
