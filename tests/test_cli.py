@@ -405,3 +405,17 @@ def test_python_m_cli_from_another_folder(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fastrobust.cli", "--debug", "eval", str(tmp_path / "x.pt")],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "no such file" in proc.stderr
+
+
+def test_python_m_fastrobust_train_errors_are_one_line(tmp_path):
+    """`python -m fastrobust.train` (the torchrun entry point) answers the machine's state and
+    the user's options in one line with exit 2, as the `fastrobust` command does."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for argv, expect in ((["--out", str(blocker / "run")], "(ENOTDIR)"),
+                         (["--out", str(tmp_path / "run"), "--eps", "-1"], "eps")):
+        proc = subprocess.run([sys.executable, "-m", "fastrobust.train", "--data", "digits", "--epochs", "1", *argv],
+                              capture_output=True, text=True, timeout=300)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2, proc.stderr
+        assert len(lines) == 1 and lines[0].startswith("fastrobust.train: error: ") and expect in lines[0], lines

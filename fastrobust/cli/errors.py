@@ -19,6 +19,7 @@ USER_ERRNOS = {
     errno.EISDIR: "is a folder",
     errno.ENAMETOOLONG: "file name too long",
     errno.EIO: "input/output error",
+    errno.ENOENT: "no such file or folder",
 }
 
 HINTS = {

@@ -24,7 +24,7 @@ import torch
 from .._extension import warn_fallback
 from ._registration import has_op, register_differentiable_op
 from .._checks.cifs import check_probe_labels, check_reweight_args
-from .._checks.common import check_same_device
+from .._checks.common import check_same_device, real_number
 from ..reference.cifs import cifs_reweight as _reference_reweight
 
 
@@ -39,11 +39,16 @@ def cifs_reweight(feat: torch.Tensor, relevance: torch.Tensor, temperature: floa
     scale=1: the official CIFS code at its current commit (2e68025); see fastrobust.nn.CIFS for
     the history of the constant (an older commit used 2).
 
+    Non-finite values: a NaN or inf in relevance[b] makes the mask of sample b, hence out[b],
+    NaN (softmax over the channels); one in feat[b, c, h, w] reaches out[b, c, h, w] only (and,
+    in the backward, grad_relevance[b]).
+
     feat: (B, C, H, W) floating; relevance: (B, C) floating (any dtype; the maths runs in
     float32, float64 for float64 feat). Differentiable in both. The output has feat's dtype.
     """
     if has_op("fastrobust", "cifs_reweight"):
-        return torch.ops.fastrobust.cifs_reweight(feat, relevance, float(temperature), float(scale))
+        return torch.ops.fastrobust.cifs_reweight(feat, relevance, real_number(temperature, "temperature"),
+                                                  real_number(scale, "scale"))
     warn_fallback("cifs_reweight")
     return _reference_reweight(feat, relevance, temperature, scale)
 

@@ -14,6 +14,7 @@ import torch
 
 from .._extension import warn_fallback
 from ._registration import has_op, register_differentiable_op
+from .._checks.common import real_number
 from .._checks.margin_loss import check_margin_loss_args, check_margin_loss_backward_args
 from ..reference.margin_loss import margin_loss as _reference_margin_loss
 
@@ -25,9 +26,15 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor, targets: Optional[to
     cw:  min(max_{i!=y} z_i - z_y, kappa), targeted min(z_t - max_{i!=t} z_i, kappa).
     dlr: -(z_y - max_{i!=y} z_i)/(z_pi1 - z_pi3 + 1e-12),
          targeted -(z_y - z_t)/(z_pi1 - (z_pi3 + z_pi4)/2 + 1e-12).
+    labels and targets: int64 class indices in [0, classes) (checked on the host for CPU tensors,
+    by a device-side assert on CUDA).
+
+    Non-finite values: a NaN logit anywhere in a row makes that row's loss and gradient NaN and
+    nothing else; infinite logits follow the formulas in IEEE arithmetic (inf - inf is NaN,
+    and min(NaN, kappa) stays NaN).
     """
     if has_op("fastrobust", "margin_loss"):
-        return torch.ops.fastrobust.margin_loss(logits, labels, targets, kind, float(kappa))
+        return torch.ops.fastrobust.margin_loss(logits, labels, targets, kind, real_number(kappa, "kappa", finite=False))
     warn_fallback("margin_loss")
     return _reference_margin_loss(logits, labels, targets, kind, kappa)
 

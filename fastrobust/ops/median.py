@@ -31,6 +31,9 @@ def median3x3(x: torch.Tensor) -> torch.Tensor:
     dimension of size 1 the neighbour index stays 0 (replicate). Ties go to the lower window
     position (row-major), NaN propagates. Differentiable: the gradient of each output goes to
     the pixel it selected.
+
+    Non-finite values: a NaN makes every output whose window holds it NaN (selected at the first
+    NaN's position); +-inf are ordered values like any other.
     """
     if has_op("fastrobust", "median3x3"):
         return torch.ops.fastrobust.median3x3(x)[0]

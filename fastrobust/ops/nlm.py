@@ -54,6 +54,11 @@ def nlm_gaussian(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, scale:
         scale: multiplies the logits theta_i . phi_j; default 1/sqrt(d).
     All three share dtype (float32/float16/bfloat16; float64 on CPU) and device; any layout.
     Returns y with g's shape (contiguous), differentiable in all three inputs.
+
+    Non-finite values: a NaN in g[b, c, j] reaches y[b, c, :]; in theta[b, :, i], y[b, :, i]; in
+    phi[b, :, j], all of y[b] (every query attends to every key); never another sample. An
+    infinite logit makes its row NaN, as torch.softmax does. scale must be finite (0 allowed:
+    y is then the mean of g over the positions).
     """
     theta, phi, g = _autocast_inputs(theta, phi, g)
     if not torch.compiler.is_compiling():  # traced, the fake kernel checks (dynamo cannot trace the messages)

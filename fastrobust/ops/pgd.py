@@ -8,7 +8,14 @@
 None of them synchronises with the host or changes a shape, so a whole attack step
 (model forward and input gradient in PyTorch, then these ops) can be captured in a CUDA
 graph. eps, alpha and eta are a Python number or a tensor with one value or one value per
-row; pass tensors (made once, on x's device) inside captured or hot loops.
+row; pass tensors (made once, on x's device) inside captured or hot loops. Their values must
+be finite and >= 0: the CPU kernels check tensors on the host, the CUDA kernels with a
+device-side assert (no host sync).
+
+Non-finite values: L-inf ops are elementwise (a NaN gradient element gives no step, sign(NaN) =
+0 as torch.sign; a NaN in x or x0 stays in that element); L2 ops mix a row through its norms,
+so a NaN in a row's gradient or delta reaches that row only. pgd_update_best_ never keeps a
+point whose loss is not finite and never counts it as a success.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ import torch
 
 from .._checks.pgd import (BEST_MODES, canonical_norm, check_in_place, check_random_init_args, check_row_values,
                            check_step_args, check_update_best_args)
-from .._checks.common import check_same_device
+from .._checks.common import check_same_device, real_number
 from .._extension import warn_fallback
 from ._registration import has_op
 from ..reference import pgd_step as _ref
@@ -35,6 +42,11 @@ def _as_rows(v: Scalar, x: torch.Tensor, name: str) -> torch.Tensor:
         return v if v.device == x.device else v.to(x.device)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     return torch.full((1,), float(v), dtype=acc, device=x.device)
+
+
+def _box(lo, hi):
+    """The input box as two floats (infinite bounds allowed; the ops check lo <= hi)."""
+    return real_number(lo, "lo", finite=False), real_number(hi, "hi", finite=False)
 
 
 def pgd_step_(x: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor, eps: Scalar, alpha: Scalar,
@@ -56,8 +68,8 @@ def pgd_step_(x: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor, eps: Scalar
     check_in_place(x, "x")
     eps_t, alpha_t = _as_rows(eps, x, "eps"), _as_rows(alpha, x, "alpha")
     if has_op("fastrobust", "pgd_step_"):
-        torch.ops.fastrobust.pgd_step_(x, x0, grad, eps_t, alpha_t, active, noise, norm, float(lo),
-                                       float(hi), bool(descent))
+        torch.ops.fastrobust.pgd_step_(x, x0, grad, eps_t, alpha_t, active, noise, norm, *_box(lo, hi),
+                                       bool(descent))
         return x
     warn_fallback("pgd_step_")
     return _ref.pgd_step_(x, x0, grad, eps_t, alpha_t, active, noise, norm, lo, hi, descent)
@@ -78,7 +90,7 @@ def pgd_random_init_(x: torch.Tensor, x0: torch.Tensor, eps: Scalar, norm="linf"
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
     if has_op("fastrobust", "pgd_random_init_"):
-        torch.ops.fastrobust.pgd_random_init_(x, x0, eps_t, norm, float(lo), float(hi), int(seed), int(offset))
+        torch.ops.fastrobust.pgd_random_init_(x, x0, eps_t, norm, *_box(lo, hi), int(seed), int(offset))
         return x
     warn_fallback("pgd_random_init_")
     gen = torch.Generator(device=x.device).manual_seed(int(seed) + int(offset))
@@ -120,7 +132,8 @@ def apgd_step_(x: torch.Tensor, x_prev: torch.Tensor, x0: torch.Tensor, grad: to
     check_in_place(x_prev, "x_prev")
     eta_t, eps_t = _as_rows(eta, x, "eta"), _as_rows(eps, x, "eps")
     if has_op("fastrobust", "apgd_step_"):
-        torch.ops.fastrobust.apgd_step_(x, x_prev, x0, grad, eta_t, eps_t, float(momentum), norm, float(lo), float(hi))
+        torch.ops.fastrobust.apgd_step_(x, x_prev, x0, grad, eta_t, eps_t, real_number(momentum, "momentum"), norm,
+                                        *_box(lo, hi))
         return x, x_prev
     warn_fallback("apgd_step_")
     return _ref.apgd_step_(x, x_prev, x0, grad, eta_t, eps_t, momentum, norm, lo, hi)

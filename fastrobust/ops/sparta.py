@@ -24,6 +24,12 @@ def sparta(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
         weight: (C, 1, k, k) depthwise gate kernel, odd k (1, 3, 5, 7 on CUDA).
         bias: (C,) gate bias.
     All three must share dtype and device. Differentiable in x, weight and bias.
+
+    Non-finite values: a NaN or inf in x reaches only the outputs whose k x k window holds it
+    (and dL/dx within twice that radius), with the values the eager composition gives; the
+    weight and bias gradients of its channel sum over every pixel, so they turn non-finite too,
+    other channels' do not. Padding is never multiplied (0 * NaN would be NaN). Weights and
+    biases are expected finite.
     """
     if HAS_EXT:
         return torch.ops.fastrobust.sparta(x, weight, bias)
