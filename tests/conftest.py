@@ -1,15 +1,33 @@
+import os
+
 import pytest
 import torch
 
+from properties_support import slow_mode
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="run the tests marked `slow`, and the property tests with 2,000 examples each "
+                          "(same as FASTROBUST_SLOW=1)")
+
+
+def pytest_configure(config):
+    # Before the test modules are imported: tests/properties_support.py reads it for its example count.
+    if config.getoption("--slow"):
+        os.environ["FASTROBUST_SLOW"] = "1"
+
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` are skipped when no GPU is visible."""
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="no CUDA GPU visible")
+    """Tests marked `cuda` are skipped when no GPU is visible; tests marked `slow` unless
+    `--slow` is given or FASTROBUST_SLOW=1."""
+    skip_slow = pytest.mark.skip(reason="slow: run with --slow or FASTROBUST_SLOW=1")
+    skip_cuda = pytest.mark.skip(reason="no CUDA GPU visible")
     for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
+        if item.get_closest_marker("slow") is not None and not slow_mode():
+            item.add_marker(skip_slow)
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_cuda)
 
 
 @pytest.fixture(autouse=True)

@@ -42,44 +42,51 @@ int64_t query_block(int64_t batch, int64_t positions, int64_t elem_bytes) {
 // The row passes read and write the tiles in the storage type st (the GEMMs' dtype: float32 or
 // float64, or bfloat16 for bfloat16 inputs) and compute in acc (float32; float64 for float64).
 
+// One row of logits -> exp(s_j - shift) / sum_j exp(s_j - shift), in place; returns the sum.
+// The sum is taken in acc before any 16-bit rounding, and each value is rounded once.
+template <typename st, typename acc>
+inline acc normalised_exp_row(st* __restrict__ row, int64_t n, acc shift) {
+  acc total;
+  if constexpr (std::is_same_v<st, acc>) {  // exp once, in place, then scale
+    cpu::Lanes<acc> sum;
+    for (int64_t j = 0; j < n; ++j) row[j] = math::PolyExp::exp(row[j] - shift);
+    sum.add(row, n);
+    total = sum.total();
+    const acc inv = acc(1) / total;
+    for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+  } else {  // 16-bit rows: sum in acc first, then round each value once
+    acc lane[cpu::kLanes] = {};
+    int64_t j = 0;
+    for (; j + cpu::kLanes <= n; j += cpu::kLanes)
+      for (int u = 0; u < cpu::kLanes; ++u) lane[u] += math::PolyExp::exp(acc(row[j + u]) - shift);
+    total = 0;
+    for (; j < n; ++j) total += math::PolyExp::exp(acc(row[j]) - shift);
+    for (int u = 0; u < cpu::kLanes; ++u) total += lane[u];
+    const acc inv = acc(1) / total;
+    for (j = 0; j < n; ++j) row[j] = st(math::PolyExp::exp(acc(row[j]) - shift) * inv);
+  }
+  return total;
+}
+
 // Logit rows -> softmax rows in place, and each row's log-sum-exp.
 template <typename st, typename acc>
 FR_CPU_MULTIVERSION void softmax_rows(st* __restrict__ s, int64_t rows, int64_t n, acc* __restrict__ lse) {
   for (int64_t r = 0; r < rows; ++r) {
     st* row = s + r * n;
     acc m = neg_inf<acc>();
-    for (int64_t j = 0; j < n; ++j) m = std::max(m, acc(row[j]));
-    acc l;
-    if constexpr (std::is_same_v<st, acc>) {  // exp once, in place, then scale
-      cpu::Lanes<acc> sum;
-      for (int64_t j = 0; j < n; ++j) row[j] = math::PolyExp::exp(row[j] - m);
-      sum.add(row, n);
-      l = sum.total();
-      const acc inv = acc(1) / l;
-      for (int64_t j = 0; j < n; ++j) row[j] *= inv;
-    } else {  // 16-bit rows: sum in acc first, then round each probability once
-      acc lane[cpu::kLanes] = {};
-      int64_t j = 0;
-      for (; j + cpu::kLanes <= n; j += cpu::kLanes)
-        for (int u = 0; u < cpu::kLanes; ++u) lane[u] += math::PolyExp::exp(acc(row[j + u]) - m);
-      l = 0;
-      for (; j < n; ++j) l += math::PolyExp::exp(acc(row[j]) - m);
-      for (int u = 0; u < cpu::kLanes; ++u) l += lane[u];
-      const acc inv = acc(1) / l;
-      for (j = 0; j < n; ++j) row[j] = st(math::PolyExp::exp(acc(row[j]) - m) * inv);
-    }
-    lse[r] = row_lse(m, l);
+    for (int64_t j = 0; j < n; ++j) m = RowMax{}(m, acc(row[j]));
+    lse[r] = row_lse(m, normalised_exp_row(row, n, m));
   }
 }
 
-// Logit rows -> probabilities in place, from each row's saved log-sum-exp.
+// Logit rows -> probabilities in place, exp(s - lse_i) from each row's saved log-sum-exp,
+// renormalised to sum to 1. The saved lse is rounded to its type's spacing at |lse| (3e-5 at
+// 400 in float32), which scales a whole row of exp(s - lse) by a common factor: the division
+// removes it, where D_i = sum_j p_ij dp_ij would keep it and ds_ij = p_ij (dp_ij - D_i), a
+// difference of nearly equal numbers, would lose its digits at large logits.
 template <typename st, typename acc>
 FR_CPU_MULTIVERSION void probability_rows(st* __restrict__ s, int64_t rows, int64_t n, const acc* __restrict__ lse) {
-  for (int64_t r = 0; r < rows; ++r) {
-    st* row = s + r * n;
-    const acc l = lse[r];
-    for (int64_t j = 0; j < n; ++j) row[j] = st(probability<acc, math::PolyExp>(acc(row[j]), l));
-  }
+  for (int64_t r = 0; r < rows; ++r) normalised_exp_row(s + r * n, n, lse[r]);
 }
 
 // dp rows -> scale * p * (dp - D_i) in place, with D_i = sum_j p_ij dp_ij taken from the same

@@ -169,9 +169,9 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Ptrs<scalar_t, acc_t<
     acc tile_max = mn::neg_inf<acc>();
     for (int u = 0; u < kTileCols; ++u) {
       s[u] = k0 + ln.col + kRowThreads * u < n ? a.scale * s[u] : mn::neg_inf<acc>();
-      tile_max = MaxOp{}(tile_max, s[u]);
+      tile_max = mn::RowMax{}(tile_max, s[u]);
     }
-    const acc m_new = MaxOp{}(m, row_reduce(tile_max, MaxOp{}));
+    const acc m_new = mn::RowMax{}(m, row_reduce(tile_max, mn::RowMax{}));
     const acc alpha = mn::rescale(m, m_new);
     acc sum = 0;
     for (int u = 0; u < kTileCols; ++u) {

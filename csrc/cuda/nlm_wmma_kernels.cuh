@@ -161,9 +161,9 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
     for (int u = 0; u < kHalfKeys; ++u) {
       const int j = half * kHalfKeys + u;
       s[u] = k0 + j < n ? a.scale * Ss[row * kLdS + j] : mn::neg_inf<float>();
-      tile_max = MaxOp{}(tile_max, s[u]);
+      tile_max = mn::RowMax{}(tile_max, s[u]);
     }
-    const float m_new = MaxOp{}(m, MaxOp{}(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1)));
+    const float m_new = mn::RowMax{}(m, mn::RowMax{}(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1)));
     const float alpha = mn::rescale(m, m_new);
     float sum = 0.f;
     for (int u = 0; u < kHalfKeys; ++u) {

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "../common/macros.h"
 
@@ -26,14 +27,20 @@ struct StdExp {
 
 struct PolyExp {
   // exp(x) = 2^n * exp(r), n = round(x / ln2), |r| <= ln2 / 2, exp(r) by its Taylor series
-  // to degree 7 (truncation error < 4e-9 relative, under one float ulp). x is clamped to
-  // [-87, 88] so that 2^n stays a normal float: results saturate at about 1.6e-38 and 1.7e38.
+  // to degree 7 (truncation error < 4e-9 relative, under one float ulp). The polynomial runs on
+  // x clamped to [ln(FLT_MIN), 88] so that 2^n stays a normal float; below that range the
+  // result is 0 (exp(-inf) = 0 exactly; results that would be subnormal flush to 0), above
+  // ln(FLT_MAX) it is +inf (between 88 and ln(FLT_MAX) it saturates at exp(88) = 1.65e38);
+  // NaN stays NaN. The selects keep the loop branch-free.
   static inline float exp(float x) {
     constexpr float kLog2e = 1.44269504088896341f;
     constexpr float kLn2Hi = 0.693359375f;          // ln2 split so n * kLn2Hi is exact
     constexpr float kLn2Lo = -2.12194440e-4f;
     constexpr float kRound = 12582912.0f;           // 1.5 * 2^23: adding it rounds to an integer
-    x = std::min(std::max(x, -87.0f), 88.0f);
+    constexpr float kLowest = -87.33654475f;        // ln(FLT_MIN): 2^n is still a normal float
+    constexpr float kOverflow = 88.72283905f;       // ln(FLT_MAX)
+    const float x_in = x;
+    x = std::min(std::max(x, kLowest), 88.0f);
     // t = n + kRound holds the integer n in its low mantissa bits; reading n from there
     // (instead of a float-to-int conversion, which GCC guards with a branch under strict
     // FP semantics) keeps the loop vectorisable.
@@ -54,7 +61,8 @@ struct PolyExp {
     const int32_t bits = (t_bits - round_bits + 127) << 23;  // 2^n as a float's bits
     float scale;
     std::memcpy(&scale, &bits, sizeof(scale));
-    return p * scale;
+    const float out = x_in < kLowest ? 0.0f : p * scale;
+    return x_in > kOverflow ? std::numeric_limits<float>::infinity() : out;
   }
   // double is the gradcheck dtype, not a speed path.
   static inline double exp(double x) { return std::exp(x); }

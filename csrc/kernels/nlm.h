@@ -24,6 +24,15 @@ FR_HOST_DEVICE acc neg_inf() {
   return -std::numeric_limits<acc>::infinity();
 }
 
+// The running row max: a max that keeps a NaN from either side (a plain a > b ? a : b drops a
+// NaN depending on the order), so that a row holding a NaN logit gets a NaN max and lse.
+struct RowMax {
+  template <typename acc>
+  FR_HOST_DEVICE acc operator()(acc a, acc b) const {
+    return (a > b || a != a) ? a : b;
+  }
+};
+
 // Factor that moves sums taken relative to max m_old to the new max m_new (>= m_old):
 // exp(m_old - m_new), and 0 before the first key (m_old = -inf), where nothing was summed.
 template <typename acc, typename Exp = math::StdExp>
@@ -37,17 +46,22 @@ FR_HOST_DEVICE acc shifted_weight(acc s, acc m) {
   return s == neg_inf<acc>() ? acc(0) : Exp::exp(s - m);
 }
 
-// The row's log-sum-exp from its max and its sum of shifted weights.
+// The row's log-sum-exp from its max and its sum of shifted weights; +-inf when the max is
+// (a +inf logit, or a row of -inf logits), as torch.logsumexp, where m + log(l) would be NaN.
 template <typename acc>
 FR_HOST_DEVICE acc row_lse(acc m, acc l) {
   using std::log;
-  return m + log(l);
+  return m - m == acc(0) ? m + log(l) : m;
 }
 
-// p_ij recomputed in the backward from the logit and the row's saved log-sum-exp.
+// p_ij recomputed in the backward from the logit and the row's saved log-sum-exp. A row whose
+// lse is not finite (a +inf logit, all -inf, a NaN) had a NaN softmax in the forward, as
+// torch.softmax: its probabilities are NaN here too (exp(s - inf) alone would give 0 for the
+// finite logits).
 template <typename acc, typename Exp = math::StdExp>
 FR_HOST_DEVICE acc probability(acc s, acc lse) {
-  return Exp::exp(s - lse);
+  const acc zero_or_nan = lse - lse;
+  return zero_or_nan == acc(0) ? Exp::exp(s - lse) : zero_or_nan;
 }
 
 // ds_ij = p_ij (dp_ij - D_i), times the logits' scale (what dtheta and dphi need).

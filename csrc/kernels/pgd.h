@@ -37,10 +37,18 @@ FR_HOST_DEVICE acc clamp(acc v, acc lo, acc hi) {
   return v > hi ? hi : v;
 }
 
+// max(v, b) then min(., c) that propagate a NaN from any of the three (torch.maximum and
+// torch.minimum do): the eps-box around a NaN x0 has NaN bounds, and the element stays NaN.
+template <typename acc>
+FR_HOST_DEVICE acc clamp_nan(acc v, acc lo, acc hi) {
+  v = (v < lo || lo != lo) ? lo : v;
+  return (v > hi || hi != hi) ? hi : v;
+}
+
 // L-inf projection of x_new onto the eps-box around x0, then onto [lo, hi].
 template <typename acc>
 FR_HOST_DEVICE acc project_linf(acc x_new, acc x0, acc eps, acc lo, acc hi) {
-  return clamp(clamp(x_new, x0 - eps, x0 + eps), lo, hi);
+  return clamp(clamp_nan(x_new, x0 - eps, x0 + eps), lo, hi);
 }
 
 // Factor that brings a delta with sum of squares `sum_sq` into the L2 eps-ball: min(1, eps/norm), written

@@ -1,0 +1,443 @@
+"""Property tests of the layer ops (sparta, nlm_gaussian, median3x3, cifs_reweight) on every
+backend, forward and backward, against float64 oracles written here from the op contracts
+(design.md section 3, the docstrings of fastrobust/ops/*.py): generated shapes (empty batch,
+size-1 dims, odd sizes), layouts (contiguous, channels_last, transposed, strided slices),
+dtypes and values (ties, zeros, +-1e4, subnormals, NaN, +-inf), under the NaN / inf policy of
+design.md section 9 (tests/properties_support.py: assert_matches_oracle).
+
+Example counts: properties_support.max_examples() per op and backend (200; 2,000 with --slow).
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fastrobust
+from fastrobust.testing import BACKWARD_TOL, CPU, FORWARD_TOL, REDUCTION_TOL, backends
+
+from properties_support import (LOW_PRECISION, acc_dtype, assert_equal_nan, assert_matches_oracle, coarser,
+                                draw_layout, draw_nonfinite, dtypes, f64, finite, property_settings, tensors)
+
+pytestmark = [pytest.mark.skipif(not fastrobust.HAS_EXT, reason="compiled extension not built"),
+              pytest.mark.usefixtures("one_thread")]
+
+
+def grads(fn, inputs, grad_out):
+    """Autograd of a float64 oracle: d<fn(*inputs), grad_out>/d inputs."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = fn(*leaves)
+    return out, torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
+
+
+# -- sparta --------------------------------------------------------------------------------------
+
+def depthwise(x, w):
+    """z[b,c,h,w] = sum_ij w[c,0,i,j] x[b,c,h+i-r,w+j-r], zero outside the image (nn.Conv2d's
+    depthwise cross-correlation with padding r = k//2)."""
+    k = w.shape[-1]
+    r = k // 2
+    windows = F.pad(x, (r, r, r, r)).unfold(2, k, 1).unfold(3, k, 1)  # (B, C, H, W, k, k)
+    return (windows * w[:, 0, None, None]).sum((-2, -1))
+
+
+def sparta_oracle(x, w, b):
+    """Sparta (design.md section 3): y = relu(x) * 2 * sigmoid(depthwise_k(x) + b)."""
+    return torch.relu(x) * 2 * torch.sigmoid(depthwise(x, w) + b[:, None, None])
+
+
+def sparta_error_scales(x, w, b, gy):
+    """Error magnitudes of y, dx, dw, db: the gate's sum z taken over |w||x| (+|b|), carried
+    through sigmoid' (and sigmoid'' <= sigmoid'); sigmoid' = s (1 - s) itself is off by ~u s in
+    working precision (1 - s cancels as s -> 1, in torch's float32 sigmoid backward too); the
+    gradient sums over |terms|."""
+    x, gy = finite(x), finite(gy)
+    s = torch.sigmoid(depthwise(x, w) + b[:, None, None])
+    ds = s * (1 - s)
+    z_abs = depthwise(x.abs(), w.abs()) + b.abs()[:, None, None]
+    relu2 = 2 * torch.relu(x)
+    dz_mag = gy.abs() * relu2 * (ds * (1 + z_abs) + s)
+    xv, wv = torch.zeros_like(x, requires_grad=True), torch.zeros_like(w, requires_grad=True)
+    dx_conv, = torch.autograd.grad(depthwise(xv, w.abs()), xv, dz_mag)
+    dw_mag, = torch.autograd.grad(depthwise(x.abs(), wv), wv, dz_mag)
+    dx_mag = gy.abs() * 2 * (x > 0) * (s + ds * z_abs) + dx_conv
+    return relu2 * ds * z_abs, dx_mag, dw_mag, dz_mag.sum((0, 2, 3))
+
+
+@st.composite
+def sparta_shapes(draw, emulated):
+    # The emulator runs every 256-thread block as std::threads: keep to a few blocks there.
+    side = 10 if emulated else 40
+    return (draw(st.integers(0, 2 if emulated else 3)), draw(st.integers(1, 4 if emulated else 6)),
+            draw(st.integers(1, 10)), draw(st.integers(1, side)))
+
+
+@pytest.mark.parametrize("backend", backends())
+@property_settings()
+@given(data=st.data())
+def test_sparta(backend, data):
+    """y, dx, dw, db against the oracle; a NaN / inf in x reaches y in its k x k window, dx in
+    its 2r window (equal non-finite masks); dw[c], db[c] are compared where the oracle is
+    finite and must be finite for channels without a non-finite x."""
+    dtype = data.draw(dtypes(), label="dtype")
+    k = data.draw(st.sampled_from([1, 3, 5, 7]), label="k")
+    shape = data.draw(sparta_shapes(backend.emulated), label="shape")
+    bad = draw_nonfinite(data, ["x"])
+    x = data.draw(tensors(shape, dtype, nonfinite="x" in bad), label="x")
+    w = data.draw(tensors((shape[1], 1, k, k), dtype, scale=0.5), label="weight")
+    b = data.draw(tensors((shape[1],), dtype, scale=0.5), label="bias")
+    gy = data.draw(tensors(shape, dtype), label="grad_y")
+    xd, wd, bd, gyd = (draw_layout(data, t, name).to(backend.device)
+                       for t, name in ((x, "x"), (w, "weight"), (b, "bias"), (gy, "grad_y")))
+
+    y = backend.op("sparta")(xd, wd, bd)
+    if data.draw(st.booleans(), label="through autograd"):
+        leaves = [t.detach().requires_grad_(True) for t in (xd, wd, bd)]
+        dx, dw, db = torch.autograd.grad(backend.op("sparta")(*leaves), leaves, gyd)
+    else:
+        dx, dw, db = backend.op("_sparta_backward")(gyd, xd, wd, bd)
+
+    y64, (dx64, dw64, db64) = grads(sparta_oracle, [f64(x), f64(w), f64(b)], f64(gy))
+    y_mag, dx_mag, dw_mag, db_mag = sparta_error_scales(f64(x), f64(w), f64(b), f64(gy))
+    assert y.dtype == dtype and y.shape == x.shape and y.is_contiguous()
+    assert (dx.dtype, dw.dtype, db.dtype) == (dtype, dtype, dtype)
+    assert_matches_oracle(y, y64, dtype, FORWARD_TOL, "y", y_mag)
+    assert_matches_oracle(dx, dx64, dtype, BACKWARD_TOL, "dx", dx_mag)
+    # Channels with a non-finite x: dw[c], db[c] compared where both are finite; the others
+    # in full (finite exactly where the oracle is).
+    bad_channel = ~torch.isfinite(f64(x)).all(dim=0).all(dim=-1).all(dim=-1)  # (C,)
+    assert_matches_oracle(dw, dw64, dtype, REDUCTION_TOL, "dw", dw_mag, free=bad_channel[:, None, None, None])
+    assert_matches_oracle(db, db64, dtype, REDUCTION_TOL, "db", db_mag, free=bad_channel)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_sparta_cpu_closed_gate_on_plus_inf_is_nan(dtype):
+    """x = +inf with a negative 1x1 weight: z = -inf, y = relu(inf) * 2 * sigmoid(-inf) = inf * 0,
+    NaN in IEEE arithmetic, as eager PyTorch, the float64 CPU kernel and the emulated CUDA kernel
+    give; dx = gy * 2 * sigmoid(z) * [x > 0] + dz * w is NaN too."""
+    x = torch.tensor([math.inf], dtype=dtype).reshape(1, 1, 1, 1)
+    w = torch.tensor([-0.5], dtype=dtype).reshape(1, 1, 1, 1)
+    b = torch.zeros(1, dtype=dtype)
+    y = CPU.op("sparta")(x, w, b)
+    dx, _, _ = CPU.op("_sparta_backward")(torch.ones_like(x), x, w, b)
+    assert torch.isnan(y).all() and torch.isnan(dx).all(), (y.item(), dx.item())
+
+
+# -- nlm_gaussian ----------------------------------------------------------------------------------
+
+def flat(t):
+    """(B, c, H, W) or (B, c, N) -> (B, c, N): the N = H*W positions in row-major order."""
+    return t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
+
+
+def nlm_oracle(theta, phi, g, scale):
+    """nlm_gaussian (fastrobust/ops/nlm.py): logits s_ij = scale * (theta_i . phi_j) over the N
+    positions, y_i = sum_j softmax_j(s_ij) g_j (torch.softmax: a +inf logit makes its row NaN),
+    lse_i = logsumexp_j s_ij."""
+    q, k, v = flat(theta), flat(phi), flat(g)
+    logits = scale * (q[:, :, :, None] * k[:, :, None, :]).sum(1)  # (B, N, N), [b, i, j]
+    p = torch.softmax(logits, dim=-1)
+    y = (p[:, None, :, :] * v[:, :, None, :]).sum(-1)  # (B, C, N)
+    return y.reshape(g.shape), torch.logsumexp(logits, dim=-1)
+
+
+def nlm_error_scales(theta, phi, g, gy, scale):
+    """Error magnitudes of y, lse, dtheta, dphi, dg. A logit's error scale is
+    L_ij = |scale| |theta_i| . |phi_j|; it moves p_ij by p_ij (L_ij + sum_k p_ik L_ik) (P below)
+    and y_i by sum_j p_ij |g_j - y_i| L_ij; the gradient sums (dg = P^T dy, ds = p (dp - D),
+    dtheta = scale ds phi, dphi = scale ds^T theta) are then taken over |terms|."""
+    # p from the true logits (a -inf logit is a 0 there), the rest over the finite inputs: only
+    # finite outputs use these scales.
+    p = torch.nan_to_num(torch.softmax(scale * (flat(theta)[:, :, :, None] * flat(phi)[:, :, None, :]).sum(1), dim=-1),
+                         nan=0.0)
+    q, k, v, dy = (finite(flat(t)) for t in (theta, phi, g, gy))
+    y = torch.einsum("bij,bcj->bci", p, v)
+    big_l = abs(scale) * torch.einsum("bdi,bdj->bij", q.abs(), k.abs())
+    spread = (v[:, :, None, :] - y[:, :, :, None]).abs()  # |g_j - y_i|, (B, C, N_i, N_j)
+    y_mag = (p[:, None] * (v.abs()[:, :, None, :] + spread * big_l[:, None])).sum(-1)
+    big_p = big_l + (p * big_l).sum(-1, keepdim=True)
+    lse_mag = (p * big_l).sum(-1)
+    dg_mag = torch.einsum("bij,bci->bcj", p * (1 + big_p), dy.abs())
+    dp = torch.einsum("bci,bcj->bij", dy, v)
+    d_row = (dy * y).sum(1)
+    d_mag = (dy.abs() * (y.abs() + y_mag)).sum(1)
+    ds_mag = p * (1 + big_p) * (dp - d_row[:, :, None]).abs() + p * (
+        torch.einsum("bci,bcj->bij", dy.abs(), v.abs()) + d_mag[:, :, None])
+    dtheta_mag = abs(scale) * torch.einsum("bij,bdj->bdi", ds_mag, k.abs())
+    dphi_mag = abs(scale) * torch.einsum("bij,bdi->bdj", ds_mag, q.abs())
+    return (y_mag.reshape(g.shape), lse_mag, dtheta_mag.reshape(theta.shape), dphi_mag.reshape(phi.shape),
+            dg_mag.reshape(g.shape))
+
+
+@st.composite
+def nlm_shapes(draw, emulated):
+    """(B, d, C, positions): 3-D (B, c, N) or 4-D (B, c, H, W) maps; N up to 81 crosses the
+    kernels' 32-key tiles and 64-query blocks, C = 70 their 64-channel slices, d = 33 the
+    32-wide reduction chunk."""
+    b = draw(st.integers(0, 2))
+    d = draw(st.sampled_from([1, 2, 3, 4, 8, 16, 24, 33]))
+    c = draw(st.sampled_from([1, 2, 3, 5, 8, 13, 64, 70]))
+    h, w = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    positions = (h, w) if draw(st.booleans()) else (h * w,)
+    return b, d, c, positions
+
+
+@pytest.mark.parametrize("backend", backends())
+@property_settings()
+@given(data=st.data())
+def test_nlm_gaussian(backend, data):
+    """y, lse, dtheta, dphi, dg against the oracle; a NaN in g[b,c,j] reaches y[b,c,:], in
+    theta[b,:,i] y[b,:,i], in phi[b,:,j] all of y[b], never another sample; +-inf in theta or
+    phi give +-inf / NaN logits whose rows follow torch.softmax (equal non-finite masks)."""
+    dtype = data.draw(dtypes(), label="dtype")
+    b, d, c, positions = data.draw(nlm_shapes(backend.emulated), label="shape")
+    bad = draw_nonfinite(data, ["theta", "phi", "g"])
+    # float16 holds values up to 65504 only, and the contract keeps float16 intermediates (the
+    # CPU kernel's logits, the tensor-core path's probabilities and ds = p (dy . g - D)): values
+    # up to 10, not 1e4, so that these cannot overflow where the oracle's results are finite.
+    values = dict(large=10.0, kinds=("normal", "ties", "tiny")) if dtype == torch.float16 else {}
+    theta = data.draw(tensors((b, d, *positions), dtype, nonfinite="theta" in bad, **values), label="theta")
+    phi = data.draw(tensors((b, d, *positions), dtype, nonfinite="phi" in bad, **values), label="phi")
+    # g gets NaN only: y_i = sum_j p_ij g_j with g_j = inf is inf, or NaN where p_ij underflows
+    # to 0, and where p_ij underflows depends on the working precision, not on the contract.
+    g = data.draw(tensors((b, c, *positions), dtype, nonfinite="g" in bad, nonfinite_values=[math.nan], **values),
+                  label="g")
+    gy = data.draw(tensors((b, c, *positions), dtype, **values), label="grad_y")
+    scale = data.draw(st.sampled_from([1 / math.sqrt(d), 1.0, 0.0, -0.7, 3.0]), label="scale")
+    td, pd, gd, gyd = (draw_layout(data, t, name).to(backend.device)
+                       for t, name in ((theta, "theta"), (phi, "phi"), (g, "g"), (gy, "grad_y")))
+
+    y, lse = backend.op("nlm_gaussian")(td, pd, gd, scale)
+    if data.draw(st.booleans(), label="through autograd"):
+        leaves = [t.detach().requires_grad_(True) for t in (td, pd, gd)]
+        dtheta, dphi, dg = torch.autograd.grad(backend.op("nlm_gaussian")(*leaves, scale)[0], leaves, gyd)
+    else:
+        dtheta, dphi, dg = backend.op("_nlm_gaussian_backward")(gyd, td, pd, gd, y, lse, scale)
+
+    inputs = [f64(theta), f64(phi), f64(g)]
+    y64, lse64 = nlm_oracle(*inputs, scale)
+    _, (dtheta64, dphi64, dg64) = grads(lambda *t: nlm_oracle(*t, scale)[0], inputs, f64(gy))
+    y_mag, lse_mag, dtheta_mag, dphi_mag, dg_mag = nlm_error_scales(*inputs, f64(gy), scale)
+    assert y.dtype == dtype and y.shape == g.shape and y.is_contiguous()
+    assert lse.dtype == acc_dtype(dtype) and lse.shape == (b, math.prod(positions))
+    assert (dtheta.dtype, dphi.dtype, dg.dtype) == (dtype, dtype, dtype)
+    # float16 / bfloat16: the CPU kernel keeps 16-bit logits and probabilities, the tensor-core
+    # path 16-bit probabilities and ds (the contract), as PyTorch's 16-bit eager maths does.
+    y_lowp = dtheta_lowp = dphi_lowp = dg_lowp = None
+    if dtype in LOW_PRECISION:
+        y_lowp, (dtheta_lowp, dphi_lowp, dg_lowp) = grads(lambda *t: nlm_oracle(*t, scale)[0], [theta, phi, g], gy)
+    assert_matches_oracle(y, y64, dtype, FORWARD_TOL, "y", y_mag, lowp=y_lowp)
+    assert_matches_oracle(lse, lse64, dtype, FORWARD_TOL, "lse", lse_mag)
+    assert_matches_oracle(dg, dg64, dtype, BACKWARD_TOL, "dg", dg_mag, lowp=dg_lowp)
+    assert_matches_oracle(dtheta, dtheta64, dtype, BACKWARD_TOL, "dtheta", dtheta_mag, lowp=dtheta_lowp)
+    assert_matches_oracle(dphi, dphi64, dtype, BACKWARD_TOL, "dphi", dphi_mag, lowp=dphi_lowp)
+
+
+def nlm_lse_row(backend, value):
+    """y and lse of a (B, d, N) = (1, 1, 2) map whose first query has logits (value, value)."""
+    theta = torch.tensor([[[value, 1.0]]], device=backend.device)
+    phi = torch.tensor([[[1.0, 1.0]]], device=backend.device)
+    g = torch.tensor([[[1.0, 2.0]]], device=backend.device)
+    y, lse = backend.op("nlm_gaussian")(theta, phi, g, 1.0)
+    assert torch.isnan(y[0, 0, 0]) and y[0, 0, 1].item() == 1.5  # as torch.softmax
+    assert lse[0, 1].item() == pytest.approx(1 + math.log(2))
+    return lse[0, 0].item()
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_nlm_gaussian_lse_of_a_row_with_plus_inf(backend):
+    """lse_i is the log-sum-exp of row i's logits: +inf for a row holding a +inf logit."""
+    assert nlm_lse_row(backend, math.inf) == math.inf
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_nlm_gaussian_lse_of_a_row_of_minus_inf(backend):
+    """lse_i is the log-sum-exp of row i's logits: -inf for a row of -inf logits."""
+    assert nlm_lse_row(backend, -math.inf) == -math.inf
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_nlm_gaussian_cpu_minus_inf_logit_has_probability_0(dtype):
+    """A key j whose logit is -inf has p_ij = 0, as torch.softmax: dg_j = sum_i p_ij dy_i = 0,
+    and dtheta_i = scale sum_j ds_ij phi_j holds ds_ij * phi_j = 0 * inf = NaN (as the float64
+    CPU kernel, the emulated CUDA kernel and eager autograd give)."""
+    theta = torch.tensor([[[1.0, 1.0]]], dtype=dtype)  # (B, d, N) = (1, 1, 2)
+    phi = torch.tensor([[[-math.inf, 0.5]]], dtype=dtype)  # key 0: logit -inf for both queries
+    g = torch.tensor([[[1.0, 2.0]]], dtype=dtype)
+    y, lse = CPU.op("nlm_gaussian")(theta, phi, g, 1.0)
+    dtheta, _, dg = CPU.op("_nlm_gaussian_backward")(torch.ones_like(g), theta, phi, g, y, lse, 1.0)
+    assert y.tolist() == [[[2.0, 2.0]]]
+    assert dg[0, 0, 0].item() == 0.0 and torch.isnan(dtheta).all(), (dg.tolist(), dtheta.tolist())
+
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_nlm_gaussian_backward_with_large_logits(backend):
+    """Query 0 has logits 400 and 390 (exact float32 inputs): dtheta_0 within 10 % of float64 (eager
+    float32 is within 2 %). The float32 lse is rounded to 3e-5 at 400, which once scaled the CPU
+    backward's recomputed probabilities enough for ds = p (dp - D) to get the wrong sign."""
+    theta = torch.tensor([[[20.0, 0.0]]], device=backend.device)  # (B, d, N) = (1, 1, 2)
+    phi = torch.tensor([[[20.0, 19.5]]], device=backend.device)
+    g = torch.tensor([[[1.0, -1.0]]], device=backend.device)
+    gy = torch.tensor([[[1.0, 0.0]]], device=backend.device)
+    y, lse = backend.op("nlm_gaussian")(theta, phi, g, 1.0)
+    dtheta = backend.op("_nlm_gaussian_backward")(gy, theta, phi, g, y, lse, 1.0)[0]
+    _, (dtheta64, _, _) = grads(lambda *t: nlm_oracle(*t, 1.0)[0], [f64(theta), f64(phi), f64(g)], f64(gy))
+    assert dtheta[0, 0, 0].item() == pytest.approx(dtheta64[0, 0, 0].item(), rel=0.1)
+
+
+# -- median3x3 -------------------------------------------------------------------------------------
+
+def reflect(i, n):
+    """Index i in [-1, n] of a padded dimension -> the pixel it reads: torch's 'reflect'
+    (-1 -> 1, n -> n - 2), and the pixel itself along a dimension of size 1 (replicate)."""
+    if n == 1:
+        return 0
+    return 1 if i == -1 else n - 2 if i == n else i
+
+
+def median_oracle(x):
+    """median3x3 (fastrobust/ops/median.py), one window at a time: the 5th smallest of the nine
+    (value, window position) pairs, positions row-major (dy + 1) * 3 + (dx + 1), so equal values
+    go to the lower position; a window holding a NaN gives NaN at its first NaN. Returns
+    (y, arg, source): source[b, c, h, w] = (h', w') the pixel selected."""
+    b, c, h, w = x.shape
+    y = torch.empty(x.shape, dtype=torch.float64)
+    arg = torch.empty(x.shape, dtype=torch.uint8)
+    source = {}
+    v = x.tolist()
+    for n in range(b):
+        for ch in range(c):
+            plane = v[n][ch]
+            for i in range(h):
+                for j in range(w):
+                    window = [(plane[reflect(i + dy, h)][reflect(j + dx, w)], (dy + 1) * 3 + (dx + 1),
+                               (reflect(i + dy, h), reflect(j + dx, w)))
+                              for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+                    nans = [entry for entry in window if math.isnan(entry[0])]
+                    value, position, pixel = nans[0] if nans else sorted(window, key=lambda e: (e[0], e[1]))[4]
+                    y[n, ch, i, j], arg[n, ch, i, j] = value, position
+                    source[n, ch, i, j] = pixel
+    return y, arg, source
+
+
+def median_grad_oracle(gy, source):
+    """The backward: each output's gradient added to the pixel it selected."""
+    dx = torch.zeros(gy.shape, dtype=torch.float64)
+    for (n, ch, i, j), (si, sj) in source.items():
+        dx[n, ch, si, sj] += gy[n, ch, i, j]
+    return dx
+
+
+@pytest.mark.parametrize("backend", backends())
+@property_settings()
+@given(data=st.data())
+def test_median3x3(backend, data):
+    """y and arg exactly equal to the oracle's (a median selects, it computes nothing), NaN per
+    window, +-inf ordinary values; the gradient is the oracle's scatter of grad_y."""
+    dtype = data.draw(dtypes(), label="dtype")
+    emulated = backend.emulated
+    shape = (data.draw(st.integers(0, 2)), data.draw(st.integers(1, 3 if emulated else 5)),
+             data.draw(st.integers(1, 9)), data.draw(st.integers(1, 9 if emulated else 24)))
+    bad = draw_nonfinite(data, ["x"])
+    x = data.draw(tensors(shape, dtype, nonfinite="x" in bad), label="x")
+    gy = data.draw(tensors(shape, dtype), label="grad_y")
+    xd, gyd = draw_layout(data, x, "x").to(backend.device), draw_layout(data, gy, "grad_y").to(backend.device)
+
+    y, arg = backend.op("median3x3")(xd)
+    if data.draw(st.booleans(), label="through autograd"):
+        leaf = xd.detach().requires_grad_(True)
+        dx, = torch.autograd.grad(backend.op("median3x3")(leaf)[0], leaf, gyd)
+    else:
+        dx = backend.op("_median3x3_backward")(gyd, arg)
+
+    y64, arg64, source = median_oracle(f64(x))
+    assert y.is_contiguous() and arg.is_contiguous()
+    assert_equal_nan(y, y64.to(dtype), "y")
+    assert_equal_nan(arg.cpu(), arg64, "arg")
+    assert dx.dtype == dtype
+    assert_matches_oracle(dx, median_grad_oracle(f64(gy), source), dtype, BACKWARD_TOL, "dx")
+
+
+# -- cifs_reweight ---------------------------------------------------------------------------------
+
+def cifs_oracle(feat, relevance, temperature, scale):
+    """cifs_reweight (fastrobust/ops/cifs.py): out = feat * scale * softmax_c(relevance / T),
+    the channel mask broadcast over H and W."""
+    return feat * (scale * torch.softmax(relevance / temperature, dim=1))[:, :, None, None]
+
+
+def cifs_error_scales(feat, relevance, temperature, scale, gy):
+    """Error magnitudes of out, grad_feat, grad_relevance: relevance / T is off by ~u |r| / T, so
+    p_c by p_c (1 + R_c), R_c = (|r_c| + sum_k p_k |r_k|) / T; then G_c = sum_hw gy feat over
+    |terms| and grad_r_c = (s / T) p_c (G_c - sum_k p_k G_k) over |terms|."""
+    p = torch.nan_to_num(torch.softmax(relevance / temperature, dim=1), nan=0.0)  # -inf relevance: p = 0
+    feat, relevance, gy = finite(feat), finite(relevance), finite(gy)
+    big_r = (relevance.abs() + (p * relevance.abs()).sum(1, keepdim=True)) / temperature
+    mask_mag = (abs(scale) * p * (1 + big_r))[:, :, None, None]
+    big_g = (gy * feat).sum((2, 3))
+    big_g_abs = (gy.abs() * feat.abs()).sum((2, 3))
+    centred = (big_g - (p * big_g).sum(1, keepdim=True)).abs()
+    grad_r_mag = abs(scale) / temperature * p * (
+        (1 + big_r) * centred + big_g_abs + (p * (1 + big_r) * big_g_abs).sum(1, keepdim=True))
+    return feat.abs() * mask_mag, gy.abs() * mask_mag, grad_r_mag
+
+
+@pytest.mark.parametrize("backend", backends())
+@property_settings()
+@given(data=st.data())
+def test_cifs_reweight(backend, data):
+    """out, grad_feat, grad_relevance against the oracle; a NaN in relevance[b] makes out[b] NaN,
+    in feat[b,c,h,w] only out[b,c,h,w] (and grad_relevance[b,:]) (equal non-finite masks). The
+    maths runs in float32 (float64 for float64 feat): the oracle reads relevance rounded so."""
+    dtype = data.draw(dtypes(), label="feat dtype")
+    rel_dtype = data.draw(dtypes(), label="relevance dtype")
+    c_max = 130
+    shape = (data.draw(st.integers(0, 3)), data.draw(st.sampled_from([1, 2, 3, 5, 17, 64, c_max])),
+             data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5 if backend.emulated else 12)))
+    bad = draw_nonfinite(data, ["feat", "relevance"])
+    feat = data.draw(tensors(shape, dtype, nonfinite="feat" in bad), label="feat")
+    relevance = data.draw(tensors(shape[:2], rel_dtype, nonfinite="relevance" in bad, scale=3.0), label="relevance")
+    gy = data.draw(tensors(shape, dtype), label="grad_out")
+    temperature = data.draw(st.sampled_from([1.0, 0.5, 2.0, 0.1, 7.0]), label="temperature")
+    scale = data.draw(st.sampled_from([1.0, 2.0, 0.5, -1.0, 0.0]), label="scale")
+    fd, rd, gyd = (draw_layout(data, t, name).to(backend.device)
+                   for t, name in ((feat, "feat"), (relevance, "relevance"), (gy, "grad_out")))
+
+    out = backend.op("cifs_reweight")(fd, rd, temperature, scale)
+    if data.draw(st.booleans(), label="through autograd"):
+        leaves = [t.detach().requires_grad_(True) for t in (fd, rd)]
+        grad_feat, grad_rel = torch.autograd.grad(backend.op("cifs_reweight")(*leaves, temperature, scale),
+                                                  leaves, gyd)
+    else:
+        grad_feat, grad_rel = backend.op("_cifs_reweight_backward")(gyd, fd, rd, temperature, scale)
+
+    acc = acc_dtype(dtype)
+    inputs = [f64(feat), f64(relevance.to(acc))]
+    out64, (grad_feat64, grad_rel64) = grads(lambda f, r: cifs_oracle(f, r, temperature, scale), inputs, f64(gy))
+    out_mag, grad_feat_mag, grad_rel_mag = cifs_error_scales(*inputs, temperature, scale, f64(gy))
+    assert out.dtype == dtype and out.shape == feat.shape and out.is_contiguous()
+    assert grad_feat.dtype == dtype and grad_rel.dtype == rel_dtype
+    # A probability below the working type's normal range may be 0 or not (subnormals, flush to
+    # zero): times an infinite feat it is +-inf or NaN. Those outputs (out[b,c], and
+    # grad_relevance[b,:] of a row holding a non-finite feat) are compared only where finite.
+    p64 = torch.softmax(inputs[1] / temperature, dim=1)
+    tiny = (p64 > 0) & (p64 < torch.finfo(acc).tiny)
+    row_tiny = tiny.any(1, keepdim=True) & ~torch.isfinite(inputs[0].flatten(1)).all(1, keepdim=True)
+    assert_matches_oracle(out, out64, dtype, FORWARD_TOL, "out", out_mag, free=tiny[:, :, None, None])
+    assert_matches_oracle(grad_feat, grad_feat64, dtype, BACKWARD_TOL, "grad_feat", grad_feat_mag)
+    assert_matches_oracle(grad_rel, grad_rel64, coarser(rel_dtype, acc), REDUCTION_TOL, "grad_relevance", grad_rel_mag,
+                          free=row_tiny)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_cifs_reweight_cpu_probability_0(dtype):
+    """softmax([0, 1000]) = [0, 1] exactly, in float32 and float64: out[0] = feat[0] * 0 = 0, and
+    grad_relevance_c = p_c (G_c - sum_k p_k G_k) with G_1 = inf gives 0 * inf = NaN at c = 0."""
+    feat = torch.tensor([1.0, math.inf], dtype=dtype).reshape(1, 2, 1, 1)
+    relevance = torch.tensor([[0.0, 1000.0]], dtype=dtype)
+    out = CPU.op("cifs_reweight")(feat, relevance, 1.0, 1.0)
+    _, grad_relevance = CPU.op("_cifs_reweight_backward")(torch.ones_like(feat), feat, relevance, 1.0, 1.0)
+    assert out[0, 0].item() == 0.0 and torch.isnan(grad_relevance).all(), (out.tolist(), grad_relevance.tolist())
