@@ -24,7 +24,6 @@ The attacks themselves do not synchronise inside their step loops.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -33,8 +32,8 @@ import torch
 from torch import nn
 
 from ..attacks import Attack, HypocriticalPGD
-from ..attacks.model_runner import eval_mode
 from ..data import TensorLoader
+from .inference import jsonable, model_device, predict
 from .presets import CASCADE, DEFAULT_ATTACKS, HYPOCRITICAL, Preset, get_preset
 
 AttackFactory = Callable[..., Attack]
@@ -87,7 +86,7 @@ class AttackReport:
         out = {k: getattr(self, k) for k in ("name", "kind", "points_attacked", "successes", "robust_accuracy",
                                              "accuracy_alone", "hypocritical_risk", "time_s", "forwards",
                                              "backwards", "images_per_s", "nonfinite")}
-        out["params"] = _jsonable(self.params)
+        out["params"] = jsonable(self.params)
         if samples and self.success is not None:
             out["success"] = self.success.tolist()
         return out
@@ -147,7 +146,7 @@ class EvalReport:
             "clean_time_s": self.clean_time_s, "total_time_s": self.total_time_s,
             "attacks": [a.to_dict(samples) for a in self.attacks],
             "checks": [c.to_dict() for c in self.checks],
-            "metadata": _jsonable(self.metadata),
+            "metadata": jsonable(self.metadata),
         }
         if samples and self.clean_correct is not None:
             out["clean_correct"] = self.clean_correct.tolist()
@@ -176,22 +175,6 @@ class EvalReport:
 def _rate(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{v:.0f}"
 
-
-def _jsonable(value):
-    """Tensors, dtypes, tuples and non-finite floats made JSON-safe (recursively)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.tolist() if value.numel() <= 64 else f"tensor{tuple(value.shape)}"
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, torch.dtype):
-        return str(value).replace("torch.", "")
-    return repr(value) if not callable(value) else getattr(value, "__name__", repr(value))
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,41 +269,6 @@ def resolve_data(data: Data, n: Optional[int] = None) -> Tuple[torch.Tensor, tor
             raise ValueError(f"n must be an int >= 1, got {n!r}")
         x, y = x[:n], y[:n]
     return x, y.long(), f"{what} x{tuple(x.shape)} {str(x.dtype).replace('torch.', '')}"
-
-
-def model_device(model: nn.Module, default: torch.device) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return default
-
-
-def logits_of(out) -> torch.Tensor:
-    """The logits of a model output: the tensor itself, or the first element of a tuple/list."""
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return out
-
-
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device,
-            autocast: Optional[torch.dtype] = None) -> torch.Tensor:
-    """argmax predictions (on device) of model on x in eval mode, without gradients; -1 where the
-    logits are not all finite (argmax would pick the NaN's class: no class is predicted there,
-    so such a point is never counted correct)."""
-    preds = []
-    with eval_mode(model), torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
-            xb = x[i:i + batch_size].to(device, non_blocking=True)
-            if autocast is None:
-                out = model(xb)
-            else:
-                with torch.autocast(device.type, dtype=autocast):
-                    out = model(xb)
-            logits = logits_of(out)
-            pred = logits.argmax(dim=1)
-            preds.append(torch.where(torch.isfinite(logits).all(dim=1), pred, torch.full_like(pred, -1)))
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=device)
 
 
 def _sync(device: torch.device) -> None:

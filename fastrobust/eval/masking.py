@@ -45,7 +45,7 @@ from torch import nn
 from ..attacks import PGD
 from ..attacks.model_runner import eval_mode
 from .._checks.pgd import canonical_norm
-from .evaluate import logits_of, model_device, predict
+from .inference import jsonable, logits_of, model_device, predict
 
 DEFAULT_CHECKS: Tuple[str, ...] = ("randomness", "zero_gradients", "eps_sweep", "steps", "loss_curve")
 ALL_CHECKS: Tuple[str, ...] = DEFAULT_CHECKS + ("transfer",)
@@ -71,8 +71,7 @@ class CheckResult:
         return self.passed is False
 
     def to_dict(self) -> Dict[str, Any]:
-        from .evaluate import _jsonable
-        return {"name": self.name, "passed": self.passed, "message": self.message, "data": _jsonable(self.data)}
+        return {"name": self.name, "passed": self.passed, "message": self.message, "data": jsonable(self.data)}
 
 
 def _result(name: str, problems: List[str], ok_message: str, data: Dict[str, Any], warn: bool) -> CheckResult:
