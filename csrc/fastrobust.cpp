@@ -4,6 +4,8 @@
 // (versions and flags are in fastrobust/_build_info.py, written by setup.py).
 #include <pybind11/pybind11.h>
 
+#include "ops/nlm.h"
+
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastrobust C++/CUDA kernels";
@@ -22,4 +24,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("debug") = true;
 #endif
+  m.def("_nlm_tensor_core_kernels_usable", &fastrobust::nlm::tensor_core_kernels_usable, pybind11::arg("device_major"),
+        pybind11::arg("binary_version"), pybind11::arg("ptx_version"),
+        "Whether nlm_gaussian runs its tensor-core kernels on a device of this compute capability major when "
+        "cudaFuncGetAttributes reports these binary and PTX versions for them (10 * major + minor).");
 }

@@ -229,3 +229,33 @@ def test_python_errors_match_the_kernels():
         nlm_gaussian(theta, phi, g.tolist())
     with pytest.raises(ValueError, match="scale must be finite"):
         nlm_gaussian(theta, phi, g, float("nan"))
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels", [3, 70])  # one-pass and two-pass tensor-core forwards
+def test_zero_width_queries_give_the_mean(backend, dtype, channels):
+    """d = 0: every logit is 0, so y is the mean of g and lse = log N. The tensor-core forward
+    once zeroed its output accumulators across the block and rescaled them per warp with no
+    barrier between when d = 0 (the emulator's racecheck reports it)."""
+    g = torch.Generator().manual_seed(3)
+    theta = torch.zeros(2, 0, 5, 7, dtype=dtype, device=backend.device)
+    values = torch.randn(2, channels, 5, 7, generator=g).to(dtype=dtype, device=backend.device)
+    y, lse = backend.op("nlm_gaussian")(theta, theta, values, 1.0)
+    mean = values.double().mean(dim=(2, 3), keepdim=True).expand(values.shape)
+    torch.testing.assert_close(y.double().cpu(), mean.cpu(), rtol=0.02, atol=0.02)
+    torch.testing.assert_close(lse.cpu(), torch.full((2, 35), math.log(35)))
+
+
+@pytest.mark.parametrize("binary,ptx,major,usable", [
+    (90, 90, 9, True),    # sm_90 cubin on an H100 / H200
+    (80, 80, 9, True),    # sm_80 cubin or compute_80 PTX on a newer GPU: bodies compiled in
+    (90, 75, 9, False),   # "7.5+PTX" JIT-compiled on sm_90: the bodies are traps
+    (75, 75, 7, False),   # a Turing GPU
+    (86, 0, 8, True),     # no PTX version reported: the binary decides
+    (90, 90, 7, False),   # a device without bf16 tensor cores
+])
+def test_tensor_core_path_follows_the_compiled_code(binary, ptx, major, usable):
+    """The host runs the wmma kernels only where the code the device runs was compiled for
+    sm_80+ (their bodies are __trap() below), not from the compute capability alone."""
+    assert fastrobust._C._nlm_tensor_core_kernels_usable(major, binary, ptx) is usable

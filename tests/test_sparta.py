@@ -252,3 +252,34 @@ def test_functional_api_checks_types():
     x, w, b = _good()
     with pytest.raises((TypeError, RuntimeError)):
         fastrobust.ops.sparta(x, w.numpy(), b)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("k,width", [(5, 1), (7, 2)])
+def test_tall_narrow_planes_fit_shared_memory(backend, k, width):
+    """float64, k = 5 with W = 1 (or k = 7 with W <= 2) at H >= 400: a tile of 512 outputs and its
+    halo once needed ~62 KB of shared memory, which a GPU refuses (the emulator too). The tile
+    shrinks until it fits."""
+    x, weight, bias = make_sparta_inputs((2, 2, 420, width), k, torch.float64, backend.device, seed=5)
+    grad_y = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6)).to(backend.device)
+    y, grads = run_forward_backward(backend.op("sparta"), x, weight, bias, grad_y)
+    y64, grads64 = oracle(x, weight, bias, grad_y)
+    torch.testing.assert_close(y.cpu(), y64, rtol=1e-9, atol=1e-9)
+    for got, want in zip(grads, grads64):
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", [b for b in backends() if b.id != "cpu"])
+def test_weight_gradients_are_deterministic(backend, monkeypatch):
+    """The weight and bias gradients sum per-block partial sums in a fixed order: the same bits
+    whatever order the blocks run in (once one float atomic per tap and block, whose order the
+    GPU's scheduling, or the emulator's seeded block order, decides)."""
+    x, weight, bias = make_sparta_inputs((6, 3, 40, 40), 3, torch.float32, backend.device, seed=7)
+    grad_y = torch.randn(x.shape, generator=torch.Generator().manual_seed(8)).to(backend.device)
+    runs = []
+    for seed in ("1", "2", "3"):
+        monkeypatch.setenv("FASTROBUST_EMU_SEED", seed)  # the emulator's block order; ignored on a GPU
+        runs.append(backend.op("_sparta_backward")(grad_y, x, weight, bias))
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)

@@ -3,7 +3,10 @@
 //   - nvcc: real CUDA;
 //   - g++ with FR_CUDA_EMULATION defined: csrc/emu/cuda_emu.h runs the same code on the CPU.
 // Device code must reach the CUDA runtime only through the names defined here or in the
-// emulator (FR_LAUNCH, FR_DYNAMIC_SMEM, __syncthreads, shuffles, atomicAdd).
+// emulator (FR_LAUNCH, FR_SHARED, FR_DYNAMIC_SMEM, __syncthreads, shuffles, atomicAdd).
+// Shared arrays are declared with FR_SHARED(type, name, count) (FR_SHARED_ALIGNED for an
+// alignment), never with __shared__: in the emulator they are checked storage of the running
+// block; under nvcc they are plain __shared__ arrays.
 //
 // FR_DEVICE_ASSERT(cond, msg) checks a value that only the device sees (an eps tensor, a label)
 // without a host sync: on a GPU it is CUDA's device-side assert (the kernel traps, the next
@@ -24,9 +27,12 @@
 // the real instantiations can sit in the same shared library.
 #define FR_KERNEL_NS emu
 #define FR_LAUNCH(kernel, grid, block, smem_bytes, stream, ...) \
-  ::fr_emu::launch(kernel, grid, block, smem_bytes, __VA_ARGS__)
-#define FR_DYNAMIC_SMEM(type, name) \
-  type* name = reinterpret_cast<type*>(::fr_emu::dynamic_smem())
+  ::fr_emu::launch(#kernel, kernel, grid, block, smem_bytes, __VA_ARGS__)
+#define FR_DYNAMIC_SMEM(type, name) const ::fr_emu::SharedPtr<type> name = ::fr_emu::dynamic_shared<type>()
+#define FR_SHARED(type, name, ...)                                         \
+  static ::fr_emu::SharedArray<type, (__VA_ARGS__)> name##_fr_storage_(#name); \
+  const ::fr_emu::SharedPtr<type> name = name##_fr_storage_.begin()
+#define FR_SHARED_ALIGNED(align, type, name, ...) FR_SHARED(type, name, __VA_ARGS__)  // storage is 64-byte aligned
 #define FR_DEVICE_ASSERT(cond, msg)                                            \
   do {                                                                         \
     if (!(cond)) ::fr_emu::device_assert_failed(msg, __FILE__, __LINE__);      \
@@ -41,6 +47,8 @@
 #define FR_DYNAMIC_SMEM(type, name)                                 \
   extern __shared__ __align__(16) unsigned char fr_dynamic_smem_[]; \
   type* name = reinterpret_cast<type*>(fr_dynamic_smem_)
+#define FR_SHARED(type, name, ...) __shared__ type name[__VA_ARGS__]
+#define FR_SHARED_ALIGNED(align, type, name, ...) __shared__ __align__(align) type name[__VA_ARGS__]
 #define FR_DEVICE_ASSERT(cond, msg) \
   do {                              \
     CUDA_KERNEL_ASSERT_MSG(cond, msg) \
@@ -50,6 +58,17 @@
 #endif
 
 namespace fastrobust {
+
+// What a shared array decays to: T* on the GPU; in the emulator a checked pointer whose
+// accesses are checked for races and reads of unwritten memory (csrc/emu/shared_memory.h).
+// Device functions that take shared memory take smem_ptr<T>.
+#if defined(FR_CUDA_EMULATION)
+template <typename T>
+using smem_ptr = ::fr_emu::SharedPtr<T>;
+#else
+template <typename T>
+using smem_ptr = T*;
+#endif
 
 #if defined(__CUDACC__) && !defined(FR_CUDA_EMULATION)
 inline void check_launch(cudaError_t err, const char* kernel) {
@@ -99,7 +118,7 @@ __device__ __forceinline__ void grid_stride(int64_t n, F f) {
 // every thread gets the result. Every thread of the block must call it (it synchronises).
 template <typename T, typename Op>
 __device__ __forceinline__ T block_reduce(T v, Op op, T identity) {
-  __shared__ T partial[kWarpSize];
+  FR_SHARED(T, partial, kWarpSize);
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   v = warp_reduce(v, op);
   __syncthreads();  // a previous call's readers are done with `partial`

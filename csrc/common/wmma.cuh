@@ -41,5 +41,12 @@ template <typename scalar_t>
 __device__ __forceinline__ const typename wmma_element<scalar_t>::type* as_wmma(const scalar_t* p) {
   return reinterpret_cast<const typename wmma_element<scalar_t>::type*>(p);
 }
+#if defined(FR_CUDA_EMULATION)
+// Shared memory in the emulator: the element types are the same there, the pointer stays checked.
+template <typename scalar_t>
+::fr_emu::SharedPtr<const scalar_t> as_wmma(::fr_emu::SharedPtr<scalar_t> p) {
+  return p;
+}
+#endif
 
 }  // namespace fastrobust

@@ -49,7 +49,7 @@ __device__ SoftmaxStats<acc> softmax_stats(const acc* r, int64_t channels, acc t
 // This block's chunk of channels [c0, c1) and, in shared memory, their mask scale * p_c.
 template <typename acc>
 __device__ void chunk_mask(const acc* r, int64_t channels, int64_t per_chunk, acc temperature, acc scale,
-                           acc* mask, int64_t& c0, int64_t& c1) {
+                           smem_ptr<acc> mask, int64_t& c0, int64_t& c1) {
   const SoftmaxStats<acc> st = softmax_stats(r, channels, temperature);
   c0 = int64_t(blockIdx.x) * per_chunk;
   c1 = std::min(channels, c0 + per_chunk);

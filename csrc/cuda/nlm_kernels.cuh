@@ -64,7 +64,7 @@ __device__ __forceinline__ T row_reduce(T v, Op op) {
 // dst[w * stride + t] = src[(w0 + w) * n + p0 + t] for w < rows, t < kCols, where src is one
 // sample's (width, n) slice; 0 outside it. Consecutive threads read consecutive positions.
 template <int kCols = kTile, typename scalar_t, typename acc>
-__device__ __forceinline__ void stage(acc* dst, int stride, const scalar_t* src, int64_t width, int64_t n,
+__device__ __forceinline__ void stage(smem_ptr<acc> dst, int stride, const scalar_t* src, int64_t width, int64_t n,
                                       int64_t w0, int rows, int64_t p0) {
   for (int e = threadIdx.x; e < rows * kCols; e += blockDim.x) {
     const int w = e / kCols, t = e % kCols;
@@ -77,7 +77,7 @@ __device__ __forceinline__ void stage(acc* dst, int stride, const scalar_t* src,
 // sample's (width, n) slices (0 outside them). Every thread of the block must call it.
 template <typename scalar_t, typename acc>
 __device__ void tile_dot(acc (&s)[kTileCols], const scalar_t* A, const scalar_t* B, int64_t width, int64_t n,
-                         int64_t a0, int64_t b0, acc* As, acc* Bs) {
+                         int64_t a0, int64_t b0, smem_ptr<acc> As, smem_ptr<acc> Bs) {
   const Lane ln = lane_of();
   for (int u = 0; u < kTileCols; ++u) s[u] = acc(0);
   for (int64_t w0 = 0; w0 < width; w0 += kTile) {
@@ -96,7 +96,7 @@ __device__ void tile_dot(acc (&s)[kTileCols], const scalar_t* A, const scalar_t*
 // the N x N plane (padded queries must not reach dg or dphi).
 template <typename scalar_t, typename acc>
 __device__ void probability_tile(acc (&p)[kTileCols], const Ptrs<scalar_t, acc>& a, int64_t b, int64_t q0,
-                                 int64_t k0, acc* As, acc* Bs) {
+                                 int64_t k0, smem_ptr<acc> As, smem_ptr<acc> Bs) {
   const int64_t n = a.positions;
   tile_dot(p, a.theta + b * a.dim * n, a.phi + b * a.dim * n, a.dim, n, q0, k0, As, Bs);
   const Lane ln = lane_of();
@@ -111,7 +111,7 @@ __device__ void probability_tile(acc (&p)[kTileCols], const Ptrs<scalar_t, acc>&
 // ds[u] = scale * p_ij (dp_ij - D_i) with dp_ij = dy_i . g_j, same indices as probability_tile.
 template <typename scalar_t, typename acc>
 __device__ void logit_grad_tile(acc (&ds)[kTileCols], const Ptrs<scalar_t, acc>& a, int64_t b, int64_t q0,
-                                int64_t k0, acc* As, acc* Bs) {
+                                int64_t k0, smem_ptr<acc> As, smem_ptr<acc> Bs) {
   const int64_t n = a.positions;
   acc p[kTileCols];
   probability_tile(p, a, b, q0, k0, As, Bs);
@@ -124,7 +124,7 @@ __device__ void logit_grad_tile(acc (&ds)[kTileCols], const Ptrs<scalar_t, acc>&
 
 // The thread's tile values into Ts (row-major, row stride kPad).
 template <typename acc>
-__device__ __forceinline__ void store_tile(acc* Ts, const acc (&t)[kTileCols]) {
+__device__ __forceinline__ void store_tile(smem_ptr<acc> Ts, const acc (&t)[kTileCols]) {
   const Lane ln = lane_of();
   for (int u = 0; u < kTileCols; ++u) Ts[ln.row * kPad + ln.col + kRowThreads * u] = t[u];
 }
@@ -132,7 +132,7 @@ __device__ __forceinline__ void store_tile(acc* Ts, const acc (&t)[kTileCols]) {
 // out[c] += sum_t T(row, t) * Xs[(col + kRowThreads c) * kPad + t], with T(row, t) = Ts[row][t],
 // or Ts[t][row] when kTransposed (the thread's row is then a tile column: a key).
 template <bool kTransposed, typename acc>
-__device__ __forceinline__ void accumulate(acc (&out)[kOutCols], const acc* Ts, const acc* Xs) {
+__device__ __forceinline__ void accumulate(acc (&out)[kOutCols], smem_ptr<acc> Ts, smem_ptr<acc> Xs) {
   const Lane ln = lane_of();
   for (int t = 0; t < kTile; ++t) {
     const acc w = kTransposed ? Ts[t * kPad + ln.row] : Ts[ln.row * kPad + t];
@@ -156,7 +156,10 @@ __device__ __forceinline__ void store_output(scalar_t* dst, const acc (&o)[kOutC
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) forward_kernel(Ptrs<scalar_t, acc_t<scalar_t>> a) {
   using acc = acc_t<scalar_t>;
-  __shared__ acc As[kTile * kTile], Bs[kTile * kTile], Ps[kTile * kPad], Vs[kOutWidth * kPad];
+  FR_SHARED(acc, As, kTile * kTile);
+  FR_SHARED(acc, Bs, kTile * kTile);
+  FR_SHARED(acc, Ps, kTile * kPad);
+  FR_SHARED(acc, Vs, kOutWidth * kPad);
   const Lane ln = lane_of();
   const int64_t b = blockIdx.z, q0 = int64_t(blockIdx.x) * kTile, c0 = int64_t(blockIdx.y) * kOutWidth;
   const int64_t n = a.positions;
@@ -219,7 +222,10 @@ template <typename scalar_t, Grad kWhich>
 __global__ void __launch_bounds__(kThreads) grad_kernel(Ptrs<scalar_t, acc_t<scalar_t>> a) {
   using acc = acc_t<scalar_t>;
   constexpr bool kByKey = kWhich != Grad::kTheta;  // the block's own positions are keys
-  __shared__ acc As[kTile * kTile], Bs[kTile * kTile], Ts[kTile * kPad], Xs[kOutWidth * kPad];
+  FR_SHARED(acc, As, kTile * kTile);
+  FR_SHARED(acc, Bs, kTile * kTile);
+  FR_SHARED(acc, Ts, kTile * kPad);
+  FR_SHARED(acc, Xs, kOutWidth * kPad);
   const int64_t b = blockIdx.z, p0 = int64_t(blockIdx.x) * kTile, w0 = int64_t(blockIdx.y) * kOutWidth;
   const int64_t n = a.positions;
   const int64_t width = kWhich == Grad::kG ? a.channels : a.dim;

@@ -15,6 +15,10 @@
 //      exp(m_old - m); the accumulators live in shared memory (float), since which lane holds
 //      which entry of a wmma fragment is unspecified;
 //   3. O (64 x kOutWidth) += P (64 x 32) g^T (32 x kOutWidth).
+// Device code compiled for an architecture without bf16 tensor cores (FR_HAS_WMMA = 0) has
+// kernels whose body is a trap: the host launches these kernels only where
+// tensor_core_kernels_usable (csrc/ops/nlm.h) says their compiled code has a body.
+//
 // P is rounded to the input type before the product, as FlashAttention does; l sums the
 // float values. Wider g: the same kernel without outputs computes the lse, then
 // slice_wmma_kernel<kY> forms y in slices of kGradWidth = 128 channels.
@@ -68,8 +72,8 @@ using FragF = wmma::fragment<wmma::accumulator, kWmmaDim, kWmmaDim, kWmmaDim, fl
 // chunks of kChunk rows staged in Own ([k][position], kLdTheta) and Oth ([k][position], kLdKey),
 // each consumed as kChunk / 16 warp products. Every thread of the block must call it.
 template <typename scalar_t>
-__device__ void tile_product(float* dst, const scalar_t* own, const scalar_t* other, int64_t width, int64_t n,
-                             int64_t p0, int64_t o0, scalar_t* Own, scalar_t* Oth) {
+__device__ void tile_product(smem_ptr<float> dst, const scalar_t* own, const scalar_t* other, int64_t width,
+                             int64_t n, int64_t p0, int64_t o0, smem_ptr<scalar_t> Own, smem_ptr<scalar_t> Oth) {
   using namespace tc;
   using E = typename wmma_element<scalar_t>::type;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
@@ -97,8 +101,8 @@ __device__ void tile_product(float* dst, const scalar_t* own, const scalar_t* ot
 // acc[f] += T (the warp's 16 rows x kKeys, row-major, kLdKey) times X (kKeys x kWidth,
 // stored [column][key] with kLdKey), for the kWidth / 16 column blocks f.
 template <int kWidth, typename scalar_t>
-__device__ __forceinline__ void accumulate_product(FragF (&acc)[kWidth / kWmmaDim], const scalar_t* Ts,
-                                                   const scalar_t* Xs) {
+__device__ __forceinline__ void accumulate_product(FragF (&acc)[kWidth / kWmmaDim], smem_ptr<scalar_t> Ts,
+                                                   smem_ptr<scalar_t> Xs) {
   using namespace tc;
   using E = typename wmma_element<scalar_t>::type;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
@@ -116,7 +120,7 @@ __device__ __forceinline__ void accumulate_product(FragF (&acc)[kWidth / kWmmaDi
 // out[(w0 + c) * n + p0 + r] = Fs[r * kLdO + c] * (row_inv ? row_inv[r] : 1) inside one
 // sample's (width, n) slice; consecutive threads write consecutive positions.
 template <typename scalar_t>
-__device__ __forceinline__ void store_tile_output(scalar_t* out, const float* Fs, const float* row_inv,
+__device__ __forceinline__ void store_tile_output(scalar_t* out, smem_ptr<float> Fs, smem_ptr<float> row_inv,
                                                   int64_t width, int64_t n, int64_t w0, int64_t p0) {
   using namespace tc;
   for (int e = threadIdx.x; e < kOutWidth * kQueries; e += blockDim.x) {
@@ -132,13 +136,13 @@ template <typename scalar_t, bool kWithOutput>
 __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, float> a) {
 #if FR_HAS_WMMA
   using namespace tc;
-  __shared__ __align__(32) scalar_t Ths[kChunk * kLdTheta];
-  __shared__ __align__(32) scalar_t Phs[kChunk * kLdKey];
-  __shared__ __align__(32) scalar_t Ps[kQueries * kLdKey];
-  __shared__ __align__(32) scalar_t Gs[kOutWidth * kLdKey];
-  __shared__ __align__(32) float Ss[kQueries * kLdS];
-  __shared__ __align__(32) float Os[kQueries * kLdO];
-  __shared__ float row_inv[kQueries];
+  FR_SHARED_ALIGNED(32, scalar_t, Ths, kChunk * kLdTheta);
+  FR_SHARED_ALIGNED(32, scalar_t, Phs, kChunk * kLdKey);
+  FR_SHARED_ALIGNED(32, scalar_t, Ps, kQueries * kLdKey);
+  FR_SHARED_ALIGNED(32, scalar_t, Gs, kOutWidth * kLdKey);
+  FR_SHARED_ALIGNED(32, float, Ss, kQueries * kLdS);
+  FR_SHARED_ALIGNED(32, float, Os, kQueries * kLdO);
+  FR_SHARED(float, row_inv, kQueries);
 
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int row = warp * kWmmaDim + lane / 2, half = lane % 2;  // this lane's softmax row and keys
@@ -148,6 +152,9 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
   const scalar_t* phi = a.phi + b * a.dim * n;
   const scalar_t* g = a.g + b * a.channels * n;
   for (int e = threadIdx.x; e < kQueries * kLdO; e += blockDim.x) Os[e] = 0.f;
+  // The zeroing above is spread over the block, the rescaling below is per warp: a barrier
+  // between them (the products' barriers do not run when d = 0).
+  __syncthreads();
   float m = mn::neg_inf<float>(), l = 0.f;
 
   for (int64_t k0 = 0; k0 < n; k0 += kKeys) {
@@ -201,6 +208,8 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
   if (!kWithOutput) return;
   __syncthreads();
   store_tile_output(a.out + b * a.channels * n, Os, row_inv, a.channels, n, c0, q0);
+#else
+  __trap();  // compiled for a GPU without bf16 tensor cores: the host never launches it there
 #endif
 }
 
@@ -223,13 +232,13 @@ __global__ void __launch_bounds__(kThreads) slice_wmma_kernel(Ptrs<scalar_t, flo
   constexpr bool kByKey = kWhich == Slice::kG || kWhich == Slice::kPhi;        // own positions are keys
   constexpr bool kLogitGrad = kWhich == Slice::kPhi || kWhich == Slice::kTheta;  // T = ds (else p)
   constexpr bool kChannels = kWhich == Slice::kY || kWhich == Slice::kG;         // output width C (else d)
-  __shared__ __align__(32) scalar_t Own[kChunk * kLdTheta];
-  __shared__ __align__(32) scalar_t Oth[kChunk * kLdKey];
-  __shared__ __align__(32) scalar_t Ts[kQueries * kLdKey];
-  __shared__ __align__(32) scalar_t Xs[kGradWidth * kLdKey];
-  __shared__ __align__(32) float Fs[kFloatTile];
-  float* Ss = Fs;                       // logits, [own][other]
-  float* Dps = Fs + kQueries * kLdS;    // dp = dy . g, [own][other]
+  FR_SHARED_ALIGNED(32, scalar_t, Own, kChunk * kLdTheta);
+  FR_SHARED_ALIGNED(32, scalar_t, Oth, kChunk * kLdKey);
+  FR_SHARED_ALIGNED(32, scalar_t, Ts, kQueries * kLdKey);
+  FR_SHARED_ALIGNED(32, scalar_t, Xs, kGradWidth * kLdKey);
+  FR_SHARED_ALIGNED(32, float, Fs, kFloatTile);
+  const smem_ptr<float> Ss = Fs;                       // logits, [own][other]
+  const smem_ptr<float> Dps = Fs + kQueries * kLdS;    // dp = dy . g, [own][other]
 
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int row = warp * kWmmaDim + lane / 2, half = lane % 2;
@@ -263,7 +272,7 @@ __global__ void __launch_bounds__(kThreads) slice_wmma_kernel(Ptrs<scalar_t, flo
         // 1 / l at the end; the gradients: p itself
         const float shift = kWhich == Slice::kY ? a.row_max[b * n + i] : a.lse[b * n + i];
         const float p = mn::probability(a.scale * Ss[row * kLdS + t], shift);
-        value = kLogitGrad ? mn::scaled_logit_grad(p, Dps[row * kLdS + t], a.row_dot[b * n + i], a.scale) : p;
+        value = kLogitGrad ? mn::scaled_logit_grad(p, float(Dps[row * kLdS + t]), a.row_dot[b * n + i], a.scale) : p;
       }
       Ts[row * kLdKey + t] = static_cast<scalar_t>(value);
     }
@@ -272,7 +281,7 @@ __global__ void __launch_bounds__(kThreads) slice_wmma_kernel(Ptrs<scalar_t, flo
     __syncthreads();  // before the next tile restages X and the products overwrite S, dP
   }
   // y's rows are scaled by 1 / l = exp(m - lse)
-  __shared__ float row_scale[kQueries];
+  FR_SHARED(float, row_scale, kQueries);
   if (kWhich == Slice::kY && half == 0)
     row_scale[row] = p0 + row < n ? mn::probability(a.row_max[b * n + p0 + row], a.lse[b * n + p0 + row]) : 0.f;
   // written kOutWidth columns at a time through the float buffer
@@ -282,9 +291,12 @@ __global__ void __launch_bounds__(kThreads) slice_wmma_kernel(Ptrs<scalar_t, flo
       wmma::store_matrix_sync(Fs + warp * kWmmaDim * kLdO + f * kWmmaDim, o_acc[pass * kPerPass + f], kLdO,
                               wmma::mem_row_major);
     __syncthreads();
-    store_tile_output(out, Fs, kWhich == Slice::kY ? row_scale : nullptr, width, n, w0 + pass * kOutWidth, p0);
+    store_tile_output(out, Fs, kWhich == Slice::kY ? row_scale : smem_ptr<float>(nullptr), width, n,
+                      w0 + pass * kOutWidth, p0);
     __syncthreads();  // before the next pass overwrites the buffer
   }
+#else
+  __trap();  // compiled for a GPU without bf16 tensor cores: the host never launches it there
 #endif
 }
 

@@ -4,6 +4,7 @@
 // the emulated one (FR_KERNEL_NS tells the two apart), so the emulator runs this code too.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 
@@ -43,18 +44,22 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
   const at::Tensor grad_y = grad_y_.contiguous(), x = x_.contiguous();
   const at::Tensor weight = weight_.contiguous(), bias = bias_.contiguous();
   at::Tensor grad_x = at::empty_like(x, at::MemoryFormat::Contiguous);
-  // Weight and bias gradients are accumulated by atomics in the accumulation type.
+  // Weight and bias gradients: per-block partial sums, added in a fixed order, in the
+  // accumulation type.
   const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor grad_w = at::zeros(weight.sizes(), weight.options().dtype(acc_dtype));
   at::Tensor grad_b = at::zeros(bias.sizes(), bias.options().dtype(acc_dtype));
   if (x.numel() > 0) {
+    const int k = static_cast<int>(weight.size(2));
+    const int64_t blocks = backward_blocks_per_channel(geometry(x), k, c10::elementSize(acc_dtype));
+    at::Tensor partials = at::empty({x.size(1), blocks, k * k + 1}, x.options().dtype(acc_dtype));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparta_backward", [&] {
       using acc = acc_t<scalar_t>;
       launch_backward<scalar_t>(grad_y.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                                 weight.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
-                                grad_x.mutable_data_ptr<scalar_t>(), grad_w.mutable_data_ptr<acc>(),
-                                grad_b.mutable_data_ptr<acc>(), geometry(x),
-                                static_cast<int>(weight.size(2)), stream);
+                                grad_x.mutable_data_ptr<scalar_t>(), partials.mutable_data_ptr<acc>(),
+                                grad_w.mutable_data_ptr<acc>(), grad_b.mutable_data_ptr<acc>(), geometry(x), k,
+                                stream);
     });
   }
   return {grad_x, grad_w.to(weight.scalar_type()), grad_b.to(bias.scalar_type())};

@@ -6,7 +6,8 @@
 // Work decomposition (both kernels): a block owns one channel c, a spatial tile of
 // tile_h x tile_w outputs, and `planes` consecutive images of the batch. Grouping images
 // of one channel lets a block share the channel's weights and reduce the weight/bias
-// gradients of all its planes before a single atomic per tap. Small planes (the 4x4 and
+// gradients of all its planes to one partial sum per tap (summed over the blocks by a second
+// kernel in a fixed order: the gradients are deterministic). Small planes (the 4x4 and
 // 8x8 maps of late ResNet stages) are packed many to a block so the threads stay busy.
 #include <algorithm>
 #include <cstdint>
@@ -46,6 +47,12 @@ inline LaunchConfig make_config(const Geometry& g, int k, size_t acc_bytes, bool
   LaunchConfig cfg{};
   cfg.tile_w = static_cast<int>(std::min<int64_t>(g.width, 32));
   cfg.tile_h = static_cast<int>(std::min<int64_t>(g.height, std::max(1, kTileElems / cfg.tile_w)));
+  // Narrow, tall planes: a tile of kTileElems outputs plus its halo can exceed the budget on
+  // its own (float64, k = 7, W <= 2 at H >= ~400): shorter tiles then.
+  auto plane_bytes = [&](int th) { return smem_elems_per_plane(backward, th, cfg.tile_w, r) * acc_bytes; };
+  while (cfg.tile_h > 1 && plane_bytes(cfg.tile_h) > kSmemBudget) --cfg.tile_h;
+  TORCH_CHECK(plane_bytes(cfg.tile_h) <= kSmemBudget, "sparta: kernel size ", k,
+              " needs more shared memory than a block has");
   const int tile = cfg.tile_h * cfg.tile_w;
   cfg.planes = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(g.batch, kTileElems / tile)));
   while (cfg.planes > 1 &&
@@ -67,7 +74,7 @@ inline LaunchConfig make_config(const Geometry& g, int k, size_t acc_bytes, bool
 // Copies `planes` haloed windows of x (rows h0-halo .., cols w0-halo ..) into shared memory,
 // converted to the accumulation type, with zeros outside the image (the conv's padding).
 template <typename scalar_t, typename acc>
-__device__ __forceinline__ void load_window(acc* dst, const scalar_t* __restrict__ x,
+__device__ __forceinline__ void load_window(smem_ptr<acc> dst, const scalar_t* __restrict__ x,
                                             int64_t plane0, int64_t plane_stride, int planes,
                                             int H, int W, int h0, int w0, int wh, int ww) {
   const int n = planes * wh * ww;
@@ -131,7 +138,7 @@ sparta_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict
     const int th = rem / tile_w, tw = rem % tile_w;
     const int h = h0 + th, w = w0 + tw;
     if (h >= H || w >= W) continue;
-    const acc* win = xs + p * sh * sw + th * sw + tw;  // top-left tap of this output
+    const smem_ptr<acc> win = xs + p * sh * sw + th * sw + tw;  // top-left tap of this output
     acc z = bc;
 #pragma unroll
     for (int i2 = 0; i2 < K; ++i2)
@@ -144,15 +151,15 @@ sparta_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict
 }
 
 // Fused backward: recomputes the gate from x, forms dL/dz on the tile plus a halo of R,
-// then writes dL/dx (direct + transposed conv) and adds this block's share of dL/dw and
-// dL/db with one atomic per tap. grad_w_acc (C*K*K) and grad_b_acc (C) must be zeroed.
+// then writes dL/dx (direct + transposed conv) and this block's sums of dL/dw and dL/db into
+// its row of `partials` ((C, blocks per channel, K*K + 1): taps, then the bias), which
+// reduce_partials_kernel sums in a fixed order: deterministic, unlike one atomic per tap.
 template <typename scalar_t, int K>
 __global__ void __launch_bounds__(kThreads)
 sparta_backward_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ x,
                        const scalar_t* __restrict__ weight, const scalar_t* __restrict__ bias,
-                       scalar_t* __restrict__ grad_x, acc_t<scalar_t>* __restrict__ grad_w_acc,
-                       acc_t<scalar_t>* __restrict__ grad_b_acc, int64_t B, int64_t C, int H,
-                       int W, int tile_h, int tile_w, int planes, int tiles_w) {
+                       scalar_t* __restrict__ grad_x, acc_t<scalar_t>* __restrict__ partials,
+                       int64_t B, int64_t C, int H, int W, int tile_h, int tile_w, int planes, int tiles_w) {
   using acc = acc_t<scalar_t>;
   constexpr int R = K / 2;
   constexpr int kTaps = K * K + 1;  // weight taps, then the bias
@@ -162,9 +169,9 @@ sparta_backward_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __re
   const int np = bt.np, h0 = bt.h0, w0 = bt.w0;
   const int xh = tile_h + 4 * R, xw = tile_w + 4 * R;  // x window, origin (h0-2R, w0-2R)
   const int zh = tile_h + 2 * R, zw = tile_w + 2 * R;  // dL/dz window, origin (h0-R, w0-R)
-  acc* xs = smem;
-  acc* gzs = xs + planes * xh * xw;
-  acc* gxs = gzs + planes * zh * zw;  // direct part of dL/dx on the tile
+  const smem_ptr<acc> xs = smem;
+  const smem_ptr<acc> gzs = xs + planes * xh * xw;
+  const smem_ptr<acc> gxs = gzs + planes * zh * zw;  // direct part of dL/dx on the tile
 
   acc wk[K * K];
 #pragma unroll
@@ -182,14 +189,14 @@ sparta_backward_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __re
     const int h = h0 - R + r, w = w0 - R + q;
     acc gz = acc(0);
     if (h >= 0 && h < H && w >= 0 && w < W) {
-      const acc* win = xs + p * xh * xw + r * xw + q;
+      const smem_ptr<acc> win = xs + p * xh * xw + r * xw + q;
       acc z = bc;
 #pragma unroll
       for (int i2 = 0; i2 < K; ++i2)
 #pragma unroll
         for (int j2 = 0; j2 < K; ++j2) z += wk[i2 * K + j2] * win[i2 * xw + j2];
       const acc gy = static_cast<acc>(grad_y[plane0 + p * plane_stride + int64_t(h) * W + w]);
-      const auto g = fastrobust::sparta::backward(win[R * xw + R], z, gy);
+      const auto g = fastrobust::sparta::backward(acc(win[R * xw + R]), z, gy);
       gz = g.dz;
       const int th = r - R, tw = q - R;
       if (th >= 0 && th < tile_h && tw >= 0 && tw < tile_w)
@@ -207,7 +214,7 @@ sparta_backward_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __re
     const int h = h0 + th, w = w0 + tw;
     if (h >= H || w >= W) continue;
     // x[h] feeds z[h + R - i2] through tap i2; in the dL/dz window that row is th + 2R - i2.
-    const acc* win = gzs + p * zh * zw + (th + 2 * R) * zw + (tw + 2 * R);
+    const smem_ptr<acc> win = gzs + p * zh * zw + (th + 2 * R) * zw + (tw + 2 * R);
     acc gx = gxs[i];
 #pragma unroll
     for (int i2 = 0; i2 < K; ++i2)
@@ -232,8 +239,27 @@ sparta_backward_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __re
       sum += t < K * K ? gz * xs[p * xh * xw + (th + R + ti) * xw + (tw + R + tj)] : gz;
     }
     sum = warp_sum(sum);
-    if (lane == 0) atomicAdd(t < K * K ? grad_w_acc + c * K * K + t : grad_b_acc + c, sum);
+    const int64_t block_in_channel = int64_t(blockIdx.z) * gridDim.x + blockIdx.x;
+    if (lane == 0) partials[(c * (int64_t(gridDim.x) * gridDim.z) + block_in_channel) * kTaps + t] = sum;
   }
+}
+
+// grad_w[c, t] (t < K*K) and grad_b[c] (t = K*K): the blocks' partial sums of channel c added
+// in block order, one thread per (channel, tap).
+template <typename acc>
+__global__ void reduce_partials_kernel(const acc* __restrict__ partials, acc* __restrict__ grad_w,
+                                       acc* __restrict__ grad_b, int64_t channels, int taps, int64_t blocks) {
+  grid_stride(channels * taps, [&](int64_t i) {
+    const int64_t c = i / taps;
+    const int t = static_cast<int>(i % taps);
+    const acc* p = partials + c * blocks * taps + t;
+    acc sum = acc(0);
+    for (int64_t blk = 0; blk < blocks; ++blk) sum += p[blk * taps];
+    if (t < taps - 1)
+      grad_w[c * (taps - 1) + t] = sum;
+    else
+      grad_b[c] = sum;
+  });
 }
 
 // Host launchers on raw pointers (contiguous NCHW x, weight (C,1,K,K), bias (C)).
@@ -249,17 +275,30 @@ void launch_forward(const scalar_t* x, const scalar_t* weight, const scalar_t* b
   });
 }
 
+// Blocks per channel of the backward's grid: the rows of its partial sums for one channel.
+inline int64_t backward_blocks_per_channel(const Geometry& g, int k, size_t acc_bytes) {
+  const LaunchConfig cfg = make_config(g, k, acc_bytes, /*backward=*/true);
+  return int64_t(cfg.grid.x) * cfg.grid.z;
+}
+
+// partials: (C, backward_blocks_per_channel, K*K + 1) scratch in the accumulation type.
 template <typename scalar_t>
 void launch_backward(const scalar_t* grad_y, const scalar_t* x, const scalar_t* weight,
-                     const scalar_t* bias, scalar_t* grad_x, acc_t<scalar_t>* grad_w_acc,
+                     const scalar_t* bias, scalar_t* grad_x, acc_t<scalar_t>* partials, acc_t<scalar_t>* grad_w_acc,
                      acc_t<scalar_t>* grad_b_acc, const Geometry& g, int k, cudaStream_t stream) {
   const LaunchConfig cfg = make_config(g, k, sizeof(acc_t<scalar_t>), /*backward=*/true);
   FR_KERNEL_SIZE_SWITCH(k, K, [&] {
     auto kernel = sparta_backward_kernel<scalar_t, K>;
     FR_LAUNCH(kernel, cfg.grid, cfg.block, cfg.smem_bytes, stream, grad_y, x, weight, bias,
-              grad_x, grad_w_acc, grad_b_acc, g.batch, g.channels, static_cast<int>(g.height),
+              grad_x, partials, g.batch, g.channels, static_cast<int>(g.height),
               static_cast<int>(g.width), cfg.tile_h, cfg.tile_w, cfg.planes, cfg.tiles_w);
   });
+  const int taps = k * k + 1;
+  const int64_t blocks = int64_t(cfg.grid.x) * cfg.grid.z;
+  const int64_t work = g.channels * taps;
+  auto reduce = reduce_partials_kernel<acc_t<scalar_t>>;
+  FR_LAUNCH(reduce, dim3(static_cast<unsigned>(std::min<int64_t>(ceil_div<int64_t>(work, kThreads), 4096))),
+            dim3(kThreads), 0, stream, partials, grad_w_acc, grad_b_acc, g.channels, taps, blocks);
 }
 
 }  // namespace sparta

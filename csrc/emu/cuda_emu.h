@@ -1,20 +1,23 @@
 #pragma once
 // A small CUDA emulator: lets g++ compile and run the device code of csrc/cuda/*_kernels.cuh
 // on the CPU, so that the kernels' own logic (indexing, tiling, halos, shared memory,
-// barriers, warp shuffles, atomics) runs in CI on machines without a GPU.
+// barriers, warp shuffles, atomics) runs in CI on machines without a GPU, under checks of what
+// compute-sanitizer checks on a GPU (sanitizer.h, shared_memory.h).
 //
 // Execution model of one launch:
 //   - blockDim.x*y*z std::threads are started once per launch; each sets its own threadIdx
-//     (thread_local) and walks the grid's blocks in order, one block at a time;
+//     (thread_local) and walks the grid's blocks in one order (permuted by the seed), one block
+//     at a time;
 //   - __syncthreads() is a std::barrier over the block's threads; a thread that returns from
 //     the kernel counts as arrived (arrive_and_drop), as exited threads do on the hardware;
-//   - __shared__ variables are function-static, so the threads of the running block share
-//     them; dynamic shared memory is one zero-poisoned buffer per launch (FR_DYNAMIC_SMEM);
+//     every live thread must wait at the same call site (synccheck);
+//   - shared memory (FR_SHARED arrays and FR_DYNAMIC_SMEM) belongs to the running block,
+//     poisoned before each block, every access checked for reads of unwritten elements and
+//     for races (shared_memory.h);
 //   - warp shuffles and ballots exchange values through a per-warp buffer between two
 //     per-warp barriers; a warp is 32 consecutive linear thread ids, the last one may be
-//     partial. The mask argument is ignored: all live threads of a warp must take part,
-//     which is what our kernels do. A shuffle whose source lane is outside the warp (or past
-//     the end of a partial warp) returns the caller's own value;
+//     partial. The mask must be the warp's live lanes. A shuffle whose source lane is outside
+//     the warp (or past the end of a partial warp) returns the caller's own value;
 //   - atomicAdd/atomicMax use std::atomic_ref;
 //   - warp matrix operations (nvcuda::wmma, m16n16k16) are in wmma_emu.h, reached through
 //     csrc/common/wmma.cuh;
@@ -28,6 +31,7 @@
 #include <atomic>
 #include <barrier>
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -44,7 +48,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __shared__ static
+// __shared__ is not defined: device code declares shared arrays with FR_SHARED (cuda_utils.cuh).
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 
@@ -61,45 +65,16 @@ inline thread_local dim3 blockDim;
 inline thread_local dim3 gridDim;
 constexpr int warpSize = 32;
 
+#include "sanitizer.h"
+#include "shared_memory.h"
+
 namespace fr_emu {
 
-constexpr int kWarp = 32;
 // Upper bounds of the hardware that the emulator enforces, so that a launch configuration
 // the GPU would reject fails here too.
 constexpr unsigned kMaxThreadsPerBlock = 1024;
-constexpr size_t kMaxDynamicSmem = 48 * 1024;
+constexpr size_t kMaxDynamicSmem = kMaxSharedBytes;
 
-using Barrier = std::barrier<>;
-
-// State of the block that is running now; rebuilt between blocks.
-struct BlockState {
-  std::optional<Barrier> block_barrier;
-  std::vector<std::unique_ptr<std::optional<Barrier>>> warp_barriers;
-  std::vector<uint64_t> exchange;  // one slot per thread, for shuffles and ballots
-  unsigned num_threads = 0;
-
-  void reset(unsigned n) {
-    num_threads = n;
-    block_barrier.emplace(static_cast<std::ptrdiff_t>(n));
-    const unsigned warps = (n + kWarp - 1) / kWarp;
-    if (warp_barriers.size() != warps) {
-      warp_barriers.clear();
-      for (unsigned w = 0; w < warps; ++w)
-        warp_barriers.push_back(std::make_unique<std::optional<Barrier>>());
-    }
-    for (unsigned w = 0; w < warps; ++w)
-      warp_barriers[w]->emplace(static_cast<std::ptrdiff_t>(warp_size(w)));
-    exchange.assign(n, 0);
-  }
-  unsigned warp_size(unsigned w) const {
-    return std::min<unsigned>(kWarp, num_threads - w * kWarp);
-  }
-};
-
-inline BlockState& block_state() {
-  static BlockState s;
-  return s;
-}
 inline unsigned char*& dynamic_smem() {
   static unsigned char* p = nullptr;
   return p;
@@ -108,29 +83,58 @@ inline std::mutex& launch_mutex() {
   static std::mutex m;
   return m;
 }
-inline thread_local unsigned linear_tid = 0;
 
-inline unsigned lane_id() { return linear_tid % kWarp; }
-inline unsigned warp_id() { return linear_tid / kWarp; }
-inline Barrier& warp_barrier() { return **block_state().warp_barriers[warp_id()]; }
+// The shuffle's or ballot's mask against the warp's live lanes: on the hardware a lane named in
+// the mask that does not call (or does not exist, in a partial warp) is undefined behaviour.
+inline void check_collective_mask(unsigned mask, const char* what) {
+  BlockState& s = block_state();
+  const unsigned live = s.live_lanes(warp_id());
+  if (checks_enabled() && mask != live)
+    raise_sanitizer_error(std::string("emulated synccheck: ") + what + " in kernel " + launch_state().kernel +
+                          " with mask 0x" + hex(mask) + " while the lanes of warp " + std::to_string(warp_id()) +
+                          " that call it are 0x" + hex(live) + " (thread " + std::to_string(linear_tid) + ")");
+}
 
 // Exchange one value across the calling thread's warp: every live lane publishes `value`,
 // then reads the value published by `src_lane` (its own when src_lane is not a live lane).
+// A warp collective: it orders the lanes' shared-memory accesses (the warp's epoch moves).
 template <typename T>
-T warp_exchange(T value, int src_lane) {
+T warp_exchange(T value, int src_lane, unsigned mask, const char* what) {
   static_assert(sizeof(T) <= sizeof(uint64_t) && std::is_trivially_copyable_v<T>,
                 "emulated shuffles move values of up to 8 bytes");
+  check_collective_mask(mask, what);
   BlockState& s = block_state();
   const unsigned base = warp_id() * kWarp;
   uint64_t slot = 0;
   std::memcpy(&slot, &value, sizeof(T));
   s.exchange[linear_tid] = slot;
-  warp_barrier().arrive_and_wait();
+  warp_phase(true);
   T out = value;
   if (src_lane >= 0 && static_cast<unsigned>(src_lane) < s.warp_size(warp_id()))
     std::memcpy(&out, &s.exchange[base + src_lane], sizeof(T));
-  warp_barrier().arrive_and_wait();
+  warp_phase(true);
   return out;
+}
+
+// The wmma operations are warp-wide: all 32 lanes call the same one at the same place. Two
+// check-only phases (they do not order memory between the lanes).
+inline void check_whole_warp(const char* op, const char* file, int line) {
+  BlockState& s = block_state();
+  if (checks_enabled() && s.live_lanes(warp_id()) != 0xffffffffu)
+    raise_sanitizer_error(std::string("emulated synccheck: ") + op + " in kernel " + launch_state().kernel +
+                          " needs all 32 lanes of warp " + std::to_string(warp_id()) + ", live lanes 0x" +
+                          hex(s.live_lanes(warp_id())) + " (" + file + ":" + std::to_string(line) + ")");
+  const uint64_t key = (reinterpret_cast<uintptr_t>(file) << 16) ^ static_cast<uint64_t>(line);
+  s.exchange[linear_tid] = key;
+  warp_phase(false);
+  const unsigned base = warp_id() * kWarp;
+  bool same = true;
+  for (unsigned l = 0; l < kWarp; ++l) same = same && s.exchange[base + l] == key;
+  warp_phase(false);
+  if (checks_enabled() && !same)
+    raise_sanitizer_error(std::string("emulated synccheck: the lanes of warp ") + std::to_string(warp_id()) +
+                          " of kernel " + launch_state().kernel + " call different wmma operations together (" +
+                          op + " at " + file + ":" + std::to_string(line) + ")");
 }
 
 // A failed FR_DEVICE_ASSERT: the thread leaves the kernel (like a trap), and the launch
@@ -144,8 +148,80 @@ struct DeviceAssertion : std::runtime_error {
                         ", " + file + ":" + std::to_string(line) + ")");
 }
 
+// The launch's dynamic shared memory as elements of T (FR_DYNAMIC_SMEM); the first call of a
+// launch sets the element type.
+inline std::unique_ptr<DynamicShared>& dynamic_shared_slot() {
+  static std::unique_ptr<DynamicShared> p;
+  return p;
+}
+template <typename T>
+SharedPtr<T> dynamic_shared() {
+  LaunchState& L = launch_state();
+  DynamicShared* d;
+  {
+    std::lock_guard<std::mutex> guard(L.mutex);
+    auto& slot = dynamic_shared_slot();
+    if (!slot) slot = std::make_unique<DynamicShared>(L.dynamic_bytes, sizeof(T), std::is_floating_point_v<T> || sizeof(T) == 2);
+    d = slot.get();
+  }
+  if (d->elem_bytes() != sizeof(T))
+    raise_sanitizer_error(std::string("emulated launch: kernel ") + L.kernel +
+                          " views its dynamic shared memory as elements of two sizes");
+  d->enter_block();
+  return SharedPtr<T>(d, 0);
+}
+
+inline void note_static_array(const void* array, size_t bytes) {
+  LaunchState& L = launch_state();
+  std::lock_guard<std::mutex> guard(L.mutex);
+  if (std::find(L.static_arrays.begin(), L.static_arrays.end(), array) != L.static_arrays.end()) return;
+  L.static_arrays.push_back(array);
+  L.static_bytes += bytes;
+  if (L.static_bytes + L.dynamic_bytes > kMaxSharedBytes)
+    raise_sanitizer_error(std::string("emulated launch: kernel ") + L.kernel + " uses " +
+                          std::to_string(L.static_bytes) + " bytes of static and " + std::to_string(L.dynamic_bytes) +
+                          " bytes of dynamic shared memory, over the 48 KiB a block gets without opting in "
+                          "(cudaFuncAttributeMaxDynamicSharedMemorySize); the GPU refuses the launch");
+}
+
+// What the schedule of a launch is drawn from: the seed and the kernel, not the launch's place
+// in the process, so that one test (or one call) replays the same schedule on its own.
+inline uint64_t schedule_key(uint64_t seed, const char* kernel) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a of the kernel's name
+  for (const char* c = kernel; *c; ++c) h = (h ^ static_cast<unsigned char>(*c)) * 1099511628211ull;
+  return splitmix64(seed ^ h);
+}
+
+// The order the blocks of a grid run in: linear order, or a permutation drawn from the seed.
+inline std::vector<dim3> block_order(dim3 grid, uint64_t seed, uint64_t key) {
+  std::vector<dim3> order;
+  order.reserve(size_t(grid.x) * grid.y * grid.z);
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) order.emplace_back(bx, by, bz);
+  if (seed != 0) {
+    uint64_t r = key;
+    for (size_t i = order.size(); i > 1; --i) {
+      r = splitmix64(r);
+      std::swap(order[i - 1], order[r % i]);
+    }
+  }
+  return order;
+}
+
+// The accumulator mapping of wmma fragments for this launch: identity without a seed.
+inline void draw_wmma_map(LaunchState& L, uint64_t key) {
+  for (int e = 0; e < 256; ++e) L.wmma_map[e] = e;
+  if (L.options.seed == 0) return;
+  uint64_t r = splitmix64(key ^ 0x51ed2701ull);
+  for (int i = 255; i > 0; --i) {
+    r = splitmix64(r);
+    std::swap(L.wmma_map[i], L.wmma_map[r % (i + 1)]);
+  }
+}
+
 template <typename... KArgs, typename... Args>
-void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem_bytes,
+void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem_bytes,
             Args&&... args) {
   const unsigned nthreads = block.x * block.y * block.z;
   if (nthreads == 0 || nthreads > kMaxThreadsPerBlock)
@@ -158,97 +234,121 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem_bytes,
     throw std::invalid_argument("emulated launch: invalid grid");
 
   std::lock_guard<std::mutex> guard(launch_mutex());
-  // Poison dynamic shared memory so that reads of unwritten entries show up as NaN-ish
-  // garbage rather than convenient zeros.
-  std::vector<unsigned char> smem(std::max<size_t>(smem_bytes, 16) + 16, 0xA5);
-  void* aligned = smem.data();
-  size_t space = smem.size();
-  std::align(16, smem_bytes, aligned, space);
-  dynamic_smem() = static_cast<unsigned char*>(aligned);
+  LaunchState& L = launch_state();
+  L.kernel = name;
+  L.options = Options::from_environment();
+  L.serial += 1;
+  L.dynamic_bytes = smem_bytes;
+  L.static_bytes = 0;
+  L.static_arrays.clear();
+  const uint64_t key = schedule_key(L.options.seed, name);
+  draw_wmma_map(L, key);
+  dynamic_shared_slot().reset();
+  const std::vector<dim3> order = block_order(grid, L.options.seed, key);
 
   BlockState& state = block_state();
   state.reset(nthreads);
+  L.block_serial.fetch_add(1);
   // Between blocks: every thread has left the kernel; the completion step rebuilds the
   // barriers (dropped threads have lowered their counts) for the next block.
-  Barrier block_end(static_cast<std::ptrdiff_t>(nthreads));
+  std::barrier<> block_end(static_cast<std::ptrdiff_t>(nthreads));
   std::exception_ptr error;
   std::mutex error_mutex;
 
   auto body = [&](unsigned tid) {
     linear_tid = tid;
+    yield_state = splitmix64(key ^ tid);
     blockDim = block;
     gridDim = grid;
     threadIdx = dim3(tid % block.x, (tid / block.x) % block.y, tid / (block.x * block.y));
-    for (unsigned bz = 0; bz < grid.z; ++bz)
-      for (unsigned by = 0; by < grid.y; ++by)
-        for (unsigned bx = 0; bx < grid.x; ++bx) {
-          blockIdx = dim3(bx, by, bz);
-          try {
-            kernel(args...);
-          } catch (...) {
-            std::lock_guard<std::mutex> g(error_mutex);
-            if (!error) error = std::current_exception();
-          }
-          state.block_barrier->arrive_and_drop();
-          warp_barrier().arrive_and_drop();
-          block_end.arrive_and_wait();
-          if (tid == 0) state.reset(nthreads);
-          block_end.arrive_and_wait();
-        }
+    for (const dim3& b : order) {
+      blockIdx = b;
+      try {
+        kernel(args...);
+      } catch (...) {
+        std::lock_guard<std::mutex> g(error_mutex);
+        if (!error) error = std::current_exception();
+      }
+      state.exited[tid].store(true);
+      state.block_barrier->arrive_and_drop();
+      warp_barrier().arrive_and_drop();
+      block_end.arrive_and_wait();
+      if (tid == 0) {
+        state.reset(nthreads);
+        L.block_serial.fetch_add(1);
+      }
+      block_end.arrive_and_wait();
+    }
   };
   std::vector<std::thread> threads;
   threads.reserve(nthreads);
   for (unsigned t = 0; t < nthreads; ++t) threads.emplace_back(body, t);
   for (auto& t : threads) t.join();
-  dynamic_smem() = nullptr;
+  dynamic_shared_slot().reset();
   if (error) std::rethrow_exception(error);
 }
 
 }  // namespace fr_emu
 
-inline void __syncthreads() { fr_emu::block_state().block_barrier->arrive_and_wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { fr_emu::warp_barrier().arrive_and_wait(); }
+inline void __syncthreads(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  using namespace fr_emu;
+  BlockState& s = block_state();
+  s.sites[linear_tid] = Site{file, line};
+  maybe_yield();
+  s.block_barrier->arrive_and_wait();
+  raise_pending_error();
+}
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  fr_emu::check_collective_mask(mask, "__syncwarp");
+  fr_emu::warp_phase(true);
+}
 
 template <typename T>
-T __shfl_sync(unsigned, T v, int src, int width = 32) {
+T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
   const int lane = static_cast<int>(fr_emu::lane_id());
-  return fr_emu::warp_exchange(v, (lane / width) * width + src % width);
+  return fr_emu::warp_exchange(v, (lane / width) * width + src % width, mask, "__shfl_sync");
 }
 template <typename T>
-T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
+T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   const int lane = static_cast<int>(fr_emu::lane_id());
   const int src = lane + static_cast<int>(delta);
   // Within a segment of `width` lanes; outside it the caller keeps its own value.
-  return fr_emu::warp_exchange(v, (src / width == lane / width) ? src : -1);
+  return fr_emu::warp_exchange(v, (src / width == lane / width) ? src : -1, mask, "__shfl_down_sync");
 }
 template <typename T>
-T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32) {
+T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   const int lane = static_cast<int>(fr_emu::lane_id());
   const int src = lane - static_cast<int>(delta);
-  return fr_emu::warp_exchange(v, (src >= 0 && src / width == lane / width) ? src : -1);
+  return fr_emu::warp_exchange(v, (src >= 0 && src / width == lane / width) ? src : -1, mask, "__shfl_up_sync");
 }
 template <typename T>
-T __shfl_xor_sync(unsigned, T v, int mask, int width = 32) {
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
   const int lane = static_cast<int>(fr_emu::lane_id());
-  const int src = lane ^ mask;
-  return fr_emu::warp_exchange(v, (src / width == lane / width) ? src : -1);
+  const int src = lane ^ lane_mask;
+  return fr_emu::warp_exchange(v, (src / width == lane / width) ? src : -1, mask, "__shfl_xor_sync");
 }
-inline unsigned __ballot_sync(unsigned, int predicate) {
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
   using namespace fr_emu;
+  check_collective_mask(mask, "__ballot_sync");
   BlockState& s = block_state();
   const unsigned base = warp_id() * kWarp;
   s.exchange[linear_tid] = predicate ? 1u : 0u;
-  warp_barrier().arrive_and_wait();
+  warp_phase(true);
   unsigned bits = 0;
   for (unsigned l = 0; l < s.warp_size(warp_id()); ++l)
     if (s.exchange[base + l]) bits |= 1u << l;
-  warp_barrier().arrive_and_wait();
+  warp_phase(true);
   return bits;
 }
 
 template <typename T>
 T atomicAdd(T* address, T value) {
   return std::atomic_ref<T>(*address).fetch_add(value);
+}
+template <typename T>
+T atomicAdd(fr_emu::SharedPtr<T> address, T value) {
+  address.array()->on_atomic(static_cast<size_t>(address.index()));
+  return std::atomic_ref<T>(*address.raw()).fetch_add(value);
 }
 template <typename T>
 T atomicMax(T* address, T value) {

@@ -4,6 +4,7 @@
 #define FR_CUDA_EMULATION 1
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -29,7 +30,7 @@ __device__ float warp_partial_sum(float v, int live) {
 }
 
 // Each block sums a contiguous chunk of x.
-//   use_shuffles = 1: warp shuffles, then one value per warp through static __shared__;
+//   use_shuffles = 1: warp shuffles, then one value per warp through a static shared array;
 //   use_shuffles = 0: a tree over dynamic shared memory, with a barrier per level.
 // Writes the per-block sum, adds it to *total with one atomic per block, and counts the
 // positive entries with warp ballots.
@@ -49,7 +50,7 @@ __global__ void block_sum_kernel(const float* x, int64_t n, int64_t chunk, int u
                                                                : kWarpSize;
   float sum;
   if (use_shuffles) {
-    __shared__ float warp_sums[32];
+    FR_SHARED(float, warp_sums, 32);
     v = warp_partial_sum(v, live);
     if (lane == 0) warp_sums[warp] = v;
     __syncthreads();
@@ -105,6 +106,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> selftest_block_sum(const at::Tens
   return {sums, total, positives};
 }
 
+// The order the emulator runs the blocks of a grid in: block b's thread 0 appends b.
+__global__ void block_order_kernel(int64_t* order, int* count) {
+  if (threadIdx.x == 0) order[atomicAdd(count, 1)] = blockIdx.x;
+}
+
+at::Tensor selftest_block_order(int64_t blocks) {
+  FR_CHECK(blocks > 0 && blocks <= 65535, "blocks must be in [1, 65535], got ", blocks);
+  at::Tensor order = at::full({blocks}, -1, at::TensorOptions().dtype(at::kLong));
+  at::Tensor count = at::zeros({1}, at::TensorOptions().dtype(at::kInt));
+  FR_LAUNCH(block_order_kernel, dim3(static_cast<unsigned>(blocks)), dim3(kWarpSize), 0, nullptr,
+            order.mutable_data_ptr<int64_t>(), count.mutable_data_ptr<int>());
+  return order;
+}
+
 // One warp: c = A B + 1 for 16 x 16 bf16 tiles read from a and b with the layouts LA, LB,
 // stored row- or column-major; the ldm is 16 (or ld when given, for the alignment checks).
 template <typename LA, typename LB>
@@ -152,11 +167,16 @@ TORCH_LIBRARY_FRAGMENT(fastrobust_emu, m) {
         "-> (Tensor, Tensor, Tensor)");
   m.def("_selftest_wmma(Tensor a, Tensor b, bool a_col_major, bool b_col_major, bool c_col_major, int ld) "
         "-> Tensor");
+  m.def("_selftest_block_order(int blocks) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastrobust_emu, CPU, m) {
   m.impl("_selftest_block_sum", &emu::selftest_block_sum);
   m.impl("_selftest_wmma", &emu::selftest_wmma);
+}
+
+TORCH_LIBRARY_IMPL(fastrobust_emu, CatchAll, m) {
+  m.impl("_selftest_block_order", &emu::selftest_block_order);
 }
 
 }  // namespace fastrobust

@@ -4,6 +4,8 @@
 // is never stored). Schemas, checks and the preparation every backend runs first.
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
+
 #include "../kernels/nlm.h"
 
 namespace fastrobust {
@@ -34,6 +36,19 @@ Prepared prepare_backward(const at::Tensor& grad_y, const at::Tensor& theta, con
                           const at::Tensor& g, const at::Tensor& y, const at::Tensor& lse, double scale);
 // float64 for float64 inputs, float32 otherwise.
 at::ScalarType acc_dtype(const at::Tensor& t);
+
+// Whether the tensor-core (wmma) kernels can run: the device has bf16 tensor cores (compute
+// capability >= 8), and the code the device runs was compiled for such an architecture. A
+// kernel's code comes from a cubin or is JIT-compiled from PTX; cudaFuncGetAttributes gives
+// the architecture of both (binaryVersion, ptxVersion: 10 * major + minor). A build for
+// "7.5+PTX" run on an sm_90 GPU JIT-compiles compute_75 PTX, in which the kernels' bodies are
+// traps (FR_HAS_WMMA = 0): binaryVersion 90 but ptxVersion 75, so the SIMT kernels run.
+inline bool tensor_core_kernels_usable(int device_major, int binary_version, int ptx_version) {
+  constexpr int kWmmaArch = 80;
+  if (device_major < 8) return false;
+  const int compiled_for = ptx_version > 0 ? std::min(binary_version, ptx_version) : binary_version;
+  return compiled_for >= kWmmaArch;
+}
 
 // Raw arguments of the kernels: every tensor channels-first and contiguous, (B, width, N).
 template <typename scalar_t, typename acc>
