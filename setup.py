@@ -8,11 +8,16 @@ Environment switches:
   DEBUG=1                 -O0 -g, assertions on
   MAX_JOBS                parallel compile jobs (read by torch's ninja build)
   NVCC_FLAGS              extra nvcc flags
+  PYTORCH_NVCC            the nvcc command (e.g. with ccache); CUDA sources are compiled through
+                          csrc/tools/nvcc_resource_usage.py around it, which keeps ptxas's
+                          resource report of every kernel for the build info
 Install with `pip install --no-build-isolation -e .` so the installed torch is used.
 """
 import glob
+import importlib.util
 import os
 import pprint
+import shlex
 import sys
 
 from setuptools import find_packages, setup
@@ -70,6 +75,9 @@ def extension(cfg):
     cxx = ["-O0", "-g"] if cfg["debug"] else ["-O3", "-fno-trapping-math"]
     # ATen's parallel_for is inline OpenMP code: without -fopenmp it runs on one thread.
     cxx.append("-fopenmp")
+    # FR_CXXFLAGS / FR_LDFLAGS: a variant build (CI's FMA-contracted and AddressSanitizer passes).
+    cxx += os.environ.get("FR_CXXFLAGS", "").split()
+    link = ["-fopenmp"] + os.environ.get("FR_LDFLAGS", "").split()
     nvcc = ["-O0", "-g", "-G"] if cfg["debug"] else ["-O3", "-lineinfo"]
     nvcc += os.environ.get("NVCC_FLAGS", "").split()
     if cfg["debug"]:
@@ -78,7 +86,7 @@ def extension(cfg):
     if cfg["with_cuda_emulation"]:
         srcs += sources("csrc/emu/*.cpp")
         macros.append(("FR_WITH_EMU", "1"))
-    kwargs = dict(define_macros=macros, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+    kwargs = dict(define_macros=macros, extra_compile_args={"cxx": cxx}, extra_link_args=link)
     if cfg["with_cuda"]:
         srcs += sources("csrc/cuda/*.cu")
         macros.append(("FR_WITH_CUDA", "1"))
@@ -87,11 +95,56 @@ def extension(cfg):
     return CppExtension("fastrobust._C", srcs, **kwargs)
 
 
-def write_build_info(cfg):
-    path = os.path.join(ROOT, "fastrobust", "_build_info.py")
-    with open(path, "w") as f:
-        f.write("# Written by setup.py at build time.\n")
-        f.write(f"BUILD_INFO = {pprint.pformat(cfg)}\n")
+def write_build_info(cfg, package_dirs=(os.path.join(ROOT, "fastrobust"),)):
+    for folder in package_dirs:
+        with open(os.path.join(folder, "_build_info.py"), "w") as f:
+            f.write("# Written by setup.py at build time.\n")
+            f.write(f"BUILD_INFO = {pprint.pformat(cfg)}\n")
+
+
+NVCC_WRAPPER = os.path.join(ROOT, "csrc", "tools", "nvcc_resource_usage.py")
+
+
+def compile_cuda_through_wrapper():
+    """nvcc runs through csrc/tools/nvcc_resource_usage.py, which adds -Xptxas=-v and keeps the
+    report next to each object (torch's ninja build takes the nvcc command from PYTORCH_NVCC)."""
+    os.environ["FR_NVCC"] = os.environ.get("PYTORCH_NVCC") or shlex.quote(os.path.join(CUDA_HOME, "bin", "nvcc"))
+    os.environ["PYTORCH_NVCC"] = shlex.join([sys.executable, NVCC_WRAPPER])
+
+
+def kernel_resources(build_temp, cuda_sources):
+    """{mangled function: usage} from the ptxas reports of this build's CUDA objects."""
+    spec = importlib.util.spec_from_file_location("_fr_ptxas",
+                                                  os.path.join(ROOT, "fastrobust", "_ptxas.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    stems = {os.path.splitext(os.path.basename(src))[0] for src in cuda_sources}
+    reports = sorted(glob.glob(os.path.join(build_temp, "**", "*.resources"), recursive=True))
+    reports = [r for r in reports if os.path.basename(r).split(".")[0] in stems]
+    if len(reports) != len(stems):
+        print(f"setup.py: ptxas reports for {len(reports)} of {len(stems)} CUDA sources; the kernel "
+              "resource table is incomplete", file=sys.stderr)
+    usage = {}
+    for path in reports:
+        with open(path) as f:
+            usage.update(module.parse_ptxas(f.read()))
+    return usage
+
+
+class BuildWithKernelResources(BuildExtension.with_options(use_ninja=True)):
+    """After the build, adds ptxas's report of every CUDA kernel to the build info."""
+
+    def build_extensions(self):
+        super().build_extensions()
+        if not CONFIG["with_cuda"]:
+            return
+        cuda_sources = [s for ext in self.extensions for s in ext.sources if s.endswith(".cu")]
+        CONFIG["kernel_resources"] = kernel_resources(self.build_temp, cuda_sources)
+        package_dirs = [os.path.join(ROOT, "fastrobust")]
+        built = os.path.dirname(self.get_ext_fullpath("fastrobust._C"))
+        if os.path.isdir(built) and os.path.abspath(built) != os.path.abspath(package_dirs[0]):
+            package_dirs.append(built)  # a wheel or a non-in-place build: its copy of the package
+        write_build_info(CONFIG, package_dirs)
 
 
 CONFIG = build_config()
@@ -99,9 +152,11 @@ print("fastrobust build configuration:")
 for key, value in CONFIG.items():
     print(f"  {key:20s} {value}")
 write_build_info(CONFIG)
+if CONFIG["with_cuda"]:
+    compile_cuda_through_wrapper()
 
 setup(
     packages=find_packages(include=["fastrobust", "fastrobust.*"]),
     ext_modules=[extension(CONFIG)],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildWithKernelResources},
 )

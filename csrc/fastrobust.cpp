@@ -3,8 +3,12 @@
 // which parts were compiled in
 // (versions and flags are in fastrobust/_build_info.py, written by setup.py).
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "ops/nlm.h"
+#ifdef FR_WITH_EMU
+#include "emu/launch_log.h"
+#endif
 
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -16,6 +20,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
 #ifdef FR_WITH_EMU
   m.attr("with_cuda_emulation") = true;
+  m.def("_emu_start_launch_log", &fr_emu::start_launch_log, pybind11::arg("execute"),
+        "Record the emulated kernel launches from now on; execute=False runs only the host code "
+        "(a dry run: outputs are left unwritten).");
+  m.def("_emu_stop_launch_log", &fr_emu::stop_launch_log,
+        "Stop recording; the launches as (mangled kernel symbol, grid, block, dynamic shared bytes).");
 #else
   m.attr("with_cuda_emulation") = false;
 #endif

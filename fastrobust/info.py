@@ -91,10 +91,42 @@ def format_report(info) -> str:
     return "\n".join(lines)
 
 
+def kernels_report() -> dict:
+    """The CUDA kernels' ptxas resources and the H100 occupancy of every launch at the CUDA
+    benchmark shapes (fastrobust.kernel_resources); needs the emulated build."""
+    if not _extension.HAS_EMU:
+        raise RuntimeError("--kernels needs the extension built with the CUDA emulator (FR_EMULATE_CUDA=1): "
+                           "it records the launch configurations by dry runs of the emulated ops")
+    from . import kernel_resources
+
+    return kernel_resources.report()
+
+
+def parser():
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m fastrobust.info", description=__doc__)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--kernels", action="store_true",
+                   help="the CUDA kernels' registers, spills and shared memory (ptxas, recorded at build time) "
+                        "and the occupancy on an H100 of each launch at the CUDA benchmark shapes")
+    return p
+
+
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.kernels:
+        from . import kernel_resources
+
+        try:
+            report = kernels_report()
+        except RuntimeError as e:
+            print(f"fastrobust info: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(report, indent=2) if args.json else kernel_resources.format_report(report))
+        return 0
     info = collect()
-    print(json.dumps(info, indent=2) if "--json" in argv else format_report(info))
+    print(json.dumps(info, indent=2) if args.json else format_report(info))
     return 0
 
 

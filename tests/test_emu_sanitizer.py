@@ -104,6 +104,9 @@ def test_block_order_varies_with_the_seed(monkeypatch):
 def test_global_out_of_bounds_write_is_caught_by_asan():
     torch.testing.assert_close(case("global_out_of_bounds", False), torch.arange(64).float(), rtol=0, atol=0)
     script = "import torch, fastrobust\ntorch.ops.fastrobust_emu._sanitizer_case('global_out_of_bounds', True)\n"
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    # The child imports the same build as this process (-P: not the checkout's in-place one).
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fastrobust.__file__)))
+    env = dict(os.environ, PYTHONPATH=package_root)
+    done = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode != 0
     assert "heap-buffer-overflow" in done.stderr and "WRITE of size 4" in done.stderr, done.stderr[-3000:]

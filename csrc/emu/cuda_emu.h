@@ -34,6 +34,7 @@
 #include <cstdio>
 #include <cstdint>
 #include <cstring>
+#include <dlfcn.h>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -43,6 +44,8 @@
 #include <thread>
 #include <type_traits>
 #include <vector>
+
+#include "launch_log.h"
 
 #define __global__
 #define __device__
@@ -223,6 +226,20 @@ inline void draw_wmma_map(LaunchState& L, uint64_t key) {
 template <typename... KArgs, typename... Args>
 void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem_bytes,
             Args&&... args) {
+  LaunchLog& log = launch_log();
+  bool execute = true;
+  {
+    std::lock_guard<std::mutex> guard(log.mutex);
+    if (log.recording) {
+      // The mangled symbol names the instantiation (template arguments included), as ptxas
+      // names the same kernel compiled by nvcc; the launch site's text is the fallback.
+      Dl_info info{};
+      const bool found = dladdr(reinterpret_cast<void*>(kernel), &info) != 0 && info.dli_sname != nullptr;
+      log.records.push_back({found ? info.dli_sname : name, {grid.x, grid.y, grid.z},
+                             {block.x, block.y, block.z}, smem_bytes});
+      execute = log.execute;
+    }
+  }
   const unsigned nthreads = block.x * block.y * block.z;
   if (nthreads == 0 || nthreads > kMaxThreadsPerBlock)
     throw std::invalid_argument("emulated launch: block of " + std::to_string(nthreads) +
@@ -232,6 +249,7 @@ void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, s
                                 " bytes of dynamic shared memory (48 KiB allowed)");
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535)
     throw std::invalid_argument("emulated launch: invalid grid");
+  if (!execute) return;  // a dry run of the host code (launch_log.h)
 
   std::lock_guard<std::mutex> guard(launch_mutex());
   LaunchState& L = launch_state();

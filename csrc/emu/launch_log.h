@@ -1,0 +1,58 @@
+#pragma once
+// The emulator's record of kernel launches: which kernel, with which grid, block and dynamic
+// shared memory. `fastrobust.kernel_resources` runs the emulated ops at the benchmark shapes
+// with recording on and execution off (a dry run: only the host code that chooses the launch
+// configurations runs), then joins the records with ptxas's resource usage of the same kernels
+// to give the occupancy of every launch on a GPU.
+#include <cstddef>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace fr_emu {
+
+struct LaunchRecord {
+  std::string symbol;  // the emulated kernel's mangled name (namespace fastrobust::emu)
+  unsigned grid[3];
+  unsigned block[3];
+  size_t dynamic_smem;
+};
+
+struct LaunchLog {
+  std::mutex mutex;
+  bool recording = false;
+  bool execute = true;  // false: launches are recorded and checked, their kernels not run
+  std::vector<LaunchRecord> records;
+};
+
+inline LaunchLog& launch_log() {
+  static LaunchLog log;
+  return log;
+}
+
+inline void start_launch_log(bool execute) {
+  LaunchLog& log = launch_log();
+  std::lock_guard<std::mutex> guard(log.mutex);
+  log.records.clear();
+  log.recording = true;
+  log.execute = execute;
+}
+
+// Ends recording; returns (symbol, grid, block, dynamic shared memory bytes) per launch.
+using LaunchTuple = std::tuple<std::string, std::tuple<unsigned, unsigned, unsigned>,
+                               std::tuple<unsigned, unsigned, unsigned>, size_t>;
+inline std::vector<LaunchTuple> stop_launch_log() {
+  LaunchLog& log = launch_log();
+  std::lock_guard<std::mutex> guard(log.mutex);
+  std::vector<LaunchTuple> out;
+  for (const LaunchRecord& r : log.records)
+    out.emplace_back(r.symbol, std::make_tuple(r.grid[0], r.grid[1], r.grid[2]),
+                     std::make_tuple(r.block[0], r.block[1], r.block[2]), r.dynamic_smem);
+  log.records.clear();
+  log.recording = false;
+  log.execute = true;
+  return out;
+}
+
+}  // namespace fr_emu
