@@ -178,12 +178,14 @@ def occupancy(launch: Launch, usage: dict, limits: GpuLimits = H100) -> dict:
     }
 
 
-def record_launches(fn: Callable[[], object]) -> List[tuple]:
-    """The emulated kernel launches fn makes, as (symbol, grid, block, dynamic smem), with the
-    kernels not run (their outputs are left unwritten)."""
+def record_launches(fn: Callable[[], object], model_blocks: int = 0) -> List[tuple]:
+    """The emulated kernel launches fn makes, as (symbol, grid, block, dynamic smem, counters).
+    model_blocks = 0: a dry run, the kernels not run (their outputs are left unwritten);
+    model_blocks > 0: each launch runs at most that many of its blocks, spread over its grid,
+    under the cost model's counters (fastrobust.cost_model)."""
     from . import _C  # noqa: the emulated build
 
-    _C._emu_start_launch_log(False)
+    _C._emu_start_launch_log(model_blocks > 0, model_blocks)
     try:
         fn()
     finally:
@@ -273,7 +275,7 @@ def benchmark_launches() -> List[Launch]:
     """Every kernel launch of the ops at the benchmark shapes (emulated dry runs)."""
     launches = []
     for label, fn in launch_cases():
-        for symbol, grid, block, smem in record_launches(fn):
+        for symbol, grid, block, smem, _ in record_launches(fn):
             launches.append(Launch(label, cuda_symbol(symbol), tuple(grid), tuple(block), int(smem)))
     return launches
 

@@ -124,7 +124,7 @@ def test_dry_run_records_the_launches_an_executed_run_makes():
     b = torch.zeros(8)
     emu = torch.ops.fastrobust_emu
     dry = kr.record_launches(lambda: emu._sparta_backward(x, x, w, b))
-    fastrobust._C._emu_start_launch_log(True)
+    fastrobust._C._emu_start_launch_log(True, 0)
     try:
         emu._sparta_backward(x, x, w, b)
     finally:

@@ -45,6 +45,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cost_model.h"
 #include "launch_log.h"
 
 #define __global__
@@ -212,6 +213,15 @@ inline std::vector<dim3> block_order(dim3 grid, uint64_t seed, uint64_t key) {
   return order;
 }
 
+// At most n blocks of the order, spread evenly over it (the cost model's sample).
+inline std::vector<dim3> sample_blocks(const std::vector<dim3>& order, size_t n) {
+  if (order.size() <= n) return order;
+  std::vector<dim3> picked;
+  picked.reserve(n);
+  for (size_t i = 0; i < n; ++i) picked.push_back(order[i * order.size() / n]);
+  return picked;
+}
+
 // The accumulator mapping of wmma fragments for this launch: identity without a seed.
 inline void draw_wmma_map(LaunchState& L, uint64_t key) {
   for (int e = 0; e < 256; ++e) L.wmma_map[e] = e;
@@ -228,6 +238,8 @@ void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, s
             Args&&... args) {
   LaunchLog& log = launch_log();
   bool execute = true;
+  int64_t model_blocks = 0;
+  size_t record = 0;
   {
     std::lock_guard<std::mutex> guard(log.mutex);
     if (log.recording) {
@@ -238,6 +250,8 @@ void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, s
       log.records.push_back({found ? info.dli_sname : name, {grid.x, grid.y, grid.z},
                              {block.x, block.y, block.z}, smem_bytes});
       execute = log.execute;
+      model_blocks = log.model_blocks;
+      record = log.records.size() - 1;
     }
   }
   const unsigned nthreads = block.x * block.y * block.z;
@@ -262,7 +276,11 @@ void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, s
   const uint64_t key = schedule_key(L.options.seed, name);
   draw_wmma_map(L, key);
   dynamic_shared_slot().reset();
-  const std::vector<dim3> order = block_order(grid, L.options.seed, key);
+  std::vector<dim3> order = block_order(grid, L.options.seed, key);
+  if (model_blocks > 0) {
+    order = sample_blocks(order, static_cast<size_t>(model_blocks));
+    cost_start(nthreads);
+  }
 
   BlockState& state = block_state();
   state.reset(nthreads);
@@ -290,8 +308,10 @@ void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, s
       state.exited[tid].store(true);
       state.block_barrier->arrive_and_drop();
       warp_barrier().arrive_and_drop();
+      cost_flush(tid);
       block_end.arrive_and_wait();
       if (tid == 0) {
+        cost_count_block(nthreads);
         state.reset(nthreads);
         L.block_serial.fetch_add(1);
       }
@@ -302,6 +322,11 @@ void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, s
   threads.reserve(nthreads);
   for (unsigned t = 0; t < nthreads; ++t) threads.emplace_back(body, t);
   for (auto& t : threads) t.join();
+  if (model_blocks > 0) {
+    std::map<std::string, uint64_t> counters = cost_stop();
+    std::lock_guard<std::mutex> g(log.mutex);
+    log.records[record].counters = std::move(counters);
+  }
   dynamic_shared_slot().reset();
   if (error) std::rethrow_exception(error);
 }

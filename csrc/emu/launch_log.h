@@ -5,6 +5,8 @@
 // configurations runs), then joins the records with ptxas's resource usage of the same kernels
 // to give the occupancy of every launch on a GPU.
 #include <cstddef>
+#include <cstdint>
+#include <map>
 #include <mutex>
 #include <string>
 #include <tuple>
@@ -17,12 +19,14 @@ struct LaunchRecord {
   unsigned grid[3];
   unsigned block[3];
   size_t dynamic_smem;
+  std::map<std::string, uint64_t> counters;  // the cost model's (cost_model.h), when it ran
 };
 
 struct LaunchLog {
   std::mutex mutex;
   bool recording = false;
   bool execute = true;  // false: launches are recorded and checked, their kernels not run
+  int64_t model_blocks = 0;  // > 0: the cost model counts, over at most this many blocks a launch
   std::vector<LaunchRecord> records;
 };
 
@@ -31,27 +35,32 @@ inline LaunchLog& launch_log() {
   return log;
 }
 
-inline void start_launch_log(bool execute) {
+// model_blocks > 0 (with execute): each launch runs at most that many of its blocks, spread
+// over the grid, with the cost model counting (outputs are then incomplete).
+inline void start_launch_log(bool execute, int64_t model_blocks) {
   LaunchLog& log = launch_log();
   std::lock_guard<std::mutex> guard(log.mutex);
   log.records.clear();
   log.recording = true;
   log.execute = execute;
+  log.model_blocks = execute ? model_blocks : 0;
 }
 
-// Ends recording; returns (symbol, grid, block, dynamic shared memory bytes) per launch.
+// Ends recording; returns (symbol, grid, block, dynamic shared memory bytes, cost counters)
+// per launch.
 using LaunchTuple = std::tuple<std::string, std::tuple<unsigned, unsigned, unsigned>,
-                               std::tuple<unsigned, unsigned, unsigned>, size_t>;
+                               std::tuple<unsigned, unsigned, unsigned>, size_t, std::map<std::string, uint64_t>>;
 inline std::vector<LaunchTuple> stop_launch_log() {
   LaunchLog& log = launch_log();
   std::lock_guard<std::mutex> guard(log.mutex);
   std::vector<LaunchTuple> out;
   for (const LaunchRecord& r : log.records)
     out.emplace_back(r.symbol, std::make_tuple(r.grid[0], r.grid[1], r.grid[2]),
-                     std::make_tuple(r.block[0], r.block[1], r.block[2]), r.dynamic_smem);
+                     std::make_tuple(r.block[0], r.block[1], r.block[2]), r.dynamic_smem, r.counters);
   log.records.clear();
   log.recording = false;
   log.execute = true;
+  log.model_blocks = 0;
   return out;
 }
 

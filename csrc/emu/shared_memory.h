@@ -34,6 +34,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cost_model.h"
 #include "sanitizer.h"
 
 namespace fr_emu {
@@ -243,6 +244,7 @@ class SharedRef {
 
   operator Value() const {
     array_->on_read(index_);
+    note_shared(array_, index_ * sizeof(T), sizeof(T), false);
     return *address();
   }
   Value load() const { return static_cast<Value>(*this); }
@@ -250,6 +252,7 @@ class SharedRef {
   template <typename U = T, typename = std::enable_if_t<!std::is_const_v<U>>>
   SharedRef& operator=(const Value& v) {
     array_->on_write(index_);
+    note_shared(array_, index_ * sizeof(T), sizeof(T), true);
     *address() = v;
     return *this;
   }

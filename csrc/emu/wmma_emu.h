@@ -90,6 +90,8 @@ void read_tile(T (&tile)[kDim * kDim], const P& p, unsigned ldm, bool row_major)
   ::fr_emu::BlockState& s = ::fr_emu::block_state();
   const unsigned base = ::fr_emu::warp_id() * ::fr_emu::kWarp;
   if (lane() == 0) {
+    ::fr_emu::note_mma_tile_load();
+    const ::fr_emu::NotCounted not_the_warps_access;
     s.exchange[base] = 0;  // stays 0 if the read fails (a sanitizer error leaves the kernel)
     for (int r = 0; r < kDim; ++r)
       for (int c = 0; c < kDim; ++c) staged[r * kDim + c] = row_major ? T(p[r * ldm + c]) : T(p[c * ldm + r]);
@@ -157,6 +159,7 @@ void mma_sync(fragment<accumulator, kDim, kDim, kDim, float, void>& d,
               const fragment<accumulator, kDim, kDim, kDim, float, void>& c, const char* file = __builtin_FILE(),
               int line = __builtin_LINE()) {
   ::fr_emu::check_whole_warp("wmma::mma_sync", file, line);
+  if (detail::lane() == 0) ::fr_emu::note_mma();
   for (int i = 0; i < d.num_elements; ++i) {
     const int r = detail::acc_row(i), col = detail::acc_col(i);
     float s = c.x[i];

@@ -7,7 +7,8 @@ def add_parser(sub) -> None:
                        description="Build information and which ops have CPU / CUDA kernels.")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--kernels", action="store_true",
-                   help="the CUDA kernels' resources (ptxas) and their launches' occupancy on an H100")
+                   help="print the CUDA kernels' resources (ptxas) and their launches' occupancy on an H100 "
+                        "instead (default: off)")
     p.set_defaults(func=run)
 
 

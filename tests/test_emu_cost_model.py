@@ -1,0 +1,73 @@
+"""The emulator's cost counters on kernels whose memory behaviour is known by hand
+(csrc/emu/cost_selftest.cpp): coalescing in 32-byte sectors, shared-memory bank conflicts,
+block sampling and its scaling."""
+import pytest
+import torch
+
+import fastrobust
+from fastrobust import cost_model
+
+pytestmark = pytest.mark.skipif(not fastrobust.HAS_EMU, reason="needs the CUDA emulator build (FR_EMULATE_CUDA=1)")
+
+
+def run(name, n=512, model_blocks=64):
+    out = {}
+
+    def call():
+        out["y"] = torch.ops.fastrobust_emu._cost_case(name, n)
+
+    launches = cost_model.model(call, model_blocks)
+    assert len(launches) == 1
+    return launches[0], out["y"]
+
+
+def test_coalesced_copy_uses_whole_sectors():
+    launch, y = run("coalesced_copy")
+    torch.testing.assert_close(y, torch.arange(512.0), rtol=0, atol=0)
+    c = launch.counters
+    assert c["blocks_run"] == 4 and launch.scale == 1.0
+    assert c["global_load_requests"] == c["global_store_requests"] == 512 // 32
+    assert c["global_load_sectors"] == c["global_store_sectors"] == 4 * 16  # 128 bytes per warp
+    assert launch.sector_efficiency == 1.0
+    assert launch.dram_bytes == 2 * 512 * 4  # read once, written once
+    assert launch.bank_conflict_factor == 1.0 and c["shared_requests"] == 0
+
+
+def test_stride_8_float_load_uses_an_eighth_of_each_sector():
+    launch, y = run("strided_load")
+    torch.testing.assert_close(y, 8 * torch.arange(512.0), rtol=0, atol=0)
+    assert launch.counters["global_load_sectors"] == 32 * 16
+    assert launch.load_sector_efficiency == pytest.approx(1 / 8)
+    assert launch.store_sector_efficiency == 1.0
+    assert launch.dram_bytes == 512 * 32 + 512 * 4
+
+
+@pytest.mark.parametrize("name, factor", [("shared_conflict", 32), ("shared_linear", 1), ("shared_broadcast", 1)])
+def test_bank_conflict_factor(name, factor):
+    launch, _ = run(name)
+    c = launch.counters
+    assert c["shared_requests"] == 2 * 512 // 32  # a write and a read per warp
+    assert launch.bank_conflict_factor == factor
+    if name == "shared_conflict":
+        assert c["shared_wavefronts"] == 32 * c["shared_requests"]
+
+
+def test_a_sample_of_blocks_is_scaled_to_the_grid():
+    full, _ = run("coalesced_copy", n=128 * 40, model_blocks=1000)
+    sampled, y = run("coalesced_copy", n=128 * 40, model_blocks=5)
+    assert (full.counters["blocks_run"], sampled.counters["blocks_run"]) == (40, 5)
+    assert sampled.scale == 8.0
+    assert sampled.dram_bytes == full.dram_bytes
+    assert int((y != 0).sum()) < 128 * 40  # only the sampled blocks wrote
+
+
+def test_counting_is_off_outside_the_model():
+    records = []
+    fastrobust._C._emu_start_launch_log(True, 0)
+    try:
+        torch.ops.fastrobust_emu._cost_case("coalesced_copy", 256)
+    finally:
+        records = fastrobust._C._emu_stop_launch_log()
+    assert records[0][4] == {}
+    with pytest.raises(ValueError, match="model_blocks must be >= 1"):
+        cost_model.model(lambda: None, 0)
