@@ -64,7 +64,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"interleaved timing rounds (default {harness.TIMING_ROUNDS}, "
                         f"--quick {harness.QUICK_TIMING_ROUNDS})")
     p.add_argument("--quiet", action="store_true", help="no per-case progress lines")
+    p.add_argument("--model", choices=["h100"], default=None,
+                   help="instead of timing, model the suite's CUDA kernels on an H100 through the CPU emulator "
+                        "(fastrobust.cost_model; a model, not a measurement): <suite>-h100-model.json")
+    p.add_argument("--model-blocks", type=int, default=32,
+                   help="--model: blocks emulated per launch, scaled to the grid (default: 32; --quick: 2)")
     return p
+
+
+def model_one(name: str, args) -> bool:
+    """Writes <out>/<suite>-h100-model.json from the emulator's cost model."""
+    import json
+
+    from fastrobust import _extension, cost_model
+    from fastrobust.kernel_cases import SUITE_OPS
+
+    if name not in SUITE_OPS:
+        print(f"{name}: no kernels of its own to model (--model covers {', '.join(sorted(SUITE_OPS))})")
+        return True
+    if not _extension.HAS_EMU:
+        raise SystemExit("--model: needs the extension built with the CUDA emulator (FR_EMULATE_CUDA=1)")
+    blocks = 2 if args.quick else args.model_blocks
+    start = time.perf_counter()
+    result = cost_model.suite_model(name, blocks)
+    result["wall_time_s"] = time.perf_counter() - start
+    result["argv"] = list(args.argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "-quick" if args.quick else ""
+    path = args.out / f"{name}-{args.model}-model{suffix}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(cost_model.format_model(result))
+    print(f"{name}: modelled in {result['wall_time_s']:.0f} s\n  json: {path}")
+    return True
 
 
 def run_one(name: str, device: str, dtypes, options: harness.Options) -> bool:
@@ -86,6 +117,12 @@ def run_one(name: str, device: str, dtypes, options: harness.Options) -> bool:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.model_blocks < 1:
+        raise SystemExit(f"--model-blocks must be >= 1, got {args.model_blocks}")
+    if args.model:
+        args.argv = list(sys.argv[1:] if argv is None else argv)
+        names = sorted(SUITES) if args.suite == "all" else [args.suite]
+        return 0 if all(model_one(name, args) for name in names) else 1
     device = resolve_device(args.device)
     try:
         dtypes = parse_dtypes(args.dtype)

@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List
 
-from .kernel_resources import cuda_symbol, record_launches
+from .kernel_resources import kernel_name, record_launches
 
 SECTOR_BYTES = 32
 
 
 @dataclass
 class LaunchCost:
-    symbol: str  # the nvcc-compiled kernel's mangled name
+    name: str  # kernel_name(): the kernel without namespace and parameters
     grid: tuple
     block: tuple
     dynamic_smem: int
@@ -66,12 +66,14 @@ class LaunchCost:
 
     @property
     def dram_bytes(self) -> float:
-        """Distinct sectors touched, scaled to the whole grid (a perfect-L2 lower bound)."""
-        return self.counters.get("dram_bytes", 0) * self.scale
+        """Distinct sectors read plus distinct sectors written, scaled to the whole grid (a
+        perfect-L2 lower bound on DRAM traffic)."""
+        c = self.counters
+        return (c.get("dram_read_bytes", 0) + c.get("dram_write_bytes", 0)) * self.scale
 
     def summary(self) -> dict:
         return {
-            "symbol": self.symbol, "grid": self.grid, "block": self.block, "dynamic_smem": self.dynamic_smem,
+            "kernel": self.name, "grid": self.grid, "block": self.block, "dynamic_smem": self.dynamic_smem,
             "blocks_run": self.counters.get("blocks_run", 0), "dram_bytes": self.dram_bytes,
             "sector_efficiency": self.sector_efficiency, "load_sector_efficiency": self.load_sector_efficiency,
             "store_sector_efficiency": self.store_sector_efficiency,
@@ -86,5 +88,116 @@ def model(fn: Callable[[], object], model_blocks: int = 64) -> List[LaunchCost]:
     blocks than that: use this for counting, never for values."""
     if model_blocks < 1:
         raise ValueError(f"model_blocks must be >= 1, got {model_blocks}")
-    return [LaunchCost(cuda_symbol(symbol), tuple(grid), tuple(block), int(smem), dict(counters))
+    return [LaunchCost(kernel_name(symbol), tuple(grid), tuple(block), int(smem), dict(counters))
             for symbol, grid, block, smem, counters in record_launches(fn, model_blocks)]
+
+
+HBM_BYTES_PER_S = 3.35e12  # H100 SXM
+# Dense peak FLOP/s of an H100 SXM for the kernels of each dtype: fp32 and fp64 on the SIMT
+# cores, bf16 and fp16 on the tensor cores.
+PEAK_FLOPS = {"float32": 67e12, "float64": 67e12, "bfloat16": 989e12, "float16": 989e12}
+
+
+def roofline_us(nbytes: float, flops: float, dtype: str) -> float:
+    """max(bytes / HBM bandwidth, FLOPs / peak), in microseconds: a lower bound."""
+    return 1e6 * max(nbytes / HBM_BYTES_PER_S, flops / PEAK_FLOPS.get(dtype, 67e12))
+
+
+def case_records(case, model_blocks: int) -> List[dict]:
+    """The model's records of one op call (fastrobust.kernel_cases.OpCase): one per kernel
+    launch, then one for the op ("kernel": "(op)"), with the fields of the model JSON."""
+    from .kernel_resources import H100, Launch, kernel_usage, occupancy
+
+    usage_of = kernel_usage()
+    records = []
+    for launch in model(case.fn, model_blocks):
+        flops = 2 * 16 * 16 * 16 * launch.counters.get("mma_ops", 0) * launch.scale
+        usage = usage_of.get(launch.name)
+        waves = None
+        if usage is not None:
+            shape = Launch(case.label, launch.name, launch.grid, launch.block, launch.dynamic_smem)
+            waves = occupancy(shape, usage, H100)["waves"]
+        records.append({
+            "op": case.op, "kernel": launch.name, "case": case.label, "dtype": case.dtype,
+            "bytes": launch.dram_bytes, "min_bytes": None, "flops": flops, "min_flops": None,
+            "sector_efficiency": launch.sector_efficiency, "bank_conflict_factor": launch.bank_conflict_factor,
+            "waves": waves, "grid": launch.grid, "block": launch.block, "blocks_run": launch.counters["blocks_run"],
+            "modeled_us": roofline_us(launch.dram_bytes, flops, case.dtype), "baseline_modeled_us": None,
+        })
+    total_bytes = sum(r["bytes"] for r in records)
+    total_flops = sum(r["flops"] for r in records)
+    records.append({
+        "op": case.op, "kernel": "(op)", "case": case.label, "dtype": case.dtype, "bytes": total_bytes,
+        "min_bytes": case.min_bytes, "flops": total_flops, "min_flops": case.min_flops,
+        "sector_efficiency": None, "bank_conflict_factor": None, "waves": None,
+        # SIMT arithmetic is not counted: the op is taken to do at least its minimal FLOPs.
+        "modeled_us": roofline_us(total_bytes, max(total_flops, case.min_flops), case.dtype),
+        "baseline": case.baseline,
+        "baseline_modeled_us": (roofline_us(case.baseline_bytes, case.min_flops, case.dtype)
+                                if case.baseline_bytes is not None else None),
+    })
+    return records
+
+
+def suite_model(suite: str, model_blocks: int = 16, cases=None) -> dict:
+    """The model JSON of a benchmark suite (fastrobust.kernel_cases.SUITE_OPS)."""
+    from .kernel_cases import SUITE_OPS, launch_cases
+
+    if suite not in SUITE_OPS:
+        raise ValueError(f"suite must be one of {sorted(SUITE_OPS)}, got {suite!r}")
+    cases = [c for c in (launch_cases() if cases is None else cases) if c.op in SUITE_OPS[suite]]
+    records = [r for case in cases for r in case_records(case, model_blocks)]
+    return {"suite": suite, "gpu": "H100 SXM", "model": True, "blocks_per_launch": model_blocks,
+            "hbm_bytes_per_s": HBM_BYTES_PER_S, "peak_flops": PEAK_FLOPS, "records": records}
+
+
+def format_model(result: dict) -> str:
+    lines = [f"{result['suite']}: modelled on an {result['gpu']} (a model, not a measurement; DRAM bytes as "
+             "distinct 32-byte sectors, a perfect L2)",
+             f"  {'bytes/min':>9} {'model us':>9} {'baseline us':>11}  op  /  {'sector eff':>10} {'bank x':>6} "
+             f"{'waves':>6}  kernel"]
+    for r in result["records"]:
+        if r["kernel"] == "(op)":
+            ratio = f"{r['bytes'] / r['min_bytes']:.2f}" if r["min_bytes"] else "-"
+            base = f"{r['baseline_modeled_us']:.2f}" if r["baseline_modeled_us"] is not None else "-"
+            lines.append(f"  {ratio:>9} {r['modeled_us']:>9.2f} {base:>11}  {r['case']}")
+    lines.append("  kernels:")
+    for r in result["records"]:
+        if r["kernel"] != "(op)":
+            waves = f"{r['waves']:.2f}" if r["waves"] is not None else "-"
+            lines.append(f"  {'':>9} {r['modeled_us']:>9.2f} {'':>11}  {r['sector_efficiency']:>10.0%} "
+                         f"{r['bank_conflict_factor']:>6.2f} {waves:>6}  {r['kernel']}  <- {r['case']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+    import sys
+
+    from .kernel_cases import SUITE_OPS
+
+    p = argparse.ArgumentParser(prog="python -m fastrobust.cost_model", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("suite", choices=sorted(SUITE_OPS), help="the benchmark suite whose ops to model")
+    p.add_argument("--blocks", type=int, default=16, help="blocks run per launch (default: 16)")
+    p.add_argument("--json", metavar="PATH", help="also write the model JSON here (default: none)")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.blocks < 1:
+        p.error(f"--blocks must be >= 1, got {args.blocks}")
+    from . import _extension
+
+    if not _extension.HAS_EMU:
+        print("fastrobust.cost_model: needs the extension built with the CUDA emulator (FR_EMULATE_CUDA=1)",
+              file=sys.stderr)
+        return 2
+    result = suite_model(args.suite, args.blocks)
+    print(format_model(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -16,17 +16,11 @@ blocks per SM from warps, registers and shared memory), a model, not a measureme
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
-import torch
-
-from ._ptxas import parse_ptxas  # noqa: F401 (part of this module's API)
 
 EMULATED_PREFIX = "_ZN10fastrobust3emu"  # namespace fastrobust::emu (csrc/common/cuda_utils.cuh)
-CUDA_PREFIX = "_ZN10fastrobust4cuda"  # namespace fastrobust::cuda: the same kernel under nvcc
 
 
 @dataclass(frozen=True)
@@ -64,25 +58,48 @@ def build_resources() -> Optional[Dict[str, dict]]:
     return BUILD_INFO.get("kernel_resources")
 
 
-def cuda_symbol(symbol: str) -> str:
-    """The nvcc-compiled kernel's mangled name for an emulated kernel's: the two differ only in
-    the kernel namespace (emu vs cuda), which has the same place in both manglings."""
-    if symbol.startswith(EMULATED_PREFIX):
-        return CUDA_PREFIX + symbol[len(EMULATED_PREFIX):]
-    return symbol
+def demangle(symbol: str) -> str:
+    """The C++ name of a mangled symbol (libstdc++'s __cxa_demangle, which torch's own library
+    needs anyway); the symbol itself if it is not a C++ name."""
+    import ctypes
+
+    status = ctypes.c_int(0)
+    fn = _cxa_demangle()
+    if fn is None:
+        return symbol
+    raw = fn(symbol.encode(), None, None, ctypes.byref(status))
+    if status.value != 0 or not raw:
+        return symbol
+    try:
+        return ctypes.cast(raw, ctypes.c_char_p).value.decode()
+    finally:
+        ctypes.CDLL(None).free(ctypes.c_void_p(raw))
 
 
-def short_names(symbols) -> Dict[str, str]:
-    """{mangled: readable name}: the demangled name without namespaces and parameters
-    (c++filt when it is installed, else the mangled name)."""
-    symbols = sorted(set(symbols))
-    if not symbols or shutil.which("c++filt") is None:
-        return {s: s for s in symbols}
-    out = subprocess.run(["c++filt"], input="\n".join(symbols) + "\n", capture_output=True, text=True).stdout
-    demangled = out.splitlines()
-    if len(demangled) != len(symbols):
-        return {s: s for s in symbols}
-    return {s: _shorten(d) for s, d in zip(symbols, demangled)}
+_DEMANGLER = []
+
+
+def _cxa_demangle():
+    import ctypes
+    import ctypes.util
+
+    if not _DEMANGLER:
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("stdc++") or "libstdc++.so.6")
+            fn = lib.__cxa_demangle
+            fn.restype = ctypes.c_void_p
+            fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
+            _DEMANGLER.append(fn)
+        except (OSError, AttributeError):
+            _DEMANGLER.append(None)
+    return _DEMANGLER[0]
+
+
+def kernel_name(symbol: str) -> str:
+    """A kernel's name without its namespace (cuda or emu), return type and parameters, e.g.
+    "sparta::sparta_forward_kernel<float, 3>": the same for the nvcc-compiled kernel and its
+    emulated twin (whose global pointer parameters have another type), so it joins the two."""
+    return _shorten(demangle(symbol))
 
 
 def _shorten(demangled: str) -> str:
@@ -109,7 +126,7 @@ def _shorten(demangled: str) -> str:
 @dataclass
 class Launch:
     op: str  # the op call (and shape) that made the launch
-    symbol: str  # mangled name of the nvcc-compiled kernel
+    name: str  # kernel_name(): the key into kernel_usage()
     grid: tuple
     block: tuple
     dynamic_smem: int
@@ -193,105 +210,31 @@ def record_launches(fn: Callable[[], object], model_blocks: int = 0) -> List[tup
     return records
 
 
-# The CUDA benchmark shapes (benchmarks/bench_*.py; tests/test_kernel_resources.py checks that
-# these still match them): CIFAR ResNet-18 stages for Sparta, the NLM gaussian shapes and the
-# median shape, CIFS at ResNet-18 layer4 and ResNet-50's last stage, the PGD step rows.
-SPARTA_STAGES = ((64, 32), (128, 16), (256, 8), (512, 4))  # (channels, H = W)
-SPARTA_BATCH = 256
-SPARTA_K = 3
-NLM_GAUSSIAN_SHAPES = ((64, 256, 32), (32, 256, 56), (128, 512, 16), (8, 1024, 28))  # (B, C, H = W)
-MEDIAN_SHAPES = ((128, 256, 32),)
-CIFS_SHAPES = ((128, 512, 4), (256, 512, 4), (64, 2048, 7))  # (B, C, H = W)
-PGD_ROWS = 512
-PGD_IMAGE = (3, 32, 32)
-MARGIN_SHAPES = ((512, 10), (128, 1000))  # (rows, classes)
-LAYER_DTYPES = (torch.float32, torch.bfloat16)
-
-
-def launch_cases() -> List[tuple]:
-    """(label, fn) per op call at the benchmark shapes; fn calls the emulated op."""
-    emu = torch.ops.fastrobust_emu
-    cases = []
-
-    def add(label, fn):
-        cases.append((label, fn))
-
-    for dtype in LAYER_DTYPES:
-        dt = str(dtype).replace("torch.", "")
-        for c, hw in SPARTA_STAGES:
-            x = torch.zeros(SPARTA_BATCH, c, hw, hw, dtype=dtype)
-            w = torch.zeros(c, 1, SPARTA_K, SPARTA_K, dtype=dtype)
-            b = torch.zeros(c, dtype=dtype)
-            add(f"sparta {dt} {tuple(x.shape)}", lambda x=x, w=w, b=b: emu.sparta(x, w, b))
-            add(f"sparta backward {dt} {tuple(x.shape)}", lambda x=x, w=w, b=b: emu._sparta_backward(x, x, w, b))
-        for bsz, c, hw in NLM_GAUSSIAN_SHAPES:
-            th = torch.zeros(bsz, c // 2, hw, hw, dtype=dtype)
-            g = torch.zeros(bsz, c, hw, hw, dtype=dtype)
-            lse = torch.zeros(bsz, hw * hw, dtype=torch.float32)
-            add(f"nlm_gaussian {dt} {tuple(g.shape)}", lambda th=th, g=g: emu.nlm_gaussian(th, th, g, 1.0))
-            add(f"nlm_gaussian backward {dt} {tuple(g.shape)}",
-                lambda th=th, g=g, lse=lse: emu._nlm_gaussian_backward(g, th, th, g, g, lse, 1.0))
-        for shape in MEDIAN_SHAPES:
-            x = torch.zeros(shape[0], shape[1], shape[2], shape[2], dtype=dtype)
-            arg = torch.zeros(x.shape, dtype=torch.uint8)
-            add(f"median3x3 {dt} {tuple(x.shape)}", lambda x=x: emu.median3x3(x))
-            add(f"median3x3 backward {dt} {tuple(x.shape)}", lambda x=x, arg=arg: emu._median3x3_backward(x, arg))
-        for bsz, c, hw in CIFS_SHAPES:
-            feat = torch.zeros(bsz, c, hw, hw, dtype=dtype)
-            rel = torch.zeros(bsz, c, dtype=dtype)
-            add(f"cifs_reweight {dt} {tuple(feat.shape)}", lambda f=feat, r=rel: emu.cifs_reweight(f, r, 1.0, 1.0))
-            add(f"cifs_reweight backward {dt} {tuple(feat.shape)}",
-                lambda f=feat, r=rel: emu._cifs_reweight_backward(f, f, r, 1.0, 1.0))
-    rows = PGD_ROWS
-    eps, alpha = torch.tensor(8 / 255), torch.tensor(2 / 255)
-    for dtype in LAYER_DTYPES:
-        dt = str(dtype).replace("torch.", "")
-        x = torch.full((rows, *PGD_IMAGE), 0.5, dtype=dtype)
-        for norm in ("linf", "l2"):
-            add(f"pgd_step_ {norm} {dt} {tuple(x.shape)}",
-                lambda x=x, norm=norm: emu.pgd_step_(x.clone(), x, x, eps, alpha, None, None, norm, 0.0, 1.0, False))
-            add(f"apgd_step_ {norm} {dt} {tuple(x.shape)}",
-                lambda x=x, norm=norm: emu.apgd_step_(x.clone(), x.clone(), x, x, alpha.expand(rows), eps, 0.75, norm,
-                                                      0.0, 1.0))
-            add(f"pgd_random_init_ {norm} {dt} {tuple(x.shape)}",
-                lambda x=x, norm=norm: emu.pgd_random_init_(x.clone(), x, eps, norm, 0.0, 1.0, 0, 0))
-        loss = torch.zeros(rows)
-        flags = torch.zeros(rows, dtype=torch.bool)
-        add(f"pgd_update_best_ {dt} {tuple(x.shape)}",
-            lambda x=x, loss=loss, flags=flags: emu.pgd_update_best_(x.clone(), loss.clone(), flags.clone(), x, loss,
-                                                                     flags, "loss"))
-    for rows_, classes in MARGIN_SHAPES:
-        logits = torch.zeros(rows_, classes)
-        labels = torch.zeros(rows_, dtype=torch.long)
-        for kind in ("cw", "dlr"):
-            add(f"margin_loss {kind} {tuple(logits.shape)}",
-                lambda lg=logits, lb=labels, k=kind: emu.margin_loss(lg, lb, None, k, 0.0))
-            add(f"margin_loss backward {kind} {tuple(logits.shape)}",
-                lambda lg=logits, lb=labels, k=kind: emu._margin_loss_backward(lg[:, 0], lg, lb, None, k, 0.0))
-    return cases
-
-
 def benchmark_launches() -> List[Launch]:
     """Every kernel launch of the ops at the benchmark shapes (emulated dry runs)."""
+    from .kernel_cases import launch_cases
+
     launches = []
-    for label, fn in launch_cases():
-        for symbol, grid, block, smem, _ in record_launches(fn):
-            launches.append(Launch(label, cuda_symbol(symbol), tuple(grid), tuple(block), int(smem)))
+    for case in launch_cases():
+        for symbol, grid, block, smem, _ in record_launches(case.fn):
+            launches.append(Launch(case.label, kernel_name(symbol), tuple(grid), tuple(block), int(smem)))
     return launches
+
+
+def kernel_usage() -> Dict[str, dict]:
+    """{kernel_name: ptxas usage} of the compiled kernels (empty without CUDA sources)."""
+    return {kernel_name(s): dict(u, symbol=s) for s, u in (build_resources() or {}).items() if u.get("kernel")}
 
 
 def report(limits: GpuLimits = H100) -> dict:
     """{"kernels": [...], "launches": [...]}: every compiled kernel's resources, and every
     benchmark-shape launch with its occupancy on `limits` and what would refuse it."""
-    resources = build_resources() or {}
-    recorded = benchmark_launches()
-    names = short_names(list(resources) + [launch.symbol for launch in recorded])
-    kernels = sorted((dict(symbol=s, name=names[s], **u) for s, u in resources.items() if u.get("kernel")),
-                     key=lambda k: k["name"])
+    usage_of = kernel_usage()
+    kernels = [dict(name=name, **usage_of[name]) for name in sorted(usage_of)]
     launches = []
-    for launch in recorded:
-        usage = resources.get(launch.symbol)
-        row = dict(op=launch.op, symbol=launch.symbol, name=names[launch.symbol], grid=launch.grid,
+    for launch in benchmark_launches():
+        usage = usage_of.get(launch.name)
+        row = dict(op=launch.op, name=launch.name, grid=launch.grid,
                    block=launch.block, dynamic_smem=launch.dynamic_smem, compiled=usage is not None,
                    refusals=refusals(launch, usage, limits))
         if usage is not None:

@@ -42,6 +42,15 @@ def test_stride_8_float_load_uses_an_eighth_of_each_sector():
     assert launch.dram_bytes == 512 * 32 + 512 * 4
 
 
+def test_broadcast_load_is_one_sector_of_four_useful_bytes():
+    launch, y = run("broadcast_load")
+    assert (y == 0).all()
+    c = launch.counters
+    assert c["global_load_sectors"] == c["global_load_requests"] == 16
+    assert c["global_load_bytes"] == 4 * 16
+    assert launch.dram_bytes == 32 + 512 * 4
+
+
 @pytest.mark.parametrize("name, factor", [("shared_conflict", 32), ("shared_linear", 1), ("shared_broadcast", 1)])
 def test_bank_conflict_factor(name, factor):
     launch, _ = run(name)
@@ -71,3 +80,40 @@ def test_counting_is_off_outside_the_model():
     assert records[0][4] == {}
     with pytest.raises(ValueError, match="model_blocks must be >= 1"):
         cost_model.model(lambda: None, 0)
+
+
+MODEL_FIELDS = {"op", "kernel", "case", "dtype", "bytes", "min_bytes", "flops", "min_flops", "sector_efficiency",
+                "bank_conflict_factor", "waves", "modeled_us", "baseline_modeled_us"}
+
+
+def test_bench_model_writes_the_suite_json(tmp_path):
+    import json
+
+    from benchmarks import run
+
+    assert run.main(["cifs", "--model", "h100", "--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "cifs-h100-model-quick.json").read_text())
+    assert result["model"] is True and result["gpu"] == "H100 SXM" and result["blocks_per_launch"] == 2
+    records = result["records"]
+    assert all(MODEL_FIELDS <= set(r) for r in records)
+    ops = [r for r in records if r["kernel"] == "(op)"]
+    kernels = [r for r in records if r["kernel"] != "(op)"]
+    assert len(ops) == 12  # 3 shapes x 2 dtypes x forward and backward
+    assert {r["kernel"].split("<")[0] for r in kernels} == {
+        "cifs::reweight_forward_kernel", "cifs::reweight_backward_feat_kernel",
+        "cifs::reweight_backward_relevance_kernel"}
+    for r in ops:
+        # the fused op moves about its minimal bytes (the relevance row is re-read per block)
+        assert 0.95 <= r["bytes"] / r["min_bytes"] <= 2.0, r
+        assert r["modeled_us"] > 0 and r["baseline_modeled_us"] > 0
+    for r in kernels:
+        assert 0 < r["sector_efficiency"] <= 1 and r["bank_conflict_factor"] >= 1
+
+
+def test_bench_model_rejects_bad_options(tmp_path, capsys):
+    from benchmarks import run
+
+    with pytest.raises(SystemExit, match="--model-blocks must be >= 1"):
+        run.main(["cifs", "--model", "h100", "--model-blocks", "0", "--out", str(tmp_path)])
+    assert run.main(["train", "--model", "h100", "--out", str(tmp_path)]) == 0
+    assert "train: no kernels of its own to model" in capsys.readouterr().out

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import fastrobust
+from fastrobust import kernel_cases as kc
 from fastrobust import kernel_resources as kr
+from fastrobust._ptxas import parse_ptxas
 
 PTXAS_SAMPLE = """\
 ptxas info    : 0 bytes gmem
@@ -29,7 +31,7 @@ needs_emu = pytest.mark.skipif(not fastrobust.HAS_EMU, reason="needs the CUDA em
 
 
 def test_parse_ptxas_report():
-    usage = kr.parse_ptxas(PTXAS_SAMPLE)
+    usage = parse_ptxas(PTXAS_SAMPLE)
     assert usage["_ZN10fastrobust4cuda2k2EPf"] == dict(kernel=True, arch="sm_90", registers=32, barriers=0,
                                                        static_smem=0, stack_frame=160, spill_stores=8,
                                                        spill_loads=4)
@@ -42,7 +44,11 @@ def test_parse_ptxas_report():
 def test_demangled_names_are_shortened():
     assert kr._shorten("void fastrobust::cuda::nlm::grad_kernel<c10::Half, (fastrobust::cuda::nlm::Grad)1>"
                        "(fastrobust::nlm::Ptrs<c10::Half, float>)") == "nlm::grad_kernel<Half, Grad(1)>"
-    assert kr.cuda_symbol("_ZN10fastrobust3emu6sparta1kIfEEvv") == "_ZN10fastrobust4cuda6sparta1kIfEEvv"
+    # The nvcc kernel and its emulated twin (other parameter types, other namespace) share a name.
+    cuda = "_ZN10fastrobust4cuda6sparta21sparta_forward_kernelIfLi3EEEvPKT_S5_S5_PS3_lliiiiii"
+    emu = "_ZN10fastrobust3emu6sparta21sparta_forward_kernelIfLi3EEEvN6fr_emu9GlobalPtrIKT_EES7_S7_NS4_IS5_EElliiiiii"
+    assert kr.kernel_name(cuda) == kr.kernel_name(emu) == "sparta::sparta_forward_kernel<float, 3>"
+    assert kr.demangle("not_a_cxx_symbol") == "not_a_cxx_symbol"
 
 
 def launch(threads=256, grid=(100, 1, 1), smem=0):
@@ -101,19 +107,19 @@ def test_no_kernel_spills_or_exceeds_static_shared_memory():
 
 @needs_emu
 def test_benchmark_launches_run_on_an_h100():
-    resources = kr.build_resources() or {}
+    usage_of = kr.kernel_usage()
     launches = kr.benchmark_launches()
     ops = {launch.op.split()[0] for launch in launches}
     assert ops == {"sparta", "nlm_gaussian", "median3x3", "cifs_reweight", "pgd_step_", "apgd_step_",
                    "pgd_random_init_", "pgd_update_best_", "margin_loss"}
     problems = {}
     for launch in launches:
-        usage = resources.get(launch.symbol)
-        if resources:
-            assert usage is not None, f"{launch.op}: kernel {launch.symbol} not in the ptxas report"
+        usage = usage_of.get(launch.name)
+        if usage_of:
+            assert usage is not None, f"{launch.op}: kernel {launch.name} not in the ptxas report"
         found = kr.refusals(launch, usage)
         if found:
-            problems[f"{launch.op}: {launch.symbol}"] = found
+            problems[f"{launch.op}: {launch.name}"] = found
     assert not problems, problems
 
 
@@ -145,13 +151,13 @@ def test_a_dry_run_still_refuses_what_the_gpu_refuses():
 def test_launch_shapes_are_the_benchmark_shapes():
     from benchmarks import bench_cifs, bench_nlm, bench_pgd, bench_sparta
 
-    assert kr.SPARTA_STAGES == bench_sparta.RESNET18_CIFAR_STAGES
-    assert (kr.SPARTA_BATCH, kr.SPARTA_K) == (bench_sparta.BATCH["cuda"], bench_sparta.KERNEL_SIZE)
-    assert kr.NLM_GAUSSIAN_SHAPES == bench_nlm.GAUSSIAN_SHAPES
-    assert kr.MEDIAN_SHAPES == bench_nlm.MEDIAN_SHAPES["cuda"]
+    assert kc.SPARTA_STAGES == bench_sparta.RESNET18_CIFAR_STAGES
+    assert (kc.SPARTA_BATCH, kc.SPARTA_K) == (bench_sparta.BATCH["cuda"], bench_sparta.KERNEL_SIZE)
+    assert kc.NLM_GAUSSIAN_SHAPES == bench_nlm.GAUSSIAN_SHAPES
+    assert kc.MEDIAN_SHAPES == bench_nlm.MEDIAN_SHAPES["cuda"]
     cifs = {(batch, c, hw) for (c, hw, _), batches in bench_cifs.BATCHES["cuda"].items() for batch in batches}
-    assert set(kr.CIFS_SHAPES) == cifs
-    assert (kr.PGD_ROWS, kr.PGD_IMAGE) == (bench_pgd.SIZES["cuda"].step_rows, bench_pgd.IMAGE_SHAPE)
+    assert set(kc.CIFS_SHAPES) == cifs
+    assert (kc.PGD_ROWS, kc.PGD_IMAGE) == (bench_pgd.SIZES["cuda"].step_rows, bench_pgd.IMAGE_SHAPE)
 
 
 @needs_emu

@@ -33,8 +33,10 @@
   static ::fr_emu::SharedArray<type, (__VA_ARGS__)> name##_fr_storage_(#name); \
   const ::fr_emu::SharedPtr<type> name = name##_fr_storage_.begin()
 #define FR_SHARED_ALIGNED(align, type, name, ...) FR_SHARED(type, name, __VA_ARGS__)  // storage is 64-byte aligned
-// A pointer to global memory whose accesses the cost model counts (csrc/emu/cost_model.h).
+// A pointer to global memory whose accesses the cost model counts (csrc/emu/cost_model.h);
+// FR_GLOBAL_RESTRICT for a kernel parameter that is __restrict__ on the GPU.
 #define FR_GLOBAL(type) ::fr_emu::GlobalPtr<type>
+#define FR_GLOBAL_RESTRICT(type) ::fr_emu::GlobalPtr<type>
 #define FR_DEVICE_ASSERT(cond, msg)                                            \
   do {                                                                         \
     if (!(cond)) ::fr_emu::device_assert_failed(msg, __FILE__, __LINE__);      \
@@ -52,6 +54,7 @@
 #define FR_SHARED(type, name, ...) __shared__ type name[__VA_ARGS__]
 #define FR_SHARED_ALIGNED(align, type, name, ...) __shared__ __align__(align) type name[__VA_ARGS__]
 #define FR_GLOBAL(type) type*
+#define FR_GLOBAL_RESTRICT(type) type* __restrict__
 #define FR_DEVICE_ASSERT(cond, msg) \
   do {                              \
     CUDA_KERNEL_ASSERT_MSG(cond, msg) \

@@ -37,24 +37,25 @@ struct SoftmaxStats {
 };
 
 template <typename acc>
-__device__ SoftmaxStats<acc> softmax_stats(const acc* r, int64_t channels, acc temperature) {
+__device__ SoftmaxStats<acc> softmax_stats(FR_GLOBAL(const acc) r, int64_t channels, acc temperature) {
   acc max_z = -std::numeric_limits<acc>::infinity();
-  for (int64_t c = threadIdx.x; c < channels; c += blockDim.x) max_z = MaxOp{}(max_z, mc::logit(r[c], temperature));
+  for (int64_t c = threadIdx.x; c < channels; c += blockDim.x)
+    max_z = MaxOp{}(max_z, mc::logit(acc(r[c]), temperature));
   max_z = block_reduce(max_z, MaxOp{}, -std::numeric_limits<acc>::infinity());
   acc sum = 0;
-  for (int64_t c = threadIdx.x; c < channels; c += blockDim.x) sum += mc::shifted_exp(r[c], temperature, max_z);
+  for (int64_t c = threadIdx.x; c < channels; c += blockDim.x) sum += mc::shifted_exp(acc(r[c]), temperature, max_z);
   return {max_z, acc(1) / block_sum(sum)};
 }
 
 // This block's chunk of channels [c0, c1) and, in shared memory, their mask scale * p_c.
 template <typename acc>
-__device__ void chunk_mask(const acc* r, int64_t channels, int64_t per_chunk, acc temperature, acc scale,
+__device__ void chunk_mask(FR_GLOBAL(const acc) r, int64_t channels, int64_t per_chunk, acc temperature, acc scale,
                            smem_ptr<acc> mask, int64_t& c0, int64_t& c1) {
   const SoftmaxStats<acc> st = softmax_stats(r, channels, temperature);
   c0 = int64_t(blockIdx.x) * per_chunk;
   c1 = std::min(channels, c0 + per_chunk);
   for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x)
-    mask[c - c0] = scale * mc::shifted_exp(r[c], temperature, st.max_z) * st.inv_sum;
+    mask[c - c0] = scale * mc::shifted_exp(acc(r[c]), temperature, st.max_z) * st.inv_sum;
   __syncthreads();
 }
 
@@ -64,10 +65,11 @@ __global__ void reweight_forward_kernel(ReweightPtrs<scalar_t, acc_t<scalar_t>> 
   FR_DYNAMIC_SMEM(acc, mask);
   const int64_t b = blockIdx.y;
   int64_t c0, c1;
-  chunk_mask(a.relevance + b * a.channels, a.channels, per_chunk, a.temperature, a.scale, mask, c0, c1);
+  chunk_mask<acc>(a.relevance + b * a.channels, a.channels, per_chunk, a.temperature, a.scale, mask, c0, c1);
   const int64_t base = (b * a.channels + c0) * a.spatial, n = (c1 - c0) * a.spatial;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
-    a.out[base + i] = acc(a.feat[base + i]) * mask[i / a.spatial];
+  FR_GLOBAL(const scalar_t) feat = a.feat + base;
+  FR_GLOBAL(scalar_t) out = a.out + base;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[i] = acc(feat[i]) * mask[i / a.spatial];
 }
 
 // grad_feat = grad_out * m_c and d_c = sum_hw grad_out * feat, a warp per channel.
@@ -77,19 +79,23 @@ __global__ void reweight_backward_feat_kernel(ReweightPtrs<scalar_t, acc_t<scala
   FR_DYNAMIC_SMEM(acc, mask);
   const int64_t b = blockIdx.y;
   int64_t c0, c1;
-  chunk_mask(a.relevance + b * a.channels, a.channels, per_chunk, a.temperature, a.scale, mask, c0, c1);
+  chunk_mask<acc>(a.relevance + b * a.channels, a.channels, per_chunk, a.temperature, a.scale, mask, c0, c1);
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize, warps = blockDim.x / kWarpSize;
+  FR_GLOBAL(acc) channel_dots = a.channel_dots;
   for (int64_t c = c0 + warp; c < c1; c += warps) {
     const int64_t base = (b * a.channels + c) * a.spatial;
+    FR_GLOBAL(const scalar_t) grad_out = a.grad_out + base;
+    FR_GLOBAL(const scalar_t) feat = a.feat + base;
+    FR_GLOBAL(scalar_t) out = a.out + base;
     const acc m = mask[c - c0];
     acc dot = 0;
     for (int64_t i = lane; i < a.spatial; i += kWarpSize) {
-      const acc g = a.grad_out[base + i];
-      dot += g * acc(a.feat[base + i]);
-      a.out[base + i] = g * m;
+      const acc g = acc(grad_out[i]);
+      dot += g * acc(feat[i]);
+      out[i] = g * m;
     }
     dot = warp_sum(dot);
-    if (lane == 0) a.channel_dots[b * a.channels + c] = dot;
+    if (lane == 0) channel_dots[b * a.channels + c] = dot;
   }
 }
 
@@ -98,16 +104,17 @@ template <typename scalar_t>
 __global__ void reweight_backward_relevance_kernel(ReweightPtrs<scalar_t, acc_t<scalar_t>> a) {
   using acc = acc_t<scalar_t>;
   const int64_t b = blockIdx.x;
-  const acc* r = a.relevance + b * a.channels;
-  const acc* d = a.channel_dots + b * a.channels;
+  FR_GLOBAL(const acc) r = a.relevance + b * a.channels;
+  FR_GLOBAL(const acc) d = a.channel_dots + b * a.channels;
+  FR_GLOBAL(acc) grad_relevance = a.grad_relevance + b * a.channels;
   const SoftmaxStats<acc> st = softmax_stats(r, a.channels, a.temperature);
   acc p_dot_d = 0;
   for (int64_t c = threadIdx.x; c < a.channels; c += blockDim.x)
-    p_dot_d += mc::shifted_exp(r[c], a.temperature, st.max_z) * st.inv_sum * d[c];
+    p_dot_d += mc::shifted_exp(acc(r[c]), a.temperature, st.max_z) * st.inv_sum * acc(d[c]);
   p_dot_d = block_sum(p_dot_d);
   for (int64_t c = threadIdx.x; c < a.channels; c += blockDim.x) {
-    const acc p = mc::shifted_exp(r[c], a.temperature, st.max_z) * st.inv_sum;
-    a.grad_relevance[b * a.channels + c] = mc::relevance_grad(p, d[c], p_dot_d, a.scale, a.temperature);
+    const acc p = mc::shifted_exp(acc(r[c]), a.temperature, st.max_z) * st.inv_sum;
+    grad_relevance[c] = mc::relevance_grad(p, acc(d[c]), p_dot_d, a.scale, a.temperature);
   }
 }
 

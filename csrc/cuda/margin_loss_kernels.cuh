@@ -47,9 +47,11 @@ __global__ void margin_loss_kernel(MarginPtrs<scalar_t, acc_t<scalar_t>> p) {
   const int lane = threadIdx.x % kWarpSize;
   const int64_t classes = p.classes;
   FR_DEVICE_ASSERT(p.valid(row), "margin_loss: labels and targets must be class indices in [0, classes)");
-  const scalar_t* z = p.logits + row * classes;
-  const int y = static_cast<int>(p.labels[row]);
-  const int t = p.targets ? static_cast<int>(p.targets[row]) : mm::kNoClass;
+  FR_GLOBAL(const scalar_t) z = p.logits + row * classes;
+  FR_GLOBAL(const int64_t) labels = p.labels;
+  FR_GLOBAL(const int64_t) targets = p.targets;
+  const int y = static_cast<int>(int64_t(labels[row]));
+  const int t = p.targets ? static_cast<int>(int64_t(targets[row])) : mm::kNoClass;
   const int excluded = p.excluded(row);
   RowStats<acc> s;
   for (int64_t c = lane; c < classes; c += kWarpSize) s.push(acc(z[c]), static_cast<int>(c), excluded);
@@ -57,13 +59,15 @@ __global__ void margin_loss_kernel(MarginPtrs<scalar_t, acc_t<scalar_t>> p) {
   s.z_y = acc(z[y]);
   if (p.targets) s.z_t = acc(z[t]);
   const Terms<acc> tm = mm::terms(p.kind, p.targets != nullptr, s, y, t, p.kappa);
+  FR_GLOBAL(scalar_t) out = p.out;
   if (!backward) {
-    if (lane == 0) p.out[row] = tm.loss;
+    if (lane == 0) out[row] = tm.loss;
     return;
   }
-  const acc g = p.grad_loss[row];
+  FR_GLOBAL(const scalar_t) grad_loss = p.grad_loss;
+  const acc g = acc(grad_loss[row]);
   for (int64_t c = lane; c < classes; c += kWarpSize)
-    p.out[row * classes + c] = g * mm::coefficient(tm, static_cast<int>(c));
+    out[row * classes + c] = g * mm::coefficient(tm, static_cast<int>(c));
 }
 
 template <typename scalar_t, bool backward>

@@ -33,10 +33,12 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) median3x3_forward_kernel(ForwardPtrs<scalar_t> a) {
   using acc = acc_t<scalar_t>;
   const int64_t H = a.height, W = a.width, plane_size = H * W;
+  FR_GLOBAL(scalar_t) y = a.y;
+  FR_GLOBAL(uint8_t) arg = a.arg;
   grid_stride(a.planes * plane_size, [&](int64_t i) {
     const int64_t plane = i / plane_size, rem = i - plane * plane_size;
     const int64_t h = rem / W, w = rem - h * W;
-    const scalar_t* x = a.x + plane * plane_size;
+    FR_GLOBAL(const scalar_t) x = a.x + plane * plane_size;
     int64_t rows[3], cols[3];
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
@@ -47,8 +49,8 @@ __global__ void __launch_bounds__(kThreads) median3x3_forward_kernel(ForwardPtrs
 #pragma unroll
     for (int k = 0; k < mm::kWindow; ++k) v[k] = static_cast<acc>(x[rows[k / 3] + cols[k % 3]]);
     const mm::Selected<acc, int> s = mm::median_of_nine<acc, int>(v);
-    a.y[i] = static_cast<scalar_t>(s.value);
-    a.arg[i] = static_cast<uint8_t>(s.position);
+    y[i] = static_cast<scalar_t>(s.value);
+    arg[i] = static_cast<uint8_t>(s.position);
   });
 }
 
@@ -56,6 +58,9 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) median3x3_backward_kernel(BackwardPtrs<scalar_t> a) {
   using acc = acc_t<scalar_t>;
   const int64_t H = a.height, W = a.width, plane_size = H * W;
+  FR_GLOBAL(const uint8_t) arg = a.arg;
+  FR_GLOBAL(const scalar_t) grad_y = a.grad_y;
+  FR_GLOBAL(scalar_t) grad_x = a.grad_x;
   grid_stride(a.planes * plane_size, [&](int64_t i) {
     const int64_t plane = i / plane_size, rem = i - plane * plane_size;
     const int64_t h = rem / W, w = rem - h * W;
@@ -66,10 +71,11 @@ __global__ void __launch_bounds__(kThreads) median3x3_backward_kernel(BackwardPt
       const int64_t oh = h + e / 3 - 1, ow = w + e % 3 - 1;
       if (oh < 0 || oh >= H || ow < 0 || ow >= W) continue;
       const int64_t o = base + oh * W + ow;
-      FR_DEVICE_ASSERT(a.arg[o] < mm::kWindow, "_median3x3_backward: arg must hold window positions in [0, 9)");
-      if (mm::source_offset<int64_t>(a.arg[o], oh, ow, H, W) == mm::opposite(e)) sum += static_cast<acc>(a.grad_y[o]);
+      const uint8_t position = arg[o];
+      FR_DEVICE_ASSERT(position < mm::kWindow, "_median3x3_backward: arg must hold window positions in [0, 9)");
+      if (mm::source_offset<int64_t>(position, oh, ow, H, W) == mm::opposite(e)) sum += static_cast<acc>(grad_y[o]);
     }
-    a.grad_x[i] = static_cast<scalar_t>(sum);
+    grad_x[i] = static_cast<scalar_t>(sum);
   });
 }
 

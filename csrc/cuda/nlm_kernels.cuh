@@ -64,8 +64,8 @@ __device__ __forceinline__ T row_reduce(T v, Op op) {
 // dst[w * stride + t] = src[(w0 + w) * n + p0 + t] for w < rows, t < kCols, where src is one
 // sample's (width, n) slice; 0 outside it. Consecutive threads read consecutive positions.
 template <int kCols = kTile, typename scalar_t, typename acc>
-__device__ __forceinline__ void stage(smem_ptr<acc> dst, int stride, const scalar_t* src, int64_t width, int64_t n,
-                                      int64_t w0, int rows, int64_t p0) {
+__device__ __forceinline__ void stage(smem_ptr<acc> dst, int stride, FR_GLOBAL(const scalar_t) src, int64_t width,
+                                      int64_t n, int64_t w0, int rows, int64_t p0) {
   for (int e = threadIdx.x; e < rows * kCols; e += blockDim.x) {
     const int w = e / kCols, t = e % kCols;
     const int64_t ch = w0 + w, pos = p0 + t;
@@ -76,8 +76,8 @@ __device__ __forceinline__ void stage(smem_ptr<acc> dst, int stride, const scala
 // s[u] = sum_w A[w, a0 + row] * B[w, b0 + col + kRowThreads u] over the width, A and B one
 // sample's (width, n) slices (0 outside them). Every thread of the block must call it.
 template <typename scalar_t, typename acc>
-__device__ void tile_dot(acc (&s)[kTileCols], const scalar_t* A, const scalar_t* B, int64_t width, int64_t n,
-                         int64_t a0, int64_t b0, smem_ptr<acc> As, smem_ptr<acc> Bs) {
+__device__ void tile_dot(acc (&s)[kTileCols], FR_GLOBAL(const scalar_t) A, FR_GLOBAL(const scalar_t) B, int64_t width,
+                         int64_t n, int64_t a0, int64_t b0, smem_ptr<acc> As, smem_ptr<acc> Bs) {
   const Lane ln = lane_of();
   for (int u = 0; u < kTileCols; ++u) s[u] = acc(0);
   for (int64_t w0 = 0; w0 < width; w0 += kTile) {
@@ -98,7 +98,7 @@ template <typename scalar_t, typename acc>
 __device__ void probability_tile(acc (&p)[kTileCols], const Ptrs<scalar_t, acc>& a, int64_t b, int64_t q0,
                                  int64_t k0, smem_ptr<acc> As, smem_ptr<acc> Bs) {
   const int64_t n = a.positions;
-  tile_dot(p, a.theta + b * a.dim * n, a.phi + b * a.dim * n, a.dim, n, q0, k0, As, Bs);
+  tile_dot<scalar_t>(p, a.theta + b * a.dim * n, a.phi + b * a.dim * n, a.dim, n, q0, k0, As, Bs);
   const Lane ln = lane_of();
   const int64_t i = q0 + ln.row;
   const acc lse = i < n ? a.lse[b * n + i] : acc(0);
@@ -115,7 +115,7 @@ __device__ void logit_grad_tile(acc (&ds)[kTileCols], const Ptrs<scalar_t, acc>&
   const int64_t n = a.positions;
   acc p[kTileCols];
   probability_tile(p, a, b, q0, k0, As, Bs);
-  tile_dot(ds, a.grad_y + b * a.channels * n, a.g + b * a.channels * n, a.channels, n, q0, k0, As, Bs);
+  tile_dot<scalar_t>(ds, a.grad_y + b * a.channels * n, a.g + b * a.channels * n, a.channels, n, q0, k0, As, Bs);
   const Lane ln = lane_of();
   const int64_t i = q0 + ln.row;
   const acc d = i < n ? a.row_dot[b * n + i] : acc(0);
@@ -142,8 +142,8 @@ __device__ __forceinline__ void accumulate(acc (&out)[kOutCols], smem_ptr<acc> T
 
 // dst[(w0 + col + kRowThreads c) * n + p0 + row] = o[c] * factor, inside one sample's (width, n) slice.
 template <typename scalar_t, typename acc>
-__device__ __forceinline__ void store_output(scalar_t* dst, const acc (&o)[kOutCols], acc factor, int64_t width,
-                                             int64_t n, int64_t w0, int64_t p0) {
+__device__ __forceinline__ void store_output(FR_GLOBAL(scalar_t) dst, const acc (&o)[kOutCols], acc factor,
+                                             int64_t width, int64_t n, int64_t w0, int64_t p0) {
   const Lane ln = lane_of();
   const int64_t pos = p0 + ln.row;
   if (pos >= n) return;
@@ -163,12 +163,12 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Ptrs<scalar_t, acc_t<
   const Lane ln = lane_of();
   const int64_t b = blockIdx.z, q0 = int64_t(blockIdx.x) * kTile, c0 = int64_t(blockIdx.y) * kOutWidth;
   const int64_t n = a.positions;
-  const scalar_t* g = a.g + b * a.channels * n;
+  FR_GLOBAL(const scalar_t) g = a.g + b * a.channels * n;
   acc o[kOutCols] = {};
   acc m = mn::neg_inf<acc>(), l = 0;
   for (int64_t k0 = 0; k0 < n; k0 += kTile) {
     acc s[kTileCols];
-    tile_dot(s, a.theta + b * a.dim * n, a.phi + b * a.dim * n, a.dim, n, q0, k0, As, Bs);
+    tile_dot<scalar_t>(s, a.theta + b * a.dim * n, a.phi + b * a.dim * n, a.dim, n, q0, k0, As, Bs);
     acc tile_max = mn::neg_inf<acc>();
     for (int u = 0; u < kTileCols; ++u) {
       s[u] = k0 + ln.col + kRowThreads * u < n ? a.scale * s[u] : mn::neg_inf<acc>();
@@ -190,9 +190,10 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Ptrs<scalar_t, acc_t<
     accumulate<false>(o, Ps, Vs);
     __syncthreads();
   }
-  store_output(a.out + b * a.channels * n, o, acc(1) / l, a.channels, n, c0, q0);
+  store_output<scalar_t>(a.out + b * a.channels * n, o, acc(1) / l, a.channels, n, c0, q0);
   const int64_t i = q0 + ln.row;
-  if (blockIdx.y == 0 && ln.col == 0 && i < n) a.lse[b * n + i] = mn::row_lse(m, l);
+  FR_GLOBAL(acc) lse = a.lse;
+  if (blockIdx.y == 0 && ln.col == 0 && i < n) lse[b * n + i] = mn::row_lse(m, l);
 }
 
 template <typename scalar_t>
@@ -201,11 +202,12 @@ __global__ void row_dot_kernel(Ptrs<scalar_t, acc_t<scalar_t>> a) {
   const int64_t n = a.positions;
   grid_stride(a.batch * n, [&](int64_t idx) {
     const int64_t b = idx / n, i = idx % n;
-    const scalar_t* dy = a.grad_y + b * a.channels * n + i;
-    const scalar_t* y = a.y + b * a.channels * n + i;
+    FR_GLOBAL(const scalar_t) dy = a.grad_y + b * a.channels * n + i;
+    FR_GLOBAL(const scalar_t) y = a.y + b * a.channels * n + i;
+    FR_GLOBAL(acc) row_dot = a.row_dot;
     acc d = 0;
     for (int64_t c = 0; c < a.channels; ++c) d += acc(dy[c * n]) * acc(y[c * n]);
-    a.row_dot[idx] = d;
+    row_dot[idx] = d;
   });
 }
 
@@ -229,8 +231,8 @@ __global__ void __launch_bounds__(kThreads) grad_kernel(Ptrs<scalar_t, acc_t<sca
   const int64_t b = blockIdx.z, p0 = int64_t(blockIdx.x) * kTile, w0 = int64_t(blockIdx.y) * kOutWidth;
   const int64_t n = a.positions;
   const int64_t width = kWhich == Grad::kG ? a.channels : a.dim;
-  const scalar_t* x = kWhich == Grad::kG ? a.grad_y : (kWhich == Grad::kPhi ? a.theta : a.phi);
-  scalar_t* out = kWhich == Grad::kG ? a.grad_g : (kWhich == Grad::kPhi ? a.grad_phi : a.grad_theta);
+  FR_GLOBAL(const scalar_t) x = kWhich == Grad::kG ? a.grad_y : (kWhich == Grad::kPhi ? a.theta : a.phi);
+  FR_GLOBAL(scalar_t) out = kWhich == Grad::kG ? a.grad_g : (kWhich == Grad::kPhi ? a.grad_phi : a.grad_theta);
   acc o[kOutCols] = {};
   for (int64_t other0 = 0; other0 < n; other0 += kTile) {
     const int64_t q0 = kByKey ? other0 : p0, k0 = kByKey ? p0 : other0;

@@ -72,8 +72,9 @@ using FragF = wmma::fragment<wmma::accumulator, kWmmaDim, kWmmaDim, kWmmaDim, fl
 // chunks of kChunk rows staged in Own ([k][position], kLdTheta) and Oth ([k][position], kLdKey),
 // each consumed as kChunk / 16 warp products. Every thread of the block must call it.
 template <typename scalar_t>
-__device__ void tile_product(smem_ptr<float> dst, const scalar_t* own, const scalar_t* other, int64_t width,
-                             int64_t n, int64_t p0, int64_t o0, smem_ptr<scalar_t> Own, smem_ptr<scalar_t> Oth) {
+__device__ void tile_product(smem_ptr<float> dst, FR_GLOBAL(const scalar_t) own, FR_GLOBAL(const scalar_t) other,
+                             int64_t width, int64_t n, int64_t p0, int64_t o0, smem_ptr<scalar_t> Own,
+                             smem_ptr<scalar_t> Oth) {
   using namespace tc;
   using E = typename wmma_element<scalar_t>::type;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
@@ -120,7 +121,7 @@ __device__ __forceinline__ void accumulate_product(FragF (&acc)[kWidth / kWmmaDi
 // out[(w0 + c) * n + p0 + r] = Fs[r * kLdO + c] * (row_inv ? row_inv[r] : 1) inside one
 // sample's (width, n) slice; consecutive threads write consecutive positions.
 template <typename scalar_t>
-__device__ __forceinline__ void store_tile_output(scalar_t* out, smem_ptr<float> Fs, smem_ptr<float> row_inv,
+__device__ __forceinline__ void store_tile_output(FR_GLOBAL(scalar_t) out, smem_ptr<float> Fs, smem_ptr<float> row_inv,
                                                   int64_t width, int64_t n, int64_t w0, int64_t p0) {
   using namespace tc;
   for (int e = threadIdx.x; e < kOutWidth * kQueries; e += blockDim.x) {
@@ -148,9 +149,9 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
   const int row = warp * kWmmaDim + lane / 2, half = lane % 2;  // this lane's softmax row and keys
   const int64_t b = blockIdx.z, q0 = int64_t(blockIdx.x) * kQueries, c0 = int64_t(blockIdx.y) * kOutWidth;
   const int64_t n = a.positions;
-  const scalar_t* theta = a.theta + b * a.dim * n;
-  const scalar_t* phi = a.phi + b * a.dim * n;
-  const scalar_t* g = a.g + b * a.channels * n;
+  FR_GLOBAL(const scalar_t) theta = a.theta + b * a.dim * n;
+  FR_GLOBAL(const scalar_t) phi = a.phi + b * a.dim * n;
+  FR_GLOBAL(const scalar_t) g = a.g + b * a.channels * n;
   for (int e = threadIdx.x; e < kQueries * kLdO; e += blockDim.x) Os[e] = 0.f;
   // The zeroing above is spread over the block, the rescaling below is per warp: a barrier
   // between them (the products' barriers do not run when d = 0).
@@ -207,7 +208,7 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
   }
   if (!kWithOutput) return;
   __syncthreads();
-  store_tile_output(a.out + b * a.channels * n, Os, row_inv, a.channels, n, c0, q0);
+  store_tile_output<scalar_t>(a.out + b * a.channels * n, Os, row_inv, a.channels, n, c0, q0);
 #else
   __trap();  // compiled for a GPU without bf16 tensor cores: the host never launches it there
 #endif
@@ -245,12 +246,13 @@ __global__ void __launch_bounds__(kThreads) slice_wmma_kernel(Ptrs<scalar_t, flo
   const int64_t b = blockIdx.z, p0 = int64_t(blockIdx.x) * kQueries, w0 = int64_t(blockIdx.y) * kGradWidth;
   const int64_t n = a.positions;
   const int64_t width = kChannels ? a.channels : a.dim;
-  const scalar_t* theta = a.theta + b * a.dim * n;
-  const scalar_t* phi = a.phi + b * a.dim * n;
-  const scalar_t* g = a.g + b * a.channels * n;
-  const scalar_t* dy = kWhich == Slice::kY ? nullptr : a.grad_y + b * a.channels * n;
-  const scalar_t* x = kWhich == Slice::kY ? g : (kWhich == Slice::kG ? dy : (kWhich == Slice::kPhi ? theta : phi));
-  scalar_t* out = (kWhich == Slice::kY ? a.out
+  FR_GLOBAL(const scalar_t) theta = a.theta + b * a.dim * n;
+  FR_GLOBAL(const scalar_t) phi = a.phi + b * a.dim * n;
+  FR_GLOBAL(const scalar_t) g = a.g + b * a.channels * n;
+  FR_GLOBAL(const scalar_t) dy = kWhich == Slice::kY ? nullptr : a.grad_y + b * a.channels * n;
+  FR_GLOBAL(const scalar_t) x =
+      kWhich == Slice::kY ? g : (kWhich == Slice::kG ? dy : (kWhich == Slice::kPhi ? theta : phi));
+  FR_GLOBAL(scalar_t) out = (kWhich == Slice::kY ? a.out
                                        : (kWhich == Slice::kG ? a.grad_g
                                                               : (kWhich == Slice::kPhi ? a.grad_phi : a.grad_theta))) +
                   b * width * n;

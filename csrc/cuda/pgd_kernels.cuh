@@ -54,16 +54,20 @@ inline dim3 row_grid(int64_t rows) {
 template <typename scalar_t, bool with_noise>
 __global__ void linf_step_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
   using acc = acc_t<scalar_t>;
+  FR_GLOBAL(scalar_t) x = p.x;
+  FR_GLOBAL(const scalar_t) x0 = p.x0;
+  FR_GLOBAL(const scalar_t) grad = p.grad;
+  FR_GLOBAL(const scalar_t) noise = p.noise;
   grid_stride(p.rows * p.row_size, [&](int64_t i) {
     const int64_t row = i / p.row_size;
     const acc eps = p.eps_of(row), alpha = p.alpha_of(row);
     FR_CHECK_ROW_PARAM(eps, "eps");  // inactive rows too, as the CPU backend's host check
     FR_CHECK_ROW_PARAM(alpha, "alpha");
     if (!p.is_active(row)) return;
-    const acc noise = with_noise ? acc(p.noise[i]) : acc(0);
+    const acc noise_i = with_noise ? acc(noise[i]) : acc(0);
     const acc step = m::signed_step(alpha, p.descent);
-    p.x[i] = m::project_linf(m::raw_step<acc, Norm::Linf>(acc(p.x[i]), acc(p.grad[i]), step, acc(1), noise),
-                             acc(p.x0[i]), eps, p.lo, p.hi);
+    x[i] = m::project_linf(m::raw_step<acc, Norm::Linf>(acc(x[i]), acc(grad[i]), step, acc(1), noise_i),
+                           acc(x0[i]), eps, p.lo, p.hi);
   });
 }
 
@@ -76,17 +80,21 @@ __global__ void l2_step_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
   FR_CHECK_ROW_PARAM(alpha, "alpha");
   if (!p.is_active(row)) return;
   const int64_t n = p.row_size, base = row * n;
-  scalar_t* x = p.x + base;
-  const scalar_t* x0 = p.x0 + base;
-  const scalar_t* g = p.grad + base;
+  FR_GLOBAL(scalar_t) x = p.x + base;
+  FR_GLOBAL(const scalar_t) x0 = p.x0 + base;
+  FR_GLOBAL(const scalar_t) g = p.grad + base;
+  FR_GLOBAL(const scalar_t) noise_row = with_noise ? p.noise + base : nullptr;
   const acc step = m::signed_step(alpha, p.descent);
 
   acc s = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += acc(g[i]) * acc(g[i]);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const acc gi = acc(g[i]);
+    s += gi * gi;
+  }
   const acc gden = m::l2_denominator(block_sum(s));
 
   auto moved = [&](int64_t i) {
-    const acc noise = with_noise ? acc(p.noise[base + i]) : acc(0);
+    const acc noise = with_noise ? acc(noise_row[i]) : acc(0);
     return m::raw_step<acc, Norm::L2>(acc(x[i]), acc(g[i]), step, gden, noise);
   };
   s = 0;
@@ -104,10 +112,12 @@ __global__ void l2_step_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
 template <typename scalar_t>
 __global__ void linf_random_init_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
   using acc = acc_t<scalar_t>;
+  FR_GLOBAL(scalar_t) x = p.x;
+  FR_GLOBAL(const scalar_t) x0 = p.x0;
   grid_stride(p.rows * p.row_size, [&](int64_t i) {
     const acc eps = p.eps_of(i / p.row_size);
     FR_CHECK_ROW_PARAM(eps, "eps");
-    p.x[i] = m::linf_start(acc(p.x0[i]), eps, philox::uniform(p.seed, p.offset, static_cast<uint64_t>(i)),
+    x[i] = m::linf_start(acc(x0[i]), eps, philox::uniform(p.seed, p.offset, static_cast<uint64_t>(i)),
                            p.lo, p.hi);
   });
 }
@@ -116,6 +126,8 @@ template <typename scalar_t>
 __global__ void l2_random_init_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
   using acc = acc_t<scalar_t>;
   const int64_t row = blockIdx.x, n = p.row_size, base = row * n;
+  FR_GLOBAL(scalar_t) x = p.x + base;
+  FR_GLOBAL(const scalar_t) x0 = p.x0 + base;
   auto gauss = [&](int64_t i) {
     return acc(philox::normal(p.seed, p.offset, static_cast<uint64_t>(base + i)));
   };
@@ -126,8 +138,7 @@ __global__ void l2_random_init_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
   const acc radius = m::l2_start_radius(
       eps, philox::uniform(p.seed, p.offset ^ m::kRadiusStream, static_cast<uint64_t>(row)), n);
   const acc scale = radius / m::l2_denominator(block_sum(s));
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
-    p.x[base + i] = m::clamp(acc(p.x0[base + i]) + gauss(i) * scale, p.lo, p.hi);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) x[i] = m::clamp(acc(x0[i]) + gauss(i) * scale, p.lo, p.hi);
 }
 
 // ---- apgd_step_ --------------------------------------------------------------------------
@@ -135,16 +146,21 @@ __global__ void l2_random_init_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
 template <typename scalar_t>
 __global__ void linf_apgd_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
   using acc = acc_t<scalar_t>;
+  FR_GLOBAL(scalar_t) x = p.x;
+  FR_GLOBAL(scalar_t) x_prev = p.x_prev;
+  FR_GLOBAL(const scalar_t) x0 = p.x0;
+  FR_GLOBAL(const scalar_t) grad = p.grad;
   grid_stride(p.rows * p.row_size, [&](int64_t i) {
     const int64_t row = i / p.row_size;
-    const acc eps = p.eps_of(row), eta = p.alpha_of(row), xi = p.x[i], x0i = p.x0[i];
+    const scalar_t x_old = x[i];
+    const acc eps = p.eps_of(row), eta = p.alpha_of(row), xi = acc(x_old), x0i = acc(x0[i]);
     FR_CHECK_ROW_PARAM(eps, "eps");
     FR_CHECK_ROW_PARAM(eta, "eta");
-    const acc z = m::project_linf(m::raw_step<acc, Norm::Linf>(xi, acc(p.grad[i]), eta, acc(1), acc(0)),
+    const acc z = m::project_linf(m::raw_step<acc, Norm::Linf>(xi, acc(grad[i]), eta, acc(1), acc(0)),
                                   x0i, eps, p.lo, p.hi);
-    const acc x_new = m::project_linf(m::momentum_mix(xi, z, acc(p.x_prev[i]), p.momentum), x0i, eps, p.lo, p.hi);
-    p.x_prev[i] = p.x[i];
-    p.x[i] = x_new;
+    const acc x_new = m::project_linf(m::momentum_mix(xi, z, acc(x_prev[i]), p.momentum), x0i, eps, p.lo, p.hi);
+    x_prev[i] = x_old;
+    x[i] = x_new;
   });
 }
 
@@ -152,16 +168,19 @@ template <typename scalar_t>
 __global__ void l2_apgd_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
   using acc = acc_t<scalar_t>;
   const int64_t row = blockIdx.x, n = p.row_size, base = row * n;
-  scalar_t* x = p.x + base;
-  scalar_t* xp = p.x_prev + base;
-  const scalar_t* x0 = p.x0 + base;
-  const scalar_t* g = p.grad + base;
+  FR_GLOBAL(scalar_t) x = p.x + base;
+  FR_GLOBAL(scalar_t) xp = p.x_prev + base;
+  FR_GLOBAL(const scalar_t) x0 = p.x0 + base;
+  FR_GLOBAL(const scalar_t) g = p.grad + base;
   const acc eps = p.eps_of(row), eta = p.alpha_of(row);
   FR_CHECK_ROW_PARAM(eps, "eps");
   FR_CHECK_ROW_PARAM(eta, "eta");
 
   acc s = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += acc(g[i]) * acc(g[i]);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const acc gi = acc(g[i]);
+    s += gi * gi;
+  }
   const acc gden = m::l2_denominator(block_sum(s));
   auto z_raw = [&](int64_t i) { return m::raw_step<acc, Norm::L2>(acc(x[i]), acc(g[i]), eta, gden, acc(0)); };
   s = 0;
@@ -181,8 +200,9 @@ __global__ void l2_apgd_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
   }
   const acc shrink = m::l2_shrink(block_sum(s), eps);
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const scalar_t x_old = x[i];
     const acc x_new = m::project_l2(mixed(i), acc(x0[i]), shrink, p.lo, p.hi);
-    xp[i] = x[i];
+    xp[i] = x_old;
     x[i] = x_new;
   }
 }
@@ -193,16 +213,26 @@ __global__ void l2_apgd_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
 // row if it is better, and thread 0 writes the scalars once all threads have read them.
 template <typename scalar_t>
 __global__ void update_best_kernel(BestPtrs<scalar_t, acc_t<scalar_t>> b) {
+  using acc = acc_t<scalar_t>;
   const int64_t row = blockIdx.x, n = b.row_size;
-  const bool take = m::better(b.mode, b.loss[row], b.is_adv[row], b.best_loss[row], b.success[row]);
-  const bool usable = m::usable_point(b.loss[row]);
-  const bool adv = usable && b.is_adv[row];
+  FR_GLOBAL(acc) best_loss = b.best_loss;
+  FR_GLOBAL(bool) success = b.success;
+  FR_GLOBAL(const acc) losses = b.loss;
+  FR_GLOBAL(const bool) adversarial = b.is_adv;
+  const acc loss = losses[row];
+  const bool is_adv = adversarial[row];
+  const bool succeeded = success[row];
+  const bool take = m::better(b.mode, loss, is_adv, acc(best_loss[row]), succeeded);
+  const bool usable = m::usable_point(loss);
+  const bool adv = usable && is_adv;
+  FR_GLOBAL(scalar_t) best_x = b.best_x + row * n;
+  FR_GLOBAL(const scalar_t) x = b.x + row * n;
   if (take)
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) b.best_x[row * n + i] = b.x[row * n + i];
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) best_x[i] = x[i];
   __syncthreads();
   if (threadIdx.x == 0) {
-    if (take) b.best_loss[row] = b.loss[row];
-    b.success[row] = b.success[row] || adv;
+    if (take) best_loss[row] = loss;
+    success[row] = succeeded || adv;
     if (b.nonfinite != nullptr) b.nonfinite[row] = b.nonfinite[row] || !usable;
   }
 }

@@ -73,8 +73,8 @@ inline LaunchConfig make_config(const Geometry& g, int k, size_t acc_bytes, bool
 
 // Copies `planes` haloed windows of x (rows h0-halo .., cols w0-halo ..) into shared memory,
 // converted to the accumulation type, with zeros outside the image (the conv's padding).
-template <typename scalar_t, typename acc>
-__device__ __forceinline__ void load_window(smem_ptr<acc> dst, const scalar_t* __restrict__ x,
+template <typename acc, typename GlobalPointer>
+__device__ __forceinline__ void load_window(smem_ptr<acc> dst, GlobalPointer x,
                                             int64_t plane0, int64_t plane_stride, int planes,
                                             int H, int W, int h0, int w0, int wh, int ww) {
   const int n = planes * wh * ww;
@@ -112,8 +112,8 @@ __device__ __forceinline__ BlockTile block_tile(int64_t B, int64_t C, int H, int
 
 template <typename scalar_t, int K>
 __global__ void __launch_bounds__(kThreads)
-sparta_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ weight,
-                      const scalar_t* __restrict__ bias, scalar_t* __restrict__ y, int64_t B,
+sparta_forward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) x, FR_GLOBAL_RESTRICT(const scalar_t) weight,
+                      FR_GLOBAL_RESTRICT(const scalar_t) bias, FR_GLOBAL_RESTRICT(scalar_t) y, int64_t B,
                       int64_t C, int H, int W, int tile_h, int tile_w, int planes, int tiles_w) {
   using acc = acc_t<scalar_t>;
   constexpr int R = K / 2;
@@ -156,9 +156,9 @@ sparta_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict
 // reduce_partials_kernel sums in a fixed order: deterministic, unlike one atomic per tap.
 template <typename scalar_t, int K>
 __global__ void __launch_bounds__(kThreads)
-sparta_backward_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ x,
-                       const scalar_t* __restrict__ weight, const scalar_t* __restrict__ bias,
-                       scalar_t* __restrict__ grad_x, acc_t<scalar_t>* __restrict__ partials,
+sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_RESTRICT(const scalar_t) x,
+                       FR_GLOBAL_RESTRICT(const scalar_t) weight, FR_GLOBAL_RESTRICT(const scalar_t) bias,
+                       FR_GLOBAL_RESTRICT(scalar_t) grad_x, FR_GLOBAL_RESTRICT(acc_t<scalar_t>) partials,
                        int64_t B, int64_t C, int H, int W, int tile_h, int tile_w, int planes, int tiles_w) {
   using acc = acc_t<scalar_t>;
   constexpr int R = K / 2;
@@ -247,12 +247,12 @@ sparta_backward_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __re
 // grad_w[c, t] (t < K*K) and grad_b[c] (t = K*K): the blocks' partial sums of channel c added
 // in block order, one thread per (channel, tap).
 template <typename acc>
-__global__ void reduce_partials_kernel(const acc* __restrict__ partials, acc* __restrict__ grad_w,
-                                       acc* __restrict__ grad_b, int64_t channels, int taps, int64_t blocks) {
+__global__ void reduce_partials_kernel(FR_GLOBAL_RESTRICT(const acc) partials, FR_GLOBAL_RESTRICT(acc) grad_w,
+                                       FR_GLOBAL_RESTRICT(acc) grad_b, int64_t channels, int taps, int64_t blocks) {
   grid_stride(channels * taps, [&](int64_t i) {
     const int64_t c = i / taps;
     const int t = static_cast<int>(i % taps);
-    const acc* p = partials + c * blocks * taps + t;
+    FR_GLOBAL(const acc) p = partials + c * blocks * taps + t;
     acc sum = acc(0);
     for (int64_t blk = 0; blk < blocks; ++blk) sum += p[blk * taps];
     if (t < taps - 1)

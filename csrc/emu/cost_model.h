@@ -5,8 +5,9 @@
 //     plain T* under nvcc). A warp-wide load or store is served in 32-byte sectors: its cost is
 //     the number of distinct sectors its lanes touch, its useful bytes what the lanes asked
 //     for (sector efficiency = useful / (32 x sectors)). DRAM bytes are modelled as every
-//     distinct sector the launch touches, read or written once (a perfect L2: an H100's 50 MB
-//     hold the working set of our kernels; a lower bound on real traffic).
+//     distinct sector the launch reads, read once, plus every distinct sector it writes,
+//     written once (a perfect L2: an H100's 50 MB hold the working set of our kernels; a
+//     lower bound on real traffic).
 //   - Shared memory: 32 banks of 4-byte words; a warp-wide access takes as many wavefronts as
 //     the most distinct words any one bank must deliver (lanes reading one word share it), at
 //     best bytes / 128 (bank-conflict factor = wavefronts / that minimum). Each array's base is
@@ -46,13 +47,14 @@ struct CostTotals {
   uint64_t mma_ops = 0;  // m16n16k16 tensor-core operations (per warp)
   uint64_t mma_tile_loads = 0;  // wmma A/B tile loads (per warp; their bank conflicts are not modelled)
   uint64_t blocks_run = 0;
-  std::unordered_set<uint64_t> dram_sectors;
+  std::unordered_set<uint64_t> dram_read_sectors, dram_write_sectors;
 
   std::map<std::string, uint64_t> summary() const {
     return {{"global_load_requests", global_load_requests}, {"global_load_sectors", global_load_sectors},
             {"global_load_bytes", global_load_bytes}, {"global_store_requests", global_store_requests},
             {"global_store_sectors", global_store_sectors}, {"global_store_bytes", global_store_bytes},
-            {"dram_bytes", dram_sectors.size() * 32}, {"shared_requests", shared_requests},
+            {"dram_read_bytes", dram_read_sectors.size() * 32},
+            {"dram_write_bytes", dram_write_sectors.size() * 32}, {"shared_requests", shared_requests},
             {"shared_wavefronts", shared_wavefronts}, {"shared_ideal_wavefronts", shared_ideal_wavefronts},
             {"mma_ops", mma_ops}, {"mma_tile_loads", mma_tile_loads}, {"blocks_run", blocks_run}};
   }
@@ -140,15 +142,17 @@ inline void cost_flush(unsigned tid) {
 namespace detail {
 
 inline void count_global(CostTotals& t, const std::vector<const MemoryAccess*>& warp_access) {
-  std::unordered_set<uint64_t> sectors;
+  // Useful bytes: the distinct bytes the lanes ask for (lanes reading one address share it).
+  std::unordered_set<uint64_t> sectors, starts;
   uint64_t bytes = 0;
   bool write = false;
   for (const MemoryAccess* a : warp_access) {
     for (uint64_t s = a->address / 32; s <= (a->address + a->bytes - 1) / 32; ++s) sectors.insert(s);
-    bytes += a->bytes;
+    if (starts.insert(a->address).second) bytes += a->bytes;
     write = write || a->write;
   }
-  for (uint64_t s : sectors) t.dram_sectors.insert(s);
+  auto& dram = write ? t.dram_write_sectors : t.dram_read_sectors;
+  for (uint64_t s : sectors) dram.insert(s);
   if (write) {
     t.global_store_requests += 1;
     t.global_store_sectors += sectors.size();
@@ -220,6 +224,13 @@ class GlobalRef {
     return *p_;
   }
   Value load() const { return static_cast<Value>(*this); }
+  // acc(ref) for a 16-bit float element: Half -> float is itself a user conversion, which a
+  // cast may not chain after this class's, so convert in one step.
+  template <typename U, typename = std::enable_if_t<!std::is_same_v<U, Value> && std::is_arithmetic_v<U> &&
+                                                    std::is_constructible_v<U, Value>>>
+  explicit operator U() const {
+    return static_cast<U>(load());
+  }
   template <typename U = T, typename = std::enable_if_t<!std::is_const_v<U>>>
   GlobalRef& operator=(const Value& v) {
     note_global(p_, sizeof(T), true);

@@ -4,6 +4,7 @@
 //                        useful bytes (sector efficiency 1)
 //   strided_load         out[i] = in[8 i]: each lane's 4 bytes in a sector of its own
 //                        (sector efficiency 1/8 for the loads, 1 for the stores)
+//   broadcast_load       out[i] = in[0]: one sector, 4 useful bytes per warp load
 //   shared_conflict      lane l writes and reads word 32 l of a shared array: all in bank 0,
 //                        32 wavefronts per warp access (bank-conflict factor 32)
 //   shared_linear        lane l at word l: one wavefront (factor 1)
@@ -15,6 +16,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <string>
 
 #include "../common/checks.h"
@@ -51,9 +53,9 @@ at::Tensor cost_case(c10::string_view name_view, int64_t n) {
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
   at::Tensor out = at::zeros({n}, f32);
   const dim3 grid(static_cast<unsigned>((n + kBlock - 1) / kBlock)), block(kBlock);
-  if (name == "coalesced_copy" || name == "strided_load") {
-    const int64_t stride = name == "strided_load" ? 8 : 1;
-    at::Tensor in = at::arange(n * stride, f32);
+  if (name == "coalesced_copy" || name == "strided_load" || name == "broadcast_load") {
+    const int64_t stride = name == "strided_load" ? 8 : name == "broadcast_load" ? 0 : 1;
+    at::Tensor in = at::arange(std::max<int64_t>(n * stride, 1), f32);
     FR_LAUNCH(copy_kernel, grid, block, 0, nullptr, in.const_data_ptr<float>(), out.mutable_data_ptr<float>(), n,
               stride);
     return out;

@@ -213,12 +213,26 @@ inline std::vector<dim3> block_order(dim3 grid, uint64_t seed, uint64_t key) {
   return order;
 }
 
-// At most n blocks of the order, spread evenly over it (the cost model's sample).
-inline std::vector<dim3> sample_blocks(const std::vector<dim3>& order, size_t n) {
+// The cost model's sample of at most n blocks: whole rows of the grid (every blockIdx.x for
+// a blockIdx.y, z), rows spread evenly over y and z, or blocks spread evenly over one row when a
+// row alone has more than n. Blocks of one row share data in our kernels (a sample's
+// relevance row, the keys of a batch element): sampling whole rows keeps the shared data
+// counted once per row, so scaling the counts by grid / sample holds.
+inline std::vector<dim3> sample_blocks(dim3 grid, const std::vector<dim3>& order, size_t n) {
   if (order.size() <= n) return order;
   std::vector<dim3> picked;
   picked.reserve(n);
-  for (size_t i = 0; i < n; ++i) picked.push_back(order[i * order.size() / n]);
+  const size_t rows = size_t(grid.y) * grid.z;
+  if (grid.x <= n) {
+    const size_t take = n / grid.x;
+    for (size_t k = 0; k < take; ++k) {
+      const size_t row = k * rows / take;
+      for (unsigned x = 0; x < grid.x; ++x)
+        picked.push_back(dim3(x, static_cast<unsigned>(row % grid.y), static_cast<unsigned>(row / grid.y)));
+    }
+  } else {
+    for (size_t k = 0; k < n; ++k) picked.push_back(dim3(static_cast<unsigned>(k * grid.x / n), 0, 0));
+  }
   return picked;
 }
 
@@ -278,7 +292,7 @@ void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, s
   dynamic_shared_slot().reset();
   std::vector<dim3> order = block_order(grid, L.options.seed, key);
   if (model_blocks > 0) {
-    order = sample_blocks(order, static_cast<size_t>(model_blocks));
+    order = sample_blocks(grid, order, static_cast<size_t>(model_blocks));
     cost_start(nthreads);
   }
 
