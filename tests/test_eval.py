@@ -260,3 +260,14 @@ def test_plots_accept_series_mappings(tmp_path):
     assert_png(plots.plot_loss_curves({"ce": [0.1, 0.5, 0.9], "cw": [-3, -1, 2.0]}, tmp_path / "loss.png"))
     assert_png(plots.plot_accuracy_vs_steps({"steps": [0, 10, 50], "accuracy": [0.9, 0.4, 0.38]},
                                             tmp_path / "steps.png"))
+
+
+def test_evaluation_does_not_import_training():
+    # Evaluation reads a run's metrics.jsonl through fastrobust.metrics_log, never fastrobust.train.
+    import subprocess
+    import sys
+
+    code = ("import sys, fastrobust.eval, fastrobust.eval.plots; "
+            "print([m for m in sys.modules if m.startswith('fastrobust.train')])")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..train.metrics import read_metrics
+from ..metrics_log import read_metrics
 
 PathLike = Union[str, Path]
 

@@ -10,9 +10,10 @@ overwritten: see run_folder and resume_rules), DDP through torchrun, JSON-lines 
 Command line: python -m fastrobust.train --data digits --recipe pgd --out runs/digits-pgd
 (torchrun --nproc_per_node N -m fastrobust.train ... for DDP; --resume to continue).
 """
+from ..metrics_log import read_metrics
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import DATASET_DEFAULTS, ConfigError, TrainConfig
-from .metrics import plot_curves, read_metrics
+from .metrics import plot_curves
 from .recipes import RECIPES, BatchOutput, Recipe, StepContext, create_recipe, register_recipe
 from .schedule import build_optimizer, build_scheduler
 from .trainer import Trainer, TrainResult, build_model, evaluate_pgd, train

@@ -49,11 +49,12 @@ from ..attacks import PGD
 from ..attacks.model_runner import eval_mode
 from ..data import DatasetInfo, TensorLoader, load_dataset
 from ..data.loader import _mix
+from ..metrics_log import read_metrics
 from . import distributed
 from .checkpoint import (CheckpointError, check_finite_weights, load_checkpoint, load_model_state, nonfinite_entries,
                          rng_state, save_checkpoint, set_rng_state)
 from .config import TrainConfig
-from .metrics import MetricsWriter, Progress, plot_curves, read_metrics
+from .metrics import MetricsWriter, Progress, plot_curves
 from .recipes import RECIPES, Recipe, StepContext, create_recipe
 from .resume_rules import check_resume
 from .run_folder import check_run_folder, prepare_run_folder, write_json_atomically
