@@ -78,51 +78,40 @@ class SharedArrayBase {
   }
 
   void on_read(size_t i) {
-    if (!checks_enabled()) return;
-    maybe_yield();
-    check_index(i);
-    const Access now = stamped();
-    std::lock_guard<SpinLock> guard(lock_for(i));
-    ElementShadow& s = shadow_[i];
-    if (!s.written)
-      fail("initcheck", "read of shared memory no thread of the block has written", i, now.tid, -1);
-    if (unordered(s.write, now))
-      fail("racecheck", "read-after-write race (no barrier between the write and the read)", i, s.write.tid,
-           now.tid);
-    add_reader(s, now);
+    checked(i, /*yield=*/true, [&](ElementShadow& s, const Access& now) {
+      if (!s.written)
+        fail("initcheck", "read of shared memory no thread of the block has written", i, now.tid, -1);
+      if (unordered(s.write, now))
+        fail("racecheck", "read-after-write race (no barrier between the write and the read)", i, s.write.tid,
+             now.tid);
+      add_reader(s, now);
+    });
   }
 
   void on_write(size_t i) {
-    if (!checks_enabled()) return;
-    maybe_yield();
-    check_index(i);
-    const Access now = stamped();
-    std::lock_guard<SpinLock> guard(lock_for(i));
-    ElementShadow& s = shadow_[i];
-    if (unordered(s.write, now))
-      fail("racecheck", "write-after-write race (no barrier between the two writes)", i, s.write.tid, now.tid);
-    for (const Access& r : s.reads)
-      if (unordered(r, now))
-        fail("racecheck", "write-after-read race (no barrier between the read and the write)", i, r.tid, now.tid);
-    s.write = now;
-    for (Access& r : s.reads) r = Access{};
-    s.written = true;
+    checked(i, /*yield=*/true, [&](ElementShadow& s, const Access& now) {
+      if (unordered(s.write, now))
+        fail("racecheck", "write-after-write race (no barrier between the two writes)", i, s.write.tid, now.tid);
+      for (const Access& r : s.reads)
+        if (unordered(r, now))
+          fail("racecheck", "write-after-read race (no barrier between the read and the write)", i, r.tid, now.tid);
+      s.write = now;
+      for (Access& r : s.reads) r = Access{};
+      s.written = true;
+    });
   }
 
   // An atomic read-modify-write: ordered with other atomics, but not with plain accesses.
   void on_atomic(size_t i) {
-    if (!checks_enabled()) return;
-    check_index(i);
-    const Access now = stamped();
-    std::lock_guard<SpinLock> guard(lock_for(i));
-    ElementShadow& s = shadow_[i];
-    if (!s.written)
-      fail("initcheck", "atomic on shared memory no thread of the block has written", i, now.tid, -1);
-    for (const Access& r : s.reads)
-      if (unordered(r, now))
-        fail("racecheck", "atomic after a plain read (no barrier between them)", i, r.tid, now.tid);
-    s.write = Access{};  // atomics do not race with each other
-    s.written = true;
+    checked(i, /*yield=*/false, [&](ElementShadow& s, const Access& now) {
+      if (!s.written)
+        fail("initcheck", "atomic on shared memory no thread of the block has written", i, now.tid, -1);
+      for (const Access& r : s.reads)
+        if (unordered(r, now))
+          fail("racecheck", "atomic after a plain read (no barrier between them)", i, r.tid, now.tid);
+      s.write = Access{};  // atomics do not race with each other
+      s.written = true;
+    });
   }
 
  protected:
@@ -134,6 +123,18 @@ class SharedArrayBase {
   }
 
  private:
+  // One access to element i under the checks: the access is stamped, the element's shadow
+  // locked, then `check` inspects and updates it (nothing when the checks are off).
+  template <typename Check>
+  void checked(size_t i, bool yield, Check check) {
+    if (!checks_enabled()) return;
+    if (yield) maybe_yield();
+    check_index(i);
+    const Access now = stamped();
+    std::lock_guard<SpinLock> guard(lock_for(i));
+    check(shadow_[i], now);
+  }
+
   struct SpinLock {
     std::atomic_flag flag = ATOMIC_FLAG_INIT;
     void lock() {
