@@ -241,6 +241,16 @@ def same_layout(ref, values):
     return view
 
 
+def step_case(data, backend, extra):
+    """dtype, norm, shape, the inputs drawn non-finite (among x, x0, grad and `extra`), and
+    x0, x, grad: what a PGD or APGD step case starts from."""
+    dtype = data.draw(dtypes(), label="dtype")
+    norm = data.draw(st.sampled_from(["linf", "l2"]), label="norm")
+    shape = data.draw(row_shapes(backend.emulated), label="shape")
+    bad = draw_nonfinite(data, ["x", "x0", "grad", extra])
+    return (dtype, norm, shape, bad) + step_values(data, shape, dtype, bad)
+
+
 def step_values(data, shape, dtype, bad):
     """x0, x (near x0 or anywhere) and grad for a PGD step."""
     x0 = data.draw(tensors(shape, dtype, nonfinite="x0" in bad), label="x0")
@@ -289,12 +299,8 @@ def pgd_step_oracle(x, x0, grad, eps, alpha, active, noise, norm, lo, hi, descen
 def test_pgd_step(backend, data):
     """x against the oracle (L-inf elementwise: equal non-finite masks; L2: see l2_rules);
     inactive rows and the storage around x bit-for-bit untouched."""
-    dtype = data.draw(dtypes(), label="dtype")
-    norm = data.draw(st.sampled_from(["linf", "l2"]), label="norm")
-    shape = data.draw(row_shapes(backend.emulated), label="shape")
+    dtype, norm, shape, bad, x0, x, grad = step_case(data, backend, "noise")
     rows = shape[0]
-    bad = draw_nonfinite(data, ["x", "x0", "grad", "noise"])
-    x0, x, grad = step_values(data, shape, dtype, bad)
     noise = None
     if data.draw(st.booleans(), label="with noise"):
         noise = data.draw(tensors(shape, dtype, nonfinite="noise" in bad, scale=0.1), label="noise")
@@ -360,12 +366,8 @@ def apgd_oracle(x, x_prev, x0, grad, eta, eps, momentum, norm, lo, hi):
 @given(data=st.data())
 def test_apgd_step(backend, data):
     """x against the oracle, x_prev bit-for-bit the old x, the storage around them untouched."""
-    dtype = data.draw(dtypes(), label="dtype")
-    norm = data.draw(st.sampled_from(["linf", "l2"]), label="norm")
-    shape = data.draw(row_shapes(backend.emulated), label="shape")
+    dtype, norm, shape, bad, x0, x, grad = step_case(data, backend, "x_prev")
     rows = shape[0]
-    bad = draw_nonfinite(data, ["x", "x0", "grad", "x_prev"])
-    x0, x, grad = step_values(data, shape, dtype, bad)
     x_prev = data.draw(tensors(shape, dtype, nonfinite="x_prev" in bad), label="x_prev")
     if data.draw(st.booleans(), label="x_prev near x"):
         x_prev = (f64(x) + 0.05 * f64(x_prev)).to(dtype)
