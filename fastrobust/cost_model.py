@@ -98,6 +98,10 @@ HBM_BYTES_PER_S = 3.35e12  # H100 SXM
 PEAK_FLOPS = {"float32": 67e12, "float64": 67e12, "bfloat16": 989e12, "float16": 989e12}
 
 
+# model_blocks that runs every block of any launch
+EVERY_BLOCK = 2**30
+
+
 def roofline_us(nbytes: float, flops: float, dtype: str) -> float:
     """max(bytes / HBM bandwidth, FLOPs / peak), in microseconds: a lower bound."""
     return 1e6 * max(nbytes / HBM_BYTES_PER_S, flops / PEAK_FLOPS.get(dtype, 67e12))
@@ -110,7 +114,7 @@ def case_records(case, model_blocks: int) -> List[dict]:
 
     usage_of = kernel_usage()
     records = []
-    for launch in model(case.fn, model_blocks):
+    for launch in model(case.fn, EVERY_BLOCK if case.every_block else model_blocks):
         flops = 2 * 16 * 16 * 16 * launch.counters.get("mma_ops", 0) * launch.scale
         usage = usage_of.get(launch.name)
         waves = None

@@ -50,6 +50,9 @@ class OpCase:
     min_flops: int
     baseline: Optional[str]  # what the op replaces
     baseline_bytes: Optional[int]
+    # Work that depends on the data (which rows a block copies): the model runs every block,
+    # as a sample of blocks would estimate it badly.
+    every_block: bool = False
 
     @property
     def label(self) -> str:
@@ -67,10 +70,10 @@ def launch_cases() -> List[OpCase]:
     emu = torch.ops.fastrobust_emu
     cases: List[OpCase] = []
 
-    def add(op, direction, x, fn, reads, writes, flops=0, baseline=None, baseline_bytes=None):
+    def add(op, direction, x, fn, reads, writes, flops=0, baseline=None, baseline_bytes=None, every_block=False):
         dt = str(x.dtype).replace("torch.", "")
         cases.append(OpCase(op, direction, dt, tuple(x.shape), fn, _bytes(*reads) + _bytes(*writes), int(flops),
-                            baseline, None if baseline_bytes is None else int(baseline_bytes)))
+                            baseline, None if baseline_bytes is None else int(baseline_bytes), every_block))
 
     for dtype in LAYER_DTYPES:
         def zeros(*shape, dtype=dtype):
@@ -147,13 +150,17 @@ def launch_cases() -> List[OpCase]:
                 (x, x_prev, x0, grad), (x, x_prev))
             add("pgd_random_init_", norm, x,
                 lambda x=x, x0=x0, norm=norm: emu.pgd_random_init_(x, x0, eps, norm, 0.0, 1.0, 0, 0), (x0,), (x,))
-        loss, best_loss = torch.zeros(rows), torch.zeros(rows)
+        # About half the rows improve, at random (as in an attack's early steps; a regular
+        # pattern would alias with the blocks the model samples): the scalars move, and the
+        # improving rows of x are copied into the best points (read once, written once).
+        loss, best_loss = torch.randn(rows, generator=torch.Generator().manual_seed(0)), torch.zeros(rows)
+        improving = loss > 0
         is_adv, success = torch.zeros(rows, dtype=torch.bool), torch.zeros(rows, dtype=torch.bool)
-        # The best point is copied only for the rows that improve: at least the scalars move.
         add("pgd_update_best_", "fwd", x,
             lambda x=x, best=x_prev, loss=loss, bl=best_loss, adv=is_adv, ok=success:
-                emu.pgd_update_best_(best, bl, ok, x, loss, adv, "loss"),
-            (loss, best_loss, is_adv, success), (best_loss, success))
+                emu.pgd_update_best_(best, bl.zero_(), ok, x, loss, adv, "loss"),
+            (loss, best_loss, is_adv, success, x[improving]), (best_loss, success, x_prev[improving]),
+            every_block=True)
     for rows_, classes in MARGIN_SHAPES:
         logits, grad = torch.zeros(rows_, classes), torch.zeros(rows_, classes)
         labels, grad_loss = torch.zeros(rows_, dtype=torch.long), torch.zeros(rows_)

@@ -64,6 +64,16 @@ def test_matches_reference(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("shape", [(1, 2500, 1, 1), (2, 5, 32, 32), (1, 7, 3, 11), (2, 130, 2, 1)])
+def test_channel_chunks_and_warp_runs(backend, shape):
+    """The kernels' partitions: more channels than one block takes (2500 x 1x1), a channel
+    wider than a warp and fewer channels than warps (32x32), channels of 33 elements whose runs
+    cross warp steps, and channel counts that do not divide evenly among the warps."""
+    check(backend, shape, torch.float32)
+    check(backend, shape, torch.float64, seed=1)
+
+
+@pytest.mark.parametrize("backend", backends())
 def test_temperature_scale_and_layouts(backend):
     check(backend, (3, 5, 4, 3), torch.float32, temperature=0.5, scale=1.0)
     check(backend, (3, 5, 4, 3), torch.float32, temperature=3.0, scale=5.0, seed=1)

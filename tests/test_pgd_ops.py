@@ -14,7 +14,8 @@ from fastrobust.testing import CPU, backends
 pytestmark = pytest.mark.skipif(not fastrobust.HAS_EXT, reason="compiled extension not built")
 
 NORMS = ["linf", "l2"]
-SHAPES = [(5, 3, 7, 9), (1, 1, 1, 1), (3, 130), (0, 3, 4, 4), (4, 2, 1, 33)]
+# Rows of 32 elements take the CUDA kernels' 16-byte packed path; the others the scalar one.
+SHAPES = [(5, 3, 7, 9), (1, 1, 1, 1), (3, 130), (0, 3, 4, 4), (4, 2, 1, 33), (6, 2, 4, 4)]
 # rtol/atol of L2 results against the reference (sums of squares in another order).
 L2_TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
@@ -141,6 +142,52 @@ def test_apgd_step_matches_reference(backend, norm, momentum, dtype):
             torch.testing.assert_close(act_x.cpu(), exp_x.cpu(), rtol=0, atol=ulp)
         else:
             assert_step_equal(act_x, exp_x, norm, dtype)
+
+
+def misaligned(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of t whose data starts one element into its storage: not 16-byte
+    aligned, so the CUDA kernels take their scalar path."""
+    storage = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = storage[1:].view(t.shape)
+    out.copy_(t)
+    return out
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_packed_and_scalar_paths_agree_bitwise(backend, dtype):
+    """Rows of 32 elements: aligned tensors go through the packed element-wise kernels,
+    misaligned copies of the same values through the scalar ones; results equal bit for bit."""
+    x, x0, grad, eps, alpha = step_inputs((6, 2, 4, 4), dtype, backend.device, per_row=True)
+    x_prev = x0.flip(0).contiguous()
+    results = []
+    for place in (lambda t: t.clone(), misaligned):
+        stepped, started, momentum_x, momentum_prev = place(x), place(x), place(x), place(x_prev)
+        backend.op("pgd_step_")(stepped, place(x0), place(grad), eps, alpha, None, None, "linf", 0.0, 1.0, False)
+        backend.op("pgd_random_init_")(started, place(x0), eps, "linf", 0.0, 1.0, 5, 0)
+        backend.op("apgd_step_")(momentum_x, momentum_prev, place(x0), place(grad), alpha, eps, 0.75, "linf", 0.0, 1.0)
+        best_x, best_loss, success, new_x, loss, is_adv = best_inputs(6, 32, backend.device, dtype=dtype)
+        best_x = place(best_x)
+        backend.op("pgd_update_best_")(best_x, best_loss, success, place(new_x), loss, is_adv, "loss")
+        results.append([t.cpu() for t in (stepped, started, momentum_x, momentum_prev, best_x, best_loss, success)])
+    for name, packed, scalar in zip(["step", "random init", "apgd x", "apgd x_prev", "best x", "best loss",
+                                     "success"], *results):
+        assert torch.equal(packed, scalar), name
+
+
+@pytest.mark.skipif(not fastrobust.HAS_EMU, reason="emulated kernels not built")
+@pytest.mark.parametrize("dtype, pack", [(torch.float32, 4), (torch.bfloat16, 8), (torch.float64, 2)])
+def test_emulated_launches_take_the_packed_path_when_aligned(dtype, pack):
+    """The test above compares two different kernels: 16-byte packs for aligned rows of
+    whole packs, one element per access otherwise."""
+    from fastrobust.kernel_resources import kernel_name, record_launches
+
+    x, x0, grad, eps, alpha = step_inputs((6, 2, 4, 4), dtype, per_row=True)
+    step = torch.ops.fastrobust_emu.pgd_step_
+    for place, n in ((lambda t: t.clone(), pack), (misaligned, 1)):
+        launches = record_launches(lambda: step(place(x), place(x0), place(grad), eps, alpha, None, None, "linf",
+                                                0.0, 1.0, False), model_blocks=1)
+        assert [kernel_name(launch[0]).rsplit(", ", 1)[1] for launch in launches] == [f"{n}>"]
 
 
 def best_inputs(n=7, row_size=10, device="cpu", seed=0, dtype=torch.float32):

@@ -5,9 +5,13 @@
 // The forward and the first backward kernel split each sample's (C, HW) block into chunks
 // of whole channels (about kChunkElems elements), a block per (chunk, sample): every block
 // recomputes its sample's softmax statistics from the relevance row (C values, cheap), keeps
-// the mask of its channels in shared memory and streams feat (and grad_out) once. The first
-// backward kernel also reduces d_c = sum_hw grad_out * feat, a warp per channel; the second,
-// a block per sample, turns d into the relevance gradient.
+// the mask of its channels in shared memory and streams feat (and grad_out) once as one flat,
+// coalesced range, whatever the spatial size (a 4x4 map is 16 elements: a warp per channel
+// would leave half its lanes idle). Element -> channel is tracked incrementally (ChannelCursor),
+// never by a division per element. The first backward kernel also reduces
+// d_c = sum_hw grad_out * feat: each warp streams its own whole channels and sums them by a
+// segmented warp scan, so d is written once per channel, coalesced; the second kernel, a block
+// per sample, turns d into the relevance gradient.
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -23,12 +27,40 @@ using ::fastrobust::cifs::ReweightPtrs;
 namespace mc = ::fastrobust::cifs;
 
 constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / kWarpSize;
 constexpr int64_t kChunkElems = 4096;
+// At most this many channels per block: the backward keeps two acc arrays of them in shared
+// memory (2 x 2048 doubles = 32 KiB).
+constexpr int64_t kMaxChunkChannels = 2048;
+// Flat loops start at a multiple of this many elements of the whole tensor (lanes before the
+// chunk idle): a chunk of 7x7 maps starts anywhere, and an unaligned warp access touches one
+// 32-byte sector more than it needs.
+constexpr int64_t kAlignElems = kWarpSize;
 
 // Channels per block: whole channels, about kChunkElems elements.
 inline int64_t chunk_channels(int64_t channels, int64_t spatial) {
-  return std::max<int64_t>(1, std::min<int64_t>(channels, kChunkElems / std::max<int64_t>(spatial, 1)));
+  const int64_t by_size = kChunkElems / std::max<int64_t>(spatial, 1);
+  return std::max<int64_t>(1, std::min({channels, by_size, kMaxChunkChannels}));
 }
+
+// The channel (and offset in it, 0 <= offset < spatial) of a flat index into whole channels of
+// `spatial` elements, advanced by a fixed stride: one division when made, additions after. A
+// negative index (a lane before the range, see kAlignElems) has a negative channel.
+struct ChannelCursor {
+  int64_t channel, offset, spatial, stride_channels, stride_offset;
+  __device__ ChannelCursor(int64_t index, int64_t stride, int64_t spatial_)
+      : channel(index >= 0 ? index / spatial_ : -((spatial_ - 1 - index) / spatial_)),
+        offset(index - channel * spatial_), spatial(spatial_),
+        stride_channels(stride / spatial_), stride_offset(stride % spatial_) {}
+  __device__ void advance() {
+    channel += stride_channels;
+    offset += stride_offset;
+    if (offset >= spatial) {
+      offset -= spatial;
+      ++channel;
+    }
+  }
+};
 
 // Softmax statistics of one sample's relevance row: max z and 1 / sum exp(z - max z).
 template <typename acc>
@@ -69,34 +101,69 @@ __global__ void reweight_forward_kernel(ReweightPtrs<scalar_t, acc_t<scalar_t>> 
   const int64_t base = (b * a.channels + c0) * a.spatial, n = (c1 - c0) * a.spatial;
   FR_GLOBAL(const scalar_t) feat = a.feat + base;
   FR_GLOBAL(scalar_t) out = a.out + base;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[i] = acc(feat[i]) * mask[i / a.spatial];
+  const int64_t first = threadIdx.x - base % kAlignElems;
+  ChannelCursor at(first, blockDim.x, a.spatial);
+  for (int64_t i = first; i < n; i += blockDim.x, at.advance())
+    if (i >= 0) out[i] = acc(feat[i]) * mask[at.channel];
 }
 
-// grad_feat = grad_out * m_c and d_c = sum_hw grad_out * feat, a warp per channel.
+// Inclusive sum of v over the lanes up to this one that hold the same channel (channels
+// ascend along the lanes, so each channel's lanes are one run); the run's last lane gets the
+// channel's total. Every lane of the warp must call it.
+template <typename acc>
+__device__ acc segmented_warp_sum(acc v, int64_t channel) {
+  const int lane = threadIdx.x % kWarpSize;
+  for (int delta = 1; delta < kWarpSize; delta *= 2) {
+    const acc other = __shfl_up_sync(0xffffffffu, v, delta);
+    const int64_t other_channel = __shfl_up_sync(0xffffffffu, channel, delta);
+    if (lane >= delta && other_channel == channel) v += other;
+  }
+  return v;
+}
+
+// grad_feat = grad_out * m_c and d_c = sum_hw grad_out * feat. Warp w owns the chunk's
+// channels [w * k, (w + 1) * k) and streams them as one flat range, 32 elements a step; each
+// step's products are summed per channel by a segmented warp scan, whose run ends add into the
+// channel's shared slot (only this warp writes it, in a fixed order: deterministic). d is then
+// written once per channel, coalesced.
 template <typename scalar_t>
 __global__ void reweight_backward_feat_kernel(ReweightPtrs<scalar_t, acc_t<scalar_t>> a, int64_t per_chunk) {
   using acc = acc_t<scalar_t>;
-  FR_DYNAMIC_SMEM(acc, mask);
+  FR_DYNAMIC_SMEM(acc, smem);
+  smem_ptr<acc> mask = smem, dots = smem + per_chunk;
   const int64_t b = blockIdx.y;
   int64_t c0, c1;
   chunk_mask<acc>(a.relevance + b * a.channels, a.channels, per_chunk, a.temperature, a.scale, mask, c0, c1);
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize, warps = blockDim.x / kWarpSize;
-  FR_GLOBAL(acc) channel_dots = a.channel_dots;
-  for (int64_t c = c0 + warp; c < c1; c += warps) {
-    const int64_t base = (b * a.channels + c) * a.spatial;
-    FR_GLOBAL(const scalar_t) grad_out = a.grad_out + base;
-    FR_GLOBAL(const scalar_t) feat = a.feat + base;
-    FR_GLOBAL(scalar_t) out = a.out + base;
-    const acc m = mask[c - c0];
-    acc dot = 0;
-    for (int64_t i = lane; i < a.spatial; i += kWarpSize) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int64_t chunk = c1 - c0, per_warp = ceil_div<int64_t>(chunk, kWarps);
+  const int64_t first = std::min(chunk, warp * per_warp), last = std::min(chunk, first + per_warp);
+  for (int64_t c = first + lane; c < last; c += kWarpSize) dots[c] = acc(0);
+  __syncwarp();
+  const int64_t base = (b * a.channels + c0) * a.spatial, end = last * a.spatial;
+  FR_GLOBAL(const scalar_t) grad_out = a.grad_out + base;
+  FR_GLOBAL(const scalar_t) feat = a.feat + base;
+  FR_GLOBAL(scalar_t) out = a.out + base;
+  const int64_t start = first * a.spatial, aligned_start = start - (base + start) % kAlignElems;
+  ChannelCursor at(aligned_start + lane, kWarpSize, a.spatial);
+  for (int64_t step = aligned_start; step < end; step += kWarpSize, at.advance()) {
+    const int64_t i = step + lane;
+    const bool inside = i >= start && i < end;
+    acc product = 0;
+    if (inside) {
       const acc g = acc(grad_out[i]);
-      dot += g * acc(feat[i]);
-      out[i] = g * m;
+      product = g * acc(feat[i]);
+      out[i] = g * mask[at.channel];
     }
-    dot = warp_sum(dot);
-    if (lane == 0) channel_dots[b * a.channels + c] = dot;
+    // lanes before the start and past the end: runs of their own, channels still ascending
+    const int64_t channel = inside ? at.channel : (i < start ? int64_t(-1) : last);
+    const acc run = segmented_warp_sum(product, channel);
+    const int64_t next = __shfl_down_sync(0xffffffffu, channel, 1);
+    if (inside && (lane == kWarpSize - 1 || next != channel)) dots[channel] += run;
+    __syncwarp();
   }
+  __syncthreads();
+  FR_GLOBAL(acc) channel_dots = a.channel_dots + b * a.channels + c0;
+  for (int64_t c = threadIdx.x; c < chunk; c += blockDim.x) channel_dots[c] = dots[c];
 }
 
 // grad_r_c = (scale / T) p_c (d_c - sum p d), a block per sample.
@@ -135,7 +202,7 @@ template <typename scalar_t>
 void launch_backward(const ReweightPtrs<scalar_t, acc_t<scalar_t>>& a, cudaStream_t stream) {
   const int64_t per_chunk = chunk_channels(a.channels, a.spatial);
   FR_LAUNCH(reweight_backward_feat_kernel<scalar_t>, chunk_grid(a.batch, a.channels, per_chunk), dim3(kThreads),
-            per_chunk * sizeof(acc_t<scalar_t>), stream, a, per_chunk);
+            2 * per_chunk * sizeof(acc_t<scalar_t>), stream, a, per_chunk);
   FR_LAUNCH(reweight_backward_relevance_kernel<scalar_t>, dim3(static_cast<unsigned>(a.batch)), dim3(kThreads), 0,
             stream, a);
 }

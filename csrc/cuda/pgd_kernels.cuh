@@ -3,8 +3,9 @@
 // step and the best-point update, with their launchers. Free of CUDA runtime and torch
 // headers (compiled by nvcc and, through csrc/emu/cuda_emu.h, by g++ for the emulator).
 //
-// L-inf ops are elementwise: a grid-stride loop over all elements, the row found by one
-// division. L2 ops need per-row sums of squares before they can write, so one block owns
+// L-inf ops are elementwise: a grid-stride loop over all elements, N at a time (a 16-byte
+// Pack when every tensor is 16-byte aligned and a row is a whole number of packs, else one),
+// the row of the N found by a RowDivider (no 64-bit division). L2 ops need per-row sums of squares before they can write, so one block owns
 // a row: block-wide sums (warp shuffles, then shared memory), then a final pass that writes;
 // earlier passes read the row again from L1/L2 rather than keep it in registers, so any row
 // size works. Inactive rows return before touching memory (the whole block, so no barrier
@@ -13,6 +14,7 @@
 #include <cstdint>
 
 #include "../common/cuda_utils.cuh"
+#include "../common/elementwise.cuh"
 #include "../kernels/pgd.h"
 
 namespace fastrobust {
@@ -51,23 +53,32 @@ inline dim3 row_grid(int64_t rows) {
 
 // ---- pgd_step_ ---------------------------------------------------------------------------
 
-template <typename scalar_t, bool with_noise>
-__global__ void linf_step_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
+template <typename scalar_t, bool with_noise, int N>
+__global__ void linf_step_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p, RowDivider rows) {
   using acc = acc_t<scalar_t>;
-  FR_GLOBAL(scalar_t) x = p.x;
-  FR_GLOBAL(const scalar_t) x0 = p.x0;
-  FR_GLOBAL(const scalar_t) grad = p.grad;
-  FR_GLOBAL(const scalar_t) noise = p.noise;
-  grid_stride(p.rows * p.row_size, [&](int64_t i) {
-    const int64_t row = i / p.row_size;
+  using P = Pack<scalar_t, N>;
+  FR_GLOBAL(P) x = reinterpret_cast<P*>(p.x);
+  FR_GLOBAL(const P) x0 = reinterpret_cast<const P*>(p.x0);
+  FR_GLOBAL(const P) grad = reinterpret_cast<const P*>(p.grad);
+  FR_GLOBAL(const P) noise = reinterpret_cast<const P*>(p.noise);
+  grid_stride(p.rows * p.row_size / N, [&](int64_t v) {
+    const int64_t row = rows.of(v * N);
     const acc eps = p.eps_of(row), alpha = p.alpha_of(row);
     FR_CHECK_ROW_PARAM(eps, "eps");  // inactive rows too, as the CPU backend's host check
     FR_CHECK_ROW_PARAM(alpha, "alpha");
     if (!p.is_active(row)) return;
-    const acc noise_i = with_noise ? acc(noise[i]) : acc(0);
+    P xv = x[v];
+    const P x0v = x0[v], gv = grad[v];
+    P nv{};
+    if (with_noise) nv = noise[v];
     const acc step = m::signed_step(alpha, p.descent);
-    x[i] = m::project_linf(m::raw_step<acc, Norm::Linf>(acc(x[i]), acc(grad[i]), step, acc(1), noise_i),
-                           acc(x0[i]), eps, p.lo, p.hi);
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const acc noise_j = with_noise ? acc(nv.v[j]) : acc(0);
+      xv.v[j] = m::project_linf(m::raw_step<acc, Norm::Linf>(acc(xv.v[j]), acc(gv.v[j]), step, acc(1), noise_j),
+                                acc(x0v.v[j]), eps, p.lo, p.hi);
+    }
+    x[v] = xv;
   });
 }
 
@@ -109,16 +120,22 @@ __global__ void l2_step_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
 
 // ---- pgd_random_init_ --------------------------------------------------------------------
 
-template <typename scalar_t>
-__global__ void linf_random_init_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
+template <typename scalar_t, int N>
+__global__ void linf_random_init_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p, RowDivider rows) {
   using acc = acc_t<scalar_t>;
-  FR_GLOBAL(scalar_t) x = p.x;
-  FR_GLOBAL(const scalar_t) x0 = p.x0;
-  grid_stride(p.rows * p.row_size, [&](int64_t i) {
-    const acc eps = p.eps_of(i / p.row_size);
+  using P = Pack<scalar_t, N>;
+  FR_GLOBAL(P) x = reinterpret_cast<P*>(p.x);
+  FR_GLOBAL(const P) x0 = reinterpret_cast<const P*>(p.x0);
+  grid_stride(p.rows * p.row_size / N, [&](int64_t v) {
+    const acc eps = p.eps_of(rows.of(v * N));
     FR_CHECK_ROW_PARAM(eps, "eps");
-    x[i] = m::linf_start(acc(x0[i]), eps, philox::uniform(p.seed, p.offset, static_cast<uint64_t>(i)),
-                           p.lo, p.hi);
+    const P x0v = x0[v];
+    P xv;
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+      xv.v[j] = m::linf_start(acc(x0v.v[j]), eps,
+                              philox::uniform(p.seed, p.offset, static_cast<uint64_t>(v * N + j)), p.lo, p.hi);
+    x[v] = xv;
   });
 }
 
@@ -143,24 +160,30 @@ __global__ void l2_random_init_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
 
 // ---- apgd_step_ --------------------------------------------------------------------------
 
-template <typename scalar_t>
-__global__ void linf_apgd_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
+template <typename scalar_t, int N>
+__global__ void linf_apgd_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p, RowDivider rows) {
   using acc = acc_t<scalar_t>;
-  FR_GLOBAL(scalar_t) x = p.x;
-  FR_GLOBAL(scalar_t) x_prev = p.x_prev;
-  FR_GLOBAL(const scalar_t) x0 = p.x0;
-  FR_GLOBAL(const scalar_t) grad = p.grad;
-  grid_stride(p.rows * p.row_size, [&](int64_t i) {
-    const int64_t row = i / p.row_size;
-    const scalar_t x_old = x[i];
-    const acc eps = p.eps_of(row), eta = p.alpha_of(row), xi = acc(x_old), x0i = acc(x0[i]);
+  using P = Pack<scalar_t, N>;
+  FR_GLOBAL(P) x = reinterpret_cast<P*>(p.x);
+  FR_GLOBAL(P) x_prev = reinterpret_cast<P*>(p.x_prev);
+  FR_GLOBAL(const P) x0 = reinterpret_cast<const P*>(p.x0);
+  FR_GLOBAL(const P) grad = reinterpret_cast<const P*>(p.grad);
+  grid_stride(p.rows * p.row_size / N, [&](int64_t v) {
+    const int64_t row = rows.of(v * N);
+    const acc eps = p.eps_of(row), eta = p.alpha_of(row);
     FR_CHECK_ROW_PARAM(eps, "eps");
     FR_CHECK_ROW_PARAM(eta, "eta");
-    const acc z = m::project_linf(m::raw_step<acc, Norm::Linf>(xi, acc(grad[i]), eta, acc(1), acc(0)),
-                                  x0i, eps, p.lo, p.hi);
-    const acc x_new = m::project_linf(m::momentum_mix(xi, z, acc(x_prev[i]), p.momentum), x0i, eps, p.lo, p.hi);
-    x_prev[i] = x_old;
-    x[i] = x_new;
+    const P x_old = x[v], x0v = x0[v], gv = grad[v], xpv = x_prev[v];
+    P x_new;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const acc xi = acc(x_old.v[j]), x0i = acc(x0v.v[j]);
+      const acc z = m::project_linf(m::raw_step<acc, Norm::Linf>(xi, acc(gv.v[j]), eta, acc(1), acc(0)),
+                                    x0i, eps, p.lo, p.hi);
+      x_new.v[j] = m::project_linf(m::momentum_mix(xi, z, acc(xpv.v[j]), p.momentum), x0i, eps, p.lo, p.hi);
+    }
+    x_prev[v] = x_old;
+    x[v] = x_new;
   });
 }
 
@@ -209,66 +232,113 @@ __global__ void l2_apgd_kernel(RowPtrs<scalar_t, acc_t<scalar_t>> p) {
 
 // ---- pgd_update_best_ --------------------------------------------------------------------
 
-// One block per row: every thread decides from the row's scalars, copies its share of the
-// row if it is better, and thread 0 writes the scalars once all threads have read them.
-template <typename scalar_t>
+// One block per row: thread 0 alone reads the row's scalars, decides and writes them (no other
+// thread reads them, so no barrier guards them), and the block copies the row, N elements an
+// access, if it is better.
+template <typename scalar_t, int N>
 __global__ void update_best_kernel(BestPtrs<scalar_t, acc_t<scalar_t>> b) {
   using acc = acc_t<scalar_t>;
-  const int64_t row = blockIdx.x, n = b.row_size;
-  FR_GLOBAL(acc) best_loss = b.best_loss;
-  FR_GLOBAL(bool) success = b.success;
-  FR_GLOBAL(const acc) losses = b.loss;
-  FR_GLOBAL(const bool) adversarial = b.is_adv;
-  const acc loss = losses[row];
-  const bool is_adv = adversarial[row];
-  const bool succeeded = success[row];
-  const bool take = m::better(b.mode, loss, is_adv, acc(best_loss[row]), succeeded);
-  const bool usable = m::usable_point(loss);
-  const bool adv = usable && is_adv;
-  FR_GLOBAL(scalar_t) best_x = b.best_x + row * n;
-  FR_GLOBAL(const scalar_t) x = b.x + row * n;
-  if (take)
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) best_x[i] = x[i];
-  __syncthreads();
+  using P = Pack<scalar_t, N>;
+  FR_SHARED(bool, take_row, 1);
+  const int64_t row = blockIdx.x, n = b.row_size / N;
   if (threadIdx.x == 0) {
+    FR_GLOBAL(acc) best_loss = b.best_loss;
+    FR_GLOBAL(bool) success = b.success;
+    FR_GLOBAL(bool) nonfinite = b.nonfinite;
+    FR_GLOBAL(const acc) losses = b.loss;
+    FR_GLOBAL(const bool) adversarial = b.is_adv;
+    const acc loss = losses[row];
+    const bool is_adv = adversarial[row];
+    const bool succeeded = success[row];
+    const bool take = m::better(b.mode, loss, is_adv, acc(best_loss[row]), succeeded);
+    const bool usable = m::usable_point(loss);
     if (take) best_loss[row] = loss;
-    success[row] = succeeded || adv;
-    if (b.nonfinite != nullptr) b.nonfinite[row] = b.nonfinite[row] || !usable;
+    success[row] = succeeded || (usable && is_adv);
+    if (nonfinite) nonfinite[row] = nonfinite[row] || !usable;
+    take_row[0] = take;
   }
+  __syncthreads();
+  if (!take_row[0]) return;
+  FR_GLOBAL(P) best_x = reinterpret_cast<P*>(b.best_x) + row * n;
+  FR_GLOBAL(const P) x = reinterpret_cast<const P*>(b.x) + row * n;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) best_x[i] = x[i];
 }
 
 // ---- launchers -------------------------------------------------------------------------
 
-// An L-inf kernel runs elementwise over all elements, an L2 kernel one block per row.
-template <typename P, typename LinfKernel, typename L2Kernel>
-void launch_by_norm(LinfKernel linf_kernel, L2Kernel l2_kernel, const P& p, Norm norm, cudaStream_t stream) {
-  if (norm == Norm::Linf)
-    FR_LAUNCH(linf_kernel, elementwise_grid(p.rows * p.row_size), dim3(kElementwiseThreads), 0, stream, p);
+// An L-inf kernel runs elementwise over all elements, N at a time; an L2 kernel one block per row.
+template <int N, typename P, typename Kernel>
+void launch_linf(Kernel kernel, const P& p, cudaStream_t stream) {
+  FR_LAUNCH(kernel, elementwise_grid(p.rows * p.row_size / N), dim3(kElementwiseThreads), 0, stream, p,
+            RowDivider(p.row_size));
+}
+
+template <typename P, typename Kernel>
+void launch_l2(Kernel kernel, const P& p, cudaStream_t stream) {
+  FR_LAUNCH(kernel, row_grid(p.rows), row_block(p.row_size), 0, stream, p);
+}
+
+// The packed L-inf path: every tensor 16-byte aligned and a row a whole number of packs, so
+// that a pack never straddles two rows.
+template <typename scalar_t, typename acc>
+bool packable(const RowPtrs<scalar_t, acc>& p) {
+  return p.row_size % kPackOf<scalar_t> == 0 && aligned_for_pack(p.x) && aligned_for_pack(p.x_prev) &&
+         aligned_for_pack(p.x0) && aligned_for_pack(p.grad) && aligned_for_pack(p.noise);
+}
+
+template <typename scalar_t, bool with_noise>
+void launch_step_with(const RowPtrs<scalar_t, acc_t<scalar_t>>& p, Norm norm, cudaStream_t stream) {
+  constexpr int kP = kPackOf<scalar_t>;
+  if (norm == Norm::L2)
+    launch_l2(l2_step_kernel<scalar_t, with_noise>, p, stream);
+  else if (packable(p))
+    launch_linf<kP>(linf_step_kernel<scalar_t, with_noise, kP>, p, stream);
   else
-    FR_LAUNCH(l2_kernel, row_grid(p.rows), row_block(p.row_size), 0, stream, p);
+    launch_linf<1>(linf_step_kernel<scalar_t, with_noise, 1>, p, stream);
 }
 
 template <typename scalar_t>
 void launch_step(const RowPtrs<scalar_t, acc_t<scalar_t>>& p, Norm norm, cudaStream_t stream) {
   if (p.noise != nullptr)
-    launch_by_norm(linf_step_kernel<scalar_t, true>, l2_step_kernel<scalar_t, true>, p, norm, stream);
+    launch_step_with<scalar_t, true>(p, norm, stream);
   else
-    launch_by_norm(linf_step_kernel<scalar_t, false>, l2_step_kernel<scalar_t, false>, p, norm, stream);
+    launch_step_with<scalar_t, false>(p, norm, stream);
 }
 
 template <typename scalar_t>
 void launch_random_init(const RowPtrs<scalar_t, acc_t<scalar_t>>& p, Norm norm, cudaStream_t stream) {
-  launch_by_norm(linf_random_init_kernel<scalar_t>, l2_random_init_kernel<scalar_t>, p, norm, stream);
+  constexpr int kP = kPackOf<scalar_t>;
+  if (norm == Norm::L2)
+    launch_l2(l2_random_init_kernel<scalar_t>, p, stream);
+  else if (packable(p))
+    launch_linf<kP>(linf_random_init_kernel<scalar_t, kP>, p, stream);
+  else
+    launch_linf<1>(linf_random_init_kernel<scalar_t, 1>, p, stream);
 }
 
 template <typename scalar_t>
 void launch_apgd(const RowPtrs<scalar_t, acc_t<scalar_t>>& p, Norm norm, cudaStream_t stream) {
-  launch_by_norm(linf_apgd_kernel<scalar_t>, l2_apgd_kernel<scalar_t>, p, norm, stream);
+  constexpr int kP = kPackOf<scalar_t>;
+  if (norm == Norm::L2)
+    launch_l2(l2_apgd_kernel<scalar_t>, p, stream);
+  else if (packable(p))
+    launch_linf<kP>(linf_apgd_kernel<scalar_t, kP>, p, stream);
+  else
+    launch_linf<1>(linf_apgd_kernel<scalar_t, 1>, p, stream);
+}
+
+template <int N, typename B, typename Kernel>
+void launch_update_best_with(Kernel kernel, const B& b, cudaStream_t stream) {
+  FR_LAUNCH(kernel, row_grid(b.rows), row_block(b.row_size / N), 0, stream, b);
 }
 
 template <typename scalar_t>
 void launch_update_best(const BestPtrs<scalar_t, acc_t<scalar_t>>& b, cudaStream_t stream) {
-  FR_LAUNCH(update_best_kernel<scalar_t>, row_grid(b.rows), row_block(b.row_size), 0, stream, b);
+  constexpr int kP = kPackOf<scalar_t>;
+  if (b.row_size % kP == 0 && aligned_for_pack(b.best_x) && aligned_for_pack(b.x))
+    launch_update_best_with<kP>(update_best_kernel<scalar_t, kP>, b, stream);
+  else
+    launch_update_best_with<1>(update_best_kernel<scalar_t, 1>, b, stream);
 }
 
 }  // namespace pgd
