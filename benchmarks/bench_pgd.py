@@ -5,8 +5,10 @@ attack's output depends on its random start), so this suite brings its own runne
 and reuses the harness for timing, metadata and output files. Cases:
 
 - "pgd-10": L-inf PGD, eps 8/255, alpha 2/255, 10 steps, random start, on CIFAR-shaped inputs
-  (3x32x32). Implementations: "fastrobust" (fastrobust.attacks.PGD with keep="last": the final
-  iterate, as torchattacks returns), "+channels_last", "+cuda_graph" (CUDA only), "reference"
+  (3x32x32; DigitsCNN: the main job's 1x8x8 digits). Implementations: "fastrobust"
+  (fastrobust.attacks.PGD with keep="last": the final iterate, as torchattacks returns),
+  "fastrobust keep=success" (the default: best-point tracking and one more forward, which
+  evaluates the last iterate), "+channels_last", "+cuda_graph" (CUDA only), "reference"
   (fastrobust.reference.pgd.pgd, the torchattacks-style eager loop; it also evaluates the final
   iterate once, to keep the worst case over restarts: one forward more than torchattacks),
   "torchattacks" (the package, when installed) and "floor" (10 x forward + input gradient,
@@ -76,7 +78,17 @@ def wrn_34_10():
     return wrn34_10(num_classes=10)
 
 
-MODELS = {"SmallCNN": small_cnn, "PreActResNet18": preact_resnet18, "WRN-34-10": wrn_34_10}
+def digits_cnn():
+    """The main job's model: the small CNN (default width) on 1x8x8 scikit-learn digits."""
+    from fastrobust.models import SmallCNN
+
+    return SmallCNN(in_channels=1, num_classes=10)
+
+
+MODELS = {"SmallCNN": small_cnn, "PreActResNet18": preact_resnet18, "WRN-34-10": wrn_34_10,
+          "DigitsCNN": digits_cnn}
+# The input each model takes; CIFAR-10's unless named here.
+MODEL_INPUT_SHAPE = {"DigitsCNN": (1, 8, 8)}
 
 
 # ----------------------------------------------------------------------------- cases
@@ -130,7 +142,8 @@ class Sizes:
 SIZES = {
     "cuda": Sizes(pgd=(("PreActResNet18", 512), ("PreActResNet18", 128), ("WRN-34-10", 128), ("WRN-34-10", 512)),
                   step_rows=512, restarts=("PreActResNet18", 64), apgd=("PreActResNet18", 128)),
-    "cpu": Sizes(pgd=(("SmallCNN", 128), ("PreActResNet18", 32)),
+    # DigitsCNN B359: the main job's evaluation batch (the digits test split).
+    "cpu": Sizes(pgd=(("SmallCNN", 128), ("DigitsCNN", 359), ("PreActResNet18", 32)),
                  step_rows=128, restarts=("SmallCNN", 64), apgd=("SmallCNN", 32)),
 }
 QUICK_SIZES = {
@@ -176,7 +189,7 @@ def make_workload(case: AttackCase) -> Workload:
     torch.manual_seed(harness.SEED)
     model = MODELS[case.model]().to(case.device).eval()
     gen = torch.Generator().manual_seed(harness.SEED)
-    x = torch.rand((case.batch, *IMAGE_SHAPE), generator=gen).to(case.device)
+    x = torch.rand((case.batch, *MODEL_INPUT_SHAPE.get(case.model, IMAGE_SHAPE)), generator=gen).to(case.device)
     with torch.no_grad(), autocast_context(x.device, case.autocast):
         y = model(x).argmax(1)
     return Workload(case, model, x, y)
@@ -251,6 +264,8 @@ def attack_implementations(case: AttackCase) -> Dict[str, AttackBuilder]:
     pgd = dict(alpha=PGD_ALPHA, steps=PGD_STEPS, random_start=True, keep="last")
     if case.kind == "pgd-10":
         impls = {MAIN: fastrobust_attack("PGD", **pgd),
+                 # the default keep="success": best-point tracking and one forward more
+                 "fastrobust keep=success": fastrobust_attack("PGD", **dict(pgd, keep="success")),
                  "fastrobust+channels_last": fastrobust_attack("PGD", channels_last=True, **pgd)}
         if harness.device_type(case.device) == "cuda":
             impls["fastrobust+cuda_graph"] = fastrobust_attack("PGD", cuda_graph=True, **pgd)
@@ -456,7 +471,8 @@ def run_suite(device: str, dtypes: Optional[Iterable[torch.dtype]], options: har
 
 def description(device: str) -> str:
     return (f"PGD-10 L-inf 8/255, fused step, R={RESTARTS} restarts, APGD-CE {APGD_STEPS}; "
-            f"random-weight models, {'x'.join(map(str, IMAGE_SHAPE))} inputs")
+            f"random-weight models, {'x'.join(map(str, IMAGE_SHAPE))} inputs "
+            f"(DigitsCNN {'x'.join(map(str, MODEL_INPUT_SHAPE['DigitsCNN']))})")
 
 
 def run(device: str, dtypes: Optional[List[torch.dtype]], options: harness.Options) -> bool:

@@ -16,7 +16,7 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 EXPECTED_IMPLEMENTATIONS = {
-    "pgd-10": {"fastrobust", "fastrobust+channels_last", "reference", "torchattacks", "floor"},
+    "pgd-10": {"fastrobust", "fastrobust keep=success", "fastrobust+channels_last", "reference", "torchattacks", "floor"},
     "step": {"fastrobust", "reference", "torchattacks_chain"},
     "restarts": {"fastrobust", "sequential"},
     "apgd-ce": {"fastrobust", "reference", "torchattacks"},
