@@ -61,15 +61,13 @@ def pool(feat: torch.Tensor) -> torch.Tensor:
 
 
 def fused_layer(probe: Probe, labels: torch.Tensor):
-    """(feat * m, probe logits) by the closed form (fastrobust/ops/cifs.py): the logits on the
-    non-detached pooled feature, the targets from them, the relevance in closed form, then
-    the fused softmax + reweighting."""
+    """(feat * m, probe logits) as fastrobust.nn.CIFS computes them (fastrobust.ops.cifs_layer):
+    the probe logits on the non-detached pooled feature, the targets from them, the closed-form
+    relevance, the fused softmax + reweighting, and in the backward one kernel that writes the
+    feature gradient with the pooling's term."""
 
     def layer(feat, *params):
-        pooled = pool(feat)
-        logits = probe.logits(pooled, *params)
-        t1, t2 = ops.cifs_targets(logits, labels)
-        return ops.cifs_reweight(feat, probe.relevance(pooled, t1, t2, *params)), logits
+        return ops.cifs_layer(feat, params, labels, probe=probe.name, beta=MLP_BETA)
 
     return layer
 

@@ -136,3 +136,30 @@ def test_errors_name_the_argument(backend):
     for args, message in cases:
         with pytest.raises(RuntimeError, match=message):
             op(*args)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_backward_adds_the_pooling_gradient(backend, dtype):
+    """_cifs_reweight_backward(..., grad_pooled) = the gradients of out and of feat's spatial
+    mean together, as a CIFS layer's probe reads it (one pass instead of autograd's sum)."""
+    for i, shape in enumerate([(3, 5, 4, 3), (2, 64, 7, 5), (1, 2500, 1, 1)]):
+        feat, relevance, grad_out = inputs(shape, dtype, backend.device, seed=i)
+        grad_pooled = torch.randn(shape[:2], generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+        f64, r64 = (t.cpu().double().requires_grad_(True) for t in (feat, relevance))
+        want = torch.autograd.grad([reference_reweight(f64, r64, 1.0, 2.0), f64.mean((2, 3))], [f64, r64],
+                                   [grad_out.cpu().double(), grad_pooled])
+        got = backend.op("_cifs_reweight_backward")(grad_out, feat, relevance, 1.0, 2.0,
+                                                    grad_pooled.to(backend.device, torch.float32))
+        assert_close_to_oracle(got[0], want[0], dtype, BACKWARD_TOL, name="grad feat")
+        assert_close_to_oracle(got[1], want[1], dtype, REDUCTION_TOL, name="grad relevance")
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_backward_rejects_a_bad_pooling_gradient(backend):
+    feat, relevance, grad_out = inputs((2, 3, 2, 2), torch.float32, backend.device)
+    op = backend.op("_cifs_reweight_backward")
+    with pytest.raises(RuntimeError, match=r"grad_pooled must have shape \(B, C\) = \(2, 3\)"):
+        op(grad_out, feat, relevance, 1.0, 1.0, torch.zeros(3, 2, device=backend.device))
+    with pytest.raises(RuntimeError, match="grad_pooled"):
+        op(grad_out, feat, relevance, 1.0, 1.0, torch.zeros(2, 3, dtype=torch.long, device=backend.device))

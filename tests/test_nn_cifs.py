@@ -314,3 +314,69 @@ def test_default_scale_is_the_official_plain_softmax():
     torch.testing.assert_close(out, feat * torch.softmax(relevance, dim=1)[:, :, None, None])
     doubled = fastrobust.ops.cifs_reweight(feat, relevance, scale=2.0)  # the older commit's value
     torch.testing.assert_close(doubled, 2 * out)
+
+
+def composed(layer, labels):
+    """The layer composed of ops (autograd adds the pooling's and the reweighting's feature
+    gradients): what fastrobust.ops.cifs_layer runs where its single node does not."""
+    from fastrobust.ops.cifs_layer import _composed
+
+    return lambda feat: _composed(feat, list(layer.parameters()), labels if layer.training else None, layer.probe,
+                                  layer.beta, layer.temperature, layer.scale)
+
+
+@pytest.mark.skipif(not fastrobust.HAS_EXT, reason="compiled extension not built")
+@pytest.mark.parametrize("namespace", ["fastrobust", pytest.param("fastrobust_emu", marks=pytest.mark.skipif(
+    not fastrobust.HAS_EMU, reason="emulated kernels not built"))])
+@pytest.mark.parametrize("probe", PROBES)
+@pytest.mark.parametrize("training", MODES)
+def test_single_node_equals_the_composition(namespace, probe, training):
+    """ops.cifs_layer's one autograd node (the pooling's gradient added inside the reweighting
+    backward kernel, the probe's graph differentiated in its backward) against the composed
+    ops: outputs and every gradient."""
+    from fastrobust.ops.cifs_layer import cifs_layer as layer_op
+
+    for batch, channels, classes, h, w in [(4, 3, 3, 4, 4), (2, 64, 10, 7, 5), (3, 512, 10, 1, 1)]:
+        layer = make_layer(channels, classes, probe).train(training)
+        feat, labels = inputs(batch, channels, classes, h, w)
+        node = lambda f: layer_op(f, list(layer.parameters()), labels if training else None, probe=probe,
+                                  beta=layer.beta, temperature=layer.temperature, scale=layer.scale,
+                                  _namespace=namespace)
+        got = outputs_and_grads(node, layer, feat)
+        want = outputs_and_grads(composed(layer, labels), layer, feat)
+        assert got[0].grad_fn is not None and type(got[0].grad_fn).__name__ == "_FusedLayerBackward"
+        for name, a, b in zip(["out", "probe_logits", "grad feat", "grad params"], got, want):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.skipif(not fastrobust.HAS_EXT, reason="compiled extension not built")
+def test_single_node_backward_twice_and_frozen_parts():
+    """retain_graph=True lets the node be differentiated twice; with a frozen probe only the
+    feature gets a gradient, with a constant feature only the probe."""
+    layer = make_layer(5, 4, "mlp").train()
+    feat, labels = inputs(3, 5, 4, 2, 2)
+    f = feat.clone().requires_grad_(True)
+    out, logits = layer(f, labels)
+    first = torch.autograd.grad(out.sum() + logits.sum(), [f, *layer.parameters()], retain_graph=True)
+    second = torch.autograd.grad(out.sum() + logits.sum(), [f, *layer.parameters()])
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for p in layer.parameters():
+        p.requires_grad_(False)
+    out, logits = layer(f, labels)
+    (grad_feat,) = torch.autograd.grad(out.sum() + logits.sum(), [f])
+    torch.testing.assert_close(grad_feat, first[0], rtol=0, atol=0)
+    for p in layer.parameters():
+        p.requires_grad_(True)
+    out, logits = layer(feat, labels)
+    grads = torch.autograd.grad(out.sum() + logits.sum(), list(layer.parameters()))
+    for a, b in zip(grads, first[1:]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_cifs_layer_rejects_bad_probe_arguments():
+    feat, _ = inputs(2, 3, 4, 2, 2)
+    with pytest.raises(ValueError, match="probe must be one of"):
+        fastrobust.ops.cifs_layer(feat, [torch.zeros(4, 3), torch.zeros(4)], probe="conv")
+    with pytest.raises(ValueError, match=r"params of a mlp probe must be the tensors \(w1, b1, w2, b2\)"):
+        fastrobust.ops.cifs_layer(feat, [torch.zeros(4, 3), torch.zeros(4)], probe="mlp")

@@ -48,34 +48,36 @@ FR_CPU_MULTIVERSION void scale_rows(const scalar_t* __restrict__ in, scalar_t* _
   }
 }
 
-// grad_feat rows = grad_out rows * m_c; d[c] = sum_hw grad_out * feat, kept in kDotLanes
-// partial sums so that the loop vectorises without reassociating a single sum.
+// grad_feat rows = grad_out rows * m_c (+ add[c] when add is given); d[c] = sum_hw grad_out *
+// feat, kept in kDotLanes partial sums so that the loop vectorises without reassociating a
+// single sum.
 constexpr int kDotLanes = 8;
 
 template <typename scalar_t>
 FR_CPU_MULTIVERSION void backward_rows(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ feat,
                                        scalar_t* __restrict__ grad_feat,
                                        const typename cpu_acc<scalar_t>::type* mask,
+                                       const typename cpu_acc<scalar_t>::type* add,
                                        typename cpu_acc<scalar_t>::type* d, int64_t channels, int64_t spatial) {
   using acc = typename cpu_acc<scalar_t>::type;
   for (int64_t c = 0; c < channels; ++c) {
     const scalar_t* g = grad_out + c * spatial;
     const scalar_t* f = feat + c * spatial;
     scalar_t* out = grad_feat + c * spatial;
-    const acc m = mask[c];
+    const acc m = mask[c], a = add != nullptr ? add[c] : acc(0);
     acc lane[kDotLanes] = {};
     int64_t i = 0;
     for (; i + kDotLanes <= spatial; i += kDotLanes)
       for (int l = 0; l < kDotLanes; ++l) {
         const acc gi = g[i + l];
         lane[l] += gi * acc(f[i + l]);
-        out[i + l] = gi * m;
+        out[i + l] = gi * m + a;
       }
     acc dot = 0;
     for (; i < spatial; ++i) {
       const acc gi = g[i];
       dot += gi * acc(f[i]);
-      out[i] = gi * m;
+      out[i] = gi * m + a;
     }
     for (int l = 0; l < kDotLanes; ++l) dot += lane[l];
     d[c] = dot;
@@ -104,8 +106,9 @@ at::Tensor cifs_reweight_cpu(const at::Tensor& feat, const at::Tensor& relevance
 
 std::tuple<at::Tensor, at::Tensor> cifs_reweight_backward_cpu(const at::Tensor& grad_out, const at::Tensor& feat,
                                                               const at::Tensor& relevance, double temperature,
-                                                              double scale) {
-  const Prepared p = prepare_backward(grad_out, feat, relevance, temperature, scale);
+                                                              double scale,
+                                                              const std::optional<at::Tensor>& grad_pooled) {
+  const Prepared p = prepare_backward(grad_out, feat, relevance, temperature, scale, grad_pooled);
   at::Tensor grad_feat = at::empty_like(p.feat);
   at::Tensor grad_relevance = at::empty_like(p.relevance);
   if (p.batch > 0 && p.channels > 0) {
@@ -113,13 +116,15 @@ std::tuple<at::Tensor, at::Tensor> cifs_reweight_backward_cpu(const at::Tensor& 
       using acc = typename cpu_acc<scalar_t>::type;
       const auto a = ptrs<scalar_t, acc>(p, grad_feat, grad_relevance, at::Tensor());
       at::parallel_for(0, a.batch, 1, [&](int64_t b0, int64_t b1) {
-        std::vector<acc> prob(a.channels), mask(a.channels), d(a.channels);
+        std::vector<acc> prob(a.channels), mask(a.channels), d(a.channels), add(a.grad_pooled ? a.channels : 0);
         for (int64_t b = b0; b < b1; ++b) {
           softmax_row(a.relevance + b * a.channels, a.channels, a.temperature, prob.data());
           for (int64_t c = 0; c < a.channels; ++c) mask[c] = a.scale * prob[c];
+          if (a.grad_pooled != nullptr)
+            for (int64_t c = 0; c < a.channels; ++c) add[c] = a.grad_pooled[b * a.channels + c] / acc(a.spatial);
           const int64_t offset = b * a.channels * a.spatial;
-          backward_rows(a.grad_out + offset, a.feat + offset, a.out + offset, mask.data(), d.data(), a.channels,
-                        a.spatial);
+          backward_rows(a.grad_out + offset, a.feat + offset, a.out + offset, mask.data(),
+                        a.grad_pooled != nullptr ? add.data() : nullptr, d.data(), a.channels, a.spatial);
           acc p_dot_d = 0;
           for (int64_t c = 0; c < a.channels; ++c) p_dot_d += prob[c] * d[c];
           for (int64_t c = 0; c < a.channels; ++c)

@@ -28,8 +28,8 @@ inline at::Tensor forward(const at::Tensor& feat, const at::Tensor& relevance, d
 
 inline std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& feat,
                                                    const at::Tensor& relevance, double temperature, double scale,
-                                                   cudaStream_t stream) {
-  const auto p = ::fastrobust::cifs::prepare_backward(grad_out, feat, relevance, temperature, scale);
+                                                   const std::optional<at::Tensor>& grad_pooled, cudaStream_t stream) {
+  const auto p = ::fastrobust::cifs::prepare_backward(grad_out, feat, relevance, temperature, scale, grad_pooled);
   at::Tensor grad_feat = at::empty_like(p.feat);
   at::Tensor grad_relevance = at::empty_like(p.relevance);
   if (p.batch > 0 && p.channels > 0) {

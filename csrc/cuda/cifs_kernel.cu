@@ -15,9 +15,11 @@ at::Tensor cifs_reweight_cuda(const at::Tensor& feat, const at::Tensor& relevanc
 
 std::tuple<at::Tensor, at::Tensor> cifs_reweight_backward_cuda(const at::Tensor& grad_out, const at::Tensor& feat,
                                                                const at::Tensor& relevance, double temperature,
-                                                               double scale) {
+                                                               double scale,
+                                                               const std::optional<at::Tensor>& grad_pooled) {
   const c10::cuda::CUDAGuard guard(feat.device());
-  return cuda::cifs::backward(grad_out, feat, relevance, temperature, scale, at::cuda::getCurrentCUDAStream());
+  return cuda::cifs::backward(grad_out, feat, relevance, temperature, scale, grad_pooled,
+                              at::cuda::getCurrentCUDAStream());
 }
 
 }  // namespace

@@ -29,9 +29,9 @@ namespace mc = ::fastrobust::cifs;
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / kWarpSize;
 constexpr int64_t kChunkElems = 4096;
-// At most this many channels per block: the backward keeps two acc arrays of them in shared
-// memory (2 x 2048 doubles = 32 KiB).
-constexpr int64_t kMaxChunkChannels = 2048;
+// At most this many channels per block: the backward keeps three acc arrays of them in shared
+// memory (3 x 1024 doubles = 24 KiB).
+constexpr int64_t kMaxChunkChannels = 1024;
 // Flat loops start at a multiple of this many elements of the whole tensor (lanes before the
 // chunk idle): a chunk of 7x7 maps starts anywhere, and an unaligned warp access touches one
 // 32-byte sector more than it needs.
@@ -121,7 +121,7 @@ __device__ acc segmented_warp_sum(acc v, int64_t channel) {
   return v;
 }
 
-// grad_feat = grad_out * m_c and d_c = sum_hw grad_out * feat. Warp w owns the chunk's
+// grad_feat = grad_out * m_c (+ grad_pooled_c / HW) and d_c = sum_hw grad_out * feat. Warp w owns the chunk's
 // channels [w * k, (w + 1) * k) and streams them as one flat range, 32 elements a step; each
 // step's products are summed per channel by a segmented warp scan, whose run ends add into the
 // channel's shared slot (only this warp writes it, in a fixed order: deterministic). d is then
@@ -130,10 +130,17 @@ template <typename scalar_t>
 __global__ void reweight_backward_feat_kernel(ReweightPtrs<scalar_t, acc_t<scalar_t>> a, int64_t per_chunk) {
   using acc = acc_t<scalar_t>;
   FR_DYNAMIC_SMEM(acc, smem);
-  smem_ptr<acc> mask = smem, dots = smem + per_chunk;
+  smem_ptr<acc> mask = smem, dots = smem + per_chunk, pooled_term = smem + 2 * per_chunk;
   const int64_t b = blockIdx.y;
   int64_t c0, c1;
   chunk_mask<acc>(a.relevance + b * a.channels, a.channels, per_chunk, a.temperature, a.scale, mask, c0, c1);
+  const bool with_pooled = a.grad_pooled != nullptr;
+  if (with_pooled) {
+    FR_GLOBAL(const acc) grad_pooled = a.grad_pooled + b * a.channels;
+    for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x)
+      pooled_term[c - c0] = acc(grad_pooled[c]) / acc(a.spatial);
+    __syncthreads();
+  }
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int64_t chunk = c1 - c0, per_warp = ceil_div<int64_t>(chunk, kWarps);
   const int64_t first = std::min(chunk, warp * per_warp), last = std::min(chunk, first + per_warp);
@@ -152,7 +159,7 @@ __global__ void reweight_backward_feat_kernel(ReweightPtrs<scalar_t, acc_t<scala
     if (inside) {
       const acc g = acc(grad_out[i]);
       product = g * acc(feat[i]);
-      out[i] = g * mask[at.channel];
+      out[i] = with_pooled ? g * mask[at.channel] + pooled_term[at.channel] : g * mask[at.channel];
     }
     // lanes before the start and past the end: runs of their own, channels still ascending
     const int64_t channel = inside ? at.channel : (i < start ? int64_t(-1) : last);
@@ -202,7 +209,7 @@ template <typename scalar_t>
 void launch_backward(const ReweightPtrs<scalar_t, acc_t<scalar_t>>& a, cudaStream_t stream) {
   const int64_t per_chunk = chunk_channels(a.channels, a.spatial);
   FR_LAUNCH(reweight_backward_feat_kernel<scalar_t>, chunk_grid(a.batch, a.channels, per_chunk), dim3(kThreads),
-            2 * per_chunk * sizeof(acc_t<scalar_t>), stream, a, per_chunk);
+            3 * per_chunk * sizeof(acc_t<scalar_t>), stream, a, per_chunk);
   FR_LAUNCH(reweight_backward_relevance_kernel<scalar_t>, dim3(static_cast<unsigned>(a.batch)), dim3(kThreads), 0,
             stream, a);
 }

@@ -14,8 +14,9 @@ at::Tensor cifs_reweight_emu(const at::Tensor& feat, const at::Tensor& relevance
 
 std::tuple<at::Tensor, at::Tensor> cifs_reweight_backward_emu(const at::Tensor& grad_out, const at::Tensor& feat,
                                                               const at::Tensor& relevance, double temperature,
-                                                              double scale) {
-  return emu::cifs::backward(grad_out, feat, relevance, temperature, scale, nullptr);
+                                                              double scale,
+                                                              const std::optional<at::Tensor>& grad_pooled) {
+  return emu::cifs::backward(grad_out, feat, relevance, temperature, scale, grad_pooled, nullptr);
 }
 
 }  // namespace

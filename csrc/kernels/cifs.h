@@ -2,7 +2,8 @@
 // Per-channel maths of CIFS's fused reweighting, shared by the CPU and CUDA kernels:
 //   p = softmax(r / T) over channels,  m = scale * p,  out[c, :] = feat[c, :] * m_c,
 // and its backward, with d_c = sum_hw grad_out[c, hw] * feat[c, hw]:
-//   grad_feat[c, :] = grad_out[c, :] * m_c,
+//   grad_feat[c, :] = grad_out[c, :] * m_c (+ grad_pooled_c / HW: the gradient of the
+//                     spatial mean that a CIFS layer's probe reads, when given),
 //   grad_r_c = (scale / T) * p_c * (d_c - sum_c' p_c' d_c').
 // Softmax as torch computes it: z = r / T, p_c = exp(z_c - max z) / sum_c' exp(z_c' - max z).
 // Reference: fastrobust/reference/cifs.py.
@@ -44,6 +45,7 @@ struct ReweightPtrs {
   scalar_t* out;  // forward: the output; backward: grad_feat
   acc* grad_relevance;
   acc* channel_dots;
+  const acc* grad_pooled;  // (B, C) or null: grad_feat += grad_pooled / spatial
   int64_t batch, channels, spatial;
   acc temperature, scale;
 };

@@ -38,13 +38,22 @@ Prepared prepare(const at::Tensor& feat, const at::Tensor& relevance, double tem
 }
 
 Prepared prepare_backward(const at::Tensor& grad_out, const at::Tensor& feat, const at::Tensor& relevance,
-                          double temperature, double scale) {
+                          double temperature, double scale, const std::optional<at::Tensor>& grad_pooled) {
   Prepared p = prepare(feat, relevance, temperature, scale);
   FR_CHECK(grad_out.sizes() == feat.sizes(), "grad_out must have the shape of feat (", feat.sizes(), "), got ",
            grad_out.sizes());
   FR_CHECK_SAME_DTYPE(grad_out, "grad_out", feat, "feat");
   FR_CHECK_SAME_DEVICE(grad_out, "grad_out", feat, "feat");
   p.grad_out = grad_out.contiguous();
+  if (grad_pooled.has_value() && grad_pooled->defined()) {
+    const at::Tensor& gp = *grad_pooled;
+    FR_CHECK_FLOATING(gp, "grad_pooled");
+    FR_CHECK_SAME_DEVICE(gp, "grad_pooled", feat, "feat");
+    FR_CHECK(gp.dim() == 2 && gp.size(0) == feat.size(0) && gp.size(1) == feat.size(1),
+             "grad_pooled must have shape (B, C) = (", feat.size(0), ", ", feat.size(1), ") for feat of shape ",
+             feat.sizes(), ", got ", gp.sizes());
+    p.grad_pooled = gp.to(acc_dtype(feat)).contiguous();
+  }
   return p;
 }
 

@@ -4,6 +4,8 @@
 // runs first.
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+
 #include "../kernels/cifs.h"
 
 namespace fastrobust {
@@ -12,7 +14,7 @@ constexpr const char* kCifsReweightSchema =
     "cifs_reweight(Tensor feat, Tensor relevance, float temperature, float scale) -> Tensor";
 constexpr const char* kCifsReweightBackwardSchema =
     "_cifs_reweight_backward(Tensor grad_out, Tensor feat, Tensor relevance, float temperature, "
-    "float scale) -> (Tensor, Tensor)";
+    "float scale, Tensor? grad_pooled=None) -> (Tensor, Tensor)";
 
 namespace cifs {
 
@@ -20,6 +22,7 @@ namespace cifs {
 // grad_relevance is computed in it and converted back to relevance_dtype.
 struct Prepared {
   at::Tensor feat, relevance, grad_out;  // contiguous; grad_out undefined in the forward
+  at::Tensor grad_pooled;                // (B, C) in the accumulation dtype, or undefined
   at::ScalarType relevance_dtype = at::kFloat;
   int64_t batch = 0, channels = 0, spatial = 0;
   double temperature = 1, scale = 2;
@@ -28,11 +31,13 @@ struct Prepared {
 // feat (B, C, H, W) floating, any layout; relevance (B, C) floating (any dtype) on feat's
 // device; temperature > 0.
 Prepared prepare(const at::Tensor& feat, const at::Tensor& relevance, double temperature, double scale);
-// The above, plus grad_out with feat's shape, dtype and device.
 // The accumulation dtype of feat: float64 for float64, float32 otherwise.
 at::ScalarType acc_dtype(const at::Tensor& feat);
+// prepare, plus grad_out with feat's shape, dtype and device, and the optional gradient of
+// feat's spatial mean, (B, C) floating on feat's device: the backward adds
+// grad_pooled[b, c] / (H W) to grad_feat[b, c] (the pooling's backward, fused).
 Prepared prepare_backward(const at::Tensor& grad_out, const at::Tensor& feat, const at::Tensor& relevance,
-                          double temperature, double scale);
+                          double temperature, double scale, const std::optional<at::Tensor>& grad_pooled);
 
 template <typename scalar_t, typename acc>
 ReweightPtrs<scalar_t, acc> ptrs(const Prepared& p, const at::Tensor& out, const at::Tensor& grad_relevance,
@@ -44,6 +49,7 @@ ReweightPtrs<scalar_t, acc> ptrs(const Prepared& p, const at::Tensor& out, const
   r.out = out.mutable_data_ptr<scalar_t>();
   r.grad_relevance = grad_relevance.defined() ? grad_relevance.mutable_data_ptr<acc>() : nullptr;
   r.channel_dots = channel_dots.defined() ? channel_dots.mutable_data_ptr<acc>() : nullptr;
+  r.grad_pooled = p.grad_pooled.defined() ? p.grad_pooled.const_data_ptr<acc>() : nullptr;
   r.batch = p.batch;
   r.channels = p.channels;
   r.spatial = p.spatial;

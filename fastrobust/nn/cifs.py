@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.cifs import cifs_reweight, cifs_targets, linear_relevance, mlp_relevance
+from ..ops.cifs_layer import cifs_layer
 
 PROBES = ("linear", "mlp")
 
@@ -94,12 +94,6 @@ class CIFS(nn.Module):
         layer's parameters: a module mapping (B, C, H, W) to (B, num_classes) logits."""
         return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), *self.head)
 
-    def _relevance(self, pooled: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
-        first = self.head[0]
-        if self.probe == "linear":
-            return linear_relevance(first.weight, t1, t2)
-        return mlp_relevance(pooled, first.weight, first.bias, self.head[2].weight, self.beta, t1, t2)
-
     def forward(self, feat: torch.Tensor, labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         if feat.dim() != 4 or feat.shape[1] != self.channels:
             raise ValueError(f"feat must have shape (B, {self.channels}, H, W) for CIFS({self.channels}, "
@@ -107,11 +101,8 @@ class CIFS(nn.Module):
         if self.training and labels is None:
             raise ValueError("labels must be given in train mode: CIFS takes the label as the first class "
                              "of the mask (call model.eval() to use the probe's top-1 prediction instead)")
-        pooled = F.adaptive_avg_pool2d(feat, 1).flatten(1)
-        probe_logits = self.head(pooled)
-        t1, t2 = cifs_targets(probe_logits, labels if self.training else None)
-        relevance = self._relevance(pooled.detach(), t1, t2)
-        return cifs_reweight(feat, relevance, self.temperature, self.scale), probe_logits
+        return cifs_layer(feat, list(self.head.parameters()), labels if self.training else None, probe=self.probe,
+                          beta=self.beta, temperature=self.temperature, scale=self.scale)
 
     def extra_repr(self) -> str:
         return (f"{self.channels}, {self.num_classes}, probe={self.probe!r}, temperature={self.temperature}, "

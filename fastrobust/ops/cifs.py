@@ -95,9 +95,13 @@ def _fake_reweight(feat, relevance, temperature, scale):
     return torch.empty_like(feat, memory_format=torch.contiguous_format)
 
 
-def _fake_reweight_backward(grad_out, feat, relevance, temperature, scale):
+def _fake_reweight_backward(grad_out, feat, relevance, temperature, scale, grad_pooled=None):
     check_reweight_args(feat, relevance, temperature, scale)
     check_same_device("feat", feat, grad_out=grad_out)
+    if grad_pooled is not None:
+        check_same_device("feat", feat, grad_pooled=grad_pooled)
+        torch._check(grad_pooled.shape == relevance.shape,
+                     lambda: f"grad_pooled must have shape (B, C) = {tuple(relevance.shape)}, got {tuple(grad_pooled.shape)}")
     return (torch.empty_like(feat, memory_format=torch.contiguous_format),
             torch.empty_like(relevance, memory_format=torch.contiguous_format))
 

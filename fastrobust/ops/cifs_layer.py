@@ -1,0 +1,121 @@
+"""The CIFS layer's forward and backward as one autograd node (what fastrobust.nn.CIFS runs).
+
+Composed from ops, the layer's backward makes autograd add two feature-sized gradients: the
+reweighting's grad_out * m and the global average pooling's grad_pooled / (H W), expanded.
+Here the pooling's gradient goes into the reweighting's backward kernel instead
+(`_cifs_reweight_backward(..., grad_pooled)`), so the feature gradient is written in one pass.
+The probe (a few small matrices) keeps its autograd graph, built inside the forward and
+differentiated in the backward: first the logits' gradient (which gives grad_pooled), then
+the relevance's (which needs the kernel's grad_relevance), so the probe weights get the same
+first- and second-order terms as the composed layer.
+
+Where the node would not help or could not run (no grad needed, no compiled extension, inside
+torch.compile, which traces the composition), the composition runs: the values are the same.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ._registration import has_op
+from .cifs import cifs_reweight, cifs_targets, linear_relevance, mlp_relevance
+
+PROBE_PARAMS = {"linear": 2, "mlp": 4}  # (weight, bias) and (w1, b1, w2, b2)
+
+
+def _pool(feat: torch.Tensor) -> torch.Tensor:
+    return F.adaptive_avg_pool2d(feat, 1).flatten(1)
+
+
+def _probe_logits(probe: str, beta: float, pooled: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+    if probe == "linear":
+        return F.linear(pooled, params[0], params[1])
+    w1, b1, w2, b2 = params
+    return F.linear(F.softplus(F.linear(pooled, w1, b1), beta=beta), w2, b2)
+
+
+def _probe_relevance(probe: str, beta: float, pooled: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor,
+                     params: Sequence[torch.Tensor]) -> torch.Tensor:
+    if probe == "linear":
+        return linear_relevance(params[0], t1, t2)
+    w1, b1, w2, _ = params
+    return mlp_relevance(pooled, w1, b1, w2, beta, t1, t2)
+
+
+def _composed(feat, params, labels, probe, beta, temperature, scale):
+    pooled = _pool(feat)
+    logits = _probe_logits(probe, beta, pooled, params)
+    t1, t2 = cifs_targets(logits, labels)
+    relevance = _probe_relevance(probe, beta, pooled.detach(), t1, t2, params)
+    return cifs_reweight(feat, relevance, temperature, scale), logits
+
+
+class _FusedLayer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, feat, labels, probe, beta, temperature, scale, namespace, *params):
+        pooled = _pool(feat)
+        with torch.enable_grad():
+            pooled_leaf = pooled.detach().requires_grad_(ctx.needs_input_grad[0])
+            leaves = [p.detach().requires_grad_(need) for p, need in zip(params, ctx.needs_input_grad[7:])]
+            logits = _probe_logits(probe, beta, pooled_leaf, leaves)
+            t1, t2 = cifs_targets(logits, labels)
+            relevance = _probe_relevance(probe, beta, pooled_leaf.detach(), t1, t2, leaves)
+        out = getattr(torch.ops, namespace).cifs_reweight(feat, relevance.detach(), temperature, scale)
+        ctx.save_for_backward(feat, relevance.detach())
+        # The probe's small graph, differentiated in backward (as torch.utils.checkpoint keeps one).
+        ctx.probe_graph = (pooled_leaf, leaves, logits, relevance)
+        ctx.args = (temperature, scale, namespace)
+        return out, logits.detach()
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_logits):
+        feat, relevance_value = ctx.saved_tensors
+        pooled_leaf, leaves, logits, relevance = ctx.probe_graph
+        temperature, scale, namespace = ctx.args
+        param_grads = [None] * len(leaves)
+
+        def accumulate(outputs, grads):
+            inputs = [t for t in [pooled_leaf, *leaves] if t.requires_grad]
+            if not inputs or not outputs.requires_grad:
+                return None
+            # retain_graph: the outer graph may be differentiated again (retain_graph=True there)
+            got = dict(zip(map(id, inputs), torch.autograd.grad(outputs, inputs, grads, retain_graph=True,
+                                                                allow_unused=True)))
+            for i, leaf in enumerate(leaves):
+                g = got.get(id(leaf))
+                if g is not None:
+                    param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
+            return got.get(id(pooled_leaf))
+
+        grad_pooled = accumulate(logits, grad_logits)
+        grad_feat, grad_relevance = getattr(torch.ops, namespace)._cifs_reweight_backward(
+            grad_out, feat, relevance_value, temperature, scale, grad_pooled)
+        accumulate(relevance, grad_relevance)  # reads the detached pooled feature: no grad_pooled term
+        return (grad_feat if ctx.needs_input_grad[0] else None, None, None, None, None, None, None, *param_grads)
+
+
+def check_probe_params(probe: str, params: Sequence[torch.Tensor]) -> None:
+    if probe not in PROBE_PARAMS:
+        raise ValueError(f"probe must be one of {tuple(PROBE_PARAMS)}, got {probe!r}")
+    if len(params) != PROBE_PARAMS[probe] or not all(isinstance(p, torch.Tensor) for p in params):
+        names = "(weight, bias)" if probe == "linear" else "(w1, b1, w2, b2)"
+        raise ValueError(f"params of a {probe} probe must be the tensors {names}, got {len(params)} values")
+
+
+def cifs_layer(feat: torch.Tensor, params: Sequence[torch.Tensor], labels: Optional[torch.Tensor] = None,
+               probe: str = "linear", beta: float = 5.0, temperature: float = 1.0, scale: float = 1.0,
+               _namespace: str = "fastrobust") -> Tuple[torch.Tensor, torch.Tensor]:
+    """(feat * m, probe logits) of a CIFS layer (see fastrobust.nn.CIFS) with the probe given by
+    its parameters: "linear" (weight (K, C), bias (K,)) or "mlp" (w1 (hidden, C), b1, w2
+    (K, hidden), b2, Softplus(beta) between). labels: t1 = the label (train mode), or None for
+    the probe's top-1 (eval mode). Gradients reach feat and every parameter, as for the
+    composition of fastrobust.ops.cifs_reweight with the probe's closed-form relevance."""
+    check_probe_params(probe, params)
+    needs_grad = torch.is_grad_enabled() and (feat.requires_grad or any(p.requires_grad for p in params))
+    if not needs_grad or not has_op(_namespace, "cifs_reweight") or torch.compiler.is_compiling():
+        return _composed(feat, params, labels, probe, beta, temperature, scale)
+    if feat.dim() != 4:
+        raise ValueError(f"feat must be (B, C, H, W), got shape {tuple(feat.shape)}")
+    return _FusedLayer.apply(feat, labels, probe, beta, temperature, scale, _namespace, *params)
