@@ -115,6 +115,14 @@ def run_one(name: str, device: str, dtypes, options: harness.Options) -> bool:
     return all(harness.check_summary(c) == "ok" for c in result["cases"])
 
 
+def refresh_summary(out_dir: Path) -> None:
+    """Results written to the committed folder: rewrite its summary.md (the README's tables)."""
+    from . import perf_summary
+
+    if out_dir.resolve() == perf_summary.DEFAULT_DIR:
+        (out_dir / "summary.md").write_text(perf_summary.render(out_dir))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.model_blocks < 1:
@@ -122,7 +130,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.model:
         args.argv = list(sys.argv[1:] if argv is None else argv)
         names = sorted(SUITES) if args.suite == "all" else [args.suite]
-        return 0 if all(model_one(name, args) for name in names) else 1
+        ok = all(model_one(name, args) for name in names)
+        refresh_summary(args.out)
+        return 0 if ok else 1
     device = resolve_device(args.device)
     try:
         dtypes = parse_dtypes(args.dtype)
@@ -135,6 +145,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     all_ok = True
     for name in names:
         all_ok &= run_one(name, device, dtypes, options)
+    if not args.quick:
+        refresh_summary(args.out)
     # Non-zero when some implementation was wrong or failed (a compile error included).
     return 0 if all_ok else 1
 

@@ -286,15 +286,23 @@ bool packable(const RowPtrs<scalar_t, acc>& p) {
          aligned_for_pack(p.x0) && aligned_for_pack(p.grad) && aligned_for_pack(p.noise);
 }
 
+// L2: a block per row; L-inf: packed when packable(p), else one element per access.
+template <typename scalar_t, typename L2Kernel, typename PackedKernel, typename ScalarKernel>
+void launch_by_norm(const RowPtrs<scalar_t, acc_t<scalar_t>>& p, Norm norm, L2Kernel l2, PackedKernel packed,
+                    ScalarKernel scalar, cudaStream_t stream) {
+  if (norm == Norm::L2)
+    launch_l2(l2, p, stream);
+  else if (packable(p))
+    launch_linf<kPackOf<scalar_t>>(packed, p, stream);
+  else
+    launch_linf<1>(scalar, p, stream);
+}
+
 template <typename scalar_t, bool with_noise>
 void launch_step_with(const RowPtrs<scalar_t, acc_t<scalar_t>>& p, Norm norm, cudaStream_t stream) {
-  constexpr int kP = kPackOf<scalar_t>;
-  if (norm == Norm::L2)
-    launch_l2(l2_step_kernel<scalar_t, with_noise>, p, stream);
-  else if (packable(p))
-    launch_linf<kP>(linf_step_kernel<scalar_t, with_noise, kP>, p, stream);
-  else
-    launch_linf<1>(linf_step_kernel<scalar_t, with_noise, 1>, p, stream);
+  launch_by_norm(p, norm, l2_step_kernel<scalar_t, with_noise>,
+                 linf_step_kernel<scalar_t, with_noise, kPackOf<scalar_t>>, linf_step_kernel<scalar_t, with_noise, 1>,
+                 stream);
 }
 
 template <typename scalar_t>
@@ -307,24 +315,14 @@ void launch_step(const RowPtrs<scalar_t, acc_t<scalar_t>>& p, Norm norm, cudaStr
 
 template <typename scalar_t>
 void launch_random_init(const RowPtrs<scalar_t, acc_t<scalar_t>>& p, Norm norm, cudaStream_t stream) {
-  constexpr int kP = kPackOf<scalar_t>;
-  if (norm == Norm::L2)
-    launch_l2(l2_random_init_kernel<scalar_t>, p, stream);
-  else if (packable(p))
-    launch_linf<kP>(linf_random_init_kernel<scalar_t, kP>, p, stream);
-  else
-    launch_linf<1>(linf_random_init_kernel<scalar_t, 1>, p, stream);
+  launch_by_norm(p, norm, l2_random_init_kernel<scalar_t>, linf_random_init_kernel<scalar_t, kPackOf<scalar_t>>,
+                 linf_random_init_kernel<scalar_t, 1>, stream);
 }
 
 template <typename scalar_t>
 void launch_apgd(const RowPtrs<scalar_t, acc_t<scalar_t>>& p, Norm norm, cudaStream_t stream) {
-  constexpr int kP = kPackOf<scalar_t>;
-  if (norm == Norm::L2)
-    launch_l2(l2_apgd_kernel<scalar_t>, p, stream);
-  else if (packable(p))
-    launch_linf<kP>(linf_apgd_kernel<scalar_t, kP>, p, stream);
-  else
-    launch_linf<1>(linf_apgd_kernel<scalar_t, 1>, p, stream);
+  launch_by_norm(p, norm, l2_apgd_kernel<scalar_t>, linf_apgd_kernel<scalar_t, kPackOf<scalar_t>>,
+                 linf_apgd_kernel<scalar_t, 1>, stream);
 }
 
 template <int N, typename B, typename Kernel>

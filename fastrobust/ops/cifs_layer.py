@@ -53,47 +53,89 @@ def _composed(feat, params, labels, probe, beta, temperature, scale):
 
 
 class _FusedLayer(torch.autograd.Function):
+    """The layer as one node. A linear probe's gradients are written out (a few small matrix
+    products; the relevance's weight gradient is added into the logits' in place); an mlp
+    probe keeps its small autograd graph, differentiated in backward (as torch.utils.checkpoint
+    keeps one)."""
+
     @staticmethod
     def forward(ctx, feat, labels, probe, beta, temperature, scale, namespace, *params):
         pooled = _pool(feat)
-        with torch.enable_grad():
-            pooled_leaf = pooled.detach().requires_grad_(ctx.needs_input_grad[0])
-            leaves = [p.detach().requires_grad_(need) for p, need in zip(params, ctx.needs_input_grad[7:])]
-            logits = _probe_logits(probe, beta, pooled_leaf, leaves)
+        ctx.args = (probe, temperature, scale, namespace)
+        if probe == "linear":
+            weight, bias = params
+            logits = F.linear(pooled, weight, bias)
             t1, t2 = cifs_targets(logits, labels)
-            relevance = _probe_relevance(probe, beta, pooled_leaf.detach(), t1, t2, leaves)
-        out = getattr(torch.ops, namespace).cifs_reweight(feat, relevance.detach(), temperature, scale)
-        ctx.save_for_backward(feat, relevance.detach())
-        # The probe's small graph, differentiated in backward (as torch.utils.checkpoint keeps one).
-        ctx.probe_graph = (pooled_leaf, leaves, logits, relevance)
-        ctx.args = (temperature, scale, namespace)
-        return out, logits.detach()
+            relevance = linear_relevance(weight, t1, t2)
+            ctx.save_for_backward(feat, relevance, pooled, weight, t1, t2)
+        else:
+            with torch.enable_grad():
+                pooled_leaf = pooled.detach().requires_grad_(ctx.needs_input_grad[0])
+                leaves = [p.detach().requires_grad_(need) for p, need in zip(params, ctx.needs_input_grad[7:])]
+                logits = _probe_logits(probe, beta, pooled_leaf, leaves)
+                t1, t2 = cifs_targets(logits, labels)
+                graph_relevance = _probe_relevance(probe, beta, pooled_leaf.detach(), t1, t2, leaves)
+            relevance = graph_relevance.detach()
+            ctx.save_for_backward(feat, relevance)
+            ctx.probe_graph = (pooled_leaf, leaves, logits, graph_relevance)
+            logits = logits.detach()
+        out = getattr(torch.ops, namespace).cifs_reweight.default(feat, relevance, temperature, scale)
+        return out, logits
 
     @staticmethod
     def backward(ctx, grad_out, grad_logits):
-        feat, relevance_value = ctx.saved_tensors
-        pooled_leaf, leaves, logits, relevance = ctx.probe_graph
-        temperature, scale, namespace = ctx.args
-        param_grads = [None] * len(leaves)
+        probe, temperature, scale, namespace = ctx.args
+        reweight_backward = getattr(torch.ops, namespace)._cifs_reweight_backward.default
+        needs = ctx.needs_input_grad
+        if probe == "linear":
+            feat, relevance, pooled, weight, t1, t2 = ctx.saved_tensors
+            # in the dtype the forward's linear ran in (autocast's, where it was on)
+            grad_pooled = grad_logits.mm(weight.to(grad_logits.dtype)) if needs[0] else None
+            grad_feat, grad_relevance = reweight_backward(grad_out, feat, relevance, temperature, scale, grad_pooled)
+            grad_weight = grad_bias = None
+            if needs[7]:
+                grad_weight = grad_logits.t().mm(pooled.to(grad_logits.dtype)).to(weight.dtype)
+                rows = grad_relevance.to(weight.dtype)
+                grad_weight.index_add_(0, t1, rows).index_add_(0, t2, rows)
+            if needs[8]:
+                grad_bias = grad_logits.sum(0).to(weight.dtype)
+            param_grads = [grad_weight, grad_bias]
+        else:
+            feat, relevance = ctx.saved_tensors
+            param_grads = _MlpGraph(ctx.probe_graph).backward(grad_logits, grad_out, feat, relevance, temperature,
+                                                              scale, reweight_backward)
+            grad_feat = param_grads.pop(0)
+        return (grad_feat if needs[0] else None, None, None, None, None, None, None, *param_grads)
 
-        def accumulate(outputs, grads):
-            inputs = [t for t in [pooled_leaf, *leaves] if t.requires_grad]
-            if not inputs or not outputs.requires_grad:
-                return None
-            # retain_graph: the outer graph may be differentiated again (retain_graph=True there)
-            got = dict(zip(map(id, inputs), torch.autograd.grad(outputs, inputs, grads, retain_graph=True,
-                                                                allow_unused=True)))
-            for i, leaf in enumerate(leaves):
-                g = got.get(id(leaf))
-                if g is not None:
-                    param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
-            return got.get(id(pooled_leaf))
 
-        grad_pooled = accumulate(logits, grad_logits)
-        grad_feat, grad_relevance = getattr(torch.ops, namespace)._cifs_reweight_backward(
-            grad_out, feat, relevance_value, temperature, scale, grad_pooled)
-        accumulate(relevance, grad_relevance)  # reads the detached pooled feature: no grad_pooled term
-        return (grad_feat if ctx.needs_input_grad[0] else None, None, None, None, None, None, None, *param_grads)
+class _MlpGraph:
+    """The mlp probe's graph kept by the forward: the logits' gradient first (it gives the
+    pooling's term of the feature gradient), then the relevance's, with the kernel's
+    grad_relevance."""
+
+    def __init__(self, graph):
+        self.pooled, self.leaves, self.logits, self.relevance = graph
+
+    def _grads(self, outputs, grads, param_grads):
+        inputs = [t for t in [self.pooled, *self.leaves] if t.requires_grad]
+        if not inputs or not outputs.requires_grad:
+            return None
+        # retain_graph: the outer graph may be differentiated again (retain_graph=True there)
+        got = dict(zip(map(id, inputs), torch.autograd.grad(outputs, inputs, grads, retain_graph=True,
+                                                            allow_unused=True)))
+        for i, leaf in enumerate(self.leaves):
+            g = got.get(id(leaf))
+            if g is not None:
+                param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
+        return got.get(id(self.pooled))
+
+    def backward(self, grad_logits, grad_out, feat, relevance, temperature, scale, reweight_backward):
+        """[grad_feat, *param_grads]."""
+        param_grads = [None] * len(self.leaves)
+        grad_pooled = self._grads(self.logits, grad_logits, param_grads)
+        grad_feat, grad_relevance = reweight_backward(grad_out, feat, relevance, temperature, scale, grad_pooled)
+        self._grads(self.relevance, grad_relevance, param_grads)  # reads the detached pooled feature
+        return [grad_feat, *param_grads]
 
 
 def check_probe_params(probe: str, params: Sequence[torch.Tensor]) -> None:

@@ -1,0 +1,125 @@
+"""The README's performance tables, printed from the committed result files:
+
+    python -m benchmarks.perf_summary [RESULTS_DIR]
+
+(`fastrobust bench` rewrites benchmarks/results/summary.md with it whenever it writes there.)
+
+- "Modelled (H100)": per op call of SUITE-h100-model.json (fastrobust.cost_model: a model of
+  the CUDA kernels run through the CPU emulator, never a measurement): modelled bytes over
+  the minimal bytes, the worst sector efficiency and bank-conflict factor among its kernels,
+  and the roofline bound of the baseline over ours (> 1: ours is modelled faster).
+- "Measured (CPU)": SUITE-cpu.json, time ratios measured in one interleaved run on the machine
+  named in its metadata (> 1: fastrobust is faster), and the PGD engine's time over the
+  forward + input-gradient floor.
+Files that are missing are skipped, with a line saying so.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Iterable, List, Optional
+
+DEFAULT_DIR = Path(__file__).resolve().parent / "results"
+MODEL_SUITES = ("sparta", "cifs", "pgd", "nlm")
+CPU_SUITES = ("sparta", "cifs", "nlm")
+
+
+def _table(header: List[str], rows: Iterable[List[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _ratio(value: Optional[float], digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}x"
+
+
+def _percent(value: Optional[float]) -> str:
+    return "-" if value is None else f"{100 * value:.0f} %"
+
+
+def model_rows(records: List[dict]) -> List[List[str]]:
+    """One row per op call: its kernels' worst sector efficiency and conflict factor."""
+    rows = []
+    kernels: List[dict] = []
+    for r in records:
+        if r["kernel"] != "(op)":
+            kernels.append(r)
+            continue
+        efficiencies = [k["sector_efficiency"] for k in kernels if k["sector_efficiency"] is not None]
+        conflicts = [k["bank_conflict_factor"] for k in kernels if k["bank_conflict_factor"] is not None]
+        baseline = r.get("baseline_modeled_us")
+        rows.append([r["case"], _ratio(r["bytes"] / r["min_bytes"] if r["min_bytes"] else None),
+                     _percent(min(efficiencies) if efficiencies else None),
+                     f"{max(conflicts):.2f}" if conflicts else "-",
+                     f"{r['modeled_us']:.2f}",
+                     _ratio(baseline / r["modeled_us"] if baseline and r["modeled_us"] else None)])
+        kernels = []
+    return rows
+
+
+def _suite_parts(directory: Path, suites: Iterable[str], file_name: str, render) -> List[str]:
+    """render(suite, data) for each suite's JSON file (file_name with {suite}), or a line
+    naming the missing file."""
+    parts = []
+    for suite in suites:
+        path = directory / file_name.format(suite=suite)
+        parts.append(render(suite, json.loads(path.read_text())) if path.exists() else f"{suite}: no {path.name}")
+    return parts
+
+
+def model_section(directory: Path) -> str:
+    header = ["op call", "bytes / min", "worst sector eff.", "worst bank conflict", "modelled us",
+              "baseline / ours"]
+
+    def render(suite, data):
+        return (f"**{suite}** ({data['blocks_per_launch']} blocks per launch)\n\n" +
+                _table(header, model_rows(data["records"])))
+
+    return "\n\n".join(_suite_parts(directory, MODEL_SUITES, "{suite}-h100-model.json", render))
+
+
+def cpu_rows(cases: List[dict], baselines: Iterable[str]) -> List[List[str]]:
+    baselines = list(baselines)
+    return [[c["case"]] + [_ratio((c.get("speedup_of_fused") or {}).get(b)) for b in baselines] for c in cases]
+
+
+def cpu_section(directory: Path) -> str:
+    def render(suite, data):
+        baselines = sorted({b for c in data["cases"] for b in (c.get("speedup_of_fused") or {})})
+        meta = data["metadata"]
+        return (f"**{suite}** ({meta.get('device_name', '?')}, {meta.get('torch_threads', '?')} threads, "
+                f"commit {str(meta.get('git_commit', '?'))[:8]}; t_baseline / t_fastrobust)\n\n" +
+                _table(["case"] + baselines, cpu_rows(data["cases"], baselines)))
+
+    def render_pgd(suite, data):
+        rows = []
+        for c in data["cases"]:
+            over = c.get("overhead_over_floor_pct") or {}
+            if over:
+                rows.append([c["case"]] + [("-" if over.get(i) is None else f"{over[i]:+.1f} %")
+                                           for i in ("fastrobust", "fastrobust keep=success", "torchattacks")])
+        meta = data["metadata"]
+        return (f"**{suite}** ({meta.get('device_name', '?')}, commit {str(meta.get('git_commit', '?'))[:8]}; "
+                "time over 10 x (forward + input gradient))\n\n" +
+                _table(["case", "fastrobust (keep=last)", "keep=success", "torchattacks"], rows))
+
+    parts = _suite_parts(directory, CPU_SUITES, "{suite}-cpu.json", render)
+    parts += _suite_parts(directory, ["pgd"], "{suite}-cpu.json", render_pgd)
+    return "\n\n".join(parts)
+
+
+def render(directory: Path) -> str:
+    return ("### Modelled on an H100 (a model, not a measurement)\n\n" + model_section(directory) +
+            "\n\n### Measured on the CPU\n\n" + cpu_section(directory) + "\n")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    print(render(Path(argv[0]) if argv else DEFAULT_DIR), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
