@@ -1,0 +1,117 @@
+"""How fast can a kernel that never stores the (B, N, N) affinity be, next to the materialised
+reference, on this machine? A measured bound for softmax NLM forward + backward.
+
+Such a kernel (ours, FlashAttention's) recomputes the logits S = theta^T phi in the backward,
+so it runs seven GEMMs where the materialised reference runs six: S and Y = P g^T forward;
+S again, dP = dY^T g, dg = P^T dY, dtheta = dS phi and dphi = dS^T theta backward. Even with
+every GEMM at the efficiency of one full-size batched GEMM and every row pass (softmax, its
+gradient) free, it takes at least t_gemms, the measured time of those seven GEMMs at the
+case's shape, so t_reference / t_fused cannot exceed
+
+    bound = t_reference / t_gemms.
+
+Where the bound is below 1 the shape cannot reach the reference with this algorithm on this
+machine; where the measured ratio falls short of the bound, the row passes and the blocking
+cost the difference. The script times, interleaved: the reference
+(fastrobust.reference.nlm.nlm_gaussian under autograd), our op (fastrobust.ops.nlm_gaussian)
+and the seven GEMMs, at the NLM suite's CPU shapes, fp32 and bf16:
+
+    python -m benchmarks.nlm_gemm_bound [--rounds 7] [--out benchmarks/results]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from . import harness
+from .bench_nlm import CPU_BATCH, GAUSSIAN_SHAPES
+
+DTYPES = (torch.float32, torch.bfloat16)
+
+
+def fwd_bwd(fn: Callable, theta, phi, g, grad) -> Callable[[], None]:
+    def step():
+        leaves = [t.detach().requires_grad_(True) for t in (theta, phi, g)]
+        torch.autograd.grad(fn(*leaves), leaves, grad)
+
+    return step
+
+
+def interleaved_medians(steps: Dict[str, Callable[[], None]], rounds: int) -> Dict[str, float]:
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    for step in steps.values():
+        step()  # warm-up
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def measure(b: int, c: int, hw: int, dtype: torch.dtype, rounds: int) -> dict:
+    from fastrobust.ops import nlm_gaussian
+    from fastrobust.reference.nlm import nlm_gaussian as reference
+
+    gen = torch.Generator().manual_seed(harness.SEED)
+    d, n = c // 2, hw * hw
+    theta, phi = (torch.randn(b, d, hw, hw, generator=gen).to(dtype) for _ in range(2))
+    g, grad = (torch.randn(b, c, hw, hw, generator=gen).to(dtype) for _ in range(2))
+    q, k = theta.reshape(b, d, n).transpose(1, 2), phi.reshape(b, d, n)  # (B, N, d), (B, d, N)
+    v, dy = g.reshape(b, c, n), grad.reshape(b, c, n)  # (B, C, N)
+    # (B, N, N) stand-in for P and dS: any normal values do (a softmax of random logits would
+    # be mostly denormal floats, which slow the CPU's GEMM many times over)
+    p = torch.rand(b, n, n, generator=gen).to(dtype)
+
+    def gemms():
+        torch.bmm(q, k)  # S
+        torch.bmm(p, v.transpose(1, 2))  # Y^T = P g^T
+        torch.bmm(q, k)  # S again, in the backward
+        torch.bmm(dy.transpose(1, 2), v)  # dP = dY^T g
+        torch.bmm(p.transpose(1, 2), dy.transpose(1, 2))  # dg^T = P^T dY^T
+        torch.bmm(p, k.transpose(1, 2))  # dtheta^T = dS phi^T
+        torch.bmm(p.transpose(1, 2), q)  # dphi^T = dS^T theta^T
+
+    t = interleaved_medians({
+        "reference": fwd_bwd(reference, theta, phi, g, grad),
+        "fused": fwd_bwd(nlm_gaussian, theta, phi, g, grad),
+        "gemms": gemms,
+    }, rounds)
+    return {"shape": [b, c, hw, hw], "d": d, "n": n, "dtype": harness.dtype_name(dtype),
+            "t_reference_s": t["reference"], "t_fused_s": t["fused"], "t_gemms_s": t["gemms"],
+            "measured_reference_over_fused": t["reference"] / t["fused"],
+            "bound_reference_over_fused": t["reference"] / t["gemms"]}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--out", type=Path, default=harness.DEFAULT_OUT_DIR)
+    args = p.parse_args(argv)
+    records = []
+    for dtype in DTYPES:
+        for _, c, hw in GAUSSIAN_SHAPES:
+            r = measure(CPU_BATCH, c, hw, dtype, args.rounds)
+            records.append(r)
+            print(f"{r['dtype']} B{CPU_BATCH} C{c} {hw}x{hw}: reference/fused {r['measured_reference_over_fused']:.2f}x, "
+                  f"bound {r['bound_reference_over_fused']:.2f}x", flush=True)
+    result = {"what": "NLM gaussian fwd+bwd on the CPU: measured reference/fused against the bound of a kernel "
+                      "that recomputes S: t_reference / t_seven_gemms (see benchmarks/nlm_gemm_bound.py)",
+              "metadata": harness.collect_metadata("cpu", harness.Options(out_dir=args.out, rounds=args.rounds)),
+              "records": records}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "nlm-cpu-gemm-bound.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"json: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
