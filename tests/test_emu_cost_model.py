@@ -61,6 +61,17 @@ def test_bank_conflict_factor(name, factor):
         assert c["shared_wavefronts"] == 32 * c["shared_requests"]
 
 
+def test_lanes_realign_where_they_meet():
+    """A lane-0-only access before a __syncwarp is a warp access of its own: the accesses after
+    the meeting group lane by lane again (no false conflict, one request more per warp)."""
+    launch, y = run("shared_realigned")
+    torch.testing.assert_close(y, torch.arange(512.0) % 128, rtol=0, atol=0)
+    c = launch.counters
+    assert c["shared_requests"] == 3 * 512 // 32
+    assert c["shared_wavefronts"] == c["shared_requests"]
+    assert launch.bank_conflict_factor == 1.0
+
+
 def test_a_sample_of_blocks_is_scaled_to_the_grid():
     full, _ = run("coalesced_copy", n=128 * 40, model_blocks=1000)
     sampled, y = run("coalesced_copy", n=128 * 40, model_blocks=5)

@@ -121,8 +121,8 @@ __device__ acc segmented_warp_sum(acc v, int64_t channel) {
   return v;
 }
 
-// grad_feat = grad_out * m_c (+ grad_pooled_c / HW) and d_c = sum_hw grad_out * feat. Warp w owns the chunk's
-// channels [w * k, (w + 1) * k) and streams them as one flat range, 32 elements a step; each
+// grad_feat = grad_out * m_c (+ grad_pooled_c / HW) and d_c = sum_hw grad_out * feat. Warp w
+// owns the chunk's channels [w * k, (w + 1) * k) and streams them as one flat range, 32 elements a step; each
 // step's products are summed per channel by a segmented warp scan, whose run ends add into the
 // channel's shared slot (only this warp writes it, in a fixed order: deterministic). d is then
 // written once per channel, coalesced.

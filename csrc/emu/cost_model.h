@@ -13,8 +13,11 @@
 //     best bytes / 128 (bank-conflict factor = wavefronts / that minimum). Each array's base is
 //     taken as bank 0.
 //   - Tensor-core operations: wmma mma_sync calls (m16n16k16, 8192 FLOPs each).
-// A warp-wide access is the k-th access of each lane of the warp (lanes of converged code issue
-// the same accesses in the same order; in divergent code the grouping is approximate).
+// A warp-wide access is the k-th access of each lane of the warp since the lanes last met at a
+// barrier or a warp collective (a shuffle, a ballot, __syncwarp): lanes of converged code issue
+// the same accesses in the same order, and a meeting realigns lanes that a branch took apart (a
+// lane-0-only write before a reduction); between meetings, in divergent code, the grouping is
+// approximate.
 // Counting is on only while the launch log records with a cost model (launch_log.h); a launch
 // may then run a sample of its blocks, and the counts are of the blocks that ran.
 #ifndef FR_CUDA_EMULATION
@@ -38,6 +41,7 @@ struct MemoryAccess {
   uint64_t address;  // global: the byte address; shared: array id << 32 | byte offset
   uint32_t bytes;
   bool write;
+  uint32_t epoch;  // the lane's meetings (barriers, warp collectives) before the access
 };
 
 struct CostTotals {
@@ -83,6 +87,7 @@ inline CostModel& cost_model() {
 inline thread_local std::vector<MemoryAccess> global_trace;
 inline thread_local std::vector<MemoryAccess> shared_trace;
 inline thread_local int not_counted_depth = 0;
+inline thread_local uint32_t sync_epoch = 0;  // reset per block by cost_flush
 
 inline bool counting() { return not_counted_depth == 0 && cost_model().enabled.load(std::memory_order_relaxed); }
 
@@ -96,14 +101,18 @@ struct NotCounted {
 };
 
 inline void note_global(const void* address, size_t bytes, bool write) {
-  if (counting()) global_trace.push_back({reinterpret_cast<uint64_t>(address), static_cast<uint32_t>(bytes), write});
+  if (counting())
+    global_trace.push_back({reinterpret_cast<uint64_t>(address), static_cast<uint32_t>(bytes), write, sync_epoch});
 }
+
+// The calling thread met the others of its block (barrier) or warp (collective).
+inline void note_sync() { ++sync_epoch; }
 
 inline void note_shared(const void* array, size_t byte_offset, size_t bytes, bool write) {
   if (!counting()) return;
   // The array is told apart by the low 32 bits of its object's address.
   const uint64_t id = reinterpret_cast<uint64_t>(array) & 0xffffffffull;
-  shared_trace.push_back({id << 32 | byte_offset, static_cast<uint32_t>(bytes), write});
+  shared_trace.push_back({id << 32 | byte_offset, static_cast<uint32_t>(bytes), write, sync_epoch});
 }
 
 inline void note_mma() {
@@ -137,6 +146,7 @@ inline void cost_flush(unsigned tid) {
   m.shared_traces[tid].swap(shared_trace);
   global_trace.clear();
   shared_trace.clear();
+  sync_epoch = 0;
 }
 
 namespace detail {
@@ -181,19 +191,31 @@ inline void count_shared(CostTotals& t, const std::vector<const MemoryAccess*>& 
   t.shared_ideal_wavefronts += std::max<uint64_t>(1, (words.size() * 4 + 127) / 128);
 }
 
+// Groups each warp's accesses into warp-wide ones: for every epoch (meetings of the lanes so
+// far), the k-th access of each lane in that epoch.
 template <typename Count>
 void count_warps(CostTotals& t, const std::vector<std::vector<MemoryAccess>>& traces, unsigned nthreads,
                  Count count) {
   std::vector<const MemoryAccess*> warp_access;
+  std::vector<size_t> next(32);
   for (unsigned first = 0; first < nthreads; first += 32) {
     const unsigned last = std::min(nthreads, first + 32);
-    size_t longest = 0;
-    for (unsigned tid = first; tid < last; ++tid) longest = std::max(longest, traces[tid].size());
-    for (size_t k = 0; k < longest; ++k) {
-      warp_access.clear();
+    std::fill(next.begin(), next.end(), 0);
+    while (true) {
+      // the earliest epoch any lane still has accesses in
+      uint32_t epoch = UINT32_MAX;
       for (unsigned tid = first; tid < last; ++tid)
-        if (k < traces[tid].size()) warp_access.push_back(&traces[tid][k]);
-      count(t, warp_access);
+        if (next[tid - first] < traces[tid].size()) epoch = std::min(epoch, traces[tid][next[tid - first]].epoch);
+      if (epoch == UINT32_MAX) break;
+      while (true) {
+        warp_access.clear();
+        for (unsigned tid = first; tid < last; ++tid) {
+          size_t& k = next[tid - first];
+          if (k < traces[tid].size() && traces[tid][k].epoch == epoch) warp_access.push_back(&traces[tid][k++]);
+        }
+        if (warp_access.empty()) break;
+        count(t, warp_access);
+      }
     }
   }
 }

@@ -9,6 +9,10 @@
 //                        32 wavefronts per warp access (bank-conflict factor 32)
 //   shared_linear        lane l at word l: one wavefront (factor 1)
 //   shared_broadcast     every lane reads word 0: one wavefront (factor 1)
+//   shared_realigned     lane 0 alone writes a word of bank 5, then __syncwarp, then the
+//                        shared_linear pattern: the lanes meet at the __syncwarp, so lane 0's
+//                        extra access is a warp access of its own (factor 1; grouped by the
+//                        k-th access alone it would share bank 5 with lane 5's write)
 // n: elements of out; blocks of 128 threads, one element per thread.
 #define FR_CUDA_EMULATION 1
 #include <ATen/core/Tensor.h>
@@ -47,6 +51,18 @@ __global__ void shared_kernel(FR_GLOBAL(float) out, int64_t n) {
   if (i < n) out[i] = v;
 }
 
+__global__ void realigned_kernel(FR_GLOBAL(float) out, int64_t n) {
+  FR_SHARED(float, s, 2 * 32 * kBlock);
+  const int t = threadIdx.x, lane = t % 32, warp = t / 32;
+  if (lane == 0) s[32 * kBlock + 32 * warp + 5] = 1.0f;
+  __syncwarp();
+  s[32 * warp + lane] = static_cast<float>(t);
+  __syncthreads();
+  const float v = s[32 * warp + lane];
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + t;
+  if (i < n) out[i] = v;
+}
+
 at::Tensor cost_case(c10::string_view name_view, int64_t n) {
   const std::string name(name_view);
   FR_CHECK(n > 0, "n must be positive, got ", n);
@@ -66,6 +82,10 @@ at::Tensor cost_case(c10::string_view name_view, int64_t n) {
   }
   if (name == "shared_linear") {
     FR_LAUNCH(shared_kernel<Pattern::kLinear>, grid, block, 0, nullptr, out.mutable_data_ptr<float>(), n);
+    return out;
+  }
+  if (name == "shared_realigned") {
+    FR_LAUNCH(realigned_kernel, grid, block, 0, nullptr, out.mutable_data_ptr<float>(), n);
     return out;
   }
   if (name == "shared_broadcast") {

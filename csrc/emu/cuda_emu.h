@@ -351,6 +351,7 @@ inline void __syncthreads(const char* file = __builtin_FILE(), int line = __buil
   using namespace fr_emu;
   BlockState& s = block_state();
   s.sites[linear_tid] = Site{file, line};
+  note_sync();
   maybe_yield();
   s.block_barrier->arrive_and_wait();
   raise_pending_error();

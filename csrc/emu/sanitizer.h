@@ -190,6 +190,7 @@ inline WarpBarrier& warp_barrier() { return **block_state().warp_barriers[warp_i
 // participation), which does not order memory between the lanes.
 inline void warp_phase(bool sync) {
   block_state().warp_phase_syncs[warp_id()].store(sync);  // every lane of the phase stores the same
+  note_sync();
   maybe_yield();
   warp_barrier().arrive_and_wait();
 }
