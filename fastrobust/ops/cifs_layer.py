@@ -4,10 +4,11 @@ Composed from ops, the layer's backward makes autograd add two feature-sized gra
 reweighting's grad_out * m and the global average pooling's grad_pooled / (H W), expanded.
 Here the pooling's gradient goes into the reweighting's backward kernel instead
 (`_cifs_reweight_backward(..., grad_pooled)`), so the feature gradient is written in one pass.
-The probe (a few small matrices) keeps its autograd graph, built inside the forward and
-differentiated in the backward: first the logits' gradient (which gives grad_pooled), then
-the relevance's (which needs the kernel's grad_relevance), so the probe weights get the same
-first- and second-order terms as the composed layer.
+A linear probe's gradients are written out (a few small matrix products); an mlp probe keeps
+its autograd graph, built inside the forward and differentiated in the backward: first the
+logits' gradient (which gives grad_pooled), then the relevance's (which needs the kernel's
+grad_relevance). Either way the probe weights get the same first- and second-order terms as
+the composed layer.
 
 Where the node would not help or could not run (no grad needed, no compiled extension, inside
 torch.compile, which traces the composition), the composition runs: the values are the same.
