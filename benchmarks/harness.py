@@ -446,9 +446,16 @@ def floor_steps(suite: Suite, case: Case, inputs: Dict[str, torch.Tensor],
 
 
 def time_interleaved(case: Case, steps: Dict[str, Step], min_run_time: float, rounds: int) -> dict:
+    """time_steps_interleaved for the steps of one benchmark case."""
+    return time_steps_interleaved(steps, min_run_time, rounds, label=case.suite, sub_label=case.name)
+
+
+def time_steps_interleaved(steps: Dict[str, Step], min_run_time: float, rounds: int, label: str = "",
+                           sub_label: str = "") -> dict:
     """Times the steps in `rounds` interleaved rounds (min_run_time / rounds each) and takes
     the median over all blocks: a burst of load from a neighbour on a shared machine then
-    slows every implementation a little instead of one of them a lot."""
+    slows every implementation a little instead of one of them a lot. Returns
+    {name: {"median_s", "iqr_s", "blocks"}} or {name: {"error"}} for a step that raised."""
     times: Dict[str, List[float]] = {name: [] for name in steps}
     errors: Dict[str, str] = {}
 
@@ -456,7 +463,7 @@ def time_interleaved(case: Case, steps: Dict[str, Step], min_run_time: float, ro
         try:
             for _ in range(WARMUP_CALLS if warmup else 0):
                 step()
-            timer = Timer(stmt="step()", globals={"step": step}, label=case.suite, sub_label=case.name,
+            timer = Timer(stmt="step()", globals={"step": step}, label=label, sub_label=sub_label,
                           description=name, num_threads=torch.get_num_threads())
             times[name].extend(timer.blocked_autorange(min_run_time=min_run_time / rounds).times)
         except Exception as exc:  # out of memory, say: this implementation stops here

@@ -16,17 +16,18 @@ cost the difference. The script times, interleaved: the reference
 (fastrobust.reference.nlm.nlm_gaussian under autograd), our op (fastrobust.ops.nlm_gaussian)
 and the seven GEMMs, at the NLM suite's CPU shapes, fp32 and bf16:
 
-    python -m benchmarks.nlm_gemm_bound [--rounds 7] [--out benchmarks/results]
+    python -m benchmarks.nlm_gemm_bound [--rounds R] [--min-run-time S] [--out benchmarks/results]
+
+Timing is the suites' (harness.time_steps_interleaved): rounds of blocked autoranges,
+interleaved, the median over every block.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 import torch
 
@@ -44,19 +45,7 @@ def fwd_bwd(fn: Callable, theta, phi, g, grad) -> Callable[[], None]:
     return step
 
 
-def interleaved_medians(steps: Dict[str, Callable[[], None]], rounds: int) -> Dict[str, float]:
-    times: Dict[str, List[float]] = {name: [] for name in steps}
-    for step in steps.values():
-        step()  # warm-up
-    for _ in range(rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def measure(b: int, c: int, hw: int, dtype: torch.dtype, rounds: int) -> dict:
+def measure(b: int, c: int, hw: int, dtype: torch.dtype, rounds: int, min_run_time: float) -> dict:
     from fastrobust.ops import nlm_gaussian
     from fastrobust.reference.nlm import nlm_gaussian as reference
 
@@ -79,11 +68,15 @@ def measure(b: int, c: int, hw: int, dtype: torch.dtype, rounds: int) -> dict:
         torch.bmm(p, k.transpose(1, 2))  # dtheta^T = dS phi^T
         torch.bmm(p.transpose(1, 2), q)  # dphi^T = dS^T theta^T
 
-    t = interleaved_medians({
+    timings = harness.time_steps_interleaved({
         "reference": fwd_bwd(reference, theta, phi, g, grad),
         "fused": fwd_bwd(nlm_gaussian, theta, phi, g, grad),
         "gemms": gemms,
-    }, rounds)
+    }, min_run_time, rounds, label="nlm_gemm_bound", sub_label=f"{harness.dtype_name(dtype)} B{b} C{c} {hw}x{hw}")
+    failed = {name: r["error"] for name, r in timings.items() if "error" in r}
+    if failed:
+        raise RuntimeError(f"nlm_gemm_bound: {failed}")
+    t = {name: r["median_s"] for name, r in timings.items()}
     return {"shape": [b, c, hw, hw], "d": d, "n": n, "dtype": harness.dtype_name(dtype),
             "t_reference_s": t["reference"], "t_fused_s": t["fused"], "t_gemms_s": t["gemms"],
             "measured_reference_over_fused": t["reference"] / t["fused"],
@@ -92,19 +85,22 @@ def measure(b: int, c: int, hw: int, dtype: torch.dtype, rounds: int) -> dict:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=harness.TIMING_ROUNDS)
+    p.add_argument("--min-run-time", type=float, default=None,
+                   help="seconds of timing per step and shape, split over the rounds (default: the suites' CPU default)")
     p.add_argument("--out", type=Path, default=harness.DEFAULT_OUT_DIR)
     args = p.parse_args(argv)
+    options = harness.Options(out_dir=args.out, rounds=args.rounds, min_run_time=args.min_run_time)
     records = []
     for dtype in DTYPES:
         for _, c, hw in GAUSSIAN_SHAPES:
-            r = measure(CPU_BATCH, c, hw, dtype, args.rounds)
+            r = measure(CPU_BATCH, c, hw, dtype, options.timing_rounds(), options.run_time_for("cpu"))
             records.append(r)
             print(f"{r['dtype']} B{CPU_BATCH} C{c} {hw}x{hw}: reference/fused {r['measured_reference_over_fused']:.2f}x, "
                   f"bound {r['bound_reference_over_fused']:.2f}x", flush=True)
     result = {"what": "NLM gaussian fwd+bwd on the CPU: measured reference/fused against the bound of a kernel "
                       "that recomputes S: t_reference / t_seven_gemms (see benchmarks/nlm_gemm_bound.py)",
-              "metadata": harness.collect_metadata("cpu", harness.Options(out_dir=args.out, rounds=args.rounds)),
+              "metadata": harness.collect_metadata("cpu", options),
               "records": records}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "nlm-cpu-gemm-bound.json"

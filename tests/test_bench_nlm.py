@@ -193,3 +193,15 @@ def test_suite_plumbing_without_kernels(monkeypatch):
         assert not recorder.built  # nothing kept alive after the case
     assert records["gaussian"]["implementations"]["sdpa"]["tflops"] > 0
     assert records["median"]["implementations"]["sdpa"]["skipped"]
+
+
+@pytest.mark.skipif(not HAS_OPS, reason="fastrobust._C has no nlm_gaussian kernel")
+def test_gemm_bound_measures_the_three_steps_with_the_suite_timer():
+    from benchmarks import nlm_gemm_bound
+
+    r = nlm_gemm_bound.measure(1, 16, 4, torch.float32, rounds=2, min_run_time=0.02)
+    assert r["shape"] == [1, 16, 4, 4] and r["d"] == 8 and r["n"] == 16 and r["dtype"] == "fp32"
+    for key in ("t_reference_s", "t_fused_s", "t_gemms_s"):
+        assert math.isfinite(r[key]) and r[key] > 0
+    assert r["measured_reference_over_fused"] == pytest.approx(r["t_reference_s"] / r["t_fused_s"])
+    assert r["bound_reference_over_fused"] == pytest.approx(r["t_reference_s"] / r["t_gemms_s"])
