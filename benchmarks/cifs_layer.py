@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from fastrobust import ops
+from fastrobust.ops.cifs_layer import global_pool as pool, probe_logits, probe_relevance
 from fastrobust.reference.cifs import cifs_layer
 
 MLP_HIDDEN = 128
@@ -34,30 +34,25 @@ class Probe:
     relevance: Callable[..., torch.Tensor]  # (pooled, t1, t2, *params) -> (B, C)
 
 
-def linear_logits(pooled, weight, bias):
-    return F.linear(pooled, weight, bias)
+def linear_logits(pooled, *params):
+    return probe_logits("linear", MLP_BETA, pooled, params)
 
 
-def linear_relevance(pooled, t1, t2, weight, bias):
-    return ops.linear_relevance(weight, t1, t2)
+def linear_relevance(pooled, t1, t2, *params):
+    return probe_relevance("linear", MLP_BETA, pooled, t1, t2, params)
 
 
-def mlp_logits(pooled, w1, b1, w2, b2):
-    return F.linear(F.softplus(F.linear(pooled, w1, b1), beta=MLP_BETA), w2, b2)
+def mlp_logits(pooled, *params):
+    return probe_logits("mlp", MLP_BETA, pooled, params)
 
 
-def mlp_relevance(pooled, t1, t2, w1, b1, w2, b2):
-    return ops.mlp_relevance(pooled, w1, b1, w2, MLP_BETA, t1, t2)
+def mlp_relevance(pooled, t1, t2, *params):
+    return probe_relevance("mlp", MLP_BETA, pooled, t1, t2, params)
 
 
 LINEAR = Probe("linear", lambda c, k: {"weight": (k, c), "bias": (k,)}, linear_logits, linear_relevance)
 MLP = Probe("mlp", lambda c, k: {"w1": (MLP_HIDDEN, c), "b1": (MLP_HIDDEN,), "w2": (k, MLP_HIDDEN), "b2": (k,)},
             mlp_logits, mlp_relevance)
-
-
-def pool(feat: torch.Tensor) -> torch.Tensor:
-    """Global average pooling as the official probe (and nn.CIFS) computes it."""
-    return F.adaptive_avg_pool2d(feat, 1).flatten(1)
 
 
 def fused_layer(probe: Probe, labels: torch.Tensor):

@@ -155,6 +155,22 @@ def test_backward_adds_the_pooling_gradient(backend, dtype):
         assert_close_to_oracle(got[1], want[1], dtype, REDUCTION_TOL, name="grad relevance")
 
 
+@pytest.mark.skipif(not fastrobust.HAS_EXT, reason="needs the compiled extension")
+def test_fake_backward_rejects_a_bad_pooling_gradient_like_the_kernels():
+    """The fake kernel (torch.compile, meta tensors) checks grad_pooled as the kernels do."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    op = torch.ops.fastrobust._cifs_reweight_backward
+    with FakeTensorMode():
+        feat, relevance, grad_out = torch.empty(2, 3, 2, 2), torch.empty(2, 3), torch.empty(2, 3, 2, 2)
+        grad_feat, _ = op(grad_out, feat, relevance, 1.0, 1.0, torch.empty(2, 3, dtype=torch.float64))
+        assert grad_feat.shape == feat.shape
+        with pytest.raises(RuntimeError, match="grad_pooled must have a floating-point dtype"):
+            op(grad_out, feat, relevance, 1.0, 1.0, torch.zeros(2, 3, dtype=torch.long))
+        with pytest.raises(RuntimeError, match=r"grad_pooled must have shape \(B, C\) = \(2, 3\)"):
+            op(grad_out, feat, relevance, 1.0, 1.0, torch.zeros(3, 2))
+
+
 @pytest.mark.parametrize("backend", backends())
 def test_backward_rejects_a_bad_pooling_gradient(backend):
     feat, relevance, grad_out = inputs((2, 3, 2, 2), torch.float32, backend.device)

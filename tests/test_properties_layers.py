@@ -397,7 +397,7 @@ def test_cifs_reweight(backend, data):
     c_max = 130
     shape = (data.draw(st.integers(0, 3)), data.draw(st.sampled_from([1, 2, 3, 5, 17, 64, c_max])),
              data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5 if backend.emulated else 12)))
-    bad = draw_nonfinite(data, ["feat", "relevance"])
+    bad = draw_nonfinite(data, ["feat", "relevance", "grad_pooled"])
     feat = data.draw(tensors(shape, dtype, nonfinite="feat" in bad), label="feat")
     relevance = data.draw(tensors(shape[:2], rel_dtype, nonfinite="relevance" in bad, scale=3.0), label="relevance")
     gy = data.draw(tensors(shape, dtype), label="grad_out")
@@ -411,13 +411,22 @@ def test_cifs_reweight(backend, data):
         leaves = [t.detach().requires_grad_(True) for t in (fd, rd)]
         grad_feat, grad_rel = torch.autograd.grad(backend.op("cifs_reweight")(*leaves, temperature, scale),
                                                   leaves, gyd)
+        grad_pooled = None
     else:
-        grad_feat, grad_rel = backend.op("_cifs_reweight_backward")(gyd, fd, rd, temperature, scale)
+        # the fused pooling gradient (cifs_layer's): grad_feat gains grad_pooled / (H W)
+        grad_pooled = data.draw(st.none() | tensors(shape[:2], data.draw(dtypes(), label="grad_pooled dtype"),
+                                                    nonfinite="grad_pooled" in bad), label="grad_pooled")
+        gpd = None if grad_pooled is None else draw_layout(data, grad_pooled, "grad_pooled").to(backend.device)
+        grad_feat, grad_rel = backend.op("_cifs_reweight_backward")(gyd, fd, rd, temperature, scale, gpd)
 
     acc = acc_dtype(dtype)
     inputs = [f64(feat), f64(relevance.to(acc))]
     out64, (grad_feat64, grad_rel64) = grads(lambda f, r: cifs_oracle(f, r, temperature, scale), inputs, f64(gy))
     out_mag, grad_feat_mag, grad_rel_mag = cifs_error_scales(*inputs, temperature, scale, f64(gy))
+    if grad_pooled is not None:  # the kernel reads grad_pooled rounded to the working type
+        pooled_term = f64(grad_pooled.to(acc))[:, :, None, None] / (shape[2] * shape[3])
+        grad_feat64 = grad_feat64 + pooled_term
+        grad_feat_mag = grad_feat_mag + finite(pooled_term).abs()
     assert out.dtype == dtype and out.shape == feat.shape and out.is_contiguous()
     assert grad_feat.dtype == dtype and grad_rel.dtype == rel_dtype
     # A probability below the working type's normal range may be 0 or not (subnormals, flush to

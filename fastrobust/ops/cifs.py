@@ -100,6 +100,8 @@ def _fake_reweight_backward(grad_out, feat, relevance, temperature, scale, grad_
     check_same_device("feat", feat, grad_out=grad_out)
     if grad_pooled is not None:
         check_same_device("feat", feat, grad_pooled=grad_pooled)
+        torch._check(grad_pooled.dtype.is_floating_point,
+                     lambda: f"grad_pooled must have a floating-point dtype, got {grad_pooled.dtype}")
         torch._check(grad_pooled.shape == relevance.shape,
                      lambda: f"grad_pooled must have shape (B, C) = {tuple(relevance.shape)}, got {tuple(grad_pooled.shape)}")
     return (torch.empty_like(feat, memory_format=torch.contiguous_format),

@@ -26,19 +26,23 @@ from .cifs import cifs_reweight, cifs_targets, linear_relevance, mlp_relevance
 PROBE_PARAMS = {"linear": 2, "mlp": 4}  # (weight, bias) and (w1, b1, w2, b2)
 
 
-def _pool(feat: torch.Tensor) -> torch.Tensor:
+def global_pool(feat: torch.Tensor) -> torch.Tensor:
+    """(B, C) global average of a (B, C, H, W) feature, as the official probe pools it."""
     return F.adaptive_avg_pool2d(feat, 1).flatten(1)
 
 
-def _probe_logits(probe: str, beta: float, pooled: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+def probe_logits(probe: str, beta: float, pooled: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Logits of the probe on the pooled feature: "linear" (weight, bias) or "mlp"
+    (w1, b1, w2, b2: Linear -> Softplus(beta) -> Linear)."""
     if probe == "linear":
         return F.linear(pooled, params[0], params[1])
     w1, b1, w2, b2 = params
     return F.linear(F.softplus(F.linear(pooled, w1, b1), beta=beta), w2, b2)
 
 
-def _probe_relevance(probe: str, beta: float, pooled: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor,
-                     params: Sequence[torch.Tensor]) -> torch.Tensor:
+def probe_relevance(probe: str, beta: float, pooled: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor,
+                    params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The probe's closed-form relevance d(z_t1 + z_t2)/d pooled (B, C)."""
     if probe == "linear":
         return linear_relevance(params[0], t1, t2)
     w1, b1, w2, _ = params
@@ -46,10 +50,10 @@ def _probe_relevance(probe: str, beta: float, pooled: torch.Tensor, t1: torch.Te
 
 
 def _composed(feat, params, labels, probe, beta, temperature, scale):
-    pooled = _pool(feat)
-    logits = _probe_logits(probe, beta, pooled, params)
+    pooled = global_pool(feat)
+    logits = probe_logits(probe, beta, pooled, params)
     t1, t2 = cifs_targets(logits, labels)
-    relevance = _probe_relevance(probe, beta, pooled.detach(), t1, t2, params)
+    relevance = probe_relevance(probe, beta, pooled.detach(), t1, t2, params)
     return cifs_reweight(feat, relevance, temperature, scale), logits
 
 
@@ -61,7 +65,7 @@ class _FusedLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, feat, labels, probe, beta, temperature, scale, namespace, *params):
-        pooled = _pool(feat)
+        pooled = global_pool(feat)
         ctx.args = (probe, temperature, scale, namespace)
         if probe == "linear":
             weight, bias = params
@@ -73,9 +77,9 @@ class _FusedLayer(torch.autograd.Function):
             with torch.enable_grad():
                 pooled_leaf = pooled.detach().requires_grad_(ctx.needs_input_grad[0])
                 leaves = [p.detach().requires_grad_(need) for p, need in zip(params, ctx.needs_input_grad[7:])]
-                logits = _probe_logits(probe, beta, pooled_leaf, leaves)
+                logits = probe_logits(probe, beta, pooled_leaf, leaves)
                 t1, t2 = cifs_targets(logits, labels)
-                graph_relevance = _probe_relevance(probe, beta, pooled_leaf.detach(), t1, t2, leaves)
+                graph_relevance = probe_relevance(probe, beta, pooled_leaf.detach(), t1, t2, leaves)
             relevance = graph_relevance.detach()
             ctx.save_for_backward(feat, relevance)
             ctx.probe_graph = (pooled_leaf, leaves, logits, graph_relevance)
