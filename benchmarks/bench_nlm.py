@@ -5,8 +5,10 @@ Cases (B, C, H = W) and implementations:
   layer's shapes, theta and phi (B, d, H, W) with d = C / 2, g (B, C, H, W). "fused" is
   fastrobust.ops.nlm.nlm_gaussian (flash-style, the N x N affinity never stored), "reference"
   is fastrobust.reference.nlm.nlm_gaussian (materialises the (B, N, N) affinity), "sdpa" is
-  fastrobust.reference.nlm.nlm_gaussian_sdpa (F.scaled_dot_product_attention, one head of
-  query width d and value width C), "compiled" is torch.compile of the reference.
+  fastrobust.reference.nlm.nlm_gaussian_sdpa (F.scaled_dot_product_attention, one head, the
+  widths zero-padded to a common one as its fused kernels need), "compiled" is torch.compile
+  of the reference. Each gaussian and block record names the path "fused" took ("path":
+  "kernel", "sdpa" or "reference"; fastrobust.ops.nlm_dispatch chooses).
   Shapes: (64, 256, 32), (32, 256, 56), (128, 512, 16), (8, 1024, 28) on CUDA (the stages of a
   CIFAR and an ImageNet ResNet); the same C and H at batch 2 on CPU (measured on 2 cores: at
   C 256 56x56, the largest, one fwd+bwd call of the reference, the fused op or SDPA takes under
@@ -405,11 +407,32 @@ def add_flop_rates(record: dict, case: NlmCase) -> None:
         entry["tflops"] = case.flops / seconds / 1e12 if case.flops and seconds else None
 
 
+def fused_path(case: NlmCase) -> str:
+    """The path fastrobust.ops.nlm_gaussian takes in the case's "fused" step (its gradient
+    taken in fwd+bwd): "kernel", "sdpa" or "reference" (no compiled op)."""
+    from fastrobust.ops import nlm_dispatch
+    from fastrobust.ops._registration import has_op
+
+    shapes = dict(case.shapes)
+    if case.kind == "gaussian":
+        (b, d, h, w), c = shapes["theta"], shapes["g"][1]
+    else:  # the block's non-local means: the embedded layer's (d = C / 2) on the stage's output
+        size = block_sizes(case.stage)[2]
+        b, c, h, w = shapes["x"][0], shapes["1.conv.weight"][0], size, size
+        d = c // 2
+    device = torch.device(case.device)
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    path = nlm_dispatch.decide(device.type, case.dtype, capability, b, d, c, h * w, case.mode == "fwd+bwd").path
+    return path if path == "sdpa" or has_op("fastrobust", "nlm_gaussian") else "reference"
+
+
 def run_nlm_case(suite: Suite, recorder: BuildRecorder, case: NlmCase, options: harness.Options,
                  copy_gbps: Optional[float]) -> dict:
     recorder.built.clear()
     record = harness.run_case(suite, case, options, copy_gbps)
     record["kind"] = case.kind
+    if case.kind in ("gaussian", "block"):
+        record["path"] = fused_path(case)
     add_flop_rates(record, case)
     measure_peak_memory(suite, case, dict(recorder.built), record["implementations"])
     recorder.built.clear()

@@ -7,7 +7,8 @@
 - "Modelled (H100)": per op call of SUITE-h100-model.json (fastrobust.cost_model: a model of
   the CUDA kernels run through the CPU emulator, never a measurement): modelled bytes over
   the minimal bytes, the worst sector efficiency and bank-conflict factor among its kernels,
-  and the roofline bound of the baseline over ours (> 1: ours is modelled faster).
+  and the roofline bound of the baseline over ours (> 1: ours is modelled faster); and which
+  path nlm_gaussian's backend="auto" takes at the NLM shapes, by the same model.
 - "Measured (CPU)": SUITE-cpu.json, time ratios measured in one interleaved run on the machine
   named in its metadata (> 1: fastrobust is faster), and the PGD engine's time over the
   forward + input-gradient floor.
@@ -80,6 +81,33 @@ def model_section(directory: Path) -> str:
     return "\n\n".join(_suite_parts(directory, MODEL_SUITES, "{suite}-h100-model.json", render))
 
 
+def nlm_dispatch_section(directory: Path) -> str:
+    """backend="auto"'s choice for nlm_gaussian at the bf16 shapes of the NLM model file, with
+    both paths' modelled times (fastrobust.ops.nlm_dispatch: our kernel's work and bytes as the
+    emulator counts them, SDPA's on the padded problem)."""
+    path = directory / "nlm-h100-model.json"
+    if not path.exists():
+        return f"nlm_gaussian dispatch: no {path.name}"
+    import torch
+
+    from fastrobust.ops import nlm_dispatch
+
+    shapes = []
+    for r in json.loads(path.read_text())["records"]:
+        if r["op"] == "nlm_gaussian" and r["kernel"] == "(op)" and r["dtype"] == "bfloat16":
+            shape = tuple(int(x) for x in r["case"][r["case"].index("(") + 1:r["case"].index(")")].split(","))
+            if shape not in shapes:
+                shapes.append(shape)
+    rows = []
+    for b, c, h, w in shapes:
+        for backward in (False, True):
+            decision = nlm_dispatch.decide("cuda", torch.bfloat16, (9, 0), b, c // 2, c, h * w, backward)
+            rows.append([f"B{b} C{c} d{c // 2} {h}x{w}", "fwd+bwd" if backward else "fwd",
+                         f"{decision.kernel_us:.1f}", f"{decision.sdpa_us:.1f}", decision.path])
+    return ("**nlm_gaussian dispatch** (bf16, `backend=\"auto\"`; fastrobust.ops.nlm_dispatch)\n\n" +
+            _table(["case", "pass", "kernel us", "SDPA us (padded)", "auto runs"], rows))
+
+
 def cpu_rows(cases: List[dict], baselines: Iterable[str]) -> List[List[str]]:
     baselines = list(baselines)
     return [[c["case"]] + [_ratio((c.get("speedup_of_fused") or {}).get(b)) for b in baselines] for c in cases]
@@ -112,7 +140,7 @@ def cpu_section(directory: Path) -> str:
 
 def render(directory: Path) -> str:
     return ("### Modelled on an H100 (a model, not a measurement)\n\n" + model_section(directory) +
-            "\n\n### Measured on the CPU\n\n" + cpu_section(directory) + "\n")
+            "\n\n" + nlm_dispatch_section(directory) + "\n\n### Measured on the CPU\n\n" + cpu_section(directory) + "\n")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

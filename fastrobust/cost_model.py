@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List
 
 from .kernel_resources import kernel_name, record_launches
+from .roofline import HBM_BYTES_PER_S, PEAK_FLOPS, roofline_us  # noqa: F401  (the model's roofline)
 
 SECTOR_BYTES = 32
 
@@ -92,19 +93,8 @@ def model(fn: Callable[[], object], model_blocks: int = 64) -> List[LaunchCost]:
             for symbol, grid, block, smem, counters in record_launches(fn, model_blocks)]
 
 
-HBM_BYTES_PER_S = 3.35e12  # H100 SXM
-# Dense peak FLOP/s of an H100 SXM for the kernels of each dtype: fp32 and fp64 on the SIMT
-# cores, bf16 and fp16 on the tensor cores.
-PEAK_FLOPS = {"float32": 67e12, "float64": 67e12, "bfloat16": 989e12, "float16": 989e12}
-
-
 # model_blocks that runs every block of any launch
 EVERY_BLOCK = 2**30
-
-
-def roofline_us(nbytes: float, flops: float, dtype: str) -> float:
-    """max(bytes / HBM bandwidth, FLOPs / peak), in microseconds: a lower bound."""
-    return 1e6 * max(nbytes / HBM_BYTES_PER_S, flops / PEAK_FLOPS.get(dtype, 67e12))
 
 
 def case_records(case, model_blocks: int) -> List[dict]:

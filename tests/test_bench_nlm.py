@@ -56,6 +56,8 @@ def test_quick_run_checks_and_times_every_implementation(quick_run):
             else:
                 assert entry["tflops"] is None, where
         assert all(math.isfinite(r) and r > 0 for r in case["speedup_of_fused"].values() if r), case["case"]
+        # on the CPU, auto keeps our kernel (SDPA is chosen on CUDA GPUs only)
+        assert case.get("path") == ("kernel" if case["kind"] in ("gaussian", "block") else None), case["case"]
     csv_text = (out / "nlm-cpu-quick.csv").read_text()
     assert csv_text.splitlines()[0].endswith("flops,tflops,peak_memory_bytes")
     assert csv_text.count("\n") > len(result["cases"])
@@ -205,3 +207,17 @@ def test_gemm_bound_measures_the_three_steps_with_the_suite_timer():
         assert math.isfinite(r[key]) and r[key] > 0
     assert r["measured_reference_over_fused"] == pytest.approx(r["t_reference_s"] / r["t_fused_s"])
     assert r["bound_reference_over_fused"] == pytest.approx(r["t_reference_s"] / r["t_gemms_s"])
+
+
+def test_cuda_records_name_the_path_the_dispatch_model_takes(monkeypatch):
+    """fused_path on an H100 (capability faked: the machine may have no GPU): SDPA where the
+    model finds the kernel's recomputation dearest, the kernel for float32 and for the small
+    maps of a layer3 block, "reference" without the compiled op."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    cases = {(c.label, c.mode, c.dtype): c for c in bench_nlm.build_suite("cuda").cases}
+    big = ("gaussian B8 C1024 d512 28x28", "fwd+bwd")
+    block = ("block layer3 B128 C256 8x8", "fwd+bwd")
+    assert bench_nlm.fused_path(cases[(*big, torch.bfloat16)]) == "sdpa"
+    kernel = "kernel" if HAS_OPS else "reference"
+    assert bench_nlm.fused_path(cases[(*big, torch.float32)]) == kernel
+    assert bench_nlm.fused_path(cases[(*block, torch.bfloat16)]) == kernel

@@ -14,6 +14,9 @@ newer, float16 and bfloat16 inputs run on tensor cores with float32 accumulation
 probabilities, and ds in the backward, are rounded to the input type before their second
 product, as FlashAttention does); float32 runs in float32 FMA (no TF32).
 
+nlm_gaussian(..., backend="auto") runs F.scaled_dot_product_attention instead where that can
+compute the same y fused and a roofline model says it is cheaper (fastrobust.ops.nlm_dispatch).
+
 nlm_dot is linear in each input, so it needs no kernel: it is two batched GEMMs in the cheaper
 order, theta (phi^T g) / N when that costs fewer flops than forming the N x N affinity.
 """
@@ -30,6 +33,8 @@ from .._checks.nlm import check_nlm_args, default_scale
 from ..reference.nlm import flatten, positions
 from ..reference.nlm import nlm_dot as _reference_dot
 from ..reference.nlm import nlm_gaussian as _reference_gaussian
+from ..reference.nlm import nlm_gaussian_sdpa as _reference_sdpa
+from . import nlm_dispatch
 
 
 def _autocast_inputs(*tensors: torch.Tensor):
@@ -44,7 +49,8 @@ def _autocast_inputs(*tensors: torch.Tensor):
     return tensors
 
 
-def nlm_gaussian(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, scale: Optional[float] = None) -> torch.Tensor:
+def nlm_gaussian(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, scale: Optional[float] = None,
+                 backend: str = "auto") -> torch.Tensor:
     """Softmax non-local means without materialising the N x N affinity.
 
     Args:
@@ -52,6 +58,10 @@ def nlm_gaussian(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, scale:
         phi: keys, theta's shape.
         g: values (B, C, H, W) or (B, C, N), same positions as theta.
         scale: multiplies the logits theta_i . phi_j; default 1/sqrt(d).
+        backend: "auto" (default): F.scaled_dot_product_attention on the widths zero-padded
+            to a common one where it can run fused and an H100 roofline model says it is
+            cheaper (CUDA, float16/bfloat16; fastrobust.ops.nlm_dispatch), our kernel
+            otherwise; "kernel" or "sdpa" force one. nlm_gaussian_path tells which runs.
     All three share dtype (float32/float16/bfloat16; float64 on CPU) and device; any layout.
     Returns y with g's shape (contiguous), differentiable in all three inputs.
 
@@ -64,10 +74,22 @@ def nlm_gaussian(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, scale:
     if not torch.compiler.is_compiling():  # traced, the fake kernel checks (dynamo cannot trace the messages)
         check_nlm_args(theta, phi, g)
     scale = default_scale(theta, scale)
+    path = nlm_dispatch.choose(theta, phi, g, backend)
+    if path == "sdpa":
+        return _reference_sdpa(theta, phi, g, scale)
     if has_op("fastrobust", "nlm_gaussian"):
         return torch.ops.fastrobust.nlm_gaussian(theta, phi, g, scale)[0]
     warn_fallback("nlm_gaussian")
     return _reference_gaussian(theta, phi, g, scale)
+
+
+def nlm_gaussian_path(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, backend: str = "auto") -> str:
+    """What nlm_gaussian(theta, phi, g, backend=backend) runs now: "sdpa", "kernel" (our
+    compiled kernel) or "reference" (the materialising fallback: no compiled extension)."""
+    theta, phi, g = _autocast_inputs(theta, phi, g)
+    check_nlm_args(theta, phi, g)
+    path = nlm_dispatch.choose(theta, phi, g, backend)
+    return path if path == "sdpa" or has_op("fastrobust", "nlm_gaussian") else "reference"
 
 
 def nlm_dot_flops(d: int, c: int, n: int):

@@ -4,7 +4,7 @@ Layout: every op takes feature maps channels-first, (B, d, H, W) or flattened (B
 N = H * W positions: theta and phi (queries and keys) of width d, g (values) of width C.
 
     nlm_gaussian  y_i = sum_j softmax_j(scale * theta_i . phi_j) g_j      (materialised N x N)
-    nlm_gaussian_sdpa  the same maths through F.scaled_dot_product_attention
+    nlm_gaussian_sdpa  the same maths through F.scaled_dot_product_attention (padded widths)
     nlm_dot       y_i = (1/N) sum_j (theta_i . phi_j) g_j                  (materialised N x N)
     mean3x3       3x3 average, stride 1, same padding; padded cells are not counted
                   (TensorFlow's SAME average pooling, which the original code uses)
@@ -12,7 +12,6 @@ N = H * W positions: theta and phi (queries and keys) of width d, g (values) of 
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
@@ -53,12 +52,20 @@ def nlm_gaussian(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, scale:
 
 def nlm_gaussian_sdpa(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor,
                       scale: Optional[float] = None) -> torch.Tensor:
-    """The same maths through F.scaled_dot_product_attention (one head, value width C)."""
+    """The same maths through F.scaled_dot_product_attention, in the form its fused kernels
+    accept: one head, (B, 1, N, D) contiguous, the query/key width d and the value width C
+    zero-padded to a common D = max(d, C) rounded up to 8 (zero columns add nothing to the
+    logits; y drops the padded channels). y has g's shape, contiguous."""
     check_nlm_args(theta, phi, g)
     scale = default_scale(theta, scale)
     q, k, v = flatten(theta, phi, g)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
-    return out.transpose(1, 2).reshape(g.shape)
+    width = -(-max(q.shape[1], v.shape[1], 1) // 8) * 8
+
+    def heads(t: torch.Tensor) -> torch.Tensor:  # (B, w, N) -> (B, 1, N, width), zero-padded
+        return F.pad(t.transpose(1, 2), (0, width - t.shape[1])).unsqueeze(1).contiguous()
+
+    out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), scale=scale)
+    return out.squeeze(1)[:, :, :v.shape[1]].transpose(1, 2).reshape(g.shape).contiguous()
 
 
 def nlm_dot(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,13 @@
+"""The H100 roofline that the GPU cost model and the NLM dispatch compare against: a kernel
+takes at least max(bytes / HBM bandwidth, FLOPs / peak). A model, never a measurement."""
+from __future__ import annotations
+
+HBM_BYTES_PER_S = 3.35e12  # H100 SXM
+# Dense peak FLOP/s of an H100 SXM for the kernels of each dtype: fp32 and fp64 on the SIMT
+# cores, bf16 and fp16 on the tensor cores.
+PEAK_FLOPS = {"float32": 67e12, "float64": 67e12, "bfloat16": 989e12, "float16": 989e12}
+
+
+def roofline_us(nbytes: float, flops: float, dtype: str) -> float:
+    """max(bytes / HBM bandwidth, FLOPs / peak), in microseconds: a lower bound."""
+    return 1e6 * max(nbytes / HBM_BYTES_PER_S, flops / PEAK_FLOPS.get(dtype, 67e12))
