@@ -34,12 +34,46 @@ struct LaunchConfig {
   size_t smem_bytes;
 };
 
+// The smallest stride >= at_least that is `residue` modulo the 32 shared-memory banks.
+FR_HOST_DEVICE int bank_stride(int at_least, int residue) {
+  return at_least + ((residue - at_least) % kWarpSize + kWarpSize) % kWarpSize;
+}
+
+// The smallest row pitch >= at_least for windows walked by rows tile_w wide (below): an odd
+// multiple of tile_w modulo 32 where tile_w divides 32 (then r * pitch runs over distinct
+// multiples of tile_w for the rows r of a warp), tile_w modulo 32 otherwise.
+FR_HOST_DEVICE int row_pitch(int at_least, int tile_w) {
+  const int m = kWarpSize % tile_w == 0 ? 2 * tile_w : kWarpSize;
+  return at_least + ((tile_w - at_least) % m + m) % m;
+}
+
+// Shared-memory layout of one plane's haloed window (rows x cols of it used): rows `pitch`
+// elements apart, planes `plane` elements apart. The threads of a block walk a tile's outputs
+// row-major (tile_w a row, tile_h * tile_w a plane) and read the window around each output.
+// With that pitch and plane = tile_h * tile_w modulo 32, the 32 lanes of a warp read 32
+// different banks under every tap (conflict-free; the cost model's bank_conflict_factor
+// then comes from the window loads, whose rows are wider than the tile's). A tile 32 wide
+// puts one row in a warp, where any pitch does.
+struct Window {
+  int rows, cols, pitch, plane;
+};
+
+FR_HOST_DEVICE Window make_window(int rows, int cols, int tile_h, int tile_w) {
+  if (tile_w % kWarpSize == 0) return Window{rows, cols, cols, rows * cols};
+  const int pitch = row_pitch(cols, tile_w);
+  return Window{rows, cols, pitch, bank_stride(rows * pitch, (tile_h * tile_w) % kWarpSize)};
+}
+
+// forward: x with a halo of R.  backward: x with a halo of 2R, dL/dz with a halo of R, and
+// the direct part of dL/dx on the tile itself (row-major, as the threads walk it).
+FR_HOST_DEVICE Window forward_x_window(int th, int tw, int r) { return make_window(th + 2 * r, tw + 2 * r, th, tw); }
+FR_HOST_DEVICE Window backward_x_window(int th, int tw, int r) { return make_window(th + 4 * r, tw + 4 * r, th, tw); }
+FR_HOST_DEVICE Window backward_z_window(int th, int tw, int r) { return make_window(th + 2 * r, tw + 2 * r, th, tw); }
+
 // Shared-memory elements (in the accumulation type) one plane's tile needs.
-// forward: x with a halo of R.  backward: x with a halo of 2R, dL/dz with a halo of R and
-// the direct part of dL/dx on the tile itself.
 inline size_t smem_elems_per_plane(bool backward, int th, int tw, int r) {
-  if (!backward) return size_t(th + 2 * r) * (tw + 2 * r);
-  return size_t(th + 4 * r) * (tw + 4 * r) + size_t(th + 2 * r) * (tw + 2 * r) + size_t(th) * tw;
+  if (!backward) return size_t(forward_x_window(th, tw, r).plane);
+  return size_t(backward_x_window(th, tw, r).plane) + size_t(backward_z_window(th, tw, r).plane) + size_t(th) * tw;
 }
 
 inline LaunchConfig make_config(const Geometry& g, int k, size_t acc_bytes, bool backward) {
@@ -71,22 +105,24 @@ inline LaunchConfig make_config(const Geometry& g, int k, size_t acc_bytes, bool
   return cfg;
 }
 
-// Copies `planes` haloed windows of x (rows h0-halo .., cols w0-halo ..) into shared memory,
-// converted to the accumulation type, with zeros outside the image (the conv's padding).
+// Copies `planes` haloed windows of x (rows h0-halo .., cols w0-halo ..) into shared memory
+// laid out as `win`, converted to the accumulation type, with zeros outside the image (the
+// conv's padding).
 template <typename acc, typename GlobalPointer>
-__device__ __forceinline__ void load_window(smem_ptr<acc> dst, GlobalPointer x,
+__device__ __forceinline__ void load_window(smem_ptr<acc> dst, const Window& win, GlobalPointer x,
                                             int64_t plane0, int64_t plane_stride, int planes,
-                                            int H, int W, int h0, int w0, int wh, int ww) {
-  const int n = planes * wh * ww;
+                                            int H, int W, int h0, int w0) {
+  const int per_plane = win.rows * win.cols;
+  const int n = planes * per_plane;
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    const int p = i / (wh * ww);
-    const int rem = i - p * wh * ww;
-    const int h = h0 + rem / ww;
-    const int w = w0 + rem % ww;
+    const int p = i / per_plane;
+    const int rem = i - p * per_plane;
+    const int r = rem / win.cols, q = rem % win.cols;
+    const int h = h0 + r, w = w0 + q;
     acc v = acc(0);
     if (h >= 0 && h < H && w >= 0 && w < W)
       v = static_cast<acc>(x[plane0 + p * plane_stride + int64_t(h) * W + w]);
-    dst[i] = v;
+    dst[p * win.plane + r * win.pitch + q] = v;
   }
 }
 
@@ -121,14 +157,15 @@ sparta_forward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) x, FR_GLOBAL_RESTRICT(c
   const BlockTile bt = block_tile(B, C, H, W, tile_h, tile_w, planes, tiles_w);
   const int64_t c = bt.c, plane0 = bt.plane0, plane_stride = bt.plane_stride;
   const int np = bt.np, h0 = bt.h0, w0 = bt.w0;
-  const int sh = tile_h + 2 * R, sw = tile_w + 2 * R;
+  const Window xw = forward_x_window(tile_h, tile_w, R);
+  const int sw = xw.pitch;
 
   acc wk[K * K];
 #pragma unroll
   for (int t = 0; t < K * K; ++t) wk[t] = static_cast<acc>(weight[c * K * K + t]);
   const acc bc = static_cast<acc>(bias[c]);
 
-  load_window(xs, x, plane0, plane_stride, np, H, W, h0 - R, w0 - R, sh, sw);
+  load_window(xs, xw, x, plane0, plane_stride, np, H, W, h0 - R, w0 - R);
   __syncthreads();
 
   const int n = np * tile_h * tile_w;
@@ -138,7 +175,7 @@ sparta_forward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) x, FR_GLOBAL_RESTRICT(c
     const int th = rem / tile_w, tw = rem % tile_w;
     const int h = h0 + th, w = w0 + tw;
     if (h >= H || w >= W) continue;
-    const smem_ptr<acc> win = xs + p * sh * sw + th * sw + tw;  // top-left tap of this output
+    const smem_ptr<acc> win = xs + p * xw.plane + th * sw + tw;  // top-left tap of this output
     acc z = bc;
 #pragma unroll
     for (int i2 = 0; i2 < K; ++i2)
@@ -167,29 +204,27 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
   const BlockTile bt = block_tile(B, C, H, W, tile_h, tile_w, planes, tiles_w);
   const int64_t c = bt.c, plane0 = bt.plane0, plane_stride = bt.plane_stride;
   const int np = bt.np, h0 = bt.h0, w0 = bt.w0;
-  const int xh = tile_h + 4 * R, xw = tile_w + 4 * R;  // x window, origin (h0-2R, w0-2R)
-  const int zh = tile_h + 2 * R, zw = tile_w + 2 * R;  // dL/dz window, origin (h0-R, w0-R)
+  const Window xwin = backward_x_window(tile_h, tile_w, R);  // x, origin (h0-2R, w0-2R)
+  const Window zwin = backward_z_window(tile_h, tile_w, R);  // dL/dz, origin (h0-R, w0-R)
+  const int xw = xwin.pitch, zw = zwin.pitch, zh = zwin.rows;
   const smem_ptr<acc> xs = smem;
-  const smem_ptr<acc> gzs = xs + planes * xh * xw;
-  const smem_ptr<acc> gxs = gzs + planes * zh * zw;  // direct part of dL/dx on the tile
+  const smem_ptr<acc> gzs = xs + planes * xwin.plane;
+  const smem_ptr<acc> gxs = gzs + planes * zwin.plane;  // direct part of dL/dx on the tile
 
   acc wk[K * K];
 #pragma unroll
   for (int t = 0; t < K * K; ++t) wk[t] = static_cast<acc>(weight[c * K * K + t]);
   const acc bc = static_cast<acc>(bias[c]);
 
-  load_window(xs, x, plane0, plane_stride, np, H, W, h0 - 2 * R, w0 - 2 * R, xh, xw);
+  load_window(xs, xwin, x, plane0, plane_stride, np, H, W, h0 - 2 * R, w0 - 2 * R);
   __syncthreads();
 
   // dL/dz on the tile and its halo; zero outside the image, where no output exists.
-  for (int i = threadIdx.x; i < np * zh * zw; i += blockDim.x) {
-    const int p = i / (zh * zw);
-    const int rem = i - p * zh * zw;
-    const int r = rem / zw, q = rem % zw;
+  auto z_grad = [&](int p, int r, int q) {
     const int h = h0 - R + r, w = w0 - R + q;
     acc gz = acc(0);
     if (h >= 0 && h < H && w >= 0 && w < W) {
-      const smem_ptr<acc> win = xs + p * xh * xw + r * xw + q;
+      const smem_ptr<acc> win = xs + p * xwin.plane + r * xw + q;
       acc z = bc;
 #pragma unroll
       for (int i2 = 0; i2 < K; ++i2)
@@ -202,7 +237,19 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
       if (th >= 0 && th < tile_h && tw >= 0 && tw < tile_w)
         gxs[(p * tile_h + th) * tile_w + tw] = g.dx;
     }
-    gzs[i] = gz;
+    gzs[p * zwin.plane + r * zw + q] = gz;
+  };
+  // The window in two parts, so that the warps walk rows tile_w wide as in the loops below
+  // (the layout is conflict-free for that walk): its first tile_w columns, then its last 2R.
+  for (int i = threadIdx.x; i < np * zh * tile_w; i += blockDim.x) {
+    const int p = i / (zh * tile_w);
+    const int rem = i - p * zh * tile_w;
+    z_grad(p, rem / tile_w, rem % tile_w);
+  }
+  for (int i = threadIdx.x; i < np * zh * 2 * R; i += blockDim.x) {
+    const int p = i / (zh * 2 * R);
+    const int rem = i - p * zh * 2 * R;
+    z_grad(p, rem / (2 * R), tile_w + rem % (2 * R));
   }
   __syncthreads();
 
@@ -214,7 +261,7 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
     const int h = h0 + th, w = w0 + tw;
     if (h >= H || w >= W) continue;
     // x[h] feeds z[h + R - i2] through tap i2; in the dL/dz window that row is th + 2R - i2.
-    const smem_ptr<acc> win = gzs + p * zh * zw + (th + 2 * R) * zw + (tw + 2 * R);
+    const smem_ptr<acc> win = gzs + p * zwin.plane + (th + 2 * R) * zw + (tw + 2 * R);
     acc gx = gxs[i];
 #pragma unroll
     for (int i2 = 0; i2 < K; ++i2)
@@ -235,8 +282,8 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
       const int p = i / (tile_h * tile_w);
       const int rem = i - p * tile_h * tile_w;
       const int th = rem / tile_w, tw = rem % tile_w;
-      const acc gz = gzs[p * zh * zw + (th + R) * zw + (tw + R)];
-      sum += t < K * K ? gz * xs[p * xh * xw + (th + R + ti) * xw + (tw + R + tj)] : gz;
+      const acc gz = gzs[p * zwin.plane + (th + R) * zw + (tw + R)];
+      sum += t < K * K ? gz * xs[p * xwin.plane + (th + R + ti) * xw + (tw + R + tj)] : gz;
     }
     sum = warp_sum(sum);
     const int64_t block_in_channel = int64_t(blockIdx.z) * gridDim.x + blockIdx.x;
