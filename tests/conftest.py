@@ -137,3 +137,22 @@ def full_disk(monkeypatch):
     def fill(room: int) -> None:
         monkeypatch.setattr(checkpoint, "_open_for_writing", lambda fd: FullDiskFile(os.fdopen(fd, "wb"), room))
     return fill
+
+
+@pytest.fixture(scope="session")
+def digits_model():
+    """SmallCNN (width 16) trained for 10 epochs on the digits train split (about 96 % test
+    accuracy, under a second on a CPU), frozen, in eval mode."""
+    from fastrobust.data import load_digits
+    from fastrobust.testing import train_digits_cnn
+
+    x, y = load_digits("train")
+    return train_digits_cnn(x, y, epochs=10)
+
+
+@pytest.fixture(scope="session")
+def digits_test_set():
+    """The digits test split (359 images, 1 x 8 x 8, in [0, 1])."""
+    from fastrobust.data import load_digits
+
+    return load_digits("test")

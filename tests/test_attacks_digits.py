@@ -10,26 +10,12 @@ from fastrobust.attacks import functional
 from fastrobust.data import load_digits
 from fastrobust.models import SmallCNN
 from fastrobust.reference import pgd as ref
-from fastrobust.testing import train_digits_cnn
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*runs its pure-PyTorch reference:RuntimeWarning")
 
 # Robust accuracies at these radii lie between about 40 % and 85 % for the model below.
 EPS = 0.1
 L2_EPS = 0.5
-
-
-@pytest.fixture(scope="session")
-def digits_model():
-    """SmallCNN (width 16) trained for 10 epochs on the digits train split (about 96 % test
-    accuracy, under a second on a CPU), frozen, in eval mode."""
-    x, y = load_digits("train")
-    return train_digits_cnn(x, y, epochs=10)
-
-
-@pytest.fixture(scope="session")
-def test_set():
-    return load_digits("test")
 
 
 def accuracy(model, x, y):
@@ -49,8 +35,8 @@ def test_digits_split_is_deterministic_and_disjoint():
         load_digits("val")
 
 
-def test_model_is_accurate(digits_model, test_set):
-    assert accuracy(digits_model, *test_set) > 93
+def test_model_is_accurate(digits_model, digits_test_set):
+    assert accuracy(digits_model, *digits_test_set) > 93
 
 
 # name: (ours(model, x, y, seed), reference(model, x, y, seed), seeds). Where the start is random
@@ -93,8 +79,8 @@ PARITY_CASES = {
 
 
 @pytest.mark.parametrize("case", list(PARITY_CASES))
-def test_robust_accuracy_matches_reference(digits_model, test_set, case):
-    x, y = test_set
+def test_robust_accuracy_matches_reference(digits_model, digits_test_set, case):
+    x, y = digits_test_set
     ours, theirs, seeds = PARITY_CASES[case]
     acc = sum(accuracy(digits_model, ours(digits_model, x, y, s), y) for s in seeds) / len(seeds)
     acc_ref = sum(accuracy(digits_model, theirs(digits_model, x, y, s), y) for s in seeds) / len(seeds)
@@ -102,8 +88,8 @@ def test_robust_accuracy_matches_reference(digits_model, test_set, case):
     assert abs(acc - acc_ref) <= 1.0, (case, acc, acc_ref)
 
 
-def test_pgd_beats_fgsm_and_keeping_success_helps(digits_model, test_set):
-    x, y = test_set
+def test_pgd_beats_fgsm_and_keeping_success_helps(digits_model, digits_test_set):
+    x, y = digits_test_set
     fgsm = accuracy(digits_model, ref.fgsm(digits_model, x, y, EPS), y)
     last_iterate = attacks.PGD(digits_model, eps=EPS, alpha=EPS / 4, steps=10, seed=0, keep="last")(x, y)
     last = accuracy(digits_model, last_iterate, y)
@@ -118,8 +104,8 @@ def test_pgd_beats_fgsm_and_keeping_success_helps(digits_model, test_set):
     lambda m: attacks.PGD(m, eps=0.3, alpha=0.05, steps=20, targeted=True, loss="cw", seed=0),
     lambda m: attacks.APGD(m, eps=0.3, steps=20, targeted=True, loss="dlr", seed=0),
 ], ids=["pgd-ce", "pgd-cw", "apgd-dlr"])
-def test_targeted_attacks_reach_the_target(digits_model, test_set, make):
-    x, y = test_set[0][:64], test_set[1][:64]
+def test_targeted_attacks_reach_the_target(digits_model, digits_test_set, make):
+    x, y = digits_test_set[0][:64], digits_test_set[1][:64]
     targets = (y + 1 + torch.arange(64) % 9) % 10
     result = make(digits_model).run(x, y, targets=targets)
     with torch.no_grad():
@@ -128,8 +114,8 @@ def test_targeted_attacks_reach_the_target(digits_model, test_set, make):
     assert result.success.float().mean() > 0.9
 
 
-def test_apgd_t_is_autoattack_untargeted_success(digits_model, test_set):
-    x, y = test_set
+def test_apgd_t_is_autoattack_untargeted_success(digits_model, digits_test_set):
+    x, y = digits_test_set
     result = attacks.APGD(digits_model, eps=EPS, steps=20, targeted=True, n_target_classes=3, seed=0).run(x, y)
     with torch.no_grad():
         fooled = digits_model(result.x_adv).argmax(1) != y
@@ -138,8 +124,8 @@ def test_apgd_t_is_autoattack_untargeted_success(digits_model, test_set):
     assert result.forwards > len(y) and result.backwards % 21 == 0
 
 
-def test_hypocritical_fixes_misclassified_samples(digits_model, test_set):
-    x, y = test_set
+def test_hypocritical_fixes_misclassified_samples(digits_model, digits_test_set):
+    x, y = digits_test_set
     with torch.no_grad():
         wrong = digits_model(x).argmax(1) != y
     assert wrong.sum() >= 5
@@ -168,18 +154,18 @@ ALL_ATTACKS = {
 
 
 @pytest.mark.parametrize("name", list(ALL_ATTACKS))
-def test_model_left_as_found(digits_model, test_set, name):
+def test_model_left_as_found(digits_model, digits_test_set, name):
     model = SmallCNN(1, 10, width=4)
     model.train()
     model.features.eval()  # mixed modes are restored module by module
-    x, y = test_set[0][:16], test_set[1][:16]
+    x, y = digits_test_set[0][:16], digits_test_set[1][:16]
     ALL_ATTACKS[name](model, seed=0).run(x, y)
     assert model.training and not model.features.training and model.classifier.training
     assert all(p.grad is None for p in model.parameters())
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_model_mode_restored_when_the_attack_raises(test_set):
+def test_model_mode_restored_when_the_attack_raises(digits_test_set):
     class Failing(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -194,13 +180,13 @@ def test_model_mode_restored_when_the_attack_raises(test_set):
 
     model = Failing().train()
     with pytest.raises(RuntimeError, match="boom"):
-        attacks.PGD(model, eps=EPS, steps=5, seed=0)(*test_set)
+        attacks.PGD(model, eps=EPS, steps=5, seed=0)(*digits_test_set)
     assert all(m.training for m in model.modules())
 
 
 @pytest.mark.parametrize("name", list(ALL_ATTACKS))
-def test_bf16_autocast_runs_close_to_fp32(digits_model, test_set, name):
-    x, y = test_set
+def test_bf16_autocast_runs_close_to_fp32(digits_model, digits_test_set, name):
+    x, y = digits_test_set
     fp32 = ALL_ATTACKS[name](digits_model, seed=0).run(x, y)
     bf16 = ALL_ATTACKS[name](digits_model, seed=0, autocast=torch.bfloat16).run(x, y)
     assert bf16.x_adv.dtype == torch.float32 and bf16.loss.dtype == torch.float32
@@ -209,8 +195,8 @@ def test_bf16_autocast_runs_close_to_fp32(digits_model, test_set, name):
 
 
 @pytest.mark.parametrize("name", list(ALL_ATTACKS))
-def test_channels_last_matches_contiguous(digits_model, test_set, name):
-    x, y = test_set[0].repeat(1, 3, 1, 1)[:64], test_set[1][:64]
+def test_channels_last_matches_contiguous(digits_model, digits_test_set, name):
+    x, y = digits_test_set[0].repeat(1, 3, 1, 1)[:64], digits_test_set[1][:64]
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 1, 1), digits_model)
     with torch.no_grad():
         model[0].weight.fill_(1 / 3)
@@ -222,8 +208,8 @@ def test_channels_last_matches_contiguous(digits_model, test_set, name):
     assert (cl.success == plain.success).float().mean() >= 0.95
 
 
-def test_functional_forms_match_the_classes(digits_model, test_set):
-    x, y = test_set[0][:32], test_set[1][:32]
+def test_functional_forms_match_the_classes(digits_model, digits_test_set):
+    x, y = digits_test_set[0][:32], digits_test_set[1][:32]
     cases = [
         (functional.pgd, attacks.PGD, dict(eps=EPS, steps=3, seed=1)),
         (functional.fat_pgd, attacks.FATPGD, dict(eps=EPS, steps=3, seed=1)),

@@ -9,6 +9,7 @@ fastrobust.attacks.functional has the same attacks as functions.
     AlternatingPGD   alternating-objectives PGD (CE/CW/DLR schedules)
     HypocriticalPGD  descent on CE towards the true class (hypocritical examples)
     APGD             AutoAttack's APGD-CE / APGD-DLR / APGD-T
+    Square           the score-based Square attack (no gradients), L-inf/L2, AutoAttack's schedule
 """
 from . import functional
 from .alternating import AlternatingPGD
@@ -18,6 +19,7 @@ from .fat import FATPGD, fat_tau
 from .hypocritical import HypocriticalPGD
 from .pgd import PGD
 from .result import AttackResult
+from .square import Square
 
 __all__ = ["APGD", "AlternatingPGD", "Attack", "AttackResult", "FATPGD", "HypocriticalPGD", "PGD",
-           "apgd_checkpoints", "fat_tau", "functional"]
+           "Square", "apgd_checkpoints", "fat_tau", "functional"]

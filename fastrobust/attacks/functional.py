@@ -1,7 +1,7 @@
 """Function forms of the attacks: `pgd(model, x, y, eps=..., ...)` returns x_adv.
 
 Each takes the keyword arguments of its class (PGD, FATPGD, AlternatingPGD, HypocriticalPGD,
-APGD; see their docstrings for formulas and defaults), optional `targets`, and
+APGD, Square; see their docstrings for formulas and defaults), optional `targets`, and
 `return_result=True` to get the AttackResult instead of x_adv.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .fat import FATPGD
 from .hypocritical import HypocriticalPGD
 from .pgd import PGD
 from .result import AttackResult
+from .square import Square
 
 Output = Union[torch.Tensor, AttackResult]
 
@@ -55,3 +56,9 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: Optional[t
          return_result: bool = False, **kwargs) -> Output:
     """APGD-CE / APGD-DLR / APGD-T (see fastrobust.attacks.APGD)."""
     return _call(APGD, model, x, y, targets, return_result, kwargs)
+
+
+def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None, *,
+           return_result: bool = False, **kwargs) -> Output:
+    """The Square attack (see fastrobust.attacks.Square)."""
+    return _call(Square, model, x, y, targets, return_result, kwargs)

@@ -15,6 +15,7 @@ or "l2" for every preset.
     alt-ce-cw-dlr     AlternatingPGD, CE -> CW -> DLR at 1/3, 2/3      eps/4      100    1 (start at x)
     fat               FAT's early-stopped PGD, tau=0, noise 0.001      7/31 eps   10     1
     hypocritical      HypocriticalPGD (descent on CE, from x+0.01 N)   eps/4      10     1
+    square            Square (score-based, no gradients; AutoAttack)   -          5000 q 1
 
     (a) APGD's step size is adaptive: it starts at 2*eps and halves at the checkpoints.
 
@@ -28,7 +29,8 @@ Parameter sources: PGD-20 at eps/4 with a random start and CW-30 are FAT's evalu
 restarts AutoAttack's protocol adds; APGD's defaults are AutoAttack's; the alternating schedule
 is Antoniou et al.'s 3-loss variant with alpha=0.25 eps (§4c); "fat" is FAT's CIFAR-10
 attack (eps=0.031, alpha=0.007: alpha = 7/31 eps; K=10; tau=0); "hypocritical" Tao et al.'s
-(8/255 with 2/255 steps, 10 steps).
+(8/255 with 2/255 steps, 10 steps); "square" is AutoAttack's Square (p_init 0.8, 5000
+queries, the margin loss, its schedule not rescaled).
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Type
 import torch
 from torch import nn
 
-from ..attacks import APGD, FATPGD, AlternatingPGD, Attack, HypocriticalPGD, PGD
+from ..attacks import APGD, FATPGD, AlternatingPGD, Attack, HypocriticalPGD, PGD, Square
 
 # Roles: "cascade" attacks try to break the clean-correct points; "hypocritical" attacks try
 # to fix the clean-misclassified ones (reported as a risk, outside the cascade).
@@ -104,6 +106,8 @@ PRESETS: Dict[str, Preset] = _presets(
     Preset("fat", FATPGD, "FAT's early-stopped PGD-10 (tau=0, omega=0.001), alpha=7/31 eps",
            params={"steps": 10, "tau": 0, "omega": 0.001, "random_start": True},
            relative={"alpha": 7 / 31}),
+    Preset("square", Square, "Square attack, 5000 queries, p_init=0.8, margin loss (AutoAttack); images only",
+           {"queries": 5000, "p_init": 0.8, "loss": "margin"}),
     Preset("hypocritical", HypocriticalPGD, "Hypocritical PGD-10 (CE descent), alpha=eps/4; risk on misclassified points",
            params={"steps": 10, "keep": "last"}, relative={"alpha": 0.25}, role=HYPOCRITICAL),
 )

@@ -1,0 +1,252 @@
+"""Square: the score-based Square attack (Andriushchenko et al., ECCV 2020), as in AutoAttack.
+
+No gradients: every iteration redraws one square window of the perturbation of each row still
+robust and keeps the candidate where the loss improves or the goal is reached (the algorithm,
+its schedule and its starting points: fastrobust.reference.square). All rows still robust are
+evaluated in one forward per iteration; a row stops at its first success, and the loop when
+every row has. Restarts run one after the other on the points still robust, as AutoAttack's.
+
+Differences from AutoAttack's code, by design: each row draws its own window and signs (the
+official code draws one window and one sign pattern per iteration for the whole batch; the
+paper's code draws per image), and an L2 starting block past the image edge is cropped where
+the official code fails on the shape.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..reference.square import bump, l2_start_rows, l2_start_side, p_selection, window_side
+from .engine import Attack, Plan, Scalar
+from .objectives import attack_loss, objective, reached
+from .rows import RowOutcome, Rows, maths_dtype, row_mask
+from .validation import check_choice, check_count
+
+SQUARE_LOSSES = ("margin", "ce")
+
+
+class Square(Attack):
+    """Square attack, L-inf or L2 (AutoAttack's version: p_init 0.8, 5000 queries).
+
+    Args (besides Attack's eps, norm, lo, hi, seed, autocast, channels_last):
+      queries:          iterations per restart (model calls per row, besides the one at the
+                        starting point and the one that evaluates the result).
+      p_init:           the fraction of the image the first windows cover, in (0, 1].
+      loss:             "margin" (z_y - max_{j != y} z_j, targeted max_{j != t} z_j - z_t) or
+                        "ce" (-CE, targeted CE on the target), minimised.
+      restarts:         runs, one after the other on the points still robust.
+      rescale_schedule: stretch the p schedule (written for 10000 iterations) over `queries`.
+      targeted:         reach `targets` (given to the call) instead of any wrong class.
+    Points misclassified (targeted: at their target) when clean are returned as they are.
+    Inputs are images (N, C, H, W). AttackResult.forwards counts the model calls on rows;
+    backwards is 0.
+    """
+
+    restart_batch = 1
+
+    def __init__(self, model: nn.Module, eps: Scalar = 8 / 255, norm="linf", queries: int = 5000,
+                 p_init: float = 0.8, loss: str = "margin", restarts: int = 1, rescale_schedule: bool = False,
+                 targeted: bool = False, **kwargs):
+        if kwargs.get("cuda_graph"):
+            raise ValueError("cuda_graph: Square takes no gradient steps to capture; leave it False")
+        super().__init__(model, eps=eps, norm=norm, **kwargs)
+        check_choice(self.norm, ("linf", "l2"), "norm")
+        self.queries = check_count(queries, "queries", 0)
+        if isinstance(p_init, bool) or not isinstance(p_init, (int, float)) or not 0 < p_init <= 1:
+            raise ValueError(f"p_init must be a number in (0, 1], got {p_init!r}")
+        self.p_init = float(p_init)
+        self.loss = check_choice(loss, SQUARE_LOSSES, "loss")
+        self.restarts = check_count(restarts, "restarts", 1)
+        self.rescale_schedule = bool(rescale_schedule)
+        self.targeted = bool(targeted)
+        self.goal = "target" if self.targeted else "fooled"
+
+    def _check_targets(self, targets: Optional[torch.Tensor]) -> None:
+        if self.targeted and targets is None:
+            raise ValueError("targets: a targeted Square attack needs targets=...")
+        if not self.targeted and targets is not None:
+            raise ValueError("targets: given to an untargeted Square attack (construct it with targeted=True)")
+
+    def _plan(self, ctx, x0, y, targets) -> Plan:
+        """The clean points first (one forward): those already misclassified (or at their
+        target) are not attacked, as in AutoAttack."""
+        if x0.dim() != 4:
+            raise ValueError(f"x must be images (N, C, H, W) for the Square attack, got shape {tuple(x0.shape)}")
+        output = ctx.model.output(x0)
+        ctx.count(x0.shape[0], backward=False)
+        kind = "cw" if self.loss == "margin" else "ce"
+        initial = (objective(kind, output, y, targets), reached(self.goal, output.logits, y, targets))
+        group_targets = None if targets is None else targets.expand(self.restarts, -1)
+        return Plan(self.restarts, self.goal, group_targets, initial)
+
+    # -- one pass --------------------------------------------------------------------------------
+    def _scores(self, ctx, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor]):
+        """(loss to minimise, margin) at x; margin <= 0: the goal holds."""
+        logits = ctx.model.logits(x)
+        ctx.count(x.shape[0], backward=False)
+        margin = -attack_loss("cw", logits, y, targets)  # the CW margin is maximised: its negative
+        loss = margin if self.loss == "margin" else -attack_loss("ce", logits, y, targets)
+        return loss, margin
+
+    def _run_rows(self, ctx, rows: Rows, evaluate: bool) -> RowOutcome:
+        x0, gen = rows.x0, rows.generator
+        n, (h, w) = rows.n, x0.shape[2:]
+        eps = rows.eps.to(maths_dtype(x0)).reshape(-1, 1, 1, 1)
+        eps = eps.expand(n, 1, 1, 1) if eps.shape[0] == 1 else eps
+
+        best = self._start(x0, eps, gen)
+        loss, margin = self._scores(ctx, best, rows.y, rows.targets)
+        nonfinite = ~torch.isfinite(loss)
+        # a non-finite start is no point at all: any finite candidate improves on it
+        loss = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, math.inf))
+        margin = torch.where(torch.isfinite(margin), margin, torch.full_like(margin, math.inf))
+
+        # The rows still robust, compacted: they are gathered once and written back when they
+        # succeed (one host read per iteration, as AutoAttack's), not gathered every iteration.
+        active = (margin > 0).nonzero()[:, 0]
+        state = _Active(active, x0, best, loss, margin, nonfinite, eps, rows)
+        for it in range(self.queries):
+            if state.index.numel() == 0:
+                break
+            side = window_side(p_selection(self.p_init, it, self.queries, self.rescale_schedule), h, w, self.norm)
+            cand = self._candidate(state.x0, state.best, state.eps, side, gen)
+            cand_loss, cand_margin = self._scores(ctx, cand, state.y, state.targets)
+            state.nonfinite |= ~torch.isfinite(cand_loss)
+            improved = cand_loss < state.loss
+            keep = improved | (cand_margin <= 0)
+            state.loss = torch.where(improved, cand_loss, state.loss)
+            state.margin = torch.where(keep, cand_margin, state.margin)
+            state.best = torch.where(row_mask(keep, cand), cand, state.best)
+            done = cand_margin <= 0
+            if bool(done.any()):
+                state.retire(done, best, loss, margin, nonfinite)
+        state.retire(None, best, loss, margin, nonfinite)
+
+        if not evaluate:
+            return RowOutcome(best, None, None, nonfinite)
+        output = ctx.model.output(best)
+        ctx.count(n, backward=False)
+        final = rows.loss_fn("cw" if self.loss == "margin" else "ce")(output)
+        usable = torch.isfinite(final)
+        best = torch.where(row_mask(usable, best), best, x0)
+        final = torch.where(usable, final, torch.full_like(final, -math.inf))
+        return RowOutcome(best, final, rows.reached(output.logits) & usable, nonfinite | ~usable)
+
+    # -- points ----------------------------------------------------------------------------------
+    def _start(self, x0: torch.Tensor, eps: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n, (c, h, w) = x0.shape[0], x0.shape[1:]
+        if self.norm == "linf":  # vertical stripes of +-eps
+            return (x0 + eps.to(x0.dtype) * _signs(gen, (n, c, 1, w), x0)).clamp(self.lo, self.hi)
+        side = l2_start_side(h)
+        delta = torch.zeros_like(x0, dtype=maths_dtype(x0))
+        for vh in l2_start_rows(h, side):
+            for vw in l2_start_rows(w, side, (h - side * 5) // 2):
+                patch = delta[:, :, vh:vh + side, vw:vw + side]
+                block = _bumps(gen, side, n, delta)[:, :, : patch.shape[2], : patch.shape[3]]
+                patch += block * _signs(gen, (n, c, 1, 1), delta)
+        delta = delta / (_l2(delta) + 1e-12) * eps
+        return (x0 + delta.to(x0.dtype)).clamp(self.lo, self.hi)
+
+    def _candidate(self, x0, best, eps, side: int, gen) -> torch.Tensor:
+        n, (c, h, w) = x0.shape[0], x0.shape[1:]
+        vh, vw = _corners(gen, n, h - side, x0.device), _corners(gen, n, w - side, x0.device)
+        window = _window_mask(vh, vw, side, h, w)
+        if self.norm == "linf":
+            step = (2 * eps).to(x0.dtype) * _signs(gen, (n, c, 1, 1), x0)
+            cand = best + window.to(x0.dtype) * step
+            cand = torch.minimum(torch.maximum(cand, x0 - eps.to(x0.dtype)), x0 + eps.to(x0.dtype))
+            return cand.clamp(self.lo, self.hi)
+        delta = (best - x0).to(maths_dtype(x0))
+        vh2, vw2 = _corners(gen, n, h - side, x0.device), _corners(gen, n, w - side, x0.device)
+        window2 = _window_mask(vh2, vw2, side, h, w)
+        rows_i, rows_j = _window_index(vh, side), _window_index(vw, side)
+        old = _gather_window(delta, rows_i, rows_j)  # (n, c, side, side)
+        old_norm = old.pow(2).sum((2, 3), keepdim=True).sqrt()
+        windows_norm = (delta * (window | window2)).pow(2).sum((2, 3), keepdim=True).sqrt()
+        room = (eps.pow(2) - _l2(delta).pow(2)).clamp(min=0) / c
+        new = _bumps(gen, side, n, delta) * _signs(gen, (n, c, 1, 1), delta) + old / (old_norm + 1e-12)
+        new = new / (new.pow(2).sum((2, 3), keepdim=True).sqrt() + 1e-12) * (room + windows_norm.pow(2)).sqrt()
+        delta = torch.where(window2, torch.zeros_like(delta), delta)
+        _scatter_window(delta, rows_i, rows_j, new)
+        delta = delta / (_l2(delta) + 1e-12) * eps
+        return (x0 + delta.to(x0.dtype)).clamp(self.lo, self.hi)
+
+
+class _Active:
+    """The rows an attack pass still works on, gathered from the pass's full tensors."""
+
+    def __init__(self, index, x0, best, loss, margin, nonfinite, eps, rows: Rows):
+        self.index = index
+        self.x0, self.best, self.eps = x0[index], best[index], eps[index]
+        self.loss, self.margin, self.nonfinite = loss[index], margin[index], nonfinite[index]
+        self.y = rows.y[index]
+        self.targets = None if rows.targets is None else rows.targets[index]
+
+    def retire(self, done: Optional[torch.Tensor], best, loss, margin, nonfinite) -> None:
+        """Writes the rows `done` (None: all) back into the full tensors and drops them."""
+        rows = self.index if done is None else self.index[done]
+        pick = (lambda t: t) if done is None else (lambda t: t[done])
+        best[rows], loss[rows], margin[rows] = pick(self.best), pick(self.loss), pick(self.margin)
+        nonfinite[rows] = pick(self.nonfinite)
+        if done is None:
+            self.index = self.index[:0]
+            return
+        stay = ~done
+        self.index = self.index[stay]
+        self.x0, self.best, self.eps = self.x0[stay], self.best[stay], self.eps[stay]
+        self.loss, self.margin, self.nonfinite = self.loss[stay], self.margin[stay], self.nonfinite[stay]
+        self.y = self.y[stay]
+        self.targets = None if self.targets is None else self.targets[stay]
+
+
+def _signs(gen: torch.Generator, shape, like: torch.Tensor) -> torch.Tensor:
+    """Uniform +-1 of like's dtype and device."""
+    u = torch.rand(shape, generator=gen, device=like.device)
+    return torch.where(u < 0.5, -1.0, 1.0).to(like.dtype)
+
+
+def _corners(gen: torch.Generator, n: int, span: int, device) -> torch.Tensor:
+    """Top (or left) edges in [0, span), 0 where span is 0: floor(U * span), as AutoAttack's."""
+    return (torch.rand(n, generator=gen, device=device) * span).long()
+
+
+def _window_mask(vh: torch.Tensor, vw: torch.Tensor, side: int, h: int, w: int) -> torch.Tensor:
+    """bool (n, 1, H, W): each row's side x side window at (vh, vw)."""
+    i = torch.arange(h, device=vh.device).reshape(1, h, 1)
+    j = torch.arange(w, device=vh.device).reshape(1, 1, w)
+    inside = ((i >= vh.reshape(-1, 1, 1)) & (i < vh.reshape(-1, 1, 1) + side)
+              & (j >= vw.reshape(-1, 1, 1)) & (j < vw.reshape(-1, 1, 1) + side))
+    return inside.unsqueeze(1)
+
+
+def _window_index(start: torch.Tensor, side: int) -> torch.Tensor:
+    return start.reshape(-1, 1) + torch.arange(side, device=start.device)  # (n, side)
+
+
+def _gather_window(t: torch.Tensor, rows_i: torch.Tensor, rows_j: torch.Tensor) -> torch.Tensor:
+    n, c = t.shape[:2]
+    b = torch.arange(n, device=t.device).reshape(n, 1, 1, 1)
+    ch = torch.arange(c, device=t.device).reshape(1, c, 1, 1)
+    return t[b, ch, rows_i.reshape(n, 1, -1, 1), rows_j.reshape(n, 1, 1, -1)]
+
+
+def _scatter_window(t: torch.Tensor, rows_i: torch.Tensor, rows_j: torch.Tensor, values: torch.Tensor) -> None:
+    n, c = t.shape[:2]
+    b = torch.arange(n, device=t.device).reshape(n, 1, 1, 1)
+    ch = torch.arange(c, device=t.device).reshape(1, c, 1, 1)
+    t[b, ch, rows_i.reshape(n, 1, -1, 1), rows_j.reshape(n, 1, 1, -1)] = values
+
+
+def _bumps(gen: torch.Generator, side: int, n: int, like: torch.Tensor) -> torch.Tensor:
+    """(n, 1, side, side): the L2 bump, transposed for a random half of the rows."""
+    b = bump(side, like.dtype, like.device)
+    flip = torch.rand(n, generator=gen, device=like.device) < 0.5
+    return torch.where(flip.reshape(n, 1, 1, 1), b.t(), b).reshape(n, 1, side, side)
+
+
+def _l2(t: torch.Tensor) -> torch.Tensor:
+    """Per-row L2 norm, shaped (n, 1, 1, 1)."""
+    return t.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1)
