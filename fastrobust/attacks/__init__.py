@@ -10,10 +10,12 @@ fastrobust.attacks.functional has the same attacks as functions.
     HypocriticalPGD  descent on CE towards the true class (hypocritical examples)
     APGD             AutoAttack's APGD-CE / APGD-DLR / APGD-T
     Square           the score-based Square attack (no gradients), L-inf/L2, AutoAttack's schedule
+    DeepFool         the minimal-perturbation DeepFool, L2/L-inf, rows batched
 """
 from . import functional
 from .alternating import AlternatingPGD
 from .apgd import APGD, apgd_checkpoints
+from .deepfool import DeepFool
 from .engine import Attack
 from .fat import FATPGD, fat_tau
 from .hypocritical import HypocriticalPGD
@@ -21,5 +23,5 @@ from .pgd import PGD
 from .result import AttackResult
 from .square import Square
 
-__all__ = ["APGD", "AlternatingPGD", "Attack", "AttackResult", "FATPGD", "HypocriticalPGD", "PGD",
+__all__ = ["APGD", "AlternatingPGD", "Attack", "AttackResult", "DeepFool", "FATPGD", "HypocriticalPGD", "PGD",
            "Square", "apgd_checkpoints", "fat_tau", "functional"]

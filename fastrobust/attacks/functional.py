@@ -1,7 +1,7 @@
 """Function forms of the attacks: `pgd(model, x, y, eps=..., ...)` returns x_adv.
 
 Each takes the keyword arguments of its class (PGD, FATPGD, AlternatingPGD, HypocriticalPGD,
-APGD, Square; see their docstrings for formulas and defaults), optional `targets`, and
+APGD, Square, DeepFool; see their docstrings for formulas and defaults), optional `targets`, and
 `return_result=True` to get the AttackResult instead of x_adv.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from torch import nn
 
 from .alternating import AlternatingPGD
 from .apgd import APGD
+from .deepfool import DeepFool
 from .engine import Attack
 from .fat import FATPGD
 from .hypocritical import HypocriticalPGD
@@ -62,3 +63,8 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: Optional
            return_result: bool = False, **kwargs) -> Output:
     """The Square attack (see fastrobust.attacks.Square)."""
     return _call(Square, model, x, y, targets, return_result, kwargs)
+
+
+def deepfool(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, return_result: bool = False, **kwargs) -> Output:
+    """DeepFool (see fastrobust.attacks.DeepFool)."""
+    return _call(DeepFool, model, x, y, None, return_result, kwargs)

@@ -98,3 +98,10 @@ class ModelRunner:
             loss = loss_fn(out)
             (grad,) = torch.autograd.grad(loss.sum(), x_in)
         return out.logits.detach(), loss.detach(), grad
+
+    def logits_with_graph(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(x_in, logits): the logits at x_in (a leaf copy of x that requires grad) with their
+        graph kept, for input gradients taken afterwards (torch.autograd.grad, input only)."""
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            return x_in, self._forward(x_in).logits

@@ -16,6 +16,8 @@ or "l2" for every preset.
     fat               FAT's early-stopped PGD, tau=0, noise 0.001      7/31 eps   10     1
     hypocritical      HypocriticalPGD (descent on CE, from x+0.01 N)   eps/4      10     1
     square            Square (score-based, no gradients; AutoAttack)   -          5000 q 1
+    deepfool          DeepFool, overshoot 0.02, 10 candidate classes   -          50     1
+                      (the minimal perturbation, projected onto the eps-ball)
 
     (a) APGD's step size is adaptive: it starts at 2*eps and halves at the checkpoints.
 
@@ -30,7 +32,8 @@ restarts AutoAttack's protocol adds; APGD's defaults are AutoAttack's; the alter
 is Antoniou et al.'s 3-loss variant with alpha=0.25 eps (§4c); "fat" is FAT's CIFAR-10
 attack (eps=0.031, alpha=0.007: alpha = 7/31 eps; K=10; tau=0); "hypocritical" Tao et al.'s
 (8/255 with 2/255 steps, 10 steps); "square" is AutoAttack's Square (p_init 0.8, 5000
-queries, the margin loss, its schedule not rescaled).
+queries, the margin loss, its schedule not rescaled); "deepfool" is the original code's
+(overshoot 0.02, 50 iterations, 10 candidate classes).
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Type
 import torch
 from torch import nn
 
-from ..attacks import APGD, FATPGD, AlternatingPGD, Attack, HypocriticalPGD, PGD, Square
+from ..attacks import APGD, FATPGD, AlternatingPGD, Attack, DeepFool, HypocriticalPGD, PGD, Square
 
 # Roles: "cascade" attacks try to break the clean-correct points; "hypocritical" attacks try
 # to fix the clean-misclassified ones (reported as a risk, outside the cascade).
@@ -108,6 +111,8 @@ PRESETS: Dict[str, Preset] = _presets(
            relative={"alpha": 7 / 31}),
     Preset("square", Square, "Square attack, 5000 queries, p_init=0.8, margin loss (AutoAttack); images only",
            {"queries": 5000, "p_init": 0.8, "loss": "margin"}),
+    Preset("deepfool", DeepFool, "DeepFool-50, overshoot 0.02, 10 candidate classes, projected onto the eps-ball",
+           {"steps": 50, "overshoot": 0.02, "candidates": 10}),
     Preset("hypocritical", HypocriticalPGD, "Hypocritical PGD-10 (CE descent), alpha=eps/4; risk on misclassified points",
            params={"steps": 10, "keep": "last"}, relative={"alpha": 0.25}, role=HYPOCRITICAL),
 )
