@@ -151,6 +151,10 @@ def test_attack_instances_and_spec_errors(model, test_set):
 def test_presets_build_with_relative_step_sizes(model, norm):
     eps = 0.5
     for name, preset in PRESETS.items():
+        if norm not in preset.norms:  # cw-l2: L2 only, and says so
+            with pytest.raises(ValueError, match=f"norm: the attack preset '{name}' supports"):
+                make_attack(name, model, eps, norm=norm, seed=1)
+            continue
         attack = make_attack(name, model, eps, norm=norm, seed=1)
         assert attack.norm == norm and attack.eps == eps and attack.seed == 1, name
         for key, ratio in preset.relative.items():

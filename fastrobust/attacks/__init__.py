@@ -11,10 +11,12 @@ fastrobust.attacks.functional has the same attacks as functions.
     APGD             AutoAttack's APGD-CE / APGD-DLR / APGD-T
     Square           the score-based Square attack (no gradients), L-inf/L2, AutoAttack's schedule
     DeepFool         the minimal-perturbation DeepFool, L2/L-inf, rows batched
+    CarliniWagnerL2  Carlini-Wagner's L2 optimisation attack (Adam in tanh space, binary search on c)
 """
 from . import functional
 from .alternating import AlternatingPGD
 from .apgd import APGD, apgd_checkpoints
+from .cw import CarliniWagnerL2
 from .deepfool import DeepFool
 from .engine import Attack
 from .fat import FATPGD, fat_tau
@@ -23,5 +25,5 @@ from .pgd import PGD
 from .result import AttackResult
 from .square import Square
 
-__all__ = ["APGD", "AlternatingPGD", "Attack", "AttackResult", "DeepFool", "FATPGD", "HypocriticalPGD", "PGD",
+__all__ = ["APGD", "AlternatingPGD", "Attack", "AttackResult", "CarliniWagnerL2", "DeepFool", "FATPGD", "HypocriticalPGD", "PGD",
            "Square", "apgd_checkpoints", "fat_tau", "functional"]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .engine import Attack, Scalar
+from .final_point import evaluate_point, project_onto_ball
 from .rows import RowOutcome, Rows, maths_dtype, row_mask
 from .validation import check_count
 
@@ -74,16 +75,8 @@ class DeepFool(Attack):
             active, f, grads = active[going], f[going], grads[:, going]
             r_tot[active] += self._step(f, grads)
             x[active] = (x0[active] + (1 + self.overshoot) * r_tot[active]).clamp(self.lo, self.hi).to(x.dtype)
-        x = self._project(x0, x, rows)
-        if not evaluate:
-            return RowOutcome(x, None, None)
-        output = ctx.model.output(x)
-        ctx.count(rows.n, backward=False)
-        loss = rows.loss_fn("cw")(output)
-        usable = torch.isfinite(loss)
-        x = torch.where(row_mask(usable, x), x, x0)
-        loss = torch.where(usable, loss, torch.full_like(loss, -math.inf))
-        return RowOutcome(x, loss, rows.reached(output.logits) & usable, ~usable)
+        x = project_onto_ball(x0, x, rows.eps, self.norm, self.lo, self.hi)
+        return evaluate_point(ctx, rows, x, evaluate)
 
     def _step(self, f: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         """The step towards the nearest linearised boundary: f (n, K) the candidate logits,
@@ -99,19 +92,3 @@ class DeepFool(Attack):
         scale = torch.where(size > 0, gap / (size.pow(2) if self.norm == "l2" else size), torch.zeros_like(size))
         direction = w if self.norm == "l2" else w.sign()
         return row_mask(scale, w) * direction
-
-    def _project(self, x0: torch.Tensor, x: torch.Tensor, rows: Rows) -> torch.Tensor:
-        """x projected onto the eps-ball around x0 (where eps is finite), then the box."""
-        eps = rows.eps.to(maths_dtype(x0))
-        if not bool(torch.isfinite(eps).any()):
-            return x
-        eps = eps.expand(x0.shape[0]) if eps.numel() == 1 else eps
-        delta = (x - x0).to(eps.dtype)
-        if self.norm == "l2":
-            size = delta.flatten(1).norm(dim=1)
-            factor = torch.where(size > eps, eps / (size + 1e-12), torch.ones_like(size))
-            delta = delta * row_mask(factor, delta)
-        else:
-            bound = row_mask(eps, delta)
-            delta = torch.maximum(torch.minimum(delta, bound), -bound)
-        return (x0 + delta.to(x0.dtype)).clamp(self.lo, self.hi)

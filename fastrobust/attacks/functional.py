@@ -1,7 +1,7 @@
 """Function forms of the attacks: `pgd(model, x, y, eps=..., ...)` returns x_adv.
 
 Each takes the keyword arguments of its class (PGD, FATPGD, AlternatingPGD, HypocriticalPGD,
-APGD, Square, DeepFool; see their docstrings for formulas and defaults), optional `targets`, and
+APGD, Square, DeepFool, CarliniWagnerL2; see their docstrings for formulas and defaults), optional `targets`, and
 `return_result=True` to get the AttackResult instead of x_adv.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from torch import nn
 
 from .alternating import AlternatingPGD
 from .apgd import APGD
+from .cw import CarliniWagnerL2
 from .deepfool import DeepFool
 from .engine import Attack
 from .fat import FATPGD
@@ -68,3 +69,9 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: Optional
 def deepfool(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, return_result: bool = False, **kwargs) -> Output:
     """DeepFool (see fastrobust.attacks.DeepFool)."""
     return _call(DeepFool, model, x, y, None, return_result, kwargs)
+
+
+def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None, *,
+          return_result: bool = False, **kwargs) -> Output:
+    """Carlini-Wagner L2 (see fastrobust.attacks.CarliniWagnerL2)."""
+    return _call(CarliniWagnerL2, model, x, y, targets, return_result, kwargs)

@@ -99,6 +99,12 @@ class ModelRunner:
             (grad,) = torch.autograd.grad(loss.sum(), x_in)
         return out.logits.detach(), loss.detach(), grad
 
+    def logits_through(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits at x with the graph from x kept (x a function of the attack's own
+        variables: gradients reach those, never the parameters unless asked)."""
+        with torch.enable_grad():
+            return self._forward(x).logits
+
     def logits_with_graph(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(x_in, logits): the logits at x_in (a leaf copy of x that requires grad) with their
         graph kept, for input gradients taken afterwards (torch.autograd.grad, input only)."""

@@ -6,7 +6,6 @@ from typing import Optional
 
 import torch
 
-from .._checks.common import check_class_indices
 from ..ops.margin_loss import margin_loss
 
 LOSSES = ("ce", "cw", "dlr")

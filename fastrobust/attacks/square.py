@@ -22,6 +22,7 @@ from torch import nn
 from ..reference.square import bump, l2_start_rows, l2_start_side, p_selection, window_side
 from .engine import Attack, Plan, Scalar
 from .objectives import attack_loss, objective, reached
+from .final_point import evaluate_point
 from .rows import RowOutcome, Rows, maths_dtype, row_mask
 from .validation import check_choice, check_count
 
@@ -125,15 +126,7 @@ class Square(Attack):
                 state.retire(done, best, loss, margin, nonfinite)
         state.retire(None, best, loss, margin, nonfinite)
 
-        if not evaluate:
-            return RowOutcome(best, None, None, nonfinite)
-        output = ctx.model.output(best)
-        ctx.count(n, backward=False)
-        final = rows.loss_fn("cw" if self.loss == "margin" else "ce")(output)
-        usable = torch.isfinite(final)
-        best = torch.where(row_mask(usable, best), best, x0)
-        final = torch.where(usable, final, torch.full_like(final, -math.inf))
-        return RowOutcome(best, final, rows.reached(output.logits) & usable, nonfinite | ~usable)
+        return evaluate_point(ctx, rows, best, evaluate, "cw" if self.loss == "margin" else "ce", nonfinite)
 
     # -- points ----------------------------------------------------------------------------------
     def _start(self, x0: torch.Tensor, eps: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

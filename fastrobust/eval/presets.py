@@ -18,6 +18,8 @@ or "l2" for every preset.
     square            Square (score-based, no gradients; AutoAttack)   -          5000 q 1
     deepfool          DeepFool, overshoot 0.02, 10 candidate classes   -          50     1
                       (the minimal perturbation, projected onto the eps-ball)
+    cw-l2             Carlini-Wagner L2: Adam lr 0.01, c from 1e-3   -          1000   9 values of c
+                      (L2 only; the smallest adversarial found, projected onto the eps-ball)
 
     (a) APGD's step size is adaptive: it starts at 2*eps and halves at the checkpoints.
 
@@ -33,7 +35,9 @@ is Antoniou et al.'s 3-loss variant with alpha=0.25 eps (§4c); "fat" is FAT's C
 attack (eps=0.031, alpha=0.007: alpha = 7/31 eps; K=10; tau=0); "hypocritical" Tao et al.'s
 (8/255 with 2/255 steps, 10 steps); "square" is AutoAttack's Square (p_init 0.8, 5000
 queries, the margin loss, its schedule not rescaled); "deepfool" is the original code's
-(overshoot 0.02, 50 iterations, 10 candidate classes).
+(overshoot 0.02, 50 iterations, 10 candidate classes); "cw-l2" follows Carlini & Wagner's
+code (9 binary-search steps, c from 1e-3, lr 0.01, kappa 0, early abort) with 1000 Adam steps
+instead of its 10000.
 """
 from __future__ import annotations
 
@@ -43,7 +47,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Type
 import torch
 from torch import nn
 
-from ..attacks import APGD, FATPGD, AlternatingPGD, Attack, DeepFool, HypocriticalPGD, PGD, Square
+from .._checks.pgd import canonical_norm
+from ..attacks import APGD, FATPGD, AlternatingPGD, Attack, CarliniWagnerL2, DeepFool, HypocriticalPGD, PGD, Square
 
 # Roles: "cascade" attacks try to break the clean-correct points; "hypocritical" attacks try
 # to fix the clean-misclassified ones (reported as a risk, outside the cascade).
@@ -59,6 +64,7 @@ class Preset:
     params:   fixed keyword arguments of cls.
     relative: keyword arguments given as a multiple of eps (e.g. {"alpha": 0.25}).
     role:     CASCADE or HYPOCRITICAL.
+    norms:    the threat models the attack supports.
     """
 
     name: str
@@ -67,6 +73,7 @@ class Preset:
     params: Mapping[str, Any] = field(default_factory=dict)
     relative: Mapping[str, float] = field(default_factory=dict)
     role: str = CASCADE
+    norms: Tuple[str, ...] = ("linf", "l2")
 
     def parameters(self, eps: float, norm: str = "linf", **overrides) -> Dict[str, Any]:
         """The keyword arguments the attack is built with (eps and relative values resolved)."""
@@ -80,6 +87,9 @@ class Preset:
               autocast: Optional[torch.dtype] = None, **overrides) -> Attack:
         """The attack on `model`; overrides replace any parameter (steps=..., alpha=...)."""
         kwargs = self.parameters(eps, norm, **overrides)
+        if canonical_norm(kwargs["norm"]) not in self.norms:
+            raise ValueError(f"norm: the attack preset {self.name!r} supports {', '.join(self.norms)} only, "
+                             f"got {kwargs['norm']!r}")
         return self.cls(model, seed=seed, autocast=autocast, **kwargs)
 
 
@@ -113,6 +123,10 @@ PRESETS: Dict[str, Preset] = _presets(
            {"queries": 5000, "p_init": 0.8, "loss": "margin"}),
     Preset("deepfool", DeepFool, "DeepFool-50, overshoot 0.02, 10 candidate classes, projected onto the eps-ball",
            {"steps": 50, "overshoot": 0.02, "candidates": 10}),
+    Preset("cw-l2", CarliniWagnerL2, "Carlini-Wagner L2: 9 binary-search steps x 1000 Adam steps (lr 0.01), "
+           "c from 1e-3, kappa 0, early abort; L2 only, projected onto the eps-ball",
+           {"steps": 1000, "binary_search_steps": 9, "lr": 0.01, "initial_const": 1e-3, "kappa": 0.0},
+           norms=("l2",)),
     Preset("hypocritical", HypocriticalPGD, "Hypocritical PGD-10 (CE descent), alpha=eps/4; risk on misclassified points",
            params={"steps": 10, "keep": "last"}, relative={"alpha": 0.25}, role=HYPOCRITICAL),
 )
