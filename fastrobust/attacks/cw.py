@@ -11,7 +11,6 @@ of its steps (the original code's rule). All rows run as one batch.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import nn
@@ -20,7 +19,7 @@ from .._checks.pgd import canonical_norm
 from .engine import Attack, Scalar
 from .final_point import evaluate_point, project_onto_ball
 from .rows import RowOutcome, Rows, maths_dtype, row_mask
-from .validation import check_count
+from .validation import check_count, check_targets_match
 
 _UPPER = 1e10  # the binary search's "no success yet" bound, as in the original code
 
@@ -63,11 +62,8 @@ class CarliniWagnerL2(Attack):
         self.targeted = bool(targeted)
         self.goal = "target" if self.targeted else "fooled"
 
-    def _check_targets(self, targets: Optional[torch.Tensor]) -> None:
-        if self.targeted and targets is None:
-            raise ValueError("targets: a targeted CarliniWagnerL2 needs targets=...")
-        if not self.targeted and targets is not None:
-            raise ValueError("targets: given to an untargeted CarliniWagnerL2 (construct it with targeted=True)")
+    def _check_targets(self, targets) -> None:
+        check_targets_match(self.targeted, targets, "CarliniWagnerL2")
 
     def _margins(self, logits: torch.Tensor, rows: Rows) -> torch.Tensor:
         """z_y - max_{j != y} z_j (targeted: max_{j != t} z_j - z_t): <= -kappa is a success."""

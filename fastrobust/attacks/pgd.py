@@ -10,7 +10,7 @@ from .engine import Attack
 from .loop import KEEP_MODES, SignSteps
 from .objectives import check_loss
 from .starts import clean_start, uniform_start
-from .validation import Scalar, check_choice, check_count, check_radius
+from .validation import Scalar, check_choice, check_count, check_radius, check_targets_match
 
 
 class PGD(Attack):
@@ -54,10 +54,7 @@ class PGD(Attack):
         self.keep = check_choice(keep, tuple(KEEP_MODES), "keep")
 
     def _check_targets(self, targets) -> None:
-        if self.targeted and targets is None:
-            raise ValueError("targets: a targeted PGD needs targets=...")
-        if not self.targeted and targets is not None:
-            raise ValueError("targets: given to an untargeted PGD (construct it with targeted=True)")
+        check_targets_match(self.targeted, targets, "PGD")
 
     def _run_rows(self, ctx, rows, evaluate):
         x = uniform_start(rows, self.norm, self.lo, self.hi) if self.random_start else clean_start(rows)

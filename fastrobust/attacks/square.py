@@ -24,7 +24,7 @@ from .engine import Attack, Plan, Scalar
 from .objectives import attack_loss, objective, reached
 from .final_point import evaluate_point
 from .rows import RowOutcome, Rows, maths_dtype, row_mask
-from .validation import check_choice, check_count
+from .validation import check_choice, check_count, check_targets_match
 
 SQUARE_LOSSES = ("margin", "ce")
 
@@ -65,11 +65,8 @@ class Square(Attack):
         self.targeted = bool(targeted)
         self.goal = "target" if self.targeted else "fooled"
 
-    def _check_targets(self, targets: Optional[torch.Tensor]) -> None:
-        if self.targeted and targets is None:
-            raise ValueError("targets: a targeted Square attack needs targets=...")
-        if not self.targeted and targets is not None:
-            raise ValueError("targets: given to an untargeted Square attack (construct it with targeted=True)")
+    def _check_targets(self, targets) -> None:
+        check_targets_match(self.targeted, targets, "Square attack")
 
     def _plan(self, ctx, x0, y, targets) -> Plan:
         """The clean points first (one forward): those already misclassified (or at their

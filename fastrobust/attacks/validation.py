@@ -43,6 +43,14 @@ def check_choice(value, choices, name: str):
     return value
 
 
+def check_targets_match(targeted: bool, targets, attack: str) -> None:
+    """targets given exactly when the attack was constructed targeted."""
+    if targeted and targets is None:
+        raise ValueError(f"targets: a targeted {attack} needs targets=...")
+    if not targeted and targets is not None:
+        raise ValueError(f"targets: given to an untargeted {attack} (construct it with targeted=True)")
+
+
 def check_autocast(dtype) -> Optional[torch.dtype]:
     if dtype not in AUTOCAST_DTYPES:
         raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {dtype!r}")
