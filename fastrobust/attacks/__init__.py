@@ -12,6 +12,7 @@ fastrobust.attacks.functional has the same attacks as functions.
     Square           the score-based Square attack (no gradients), L-inf/L2, AutoAttack's schedule
     DeepFool         the minimal-perturbation DeepFool, L2/L-inf, rows batched
     CarliniWagnerL2  Carlini-Wagner's L2 optimisation attack (Adam in tanh space, binary search on c)
+    HopSkipJump      the decision-based HopSkipJump, L2/L-inf (decisions only, probes batched)
 """
 from . import functional
 from .alternating import AlternatingPGD
@@ -20,10 +21,11 @@ from .cw import CarliniWagnerL2
 from .deepfool import DeepFool
 from .engine import Attack
 from .fat import FATPGD, fat_tau
+from .hop_skip_jump import HopSkipJump
 from .hypocritical import HypocriticalPGD
 from .pgd import PGD
 from .result import AttackResult
 from .square import Square
 
-__all__ = ["APGD", "AlternatingPGD", "Attack", "AttackResult", "CarliniWagnerL2", "DeepFool", "FATPGD", "HypocriticalPGD", "PGD",
+__all__ = ["APGD", "AlternatingPGD", "Attack", "AttackResult", "CarliniWagnerL2", "DeepFool", "FATPGD", "HopSkipJump", "HypocriticalPGD", "PGD",
            "Square", "apgd_checkpoints", "fat_tau", "functional"]

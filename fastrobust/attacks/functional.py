@@ -1,7 +1,7 @@
 """Function forms of the attacks: `pgd(model, x, y, eps=..., ...)` returns x_adv.
 
 Each takes the keyword arguments of its class (PGD, FATPGD, AlternatingPGD, HypocriticalPGD,
-APGD, Square, DeepFool, CarliniWagnerL2; see their docstrings for formulas and defaults), optional `targets`, and
+APGD, Square, DeepFool, CarliniWagnerL2, HopSkipJump; see their docstrings for formulas and defaults), optional `targets`, and
 `return_result=True` to get the AttackResult instead of x_adv.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from .cw import CarliniWagnerL2
 from .deepfool import DeepFool
 from .engine import Attack
 from .fat import FATPGD
+from .hop_skip_jump import HopSkipJump
 from .hypocritical import HypocriticalPGD
 from .pgd import PGD
 from .result import AttackResult
@@ -75,3 +76,9 @@ def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: Optional[
           return_result: bool = False, **kwargs) -> Output:
     """Carlini-Wagner L2 (see fastrobust.attacks.CarliniWagnerL2)."""
     return _call(CarliniWagnerL2, model, x, y, targets, return_result, kwargs)
+
+
+def hop_skip_jump(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None, *,
+                  return_result: bool = False, **kwargs) -> Output:
+    """HopSkipJump (see fastrobust.attacks.HopSkipJump)."""
+    return _call(HopSkipJump, model, x, y, targets, return_result, kwargs)

@@ -20,6 +20,8 @@ or "l2" for every preset.
                       (the minimal perturbation, projected onto the eps-ball)
     cw-l2             Carlini-Wagner L2: Adam lr 0.01, c from 1e-3   -          1000   9 values of c
                       (L2 only; the smallest adversarial found, projected onto the eps-ball)
+    hsj               HopSkipJump (decisions only), 100 probes x sqrt(t) -        40     1
+                      (the smallest perturbation found, projected onto the eps-ball)
 
     (a) APGD's step size is adaptive: it starts at 2*eps and halves at the checkpoints.
 
@@ -37,7 +39,8 @@ attack (eps=0.031, alpha=0.007: alpha = 7/31 eps; K=10; tau=0); "hypocritical" T
 queries, the margin loss, its schedule not rescaled); "deepfool" is the original code's
 (overshoot 0.02, 50 iterations, 10 candidate classes); "cw-l2" follows Carlini & Wagner's
 code (9 binary-search steps, c from 1e-3, lr 0.01, kappa 0, early abort) with 1000 Adam steps
-instead of its 10000.
+instead of its 10000; "hsj" is HopSkipJump's code's (40 iterations, 100 initial probes, at
+most 10000, gamma 1, geometric step-size search).
 """
 from __future__ import annotations
 
@@ -48,7 +51,8 @@ import torch
 from torch import nn
 
 from .._checks.pgd import canonical_norm
-from ..attacks import APGD, FATPGD, AlternatingPGD, Attack, CarliniWagnerL2, DeepFool, HypocriticalPGD, PGD, Square
+from ..attacks import (APGD, FATPGD, PGD, AlternatingPGD, Attack, CarliniWagnerL2, DeepFool, HopSkipJump,
+                       HypocriticalPGD, Square)
 
 # Roles: "cascade" attacks try to break the clean-correct points; "hypocritical" attacks try
 # to fix the clean-misclassified ones (reported as a risk, outside the cascade).
@@ -127,6 +131,8 @@ PRESETS: Dict[str, Preset] = _presets(
            "c from 1e-3, kappa 0, early abort; L2 only, projected onto the eps-ball",
            {"steps": 1000, "binary_search_steps": 9, "lr": 0.01, "initial_const": 1e-3, "kappa": 0.0},
            norms=("l2",)),
+    Preset("hsj", HopSkipJump, "HopSkipJump-40 (decision-based): 100 x sqrt(t) probes (at most 10000), gamma 1, "
+           "projected onto the eps-ball", {"iterations": 40, "init_evals": 100, "max_evals": 10000, "gamma": 1.0}),
     Preset("hypocritical", HypocriticalPGD, "Hypocritical PGD-10 (CE descent), alpha=eps/4; risk on misclassified points",
            params={"steps": 10, "keep": "last"}, relative={"alpha": 0.25}, role=HYPOCRITICAL),
 )
