@@ -23,6 +23,7 @@ SUITES = {
     "cifs": "benchmarks.bench_cifs",
     "nlm": "benchmarks.bench_nlm",
     "train": "benchmarks.bench_train",
+    "attacks": "benchmarks.bench_attacks",
 }
 
 

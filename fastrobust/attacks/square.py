@@ -145,10 +145,9 @@ class Square(Attack):
         vh, vw = _corners(gen, n, h - side, x0.device), _corners(gen, n, w - side, x0.device)
         window = _window_mask(vh, vw, side, h, w)
         if self.norm == "linf":
-            step = (2 * eps).to(x0.dtype) * _signs(gen, (n, c, 1, 1), x0)
-            cand = best + window.to(x0.dtype) * step
-            cand = torch.minimum(torch.maximum(cand, x0 - eps.to(x0.dtype)), x0 + eps.to(x0.dtype))
-            return cand.clamp(self.lo, self.hi)
+            radius = eps.to(x0.dtype)
+            cand = best + window * (2 * radius * _signs(gen, (n, c, 1, 1), x0))
+            return torch.minimum(torch.maximum(cand, x0 - radius), x0 + radius).clamp_(self.lo, self.hi)
         delta = (best - x0).to(maths_dtype(x0))
         vh2, vw2 = _corners(gen, n, h - side, x0.device), _corners(gen, n, w - side, x0.device)
         window2 = _window_mask(vh2, vw2, side, h, w)
@@ -204,12 +203,13 @@ def _corners(gen: torch.Generator, n: int, span: int, device) -> torch.Tensor:
 
 
 def _window_mask(vh: torch.Tensor, vw: torch.Tensor, side: int, h: int, w: int) -> torch.Tensor:
-    """bool (n, 1, H, W): each row's side x side window at (vh, vw)."""
-    i = torch.arange(h, device=vh.device).reshape(1, h, 1)
-    j = torch.arange(w, device=vh.device).reshape(1, 1, w)
-    inside = ((i >= vh.reshape(-1, 1, 1)) & (i < vh.reshape(-1, 1, 1) + side)
-              & (j >= vw.reshape(-1, 1, 1)) & (j < vw.reshape(-1, 1, 1) + side))
-    return inside.unsqueeze(1)
+    """bool (n, 1, H, W): each row's side x side window at (vh, vw), as the product of its
+    row band and its column band."""
+    i = torch.arange(h, device=vh.device)
+    j = torch.arange(w, device=vh.device)
+    rows = (i >= vh[:, None]) & (i < vh[:, None] + side)  # (n, H)
+    cols = (j >= vw[:, None]) & (j < vw[:, None] + side)  # (n, W)
+    return (rows[:, None, :, None] & cols[:, None, None, :])
 
 
 def _window_index(start: torch.Tensor, side: int) -> torch.Tensor:
