@@ -4,7 +4,7 @@ torchattacks, side by side: robust accuracy and time on the same model, points a
     fastrobust bench attacks --device cpu [--quick]
 
 Models: "digits" (SmallCNN trained 10 epochs on the digits train split, the tests' model;
-its 359 test points) and "preact18" (PreActResNet-18 with random weights on 16 uniform
+its 359 test points) and "preact18" (PreActResNet-18 with random weights on 8 uniform
 CIFAR-shaped inputs, labelled by its own clean predictions: timing only). Attacks, L-inf at
 eps 0.15 (digits) or 8/255 (preact18): "apgd-ce" and "apgd-dlr" (100 iterations), "apgd-t"
 (DLR-targeted, 9 target classes, 100 iterations each) and "square" (p_init 0.8, 5000 queries on
@@ -105,7 +105,7 @@ def models(device: str, quick: bool):
         gen = torch.Generator().manual_seed(harness.SEED)
         torch.manual_seed(harness.SEED)
         net = PreActResNet18(num_classes=10).to(device).eval()
-        xc = torch.rand(16, 3, 32, 32, generator=gen).to(device)
+        xc = torch.rand(8, 3, 32, 32, generator=gen).to(device)
         with torch.no_grad():
             yc = net(xc).argmax(1)
         out.append(("preact18", net, xc, yc, CIFAR_EPS))
