@@ -40,7 +40,7 @@ def test_folded_restarts_give_the_worst_case_of_the_same_rows(norm, keep):
     start (one random stream over all rows), the same steps; the result is their worst case."""
     model, (x, y), restarts = linear_model(), inputs(), 4
     kwargs = dict(eps=0.3 if norm == "linf" else 0.8, alpha=0.1, steps=3, norm=norm, keep=keep, seed=7)
-    folded = attacks.PGD(model, restarts=restarts, **kwargs).run(x, y)
+    folded = attacks.PGD(model, restarts=restarts, restart_batch=None, **kwargs).run(x, y)
     rows = attacks.PGD(model, **kwargs).run(x.repeat(restarts, 1, 1, 1), y.repeat(restarts))
     expect_x, expect_success = worst_case(rows.x_adv, rows.loss, rows.success, restarts)
     assert torch.equal(folded.success, expect_success)
@@ -112,7 +112,7 @@ def test_restart_batch_compacts_real_restarts():
 
 
 @pytest.mark.parametrize("make, forwards, backwards", [
-    (lambda m: attacks.PGD(m, eps=0.1, steps=4, restarts=2), 2 * 6 * 5, 2 * 6 * 4),
+    (lambda m: attacks.PGD(m, eps=0.1, steps=4, restarts=2, restart_batch=None), 2 * 6 * 5, 2 * 6 * 4),
     (lambda m: attacks.PGD(m, eps=0.1, steps=4, keep="last"), 6 * 5, 6 * 4),
     (lambda m: attacks.FATPGD(m, eps=0.1, steps=4), 6 * 5, 6 * 4),
     (lambda m: attacks.AlternatingPGD(m, eps=0.1, steps=4), 6 * 5, 6 * 4),
@@ -159,3 +159,21 @@ def test_cuda_graph_on_cpu_warns_and_runs_uncaptured():
     with pytest.warns(RuntimeWarning, match="cuda_graph=True needs CUDA tensors"):
         captured = attacks.PGD(model, eps=0.2, steps=2, seed=0, cuda_graph=True)(x, y)
     assert torch.equal(captured, attacks.PGD(model, eps=0.2, steps=2, seed=0)(x, y))
+
+
+def test_restart_batch_auto_runs_groups_one_by_one_on_the_cpu_and_folds_them_on_a_gpu():
+    """"auto" (the default): one restart / target class per pass on the CPU (the samples
+    already fooled are not attacked again), all in one pass on CUDA devices."""
+    model, (x, y) = linear_model(), inputs(n=16)
+    attack = attacks.PGD(model, eps=0.5, alpha=0.2, steps=2, restarts=3, seed=0)
+    assert attack.restart_batch == "auto"
+    assert attack._groups_per_pass(3, torch.device("cpu")) == 1
+    assert attack._groups_per_pass(3, torch.device("cuda")) == 3
+    sequential = attacks.PGD(model, eps=0.5, alpha=0.2, steps=2, restarts=3, restart_batch=1, seed=0).run(x, y)
+    auto = attack.run(x, y)
+    assert auto.forwards == sequential.forwards and torch.equal(auto.x_adv, sequential.x_adv)
+    assert attacks.APGD(model, targeted=True).restart_batch == "auto"
+    with pytest.raises(ValueError, match="restart_batch must be an integer >= 1"):
+        attacks.PGD(model, restart_batch=0)
+    with pytest.raises(ValueError, match="restart_batch must be an integer >= 1"):
+        attacks.APGD(model, restart_batch="always")

@@ -1,7 +1,7 @@
 """Alternating-objectives PGD (Antoniou, Georgiou, Potamianos; SaTML 2023)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -10,7 +10,7 @@ from .engine import Attack
 from .loop import SignSteps
 from .objectives import attack_loss, check_loss_name
 from .starts import clean_start, uniform_start, vertex_start
-from .validation import Scalar, check_count, check_radius
+from .validation import Scalar, check_count, check_radius, check_restart_batch
 
 
 def stage_of(step: int, steps: int, stages: int) -> int:
@@ -43,7 +43,7 @@ class AlternatingPGD(Attack):
 
     def __init__(self, model: nn.Module, eps: Scalar = 8 / 255, alpha: Optional[Scalar] = None, steps: int = 100,
                  schedule: Sequence[str] = ("ce", "cw"), random_start: bool = False, restarts: int = 1,
-                 restart_batch: Optional[int] = None, **common):
+                 restart_batch: Union[int, str, None] = "auto", **common):
         super().__init__(model, eps=eps, **common)
         self.alpha = self.eps / 4 if alpha is None else check_radius(alpha, "alpha")
         self.steps = check_count(steps, "steps", 0)
@@ -52,7 +52,7 @@ class AlternatingPGD(Attack):
         self.schedule = tuple(check_loss_name(kind, "schedule") for kind in schedule)
         self.random_start = bool(random_start)
         self.restarts = check_count(restarts, "restarts", 1)
-        self.restart_batch = None if restart_batch is None else check_count(restart_batch, "restart_batch", 1)
+        self.restart_batch = check_restart_batch(restart_batch)
 
     def loss_at(self, step: int) -> str:
         return self.schedule[stage_of(step, self.steps, len(self.schedule))]

@@ -6,7 +6,7 @@ all rows without reading anything back to the host.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Tuple, Union
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from .engine import Attack, Plan
 from .objectives import check_loss, objective, reached
 from .rows import RowOutcome, Rows, row_mask, usable_start
 from .starts import autoattack_start
-from .validation import Scalar, check_count, check_radius
+from .validation import Scalar, check_count, check_radius, check_restart_batch
 
 
 def apgd_checkpoints(steps: int) -> List[Tuple[int, int]]:
@@ -102,7 +102,7 @@ class APGDState:
 
 
 class APGD(Attack):
-    """Auto-PGD with AutoAttack's semantics, restarts and target classes folded into the batch.
+    """Auto-PGD with AutoAttack's semantics; restarts and target classes as row groups.
 
     Step (per row, eta = 2*eps at the start, momentum a = 0.75, a = 1 on the first iteration):
       z = P(x + eta*sign(g))  (L2: eta*g/||g||);  x_new = P(x + a(z - x) + (1 - a)(x - x_prev)),
@@ -116,15 +116,16 @@ class APGD(Attack):
       misclassification. With targets=t, one group per restart towards t; success means predicting t.
     As AutoAttack, the clean inputs are classified first: a sample already successful there
     keeps x and is not attacked. The returned point is the last successful iterate, else the
-    highest-loss one. Restarts (and target classes) run as row groups, all in one pass or
-    restart_batch groups per pass with the samples already fooled dropped in between.
+    highest-loss one. Restarts (and target classes) run as row groups, restart_batch groups per
+    pass with the samples already fooled dropped in between: "auto" (default) one per pass on
+    the CPU (as AutoAttack's code), all in one pass on a GPU; None all in one pass.
     The random start is AutoAttack's (see starts.autoattack_start), from `seed`.
     Defaults: eps=8/255, steps=100, rho=0.75, momentum=0.75. Common arguments: see Attack.
     """
 
     def __init__(self, model: nn.Module, eps: Scalar = 8 / 255, steps: int = 100, norm="linf", loss="ce",
                  targeted: bool = False, n_target_classes: int = 9, restarts: int = 1, rho: float = 0.75,
-                 momentum: float = 0.75, restart_batch: Optional[int] = None, **common):
+                 momentum: float = 0.75, restart_batch: Union[int, str, None] = "auto", **common):
         super().__init__(model, eps=eps, norm=norm, **common)
         self.steps = check_count(steps, "steps", 0)
         self.loss = check_loss(loss)
@@ -133,7 +134,7 @@ class APGD(Attack):
         self.targeted = bool(targeted)
         self.n_target_classes = check_count(n_target_classes, "n_target_classes", 1)
         self.restarts = check_count(restarts, "restarts", 1)
-        self.restart_batch = None if restart_batch is None else check_count(restart_batch, "restart_batch", 1)
+        self.restart_batch = check_restart_batch(restart_batch)
         self.rho = float(check_radius(rho, "rho"))
         self.momentum = float(check_radius(momentum, "momentum"))
         if self.momentum > 1:

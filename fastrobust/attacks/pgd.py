@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Union
 
 from torch import nn
 
@@ -10,7 +10,7 @@ from .engine import Attack
 from .loop import KEEP_MODES, SignSteps
 from .objectives import check_loss
 from .starts import clean_start, uniform_start
-from .validation import Scalar, check_choice, check_count, check_radius, check_targets_match
+from .validation import Scalar, check_choice, check_count, check_radius, check_restart_batch, check_targets_match
 
 
 class PGD(Attack):
@@ -25,10 +25,12 @@ class PGD(Attack):
     fastrobust.models.cifs_joint_loss, the official CIFS attack objective).
 
     random_start: start uniformly in the eps-ball (box-clipped), else at x.
-    restarts:     R restarts folded into the batch (rows = R*B, restart-major); each sample gets
+    restarts:     R restarts, folded into the batch where they run in one pass (rows = R*B,
+                  restart-major; see restart_batch); each sample gets
                   its worst case over restarts (a successful point first, else the highest loss).
     restart_batch: run k restarts per pass; between passes only the samples not yet fooled are
-                  attacked again (one host synchronisation per pass). None: all in one pass.
+                  attacked again (one host synchronisation per pass). None: all in one pass;
+                  "auto" (default): one per pass on the CPU, all in one pass on a GPU.
     targeted:     call with targets=t; success means predicting t.
     keep:         "success" (default): the first successful iterate, else the highest-loss one
                   (one extra forward evaluates the last iterate); "loss": the highest-loss
@@ -37,14 +39,15 @@ class PGD(Attack):
     """
 
     def __init__(self, model: nn.Module, eps: Scalar = 8 / 255, alpha: Scalar = 2 / 255, steps: int = 10,
-                 norm="linf", random_start: bool = True, restarts: int = 1, restart_batch: Optional[int] = None,
+                 norm="linf", random_start: bool = True, restarts: int = 1,
+                 restart_batch: Union[int, str, None] = "auto",
                  targeted: bool = False, loss="ce", kappa: float = math.inf, keep: str = "success", **common):
         super().__init__(model, eps=eps, norm=norm, **common)
         self.alpha = check_radius(alpha, "alpha")
         self.steps = check_count(steps, "steps", 0)
         self.random_start = bool(random_start)
         self.restarts = check_count(restarts, "restarts", 1)
-        self.restart_batch = None if restart_batch is None else check_count(restart_batch, "restart_batch", 1)
+        self.restart_batch = check_restart_batch(restart_batch)
         self.targeted = bool(targeted)
         self.goal = "target" if self.targeted else "fooled"
         self.loss = check_loss(loss)

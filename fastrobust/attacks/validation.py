@@ -43,6 +43,14 @@ def check_choice(value, choices, name: str):
     return value
 
 
+def check_restart_batch(value):
+    """restart_batch: "auto" (one group per pass on the CPU, all groups in one pass on a GPU),
+    None (all in one pass) or an integer >= 1."""
+    if value == "auto" or value is None:
+        return value
+    return check_count(value, "restart_batch", 1)
+
+
 def check_targets_match(targeted: bool, targets, attack: str) -> None:
     """targets given exactly when the attack was constructed targeted."""
     if targeted and targets is None:
