@@ -10,8 +10,9 @@
   and the roofline bound of the baseline over ours (> 1: ours is modelled faster); and which
   path nlm_gaussian's backend="auto" takes at the NLM shapes, by the same model.
 - "Measured (CPU)": SUITE-cpu.json, time ratios measured in one interleaved run on the machine
-  named in its metadata (> 1: fastrobust is faster), and the PGD engine's time over the
-  forward + input-gradient floor.
+  named in its metadata (> 1: fastrobust is faster), the PGD engine's time over the
+  forward + input-gradient floor, and the attacks against the official AutoAttack code and
+  torchattacks (robust accuracy and time ratios).
 Files that are missing are skipped, with a line saying so.
 """
 from __future__ import annotations
@@ -133,8 +134,27 @@ def cpu_section(directory: Path) -> str:
                 "time over 10 x (forward + input gradient))\n\n" +
                 _table(["case", "fastrobust (keep=last)", "keep=success", "torchattacks"], rows))
 
+    def render_attacks(suite, data):
+        rows = []
+        for c in data["cases"]:
+            impls = c["implementations"]
+
+            def accuracy(name):
+                e = impls.get(name, {})
+                return f"{e['robust_accuracy']:.2f} %" if "robust_accuracy" in e else "-"
+
+            rows.append([f"{c['model']} {c['attack']}", accuracy("fastrobust"), accuracy("official"),
+                         accuracy("torchattacks")] +
+                        [_ratio(c["speedup_of_fastrobust"].get(b)) for b in ("official", "torchattacks")])
+        meta = data["metadata"]
+        return (f"**{suite}** ({meta.get('device_name', '?')}, {meta.get('torch_threads', '?')} threads, "
+                f"commit {str(meta.get('git_commit', '?'))[:8]}; robust accuracy, and t_baseline / t_fastrobust)\n\n" +
+                _table(["case", "fastrobust", "official AutoAttack", "torchattacks", "vs official", "vs torchattacks"],
+                       rows))
+
     parts = _suite_parts(directory, CPU_SUITES, "{suite}-cpu.json", render)
     parts += _suite_parts(directory, ["pgd"], "{suite}-cpu.json", render_pgd)
+    parts += _suite_parts(directory, ["attacks"], "{suite}-cpu.json", render_attacks)
     return "\n\n".join(parts)
 
 
