@@ -1,12 +1,13 @@
 """Function forms of the attacks: `pgd(model, x, y, eps=..., ...)` returns x_adv.
 
 Each takes the keyword arguments of its class (PGD, FATPGD, AlternatingPGD, HypocriticalPGD,
-APGD, Square, DeepFool, CarliniWagnerL2, HopSkipJump; see their docstrings for formulas and defaults), optional `targets`, and
-`return_result=True` to get the AttackResult instead of x_adv.
+APGD, Square, DeepFool, CarliniWagnerL2, HopSkipJump; see their docstrings for formulas and
+defaults), optional `targets` (the classes with a targeted mode), and `return_result=True` to
+get the AttackResult instead of x_adv.
 """
 from __future__ import annotations
 
-from typing import Optional, Type, Union
+from typing import Callable, Optional, Type, Union
 
 import torch
 from torch import nn
@@ -32,53 +33,27 @@ def _call(cls: Type[Attack], model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return attack.run(x, y, targets) if return_result else attack(x, y, targets)
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None, *,
-        return_result: bool = False, **kwargs) -> Output:
-    """PGD (see fastrobust.attacks.PGD)."""
-    return _call(PGD, model, x, y, targets, return_result, kwargs)
+def _function(cls: Type[Attack], name: str, what: str, takes_targets: bool) -> Callable[..., Output]:
+    """The function form of an attack class: f(model, x, y[, targets], *, return_result, **kwargs)."""
+    if takes_targets:
+        def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None, *,
+                   return_result: bool = False, **kwargs) -> Output:
+            return _call(cls, model, x, y, targets, return_result, kwargs)
+    else:
+        def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, return_result: bool = False,
+                   **kwargs) -> Output:
+            return _call(cls, model, x, y, None, return_result, kwargs)
+    attack.__name__ = attack.__qualname__ = name
+    attack.__doc__ = f"{what} (see fastrobust.attacks.{cls.__name__})."
+    return attack
 
 
-def fat_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, return_result: bool = False, **kwargs) -> Output:
-    """FAT's early-stopped PGD (see fastrobust.attacks.FATPGD)."""
-    return _call(FATPGD, model, x, y, None, return_result, kwargs)
-
-
-def alternating_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, return_result: bool = False,
-                    **kwargs) -> Output:
-    """Alternating-objectives PGD (see fastrobust.attacks.AlternatingPGD)."""
-    return _call(AlternatingPGD, model, x, y, None, return_result, kwargs)
-
-
-def hypocritical_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, return_result: bool = False,
-                     **kwargs) -> Output:
-    """Hypocritical examples by PGD descent (see fastrobust.attacks.HypocriticalPGD)."""
-    return _call(HypocriticalPGD, model, x, y, None, return_result, kwargs)
-
-
-def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None, *,
-         return_result: bool = False, **kwargs) -> Output:
-    """APGD-CE / APGD-DLR / APGD-T (see fastrobust.attacks.APGD)."""
-    return _call(APGD, model, x, y, targets, return_result, kwargs)
-
-
-def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None, *,
-           return_result: bool = False, **kwargs) -> Output:
-    """The Square attack (see fastrobust.attacks.Square)."""
-    return _call(Square, model, x, y, targets, return_result, kwargs)
-
-
-def deepfool(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, return_result: bool = False, **kwargs) -> Output:
-    """DeepFool (see fastrobust.attacks.DeepFool)."""
-    return _call(DeepFool, model, x, y, None, return_result, kwargs)
-
-
-def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None, *,
-          return_result: bool = False, **kwargs) -> Output:
-    """Carlini-Wagner L2 (see fastrobust.attacks.CarliniWagnerL2)."""
-    return _call(CarliniWagnerL2, model, x, y, targets, return_result, kwargs)
-
-
-def hop_skip_jump(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor] = None, *,
-                  return_result: bool = False, **kwargs) -> Output:
-    """HopSkipJump (see fastrobust.attacks.HopSkipJump)."""
-    return _call(HopSkipJump, model, x, y, targets, return_result, kwargs)
+pgd = _function(PGD, "pgd", "PGD", True)
+fat_pgd = _function(FATPGD, "fat_pgd", "FAT's early-stopped PGD", False)
+alternating_pgd = _function(AlternatingPGD, "alternating_pgd", "Alternating-objectives PGD", False)
+hypocritical_pgd = _function(HypocriticalPGD, "hypocritical_pgd", "Hypocritical examples by PGD descent", False)
+apgd = _function(APGD, "apgd", "APGD-CE / APGD-DLR / APGD-T", True)
+square = _function(Square, "square", "The Square attack", True)
+deepfool = _function(DeepFool, "deepfool", "DeepFool", False)
+cw_l2 = _function(CarliniWagnerL2, "cw_l2", "Carlini-Wagner L2", True)
+hop_skip_jump = _function(HopSkipJump, "hop_skip_jump", "HopSkipJump", True)
