@@ -80,3 +80,28 @@ def test_functional_form_and_preset(digits_model, digits_test_set):
 def test_bad_arguments_name_the_argument(kwargs, message, digits_model):
     with pytest.raises(ValueError, match=message):
         HopSkipJump(digits_model, **kwargs)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_matches_the_reference_loop(norm, digits_model, digits_test_set):
+    """The batched attack and the sample-by-sample reference (different random draws): the
+    same distances to within a few percent, on a linear model and on the digits CNN."""
+    from fastrobust.reference.hop_skip_jump import hop_skip_jump
+
+    def size(a, x):
+        d = (a - x).flatten(1)
+        return d.norm(dim=1) if norm == "l2" else d.abs().amax(1)
+
+    model, x, y = linear_problem()
+    x, y = x[:24], y[:24]
+    ours = size(HopSkipJump(model, norm=norm, iterations=10, seed=0)(x, y), x).median()
+    theirs = size(hop_skip_jump(model, x, y, norm, iterations=10), x).median()
+    assert abs(ours / theirs - 1) < 0.03, (ours, theirs)
+    x, y = digits_test_set[0][:24], digits_test_set[1][:24]
+    ours_attack = HopSkipJump(digits_model, norm=norm, iterations=4, seed=0).run(x, y)
+    reference = hop_skip_jump(digits_model, x, y, norm, iterations=4)
+    with torch.no_grad():
+        reference_fooled = digits_model(reference).argmax(1) != y
+    both = ours_attack.success & reference_fooled
+    ratio = size(ours_attack.x_adv, x)[both].median() / size(reference, x)[both].median()
+    assert abs(ratio - 1) < 0.15, ratio

@@ -1,4 +1,5 @@
-"""HopSkipJump: the decision-based attack of Chen, Jordan & Wainwright (IEEE S&P 2020), L2 and L-inf.
+"""HopSkipJump: the decision-based attack of Chen, Jordan & Wainwright (IEEE S&P 2020), L2 and L-inf
+(sample-by-sample reference: fastrobust.reference.hop_skip_jump).
 
 Only the model's decision is used (is the goal reached at this point?), never a score or a
 gradient. From a starting point that reaches the goal (uniform noise in the box, pulled
