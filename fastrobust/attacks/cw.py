@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .._checks.pgd import canonical_norm
-from .engine import Attack, Scalar
+from .engine import Attack, Plan, Scalar
 from .final_point import evaluate_point, project_onto_ball
 from .rows import RowOutcome, Rows, maths_dtype, row_mask
 from .validation import check_count, check_targets_match
@@ -65,6 +65,9 @@ class CarliniWagnerL2(Attack):
     def _check_targets(self, targets) -> None:
         check_targets_match(self.targeted, targets, "CarliniWagnerL2")
 
+    def _plan(self, ctx, x0, y, targets) -> Plan:
+        return self._plan_after_clean_check(ctx, x0, y, targets, "cw")
+
     def _margins(self, logits: torch.Tensor, rows: Rows) -> torch.Tensor:
         """z_y - max_{j != y} z_j (targeted: max_{j != t} z_j - z_t): <= -kappa is a success."""
         k = rows.y if rows.targets is None else rows.targets
@@ -77,9 +80,6 @@ class CarliniWagnerL2(Attack):
         dtype = maths_dtype(x0)
         n = rows.n
         span = self.hi - self.lo
-        clean = ctx.model.logits(x0)
-        ctx.count(n, backward=False)
-        attacked = ~rows.reached(clean)  # the others are left as they are
         # w such that x' = x0 at the start (inside the open box: atanh is finite)
         unit = ((x0.to(dtype) - self.lo) / span * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6) if span > 0 else None
         w0 = torch.atanh(unit) if unit is not None else torch.zeros_like(x0, dtype=dtype)
@@ -100,11 +100,11 @@ class CarliniWagnerL2(Attack):
                 margins = self._margins(logits, rows)
                 l2 = (x_adv - x0.to(dtype)).pow(2).sum(dims)
                 penalty = (margins + self.kappa_margin).clamp(min=0)
-                loss = ((l2 + const * penalty) * attacked).sum()
+                loss = (l2 + const * penalty).sum()
                 (grad,) = torch.autograd.grad(loss, w)
                 ctx.count(n, backward=True)
                 with torch.no_grad():
-                    hit = attacked & (margins.detach() <= -self.kappa_margin) & rows.reached(logits.detach())
+                    hit = (margins.detach() <= -self.kappa_margin) & rows.reached(logits.detach())
                     better = hit & (l2.detach() < best_l2)
                     best_l2 = torch.where(better, l2.detach(), best_l2)
                     best_x = torch.where(row_mask(better, best_x), x_adv.detach().to(x0.dtype), best_x)

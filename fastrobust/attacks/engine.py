@@ -12,6 +12,7 @@ from torch import nn
 from .._checks.pgd import canonical_norm
 from .graph import StepRunner
 from .model_runner import ModelRunner, eval_mode
+from .objectives import objective, reached
 from .result import AttackResult
 from .rows import RowOutcome, Rows, fold, maths_dtype, merge_groups, per_row_values, usable_start
 from .validation import (Scalar, check_autocast, check_box, check_call, check_count, check_model,
@@ -116,6 +117,16 @@ class Attack:
     def _plan(self, ctx: LoopContext, x0: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor]) -> Plan:
         """Default: `restarts` groups, the same targets (if any) in each."""
         return Plan(self.restarts, self.goal, None if targets is None else targets.expand(self.restarts, -1))
+
+    def _plan_after_clean_check(self, ctx: LoopContext, x0: torch.Tensor, y: torch.Tensor,
+                                targets: Optional[torch.Tensor], kind: str) -> Plan:
+        """`restarts` groups that run only on the samples whose clean point misses the goal
+        (one forward on the clean points, as AutoAttack's attacks begin); the others keep x.
+        kind: the objective (a loss name) recorded at the clean points."""
+        output = ctx.model.output(x0)
+        ctx.count(x0.shape[0], backward=False)
+        initial = (objective(kind, output, y, targets), reached(self.goal, output.logits, y, targets))
+        return Plan(self.restarts, self.goal, None if targets is None else targets.expand(self.restarts, -1), initial)
 
     def _run_rows(self, ctx: LoopContext, rows: Rows, evaluate: bool) -> RowOutcome:
         """One pass of the attack loop over `rows`; with evaluate, loss and success at the kept

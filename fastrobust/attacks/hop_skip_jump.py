@@ -27,7 +27,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from .engine import Attack, Scalar
+from .engine import Attack, Plan, Scalar
 from .final_point import evaluate_point, project_onto_ball
 from .rows import RowOutcome, Rows, maths_dtype, row_mask
 from .objectives import reached
@@ -71,6 +71,9 @@ class HopSkipJump(Attack):
     def _check_targets(self, targets) -> None:
         check_targets_match(self.targeted, targets, "HopSkipJump")
 
+    def _plan(self, ctx, x0, y, targets) -> Plan:
+        return self._plan_after_clean_check(ctx, x0, y, targets, "cw")
+
     # -- decisions -------------------------------------------------------------------------------
     def _reached(self, ctx, rows: Rows, points: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Whether each point (of row index[i]) reaches the goal; forwards of at most max_batch."""
@@ -89,9 +92,8 @@ class HopSkipJump(Attack):
         n = rows.n
         dims = x0[0].numel()
         theta = self.gamma / (dims ** 1.5 if self.norm == "l2" else dims ** 2)
-        everyone = torch.arange(n, device=x0.device)
         x = x0.clone()
-        todo = everyone[~self._reached(ctx, rows, x0, everyone)]
+        todo = torch.arange(n, device=x0.device)  # the plan's clean check left only samples to attack
         start, found = self._starting_points(ctx, rows, todo, gen)
         todo = todo[found]
         if todo.numel() > 0:

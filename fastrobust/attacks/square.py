@@ -21,7 +21,7 @@ from torch import nn
 
 from ..reference.square import bump, l2_start_rows, l2_start_side, p_selection, window_side
 from .engine import Attack, Plan, Scalar
-from .objectives import attack_loss, objective, reached
+from .objectives import attack_loss
 from .final_point import evaluate_point
 from .rows import RowOutcome, Rows, maths_dtype, row_mask
 from .validation import check_choice, check_count, check_targets_match
@@ -73,12 +73,7 @@ class Square(Attack):
         target) are not attacked, as in AutoAttack."""
         if x0.dim() != 4:
             raise ValueError(f"x must be images (N, C, H, W) for the Square attack, got shape {tuple(x0.shape)}")
-        output = ctx.model.output(x0)
-        ctx.count(x0.shape[0], backward=False)
-        kind = "cw" if self.loss == "margin" else "ce"
-        initial = (objective(kind, output, y, targets), reached(self.goal, output.logits, y, targets))
-        group_targets = None if targets is None else targets.expand(self.restarts, -1)
-        return Plan(self.restarts, self.goal, group_targets, initial)
+        return self._plan_after_clean_check(ctx, x0, y, targets, "cw" if self.loss == "margin" else "ce")
 
     # -- one pass --------------------------------------------------------------------------------
     def _scores(self, ctx, x: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor]):
