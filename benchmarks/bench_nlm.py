@@ -411,7 +411,6 @@ def fused_path(case: NlmCase) -> str:
     """The path fastrobust.ops.nlm_gaussian takes in the case's "fused" step (its gradient
     taken in fwd+bwd): "kernel", "sdpa" or "reference" (no compiled op)."""
     from fastrobust.ops import nlm_dispatch
-    from fastrobust.ops._registration import has_op
 
     shapes = dict(case.shapes)
     if case.kind == "gaussian":
@@ -420,10 +419,8 @@ def fused_path(case: NlmCase) -> str:
         size = block_sizes(case.stage)[2]
         b, c, h, w = shapes["x"][0], shapes["1.conv.weight"][0], size, size
         d = c // 2
-    device = torch.device(case.device)
-    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    path = nlm_dispatch.decide(device.type, case.dtype, capability, b, d, c, h * w, case.mode == "fwd+bwd").path
-    return path if path == "sdpa" or has_op("fastrobust", "nlm_gaussian") else "reference"
+    decision = nlm_dispatch.decide_on(torch.device(case.device), case.dtype, b, d, c, h * w, case.mode == "fwd+bwd")
+    return nlm_dispatch.built_path(decision.path)
 
 
 def run_nlm_case(suite: Suite, recorder: BuildRecorder, case: NlmCase, options: harness.Options,

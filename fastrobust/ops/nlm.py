@@ -88,8 +88,7 @@ def nlm_gaussian_path(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, b
     compiled kernel) or "reference" (the materialising fallback: no compiled extension)."""
     theta, phi, g = _autocast_inputs(theta, phi, g)
     check_nlm_args(theta, phi, g)
-    path = nlm_dispatch.choose(theta, phi, g, backend)
-    return path if path == "sdpa" or has_op("fastrobust", "nlm_gaussian") else "reference"
+    return nlm_dispatch.built_path(nlm_dispatch.choose(theta, phi, g, backend))
 
 
 def nlm_dot_flops(d: int, c: int, n: int):

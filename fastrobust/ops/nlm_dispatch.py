@@ -31,6 +31,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..roofline import roofline_us
+from ._registration import has_op
 
 BACKENDS = ("auto", "kernel", "sdpa")
 SDPA_DTYPES = (torch.float16, torch.bfloat16)
@@ -151,6 +152,18 @@ def decide(device_type: str, dtype: torch.dtype, capability: Optional[Tuple[int,
     return Decision("kernel", "modeled cheaper on the kernel", kernel_us, sdpa_us)
 
 
+def decide_on(device: torch.device, dtype: torch.dtype, b: int, d: int, c: int, n: int, backward: bool) -> Decision:
+    """decide() for a device (a CUDA device's compute capability read from it)."""
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return decide(device.type, dtype, capability, b, d, c, n, backward)
+
+
+def built_path(path: str) -> str:
+    """path as it runs in this build: "reference" for the kernel where the extension has no
+    nlm_gaussian op (nlm_gaussian falls back to the materialising reference)."""
+    return path if path == "sdpa" or has_op("fastrobust", "nlm_gaussian") else "reference"
+
+
 def _problem(theta: torch.Tensor, g: torch.Tensor) -> Tuple[int, int, int, int]:
     n = 1
     for s in theta.shape[2:]:
@@ -164,7 +177,5 @@ def choose(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, backend: str
     check_backend(backend)
     if backend != "auto":
         return backend
-    device = theta.device
-    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     backward = torch.is_grad_enabled() and any(t.requires_grad for t in (theta, phi, g))
-    return decide(device.type, theta.dtype, capability, *_problem(theta, g), backward).path
+    return decide_on(theta.device, theta.dtype, *_problem(theta, g), backward).path
