@@ -30,6 +30,26 @@ def canonical_norm(norm) -> str:
     raise ValueError(f"norm must be 'linf' (or inf) or 'l2' (or 2), got {norm!r}")
 
 
+ATTACK_NORMS = ("linf", "l2", "l1")
+
+
+def canonical_attack_norm(norm, supported=NORMS) -> str:
+    """An attack's threat model: 'linf', 'l2' or 'l1' from any of their spellings, checked
+    against the norms the attack supports."""
+    key = norm.strip().lower() if isinstance(norm, str) else norm
+    if key in ("l1", "1") or (isinstance(key, (int, float)) and not isinstance(key, bool) and key == 1):
+        canonical = "l1"
+    else:
+        try:
+            canonical = canonical_norm(norm)
+        except ValueError:
+            canonical = None
+    if canonical not in supported:
+        spelled = {"linf": "'linf' (or inf)", "l2": "'l2' (or 2)", "l1": "'l1' (or 1)"}
+        raise ValueError(f"norm must be {' or '.join(spelled[n] for n in supported)} for this attack, got {norm!r}")
+    return canonical
+
+
 def check_row_values(v: Union[float, torch.Tensor], name: str, x: torch.Tensor) -> None:
     """eps / alpha / eta: a number, or a floating tensor of shape (), (1,) or (rows,) on x's
     device (a CPU tensor is also accepted for x elsewhere, as PyTorch accepts CPU scalars).

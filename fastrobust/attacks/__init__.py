@@ -10,6 +10,7 @@ fastrobust.attacks.functional has the same attacks as functions.
     HypocriticalPGD  descent on CE towards the true class (hypocritical examples)
     APGD             AutoAttack's APGD-CE / APGD-DLR / APGD-T
     Square           the score-based Square attack (no gradients), L-inf/L2, AutoAttack's schedule
+    FAB              the minimal-perturbation FAB / FAB-T, L-inf/L2/L1 (AutoAttack's)
     DeepFool         the minimal-perturbation DeepFool, L2/L-inf, rows batched
     CarliniWagnerL2  Carlini-Wagner's L2 optimisation attack (Adam in tanh space, binary search on c)
     HopSkipJump      the decision-based HopSkipJump, L2/L-inf (decisions only, probes batched)
@@ -20,6 +21,7 @@ from .apgd import APGD, apgd_checkpoints
 from .cw import CarliniWagnerL2
 from .deepfool import DeepFool
 from .engine import Attack
+from .fab import FAB
 from .fat import FATPGD, fat_tau
 from .hop_skip_jump import HopSkipJump
 from .hypocritical import HypocriticalPGD
@@ -27,5 +29,5 @@ from .pgd import PGD
 from .result import AttackResult
 from .square import Square
 
-__all__ = ["APGD", "AlternatingPGD", "Attack", "AttackResult", "CarliniWagnerL2", "DeepFool", "FATPGD", "HopSkipJump", "HypocriticalPGD", "PGD",
+__all__ = ["APGD", "AlternatingPGD", "Attack", "AttackResult", "CarliniWagnerL2", "DeepFool", "FAB", "FATPGD", "HopSkipJump", "HypocriticalPGD", "PGD",
            "Square", "apgd_checkpoints", "fat_tau", "functional"]

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..ops import apgd_step_, pgd_update_best_
 from .engine import Attack, Plan
-from .objectives import check_loss, objective, reached
+from .objectives import check_loss, check_target_classes, objective, ranked_targets, reached
 from .rows import RowOutcome, Rows, row_mask, usable_start
 from .starts import autoattack_start
 from .validation import Scalar, check_count, check_radius, check_restart_batch
@@ -120,12 +120,14 @@ class APGD(Attack):
     pass with the samples already fooled dropped in between: "auto" (default) one per pass on
     the CPU (as AutoAttack's code), all in one pass on a GPU; None all in one pass.
     The random start is AutoAttack's (see starts.autoattack_start), from `seed`.
+    eot_iter: gradients averaged over this many passes of a randomised model (AutoAttack's EOT;
+      its "rand" version uses 20); logits and loss are those of the last pass.
     Defaults: eps=8/255, steps=100, rho=0.75, momentum=0.75. Common arguments: see Attack.
     """
 
     def __init__(self, model: nn.Module, eps: Scalar = 8 / 255, steps: int = 100, norm="linf", loss="ce",
                  targeted: bool = False, n_target_classes: int = 9, restarts: int = 1, rho: float = 0.75,
-                 momentum: float = 0.75, restart_batch: Union[int, str, None] = "auto", **common):
+                 momentum: float = 0.75, restart_batch: Union[int, str, None] = "auto", eot_iter: int = 1, **common):
         super().__init__(model, eps=eps, norm=norm, **common)
         self.steps = check_count(steps, "steps", 0)
         self.loss = check_loss(loss)
@@ -135,6 +137,7 @@ class APGD(Attack):
         self.n_target_classes = check_count(n_target_classes, "n_target_classes", 1)
         self.restarts = check_count(restarts, "restarts", 1)
         self.restart_batch = check_restart_batch(restart_batch)
+        self.eot_iter = check_count(eot_iter, "eot_iter", 1)
         self.rho = float(check_radius(rho, "rho"))
         self.momentum = float(check_radius(momentum, "momentum"))
         if self.momentum > 1:
@@ -152,12 +155,8 @@ class APGD(Attack):
         if targets is not None:
             goal, group_targets = "target", targets.expand(self.restarts, -1)
         elif self.targeted:
-            if self.n_target_classes > logits.shape[1] - 1:
-                raise ValueError(f"n_target_classes must be at most classes - 1 = {logits.shape[1] - 1}, "
-                                 f"got {self.n_target_classes}")
-            ranked = logits.sort(dim=1)[1]
-            per_class = torch.stack([ranked[:, -c] for c in range(2, self.n_target_classes + 2)])
-            group_targets = per_class.repeat_interleave(self.restarts, dim=0)
+            check_target_classes(self.n_target_classes, logits.shape[1])
+            group_targets = ranked_targets(logits, self.n_target_classes, self.restarts)
         else:
             group_targets = None
         first = None if group_targets is None else group_targets[0]
@@ -168,15 +167,15 @@ class APGD(Attack):
     def _run_rows(self, ctx, rows, evaluate):
         loss_fn = rows.loss_fn(self.loss)
         x = autoattack_start(rows, self.norm, self.lo, self.hi)
-        logits, loss, grad = ctx.model.loss_and_grad(x, loss_fn)
-        ctx.count(rows.n, backward=True)
+        logits, loss, grad = self._loss_and_grad(ctx, x, loss_fn)
+        ctx.count(rows.n * self.eot_iter, backward=True)
         state = APGDState(rows, x, loss, grad, rows.reached(logits))
         checkpoints = dict(apgd_checkpoints(self.steps))
         runner = ctx.step_runner(state.tensors())
         for i in range(self.steps):
             momentum = 1.0 if i == 0 else self.momentum
             runner(i == 0, lambda a=momentum: self._iteration(ctx, rows, state, loss_fn, a))
-            ctx.count(rows.n, backward=True)
+            ctx.count(rows.n * self.eot_iter, backward=True)  # here: a replayed graph does not run Python
             if i in checkpoints:
                 state.checkpoint(checkpoints[i], self.rho)
         return RowOutcome(state.x_out, state.loss_out, state.success, state.nonfinite)
@@ -184,5 +183,15 @@ class APGD(Attack):
     def _iteration(self, ctx, rows: Rows, state: APGDState, loss_fn, momentum: float) -> None:
         apgd_step_(state.x, state.x_prev, rows.x0, state.grad, state.eta, rows.eps, momentum=momentum,
                    norm=self.norm, lo=self.lo, hi=self.hi)
-        logits, loss, grad = ctx.model.loss_and_grad(state.x, loss_fn)
+        logits, loss, grad = self._loss_and_grad(ctx, state.x, loss_fn)
         state.record(loss, grad, rows.reached(logits))
+
+    def _loss_and_grad(self, ctx, x: torch.Tensor, loss_fn):
+        """(logits, loss, gradient) at x; with eot_iter > 1 the gradient is the mean over
+        eot_iter passes of a randomised model, logits and loss those of the last pass
+        (AutoAttack's EOT)."""
+        logits, loss, grad = ctx.model.loss_and_grad(x, loss_fn)
+        for _ in range(self.eot_iter - 1):
+            logits, loss, more = ctx.model.loss_and_grad(x, loss_fn)
+            grad = grad + more
+        return logits, loss, grad if self.eot_iter == 1 else grad / self.eot_iter

@@ -9,7 +9,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .._checks.pgd import canonical_norm
+from .._checks.pgd import canonical_attack_norm
 from .graph import StepRunner
 from .model_runner import ModelRunner, eval_mode
 from .objectives import objective, reached
@@ -70,7 +70,8 @@ class Attack:
     Common keyword arguments:
       eps:           radius of the threat ball in input space [lo, hi] (a number, or one value
                      per sample as a 1-D tensor).
-      norm:          "linf" (or inf) or "l2" (or 2).
+      norm:          "linf" (or inf) or "l2" (or 2); "l1" (or 1) where the attack supports it
+                     (its `norms`).
       lo, hi:        the input box; x must lie in it (normalisation belongs inside the model).
       seed:          int for reproducible random starts/noise; None draws one from torch's RNG.
       autocast:      None, torch.bfloat16 or torch.float16: the model runs under torch.autocast
@@ -84,6 +85,7 @@ class Attack:
     """
 
     goal = "fooled"
+    norms = ("linf", "l2")  # the threat models the attack supports
     restarts = 1
     restart_batch: Union[int, str, None] = "auto"
 
@@ -92,7 +94,7 @@ class Attack:
                  channels_last: bool = False, cuda_graph: bool = False):
         self.model = check_model(model)
         self.eps = check_radius(eps, "eps")
-        self.norm = canonical_norm(norm)
+        self.norm = canonical_attack_norm(norm, self.norms)
         check_box(lo, hi)
         self.lo, self.hi = float(lo), float(hi)
         self.seed = None if seed is None else check_count(seed, "seed", 0)

@@ -1,7 +1,7 @@
 """Function forms of the attacks: `pgd(model, x, y, eps=..., ...)` returns x_adv.
 
 Each takes the keyword arguments of its class (PGD, FATPGD, AlternatingPGD, HypocriticalPGD,
-APGD, Square, DeepFool, CarliniWagnerL2, HopSkipJump; see their docstrings for formulas and
+APGD, Square, FAB, DeepFool, CarliniWagnerL2, HopSkipJump; see their docstrings for formulas and
 defaults), optional `targets` (the classes with a targeted mode), and `return_result=True` to
 get the AttackResult instead of x_adv.
 """
@@ -17,6 +17,7 @@ from .apgd import APGD
 from .cw import CarliniWagnerL2
 from .deepfool import DeepFool
 from .engine import Attack
+from .fab import FAB
 from .fat import FATPGD
 from .hop_skip_jump import HopSkipJump
 from .hypocritical import HypocriticalPGD
@@ -54,6 +55,7 @@ alternating_pgd = _function(AlternatingPGD, "alternating_pgd", "Alternating-obje
 hypocritical_pgd = _function(HypocriticalPGD, "hypocritical_pgd", "Hypocritical examples by PGD descent", False)
 apgd = _function(APGD, "apgd", "APGD-CE / APGD-DLR / APGD-T", True)
 square = _function(Square, "square", "The Square attack", True)
+fab = _function(FAB, "fab", "FAB / FAB-T", True)
 deepfool = _function(DeepFool, "deepfool", "DeepFool", False)
 cw_l2 = _function(CarliniWagnerL2, "cw_l2", "Carlini-Wagner L2", True)
 hop_skip_jump = _function(HopSkipJump, "hop_skip_jump", "HopSkipJump", True)

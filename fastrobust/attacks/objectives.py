@@ -66,3 +66,16 @@ def reached(goal: str, logits: torch.Tensor, y: torch.Tensor, targets: Optional[
     if goal == "target":
         return pred == targets
     return pred == y
+
+
+def check_target_classes(n_target_classes: int, classes: int) -> None:
+    if n_target_classes > classes - 1:
+        raise ValueError(f"n_target_classes must be at most classes - 1 = {classes - 1}, got {n_target_classes}")
+
+
+def ranked_targets(logits: torch.Tensor, n_target_classes: int, restarts: int) -> torch.Tensor:
+    """(n_target_classes * restarts, B): the classes ranked 2nd, 3rd, ... by the clean logits,
+    each repeated for its restarts (class-major): AutoAttack's target order."""
+    ranked = logits.sort(dim=1)[1]
+    per_class = torch.stack([ranked[:, -c] for c in range(2, n_target_classes + 2)])
+    return per_class.repeat_interleave(restarts, dim=0)

@@ -65,16 +65,16 @@ def nonnegative_int(text: str) -> int:
 
 
 def attack_list(text: str) -> Tuple[str, ...]:
-    """Comma-separated attack presets (fastrobust.eval.presets); "none": no attack."""
-    from ..eval.presets import PRESETS
+    """Comma-separated attack presets or suites (fastrobust.eval.presets); "none": no attack."""
+    from ..eval.presets import PRESETS, SUITES, is_attack_name
 
     if text.strip().lower() == "none":
         return ()
     names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in PRESETS]
+    unknown = [n for n in names if not is_attack_name(n)]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown attack {', '.join(map(repr, unknown)) or repr(text)}; "
-                                         f"choose from {', '.join(PRESETS)} (comma-separated) or none")
+                                         f"choose from {', '.join([*PRESETS, *SUITES])} (comma-separated) or none")
     return names
 
 

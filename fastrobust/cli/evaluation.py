@@ -15,11 +15,11 @@ from .common import attack_list, checks_type, cpu_threads, fmt_eps, positive_int
 
 def add_eval_options(group, *, prefix: str, default_checks: str) -> None:
     """--attacks, --{prefix}n, --{prefix}batch-size, --checks, --check-n, --{prefix}seed."""
-    from ..eval.presets import DEFAULT_ATTACKS, PRESETS
+    from ..eval.presets import DEFAULT_ATTACKS, PRESETS, SUITES
 
     group.add_argument("--attacks", type=attack_list, default=tuple(DEFAULT_ATTACKS), metavar="A[,A...]",
                        help=f"attack cascade, comma-separated (default: {','.join(DEFAULT_ATTACKS)}); "
-                            f"presets: {', '.join(PRESETS)}; none: clean accuracy only")
+                            f"presets: {', '.join(PRESETS)}; suites: {', '.join(SUITES)}; none: clean accuracy only")
     group.add_argument(f"--{prefix}n", dest="eval_n", type=positive_int, default=None, metavar="N",
                        help="evaluate the first N test images (default: all)")
     group.add_argument(f"--{prefix}batch-size", dest="eval_batch_size", type=positive_int, default=500,
@@ -39,9 +39,9 @@ def add_eval_options(group, *, prefix: str, default_checks: str) -> None:
 def _ticking_presets(names: Sequence[str], enabled: bool) -> Tuple[List[Any], Callable[[], None]]:
     """The presets `names` wrapped so each attack shows a tqdm bar of its batches (the bar of an
     attack closes when the next one starts). Returns (specs, close)."""
-    from ..eval.presets import Preset, get_preset
+    from ..eval.presets import Preset, expand_suites, get_preset
 
-    presets = [get_preset(n) for n in names]
+    presets = [get_preset(p) if isinstance(p, str) else p for p in expand_suites(names)]
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
@@ -69,7 +69,8 @@ def _ticking_presets(names: Sequence[str], enabled: bool) -> Tuple[List[Any], Ca
             tick(self.name)
             return super().build(model, eps, norm, seed=seed, autocast=autocast, **overrides)
 
-    wrapped = [_Ticking(p.name, p.cls, p.description, dict(p.params), dict(p.relative), p.role) for p in presets]
+    wrapped = [_Ticking(p.name, p.cls, p.description, dict(p.params), dict(p.relative), p.role, p.norms)
+               for p in presets]
     return wrapped, close
 
 

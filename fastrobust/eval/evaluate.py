@@ -34,7 +34,7 @@ from torch import nn
 from ..attacks import Attack, HypocriticalPGD
 from ..data import TensorLoader
 from .inference import jsonable, model_device, predict
-from .presets import CASCADE, DEFAULT_ATTACKS, HYPOCRITICAL, Preset, get_preset
+from .presets import CASCADE, DEFAULT_ATTACKS, HYPOCRITICAL, Preset, expand_suites, get_preset
 
 AttackFactory = Callable[..., Attack]
 AttackSpec = Union[str, Preset, Tuple[str, AttackFactory], Tuple[str, Attack], Attack]
@@ -296,7 +296,8 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
     model:     nn.Module taking inputs in [0, 1] (normalisation inside), returning (N, classes)
                logits or a tuple starting with them; it must be on `device`.
     data:      (x, y) tensors or a TensorLoader (its stored tensors, in stored order).
-    attacks:   preset names (see fastrobust.eval.presets), Preset objects, Attack instances
+    attacks:   preset or suite names (see fastrobust.eval.presets: "autoattack-standard" runs
+               AutoAttack's standard version), Preset objects, Attack instances
                (used as given: their own model and seed), or (name, factory) pairs where
                factory(model, eps=, norm=, seed=, autocast=) -> Attack.
     eps, norm: threat model ("linf" or "l2") for the presets and factories.
@@ -335,7 +336,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
         attack_model = model if bpda is None else bpda_wrap(model, bpda)
         attack_model = attack_model if eot is None else EOT(attack_model, samples=eot)
     attacker = model if attack_model is None else attack_model
-    specs = [_resolve(s, eps, norm, autocast, attacker) for s in attacks]
+    specs = [_resolve(s, eps, norm, autocast, attacker) for s in expand_suites(attacks)]
     total = x.shape[0]
     y_dev = y.to(device)
 

@@ -3,7 +3,7 @@
 Every preset builds a fastrobust.attacks attack from (model, eps, norm, seed, autocast) and
 optional keyword overrides. Step sizes are relative to eps (alpha = ratio * eps), so a preset
 means the same at 8/255 (CIFAR L-inf), 0.3 (MNIST L-inf) or 0.5 (L2). norm is "linf" (default)
-or "l2" for every preset.
+or "l2" for every preset; "l1" for fab and fab-t.
 
     name              attack                                           alpha      steps  restarts
     pgd20             PGD, CE, uniform random start                    eps/4      20     1
@@ -16,6 +16,8 @@ or "l2" for every preset.
     fat               FAT's early-stopped PGD, tau=0, noise 0.001      7/31 eps   10     1
     hypocritical      HypocriticalPGD (descent on CE, from x+0.01 N)   eps/4      10     1
     square            Square (score-based, no gradients; AutoAttack)   -          5000 q 1
+    fab               FAB, untargeted (minimal perturbation; AutoAttack) -        100    1
+    fab-t             FAB-T, towards the 9 runner-up classes            -          100    1 per class
     deepfool          DeepFool, overshoot 0.02, 10 candidate classes   -          50     1
                       (the minimal perturbation, projected onto the eps-ball)
     cw-l2             Carlini-Wagner L2: Adam lr 0.01, c from 1e-3   -          1000   9 values of c
@@ -36,7 +38,8 @@ restarts AutoAttack's protocol adds; APGD's defaults are AutoAttack's; the alter
 is Antoniou et al.'s 3-loss variant with alpha=0.25 eps (§4c); "fat" is FAT's CIFAR-10
 attack (eps=0.031, alpha=0.007: alpha = 7/31 eps; K=10; tau=0); "hypocritical" Tao et al.'s
 (8/255 with 2/255 steps, 10 steps); "square" is AutoAttack's Square (p_init 0.8, 5000
-queries, the margin loss, its schedule not rescaled); "deepfool" is the original code's
+queries, the margin loss, its schedule not rescaled); "fab" and "fab-t" AutoAttack's FAB
+(alpha_max 0.1, eta 1.05, beta 0.9, 100 iterations; fab-t 9 target classes, 1 restart); "deepfool" is the original code's
 (overshoot 0.02, 50 iterations, 10 candidate classes); "cw-l2" follows Carlini & Wagner's
 code (9 binary-search steps, c from 1e-3, lr 0.01, kappa 0, early abort) with 1000 Adam steps
 instead of its 10000; "hsj" is HopSkipJump's code's (40 iterations, 100 initial probes, at
@@ -44,14 +47,14 @@ most 10000, gamma 1, geometric step-size search).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple, Type
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
 
-from .._checks.pgd import canonical_norm
-from ..attacks import (APGD, FATPGD, PGD, AlternatingPGD, Attack, CarliniWagnerL2, DeepFool, HopSkipJump,
+from .._checks.pgd import ATTACK_NORMS, canonical_attack_norm
+from ..attacks import (APGD, FAB, FATPGD, PGD, AlternatingPGD, Attack, CarliniWagnerL2, DeepFool, HopSkipJump,
                        HypocriticalPGD, Square)
 
 # Roles: "cascade" attacks try to break the clean-correct points; "hypocritical" attacks try
@@ -91,7 +94,7 @@ class Preset:
               autocast: Optional[torch.dtype] = None, **overrides) -> Attack:
         """The attack on `model`; overrides replace any parameter (steps=..., alpha=...)."""
         kwargs = self.parameters(eps, norm, **overrides)
-        if canonical_norm(kwargs["norm"]) not in self.norms:
+        if canonical_attack_norm(kwargs["norm"], ATTACK_NORMS) not in self.norms:
             raise ValueError(f"norm: the attack preset {self.name!r} supports {', '.join(self.norms)} only, "
                              f"got {kwargs['norm']!r}")
         return self.cls(model, seed=seed, autocast=autocast, **kwargs)
@@ -125,6 +128,11 @@ PRESETS: Dict[str, Preset] = _presets(
            relative={"alpha": 7 / 31}),
     Preset("square", Square, "Square attack, 5000 queries, p_init=0.8, margin loss (AutoAttack); images only",
            {"queries": 5000, "p_init": 0.8, "loss": "margin"}),
+    Preset("fab", FAB, "FAB, untargeted, 100 iterations (AutoAttack)",
+           {"steps": 100, "restarts": 1, "alpha_max": 0.1, "eta": 1.05, "beta": 0.9}, norms=("linf", "l2", "l1")),
+    Preset("fab-t", FAB, "FAB-T: towards the 9 runner-up classes, 100 iterations each (AutoAttack)",
+           {"steps": 100, "restarts": 1, "targeted": True, "n_target_classes": 9, "alpha_max": 0.1, "eta": 1.05,
+            "beta": 0.9}, norms=("linf", "l2", "l1")),
     Preset("deepfool", DeepFool, "DeepFool-50, overshoot 0.02, 10 candidate classes, projected onto the eps-ball",
            {"steps": 50, "overshoot": 0.02, "candidates": 10}),
     Preset("cw-l2", CarliniWagnerL2, "Carlini-Wagner L2: 9 binary-search steps x 1000 Adam steps (lr 0.01), "
@@ -142,11 +150,43 @@ PRESETS: Dict[str, Preset] = _presets(
 DEFAULT_ATTACKS: Tuple[str, ...] = ("pgd20", "apgd-ce", "apgd-dlr")
 
 
+# Suites: a name for a whole cascade, expanded into its presets (with their budgets) in order.
+# AutoAttack's versions (its set_version): "standard" APGD-CE, APGD-T (9 classes), FAB-T
+# (9 classes), Square (5000 queries), one restart each; "plus" adds 5 restarts to APGD-CE,
+# APGD-DLR and FAB and runs APGD-T and FAB-T last; "rand" (randomised defences) APGD-CE and
+# APGD-DLR with each gradient averaged over 20 draws of the model (EOT).
+SUITES: Dict[str, Tuple[Tuple[str, Mapping[str, Any]], ...]] = {
+    "autoattack-standard": (("apgd-ce", {}), ("apgd-t", {}), ("fab-t", {}), ("square", {"queries": 5000})),
+    "autoattack-plus": (("apgd-ce", {"restarts": 5}), ("apgd-dlr", {"restarts": 5}), ("fab", {"restarts": 5}),
+                        ("square", {"queries": 5000}), ("apgd-t", {}), ("fab-t", {})),
+    "autoattack-rand": (("apgd-ce", {"eot_iter": 20}), ("apgd-dlr", {"eot_iter": 20})),
+}
+
+
 def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown attack preset {name!r}; presets are {', '.join(PRESETS)}") from None
+        hint = " (a suite: see expand_suites)" if name in SUITES else ""
+        raise ValueError(f"unknown attack preset {name!r}{hint}; presets are {', '.join(PRESETS)}") from None
+
+
+def is_attack_name(name: str) -> bool:
+    """A preset or a suite name."""
+    return name in PRESETS or name in SUITES
+
+
+def expand_suites(attacks: Sequence[Any]) -> List[Any]:
+    """attacks with every suite name replaced by its presets (their parameters overridden by
+    the suite's budgets), in order; everything else is kept as it is."""
+    out: List[Any] = []
+    for spec in attacks:
+        if isinstance(spec, str) and spec in SUITES:
+            out.extend(replace(get_preset(name), params={**get_preset(name).params, **budget})
+                       for name, budget in SUITES[spec])
+        else:
+            out.append(spec)
+    return out
 
 
 def make_attack(name: str, model: nn.Module, eps: float, norm: str = "linf", seed: Optional[int] = None,
