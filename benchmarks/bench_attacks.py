@@ -7,8 +7,11 @@ Models: "digits" (SmallCNN trained 10 epochs on the digits train split, the test
 its 359 test points) and "preact18" (PreActResNet-18 with random weights on 8 uniform
 CIFAR-shaped inputs, labelled by its own clean predictions: timing only). Attacks, L-inf at
 eps 0.15 (digits) or 8/255 (preact18): "apgd-ce" and "apgd-dlr" (100 iterations), "apgd-t"
-(DLR-targeted, 9 target classes, 100 iterations each) and "square" (p_init 0.8, 5000 queries on
-digits, 500 on preact18; the schedule not rescaled, as in AutoAttack). Implementations:
+(DLR-targeted, 9 target classes, 100 iterations each), "fab-t" (FAB-T, 9 target classes, 100
+iterations each), "square" (p_init 0.8, 5000 queries on digits, 500 on preact18; the schedule
+not rescaled, as in AutoAttack) and "autoattack-standard" (the whole standard version: APGD-CE,
+APGD-T, FAB-T, Square, each on the points still robust; ours is evaluate() with the suite of
+that name, the official one AutoAttack(version="standard").run_standard_evaluation). Implementations:
 "fastrobust", "official" (the `autoattack` package, when importable: never a dependency) and
 "torchattacks" (when installed). Each implementation runs `rounds` times, interleaved with
 the others (median time); the seeds differ between implementations, so robust accuracies
@@ -32,15 +35,18 @@ from . import harness
 NAME = "attacks"
 DIGITS_EPS, CIFAR_EPS = 0.15, 8 / 255
 SEED = 0
+ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "autoattack-standard")
 
 
 def _official():
     try:
+        from autoattack import AutoAttack
         from autoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+        from autoattack.fab_pt import FABAttack_PT
         from autoattack.square import SquareAttack
     except ImportError as exc:
         return None, f"the official AutoAttack code is not importable ({exc})"
-    return (APGDAttack, APGDAttack_targeted, SquareAttack), None
+    return (APGDAttack, APGDAttack_targeted, FABAttack_PT, SquareAttack, AutoAttack), None
 
 
 def _torchattacks():
@@ -54,28 +60,47 @@ def _torchattacks():
 def implementations(attack: str, model, eps: float, steps: int, queries: int, device: str
                     ) -> Dict[str, object]:
     """name -> callable(x, y) -> x_adv, or a string saying why it is skipped."""
-    from fastrobust.attacks import APGD, Square
+    from fastrobust.attacks import APGD, FAB, Square
+    from fastrobust.eval import evaluate
+
+    def standard(x, y):
+        report = evaluate(model, (x, y), standard_presets(steps, queries), eps=eps, seed=SEED,
+                          batch_size=x.shape[0], keep_adversarial=True)
+        return report.x_adv.to(x.device)
 
     ours = {
         "apgd-ce": lambda: APGD(model, eps=eps, steps=steps, loss="ce", seed=SEED),
         "apgd-dlr": lambda: APGD(model, eps=eps, steps=steps, loss="dlr", seed=SEED),
         "apgd-t": lambda: APGD(model, eps=eps, steps=steps, loss="dlr", targeted=True, seed=SEED),
+        "fab-t": lambda: FAB(model, eps=eps, steps=steps, targeted=True, seed=SEED),
         "square": lambda: Square(model, eps=eps, queries=queries, seed=SEED),
+        "autoattack-standard": lambda: standard,
     }[attack]()
     impls: Dict[str, object] = {"fastrobust": ours}
     official, why = _official()
     if official is None:
         impls["official"] = why
     else:
-        apgd, apgd_t, square = official
+        apgd, apgd_t, fab, square, autoattack = official
+
+        def official_standard():
+            aa = autoattack(model, norm="Linf", eps=eps, version="standard", device=device, seed=SEED,
+                                       verbose=False)
+            aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = steps
+            aa.square.n_queries = queries
+            return lambda x, y: aa.run_standard_evaluation(x, y, bs=x.shape[0])
+
         impls["official"] = {
             "apgd-ce": lambda: apgd(model, n_iter=steps, norm="Linf", eps=eps, loss="ce", seed=SEED, device=device).perturb,
             "apgd-dlr": lambda: apgd(model, n_iter=steps, norm="Linf", eps=eps, loss="dlr", seed=SEED,
                                      device=device).perturb,
             "apgd-t": lambda: apgd_t(model, n_iter=steps, norm="Linf", eps=eps, n_target_classes=9, seed=SEED,
                                      device=device).perturb,
+            "fab-t": lambda: fab(model, norm="Linf", n_restarts=1, n_iter=steps, eps=eps, seed=SEED, targeted=True,
+                                 n_target_classes=9, device=device).perturb,
             "square": lambda: square(model, p_init=0.8, n_queries=queries, eps=eps, norm="Linf", n_restarts=1,
                                      seed=SEED, device=device, resc_schedule=False).perturb,
+            "autoattack-standard": official_standard,
         }[attack]()
     ta, why = _torchattacks()
     if ta is None:
@@ -85,9 +110,23 @@ def implementations(attack: str, model, eps: float, steps: int, queries: int, de
             "apgd-ce": lambda: ta.APGD(model, eps=eps, steps=steps, loss="ce", seed=SEED),
             "apgd-dlr": lambda: ta.APGD(model, eps=eps, steps=steps, loss="dlr", seed=SEED),
             "apgd-t": lambda: ta.APGDT(model, eps=eps, steps=steps, n_classes=10, seed=SEED),
+            "fab-t": lambda: ta.FAB(model, eps=eps, steps=steps, n_classes=10, multi_targeted=True, seed=SEED),
             "square": lambda: ta.Square(model, eps=eps, n_queries=queries, p_init=0.8, seed=SEED),
+            "autoattack-standard": lambda: "not compared: torchattacks' AutoAttack fixes its budgets",
         }[attack]()
     return impls
+
+
+def standard_presets(steps: int, queries: int):
+    """The autoattack-standard suite with this case's budgets (the full run: 100 and 5000, as
+    AutoAttack's, except Square on preact18)."""
+    from dataclasses import replace
+
+    from fastrobust.eval.presets import expand_suites
+
+    budget = {"square": {"queries": queries}}
+    return [replace(p, params={**p.params, **budget.get(p.name, {"steps": steps})})
+            for p in expand_suites(["autoattack-standard"])]
 
 
 def models(device: str, quick: bool):
@@ -147,7 +186,7 @@ def run_case(model_name, model, x, y, eps, attack: str, rounds: int, quick: bool
     speedup = {k: e["median_s"] / ours for k, e in entries.items()
                if k != "fastrobust" and ours and e.get("median_s")}
     return {"model": model_name, "attack": attack, "eps": eps, "n": int(x.shape[0]), "steps": steps,
-            "queries": queries if attack == "square" else None, "implementations": entries,
+            "queries": queries if attack in ("square", "autoattack-standard") else None, "implementations": entries,
             "speedup_of_fastrobust": speedup}
 
 
@@ -158,7 +197,7 @@ def run(device: str, dtypes: Optional[List[torch.dtype]], options: harness.Optio
     rounds = options.rounds or (1 if options.quick else 2)
     cases = []
     for model_name, model, x, y, eps in models(device, options.quick):
-        for attack in ("apgd-ce", "apgd-dlr", "apgd-t", "square"):
+        for attack in ATTACKS:
             case = run_case(model_name, model, x, y, eps, attack, rounds, options.quick, device)
             cases.append(case)
             if options.verbose:

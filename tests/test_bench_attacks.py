@@ -28,7 +28,7 @@ def test_quick_run_times_and_checks_every_attack(quick_run):
     rc, result = quick_run
     assert rc == 0 and result["suite"] == "attacks"
     assert [(c["model"], c["attack"]) for c in result["cases"]] == [
-        ("digits", a) for a in ("apgd-ce", "apgd-dlr", "apgd-t", "square")]
+        ("digits", a) for a in ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "autoattack-standard")]
     for case in result["cases"]:
         ours = case["implementations"]["fastrobust"]
         assert 0 <= ours["robust_accuracy"] <= 100 and math.isfinite(ours["median_s"]) and ours["median_s"] > 0

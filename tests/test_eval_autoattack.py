@@ -99,3 +99,17 @@ def test_fab_presets_run_in_l1(digits_model, digits_test_set):
     assert report.attacks[0].name == "fab"
     with pytest.raises(ValueError, match="supports linf, l2 only"):
         evaluate(digits_model, (x, y), ["apgd-ce"], eps=1.0, norm="l1")
+
+
+@pytest.mark.parametrize("cascade", [True, False])
+def test_keep_adversarial_returns_the_points_that_broke_the_model(digits_model, digits_test_set, cascade):
+    x, y = digits_test_set[0][:48], digits_test_set[1][:48]
+    report = evaluate(digits_model, (x, y), ["pgd20", "apgd-ce"], eps=0.15, seed=0, cascade=cascade,
+                      keep_adversarial=True)
+    assert report.x_adv.shape == x.shape and ((report.x_adv - x).abs().amax() <= 0.15 + 1e-6)
+    with torch.no_grad():
+        wrong = digits_model(report.x_adv).argmax(1) != y
+    broken = report.clean_correct & ~report.robust
+    assert broken.any() and bool((wrong[broken]).all())
+    assert torch.equal(report.x_adv[report.robust], x[report.robust])
+    assert evaluate(digits_model, (x[:4], y[:4]), ["pgd20"], eps=0.15).x_adv is None

@@ -102,6 +102,9 @@ class EvalReport:
     attacks:           one AttackReport per attack, in the order run.
     checks:            gradient-masking CheckResults (empty when not run).
     clean_correct, robust: bool (n,) on the CPU, per point.
+    x_adv:             with evaluate(keep_adversarial=True): the inputs with every point a
+                       cascade attack broke replaced by its adversarial example (the first
+                       attack's that broke it), on the CPU; None otherwise.
     metadata:          model, data, attacks, eps, seed, versions, git commit, device, ...
     """
 
@@ -119,6 +122,7 @@ class EvalReport:
     metadata: Dict[str, Any] = field(default_factory=dict)
     clean_correct: Optional[torch.Tensor] = field(default=None, repr=False)
     robust: Optional[torch.Tensor] = field(default=None, repr=False)
+    x_adv: Optional[torch.Tensor] = field(default=None, repr=False)
 
     @property
     def hypocritical_risk(self) -> Optional[float]:
@@ -290,7 +294,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
              surrogate: Optional[nn.Module] = None,
              surrogate_data: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
              model_name: Optional[str] = None, data_name: Optional[str] = None,
-             verbose: bool = False) -> EvalReport:
+             verbose: bool = False, keep_adversarial: bool = False) -> EvalReport:
     """Clean and robust accuracy of `model` on the first n points of `data`.
 
     model:     nn.Module taking inputs in [0, 1] (normalisation inside), returning (N, classes)
@@ -320,6 +324,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
                given. Fired checks emit GradientMaskingWarning. check_options are passed on.
     model_name, data_name: labels for the report's metadata.
     verbose:   print a line per attack.
+    keep_adversarial: keep the adversarial examples (report.x_adv, on the CPU).
     """
     from . import report as _report  # metadata helpers
 
@@ -350,6 +355,8 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
     if verbose:
         print(f"clean accuracy: {100 * clean_correct.float().mean().item():.2f}% ({clean_time:.1f} s)")
 
+    x_adv = x.detach().cpu().clone() if keep_adversarial else None
+    replaced = torch.zeros(total, dtype=torch.bool)  # points whose x_adv an attack already set
     rows: List[AttackReport] = []
     row_counts: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []
     x_src_device = x.device
@@ -386,6 +393,11 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
                 forwards += xb.shape[0]
                 ok = (pb == yb) if spec.role == HYPOCRITICAL else (pb != yb)
             success[rows_dev] = ok
+            if x_adv is not None and spec.role != HYPOCRITICAL:
+                points = index_src[first:first + batch_size].cpu()
+                broken = ok.cpu() & ~replaced[points]
+                x_adv[points[broken]] = result.x_adv.detach().cpu()[broken]
+                replaced[points[broken]] = True
         if spec.role != HYPOCRITICAL:
             robust &= ~success
         _sync(device)
@@ -434,7 +446,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
     total_time = time.perf_counter() - t_start
     report = EvalReport(n=total, eps=eps, norm=norm, seed=seed, cascade=cascade, clean_accuracy=clean_acc,
                         robust_accuracy=robust_acc, attacks=rows, clean_time_s=clean_time, total_time_s=total_time,
-                        checks=check_results, clean_correct=clean_cpu, robust=robust_cpu)
+                        checks=check_results, clean_correct=clean_cpu, robust=robust_cpu, x_adv=x_adv)
     report.metadata = _report.collect_metadata(
         model, model_name=model_name, data=data_name or data_desc, attacks=[s.name for s in specs], eps=eps,
         norm=norm, seed=seed, n=total, batch_size=batch_size, device=device, autocast=autocast, cascade=cascade,
