@@ -11,7 +11,7 @@ from fastrobust.attacks import Square, functional
 from fastrobust.eval.presets import PRESETS
 from fastrobust.reference import square as ref
 
-NORMS = {"linf": 0.15, "l2": 0.5}
+NORMS = {"linf": 0.15, "l2": 0.5, "l1": 2.0}
 
 
 def robust_accuracy(model, x_adv, y):
@@ -48,13 +48,22 @@ def test_l2_bump_is_a_unit_positive_over_negative_block():
     assert r[1, 1] > r[0, 1] > 0 and r[0, 0] == r[0, 1]  # rings: the centre counts every ring
 
 
+def test_l1_bump_has_unit_mass_and_steeper_rings():
+    for side in (3, 5, 7):
+        b = ref.bump(side, norm="l1")
+        assert b.abs().sum().item() == pytest.approx(1.0)
+        assert (b[: side // 2] >= 0).all() and (b[side // 2:] <= 0).all()
+    l1, l2 = ref.bump_rectangle(5, 5, norm="l1"), ref.bump_rectangle(5, 5, norm="l2")
+    assert l1[2, 2] / l1[0, 0] > l2[2, 2] / l2[0, 0]  # rings weighted 1/(k+1)^4, not ^2
+
+
 @pytest.mark.parametrize("norm", sorted(NORMS))
 def test_stays_in_the_ball_and_the_box_and_never_takes_a_gradient(norm, digits_model, digits_test_set):
     x, y = digits_test_set[0][:64], digits_test_set[1][:64]
     eps = NORMS[norm]
     result = Square(digits_model, eps=eps, norm=norm, queries=200, seed=0).run(x, y)
     delta = (result.x_adv - x).flatten(1)
-    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    size = {"linf": delta.abs().amax(1), "l2": delta.norm(dim=1), "l1": delta.abs().sum(1)}[norm]
     assert (size <= eps + 1e-6).all()
     assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
     assert result.x_adv.shape == x.shape and result.x_adv.dtype == x.dtype
@@ -102,7 +111,7 @@ def test_beats_random_noise_of_the_same_size(norm, digits_model, digits_test_set
         noise = eps * torch.where(torch.rand(x.shape, generator=gen) < 0.5, -1.0, 1.0)
     else:
         noise = torch.randn(x.shape, generator=gen)
-        noise = eps * noise / noise.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1)
+        noise = eps * noise / noise.flatten(1).norm(p=2 if norm == "l2" else 1, dim=1).reshape(-1, 1, 1, 1)
     noisy = robust_accuracy(digits_model, (x + noise).clamp(0, 1), y)
     attacked = robust_accuracy(digits_model, Square(digits_model, eps=eps, norm=norm, queries=300, seed=0)(x, y), y)
     assert attacked < noisy - 15, (attacked, noisy)
@@ -173,7 +182,7 @@ def test_the_preset_is_autoattacks_square(digits_model):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"norm": "l1"}, "norm must be 'linf'"),
+    ({"norm": "l0"}, "norm must be .linf. .* or .l1. .* for this attack"),
     ({"p_init": 0.0}, r"p_init must be a number in \(0, 1\]"),
     ({"p_init": 1.5}, r"p_init must be a number in \(0, 1\]"),
     ({"loss": "dlr"}, "loss must be one of"),

@@ -93,12 +93,22 @@ def test_cli_accepts_suites_and_names_bad_ones():
         attack_list("autoattack-fast")
 
 
-def test_fab_presets_run_in_l1(digits_model, digits_test_set):
-    x, y = digits_test_set[0][:16], digits_test_set[1][:16]
-    report = evaluate(digits_model, (x, y), ["fab"], eps=1.0, norm="l1", seed=0)
-    assert report.attacks[0].name == "fab"
+def test_standard_suite_in_l1_uses_autoattacks_l1_budgets(digits_model, digits_test_set):
+    """AutoAttack's L1 standard version: APGD-CE with 5 restarts and APGD-T with 5 target
+    classes, both on the 3 eps / 2 eps / eps schedule; FAB-T and Square in L1."""
+    ce, apgd_t, fab_t, square = [p.build(digits_model, 2.0, norm="l1") for p in
+                                 expand_suites(["autoattack-standard"], norm="l1")]
+    assert (ce.norm, ce.restarts, ce.eps_schedule) == ("l1", 5, True)
+    assert (apgd_t.n_target_classes, apgd_t.eps_schedule, apgd_t.restarts) == (5, True, 1)
+    assert fab_t.norm == "l1" and square.norm == "l1"
+    assert expand_suites(["autoattack-standard"])[0].params["restarts"] == 1  # L-inf: unchanged
+    x, y = digits_test_set[0][:24], digits_test_set[1][:24]
+    report = evaluate(digits_model, (x, y), ["autoattack-standard"], eps=1.0, norm="l1", seed=0,
+                      keep_adversarial=True)
+    assert [a.name for a in report.attacks] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert (report.x_adv - x).abs().flatten(1).sum(1).max() <= 1.0 + 1e-5
     with pytest.raises(ValueError, match="supports linf, l2 only"):
-        evaluate(digits_model, (x, y), ["apgd-ce"], eps=1.0, norm="l1")
+        evaluate(digits_model, (x, y), ["cw"], eps=1.0, norm="l1")
 
 
 @pytest.mark.parametrize("cascade", [True, False])

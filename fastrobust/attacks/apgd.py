@@ -11,10 +11,12 @@ from typing import List, Tuple, Union
 import torch
 from torch import nn
 
-from ..ops import apgd_step_, pgd_update_best_
+from ..ops import apgd_step_
+from .apgd_l1 import run_l1
+from .apgd_state import APGDState
 from .engine import Attack, Plan
 from .objectives import check_loss, check_target_classes, objective, ranked_targets, reached
-from .rows import RowOutcome, Rows, row_mask, usable_start
+from .rows import RowOutcome, Rows
 from .starts import autoattack_start
 from .validation import Scalar, check_count, check_radius, check_restart_batch
 
@@ -39,68 +41,6 @@ def apgd_checkpoints(steps: int) -> List[Tuple[int, int]]:
     return checkpoints
 
 
-class APGDState:
-    """The per-row state of one APGD pass (AutoAttack's attack_single_run, all rows at once).
-
-    x, x_prev, grad:          iterate, previous iterate (momentum) and the gradient at x;
-    x_best, grad_best, loss_best: the highest-loss point (the restart point at checkpoints);
-    x_out, loss_out, success: the returned point: the last successful iterate, else x_best
-                              (pgd_update_best_ "last_success" = AutoAttack's x_best_adv);
-    eta:                      per-row step size, 2*eps at the start;
-    increases, loss_prev:     how many iterations of the current interval raised the loss over
-                              the previous iteration's; loss_prev starts at 0, as AutoAttack's
-                              first check compares its first loss with loss_steps[-1], still 0;
-    improved:                 loss_best rose since the last checkpoint (AutoAttack's
-                              loss_best_last_check < loss_best: loss_best only ever rises);
-    reduced:                  the step size was halved at the last checkpoint (starts True).
-    """
-
-    def __init__(self, rows: Rows, x: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor, is_adv: torch.Tensor):
-        n = rows.n
-        # A start with a non-finite loss is no best point: -inf, not a success (usable_start).
-        loss, is_adv, self.nonfinite = usable_start(loss, is_adv)
-        self.x, self.x_prev, self.grad = x, x.clone(), grad.clone()
-        self.x_best, self.grad_best, self.loss_best = x.clone(), grad.clone(), loss.clone()
-        self.x_out, self.loss_out, self.success = x.clone(), loss.clone(), is_adv.clone()
-        self.eta = (2 * rows.eps).expand(n).clone()
-        self.increases = torch.zeros(n, device=x.device)
-        self.loss_prev = torch.zeros_like(loss)
-        self.improved = torch.zeros(n, dtype=torch.bool, device=x.device)
-        self.reduced = torch.ones(n, dtype=torch.bool, device=x.device)
-
-    def tensors(self) -> List[torch.Tensor]:
-        return [self.x, self.x_prev, self.grad, self.x_best, self.grad_best, self.loss_best, self.x_out,
-                self.loss_out, self.success, self.eta, self.increases, self.loss_prev, self.improved, self.reduced,
-                self.nonfinite]
-
-    def record(self, loss: torch.Tensor, grad: torch.Tensor, is_adv: torch.Tensor) -> None:
-        """Takes in the loss, gradient and goal at the new iterate self.x."""
-        self.grad.copy_(grad)
-        # The improvement mask is taken before pgd_update_best_ raises loss_best.
-        improved = loss > self.loss_best
-        self.grad_best.copy_(torch.where(row_mask(improved, grad), grad, self.grad_best))
-        pgd_update_best_(self.x_best, self.loss_best, self.improved, self.x, loss, improved, mode="loss")
-        pgd_update_best_(self.x_out, self.loss_out, self.success, self.x, loss, is_adv, mode="last_success",
-                         nonfinite=self.nonfinite)
-        self.increases.add_((loss > self.loss_prev).to(self.increases.dtype))
-        self.loss_prev.copy_(loss)
-
-    def checkpoint(self, interval: int, rho: float) -> torch.Tensor:
-        """The checkpoint rule; returns the rows where it fired. It fires where (i) the loss rose
-        in at most rho*interval iterations of the interval, or (ii) the step size was not halved
-        at the last checkpoint and loss_best has not risen since; there eta is halved and the
-        iterate and its gradient restart from x_best."""
-        fired = (self.increases <= interval * rho) | (~self.reduced & ~self.improved)
-        self.reduced.copy_(fired)
-        self.improved.zero_()
-        self.increases.zero_()
-        self.eta.copy_(torch.where(fired, self.eta / 2, self.eta))
-        rows = row_mask(fired, self.x)
-        self.x.copy_(torch.where(rows, self.x_best, self.x))
-        self.grad.copy_(torch.where(rows, self.grad_best, self.grad))
-        return fired
-
-
 class APGD(Attack):
     """Auto-PGD with AutoAttack's semantics; restarts and target classes as row groups.
 
@@ -120,14 +60,21 @@ class APGD(Attack):
     pass with the samples already fooled dropped in between: "auto" (default) one per pass on
     the CPU (as AutoAttack's code), all in one pass on a GPU; None all in one pass.
     The random start is AutoAttack's (see starts.autoattack_start), from `seed`.
+    norm="l1": APGD-L1 (Croce & Hein 2021; see apgd_l1): sparse steps on the top fraction of the
+      gradient's coordinates, projected onto the L1 ball within the box; eps_schedule=True runs
+      it at 3 eps, 2 eps, then eps (AutoAttack's use_largereps, its L1 "standard" setting).
+      The L1 pass is not captured in a CUDA graph.
     eot_iter: gradients averaged over this many passes of a randomised model (AutoAttack's EOT;
       its "rand" version uses 20); logits and loss are those of the last pass.
     Defaults: eps=8/255, steps=100, rho=0.75, momentum=0.75. Common arguments: see Attack.
     """
 
+    norms = ("linf", "l2", "l1")
+
     def __init__(self, model: nn.Module, eps: Scalar = 8 / 255, steps: int = 100, norm="linf", loss="ce",
                  targeted: bool = False, n_target_classes: int = 9, restarts: int = 1, rho: float = 0.75,
-                 momentum: float = 0.75, restart_batch: Union[int, str, None] = "auto", eot_iter: int = 1, **common):
+                 momentum: float = 0.75, restart_batch: Union[int, str, None] = "auto", eot_iter: int = 1,
+                 eps_schedule: bool = False, **common):
         super().__init__(model, eps=eps, norm=norm, **common)
         self.steps = check_count(steps, "steps", 0)
         self.loss = check_loss(loss)
@@ -138,6 +85,9 @@ class APGD(Attack):
         self.restarts = check_count(restarts, "restarts", 1)
         self.restart_batch = check_restart_batch(restart_batch)
         self.eot_iter = check_count(eot_iter, "eot_iter", 1)
+        self.eps_schedule = bool(eps_schedule)
+        if self.eps_schedule and self.norm != "l1":
+            raise ValueError(f"eps_schedule: the 3 eps / 2 eps / eps schedule is APGD-L1's; norm is {self.norm!r}")
         self.rho = float(check_radius(rho, "rho"))
         self.momentum = float(check_radius(momentum, "momentum"))
         if self.momentum > 1:
@@ -166,6 +116,8 @@ class APGD(Attack):
 
     def _run_rows(self, ctx, rows, evaluate):
         loss_fn = rows.loss_fn(self.loss)
+        if self.norm == "l1":
+            return run_l1(self, ctx, rows, loss_fn)
         x = autoattack_start(rows, self.norm, self.lo, self.hi)
         logits, loss, grad = self._loss_and_grad(ctx, x, loss_fn)
         ctx.count(rows.n * self.eot_iter, backward=True)

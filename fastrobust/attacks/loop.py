@@ -14,6 +14,7 @@ from typing import Callable, List, Optional, Protocol
 import torch
 
 from ..ops import pgd_step_, pgd_update_best_
+from .l1_ball import sparse_l1_step_
 from .rows import RowOutcome, Rows, maths_dtype
 
 # Which point a PGD-style attack returns per row (keep=...), as pgd_update_best_ modes:
@@ -69,6 +70,7 @@ class SignSteps:
     score:      (rows, logits, loss) -> the per-row objective that best tracking maximises
                 and the result reports; default the step's loss (its negative for descent).
     descent:    step against the gradient (hypocritical attack).
+    l1_sparsity: norm "l1": the fraction of coordinates a step leaves out (l1_ball.sparse_l1_step_).
     """
 
     steps: int
@@ -79,6 +81,7 @@ class SignSteps:
     keep: Optional[str] = None
     score: Optional[Callable[[Rows, torch.Tensor, torch.Tensor], torch.Tensor]] = None
     descent: bool = False
+    l1_sparsity: float = 0.95
 
     def _score(self, rows: Rows, logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         if self.score is not None:
@@ -126,6 +129,11 @@ class SignSteps:
             note_nonfinite(seen, loss)
         if control is not None:
             control.observe(rows, logits)
+        if self.norm == "l1":  # no fused L1 op: the sparse step and the L1-box projection in PyTorch
+            if control is not None:
+                raise ValueError("norm 'l1' has no per-row step control")
+            sparse_l1_step_(x, rows.x0, grad, rows.eps, rows.alpha, self.l1_sparsity, self.lo, self.hi, self.descent)
+            return
         pgd_step_(x, rows.x0, grad, rows.eps, rows.alpha,
                   active=None if control is None else control.active,
                   noise=None if control is None else control.noise,

@@ -35,13 +35,20 @@ class PGD(Attack):
     keep:         "success" (default): the first successful iterate, else the highest-loss one
                   (one extra forward evaluates the last iterate); "loss": the highest-loss
                   iterate; "last": the final iterate (torchattacks' output, no extra forward).
+    norm="l1":    sparse L1 steps: alpha along the sign of the (1 - l1_sparsity) fraction of the
+                  gradient's largest coordinates, normalised to L1 length 1, then the projection
+                  onto the L1 ball within the box (attacks.l1_ball); l1_sparsity 0.95 as in
+                  ART's and advertorch's SparseL1Descent.
     Defaults: eps=8/255, alpha=2/255, steps=10 (CIFAR-10 PGD-10). Common arguments: see Attack.
     """
+
+    norms = ("linf", "l2", "l1")
 
     def __init__(self, model: nn.Module, eps: Scalar = 8 / 255, alpha: Scalar = 2 / 255, steps: int = 10,
                  norm="linf", random_start: bool = True, restarts: int = 1,
                  restart_batch: Union[int, str, None] = "auto",
-                 targeted: bool = False, loss="ce", kappa: float = math.inf, keep: str = "success", **common):
+                 targeted: bool = False, loss="ce", kappa: float = math.inf, keep: str = "success",
+                 l1_sparsity: float = 0.95, **common):
         super().__init__(model, eps=eps, norm=norm, **common)
         self.alpha = check_radius(alpha, "alpha")
         self.steps = check_count(steps, "steps", 0)
@@ -55,6 +62,9 @@ class PGD(Attack):
             raise ValueError("kappa must not be NaN")
         self.kappa = float(kappa)
         self.keep = check_choice(keep, tuple(KEEP_MODES), "keep")
+        if isinstance(l1_sparsity, bool) or not isinstance(l1_sparsity, (int, float)) or not 0 <= l1_sparsity < 1:
+            raise ValueError(f"l1_sparsity must be a number in [0, 1), got {l1_sparsity!r}")
+        self.l1_sparsity = float(l1_sparsity)
 
     def _check_targets(self, targets) -> None:
         check_targets_match(self.targeted, targets, "PGD")
@@ -62,5 +72,5 @@ class PGD(Attack):
     def _run_rows(self, ctx, rows, evaluate):
         x = uniform_start(rows, self.norm, self.lo, self.hi) if self.random_start else clean_start(rows)
         loop = SignSteps(self.steps, self.norm, self.lo, self.hi, loss_at=lambda t: self.loss,
-                         keep=KEEP_MODES[self.keep])
+                         keep=KEEP_MODES[self.keep], l1_sparsity=self.l1_sparsity)
         return loop.run(ctx, rows, x, evaluate=evaluate)

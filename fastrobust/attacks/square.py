@@ -23,6 +23,7 @@ from ..reference.square import bump, l2_start_rows, l2_start_side, p_selection, 
 from .engine import Attack, Plan, Scalar
 from .objectives import attack_loss
 from .final_point import evaluate_point
+from .l1_ball import project_l1_box
 from .rows import RowOutcome, Rows, maths_dtype, row_mask
 from .validation import check_choice, check_count, check_targets_match
 
@@ -30,7 +31,7 @@ SQUARE_LOSSES = ("margin", "ce")
 
 
 class Square(Attack):
-    """Square attack, L-inf or L2 (AutoAttack's version: p_init 0.8, 5000 queries).
+    """Square attack, L-inf, L2 or L1 (AutoAttack's version: p_init 0.8, 5000 queries).
 
     Args (besides Attack's eps, norm, lo, hi, seed, autocast, channels_last):
       queries:          iterations per restart (model calls per row, besides the one at the
@@ -47,6 +48,7 @@ class Square(Attack):
     """
 
     restart_batch = 1
+    norms = ("linf", "l2", "l1")
 
     def __init__(self, model: nn.Module, eps: Scalar = 8 / 255, norm="linf", queries: int = 5000,
                  p_init: float = 0.8, loss: str = "margin", restarts: int = 1, rescale_schedule: bool = False,
@@ -54,7 +56,6 @@ class Square(Attack):
         if kwargs.get("cuda_graph"):
             raise ValueError("cuda_graph: Square takes no gradient steps to capture; leave it False")
         super().__init__(model, eps=eps, norm=norm, **kwargs)
-        check_choice(self.norm, ("linf", "l2"), "norm")
         self.queries = check_count(queries, "queries", 0)
         if isinstance(p_init, bool) or not isinstance(p_init, (int, float)) or not 0 < p_init <= 1:
             raise ValueError(f"p_init must be a number in (0, 1], got {p_init!r}")
@@ -130,8 +131,10 @@ class Square(Attack):
         for vh in l2_start_rows(h, side):
             for vw in l2_start_rows(w, side, (h - side * 5) // 2):
                 patch = delta[:, :, vh:vh + side, vw:vw + side]
-                block = _bumps(gen, side, n, delta)[:, :, : patch.shape[2], : patch.shape[3]]
+                block = _bumps(gen, side, n, delta, self.norm)[:, :, : patch.shape[2], : patch.shape[3]]
                 patch += block * _signs(gen, (n, c, 1, 1), delta)
+        if self.norm == "l1":
+            return self._onto_l1_ball(x0, delta, eps)
         delta = delta / (_l2(delta) + 1e-12) * eps
         return (x0 + delta.to(x0.dtype)).clamp(self.lo, self.hi)
 
@@ -148,15 +151,39 @@ class Square(Attack):
         window2 = _window_mask(vh2, vw2, side, h, w)
         rows_i, rows_j = _window_index(vh, side), _window_index(vw, side)
         old = _gather_window(delta, rows_i, rows_j)  # (n, c, side, side)
+        if self.norm == "l1":
+            return self._l1_candidate(x0, delta, eps, old, window | window2, window2, rows_i, rows_j, side, gen)
         old_norm = old.pow(2).sum((2, 3), keepdim=True).sqrt()
         windows_norm = (delta * (window | window2)).pow(2).sum((2, 3), keepdim=True).sqrt()
         room = (eps.pow(2) - _l2(delta).pow(2)).clamp(min=0) / c
-        new = _bumps(gen, side, n, delta) * _signs(gen, (n, c, 1, 1), delta) + old / (old_norm + 1e-12)
+        new = _bumps(gen, side, n, delta, "l2") * _signs(gen, (n, c, 1, 1), delta) + old / (old_norm + 1e-12)
         new = new / (new.pow(2).sum((2, 3), keepdim=True).sqrt() + 1e-12) * (room + windows_norm.pow(2)).sqrt()
         delta = torch.where(window2, torch.zeros_like(delta), delta)
         _scatter_window(delta, rows_i, rows_j, new)
         delta = delta / (_l2(delta) + 1e-12) * eps
         return (x0 + delta.to(x0.dtype)).clamp(self.lo, self.hi)
+
+
+    def _l1_candidate(self, x0, delta, eps, old, both, window2, rows_i, rows_j, side: int, gen) -> torch.Tensor:
+        """The L2 move with L1 masses, then the projection onto the L1 ball (AutoAttack's Square-L1)."""
+        n, c = x0.shape[:2]
+        windows_mass = (delta * both).abs().sum((2, 3), keepdim=True)
+        room = (eps - delta.abs().flatten(1).sum(1).reshape(-1, 1, 1, 1)).clamp(min=0) / c
+        new = _bumps(gen, side, n, delta, "l1") * _signs(gen, (n, c, 1, 1), delta) + \
+            old / (old.abs().sum((2, 3), keepdim=True) + 1e-12)
+        # AutoAttack's scale: (room / C + the channel's mass in both windows) * C per channel
+        new = new / (new.abs().sum((2, 3), keepdim=True) + 1e-12) * (room + windows_mass) * c
+        delta = torch.where(window2, torch.zeros_like(delta), delta)
+        _scatter_window(delta, rows_i, rows_j, new)
+        return self._onto_l1_ball(x0, delta, eps)
+
+    def _onto_l1_ball(self, x0: torch.Tensor, delta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x0 + delta projected onto the L1 ball of radius eps (1 - 1e-6) within the box (the
+        margin, AutoAttack's, keeps the point strictly inside)."""
+        dtype = maths_dtype(x0)
+        radius = eps.reshape(-1).to(dtype) * (1 - 1e-6)
+        moved = project_l1_box(x0.to(dtype), delta.to(dtype), radius, self.lo, self.hi)
+        return (x0.to(dtype) + moved).to(x0.dtype)
 
 
 class _Active:
@@ -225,9 +252,9 @@ def _scatter_window(t: torch.Tensor, rows_i: torch.Tensor, rows_j: torch.Tensor,
     t[b, ch, rows_i.reshape(n, 1, -1, 1), rows_j.reshape(n, 1, 1, -1)] = values
 
 
-def _bumps(gen: torch.Generator, side: int, n: int, like: torch.Tensor) -> torch.Tensor:
-    """(n, 1, side, side): the L2 bump, transposed for a random half of the rows."""
-    b = bump(side, like.dtype, like.device)
+def _bumps(gen: torch.Generator, side: int, n: int, like: torch.Tensor, norm: str) -> torch.Tensor:
+    """(n, 1, side, side): the L2 (L1) bump, transposed for a random half of the rows."""
+    b = bump(side, like.dtype, like.device, norm)
     flip = torch.rand(n, generator=gen, device=like.device) < 0.5
     return torch.where(flip.reshape(n, 1, 1, 1), b.t(), b).reshape(n, 1, side, side)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..ops import pgd_random_init_, pgd_step_
+from .l1_ball import uniform_l1_start
 from .rows import Rows
 
 
@@ -21,7 +22,10 @@ def clean_start(rows: Rows) -> torch.Tensor:
 
 def uniform_start(rows: Rows, norm: str, lo: float, hi: float) -> torch.Tensor:
     """Uniform in the eps-ball, box-clipped (pgd_random_init_): torchattacks' / Madry's start.
-    Its Philox stream is keyed by the call's seed and, as offset, the rows' first group."""
+    Its Philox stream is keyed by the call's seed and, as offset, the rows' first group.
+    L1: uniform in the L1 ball (l1_ball.uniform_l1_start, from the rows' generator)."""
+    if norm == "l1":
+        return uniform_l1_start(rows.x0, rows.eps, lo, hi, rows.generator)
     x0 = rows.x0.contiguous()
     x = torch.empty_like(x0)
     pgd_random_init_(x, x0, rows.eps, norm, lo, hi, seed=rows.seed, offset=rows.first_group)

@@ -341,7 +341,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
         attack_model = model if bpda is None else bpda_wrap(model, bpda)
         attack_model = attack_model if eot is None else EOT(attack_model, samples=eot)
     attacker = model if attack_model is None else attack_model
-    specs = [_resolve(s, eps, norm, autocast, attacker) for s in expand_suites(attacks)]
+    specs = [_resolve(s, eps, norm, autocast, attacker) for s in expand_suites(attacks, norm)]
     total = x.shape[0]
     y_dev = y.to(device)
 

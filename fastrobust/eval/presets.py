@@ -3,7 +3,8 @@
 Every preset builds a fastrobust.attacks attack from (model, eps, norm, seed, autocast) and
 optional keyword overrides. Step sizes are relative to eps (alpha = ratio * eps), so a preset
 means the same at 8/255 (CIFAR L-inf), 0.3 (MNIST L-inf) or 0.5 (L2). norm is "linf" (default)
-or "l2" for every preset; "l1" for fab and fab-t.
+or "l2" for every preset; "l1" for pgd20, pgd100-restarts5 (sparse L1 steps, l1_sparsity 0.95),
+apgd-ce, apgd-dlr, apgd-t (APGD-L1), square, fab and fab-t.
 
     name              attack                                           alpha      steps  restarts
     pgd20             PGD, CE, uniform random start                    eps/4      20     1
@@ -107,19 +108,20 @@ def _presets(*presets: Preset) -> Dict[str, Preset]:
 PRESETS: Dict[str, Preset] = _presets(
     Preset("pgd20", PGD, "PGD-20, CE, random start, alpha=eps/4 (FAT's evaluation)",
            params={"steps": 20, "random_start": True, "restarts": 1, "loss": "ce", "keep": "success"},
-           relative={"alpha": 0.25}),
+           relative={"alpha": 0.25}, norms=ATTACK_NORMS),
     Preset("pgd100-restarts5", PGD, "PGD-100, CE, 5 random restarts (per-sample worst case), alpha=eps/10",
            params={"steps": 100, "random_start": True, "restarts": 5, "loss": "ce", "keep": "success"},
-           relative={"alpha": 0.1}),
+           relative={"alpha": 0.1}, norms=ATTACK_NORMS),
     Preset("cw", PGD, "CW-30: PGD on the CW margin clamped at kappa=50, random start, alpha=eps/4",
            params={"steps": 30, "random_start": True, "loss": "cw", "kappa": 50.0, "keep": "success"},
            relative={"alpha": 0.25}),
     Preset("apgd-ce", APGD, "APGD-CE, 100 iterations (AutoAttack)",
-           params={"steps": 100, "loss": "ce", "restarts": 1}),
+           params={"steps": 100, "loss": "ce", "restarts": 1}, norms=ATTACK_NORMS),
     Preset("apgd-dlr", APGD, "APGD-DLR, 100 iterations (AutoAttack)",
-           params={"steps": 100, "loss": "dlr", "restarts": 1}),
+           params={"steps": 100, "loss": "dlr", "restarts": 1}, norms=ATTACK_NORMS),
     Preset("apgd-t", APGD, "APGD-T: targeted DLR towards the 9 runner-up classes, 100 iterations each (AutoAttack)",
-           params={"steps": 100, "loss": "dlr", "targeted": True, "n_target_classes": 9, "restarts": 1}),
+           params={"steps": 100, "loss": "dlr", "targeted": True, "n_target_classes": 9, "restarts": 1},
+           norms=ATTACK_NORMS),
     Preset("alt-ce-cw-dlr", AlternatingPGD, "Alternating-objectives PGD-100, CE -> CW -> DLR, alpha=eps/4, start at x",
            params={"steps": 100, "schedule": ("ce", "cw", "dlr"), "random_start": False},
            relative={"alpha": 0.25}),
@@ -127,7 +129,7 @@ PRESETS: Dict[str, Preset] = _presets(
            params={"steps": 10, "tau": 0, "omega": 0.001, "random_start": True},
            relative={"alpha": 7 / 31}),
     Preset("square", Square, "Square attack, 5000 queries, p_init=0.8, margin loss (AutoAttack); images only",
-           {"queries": 5000, "p_init": 0.8, "loss": "margin"}),
+           {"queries": 5000, "p_init": 0.8, "loss": "margin"}, norms=ATTACK_NORMS),
     Preset("fab", FAB, "FAB, untargeted, 100 iterations (AutoAttack)",
            {"steps": 100, "restarts": 1, "alpha_max": 0.1, "eta": 1.05, "beta": 0.9}, norms=("linf", "l2", "l1")),
     Preset("fab-t", FAB, "FAB-T: towards the 9 runner-up classes, 100 iterations each (AutoAttack)",
@@ -161,6 +163,12 @@ SUITES: Dict[str, Tuple[Tuple[str, Mapping[str, Any]], ...]] = {
                         ("square", {"queries": 5000}), ("apgd-t", {}), ("fab-t", {})),
     "autoattack-rand": (("apgd-ce", {"eot_iter": 20}), ("apgd-dlr", {"eot_iter": 20})),
 }
+# What AutoAttack changes for the L1 threat model: APGD's 3 eps / 2 eps / eps schedule
+# (use_largereps), with 5 restarts of APGD-CE and 5 target classes for APGD-T in "standard".
+SUITES_L1: Dict[str, Dict[str, Mapping[str, Any]]] = {
+    "autoattack-standard": {"apgd-ce": {"restarts": 5, "eps_schedule": True},
+                            "apgd-t": {"n_target_classes": 5, "eps_schedule": True}},
+}
 
 
 def get_preset(name: str) -> Preset:
@@ -176,14 +184,16 @@ def is_attack_name(name: str) -> bool:
     return name in PRESETS or name in SUITES
 
 
-def expand_suites(attacks: Sequence[Any]) -> List[Any]:
+def expand_suites(attacks: Sequence[Any], norm="linf") -> List[Any]:
     """attacks with every suite name replaced by its presets (their parameters overridden by
-    the suite's budgets), in order; everything else is kept as it is."""
+    the suite's budgets for this norm), in order; everything else is kept as it is."""
+    l1 = canonical_attack_norm(norm, ATTACK_NORMS) == "l1"
     out: List[Any] = []
     for spec in attacks:
         if isinstance(spec, str) and spec in SUITES:
-            out.extend(replace(get_preset(name), params={**get_preset(name).params, **budget})
-                       for name, budget in SUITES[spec])
+            for name, budget in SUITES[spec]:
+                extra = SUITES_L1.get(spec, {}).get(name, {}) if l1 else {}
+                out.append(replace(get_preset(name), params={**get_preset(name).params, **budget, **extra}))
         else:
             out.append(spec)
     return out

@@ -24,6 +24,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from .l1_ball import project_l1_box
+
 # (last iteration of the bracket out of 10000, divisor of p_init); past the last, 512.
 P_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256))
 
@@ -40,30 +42,36 @@ def p_selection(p_init: float, iteration: int, queries: int, rescale_schedule: b
 def window_side(p: float, height: int, width: int, norm: str) -> int:
     """The side of the square window for coverage p on an H x W image."""
     side = int(round(math.sqrt(p * height * width)))
-    if norm == "l2":
+    if norm in ("l2", "l1"):
         side = max(side, 3)
         side += 1 - side % 2  # odd
     return min(max(side, 1), height, width)
 
 
-def bump_rectangle(rows: int, cols: int, dtype=torch.float32, device=None) -> torch.Tensor:
-    """Nested rectangles around the centre, ring k weighted 1 / (k + 1)^2, unit L2 norm."""
+def _unit(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    size = delta.pow(2).sum().sqrt() if norm == "l2" else delta.abs().sum()
+    return delta / size if size > 0 else delta
+
+
+def bump_rectangle(rows: int, cols: int, dtype=torch.float32, device=None, norm: str = "l2") -> torch.Tensor:
+    """Nested rectangles around the centre, ring k weighted 1 / (k + 1)^2 (L2) or 1 / (k + 1)^4
+    (L1), unit norm."""
     delta = torch.zeros(rows, cols, dtype=dtype, device=device)
     r0, c0 = rows // 2, cols // 2
+    power = 2 if norm == "l2" else 4
     for k in range(max(r0, c0) + 1):
-        delta[max(r0 - k, 0):min(r0 - k + 2 * k + 1, rows), max(c0 - k, 0):min(c0 - k + 2 * k + 1, cols)] += 1.0 / (k + 1) ** 2
-    norm = delta.pow(2).sum().sqrt()
-    return delta / norm if norm > 0 else delta
+        delta[max(r0 - k, 0):min(r0 - k + 2 * k + 1, rows), max(c0 - k, 0):min(c0 - k + 2 * k + 1, cols)] += \
+            1.0 / (k + 1) ** power
+    return _unit(delta, norm)
 
 
-def bump(side: int, dtype=torch.float32, device=None) -> torch.Tensor:
-    """The L2 attack's s x s window update: a positive bump over a negative one, unit L2 norm
-    (transposed at random by the caller)."""
+def bump(side: int, dtype=torch.float32, device=None, norm: str = "l2") -> torch.Tensor:
+    """The L2 (L1) attack's s x s window update: a positive bump over a negative one, unit L2
+    (L1) norm (transposed at random by the caller)."""
     delta = torch.zeros(side, side, dtype=dtype, device=device)
-    delta[: side // 2] = bump_rectangle(side // 2, side, dtype, device)
-    delta[side // 2:] = -bump_rectangle(side - side // 2, side, dtype, device)
-    norm = delta.pow(2).sum().sqrt()
-    return delta / norm if norm > 0 else delta
+    delta[: side // 2] = bump_rectangle(side // 2, side, dtype, device, norm)
+    delta[side // 2:] = -bump_rectangle(side - side // 2, side, dtype, device, norm)
+    return _unit(delta, norm)
 
 
 def l2_start_side(height: int) -> int:
@@ -114,8 +122,13 @@ def square_attack(model, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str
         return margin_and_loss(logits, int(y[i]), None if targets is None else int(targets[i]), loss)
 
     def random_bump(side):
-        b = bump(side, x.dtype, x.device)
+        b = bump(side, x.dtype, x.device, norm)
         return b.t() if rand(1).item() < 0.5 else b
+
+    def onto_l1_ball(x0, delta):
+        """x0 + delta projected onto the L1 ball of radius eps (1 - 1e-6) within the box, as
+        AutoAttack's Square-L1 (the margin keeps it strictly inside)."""
+        return x0 + project_l1_box(x0, delta, eps * (1 - 1e-6), lo, hi).to(x0.dtype)
 
     c, h, w = x.shape[1:]
     for i in range(x.shape[0]):
@@ -130,7 +143,10 @@ def square_attack(model, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str
                 for vw in l2_start_rows(w, s0, start):
                     patch = init[:, vh:vh + s0, vw:vw + s0]
                     patch += random_bump(s0)[: patch.shape[1], : patch.shape[2]] * sign(c, 1, 1)
-            best = (x0 + eps * init / (init.norm() + 1e-12)).clamp(lo, hi)
+            if norm == "l2":
+                best = (x0 + eps * init / (init.norm() + 1e-12)).clamp(lo, hi)
+            else:
+                best = onto_l1_ball(x0, init)
         margin, best_loss = score(best, i)
         used[i] = 1
         for it in range(queries):
@@ -142,6 +158,21 @@ def square_attack(model, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str
                 cand = best.clone()
                 cand[:, vh:vh + side, vw:vw + side] += 2 * eps * sign(c, 1, 1)
                 cand = torch.minimum(torch.maximum(cand, x0 - eps), x0 + eps).clamp(lo, hi)
+            elif norm == "l1":
+                delta = best - x0
+                vh2, vw2 = int(rand(1).item() * (h - side)), int(rand(1).item() * (w - side))
+                window = delta[:, vh:vh + side, vw:vw + side]
+                both = torch.zeros_like(delta[:1])
+                both[:, vh:vh + side, vw:vw + side] = 1
+                both[:, vh2:vh2 + side, vw2:vw2 + side] = 1
+                windows_mass = (delta * both).abs().sum((1, 2), keepdim=True)
+                room = (eps - delta.abs().sum()).clamp(min=0) / c
+                new = random_bump(side) * sign(c, 1, 1) + window / (window.abs().sum((1, 2), keepdim=True) + 1e-12)
+                # AutoAttack's scale: (room / C + the channel's mass in both windows) * C per channel
+                new = new / (new.abs().sum((1, 2), keepdim=True) + 1e-12) * (room + windows_mass) * c
+                delta[:, vh2:vh2 + side, vw2:vw2 + side] = 0
+                delta[:, vh:vh + side, vw:vw + side] = new
+                cand = onto_l1_ball(x0, delta)
             else:
                 delta = best - x0
                 vh2, vw2 = int(rand(1).item() * (h - side)), int(rand(1).item() * (w - side))
