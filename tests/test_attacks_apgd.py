@@ -162,7 +162,8 @@ def problem(n=30, features=10, classes=6, seed=0):
 @pytest.mark.parametrize("loss", ["ce", "dlr"])
 def test_runs_match_the_reference(norm, eps, loss):
     model, x, y = problem()
-    result = attacks.APGD(model, eps=eps, steps=25, norm=norm, loss=loss, seed=0).run(x, y)
+    # every row to the end, as the reference (early_stop would return the first success)
+    result = attacks.APGD(model, eps=eps, steps=25, norm=norm, loss=loss, seed=0, early_stop=False).run(x, y)
     reference = ref.apgd(model, x, y, eps, steps=25, norm=norm, loss=loss, seed=0)
     with torch.no_grad():
         fooled = model(reference).argmax(1) != y
@@ -177,7 +178,7 @@ def test_runs_match_the_reference(norm, eps, loss):
 def test_targeted_runs_match_the_reference():
     model, x, y = problem()
     kwargs = dict(steps=15, loss="dlr", targeted=True, n_target_classes=3, seed=0)
-    result = attacks.APGD(model, eps=0.04, restart_batch=1, **kwargs).run(x, y)
+    result = attacks.APGD(model, eps=0.04, restart_batch=1, early_stop=False, **kwargs).run(x, y)
     reference = ref.apgd(model, x, y, 0.04, **kwargs)
     with torch.no_grad():
         fooled = model(reference).argmax(1) != y
@@ -200,3 +201,23 @@ def test_momentum_one_on_the_first_step_then_momentum(monkeypatch):
     model, x, y = problem(n=4)
     attacks.APGD(model, eps=0.05, steps=5, momentum=0.6, seed=0)(x, y)
     assert used == [1.0, 0.6, 0.6, 0.6, 0.6]
+
+
+@pytest.mark.parametrize("kwargs", [dict(loss="ce"), dict(loss="dlr", norm="l2"),
+                                    dict(loss="dlr", targeted=True, n_target_classes=3)])
+def test_early_stop_keeps_the_successes_with_fewer_passes(kwargs, digits_model, digits_test_set):
+    """Rows leave at their first successful iterate: the same rows succeed as when every row
+    runs to the end, the returned points are adversarial, and fewer passes are spent."""
+    x, y = digits_test_set
+    eps = 0.4 if kwargs.get("norm") == "l2" else 0.1
+    full = attacks.APGD(digits_model, eps=eps, steps=30, seed=0, early_stop=False, **kwargs).run(x, y)
+    early = attacks.APGD(digits_model, eps=eps, steps=30, seed=0, early_stop=True, **kwargs).run(x, y)
+    assert torch.equal(early.success, full.success) and early.success.any()
+    with torch.no_grad():
+        assert torch.equal(digits_model(early.x_adv).argmax(1) != y, early.success)
+    assert early.backwards < full.backwards
+    # the default on the CPU
+    auto = attacks.APGD(digits_model, eps=eps, steps=30, seed=0, **kwargs).run(x, y)
+    assert auto.backwards == early.backwards and torch.equal(auto.x_adv, early.x_adv)
+    with pytest.raises(ValueError, match="early_stop must be True, False or 'auto'"):
+        attacks.APGD(digits_model, early_stop="yes")

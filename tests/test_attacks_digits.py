@@ -116,7 +116,8 @@ def test_targeted_attacks_reach_the_target(digits_model, digits_test_set, make):
 
 def test_apgd_t_is_autoattack_untargeted_success(digits_model, digits_test_set):
     x, y = digits_test_set
-    result = attacks.APGD(digits_model, eps=EPS, steps=20, targeted=True, n_target_classes=3, seed=0).run(x, y)
+    result = attacks.APGD(digits_model, eps=EPS, steps=20, targeted=True, n_target_classes=3, seed=0,
+                          early_stop=False).run(x, y)
     with torch.no_grad():
         fooled = digits_model(result.x_adv).argmax(1) != y
     assert torch.equal(result.success, fooled)

@@ -86,7 +86,7 @@ def test_matches_the_reference_on_a_cnn(norm, digits_model, digits_test_set):
     model = _double(digits_model)
     x, y = digits_test_set[0][:24].double(), digits_test_set[1][:24]
     eps = {"linf": 0.15, "l2": 0.8, "l1": 4.0}[norm]
-    ours = FAB(model, eps=eps, norm=norm, steps=20).run(x, y)
+    ours = FAB(model, eps=eps, norm=norm, steps=20, early_stop=False).run(x, y)
     theirs = reference_fab(model, x, y, norm, steps=20, eps=eps)
     with torch.no_grad():
         fooled = model(theirs).argmax(1) != y
@@ -99,7 +99,7 @@ def test_targets_are_reached_and_match_the_reference(digits_model, digits_test_s
     model = _double(digits_model)
     x, y = digits_test_set[0][:24].double(), digits_test_set[1][:24]
     targets = (y + 3) % 10
-    ours = FAB(model, eps=0.3, norm="linf", steps=30, targeted=True).run(x, y, targets)
+    ours = FAB(model, eps=0.3, norm="linf", steps=30, targeted=True, early_stop=False).run(x, y, targets)
     with torch.no_grad():
         pred = model(ours.x_adv).argmax(1)
     assert ours.success.any()
@@ -126,6 +126,21 @@ def test_fab_t_runs_the_ranked_classes_on_the_points_still_robust(digits_model, 
     assert serial.backwards < folded.backwards
 
 
+@pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 0.6), ("l1", 1.5)])
+def test_early_stop_keeps_the_successes_with_fewer_passes(norm, eps, digits_model, digits_test_set):
+    x, y = digits_test_set
+    full = FAB(digits_model, eps=eps, norm=norm, steps=30, early_stop=False).run(x, y)
+    early = FAB(digits_model, eps=eps, norm=norm, steps=30, early_stop=True).run(x, y)
+    assert torch.equal(early.success, full.success) and early.success.any()
+    assert early.backwards < full.backwards
+    assert (sizes(early.x_adv - x, norm) <= eps * (1 + 1e-6)).all()
+    with torch.no_grad():
+        assert torch.equal(digits_model(early.x_adv).argmax(1) != y, early.success)
+    # unbounded (the minimal perturbation): nothing stops early, the default is the full run
+    free = FAB(digits_model, eps=math.inf, norm=norm, steps=5).run(x[:32], y[:32])
+    assert torch.equal(free.x_adv, FAB(digits_model, eps=math.inf, norm=norm, steps=5, early_stop=False)(x[:32], y[:32]))
+
+
 def test_restarts_start_at_random_points_and_never_lose(digits_model, digits_test_set):
     x, y = digits_test_set[0][:64], digits_test_set[1][:64]
     single = FAB(digits_model, eps=0.08, steps=10, seed=1).run(x, y)
@@ -148,7 +163,7 @@ def test_beats_random_noise_and_misclassified_points_stay(digits_model, digits_t
 
 def test_counts_functional_form_and_presets(digits_model, digits_test_set):
     x, y = digits_test_set[0][:16], digits_test_set[1][:16]
-    attack = FAB(digits_model, eps=0.1, steps=3, targeted=True, n_target_classes=1)
+    attack = FAB(digits_model, eps=0.1, steps=3, targeted=True, n_target_classes=1, early_stop=False)
     result = attack.run(x, y)
     robust = int((digits_model(x).argmax(1) == y).sum())
     # the clean check, then per iteration one graph forward, one backward and one forward

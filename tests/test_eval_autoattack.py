@@ -58,8 +58,8 @@ def test_apgd_eot_averages_gradients_over_passes(digits_model, digits_test_set):
     """On a deterministic model the mean of identical gradients is the gradient: the same
     attack (up to rounding), eot_iter times the passes."""
     x, y = digits_test_set[0][:32], digits_test_set[1][:32]
-    one = APGD(digits_model, eps=0.1, steps=10, seed=0).run(x, y)
-    three = APGD(digits_model, eps=0.1, steps=10, seed=0, eot_iter=3).run(x, y)
+    one = APGD(digits_model, eps=0.1, steps=10, seed=0, early_stop=False).run(x, y)
+    three = APGD(digits_model, eps=0.1, steps=10, seed=0, eot_iter=3, early_stop=False).run(x, y)
     assert torch.equal(one.success, three.success)
     torch.testing.assert_close(one.x_adv, three.x_adv, atol=1e-6, rtol=0)
     robust = int((digits_model(x).argmax(1) == y).sum())
@@ -82,7 +82,7 @@ def test_apgd_eot_on_a_randomised_model_reads_several_draws(digits_model, digits
     x, y = digits_test_set[0][:32], digits_test_set[1][:32]
     model = Noisy(digits_model)
     before = model.calls
-    APGD(model, eps=0.1, steps=5, seed=0, eot_iter=4).run(x, y)
+    APGD(model, eps=0.1, steps=5, seed=0, eot_iter=4, early_stop=False).run(x, y)
     assert model.calls - before == 1 + 4 * 6  # the clean check, then 4 passes at the start and per step
 
 

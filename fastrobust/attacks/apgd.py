@@ -13,12 +13,12 @@ from torch import nn
 
 from ..ops import apgd_step_
 from .apgd_l1 import run_l1
-from .apgd_state import APGDState
+from .apgd_state import APGDState, Retirement
 from .engine import Attack, Plan
 from .objectives import check_loss, check_target_classes, objective, ranked_targets, reached
 from .rows import RowOutcome, Rows
 from .starts import autoattack_start
-from .validation import Scalar, check_count, check_radius, check_restart_batch
+from .validation import Scalar, check_count, check_early_stop, check_radius, check_restart_batch
 
 
 def apgd_checkpoints(steps: int) -> List[Tuple[int, int]]:
@@ -64,6 +64,10 @@ class APGD(Attack):
       gradient's coordinates, projected onto the L1 ball within the box; eps_schedule=True runs
       it at 3 eps, 2 eps, then eps (AutoAttack's use_largereps, its L1 "standard" setting).
       The L1 pass is not captured in a CUDA graph.
+    early_stop: rows leave the pass at their first successful iterate (one host read per
+      iteration): the same successes as running every row to the end, fewer forwards; x_adv is
+      that first successful point instead of AutoAttack's last one. "auto" (default): on for
+      inputs on the CPU, off on a GPU and under cuda_graph.
     eot_iter: gradients averaged over this many passes of a randomised model (AutoAttack's EOT;
       its "rand" version uses 20); logits and loss are those of the last pass.
     Defaults: eps=8/255, steps=100, rho=0.75, momentum=0.75. Common arguments: see Attack.
@@ -74,7 +78,7 @@ class APGD(Attack):
     def __init__(self, model: nn.Module, eps: Scalar = 8 / 255, steps: int = 100, norm="linf", loss="ce",
                  targeted: bool = False, n_target_classes: int = 9, restarts: int = 1, rho: float = 0.75,
                  momentum: float = 0.75, restart_batch: Union[int, str, None] = "auto", eot_iter: int = 1,
-                 eps_schedule: bool = False, **common):
+                 eps_schedule: bool = False, early_stop: Union[bool, str] = "auto", **common):
         super().__init__(model, eps=eps, norm=norm, **common)
         self.steps = check_count(steps, "steps", 0)
         self.loss = check_loss(loss)
@@ -86,6 +90,7 @@ class APGD(Attack):
         self.restart_batch = check_restart_batch(restart_batch)
         self.eot_iter = check_count(eot_iter, "eot_iter", 1)
         self.eps_schedule = bool(eps_schedule)
+        self.early_stop = check_early_stop(early_stop)
         if self.eps_schedule and self.norm != "l1":
             raise ValueError(f"eps_schedule: the 3 eps / 2 eps / eps schedule is APGD-L1's; norm is {self.norm!r}")
         self.rho = float(check_radius(rho, "rho"))
@@ -124,12 +129,20 @@ class APGD(Attack):
         state = APGDState(rows, x, loss, grad, rows.reached(logits))
         checkpoints = dict(apgd_checkpoints(self.steps))
         runner = ctx.step_runner(state.tensors())
+        retired = Retirement(state) if self._stops_early(ctx, rows) else None
         for i in range(self.steps):
+            if retired is not None and bool(state.success.any()):
+                rows = retired.retire(state, rows, state.success)
+                loss_fn = rows.loss_fn(self.loss)
+                if rows.n == 0:
+                    break
             momentum = 1.0 if i == 0 else self.momentum
-            runner(i == 0, lambda a=momentum: self._iteration(ctx, rows, state, loss_fn, a))
+            runner(i == 0, lambda a=momentum, r=rows, f=loss_fn: self._iteration(ctx, r, state, f, a))
             ctx.count(rows.n * self.eot_iter, backward=True)  # here: a replayed graph does not run Python
             if i in checkpoints:
                 state.checkpoint(checkpoints[i], self.rho)
+        if retired is not None:
+            return RowOutcome(*retired.result(state))
         return RowOutcome(state.x_out, state.loss_out, state.success, state.nonfinite)
 
     def _iteration(self, ctx, rows: Rows, state: APGDState, loss_fn, momentum: float) -> None:

@@ -7,7 +7,7 @@ from typing import List
 import torch
 
 from ..ops import pgd_update_best_
-from .rows import Rows, row_mask, usable_start
+from .rows import Rows, row_mask, rows_subset, take_rows, usable_start
 
 
 class APGDState:
@@ -44,6 +44,15 @@ class APGDState:
                 self.loss_out, self.success, self.eta, self.increases, self.loss_prev, self.improved, self.reduced,
                 self.nonfinite]
 
+    FIELDS = ("x", "x_prev", "grad", "x_best", "grad_best", "loss_best", "x_out", "loss_out", "success", "eta",
+              "increases", "loss_prev", "improved", "reduced", "nonfinite")
+
+    def keep_rows(self, index: torch.Tensor) -> None:
+        """Keeps only the rows `index` (in their memory layout: the fused ops want the
+        iterates' strides to agree)."""
+        for name in self.FIELDS:
+            setattr(self, name, take_rows(getattr(self, name), index))
+
     def record(self, loss: torch.Tensor, grad: torch.Tensor, is_adv: torch.Tensor) -> None:
         """Takes in the loss, gradient and goal at the new iterate self.x."""
         self.grad.copy_(grad)
@@ -70,3 +79,33 @@ class APGDState:
         self.x.copy_(torch.where(rows, self.x_best, self.x))
         self.grad.copy_(torch.where(rows, self.grad_best, self.grad))
         return fired
+
+
+class Retirement:
+    """Early stopping of an APGD pass: rows whose goal holds leave the pass, their outcome
+    (x_out, loss_out, success, nonfinite) written into the pass's full-size result; the pass
+    goes on with the rest. Only the returned point changes (the first successful iterate
+    instead of the last one): which rows succeed does not, rows being independent."""
+
+    def __init__(self, state: APGDState):
+        self.position = torch.arange(state.x.shape[0], device=state.x.device)
+        self.x, self.loss = state.x_out.clone(), state.loss_out.clone()
+        self.success, self.nonfinite = state.success.clone(), state.nonfinite.clone()
+
+    def retire(self, state: APGDState, rows: Rows, done: torch.Tensor) -> Rows:
+        """Moves the rows `done` out of `state`; returns the rows that stay."""
+        self._write(state, done)
+        stay = (~done).nonzero()[:, 0]
+        self.position = self.position[stay]
+        state.keep_rows(stay)
+        return rows_subset(rows, stay)
+
+    def result(self, state: APGDState):
+        self._write(state, torch.ones_like(state.success))
+        return self.x, self.loss, self.success, self.nonfinite
+
+    def _write(self, state: APGDState, done: torch.Tensor) -> None:
+        at = self.position[done]
+        self.x[at] = state.x_out[done]
+        self.loss[at], self.success[at], self.nonfinite[at] = state.loss_out[done], state.success[done], \
+            state.nonfinite[done]

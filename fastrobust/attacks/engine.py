@@ -163,6 +163,17 @@ class Attack:
             x_adv = torch.empty_like(x).copy_(x_adv)
         return x_adv, outcome, ctx
 
+    def _stops_early(self, ctx: LoopContext, rows: Rows) -> bool:
+        """early_stop resolved (APGD, FAB): "auto" lets rows leave a pass once they succeed
+        unless the step is captured in a CUDA graph (whose static tensors cannot shrink) or
+        runs on a GPU (where the host read per iteration costs more than the rows it saves)."""
+        early_stop = getattr(self, "early_stop", False)
+        if early_stop == "auto":
+            return not ctx.capture and rows.x0.device.type == "cpu"
+        if early_stop and ctx.capture:
+            raise ValueError("early_stop: rows cannot leave a pass captured in a CUDA graph (cuda_graph=True)")
+        return bool(early_stop)
+
     def _groups_per_pass(self, groups: int, device: torch.device) -> int:
         """restart_batch resolved: "auto" runs the groups (restarts, target classes) one after
         the other on the CPU, where a pass on the samples still robust costs less than a

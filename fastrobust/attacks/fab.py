@@ -21,8 +21,8 @@ from .boundary_projection import hyperplane_step
 from .engine import Attack, Plan, Scalar
 from .final_point import evaluate_point
 from .objectives import check_target_classes, objective, ranked_targets, reached
-from .rows import RowOutcome, Rows, maths_dtype, row_mask
-from .validation import check_count, check_restart_batch
+from .rows import RowOutcome, Rows, maths_dtype, row_mask, rows_subset
+from .validation import check_count, check_early_stop, check_restart_batch
 
 _NO_POINT = 1e10  # the distance of a row that has found no misclassified point yet
 
@@ -63,6 +63,9 @@ class FAB(Attack):
                         success means predicting t.
       n_target_classes: 9 (AutoAttack's FAB-T).
       restart_batch:    see APGD ("auto": one group per pass on the CPU, all on a GPU).
+      early_stop:       rows leave the pass once they hold a point inside the eps-ball (the same
+                        successes, fewer passes; x_adv is that point, not the closest one the
+                        remaining iterations would find); "auto": on the CPU. Never with eps=inf.
     eps is the threat ball: the closest misclassified point found is returned where it lies in
     it, the clean point elsewhere; eps=inf returns every misclassified point found (the
     minimal perturbation). The random starts need a finite eps.
@@ -74,7 +77,7 @@ class FAB(Attack):
 
     def __init__(self, model: nn.Module, eps: Scalar = 8 / 255, norm="linf", steps: int = 100, restarts: int = 1,
                  alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, targeted: bool = False,
-                 n_target_classes: int = 9, restart_batch="auto", **kwargs):
+                 n_target_classes: int = 9, restart_batch="auto", early_stop="auto", **kwargs):
         if kwargs.get("cuda_graph"):
             raise ValueError("cuda_graph: FAB is not captured (its gradients are taken per class); leave it False")
         super().__init__(model, eps=eps, norm=norm, **kwargs)
@@ -88,6 +91,7 @@ class FAB(Attack):
         self.targeted = bool(targeted)
         self.n_target_classes = check_count(n_target_classes, "n_target_classes", 1)
         self.restart_batch = check_restart_batch(restart_batch)
+        self.early_stop = check_early_stop(early_stop)
 
     def _check_targets(self, targets) -> None:
         if targets is not None and not self.targeted:
@@ -110,31 +114,52 @@ class FAB(Attack):
         return Plan(groups, goal, group_targets, initial)
 
     def _run_rows(self, ctx, rows: Rows, evaluate: bool) -> RowOutcome:
+        full = rows
         x0 = rows.x0.to(maths_dtype(rows.x0))
         n = rows.n
         eps = rows.eps.to(x0.dtype).expand(n) if rows.eps.numel() == 1 else rows.eps.to(x0.dtype)
         x = self._start(rows, x0, eps)
         best = x0.clone()
         dist = torch.full((n,), _NO_POINT, dtype=x0.dtype, device=x0.device)
+        out_best, out_dist = best.clone(), dist.clone()
+        position = torch.arange(n, device=x0.device)
+        stops_early = self._stops_early(ctx, rows) and bool(torch.isfinite(eps).any())
         for _ in range(self.steps):
-            w, b = self._boundary(ctx, rows, x)
-            step = hyperplane_step(torch.cat((x.reshape(n, -1), x0.reshape(n, -1))), torch.cat((w, w)),
-                                   torch.cat((b, b)), self.norm, self.lo, self.hi)
-            size = lp_norms(step, self.norm).clamp(min=1e-8)
-            alpha = (size[:n] / (size[:n] + size[n:])).clamp(0, self.alpha_max)
-            alpha = row_mask(alpha, x)
-            to_x, to_x0 = step[:n].reshape(x.shape), step[n:].reshape(x.shape)
-            x = ((x + self.eta * to_x) * (1 - alpha) + (x0 + self.eta * to_x0) * alpha).clamp(self.lo, self.hi)
-            fooled = rows.reached(ctx.model.logits(self._model_input(x, rows)))
-            ctx.count(n, backward=False)
-            length = lp_norms(x - x0, self.norm)
-            closer = fooled & (length < dist)
-            best = torch.where(row_mask(closer, x), x, best)
-            dist = torch.where(closer, length, dist)
-            x = torch.where(row_mask(fooled, x), x0 + (x - x0) * self.beta, x)
-        kept = dist <= eps
-        x_adv = torch.where(row_mask(kept, best), best, x0).to(rows.x0.dtype)
-        return evaluate_point(ctx, rows, self._layout(x_adv), evaluate)
+            if stops_early:  # rows with a point in the ball leave; the rest go on
+                done = (dist <= eps) & torch.isfinite(eps)
+                if bool(done.any()):
+                    out_best[position[done]], out_dist[position[done]] = best[done], dist[done]
+                    stay = (~done).nonzero()[:, 0]
+                    position, x, x0, best, dist, eps = (t[stay] for t in (position, x, x0, best, dist, eps))
+                    rows = rows_subset(rows, stay)
+                    if rows.n == 0:
+                        break
+            x, best, dist = self._iteration(ctx, rows, x, x0, best, dist)
+        out_best[position], out_dist[position] = best, dist
+        eps = full.eps.to(x0.dtype).expand(full.n) if full.eps.numel() == 1 else full.eps.to(x0.dtype)
+        x0 = full.x0.to(out_best.dtype)
+        kept = out_dist <= eps
+        x_adv = torch.where(row_mask(kept, out_best), out_best, x0).to(full.x0.dtype)
+        return evaluate_point(ctx, full, self._layout(x_adv), evaluate)
+
+    def _iteration(self, ctx, rows: Rows, x, x0, best, dist):
+        """One FAB step of every row: (x, best, dist) after it."""
+        n = rows.n
+        w, b = self._boundary(ctx, rows, x)
+        step = hyperplane_step(torch.cat((x.reshape(n, -1), x0.reshape(n, -1))), torch.cat((w, w)),
+                               torch.cat((b, b)), self.norm, self.lo, self.hi)
+        size = lp_norms(step, self.norm).clamp(min=1e-8)
+        alpha = row_mask((size[:n] / (size[:n] + size[n:])).clamp(0, self.alpha_max), x)
+        to_x, to_x0 = step[:n].reshape(x.shape), step[n:].reshape(x.shape)
+        x = ((x + self.eta * to_x) * (1 - alpha) + (x0 + self.eta * to_x0) * alpha).clamp(self.lo, self.hi)
+        fooled = rows.reached(ctx.model.logits(self._model_input(x, rows)))
+        ctx.count(n, backward=False)
+        length = lp_norms(x - x0, self.norm)
+        closer = fooled & (length < dist)
+        best = torch.where(row_mask(closer, x), x, best)
+        dist = torch.where(closer, length, dist)
+        x = torch.where(row_mask(fooled, x), x0 + (x - x0) * self.beta, x)
+        return x, best, dist
 
     def _model_input(self, x: torch.Tensor, rows: Rows) -> torch.Tensor:
         return self._layout(x.to(rows.x0.dtype))

@@ -1,6 +1,7 @@
 """Attack rows: samples x row groups folded into one batch, and what a pass over them returns."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
@@ -116,3 +117,16 @@ def merge_groups(best: RowOutcome, index: Optional[torch.Tensor], out: RowOutcom
         if bn is not None:
             best.nonfinite.index_copy_(0, index, bn)
 
+
+def take_rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """t[index] along dim 0, in t's memory layout."""
+    return torch.empty_like(t[: index.numel()]).copy_(t[index])
+
+
+def rows_subset(rows: Rows, index: torch.Tensor) -> Rows:
+    """The rows `index` of `rows` (their clean points, labels, targets and radii)."""
+    def pick(value):  # eps / alpha: one value for all rows, or one per row
+        return value if value is None or value.numel() == 1 else value[index]
+    targets = None if rows.targets is None else rows.targets[index]
+    return dataclasses.replace(rows, x0=take_rows(rows.x0, index), y=rows.y[index], targets=targets,
+                               eps=pick(rows.eps), alpha=pick(rows.alpha))

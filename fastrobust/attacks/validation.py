@@ -51,6 +51,13 @@ def check_restart_batch(value):
     return check_count(value, "restart_batch", 1)
 
 
+def check_early_stop(value):
+    """early_stop: True, False or "auto" (see Attack._stops_early)."""
+    if value != "auto" and not isinstance(value, bool):
+        raise ValueError(f"early_stop must be True, False or 'auto', got {value!r}")
+    return value
+
+
 def check_targets_match(targeted: bool, targets, attack: str) -> None:
     """targets given exactly when the attack was constructed targeted."""
     if targeted and targets is None:
