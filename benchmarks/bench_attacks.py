@@ -6,7 +6,7 @@ torchattacks, side by side: robust accuracy and time on the same model, points a
 Models: "digits" (SmallCNN trained 10 epochs on the digits train split, the tests' model;
 its 359 test points) and "preact18" (PreActResNet-18 with random weights on 8 uniform
 CIFAR-shaped inputs, labelled by its own clean predictions: timing only). Attacks, L-inf at
-eps 0.15 (digits) or 8/255 (preact18): "apgd-ce" and "apgd-dlr" (100 iterations), "apgd-t"
+eps 0.15 (digits) or 4/255 (preact18): "apgd-ce" and "apgd-dlr" (100 iterations), "apgd-t"
 (DLR-targeted, 9 target classes, 100 iterations each), "fab-t" (FAB-T, 9 target classes, 100
 iterations each), "square" (p_init 0.8, 5000 queries on digits, 500 on preact18; the schedule
 not rescaled, as in AutoAttack) and "autoattack-standard" (the whole standard version: APGD-CE,
@@ -33,7 +33,10 @@ import torch
 from . import harness
 
 NAME = "attacks"
-DIGITS_EPS, CIFAR_EPS = 0.15, 8 / 255
+# preact18 has random weights: at 8/255 every point breaks within a few iterations, which times
+# the early stop of the rows rather than the attack loop; at 4/255 most points stay robust to
+# APGD-CE and the loop runs to the end.
+DIGITS_EPS, CIFAR_EPS = 0.15, 4 / 255
 SEED = 0
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "autoattack-standard")
 

@@ -13,6 +13,7 @@ the official code fails on the shape.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -81,7 +82,7 @@ class Square(Attack):
         """(loss to minimise, margin) at x; margin <= 0: the goal holds."""
         logits = ctx.model.logits(x)
         ctx.count(x.shape[0], backward=False)
-        margin = -attack_loss("cw", logits, y, targets)  # the CW margin is maximised: its negative
+        margin = _margin(logits, y, targets)
         loss = margin if self.loss == "margin" else -attack_loss("ce", logits, y, targets)
         return loss, margin
 
@@ -110,11 +111,15 @@ class Square(Attack):
             cand_loss, cand_margin = self._scores(ctx, cand, state.y, state.targets)
             state.nonfinite |= ~torch.isfinite(cand_loss)
             improved = cand_loss < state.loss
-            keep = improved | (cand_margin <= 0)
-            state.loss = torch.where(improved, cand_loss, state.loss)
-            state.margin = torch.where(keep, cand_margin, state.margin)
-            state.best = torch.where(row_mask(keep, cand), cand, state.best)
             done = cand_margin <= 0
+            if self.loss == "margin":  # the loss is the margin: a success always improves it
+                keep = improved
+                state.loss = state.margin = torch.where(improved, cand_loss, state.loss)
+            else:
+                keep = improved | done
+                state.loss = torch.where(improved, cand_loss, state.loss)
+                state.margin = torch.where(keep, cand_margin, state.margin)
+            state.best = torch.where(row_mask(keep, cand), cand, state.best)
             if bool(done.any()):
                 state.retire(done, best, loss, margin, nonfinite)
         state.retire(None, best, loss, margin, nonfinite)
@@ -140,12 +145,17 @@ class Square(Attack):
 
     def _candidate(self, x0, best, eps, side: int, gen) -> torch.Tensor:
         n, (c, h, w) = x0.shape[0], x0.shape[1:]
+        if self.norm == "linf":
+            # One draw per row for its window's corner and its channels' signs. best + 2 eps s in
+            # the window, clipped to the ball, is x0 + eps s there: the window's channels go to a
+            # vertex of the ball (then the box), the rest stays.
+            u = torch.rand(n, 2 + c, generator=gen, device=x0.device)
+            vh, vw = (u[:, 0] * (h - side)).long(), (u[:, 1] * (w - side)).long()
+            signs = torch.where(u[:, 2:] < 0.5, -1.0, 1.0).to(x0.dtype).reshape(n, c, 1, 1)
+            vertex = torch.addcmul(x0, eps.to(x0.dtype), signs).clamp_(self.lo, self.hi)
+            return torch.where(_window_mask(vh, vw, side, h, w), vertex, best)
         vh, vw = _corners(gen, n, h - side, x0.device), _corners(gen, n, w - side, x0.device)
         window = _window_mask(vh, vw, side, h, w)
-        if self.norm == "linf":
-            radius = eps.to(x0.dtype)
-            cand = best + window * (2 * radius * _signs(gen, (n, c, 1, 1), x0))
-            return torch.minimum(torch.maximum(cand, x0 - radius), x0 + radius).clamp_(self.lo, self.hi)
         delta = (best - x0).to(maths_dtype(x0))
         vh2, vw2 = _corners(gen, n, h - side, x0.device), _corners(gen, n, w - side, x0.device)
         window2 = _window_mask(vh2, vw2, side, h, w)
@@ -213,6 +223,17 @@ class _Active:
         self.targets = None if self.targets is None else self.targets[stay]
 
 
+def _margin(logits: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor]) -> torch.Tensor:
+    """z_y - max_{j != y} z_j (targeted: max_{j != t} z_j - z_t), in float32 (float64 for
+    float64 logits): the negative of the CW margin loss, written out in four ops because the
+    loop calls it once per query on few rows (no gradient is taken)."""
+    z = logits if logits.dtype == torch.float64 else logits.float()
+    k = (y if targets is None else targets)[:, None]
+    own = z.gather(1, k)[:, 0]
+    other = z.scatter(1, k, -math.inf).amax(1)
+    return own - other if targets is None else other - own
+
+
 def _signs(gen: torch.Generator, shape, like: torch.Tensor) -> torch.Tensor:
     """Uniform +-1 of like's dtype and device."""
     u = torch.rand(shape, generator=gen, device=like.device)
@@ -226,12 +247,18 @@ def _corners(gen: torch.Generator, n: int, span: int, device) -> torch.Tensor:
 
 def _window_mask(vh: torch.Tensor, vw: torch.Tensor, side: int, h: int, w: int) -> torch.Tensor:
     """bool (n, 1, H, W): each row's side x side window at (vh, vw), as the product of its
-    row band and its column band."""
-    i = torch.arange(h, device=vh.device)
-    j = torch.arange(w, device=vh.device)
-    rows = (i >= vh[:, None]) & (i < vh[:, None] + side)  # (n, H)
-    cols = (j >= vw[:, None]) & (j < vw[:, None] + side)  # (n, W)
-    return (rows[:, None, :, None] & cols[:, None, None, :])
+    row band and its column band (looked up in a table of the bands of that side)."""
+    rows = _bands(side, h, vh.device)[vh]  # (n, H)
+    cols = _bands(side, w, vh.device)[vw]  # (n, W)
+    return rows[:, None, :, None] & cols[:, None, None, :]
+
+
+@functools.lru_cache(maxsize=64)
+def _bands(side: int, size: int, device) -> torch.Tensor:
+    """bool (max(size - side, 1), size): row k is the band [k, k + side)."""
+    start = torch.arange(max(size - side, 1), device=device)[:, None]
+    i = torch.arange(size, device=device)[None, :]
+    return (i >= start) & (i < start + side)
 
 
 def _window_index(start: torch.Tensor, side: int) -> torch.Tensor:
