@@ -76,13 +76,28 @@ def test_eps_schedule_runs_three_stages_and_counts_their_passes(digits_model, di
     assert eps_stages(10) == [(3.0, 3), (2.0, 3), (1.0, 4)]
     x, y = digits_test_set[0][:64], digits_test_set[1][:64]
     robust = int((digits_model(x).argmax(1) == y).sum())
-    plain = APGD(digits_model, eps=1.0, norm="l1", steps=10, seed=0).run(x, y)
-    staged = APGD(digits_model, eps=1.0, norm="l1", steps=10, seed=0, eps_schedule=True).run(x, y)
+    plain = APGD(digits_model, eps=1.0, norm="l1", steps=10, seed=0, early_stop=False).run(x, y)
+    staged = APGD(digits_model, eps=1.0, norm="l1", steps=10, seed=0, eps_schedule=True, early_stop=False).run(x, y)
     assert plain.backwards == robust * 11
     assert staged.backwards == robust * (10 + 3)  # each stage starts with a gradient at its start
     assert (l1(staged.x_adv - x) <= 1.0 + 1e-5).all()  # only the last stage's points count
     with pytest.raises(ValueError, match="eps_schedule: .* APGD-L1's; norm is 'linf'"):
         APGD(digits_model, eps_schedule=True)
+
+
+@pytest.mark.parametrize("schedule", [False, True])
+def test_apgd_l1_early_stop_keeps_the_successes(schedule, digits_model, digits_test_set):
+    """Rows leave at their first success (in the last stage only, with the schedule): the same
+    rows succeed, with fewer passes."""
+    x, y = digits_test_set
+    kwargs = dict(eps=1.0, norm="l1", steps=20, seed=0, eps_schedule=schedule)
+    full = APGD(digits_model, early_stop=False, **kwargs).run(x, y)
+    early = APGD(digits_model, early_stop=True, **kwargs).run(x, y)
+    assert torch.equal(early.success, full.success) and early.success.any()
+    assert early.backwards < full.backwards
+    assert (l1(early.x_adv - x) <= 1.0 + 1e-5).all()
+    with torch.no_grad():
+        assert torch.equal(digits_model(early.x_adv).argmax(1) != y, early.success)
 
 
 def test_pgd_l1_sparse_steps(digits_model, digits_test_set):

@@ -132,7 +132,7 @@ class APGD(Attack):
         retired = Retirement(state) if self._stops_early(ctx, rows) else None
         for i in range(self.steps):
             if retired is not None and bool(state.success.any()):
-                rows = retired.retire(state, rows, state.success)
+                rows, _ = retired.retire(state, rows, state.success)
                 loss_fn = rows.loss_fn(self.loss)
                 if rows.n == 0:
                     break

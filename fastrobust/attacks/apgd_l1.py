@@ -20,7 +20,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .apgd_state import APGDState
+from .apgd_state import APGDState, Retirement
 from .l1_ball import project_l1_box
 from .rows import RowOutcome, Rows, maths_dtype, row_mask
 
@@ -63,8 +63,11 @@ class L1Pass:
         noise = torch.randn(x0.shape, generator=self.rows.generator, device=x0.device, dtype=maths_dtype(x0))
         return self.project(x0 + noise.to(x0.dtype), eps)
 
-    def run(self, ctx, eps: torch.Tensor, steps: int, start: Optional[torch.Tensor]) -> Tuple[RowOutcome, torch.Tensor]:
-        """(outcome, highest-loss point) of `steps` iterations at radius eps (per row or one)."""
+    def run(self, ctx, eps: torch.Tensor, steps: int, start: Optional[torch.Tensor],
+            stop_early: bool = False) -> Tuple[RowOutcome, Optional[torch.Tensor]]:
+        """(outcome, highest-loss point) of `steps` iterations at radius eps (per row or one).
+        stop_early: rows leave at their first success (APGD's early_stop); the highest-loss
+        point is then not returned (None)."""
         rows, attack = self.rows, self.attack
         x0, n = rows.x0, rows.n
         dims = x0[0].numel()
@@ -81,7 +84,16 @@ class L1Pass:
             sparsity = _l0(x - x0)
             topk = sparsity / dims / _TOPK_SHRINK
         interval = max(int(0.04 * steps), 1)
+        retired = Retirement(state) if stop_early else None
         for i in range(steps):
+            if retired is not None and bool(state.success.any()):
+                rows, stay = retired.retire(state, rows, state.success)
+                self.rows, self.loss_fn = rows, rows.loss_fn(attack.loss)
+                radius, step, topk, sparsity = (t[stay] for t in (radius, step, topk, sparsity))
+                eps = eps if eps.numel() == 1 else eps[stay]
+                x0, n = rows.x0, rows.n
+                if n == 0:
+                    break
             state.x = self.project(self._sparse_step(state.x, state.grad, step, topk, dims), eps)
             logits, loss, grad = attack._loss_and_grad(ctx, state.x, self.loss_fn)
             ctx.count(n * attack.eot_iter, backward=True)
@@ -95,6 +107,8 @@ class L1Pass:
                 sparsity = current
                 state.x = torch.where(row_mask(sparser, state.x), state.x_best, state.x)
                 state.grad = torch.where(row_mask(sparser, state.grad), state.grad_best, state.grad)
+        if retired is not None:
+            return RowOutcome(*retired.result(state)), None
         return RowOutcome(state.x_out, state.loss_out, state.success, state.nonfinite), state.x_best
 
     @staticmethod
@@ -113,13 +127,15 @@ class L1Pass:
 
 
 def run_l1(attack, ctx, rows: Rows, loss_fn) -> RowOutcome:
-    """APGD's pass for norm="l1": one run, or the eps_schedule's three stages."""
+    """APGD's pass for norm="l1": one run, or the eps_schedule's three stages (early_stop in
+    the last one only: successes at the larger radii do not count)."""
     l1 = L1Pass(attack, rows, loss_fn)
+    stop_early = attack._stops_early(ctx, rows)
     if not attack.eps_schedule:
-        return l1.run(ctx, rows.eps, attack.steps, None)[0]
+        return l1.run(ctx, rows.eps, attack.steps, None, stop_early)[0]
     stages = eps_stages(attack.steps)
     start = l1.random_start(rows.eps * stages[0][0])
     outcome = None
-    for factor, steps in stages:
-        outcome, start = l1.run(ctx, rows.eps * factor, steps, start)
+    for k, (factor, steps) in enumerate(stages):
+        outcome, start = l1.run(ctx, rows.eps * factor, steps, start, stop_early and k == len(stages) - 1)
     return outcome

@@ -92,13 +92,13 @@ class Retirement:
         self.x, self.loss = state.x_out.clone(), state.loss_out.clone()
         self.success, self.nonfinite = state.success.clone(), state.nonfinite.clone()
 
-    def retire(self, state: APGDState, rows: Rows, done: torch.Tensor) -> Rows:
-        """Moves the rows `done` out of `state`; returns the rows that stay."""
+    def retire(self, state: APGDState, rows: Rows, done: torch.Tensor):
+        """Moves the rows `done` out of `state`; returns (the rows that stay, their index)."""
         self._write(state, done)
         stay = (~done).nonzero()[:, 0]
         self.position = self.position[stay]
         state.keep_rows(stay)
-        return rows_subset(rows, stay)
+        return rows_subset(rows, stay), stay
 
     def result(self, state: APGDState):
         self._write(state, torch.ones_like(state.success))
