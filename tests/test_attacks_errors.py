@@ -40,6 +40,16 @@ Y = torch.tensor([0, 1, 2])
     (lambda: attacks.APGD(MODEL, n_target_classes=0), "n_target_classes"),
     (lambda: attacks.APGD(MODEL, rho=-0.5), "rho"),
     (lambda: attacks.APGD(MODEL, momentum=1.5), "momentum"),
+    (lambda: attacks.APGD(MODEL, eot_iter=0), "eot_iter must be an integer >= 1"),
+    (lambda: attacks.APGD(MODEL, early_stop="yes"), "early_stop must be True, False or 'auto'"),
+    (lambda: attacks.FAB(MODEL, steps=-1), "steps must be an integer >= 0"),
+    (lambda: attacks.FAB(MODEL, restarts=0), "restarts must be an integer >= 1"),
+    (lambda: attacks.FAB(MODEL, alpha_max=1.5), r"alpha_max must be a number in \[0, 1\]"),
+    (lambda: attacks.FAB(MODEL, beta=-0.1), r"beta must be a number in \[0, 1\]"),
+    (lambda: attacks.FAB(MODEL, eta=0.5), "eta must be a finite number >= 1"),
+    (lambda: attacks.FAB(MODEL, norm="l3"), "norm must be 'linf' .* or 'l1'"),
+    (lambda: attacks.FAB(MODEL, cuda_graph=True), "cuda_graph: FAB"),
+    (lambda: attacks.FAB(MODEL, early_stop=None), "early_stop"),
 ])
 def test_bad_construction(make, match):
     with pytest.raises(ValueError, match=match):

@@ -1,17 +1,18 @@
 """FAB / FAB-T (fastrobust.attacks.FAB): its projection against the bisection reference, the
 exact boundary distance of a linear model, the sample-by-sample reference on a trained CNN,
-targets, restarts as row groups, the preset, counts and bad arguments."""
+targets, restarts as row groups, early stopping, the preset and counts (bad arguments:
+test_attacks_errors.py)."""
 import math
 
 import pytest
 import torch
-from torch import nn
 
 from fastrobust.attacks import FAB, functional
 from fastrobust.attacks.boundary_projection import hyperplane_step
 from fastrobust.eval.presets import PRESETS
 from fastrobust.reference.fab import fab as reference_fab
 from fastrobust.reference.fab import hyperplane_step as reference_step
+from linear_problem import boundary_distances, linear_problem
 
 NORMS = ["linf", "l2", "l1"]
 P = {"linf": math.inf, "l2": 2, "l1": 1}
@@ -51,18 +52,6 @@ def test_projection_matches_the_reference(norm, box):
     assert reached.float().mean() > 0.5
 
 
-def linear_problem(seed=0, classes=5):
-    gen = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 3 * 3, classes)).double()
-    with torch.no_grad():
-        model[1].weight.copy_(torch.randn(classes, 18, generator=gen, dtype=torch.float64))
-        model[1].bias.copy_(torch.randn(classes, generator=gen, dtype=torch.float64))
-    x = 0.5 + 0.02 * torch.randn(48, 2, 3, 3, generator=gen, dtype=torch.float64)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return model, x, y
-
-
 @pytest.mark.parametrize("norm", NORMS)
 def test_closest_point_of_a_linear_model(norm):
     """For f(x) = W x + b the distance to the nearest boundary is min_k |f_k - f_y| /
@@ -71,10 +60,7 @@ def test_closest_point_of_a_linear_model(norm):
     model, x, y = linear_problem()
     result = FAB(model, eps=math.inf, norm=norm, steps=100).run(x, y)
     assert result.success.all()
-    w, b = model[1].weight.detach(), model[1].bias.detach()
-    f = x.flatten(1) @ w.t() + b
-    exact = torch.tensor([min(abs(float(f[i, k] - f[i, y[i]])) / float((w[k] - w[y[i]]).norm(p=DUAL[norm]))
-                              for k in range(5) if k != y[i]) for i in range(48)], dtype=torch.float64)
+    exact = boundary_distances(model, x, y, DUAL[norm])
     ratio = sizes(result.x_adv - x, norm) / exact
     assert (ratio >= 1 - 1e-9).all() and (ratio <= 1.01).all(), (ratio.min(), ratio.max())
 
@@ -173,20 +159,6 @@ def test_counts_functional_form_and_presets(digits_model, digits_test_set):
     fab_t = PRESETS["fab-t"].build(digits_model, 0.1)
     assert isinstance(fab_t, FAB) and fab_t.targeted and (fab_t.n_target_classes, fab_t.steps) == (9, 100)
     assert not PRESETS["fab"].build(digits_model, 0.5, norm="l1").targeted
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    ({"steps": -1}, "steps must be an integer >= 0"),
-    ({"restarts": 0}, "restarts must be an integer >= 1"),
-    ({"alpha_max": 1.5}, r"alpha_max must be a number in \[0, 1\]"),
-    ({"beta": -0.1}, r"beta must be a number in \[0, 1\]"),
-    ({"eta": 0.5}, "eta must be a finite number >= 1"),
-    ({"norm": "l3"}, "norm must be 'linf' .* or 'l1'"),
-    ({"cuda_graph": True}, "cuda_graph: FAB"),
-])
-def test_bad_arguments_name_the_argument(kwargs, message, digits_model):
-    with pytest.raises(ValueError, match=message):
-        FAB(digits_model, **kwargs)
 
 
 def test_targets_need_a_targeted_attack_and_enough_classes(digits_model, digits_test_set):

@@ -4,12 +4,12 @@ Classes are called like torchattacks' (`PGD(model, eps=8/255)(x, y)` returns x_a
 `.run(x, y)` returns an AttackResult with success flags, losses and pass counts);
 fastrobust.attacks.functional has the same attacks as functions.
 
-    PGD              Madry PGD, L-inf/L2, random start, restarts folded into the batch, targeted, CE/CW/DLR
+    PGD              Madry PGD, L-inf/L2/L1 (sparse L1 steps), random start, restarts folded into the batch, targeted, CE/CW/DLR
     FATPGD, fat_tau  FAT's early-stopped PGD and its dynamic tau schedule
     AlternatingPGD   alternating-objectives PGD (CE/CW/DLR schedules)
     HypocriticalPGD  descent on CE towards the true class (hypocritical examples)
-    APGD             AutoAttack's APGD-CE / APGD-DLR / APGD-T
-    Square           the score-based Square attack (no gradients), L-inf/L2, AutoAttack's schedule
+    APGD             AutoAttack's APGD-CE / APGD-DLR / APGD-T, L-inf/L2/L1 (APGD-L1)
+    Square           the score-based Square attack (no gradients), L-inf/L2/L1, AutoAttack's schedule
     FAB              the minimal-perturbation FAB / FAB-T, L-inf/L2/L1 (AutoAttack's)
     DeepFool         the minimal-perturbation DeepFool, L2/L-inf, rows batched
     CarliniWagnerL2  Carlini-Wagner's L2 optimisation attack (Adam in tanh space, binary search on c)
