@@ -19,6 +19,15 @@ BOXES = [(0.0, 1.0), (-1.0, 1.0)]
 CLASSES = 5
 
 
+def linear_model_and_inputs(g, batch, shape, lo, hi):
+    """A float64 linear classifier over `shape` and a batch of inputs uniform in [lo, hi]."""
+    features = math.prod(shape)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(features, CLASSES)).double()
+    with torch.no_grad():
+        model[1].weight.copy_(3 * torch.randn(CLASSES, features, generator=g, dtype=torch.float64))
+    return model, lo + (hi - lo) * torch.rand(batch, *shape, generator=g, dtype=torch.float64)
+
+
 def make_attack(kind, model, eps, steps, norm, lo, hi, seed):
     common = dict(eps=eps, norm=norm, lo=lo, hi=hi, seed=seed)
     alpha = eps / 3
@@ -49,11 +58,7 @@ MAXIMISED_LOSS = {"pgd": "ce", "pgd-cw-loss": "cw", "pgd-dlr-last": "dlr", "fat"
 def test_result_in_ball_and_box_and_described_by_flags(kind, batch, shape, box, norm, eps, steps, seed):
     g = torch.Generator().manual_seed(seed)
     lo, hi = box
-    features = math.prod(shape)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(features, CLASSES)).double()
-    with torch.no_grad():
-        model[1].weight.copy_(3 * torch.randn(CLASSES, features, generator=g, dtype=torch.float64))
-    x = lo + (hi - lo) * torch.rand(batch, *shape, generator=g, dtype=torch.float64)
+    model, x = linear_model_and_inputs(g, batch, shape, lo, hi)
     y = torch.randint(0, CLASSES, (batch,), generator=g)
 
     result = make_attack(kind, model, eps, steps, norm, lo, hi, seed).run(x, y)
@@ -127,11 +132,7 @@ def test_search_and_l1_attacks_stay_in_the_ball_and_the_box(kind, norm_pick, bat
     norm = norms[norm_pick % len(norms)]
     g = torch.Generator().manual_seed(seed)
     lo, hi = box
-    features = math.prod(shape)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(features, CLASSES)).double()
-    with torch.no_grad():
-        model[1].weight.copy_(3 * torch.randn(CLASSES, features, generator=g, dtype=torch.float64))
-    x = lo + (hi - lo) * torch.rand(batch, *shape, generator=g, dtype=torch.float64)
+    model, x = linear_model_and_inputs(g, batch, shape, lo, hi)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     elif layout == "strided":
@@ -152,3 +153,12 @@ def test_search_and_l1_attacks_stay_in_the_ball_and_the_box(kind, norm_pick, bat
     assert torch.equal(result.success, pred != y)
     if kind in NO_GRADIENT:
         assert result.backwards == 0
+
+
+@pytest.mark.parametrize("kind", sorted(SEARCH_NORMS))
+def test_search_and_l1_attacks_take_an_empty_batch(kind):
+    g = torch.Generator().manual_seed(0)
+    model, x = linear_model_and_inputs(g, 0, (2, 5, 5), 0.0, 1.0)
+    result = make_search_attack(kind, model, 0.5, SEARCH_NORMS[kind][0], 0.0, 1.0, 0).run(
+        x, torch.zeros(0, dtype=torch.long))
+    assert result.x_adv.shape == x.shape and result.success.shape == (0,)

@@ -22,7 +22,7 @@ import torch
 
 from .apgd_state import APGDState, Retirement
 from .l1_ball import project_l1_box
-from .rows import RowOutcome, Rows, maths_dtype, row_mask
+from .rows import RowOutcome, Rows, expand_rows, maths_dtype, row_mask
 
 _SPARSER = 0.95  # sparsity ratio below which a checkpoint restarts from the best point
 _TOPK_SHRINK = 1.5  # topk = L0 / dims / 1.5, and the step's decay
@@ -40,7 +40,7 @@ def _in_layout(ref: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def _l0(delta: torch.Tensor) -> torch.Tensor:
-    return (delta != 0).reshape(delta.shape[0], -1).sum(1).to(maths_dtype(delta))
+    return (delta != 0).flatten(1).sum(1).to(maths_dtype(delta))
 
 
 class L1Pass:
@@ -70,12 +70,12 @@ class L1Pass:
         point is then not returned (None)."""
         rows, attack = self.rows, self.attack
         x0, n = rows.x0, rows.n
-        dims = x0[0].numel()
+        dims = x0.shape[1:].numel()
         x = self.random_start(eps) if start is None else self.project(start, eps)
         logits, loss, grad = attack._loss_and_grad(ctx, x, self.loss_fn)
         ctx.count(n * attack.eot_iter, backward=True)
         state = APGDState(rows, x, loss, grad, rows.reached(logits))
-        radius = eps.to(maths_dtype(x0)).expand(n) if eps.numel() == 1 else eps.to(maths_dtype(x0))
+        radius = expand_rows(eps, n, maths_dtype(x0))
         step = radius.clone()
         if start is None:
             topk = torch.full((n,), 0.2, dtype=radius.dtype, device=x0.device)
@@ -116,13 +116,12 @@ class L1Pass:
                      dims: int) -> torch.Tensor:
         """x + step * sign(g_top) / ||sign(g_top)||_1, g_top the coordinates of g at or above the
         row's (1 - topk) quantile of |g|."""
-        n = x.shape[0]
-        magnitude = grad.reshape(n, -1).abs()
+        magnitude = grad.flatten(1).abs()
         rank = ((1 - topk) * dims).clamp(0, dims - 1).long()
         threshold = magnitude.sort(dim=1)[0].gather(1, rank[:, None])
-        direction = torch.sign(grad.reshape(n, -1)) * (magnitude >= threshold)
+        direction = torch.sign(grad.flatten(1)) * (magnitude >= threshold)
         length = direction.abs().sum(1, keepdim=True) + 1e-10
-        moved = x.reshape(n, -1).to(step.dtype) + step[:, None] * direction.to(step.dtype) / length
+        moved = x.flatten(1).to(step.dtype) + step[:, None] * direction.to(step.dtype) / length
         return moved.reshape(x.shape)
 
 

@@ -21,7 +21,7 @@ from .boundary_projection import hyperplane_step
 from .engine import Attack, Plan, Scalar
 from .final_point import evaluate_point
 from .objectives import check_target_classes, objective, ranked_targets, reached
-from .rows import RowOutcome, Rows, maths_dtype, row_mask, rows_subset
+from .rows import RowOutcome, Rows, expand_rows, maths_dtype, row_mask, rows_subset
 from .validation import check_count, check_early_stop, check_restart_batch
 
 _NO_POINT = 1e10  # the distance of a row that has found no misclassified point yet
@@ -29,7 +29,7 @@ _NO_POINT = 1e10  # the distance of a row that has found no misclassified point 
 
 def lp_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
     """Per-row L-inf / L2 / L1 norm of a (n, ...) tensor."""
-    flat = delta.reshape(delta.shape[0], -1)
+    flat = delta.flatten(1)
     if norm == "linf":
         return flat.abs().amax(1)
     if norm == "l2":
@@ -115,9 +115,10 @@ class FAB(Attack):
 
     def _run_rows(self, ctx, rows: Rows, evaluate: bool) -> RowOutcome:
         full = rows
-        x0 = rows.x0.to(maths_dtype(rows.x0))
+        clean = rows.x0.to(maths_dtype(rows.x0))
         n = rows.n
-        eps = rows.eps.to(x0.dtype).expand(n) if rows.eps.numel() == 1 else rows.eps.to(x0.dtype)
+        radius = expand_rows(rows.eps, n, clean.dtype)
+        x0, eps = clean, radius  # the rows still in the pass (all of them until some leave)
         x = self._start(rows, x0, eps)
         best = x0.clone()
         dist = torch.full((n,), _NO_POINT, dtype=x0.dtype, device=x0.device)
@@ -136,17 +137,15 @@ class FAB(Attack):
                         break
             x, best, dist = self._iteration(ctx, rows, x, x0, best, dist)
         out_best[position], out_dist[position] = best, dist
-        eps = full.eps.to(x0.dtype).expand(full.n) if full.eps.numel() == 1 else full.eps.to(x0.dtype)
-        x0 = full.x0.to(out_best.dtype)
-        kept = out_dist <= eps
-        x_adv = torch.where(row_mask(kept, out_best), out_best, x0).to(full.x0.dtype)
+        kept = out_dist <= radius
+        x_adv = torch.where(row_mask(kept, out_best), out_best, clean).to(full.x0.dtype)
         return evaluate_point(ctx, full, self._layout(x_adv), evaluate)
 
     def _iteration(self, ctx, rows: Rows, x, x0, best, dist):
         """One FAB step of every row: (x, best, dist) after it."""
         n = rows.n
         w, b = self._boundary(ctx, rows, x)
-        step = hyperplane_step(torch.cat((x.reshape(n, -1), x0.reshape(n, -1))), torch.cat((w, w)),
+        step = hyperplane_step(torch.cat((x.flatten(1), x0.flatten(1))), torch.cat((w, w)),
                                torch.cat((b, b)), self.norm, self.lo, self.hi)
         size = lp_norms(step, self.norm).clamp(min=1e-8)
         alpha = row_mask((size[:n] / (size[:n] + size[n:])).clamp(0, self.alpha_max), x)
@@ -175,12 +174,12 @@ class FAB(Attack):
             gap = logits[rows_i, rows.targets] - logits[rows_i, rows.y]
             (grad,) = torch.autograd.grad(gap.sum(), x_in)
             ctx.backwards += n
-            w = grad.to(x.dtype).reshape(n, -1)
+            w = grad.to(x.dtype).flatten(1)
             f = gap.detach().to(x.dtype)
         else:
             classes = logits.shape[1]
             grads = torch.stack([torch.autograd.grad(logits[:, k].sum(), x_in, retain_graph=k + 1 < classes)[0]
-                                 for k in range(classes)], 1).to(x.dtype).reshape(n, classes, -1)
+                                 for k in range(classes)], 1).to(x.dtype).flatten(2)
             ctx.backwards += classes * n
             z = logits.detach().to(x.dtype)
             gaps = z - z[rows_i, rows.y][:, None]
@@ -188,7 +187,7 @@ class FAB(Attack):
             gaps[rows_i, rows.y] = _NO_POINT  # the label's own "boundary" is never the nearest
             nearest = (gaps.abs() / (dual_norms(normals, self.norm) + 1e-12)).argmin(1)
             w, f = normals[rows_i, nearest], gaps[rows_i, nearest]
-        b = -f + (w * x.reshape(n, -1)).sum(1)
+        b = -f + (w * x.flatten(1)).sum(1)
         return w, b
 
     def _start(self, rows: Rows, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

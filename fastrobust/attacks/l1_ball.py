@@ -22,7 +22,7 @@ def project_l1_box(x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, lo: floa
     """The perturbation delta closest to y (Euclidean) with ||delta||_1 <= eps and
     lo <= x + delta <= hi. x, y: (n, ...); eps: (n,) or (1,); returns delta shaped like y."""
     n = y.shape[0]
-    flat_x, flat_y = x.reshape(n, -1), y.reshape(n, -1)
+    flat_x, flat_y = x.flatten(1), y.flatten(1)
     size = flat_y.abs()
     room = torch.where(flat_y >= 0, hi - flat_x, flat_x - lo).clamp(min=0)
     eps = eps.to(flat_y.dtype).reshape(-1, 1).expand(n, 1)
@@ -55,8 +55,7 @@ def sparse_l1_step_(x: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor, eps: 
     """PGD's L1 step, in place on x: alpha along sign(g) on the round((1 - sparsity) * dims)
     coordinates of largest |g| (at least one), normalised to L1 length 1 (the sparse L1
     descent of Tramer & Boneh 2019), then projected onto the eps L1 ball within the box."""
-    n = x.shape[0]
-    flat = grad.reshape(n, -1)
+    flat = grad.flatten(1)
     dims = flat.shape[1]
     count = min(max(int(round((1 - sparsity) * dims)), 1), dims)
     top = flat.abs().topk(count, dim=1).indices
@@ -64,16 +63,16 @@ def sparse_l1_step_(x: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor, eps: 
     direction = direction / (direction.abs().sum(1, keepdim=True) + 1e-12)
     dtype = alpha.dtype
     step = alpha.reshape(-1, 1).to(dtype) * direction.to(dtype) * (-1 if descent else 1)
-    delta = (x - x0).reshape(n, -1).to(dtype) + step
-    delta = project_l1_box(x0.reshape(n, -1).to(dtype), delta, eps, lo, hi)
-    return x.copy_((x0.reshape(n, -1).to(dtype) + delta).reshape(x.shape))
+    delta = (x - x0).flatten(1).to(dtype) + step
+    delta = project_l1_box(x0.flatten(1).to(dtype), delta, eps, lo, hi)
+    return x.copy_((x0.flatten(1).to(dtype) + delta).reshape(x.shape))
 
 
 def uniform_l1_start(x0: torch.Tensor, eps: torch.Tensor, lo: float, hi: float, generator) -> torch.Tensor:
     """A point uniform in the eps L1 ball around each row (a Laplace direction scaled to L1 norm
     eps * U^(1/dims)), projected onto the box (and the ball): a new tensor in x0's layout."""
     n = x0.shape[0]
-    dims = x0[0].numel()
+    dims = x0.shape[1:].numel()
     dtype = torch.float64 if x0.dtype == torch.float64 else torch.float32
     u = torch.rand((n, dims), generator=generator, device=x0.device, dtype=dtype).clamp(min=1e-12)
     laplace = torch.where(torch.rand((n, dims), generator=generator, device=x0.device, dtype=dtype) < 0.5, 1.0, -1.0) \
@@ -81,5 +80,5 @@ def uniform_l1_start(x0: torch.Tensor, eps: torch.Tensor, lo: float, hi: float, 
     radius = eps.to(dtype).reshape(-1, 1) * torch.rand((n, 1), generator=generator, device=x0.device,
                                                          dtype=dtype).pow(1 / dims)
     delta = laplace / laplace.abs().sum(1, keepdim=True) * radius
-    delta = project_l1_box(x0.reshape(n, -1).to(dtype), delta, eps, lo, hi)
-    return torch.empty_like(x0).copy_((x0.reshape(n, -1).to(dtype) + delta).reshape(x0.shape))
+    delta = project_l1_box(x0.flatten(1).to(dtype), delta, eps, lo, hi)
+    return torch.empty_like(x0).copy_((x0.flatten(1).to(dtype) + delta).reshape(x0.shape))

@@ -30,6 +30,12 @@ def maths_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def expand_rows(value: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """(n,) in dtype: a per-row eps/alpha tensor (one value (1,) or one per row)."""
+    value = value.to(dtype)
+    return value.expand(n) if value.numel() == 1 else value
+
+
 def per_row_values(value: Scalar, index: Optional[torch.Tensor], groups: int, x: torch.Tensor) -> torch.Tensor:
     """eps/alpha for the rows: one value (1,), or per-sample values picked by `index` and
     folded; in maths_dtype(x), on x's device."""
