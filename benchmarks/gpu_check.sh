@@ -10,8 +10,14 @@
 # step never stops the next one. Exit status: 0 when every step passed, 1 otherwise.
 # Environment: PYTHON (default python, else python3); GPU_CHECK_BUDGET_S (default 570: the
 # steps share this many seconds, each also has its own cap); SKIP_BUILD=1 uses the build that
-# is already there; WHEELHOUSE (default ./.whl) is a folder of wheels for the test tools when
-# there is no internet.
+# is already there; FR_EMULATE_CUDA (default 1; 0 skips the emulator's translation units, which
+# CI tests anyway, for a faster build); GPU_CHECK_TESTS (default: the whole suite; e.g.
+# "-m cuda" for the tests that run on the GPU alone); GPU_CHECK_WORKERS (default 8: pytest-xdist
+# workers when it is installed, 0 for none); GPU_CHECK_SUITES (default "sparta nlm cifs pgd
+# attacks train": the benchmark suites, in this order, each its own step so that a suite cut
+# off by the budget keeps the ones before it); GPU_CHECK_BENCH_ARGS (extra arguments of
+# benchmarks.run, e.g. --no-compile); WHEELHOUSE (default ./.whl) is a folder of wheels for the
+# test tools when there is no internet.
 set -u
 
 cd "$(dirname "$0")/.."
@@ -102,7 +108,7 @@ environment() {  # fails only when nvidia-smi does: the rest is for the record
 }
 
 build() {
-  env MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 FORCE_CUDA=1 FR_EMULATE_CUDA=1 \
+  env MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 FORCE_CUDA=1 FR_EMULATE_CUDA="${FR_EMULATE_CUDA:-1}" \
     "$PY" -m pip install --no-build-isolation --no-deps -v -e .
 }
 
@@ -124,8 +130,20 @@ sanitize() {
     "$PY" benchmarks/gpu_smoke.py --device cuda
 }
 
-export PY WHEELHOUSE
-export -f find_sanitizer install_test_tools environment build import_check sanitize
+# The suite in parallel when pytest-xdist is there: one intra-op thread per worker, so that
+# the workers do not fight over the cores.
+tests() {
+  local args=(-q -rA -p no:cacheprovider --junitxml="$OUT/junit.xml")
+  if (( ${GPU_CHECK_WORKERS:-8} > 0 )) && "$PY" -c "import xdist" 2>/dev/null; then
+    args+=(-n "${GPU_CHECK_WORKERS:-8}")
+    export OMP_NUM_THREADS=1
+  fi
+  # shellcheck disable=SC2086  # GPU_CHECK_TESTS is a list of pytest arguments
+  "$PY" -m pytest tests "${args[@]}" ${GPU_CHECK_TESTS:-}
+}
+
+export PY WHEELHOUSE OUT
+export -f find_sanitizer install_test_tools environment build import_check sanitize tests
 
 echo "gpu_check: out=$OUT python=$PY budget=${BUDGET}s"
 run_step environment 60 environment
@@ -136,12 +154,16 @@ else
   run_step build 300 build
 fi
 run_step import_check 60 import_check
-run_step tests 200 "$PY" -m pytest tests -q -rA -p no:cacheprovider --junitxml="$OUT/junit.xml"
+run_step tests 200 tests
 run_step smoke 60 "$PY" benchmarks/gpu_smoke.py --device cuda
 run_step memcheck 120 sanitize memcheck
 run_step racecheck 120 sanitize racecheck
 run_step synccheck 90 sanitize synccheck
-run_step benchmarks 240 "$PY" -m benchmarks.run all --device cuda --out "$OUT" --min-run-time 0.1 --rounds 3
+for suite in ${GPU_CHECK_SUITES:-sparta nlm cifs pgd attacks train}; do
+  # shellcheck disable=SC2086  # GPU_CHECK_BENCH_ARGS is a list of arguments
+  run_step "bench_$suite" 240 "$PY" -m benchmarks.run "$suite" --device cuda --out "$OUT" \
+    --min-run-time 0.1 --rounds 3 ${GPU_CHECK_BENCH_ARGS:-}
+done
 
 # The report step is not counted in the budget check (REPORT_RESERVE is kept for it).
 if ! timeout 60 "$PY" benchmarks/gpu_report.py --out "$OUT" --steps "$STEPS"; then
