@@ -203,7 +203,8 @@ def build_report(out_dir: Path, steps_file: Path) -> dict:
     return {
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "passed": bool(steps) and all(s["status"] in ("passed", "skipped_by_request") for s in steps),
-        # A copy of the working tree without .git (a GPU machine's) names its commit in the environment.
+        # A copy of the working tree sent to a GPU machine may carry no .git, or a stale one: the
+        # command names the commit in the environment.
         "git_commit": os.environ.get("FASTROBUST_GIT_COMMIT") or command_output(["git", "rev-parse", "HEAD"]),
         "source_sha256": source_digest(),
         "host": {"python": platform.python_version(), "platform": platform.platform()},

@@ -518,6 +518,10 @@ def measure_copy_bandwidth(device: str, nbytes: int = COPY_BANDWIDTH_BYTES) -> O
 
 
 def git_commit() -> Optional[str]:
+    """HEAD, or FASTROBUST_GIT_COMMIT where it is set: a copy of the tree sent to a GPU machine
+    may carry no .git, or one older than its files."""
+    if os.environ.get("FASTROBUST_GIT_COMMIT"):
+        return os.environ["FASTROBUST_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                              text=True, timeout=10)

@@ -9,7 +9,7 @@
   the minimal bytes, the worst sector efficiency and bank-conflict factor among its kernels,
   and the roofline bound of the baseline over ours (> 1: ours is modelled faster); and which
   path nlm_gaussian's backend="auto" takes at the NLM shapes, by the same model.
-- "Measured (CPU)": SUITE-cpu.json, time ratios measured in one interleaved run on the machine
+- "Measured (CPU)" and "Measured (GPU)": SUITE-cpu.json and SUITE-cuda.json, time ratios measured in one interleaved run on the machine
   named in its metadata (> 1: fastrobust is faster), the PGD engine's time over the
   forward + input-gradient floor, and the attacks against the official AutoAttack code and
   torchattacks (robust accuracy and time ratios).
@@ -114,7 +114,8 @@ def cpu_rows(cases: List[dict], baselines: Iterable[str]) -> List[List[str]]:
     return [[c["case"]] + [_ratio((c.get("speedup_of_fused") or {}).get(b)) for b in baselines] for c in cases]
 
 
-def cpu_section(directory: Path) -> str:
+def measured_section(directory: Path, device: str) -> str:
+    """The suites' SUITE-DEVICE.json files (device: cpu or cuda)."""
     def render(suite, data):
         baselines = sorted({b for c in data["cases"] for b in (c.get("speedup_of_fused") or {})})
         meta = data["metadata"]
@@ -152,15 +153,35 @@ def cpu_section(directory: Path) -> str:
                 _table(["case", "fastrobust", "official AutoAttack", "torchattacks", "vs official", "vs torchattacks"],
                        rows))
 
-    parts = _suite_parts(directory, CPU_SUITES, "{suite}-cpu.json", render)
-    parts += _suite_parts(directory, ["pgd"], "{suite}-cpu.json", render_pgd)
-    parts += _suite_parts(directory, ["attacks"], "{suite}-cpu.json", render_attacks)
+    parts = _suite_parts(directory, CPU_SUITES, "{suite}-%s.json" % device, render)
+    parts += _suite_parts(directory, ["pgd"], "{suite}-%s.json" % device, render_pgd)
+    parts += _suite_parts(directory, ["attacks"], "{suite}-%s.json" % device, render_attacks)
     return "\n\n".join(parts)
+
+
+def gpu_check_line(directory: Path) -> str:
+    """Which GPU, torch and commit the SUITE-cuda.json files come from, and the steps of the
+    gpu_check.sh run that did not pass."""
+    path = directory / "gpu_check.json"
+    if not path.exists():
+        return f"no {path.name}"
+    report = json.loads(path.read_text())
+    gpu = (report.get("gpus") or [{}])[0]
+    torch_info = report.get("torch") or {}
+    not_passed = [f"{s['name']} ({s['status']})" for s in report.get("steps", [])
+                  if s["status"] not in ("passed", "skipped_by_request")]
+    counts = (report.get("tests") or {}).get("counts", {})
+    return (f"{gpu.get('name', '?')}, driver {gpu.get('driver', '?')}, torch {torch_info.get('version', '?')}, "
+            f"commit {str(report.get('git_commit'))[:8]}, {report.get('timestamp', '?')}; tests "
+            + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+            + ("; steps not passed: " + ", ".join(not_passed) if not_passed else "; every step passed"))
 
 
 def render(directory: Path) -> str:
     return ("### Modelled on an H100 (a model, not a measurement)\n\n" + model_section(directory) +
-            "\n\n" + nlm_dispatch_section(directory) + "\n\n### Measured on the CPU\n\n" + cpu_section(directory) + "\n")
+            "\n\n" + nlm_dispatch_section(directory) + "\n\n### Measured on the CPU\n\n" + measured_section(directory, "cpu") +
+            "\n\n### Measured on a GPU (benchmarks/gpu_check.sh)\n\n" + gpu_check_line(directory) + "\n\n" +
+            measured_section(directory, "cuda") + "\n")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -23,7 +23,7 @@ def test_model_rows_take_the_worst_kernel_of_each_op_call():
 
 
 def test_missing_files_are_named(tmp_path):
-    text = perf_summary.model_section(tmp_path) + perf_summary.cpu_section(tmp_path)
+    text = perf_summary.model_section(tmp_path) + perf_summary.measured_section(tmp_path, "cpu")
     for suite in perf_summary.MODEL_SUITES:
         assert f"no {suite}-h100-model.json" in text
 

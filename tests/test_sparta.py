@@ -209,7 +209,7 @@ BAD_INPUTS = [
     ("weight channels", lambda x, w, b: (x, torch.cat([w, w]), b), r"weight must have shape \(C, 1, k, k\)"),
     ("weight not square", lambda x, w, b: (x, w[..., :1], b), r"weight must have shape"),
     ("weight rank", lambda x, w, b: (x, w[:, 0], b), r"weight must be a 4-D tensor"),
-    ("even kernel", lambda x, w, b: (x, torch.zeros(3, 1, 2, 2), b), r"weight: kernel size must be odd"),
+    ("even kernel", lambda x, w, b: (x, w.new_zeros(3, 1, 2, 2), b), r"weight: kernel size must be odd"),
     ("bias shape", lambda x, w, b: (x, w, b[:2]), r"bias must have shape"),
     ("weight dtype", lambda x, w, b: (x, w.double(), b), r"weight must have the dtype of x"),
     ("bias dtype", lambda x, w, b: (x, w, b.double()), r"bias must have the dtype of x"),
