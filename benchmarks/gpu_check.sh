@@ -155,6 +155,9 @@ else
 fi
 run_step import_check 60 import_check
 run_step tests 200 tests
+# Whether this machine's compiler and libstdc++ let a C++ error message carry a number (they did
+# not on the first GPU machine: benchmarks/gpu_toolchain_probe.py says what it builds).
+run_step toolchain 120 "$PY" benchmarks/gpu_toolchain_probe.py
 run_step smoke 60 "$PY" benchmarks/gpu_smoke.py --device cuda
 run_step memcheck 120 sanitize memcheck
 run_step racecheck 120 sanitize racecheck
