@@ -82,10 +82,35 @@ def model_section(directory: Path) -> str:
     return "\n\n".join(_suite_parts(directory, MODEL_SUITES, "{suite}-h100-model.json", render))
 
 
+H200_MEMORY_BYTES = 143771 * 2**20  # what the H200 of the committed GPU run reported
+
+
+def _measured_gaussian_us(directory: Path) -> dict:
+    """(B, C, H, dtype name, pass) -> {path: measured us} from nlm-cuda.json: "materialize" is
+    the reference's time, "sdpa" SDPA's, "kernel" the forced kernel's (or "fused"'s where that
+    ran the kernel)."""
+    path = directory / "nlm-cuda.json"
+    if not path.exists():
+        return {}
+    measured = {}
+    for case in json.loads(path.read_text())["cases"]:
+        name = case["case"].split()
+        if name[0] != "gaussian":
+            continue
+        b, c, h = int(name[1][1:]), int(name[2][1:]), int(name[4].split("x")[0])
+        impls = case["implementations"]
+        times = {"materialize": impls.get("reference", {}).get("median_s"), "sdpa": impls.get("sdpa", {}).get("median_s"),
+                 "kernel": impls.get("kernel", {}).get("median_s")}
+        if times["kernel"] is None and case.get("path") == "kernel":
+            times["kernel"] = impls.get("fused", {}).get("median_s")
+        measured[(b, c, h, name[5], name[6])] = {k: 1e6 * v for k, v in times.items() if v}
+    return measured
+
+
 def nlm_dispatch_section(directory: Path) -> str:
-    """backend="auto"'s choice for nlm_gaussian at the bf16 shapes of the NLM model file, with
-    both paths' modelled times (fastrobust.ops.nlm_dispatch: our kernel's work and bytes as the
-    emulator counts them, SDPA's on the padded problem)."""
+    """backend="auto"'s choice for nlm_gaussian on an H200 at the NLM shapes of the model file
+    (fastrobust.ops.nlm_dispatch: each path's roofline over its efficiency measured there), next
+    to the times nlm-cuda.json measured."""
     path = directory / "nlm-h100-model.json"
     if not path.exists():
         return f"nlm_gaussian dispatch: no {path.name}"
@@ -99,14 +124,27 @@ def nlm_dispatch_section(directory: Path) -> str:
             shape = tuple(int(x) for x in r["case"][r["case"].index("(") + 1:r["case"].index(")")].split(","))
             if shape not in shapes:
                 shapes.append(shape)
+    measured = _measured_gaussian_us(directory)
+    paths = ("kernel", "sdpa", "materialize")
+
+    def cell(expected, got):
+        exp = "-" if expected is None else f"{expected:.0f}"
+        return exp + ("" if got is None else f" / {got:.0f}")
+
     rows = []
-    for b, c, h, w in shapes:
-        for backward in (False, True):
-            decision = nlm_dispatch.decide("cuda", torch.bfloat16, (9, 0), b, c // 2, c, h * w, backward)
-            rows.append([f"B{b} C{c} d{c // 2} {h}x{w}", "fwd+bwd" if backward else "fwd",
-                         f"{decision.kernel_us:.1f}", f"{decision.sdpa_us:.1f}", decision.path])
-    return ("**nlm_gaussian dispatch** (bf16, `backend=\"auto\"`; fastrobust.ops.nlm_dispatch)\n\n" +
-            _table(["case", "pass", "kernel us", "SDPA us (padded)", "auto runs"], rows))
+    for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        for b, c, h, w in shapes:
+            for backward in (False, True):
+                decision = nlm_dispatch.decide("cuda", dtype, (9, 0), b, c // 2, c, h * w, backward, H200_MEMORY_BYTES)
+                got = measured.get((b, c, h, label, "fwd+bwd" if backward else "fwd"), {})
+                fastest = min(got, key=got.get) if got else "-"
+                rows.append([f"B{b} C{c} d{c // 2} {h}x{w} {label}", "fwd+bwd" if backward else "fwd"] +
+                            [cell(decision.expected_us.get(p), got.get(p)) for p in paths] +
+                            [decision.path, fastest])
+    return ("**nlm_gaussian dispatch on an H200** (`backend=\"auto\"`, fastrobust.ops.nlm_dispatch; "
+            "expected us, each path's roofline over its efficiency measured on the H200 / measured us, "
+            "nlm-cuda.json)\n\n" +
+            _table(["case", "pass", "kernel", "SDPA (padded)", "materialize", "auto runs", "measured fastest"], rows))
 
 
 def cpu_rows(cases: List[dict], baselines: Iterable[str]) -> List[List[str]]:

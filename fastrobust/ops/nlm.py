@@ -14,8 +14,10 @@ newer, float16 and bfloat16 inputs run on tensor cores with float32 accumulation
 probabilities, and ds in the backward, are rounded to the input type before their second
 product, as FlashAttention does); float32 runs in float32 FMA (no TF32).
 
-nlm_gaussian(..., backend="auto") runs F.scaled_dot_product_attention instead where that can
-compute the same y fused and a roofline model says it is cheaper (fastrobust.ops.nlm_dispatch).
+nlm_gaussian(..., backend="auto") runs, on a CUDA GPU, whichever of the kernel,
+F.scaled_dot_product_attention and the materialising composition (logits, softmax, product) is
+expected fastest by the efficiencies measured on an H200, where the kernel was the slowest of
+the three at every benchmark shape (fastrobust.ops.nlm_dispatch); on the CPU, the kernel.
 
 nlm_dot is linear in each input, so it needs no kernel: it is two batched GEMMs in the cheaper
 order, theta (phi^T g) / N when that costs fewer flops than forming the N x N affinity.
@@ -51,17 +53,19 @@ def _autocast_inputs(*tensors: torch.Tensor):
 
 def nlm_gaussian(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, scale: Optional[float] = None,
                  backend: str = "auto") -> torch.Tensor:
-    """Softmax non-local means without materialising the N x N affinity.
+    """Softmax non-local means; the kernel never materialises the N x N affinity.
 
     Args:
         theta: queries (B, d, H, W) or (B, d, N).
         phi: keys, theta's shape.
         g: values (B, C, H, W) or (B, C, N), same positions as theta.
         scale: multiplies the logits theta_i . phi_j; default 1/sqrt(d).
-        backend: "auto" (default): F.scaled_dot_product_attention on the widths zero-padded
-            to a common one where it can run fused and an H100 roofline model says it is
-            cheaper (CUDA, float16/bfloat16; fastrobust.ops.nlm_dispatch), our kernel
-            otherwise; "kernel" or "sdpa" force one. nlm_gaussian_path tells which runs.
+        backend: "auto" (default): on a CUDA GPU the path expected fastest among our kernel,
+            F.scaled_dot_product_attention on the widths zero-padded to a common one (float16,
+            bfloat16) and the materialising composition (while the B x N x N logits fit; the
+            efficiencies measured on an H200, fastrobust.ops.nlm_dispatch); our kernel on the
+            CPU. "kernel", "sdpa" or "materialize" force one. nlm_gaussian_path tells which
+            runs.
     All three share dtype (float32/float16/bfloat16; float64 on CPU) and device; any layout.
     Returns y with g's shape (contiguous), differentiable in all three inputs.
 
@@ -77,6 +81,8 @@ def nlm_gaussian(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, scale:
     path = nlm_dispatch.choose(theta, phi, g, backend)
     if path == "sdpa":
         return _reference_sdpa(theta, phi, g, scale)
+    if path == "materialize":
+        return _reference_gaussian(theta, phi, g, scale)
     if has_op("fastrobust", "nlm_gaussian"):
         return torch.ops.fastrobust.nlm_gaussian(theta, phi, g, scale)[0]
     warn_fallback("nlm_gaussian")
@@ -84,8 +90,9 @@ def nlm_gaussian(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, scale:
 
 
 def nlm_gaussian_path(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, backend: str = "auto") -> str:
-    """What nlm_gaussian(theta, phi, g, backend=backend) runs now: "sdpa", "kernel" (our
-    compiled kernel) or "reference" (the materialising fallback: no compiled extension)."""
+    """What nlm_gaussian(theta, phi, g, backend=backend) runs now: "sdpa", "materialize",
+    "kernel" (our compiled kernel) or "reference" (the materialising fallback where the
+    extension is not built)."""
     theta, phi, g = _autocast_inputs(theta, phi, g)
     check_nlm_args(theta, phi, g)
     return nlm_dispatch.built_path(nlm_dispatch.choose(theta, phi, g, backend))

@@ -1,42 +1,68 @@
-"""Which implementation computes nlm_gaussian: our kernel or torch's scaled_dot_product_attention.
+"""Which implementation computes nlm_gaussian: our kernel, torch's scaled_dot_product_attention
+or the materialising composition (logits, softmax, product).
 
 Softmax non-local means is one-head attention with queries theta, keys phi and values g. Our
-kernel exists for what SDPA cannot do (a value width C other than the key width d without
-padding, fp32 and fp64 without materialising the N x N affinity, the log-sum-exp output of
-`torch.ops.fastrobust.nlm_gaussian`); where SDPA can compute the same y, its fused kernels
-(FlashAttention-2, memory-efficient attention, cuDNN) do the work once where ours recomputes
-the logits per output slice. `backend="auto"` picks by a model:
+kernel never materialises the N x N affinity and returns the log-sum-exp that
+`torch.ops.fastrobust.nlm_gaussian` exposes. On the GPU, though, it is not yet the fastest way
+to y: on an H200 (benchmarks/results/nlm-cuda.json) its tensor-core path reached 1-2 % of the
+roofline below, its fp32 path about 10 %, where cuBLAS behind the materialising composition
+reached 33 % (16-bit) and 51 % (fp32) and SDPA's fused kernels 24 %. `backend="auto"` picks by
+that measurement:
 
-- SDPA is a candidate on a CUDA GPU of compute capability 8.0 or newer, for float16 and
-  bfloat16, with N, B > 0. It runs on (B, 1, N, D) copies whose widths are zero-padded to
-  D = max(d, C) rounded up to 8 (equal widths and 16-byte rows: what the fused SDPA kernels
-  accept; zero columns add nothing to the logits, and y drops the padded channels).
-- The model is the H100 roofline (fastrobust.roofline: max(bytes / HBM bandwidth, FLOPs /
-  peak)) of the forward, plus the backward when a gradient will be taken. Our kernel: the
-  tensor-core work and the bytes of its launches (kernel_flops, kernel_bytes: the emulator's
-  counts of its launches, which a test holds them to). SDPA: FlashAttention-2's work on the padded
-  problem (two GEMMs forward, five backward) and the bytes of the padding copies and of its
-  inputs and outputs. SDPA runs where its modeled time is lower.
-- Everything else runs our kernel (the pure-PyTorch reference where the extension is not built).
+- On a CUDA GPU each candidate's time is expected to be its roofline (fastrobust.roofline:
+  max(bytes / HBM bandwidth, FLOPs / peak), forward plus backward when a gradient will be
+  taken) over its efficiency measured on the H200 (MEASURED_EFFICIENCY: the median, over the
+  nlm suite's gaussian cases, of roofline / measured time), and the least expected time runs.
+  The candidates:
+  - "kernel": always. Its work and bytes are those of its launches (kernel_flops,
+    kernel_bytes: the emulator's counts, which a test holds them to).
+  - "sdpa": float16 and bfloat16 on compute capability 8.0 or newer, with N, B > 0 and a padded
+    width of at most 512 (wider, SDPA ran its unfused math path at 4-12 % of its roofline). It
+    runs on (B, 1, N, D) copies whose widths are zero-padded to D = max(d, C) rounded up to 8
+    (zero columns add nothing to the logits, and y drops the padded channels); its work is
+    FlashAttention-2's on the padded problem (two GEMMs forward, five backward).
+  - "materialize": float16, bfloat16 and float32 while the B x N x N logits take at most
+    MATERIALIZE_MAX_BYTES (autograd keeps the softmax for the backward). Two batched GEMMs
+    and a softmax forward, four GEMMs and the softmax's gradient backward.
+- On the CPU our kernel runs (the pure-PyTorch reference where the extension is not built).
 
-`backend="kernel"` and `backend="sdpa"` force a path (SDPA on any device and dtype). The model
-is a model: it counts work and bytes, not the achieved efficiency of either kernel.
+`backend="kernel"`, `"sdpa"` and `"materialize"` force a path (on any device and dtype). The
+efficiencies are one GPU's measurement at the benchmark shapes, not a law: re-measure them
+with benchmarks/gpu_check.sh when the kernel changes.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
 
 import torch
 
 from ..roofline import roofline_us
 from ._registration import has_op
 
-BACKENDS = ("auto", "kernel", "sdpa")
+BACKENDS = ("auto", "kernel", "sdpa", "materialize")
 SDPA_DTYPES = (torch.float16, torch.bfloat16)
 SDPA_MIN_CAPABILITY = (8, 0)
 SDPA_WIDTH_MULTIPLE = 8  # 16-byte rows of 16-bit values
+SDPA_MAX_WIDTH = 512  # measured: at a padded width of 1024 SDPA falls back to its math path
+MATERIALIZE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MATERIALIZE_MAX_BYTES = 1 << 30  # the B x N x N logits, in the inputs' dtype, where the GPU's memory is unknown
+MATERIALIZE_MEMORY_FRACTION = 16  # else at most 1/16 of it: the backward holds about four such matrices
+
+# roofline / measured time on an NVIDIA H200 (torch 2.11, CUDA 13.0), per path, "16" for
+# float16/bfloat16 or "32" for float32, and pass: the median over the nlm suite's four gaussian
+# shapes in benchmarks/results/nlm-cuda.json (commit 1cb7f70) of the forward's roofline over
+# its time, and of the backward's roofline over the forward + backward's time less the
+# forward's. The kernel's 16-bit figures leave out the two shapes where auto already ran SDPA,
+# SDPA's the shape whose padded width (1024) is over SDPA_MAX_WIDTH.
+MEASURED_EFFICIENCY = {
+    ("kernel", "16", "forward"): 0.019, ("kernel", "16", "backward"): 0.018,
+    ("kernel", "32", "forward"): 0.121, ("kernel", "32", "backward"): 0.087,
+    ("sdpa", "16", "forward"): 0.244, ("sdpa", "16", "backward"): 0.302,
+    ("materialize", "16", "forward"): 0.442, ("materialize", "16", "backward"): 0.225,
+    ("materialize", "32", "forward"): 0.541, ("materialize", "32", "backward"): 0.466,
+}
 
 # The tensor-core kernels' tiles (csrc/cuda/nlm_wmma_kernels.cuh): a block owns 64 positions and
 # walks the others 32 at a time; reductions run in chunks of 32 rows; the one-pass forward
@@ -118,50 +144,99 @@ def sdpa_bytes(b: int, d: int, c: int, n: int, backward: bool, element: int) -> 
     return copies_in + preprocess + attention + postprocess + (3 * wide + tp + values)
 
 
+def materialize_flops(b: int, d: int, c: int, n: int, backward: bool) -> int:
+    """The materialising composition's GEMMs: S = theta^T phi and y = g P^T forward; dg, dP,
+    dtheta and dphi backward."""
+    return 2 * b * n * n * (d + c) * (2 if backward else 1)
+
+
+def materialize_bytes(b: int, d: int, c: int, n: int, backward: bool, element: int) -> int:
+    """Its inputs and outputs once, and the N x N matrices through memory: forward S written,
+    the softmax reading it and writing P, the product reading P; backward dP written and read,
+    P read twice, dS written and read twice."""
+    io, plane = (2 * b * d * n + 2 * b * c * n) * element, b * n * n * element
+    return 2 * io + 7 * plane if backward else io + 4 * plane
+
+
+WORK_MODELS = {"kernel": (kernel_flops, kernel_bytes), "sdpa": (sdpa_flops, sdpa_bytes),
+               "materialize": (materialize_flops, materialize_bytes)}
+
+
 @dataclass(frozen=True)
 class Decision:
-    path: str  # "kernel" or "sdpa"
+    path: str  # "kernel", "sdpa" or "materialize"
     reason: str
-    kernel_us: Optional[float] = None  # modeled (H100 roofline), forward (+ backward)
-    sdpa_us: Optional[float] = None
+    # each candidate's expected time, forward (+ backward), in microseconds: its roofline over
+    # its measured efficiency (empty where there was nothing to choose)
+    expected_us: Dict[str, float] = field(default_factory=dict)
+
+
+def pass_roofline_us(path: str, dtype: torch.dtype, b: int, d: int, c: int, n: int, backward: bool) -> float:
+    """The H100 roofline of the forward (backward=False) or the backward alone on `path`, in
+    microseconds: a bound that assumes the path runs at peak."""
+    flops, nbytes = WORK_MODELS[path]
+    name, element = str(dtype).replace("torch.", ""), torch.empty((), dtype=dtype).element_size()
+    return roofline_us(nbytes(b, d, c, n, backward, element), flops(b, d, c, n, backward), name)
 
 
 def modeled_us(path: str, dtype: torch.dtype, b: int, d: int, c: int, n: int, backward: bool) -> float:
-    """The H100 roofline model of one forward (+ one backward) on `path`, in microseconds."""
-    flops, nbytes = (kernel_flops, kernel_bytes) if path == "kernel" else (sdpa_flops, sdpa_bytes)
-    name, element = str(dtype).replace("torch.", ""), torch.empty((), dtype=dtype).element_size()
+    """The H100 roofline of one forward (+ one backward) on `path`, in microseconds."""
     passes = (False, True) if backward else (False,)
-    return sum(roofline_us(nbytes(b, d, c, n, bwd, element), flops(b, d, c, n, bwd), name) for bwd in passes)
+    return sum(pass_roofline_us(path, dtype, b, d, c, n, bwd) for bwd in passes)
+
+
+def expected_us(path: str, dtype: torch.dtype, b: int, d: int, c: int, n: int, backward: bool) -> float:
+    """Each pass's roofline over the path's efficiency measured on the H200 for that pass
+    (MEASURED_EFFICIENCY), summed: the forward (+ the backward)."""
+    width = "32" if dtype == torch.float32 else "16"
+    passes = (False, True) if backward else (False,)
+    return sum(pass_roofline_us(path, dtype, b, d, c, n, bwd) /
+               MEASURED_EFFICIENCY[(path, width, "backward" if bwd else "forward")] for bwd in passes)
+
+
+def candidates(dtype: torch.dtype, capability: Optional[Tuple[int, int]], b: int, d: int, c: int,
+               n: int, memory_bytes: Optional[int] = None) -> Tuple[str, ...]:
+    """The paths auto weighs on a CUDA GPU (of memory_bytes, if known) for this problem (the
+    kernel always)."""
+    found = ["kernel"]
+    if (dtype in SDPA_DTYPES and capability is not None and tuple(capability) >= SDPA_MIN_CAPABILITY
+            and padded_width(d, c) <= SDPA_MAX_WIDTH):
+        found.append("sdpa")
+    element = torch.empty((), dtype=dtype).element_size()
+    cap = MATERIALIZE_MAX_BYTES if memory_bytes is None else memory_bytes // MATERIALIZE_MEMORY_FRACTION
+    if dtype in MATERIALIZE_DTYPES and b * n * n * element <= cap:
+        found.append("materialize")
+    return tuple(found)
 
 
 def decide(device_type: str, dtype: torch.dtype, capability: Optional[Tuple[int, int]], b: int, d: int, c: int,
-           n: int, backward: bool) -> Decision:
+           n: int, backward: bool, memory_bytes: Optional[int] = None) -> Decision:
     """backend="auto"'s choice for a problem of this kind and size (see the module docstring)."""
     if device_type != "cuda":
-        return Decision("kernel", f"SDPA is chosen on CUDA GPUs only (device {device_type})")
-    if dtype not in SDPA_DTYPES:
-        return Decision("kernel", f"SDPA is chosen for float16 and bfloat16 only (dtype {dtype})")
-    if capability is None or tuple(capability) < SDPA_MIN_CAPABILITY:
-        return Decision("kernel", f"the fused SDPA kernels need compute capability 8.0 (GPU {capability})")
+        return Decision("kernel", f"the kernel runs on the CPU (device {device_type})")
     if min(b, n) == 0:
         return Decision("kernel", "empty input")
-    kernel_us = modeled_us("kernel", dtype, b, d, c, n, backward)
-    sdpa_us = modeled_us("sdpa", dtype, b, d, c, n, backward)
-    if sdpa_us < kernel_us:
-        return Decision("sdpa", "modeled cheaper on SDPA", kernel_us, sdpa_us)
-    return Decision("kernel", "modeled cheaper on the kernel", kernel_us, sdpa_us)
+    paths = candidates(dtype, capability, b, d, c, n, memory_bytes)
+    if len(paths) == 1:
+        return Decision("kernel", f"no other path for {dtype} at this size (GPU capability {capability})")
+    times = {path: expected_us(path, dtype, b, d, c, n, backward) for path in paths}
+    best = min(times, key=times.get)
+    return Decision(best, f"expected fastest, by the efficiencies measured on an H200", times)
 
 
 def decide_on(device: torch.device, dtype: torch.dtype, b: int, d: int, c: int, n: int, backward: bool) -> Decision:
-    """decide() for a device (a CUDA device's compute capability read from it)."""
-    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    return decide(device.type, dtype, capability, b, d, c, n, backward)
+    """decide() for a device (a CUDA device's compute capability and memory read from it: the
+    properties are cached by torch, no synchronisation)."""
+    if device.type != "cuda":
+        return decide(device.type, dtype, None, b, d, c, n, backward)
+    props = torch.cuda.get_device_properties(device)
+    return decide("cuda", dtype, (props.major, props.minor), b, d, c, n, backward, props.total_memory)
 
 
 def built_path(path: str) -> str:
     """path as it runs in this build: "reference" for the kernel where the extension has no
     nlm_gaussian op (nlm_gaussian falls back to the materialising reference)."""
-    return path if path == "sdpa" or has_op("fastrobust", "nlm_gaussian") else "reference"
+    return path if path != "kernel" or has_op("fastrobust", "nlm_gaussian") else "reference"
 
 
 def _problem(theta: torch.Tensor, g: torch.Tensor) -> Tuple[int, int, int, int]:
@@ -172,7 +247,7 @@ def _problem(theta: torch.Tensor, g: torch.Tensor) -> Tuple[int, int, int, int]:
 
 
 def choose(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, backend: str = "auto") -> str:
-    """"kernel" or "sdpa": the path nlm_gaussian takes for these (checked) inputs; a gradient
+    """"kernel", "sdpa" or "materialize": the path nlm_gaussian takes for these (checked) inputs; a gradient
     counts where grad mode is on and an input requires one."""
     check_backend(backend)
     if backend != "auto":
