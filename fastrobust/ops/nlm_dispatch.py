@@ -221,7 +221,7 @@ def decide(device_type: str, dtype: torch.dtype, capability: Optional[Tuple[int,
         return Decision("kernel", f"no other path for {dtype} at this size (GPU capability {capability})")
     times = {path: expected_us(path, dtype, b, d, c, n, backward) for path in paths}
     best = min(times, key=times.get)
-    return Decision(best, f"expected fastest, by the efficiencies measured on an H200", times)
+    return Decision(best, "expected fastest, by the efficiencies measured on an H200", times)
 
 
 def decide_on(device: torch.device, dtype: torch.dtype, b: int, d: int, c: int, n: int, backward: bool) -> Decision:
