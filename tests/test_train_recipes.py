@@ -155,6 +155,8 @@ TRAIN_CASES = {
     "iat": ("iat", dict(steps=3)),
     "spat": ("spat", dict(steps=3)),
     "thrm": ("thrm", dict(steps=3)),
+    "jsigr": ("jsigr", dict()),
+    "jsigr_perturbation_mask": ("jsigr", dict(mask="perturbation", saliency_steps=2)),
 }
 
 

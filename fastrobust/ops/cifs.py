@@ -22,7 +22,7 @@ from typing import Optional, Tuple
 import torch
 
 from .._extension import warn_fallback
-from ._registration import has_op, register_differentiable_op
+from ._registration import has_op, reference_grads, register_differentiable_op
 from .._checks.cifs import check_probe_labels, check_reweight_args
 from .._checks.common import check_same_device, real_number
 from ..reference.cifs import cifs_reweight as _reference_reweight
@@ -120,4 +120,13 @@ def _backward(backward_op, ctx, grad_out):
     return grad_feat, grad_relevance, None, None
 
 
-register_differentiable_op("cifs_reweight", _fake_reweight, _fake_reweight_backward, _setup_context, _backward)
+def _double_backward(ctx, grad_out):
+    """With create_graph=True: the gradients through the reference, differentiable."""
+    feat, relevance = ctx.saved_tensors
+    grads = reference_grads(lambda f, r: _reference_reweight(f, r, ctx.temperature, ctx.scale), (feat, relevance),
+                            grad_out)
+    return (*grads, None, None)
+
+
+register_differentiable_op("cifs_reweight", _fake_reweight, _fake_reweight_backward, _setup_context, _backward,
+                           _double_backward)

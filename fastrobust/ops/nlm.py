@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 
 from .._extension import warn_fallback
-from ._registration import has_op, register_differentiable_op
+from ._registration import has_op, reference_grads, register_differentiable_op
 from .._checks.common import check_same_device
 from .._checks.nlm import check_nlm_args, default_scale
 from ..reference.nlm import flatten, positions
@@ -149,4 +149,12 @@ def _backward(backward_op, ctx, grad_y, _grad_lse):
     return (*backward_op(grad_y, theta, phi, g, y, lse, ctx.scale), None)
 
 
-register_differentiable_op("nlm_gaussian", _fake_nlm_gaussian, _fake_nlm_gaussian_backward, _setup_context, _backward)
+def _double_backward(ctx, grad_y, _grad_lse):
+    """With create_graph=True: the gradients through the materialising reference, differentiable."""
+    theta, phi, g, _, _ = ctx.saved_tensors
+    grads = reference_grads(lambda t, p, v: _reference_gaussian(t, p, v, ctx.scale), (theta, phi, g), grad_y)
+    return (*grads, None)
+
+
+register_differentiable_op("nlm_gaussian", _fake_nlm_gaussian, _fake_nlm_gaussian_backward, _setup_context, _backward,
+                           _double_backward)

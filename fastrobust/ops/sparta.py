@@ -10,7 +10,7 @@ loaded, for the `fastrobust` ops and for their emulated twins in `fastrobust_emu
 import torch
 
 from .._extension import HAS_EXT, warn_fallback
-from ._registration import register_differentiable_op
+from ._registration import reference_grads, register_differentiable_op
 from .._checks.sparta import check_sparta_args, check_sparta_backward_args
 from ..reference.sparta import sparta as _reference_sparta
 
@@ -60,4 +60,10 @@ def _backward(backward_op, ctx, grad_y):
     return backward_op(grad_y, x, weight, bias)
 
 
-register_differentiable_op("sparta", _fake_sparta, _fake_sparta_backward, _setup_context, _backward)
+def _double_backward(ctx, grad_y):
+    """With create_graph=True: the gradients through the reference composition, differentiable."""
+    return reference_grads(_reference_sparta, ctx.saved_tensors, grad_y)
+
+
+register_differentiable_op("sparta", _fake_sparta, _fake_sparta_backward, _setup_context, _backward,
+                           _double_backward)
