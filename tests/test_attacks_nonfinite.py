@@ -78,10 +78,12 @@ ATTACKS = {
     "apgd-ce": lambda m: attacks.APGD(m, eps=0.2, steps=10, seed=0),
     "apgd-dlr": lambda m: attacks.APGD(m, eps=0.2, steps=10, loss="dlr", seed=0, restarts=2),
     "fat": lambda m: attacks.FATPGD(m, eps=0.2, alpha=0.05, steps=10, seed=0),
+    "mifgsm": lambda m: attacks.MIFGSM(m, eps=0.2, steps=10, seed=0),
+    "mifgsm-success": lambda m: attacks.MIFGSM(m, eps=0.2, steps=10, keep="success", seed=0),
 }
 
 
-LAST_ITERATE = ("pgd-last", "fat")  # these return the final iterate, whatever its loss
+LAST_ITERATE = ("pgd-last", "fat", "mifgsm")  # these return the final iterate, whatever its loss
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))

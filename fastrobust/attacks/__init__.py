@@ -8,6 +8,7 @@ fastrobust.attacks.functional has the same attacks as functions.
     FATPGD, fat_tau  FAT's early-stopped PGD and its dynamic tau schedule
     AlternatingPGD   alternating-objectives PGD (CE/CW/DLR schedules)
     HypocriticalPGD  descent on CE towards the true class (hypocritical examples)
+    MIFGSM           momentum iterative FGSM (the NIPS-2017 transfer attack), L-inf/L2
     APGD             AutoAttack's APGD-CE / APGD-DLR / APGD-T, L-inf/L2/L1 (APGD-L1)
     Square           the score-based Square attack (no gradients), L-inf/L2/L1, AutoAttack's schedule
     FAB              the minimal-perturbation FAB / FAB-T, L-inf/L2/L1 (AutoAttack's)
@@ -25,9 +26,10 @@ from .fab import FAB
 from .fat import FATPGD, fat_tau
 from .hop_skip_jump import HopSkipJump
 from .hypocritical import HypocriticalPGD
+from .mifgsm import MIFGSM
 from .pgd import PGD
 from .result import AttackResult
 from .square import Square
 
-__all__ = ["APGD", "AlternatingPGD", "Attack", "AttackResult", "CarliniWagnerL2", "DeepFool", "FAB", "FATPGD", "HopSkipJump", "HypocriticalPGD", "PGD",
+__all__ = ["APGD", "AlternatingPGD", "Attack", "AttackResult", "CarliniWagnerL2", "DeepFool", "FAB", "FATPGD", "HopSkipJump", "HypocriticalPGD", "MIFGSM", "PGD",
            "Square", "apgd_checkpoints", "fat_tau", "functional"]

@@ -1,7 +1,7 @@
 """Function forms of the attacks: `pgd(model, x, y, eps=..., ...)` returns x_adv.
 
 Each takes the keyword arguments of its class (PGD, FATPGD, AlternatingPGD, HypocriticalPGD,
-APGD, Square, FAB, DeepFool, CarliniWagnerL2, HopSkipJump; see their docstrings for formulas and
+APGD, Square, FAB, DeepFool, CarliniWagnerL2, HopSkipJump, MIFGSM; see their docstrings for formulas and
 defaults), optional `targets` (the classes with a targeted mode), and `return_result=True` to
 get the AttackResult instead of x_adv.
 """
@@ -21,6 +21,7 @@ from .fab import FAB
 from .fat import FATPGD
 from .hop_skip_jump import HopSkipJump
 from .hypocritical import HypocriticalPGD
+from .mifgsm import MIFGSM
 from .pgd import PGD
 from .result import AttackResult
 from .square import Square
@@ -59,3 +60,4 @@ fab = _function(FAB, "fab", "FAB / FAB-T", True)
 deepfool = _function(DeepFool, "deepfool", "DeepFool", False)
 cw_l2 = _function(CarliniWagnerL2, "cw_l2", "Carlini-Wagner L2", True)
 hop_skip_jump = _function(HopSkipJump, "hop_skip_jump", "HopSkipJump", True)
+mifgsm = _function(MIFGSM, "mifgsm", "MI-FGSM (momentum iterative FGSM)", True)

@@ -56,6 +56,14 @@ class BestTracker:
         pgd_update_best_(self.x, self.loss, self.success, x, score, is_adv, mode=self.mode, nonfinite=self.nonfinite)
 
 
+def accumulate_momentum_(velocity: torch.Tensor, grad: torch.Tensor, momentum: float) -> None:
+    """MI-FGSM's accumulator, in place: velocity <- momentum * velocity + grad / mean|grad|, the
+    mean over each row's elements (a row with a zero gradient adds nothing)."""
+    g = grad.to(velocity.dtype)
+    scale = g.abs().flatten(1).mean(1).clamp_min(torch.finfo(velocity.dtype).tiny)
+    velocity.mul_(momentum).add_(g / scale.view(-1, *([1] * (g.dim() - 1))))
+
+
 def note_nonfinite(nonfinite: torch.Tensor, loss: torch.Tensor) -> None:
     """nonfinite |= the loss is not finite, in place (no host sync)."""
     torch.logical_or(nonfinite, ~torch.isfinite(loss), out=nonfinite)
@@ -71,6 +79,8 @@ class SignSteps:
                 and the result reports; default the step's loss (its negative for descent).
     descent:    step against the gradient (hypocritical attack).
     l1_sparsity: norm "l1": the fraction of coordinates a step leaves out (l1_ball.sparse_l1_step_).
+    momentum:   MI-FGSM (Dong et al. 2018): step along g <- momentum * g + grad / mean|grad|
+                (per row; g starts at zero) instead of along grad.
     """
 
     steps: int
@@ -82,6 +92,7 @@ class SignSteps:
     score: Optional[Callable[[Rows, torch.Tensor, torch.Tensor], torch.Tensor]] = None
     descent: bool = False
     l1_sparsity: float = 0.95
+    momentum: Optional[float] = None
 
     def _score(self, rows: Rows, logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         if self.score is not None:
@@ -97,14 +108,15 @@ class SignSteps:
         # result is asked for (evaluate): the plain call stays as lean as torchattacks' loop.
         seen = None if tracker is not None or not evaluate else \
             torch.zeros(rows.n, dtype=torch.bool, device=x.device)
+        velocity = None if self.momentum is None else torch.zeros_like(x, dtype=maths_dtype(x))
         state = [x] + (tracker.tensors() if tracker else []) + (control.tensors() if control else []) + \
-            ([seen] if seen is not None else [])
+            ([seen] if seen is not None else []) + ([velocity] if velocity is not None else [])
         runner = ctx.step_runner(state)
         for t in range(self.steps):
             kind = self.loss_at(t)
             if control is not None:
                 control.prepare()
-            runner(kind, lambda kind=kind: self._iteration(ctx, rows, x, kind, tracker, control, seen))
+            runner(kind, lambda kind=kind: self._iteration(ctx, rows, x, kind, tracker, control, seen, velocity))
             ctx.count(rows.n, backward=True)
         if tracker is None and not evaluate:
             return RowOutcome(x, None, None)
@@ -121,8 +133,12 @@ class SignSteps:
         return RowOutcome(tracker.x, tracker.loss, tracker.success, tracker.nonfinite)
 
     def _iteration(self, ctx, rows: Rows, x: torch.Tensor, kind: str, tracker: Optional[BestTracker],
-                   control: Optional[StepControl], seen: Optional[torch.Tensor] = None) -> None:
+                   control: Optional[StepControl], seen: Optional[torch.Tensor] = None,
+                   velocity: Optional[torch.Tensor] = None) -> None:
         logits, loss, grad = ctx.model.loss_and_grad(x, rows.loss_fn(kind))
+        if velocity is not None:
+            accumulate_momentum_(velocity, grad, self.momentum)
+            grad = velocity if velocity.dtype == grad.dtype else velocity.to(grad.dtype)
         if tracker is not None:
             tracker.update(x, self._score(rows, logits, loss), rows.reached(logits))
         elif seen is not None:

@@ -16,6 +16,7 @@ apgd-ce, apgd-dlr, apgd-t (APGD-L1), square, fab and fab-t.
     alt-ce-cw-dlr     AlternatingPGD, CE -> CW -> DLR at 1/3, 2/3      eps/4      100    1 (start at x)
     fat               FAT's early-stopped PGD, tau=0, noise 0.001      7/31 eps   10     1
     hypocritical      HypocriticalPGD (descent on CE, from x+0.01 N)   eps/4      10     1
+    mifgsm            MI-FGSM, momentum 1, start at x, last iterate    eps/10     10     1
     square            Square (score-based, no gradients; AutoAttack)   -          5000 q 1
     fab               FAB, untargeted (minimal perturbation; AutoAttack) -        100    1
     fab-t             FAB-T, towards the 9 runner-up classes            -          100    1 per class
@@ -56,7 +57,7 @@ from torch import nn
 
 from .._checks.pgd import ATTACK_NORMS, canonical_attack_norm
 from ..attacks import (APGD, FAB, FATPGD, PGD, AlternatingPGD, Attack, CarliniWagnerL2, DeepFool, HopSkipJump,
-                       HypocriticalPGD, Square)
+                       HypocriticalPGD, MIFGSM, Square)
 
 # Roles: "cascade" attacks try to break the clean-correct points; "hypocritical" attacks try
 # to fix the clean-misclassified ones (reported as a risk, outside the cascade).
@@ -128,6 +129,9 @@ PRESETS: Dict[str, Preset] = _presets(
     Preset("fat", FATPGD, "FAT's early-stopped PGD-10 (tau=0, omega=0.001), alpha=7/31 eps",
            params={"steps": 10, "tau": 0, "omega": 0.001, "random_start": True},
            relative={"alpha": 7 / 31}),
+    Preset("mifgsm", MIFGSM, "MI-FGSM-10 (momentum 1.0, from x, last iterate), alpha=eps/10: the NIPS-2017 "
+           "transfer attack, here white-box", params={"steps": 10, "momentum": 1.0, "keep": "last"},
+           relative={"alpha": 0.1}),
     Preset("square", Square, "Square attack, 5000 queries, p_init=0.8, margin loss (AutoAttack); images only",
            {"queries": 5000, "p_init": 0.8, "loss": "margin"}, norms=ATTACK_NORMS),
     Preset("fab", FAB, "FAB, untargeted, 100 iterations (AutoAttack)",
