@@ -65,6 +65,8 @@ examples:
 """
 
 SMALL_CNN_DENOISE = ("layer2", "gaussian")  # the embedded default's denoising block
+DEFAULT_ACTIVATION = "sparta"
+FIXED_ACTIVATION = {"ode_net": "relu"}  # models whose activation is part of their definition
 
 
 def _field_default(name: str):
@@ -137,7 +139,8 @@ def add_parser(sub) -> None:
 
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=list_models(), help=f"architecture (default: the data set's: {_per_data('model')})")
-    g.add_argument("--activation", choices=ACTIVATIONS, default="sparta", help="activation (default: sparta)")
+    g.add_argument("--activation", choices=ACTIVATIONS, default=None,
+                   help="activation (default: sparta; relu for ode_net, whose activation is fixed)")
     g.add_argument("--denoise", type=denoise_type, default="auto", metavar="STAGE[,STAGE]:MODE",
                    help="non-local-means denoising blocks after these stages, e.g. layer3:gaussian or "
                         "layer2,layer3:median; none; auto (default): layer2:gaussian for small_cnn, none otherwise")
@@ -250,7 +253,8 @@ def config_from_args(args):
         values["milestones"] = tuple(values["milestones"])
     values.setdefault("final_eval", False)  # the evaluation after training supersedes it
     options = dict(args.model_options or {})
-    options.setdefault("activation", args.activation)
+    if args.activation is not None:
+        options.setdefault("activation", args.activation)
     if args.cifs:
         options["cifs"] = True
     if args.first_stride is not None:
@@ -264,6 +268,7 @@ def config_from_args(args):
             raise CLIError("--resume without a checkpoint needs --out, the folder of the run to continue")
     config = TrainConfig.from_dict(values)
     resolved = config.resolved()
+    options.setdefault("activation", FIXED_ACTIVATION.get(resolved.model, DEFAULT_ACTIVATION))
     if args.denoise == "auto":
         if resolved.model == "small_cnn" and "denoise" not in options:
             options["denoise"] = SMALL_CNN_DENOISE

@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from torch import nn
 
+from .ode_net import ODENet
 from .preact_resnet import PreActResNet18
 from .resnet import ResNet18
 from .resnet_cifs import ResNet18CIFS
@@ -48,6 +49,9 @@ MODELS: Dict[str, ModelSpec] = {
                           "cifs=True gives ResNet18CIFS", build_cifs=ResNet18CIFS),
     "wrn28_10": ModelSpec(wrn28_10, "WideResNet-28-10 (CIFAR), stages layer1 .. layer3", ("dropout",)),
     "wrn34_10": ModelSpec(wrn34_10, "WideResNet-34-10 (CIFAR), stages layer1 .. layer3", ("dropout",)),
+    "ode_net": ModelSpec(ODENet, "TisODE's MNIST net: feature extractor, ODE block (ode='tisode', 'vanilla') or "
+                         "residual block (ode='none'), classifier; in_channels=1 by default",
+                         ("width", "ode", "step", "method", "t_end", "steady_state")),
     "wide_resnet": ModelSpec(WideResNet, "WideResNet-depth-widen_factor (default 34-10), stages layer1 .. layer3",
                              ("depth", "widen_factor", "dropout")),
 }

@@ -5,6 +5,7 @@
     fgsm      FGSM-AT (Wong et al.) + tricks     iat     interpolated AT
     spat      self-paced AT                      thrm    hypocritical risk minimisation
     jsigr     J-SIGR-style gradient regularisation (Jacobian norm + selective input gradient)
+    tisode    TisODE: CE + the ODE blocks' steady-state loss, Gaussian-noise augmentation
 
 Importing this package registers every recipe module present in RECIPES.
 """
@@ -13,7 +14,7 @@ import importlib as _importlib
 from .base import RECIPES, BatchOutput, Recipe, StepContext, create_recipe, register_recipe
 from . import pgd, standard  # noqa: F401  (registration)
 
-_OPTIONAL = ("fat", "trades", "fgsm", "iat", "spat", "thrm", "jsigr")
+_OPTIONAL = ("fat", "trades", "fgsm", "iat", "spat", "thrm", "jsigr", "tisode")
 for _name in _OPTIONAL:
     try:
         _importlib.import_module(f"{__name__}.{_name}")
