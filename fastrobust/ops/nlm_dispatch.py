@@ -11,18 +11,20 @@ that measurement:
 
 - On a CUDA GPU each candidate's time is expected to be its roofline (fastrobust.roofline:
   max(bytes / HBM bandwidth, FLOPs / peak), forward plus backward when a gradient will be
-  taken) over its efficiency measured on the H200 (MEASURED_EFFICIENCY: the median, over the
-  nlm suite's gaussian cases, of roofline / measured time), and the least expected time runs.
+  taken) over its efficiency measured on the H200 for that pass (MEASURED_EFFICIENCY: the
+  median, over the nlm suite's gaussian shapes, of roofline / measured time), and the least
+  expected time runs.
   The candidates:
   - "kernel": always. Its work and bytes are those of its launches (kernel_flops,
     kernel_bytes: the emulator's counts, which a test holds them to).
   - "sdpa": float16 and bfloat16 on compute capability 8.0 or newer, with N, B > 0 and a padded
-    width of at most 512 (wider, SDPA ran its unfused math path at 4-12 % of its roofline). It
+    width of at most 512 (at 1024, SDPA measured 3-12 % of its roofline on the H200). It
     runs on (B, 1, N, D) copies whose widths are zero-padded to D = max(d, C) rounded up to 8
     (zero columns add nothing to the logits, and y drops the padded channels); its work is
     FlashAttention-2's on the padded problem (two GEMMs forward, five backward).
-  - "materialize": float16, bfloat16 and float32 while the B x N x N logits take at most
-    MATERIALIZE_MAX_BYTES (autograd keeps the softmax for the backward). Two batched GEMMs
+  - "materialize": float16, bfloat16 and float32 while the B x N x N logits take at most 1/16
+    of the GPU's memory (MATERIALIZE_MAX_BYTES where that is unknown; autograd keeps the softmax
+    for the backward). Two batched GEMMs
     and a softmax forward, four GEMMs and the softmax's gradient backward.
 - On the CPU our kernel runs (the pure-PyTorch reference where the extension is not built).
 
@@ -45,7 +47,7 @@ BACKENDS = ("auto", "kernel", "sdpa", "materialize")
 SDPA_DTYPES = (torch.float16, torch.bfloat16)
 SDPA_MIN_CAPABILITY = (8, 0)
 SDPA_WIDTH_MULTIPLE = 8  # 16-byte rows of 16-bit values
-SDPA_MAX_WIDTH = 512  # measured: at a padded width of 1024 SDPA falls back to its math path
+SDPA_MAX_WIDTH = 512  # measured: at a padded width of 1024 SDPA reached 3-12 % of its roofline
 MATERIALIZE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MATERIALIZE_MAX_BYTES = 1 << 30  # the B x N x N logits, in the inputs' dtype, where the GPU's memory is unknown
 MATERIALIZE_MEMORY_FRACTION = 16  # else at most 1/16 of it: the backward holds about four such matrices
