@@ -106,8 +106,8 @@ def test_adjoint_gradients_match_backprop():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(t_end=0.0), "t_end must be a finite number > 0"),
-    (dict(step=-0.1), "step must be"),
+    (dict(t_end=0.0), "t_end must be > 0, got 0"),
+    (dict(step=-0.1), "step must be > 0, got -0.1"),
     (dict(steady_state=(1.5, 0.9)), "steady_state must be None or"),
     (dict(steady_state=(0.1,)), "steady_state must be None or"),
     (dict(adjoint=True), "adjoint"),

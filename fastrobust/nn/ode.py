@@ -22,6 +22,8 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import nn
 
+from .._checks.common import real_number
+
 EULER = "euler"
 
 
@@ -74,12 +76,6 @@ class ConcatODEFunc(nn.Module):
         return torch.relu(self.norm2(self.conv2(t, torch.relu(self.norm1(self.conv1(t, z))))))
 
 
-def _positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
 def euler_grid(t_end: float, step: float) -> Tuple[int, float]:
     """(steps, h): the fixed grid of the official solver, round(t_end / step) steps of
     h = t_end / steps (exactly `step` when it divides t_end)."""
@@ -109,12 +105,13 @@ class ODEBlock(nn.Module):
         if not callable(func):
             raise ValueError(f"func must be callable as func(t, z), got {type(func).__name__}")
         self.func = func
-        self.t_end = _positive(t_end, "t_end")
+        self.t_end = real_number(t_end, "t_end", 0.0, inclusive=False)
         if not isinstance(method, str) or not method:
             raise ValueError(f"method must be a solver name ('euler' or a torchdiffeq method), got {method!r}")
         self.method = method
-        self.step = _positive(step, "step")
-        self.rtol, self.atol = _positive(rtol, "rtol"), _positive(atol, "atol")
+        self.step = real_number(step, "step", 0.0, inclusive=False)
+        self.rtol = real_number(rtol, "rtol", 0.0, inclusive=False)
+        self.atol = real_number(atol, "atol", 0.0, inclusive=False)
         if not isinstance(adjoint, bool):
             raise ValueError(f"adjoint must be True or False, got {adjoint!r}")
         if adjoint and method == EULER:
