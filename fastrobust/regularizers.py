@@ -171,7 +171,7 @@ def _total_variation(m: torch.Tensor) -> torch.Tensor:
 
 
 def perturbation_saliency(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                          steps: int = 20, lr: float = 0.1, area: float = 0.05, tv: float = 0.02,
+                          steps: int = 20, lr: float = 1.0, area: float = 0.05, tv: float = 0.02,
                           size: int = 7, blur_kernel: int = 5) -> torch.Tensor:
     """A perturbation-based saliency mask (Fong and Vedaldi's meaningful perturbation, the
     "preserve" game): a (B, 1, size, size) mask m in [0, 1], upsampled to x's height and width,
@@ -179,6 +179,10 @@ def perturbation_saliency(model: Callable[[torch.Tensor], torch.Tensor], x: torc
     -log p_y(x * m + blur(x) * (1 - m)) + area * mean(m) + tv * TV(m), from m = 1. Returns the
     upsampled mask (B, 1, H, W), detached. The model runs in its current mode (a tuple output's
     first element is the logits); its parameters get no gradient.
+
+    lr: Adam's step on the mask's logits, which start at 4 (m = 0.98). At lr 1.0, 20 steps on
+    the 8x8 digits give masks whose centred cosine similarity with 300 steps' is 0.92 and 10
+    steps 0.81; at lr 0.1 the mask is still a flat ~0.9 after 20 steps (similarity 0.28).
 
     x: images (B, C, H, W); y: labels (B,).
     """

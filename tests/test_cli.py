@@ -120,6 +120,26 @@ def test_eval_best_checkpoint_and_options(trained, capsys, tmp_path):
     assert report["robust_accuracy"] == report["clean_accuracy"]
 
 
+def test_eval_transfer_from_a_surrogate_and_noise(trained, capsys, tmp_path):
+    """--surrogate loads a checkpoint for the transfer preset (here the model itself: the transfer
+    attack is then the white-box MI-FGSM); --noise adds the Gaussian-noise accuracy."""
+    last = trained["out"] / "last.pt"
+    code, stdout, err = run_cli(["eval", last, "--attacks", "mifgsm", "--n", "32", "--checks", "none",
+                                 "--noise", "100/255,0.5", "--out", tmp_path / "white", "--no-progress"], capsys)
+    assert code == 0, err
+    code, stdout, err = run_cli(["eval", last, "--attacks", "transfer", "--surrogate", last, "--n", "32", "--checks",
+                                 "none", "--out", tmp_path / "transfer", "--no-progress"], capsys)
+    assert code == 0, err
+    white = json.loads((tmp_path / "white" / "report.json").read_text())
+    transfer = json.loads((tmp_path / "transfer" / "report.json").read_text())
+    assert transfer["robust_accuracy"] == white["robust_accuracy"]
+    assert transfer["metadata"]["surrogates"] == [str(last)]
+    assert [r["sigma"] for r in white["noise"]] == [pytest.approx(100 / 255), 0.5]
+    assert "## Gaussian noise" in (tmp_path / "white" / "report.md").read_text()
+    code, _, err = run_cli(["eval", last, "--attacks", "transfer", "--n", "8", "--no-progress"], capsys)
+    _assert_one_line_error(code, err, "eval", "--attacks transfer: crafted on a surrogate model")
+
+
 @pytest.mark.parametrize("command", ["train", "eval", "info", "bench"])
 def test_help_lists_every_option(command, capsys):
     code, out, _ = run_cli([command, "--help"], capsys)
@@ -242,6 +262,7 @@ TRAIN_ERRORS = {
     "recipe_option_type": (["--recipe", "trades", "--recipe-options", '{"beta": "x"}'],
                            "beta must be a finite number, got 'x'"),
     "overwrite_resume": (["--overwrite", "--resume"], "give one of them"),
+    "transfer_without_surrogate": (["--attacks", "pgd20,transfer"], "--attacks transfer: crafted on a surrogate"),
 }
 
 
@@ -263,6 +284,9 @@ def test_train_errors_are_one_line(name, tmp_path, capsys):
     (["--eps", "nan"], "argument --eps: must be a finite number >= 0, got 'nan'"),
     (["--eps=-8/255"], "argument --eps: must be >= 0"),
     (["--amp", "fp8"], "argument --amp: invalid choice"),
+    (["--noise", "0"], "argument --noise: standard deviations must be > 0"),
+    (["--noise", "x"], "argument --noise: expected a number"),
+    (["--surrogate", "/nonexistent.pt"], "/nonexistent.pt"),
 ])
 def test_eval_option_errors_are_one_line(argv, expected, trained, capsys):
     code, _, err = run_cli(["eval", trained["out"] / "last.pt", *argv], capsys)

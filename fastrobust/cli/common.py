@@ -46,6 +46,19 @@ def eps_type(text: str) -> float:
     return value
 
 
+def sigma_list(text: str) -> Tuple[float, ...]:
+    """Comma-separated standard deviations > 0, each a number or a fraction: 100/255,0.2."""
+    values = []
+    for part in (p for p in text.split(",") if p.strip()):
+        value = eps_type(part)
+        if value == 0:
+            raise argparse.ArgumentTypeError(f"standard deviations must be > 0, got {part.strip()!r}")
+        values.append(value)
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected numbers such as 100/255 or 0.2,0.4 (comma-separated), got {text!r}")
+    return tuple(values)
+
+
 def _int_at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)

@@ -13,7 +13,7 @@ import sys
 
 from .common import AMP_CHOICES, AMP_DTYPES, HelpFormatter, check_device, eps_type, fmt_eps, nonnegative_int
 from .errors import CLIError, one_line
-from .evaluation import add_eval_options, run_evaluation
+from .evaluation import add_eval_options, check_transfer_attacks, run_evaluation
 
 DESCRIPTION = """\
 Robustness evaluation of a `fastrobust train` checkpoint (last.pt or best.pt).
@@ -32,6 +32,8 @@ EPILOG = """\
 examples:
   fastrobust eval runs/digits-pgd-small_cnn-20250101-120000/last.pt
   fastrobust eval runs/cifar-pgd/best.pt --attacks pgd20,apgd-ce,apgd-t --n 1000 --eps 8/255 --device cuda
+  fastrobust eval runs/digits-tisode/last.pt --attacks fgsm,tisode-pgd,pgd20 --eps 0.3 --noise 100/255
+  fastrobust eval runs/digits-jsigr/last.pt --attacks transfer,pgd20 --surrogate runs/digits-standard/last.pt
 """
 
 
@@ -45,6 +47,10 @@ def add_parser(sub) -> None:
                    help="L-inf radius, e.g. 0.15 or 8/255 (default: the checkpoint's training eps)")
     g.add_argument("--amp", choices=AMP_CHOICES, default="none",
                    help="autocast of the clean pass and the attacks (default: none, float32)")
+    g.add_argument("--surrogate", action="append", default=[], metavar="CHECKPOINT",
+                   help="a checkpoint of a surrogate model (repeat for several: their averaged logits) that the "
+                        "transfer attack preset (--attacks transfer) crafts on; trained on the same data set "
+                        "(default: none)")
     g = p.add_argument_group("run")
     g.add_argument("--out", metavar="DIR", help="report folder (default: CHECKPOINT's folder/eval, see above)")
     g.add_argument("--data-dir", metavar="DIR",
@@ -110,8 +116,16 @@ def run(args) -> int:
     from ..train.run_folder import writable_folder
     from .train import describe_model
 
+    check_transfer_attacks(args.attacks, bool(args.surrogate))
     device = check_device(args.device)
     model, config, (x, y), state = load_model(args.checkpoint, device, args.data_dir)
+    surrogates = []
+    for path in args.surrogate:
+        surrogate, s_config, (sx, _), _ = load_model(path, device, args.data_dir)
+        if s_config.data != config.data or tuple(sx.shape[1:]) != tuple(x.shape[1:]):
+            raise CLIError(f"--surrogate {path}: trained on {s_config.data} {tuple(sx.shape[1:])}, the model on "
+                           f"{config.data} {tuple(x.shape[1:])}; a surrogate must take the same inputs")
+        surrogates.append(surrogate)
     eps = config.eps if args.eps is None else args.eps
     if eps is None:
         raise CLIError(f"checkpoint {args.checkpoint}: no eps stored; pass --eps")
@@ -126,6 +140,8 @@ def run(args) -> int:
                               data_name=f"{config.data} test", out_dir=out, autocast=AMP_DTYPES[args.amp],
                               threads=threads, progress=args.progress,
                               metadata={"checkpoint": os.path.abspath(args.checkpoint), "epoch": epoch,
-                                        "recipe": config.recipe, "train_eps": config.eps})
+                                        "recipe": config.recipe, "train_eps": config.eps,
+                                        "surrogates": [os.path.abspath(p) for p in args.surrogate]},
+                              surrogates=surrogates)
     print("\n".join(f"{k}: {v}" for k, v in paths.items()))
     return 0

@@ -8,7 +8,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .common import attack_list, checks_type, cpu_threads, fmt_eps, positive_int
+from .common import attack_list, checks_type, cpu_threads, fmt_eps, positive_int, sigma_list
+from .errors import CLIError
 
 
 # -- evaluation options (shared by `train` and `eval`) ---------------------------------------
@@ -32,9 +33,23 @@ def add_eval_options(group, *, prefix: str, default_checks: str) -> None:
                        help="test images the checks use (default: 200)")
     group.add_argument(f"--{prefix}seed", dest="eval_seed", type=int, default=0, metavar="S",
                        help="seed of the attacks (default: 0)")
+    group.add_argument("--noise", type=sigma_list, default=(), metavar="SIGMA[,SIGMA...]",
+                       help="also report the accuracy under Gaussian noise of these standard deviations, e.g. "
+                            "100/255 (TisODE's noise evaluation; not part of the robust accuracy; default: none)")
 
 
 # -- the evaluation step ---------------------------------------------------------------------
+
+def check_transfer_attacks(attacks: Sequence[str], have_surrogates: bool) -> None:
+    """CLIError before any work when a transfer preset is asked for without a surrogate."""
+    from ..eval.presets import SURROGATE, Preset, expand_suites, get_preset
+
+    presets = [a if isinstance(a, Preset) else get_preset(a) for a in expand_suites(attacks)]
+    transfer = [p.name for p in presets if p.crafted_on == SURROGATE]
+    if transfer and not have_surrogates:
+        raise CLIError(f"--attacks {','.join(transfer)}: crafted on a surrogate model; name one or more with "
+                       "`fastrobust eval --surrogate CHECKPOINT`")
+
 
 def _ticking_presets(names: Sequence[str], enabled: bool) -> Tuple[List[Any], Callable[[], None]]:
     """The presets `names` wrapped so each attack shows a tqdm bar of its batches (the bar of an
@@ -69,8 +84,8 @@ def _ticking_presets(names: Sequence[str], enabled: bool) -> Tuple[List[Any], Ca
             tick(self.name)
             return super().build(model, eps, norm, seed=seed, autocast=autocast, **overrides)
 
-    wrapped = [_Ticking(p.name, p.cls, p.description, dict(p.params), dict(p.relative), p.role, p.norms)
-               for p in presets]
+    wrapped = [_Ticking(p.name, p.cls, p.description, dict(p.params), dict(p.relative), p.role, p.norms,
+                        p.crafted_on) for p in presets]
     return wrapped, close
 
 
@@ -94,6 +109,8 @@ def format_table(report) -> str:
         risk = "n/a" if a.hypocritical_risk is None else f"{100 * a.hypocritical_risk:.2f}%"
         lines.append(f"\nhypocritical risk ({a.name}): {risk} ({a.successes} of {a.points_attacked} misclassified "
                      "points made correct)")
+    from ..eval.evaluate import noise_line
+    lines.extend(noise_line(r) for r in report.noise)
     for c in report.checks:
         status = "skipped" if c.passed is None else ("ok" if c.passed else "WARNING")
         lines.append(f"check {c.name}: {status}: {c.message}")
@@ -102,14 +119,16 @@ def format_table(report) -> str:
 
 def run_evaluation(model, x: torch.Tensor, y: torch.Tensor, *, args, eps: float, device: torch.device,
                    model_name: str, data_name: str, out_dir: str, autocast=None, threads: Optional[int] = None,
-                   progress: bool = True, metadata: Optional[Dict[str, Any]] = None):
+                   progress: bool = True, metadata: Optional[Dict[str, Any]] = None,
+                   surrogates: Sequence[torch.nn.Module] = ()):
     """evaluate() with the options of add_eval_options, then the table on stdout and
-    write_report(out_dir) (metadata added to the report's). Returns (report, {kind: path})."""
+    write_report(out_dir) (metadata added to the report's). surrogates: the models the transfer
+    presets craft on (fastrobust eval --surrogate). Returns (report, {kind: path})."""
     import warnings
 
     from ..eval import evaluate, write_report
     from ..eval.masking import GradientMaskingWarning
-
+    check_transfer_attacks(args.attacks, bool(surrogates))
     specs, close = _ticking_presets(args.attacks, progress)
     n = min(args.eval_n, x.shape[0]) if args.eval_n else x.shape[0]
     what = ", ".join(args.attacks) or "clean only"
@@ -120,7 +139,8 @@ def run_evaluation(model, x: torch.Tensor, y: torch.Tensor, *, args, eps: float,
             warnings.simplefilter("ignore", GradientMaskingWarning)  # the table and report show them
             report = evaluate(model, (x, y), attacks=specs, eps=eps, n=n, batch_size=args.eval_batch_size,
                               device=device, seed=args.eval_seed, autocast=autocast, checks=list(args.checks),
-                              check_n=args.check_n, model_name=model_name, data_name=data_name)
+                              check_n=args.check_n, model_name=model_name, data_name=data_name,
+                              noise=args.noise, surrogate=list(surrogates) or None)
     finally:
         close()
     report.metadata.update(metadata or {})

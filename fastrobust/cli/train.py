@@ -19,7 +19,7 @@ from typing import Any, Dict
 
 from .common import AMP_CHOICES, HelpFormatter, check_device, eps_type, fmt_eps, nonnegative_int, positive_int
 from .errors import CLIError, one_line
-from .evaluation import add_eval_options, run_evaluation
+from .evaluation import add_eval_options, check_transfer_attacks, run_evaluation
 
 DESCRIPTION = """\
 Adversarial training, then the robustness evaluation of the final model.
@@ -302,6 +302,8 @@ def run(args) -> int:
     from ..train.trainer import Trainer
 
     check_device(args.device)  # a clear error before anything is built
+    if args.evaluate:
+        check_transfer_attacks(args.attacks, False)  # train has no --surrogate: say so before training
     try:
         config = config_from_args(args)
         trainer = Trainer(config)  # refuses a folder holding another run before writing anything

@@ -8,11 +8,15 @@ checks, reports (JSON / CSV / Markdown) and plots.
     write_report(report, "out/eval")
 
 - presets:  PRESETS / make_attack: named attacks (pgd20, pgd100-restarts5, cw, apgd-ce, apgd-dlr,
-            apgd-t, alt-ce-cw-dlr, fat, hypocritical), step sizes relative to eps.
-- evaluate: evaluate(...) -> EvalReport (clean accuracy, the cascade, hypocritical risk).
+            apgd-t, alt-ce-cw-dlr, fat, mifgsm, fgsm, tisode-fgsm, tisode-pgd, square, fab, ...;
+            "transfer" crafts on evaluate's surrogate), step sizes relative to eps.
+- evaluate: evaluate(...) -> EvalReport (clean accuracy, the cascade, hypocritical risk, the
+            accuracy under Gaussian noise).
 - masking:  the gradient-masking checks (CheckResult, GradientMaskingWarning), BPDA, EOT.
 - report:   write_report(report, out_dir), collect_metadata.
 - plots:    accuracy vs eps / steps, attack loss curves, training curves, benchmark ratios.
+- saliency: input_gradient_saliency, saliency_figure (input-gradient and perturbation maps of
+            several models side by side, PNG).
 """
 from .evaluate import AttackReport, EvalReport, evaluate
 from .masking import (ALL_CHECKS, BPDA, CHECKS, DEFAULT_CHECKS, EOT, CheckResult, GradientMaskingWarning,
@@ -20,6 +24,7 @@ from .masking import (ALL_CHECKS, BPDA, CHECKS, DEFAULT_CHECKS, EOT, CheckResult
                       check_steps, check_transfer, check_zero_gradients, run_checks, train_surrogate)
 from .presets import DEFAULT_ATTACKS, PRESETS, Preset, get_preset, make_attack, register_preset
 from .report import collect_metadata, write_report
+from .saliency import input_gradient_saliency, saliency_figure
 
 __all__ = [
     "evaluate", "EvalReport", "AttackReport",
@@ -27,5 +32,5 @@ __all__ = [
     "CheckResult", "GradientMaskingWarning", "DEFAULT_CHECKS", "ALL_CHECKS", "CHECKS", "run_checks",
     "check_randomness", "check_zero_gradients", "check_eps_sweep", "check_steps", "check_loss_curve",
     "check_transfer", "attack_loss_curve", "train_surrogate", "BPDA", "bpda_wrap", "EOT",
-    "write_report", "collect_metadata",
+    "write_report", "collect_metadata", "input_gradient_saliency", "saliency_figure",
 ]

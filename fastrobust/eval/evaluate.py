@@ -34,7 +34,8 @@ from torch import nn
 from ..attacks import Attack, HypocriticalPGD
 from ..data import TensorLoader
 from .inference import jsonable, model_device, predict
-from .presets import CASCADE, DEFAULT_ATTACKS, HYPOCRITICAL, Preset, expand_suites, get_preset
+from .noise import NoiseResult, check_sigmas, noise_accuracy
+from .presets import CASCADE, DEFAULT_ATTACKS, HYPOCRITICAL, SURROGATE, Preset, expand_suites, get_preset
 
 AttackFactory = Callable[..., Attack]
 AttackSpec = Union[str, Preset, Tuple[str, AttackFactory], Tuple[str, Attack], Attack]
@@ -102,6 +103,8 @@ class EvalReport:
     attacks:           one AttackReport per attack, in the order run.
     checks:            gradient-masking CheckResults (empty when not run).
     clean_correct, robust: bool (n,) on the CPU, per point.
+    noise:             NoiseResults of evaluate(noise=...): accuracy under Gaussian noise per
+                       sigma (not part of the robust accuracy).
     x_adv:             with evaluate(keep_adversarial=True): the inputs with every point a
                        cascade attack broke replaced by its adversarial example (the first
                        attack's that broke it), on the CPU; None otherwise.
@@ -119,6 +122,7 @@ class EvalReport:
     clean_time_s: float
     total_time_s: float
     checks: List[Any] = field(default_factory=list)
+    noise: List[NoiseResult] = field(default_factory=list)
     metadata: Dict[str, Any] = field(default_factory=dict)
     clean_correct: Optional[torch.Tensor] = field(default=None, repr=False)
     robust: Optional[torch.Tensor] = field(default=None, repr=False)
@@ -150,6 +154,7 @@ class EvalReport:
             "clean_time_s": self.clean_time_s, "total_time_s": self.total_time_s,
             "attacks": [a.to_dict(samples) for a in self.attacks],
             "checks": [c.to_dict() for c in self.checks],
+            "noise": [r.to_dict() for r in self.noise],
             "metadata": jsonable(self.metadata),
         }
         if samples and self.clean_correct is not None:
@@ -170,10 +175,17 @@ class EvalReport:
                 lines.append(f"robust accuracy after {a.name}: {100 * a.robust_accuracy:.2f}%{alone} "
                              f"({a.points_attacked} attacked, {a.time_s:.1f} s, {_rate(a.images_per_s)} img/s)")
         lines.append(f"robust accuracy: {100 * self.robust_accuracy:.2f}% (total {self.total_time_s:.1f} s)")
+        lines.extend(noise_line(r) for r in self.noise)
         for c in self.checks:
             status = "skipped" if c.passed is None else ("ok" if c.passed else "WARNING")
             lines.append(f"check {c.name}: {status}: {c.message}")
         return "\n".join(lines)
+
+
+def noise_line(r: NoiseResult) -> str:
+    of_clean = "" if r.accuracy_of_clean_correct is None else \
+        f", {100 * r.accuracy_of_clean_correct:.2f}% of the clean-correct"
+    return f"accuracy under Gaussian noise sigma={r.sigma:.4g}: {100 * r.accuracy:.2f}%{of_clean}"
 
 
 def _rate(v: Optional[float]) -> str:
@@ -192,6 +204,7 @@ class _Spec:
     params: Dict[str, Any]
     build: Callable[[nn.Module, Optional[int]], Attack]
     fixed: bool = False  # a ready-made Attack instance: its own model and seed
+    on_surrogate: bool = False  # a transfer preset: crafted on the surrogate, judged by the model
 
 
 def _attack_params(attack: Attack) -> Dict[str, Any]:
@@ -215,7 +228,8 @@ def _resolve(spec: AttackSpec, eps: float, norm: str, autocast, attacker: nn.Mod
         preset = spec
         params = dict(preset.parameters(eps, norm), preset=preset.name, attack=preset.cls.__name__)
         return _Spec(preset.name, preset.role, params,
-                     lambda model, seed: preset.build(model, eps, norm, seed=seed, autocast=autocast))
+                     lambda model, seed: preset.build(model, eps, norm, seed=seed, autocast=autocast),
+                     on_surrogate=preset.crafted_on == SURROGATE)
     if isinstance(spec, Attack):
         return _Spec(type(spec).__name__, _role_of(spec), dict(_attack_params(spec), attack=type(spec).__name__),
                      lambda model, seed: spec, fixed=True)
@@ -291,8 +305,9 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
              attack_model: Optional[nn.Module] = None, bpda=None, eot: Optional[int] = None,
              checks: Union[bool, Sequence[str], None] = None,
              check_n: int = 200, check_options: Optional[Dict[str, Any]] = None,
-             surrogate: Optional[nn.Module] = None,
+             surrogate: Union[nn.Module, Sequence[nn.Module], None] = None,
              surrogate_data: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+             noise: Sequence[float] = (),
              model_name: Optional[str] = None, data_name: Optional[str] = None,
              verbose: bool = False, keep_adversarial: bool = False) -> EvalReport:
     """Clean and robust accuracy of `model` on the first n points of `data`.
@@ -322,6 +337,13 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
                masking.DEFAULT_CHECKS, or a sequence of check names (see masking.run_checks);
                "transfer" runs when named, or by default when surrogate / surrogate_data is
                given. Fired checks emit GradientMaskingWarning. check_options are passed on.
+    surrogate: a model (or a sequence of models, attacked through their averaged logits:
+               fastrobust.models.LogitEnsemble) that the transfer presets ("transfer") craft
+               their examples on; the model judges them. Also the surrogate of the "transfer"
+               masking check (else trained on surrogate_data).
+    noise:     standard deviations (input units) of Gaussian noise: report.noise gets the
+               accuracy on clip(x + N(0, sigma^2)) per sigma (TisODE's noise evaluation; not
+               part of the robust accuracy).
     model_name, data_name: labels for the report's metadata.
     verbose:   print a line per attack.
     keep_adversarial: keep the adversarial examples (report.x_adv, on the CPU).
@@ -341,7 +363,12 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
         attack_model = model if bpda is None else bpda_wrap(model, bpda)
         attack_model = attack_model if eot is None else EOT(attack_model, samples=eot)
     attacker = model if attack_model is None else attack_model
+    surrogate = _surrogate_model(surrogate)
+    sigmas = check_sigmas(noise)
     specs = [_resolve(s, eps, norm, autocast, attacker) for s in expand_suites(attacks, norm)]
+    transfer = [s.name for s in specs if s.on_surrogate]
+    if transfer and surrogate is None:
+        raise ValueError(f"attacks: {', '.join(map(repr, transfer))} craft on a surrogate model; pass surrogate=")
     total = x.shape[0]
     y_dev = y.to(device)
 
@@ -380,14 +407,14 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
             xb = x[index_src[first:first + batch_size]].to(device, non_blocking=True)
             yb = y_dev[rows_dev]
             seed_b = None if seed is None else _mix(seed, i, b)
-            attack = spec.build(attacker, seed_b)
+            attack = spec.build(surrogate if spec.on_surrogate else attacker, seed_b)
             result = attack.run(xb, yb)
             forwards += result.forwards
             backwards += result.backwards
             if result.nonfinite is not None:
                 nonfinite += result.nonfinite.sum().to(device)
             ok = result.success
-            if attack_model is not None or spec.fixed and attack.model is not model:
+            if attack_model is not None or spec.on_surrogate or spec.fixed and attack.model is not model:
                 # the judged model decides: one forward on the adversarial points
                 pb = predict(model, result.x_adv, batch_size, device, autocast)
                 forwards += xb.shape[0]
@@ -433,6 +460,9 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
     clean_acc = int(clean_cpu.sum()) / total if total else float("nan")
     robust_acc = int(robust_cpu.sum()) / total if total else float("nan")
 
+    noise_results = noise_accuracy(model, x, y, sigmas, clean_correct=clean_cpu, seed=seed, batch_size=batch_size,
+                                   device=device, autocast=autocast) if sigmas else []
+
     # 4. gradient-masking checks
     check_results = []
     names = _check_names(checks, surrogate, surrogate_data)
@@ -446,14 +476,27 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
     total_time = time.perf_counter() - t_start
     report = EvalReport(n=total, eps=eps, norm=norm, seed=seed, cascade=cascade, clean_accuracy=clean_acc,
                         robust_accuracy=robust_acc, attacks=rows, clean_time_s=clean_time, total_time_s=total_time,
-                        checks=check_results, clean_correct=clean_cpu, robust=robust_cpu, x_adv=x_adv)
+                        checks=check_results, noise=noise_results, clean_correct=clean_cpu, robust=robust_cpu, x_adv=x_adv)
     report.metadata = _report.collect_metadata(
         model, model_name=model_name, data=data_name or data_desc, attacks=[s.name for s in specs], eps=eps,
         norm=norm, seed=seed, n=total, batch_size=batch_size, device=device, autocast=autocast, cascade=cascade,
-        attack_model=None if attack_model is None else type(attack_model).__name__)
+        attack_model=None if attack_model is None else type(attack_model).__name__,
+        surrogate=None if surrogate is None else type(surrogate).__name__, noise=sigmas)
     if verbose:
         print(f"robust accuracy: {100 * robust_acc:.2f}% (total {total_time:.1f} s)")
     return report
+
+
+def _surrogate_model(surrogate) -> Optional[nn.Module]:
+    """evaluate's surrogate: a module as given, several as one LogitEnsemble."""
+    if surrogate is None or isinstance(surrogate, nn.Module):
+        return surrogate
+    if isinstance(surrogate, (list, tuple)) and surrogate and all(isinstance(m, nn.Module) for m in surrogate):
+        if len(surrogate) == 1:
+            return surrogate[0]
+        from ..models import LogitEnsemble
+        return LogitEnsemble(surrogate)
+    raise TypeError(f"surrogate must be an nn.Module or a non-empty sequence of them, got {surrogate!r:.80}")
 
 
 def _check_names(checks, surrogate, surrogate_data) -> List[str]:

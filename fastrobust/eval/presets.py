@@ -17,6 +17,11 @@ apgd-ce, apgd-dlr, apgd-t (APGD-L1), square, fab and fab-t.
     fat               FAT's early-stopped PGD, tau=0, noise 0.001      7/31 eps   10     1
     hypocritical      HypocriticalPGD (descent on CE, from x+0.01 N)   eps/4      10     1
     mifgsm            MI-FGSM, momentum 1, start at x, last iterate    eps/10     10     1
+    transfer          MI-FGSM (as mifgsm) crafted on the surrogate     eps/10     10     1
+                      model(s), judged by the model (evaluate(surrogate=...))
+    fgsm              FGSM: one CE sign step of eps from x             eps        1      1
+    tisode-fgsm       TisODE's official "FGSM" (see below)             eps        1 (b)  1
+    tisode-pgd        TisODE's official "PGD" (see below)              eps/5      9 (b)  1
     square            Square (score-based, no gradients; AutoAttack)   -          5000 q 1
     fab               FAB, untargeted (minimal perturbation; AutoAttack) -        100    1
     fab-t             FAB-T, towards the 9 runner-up classes            -          100    1 per class
@@ -28,6 +33,8 @@ apgd-ce, apgd-dlr, apgd-t (APGD-L1), square, fab and fab-t.
                       (the smallest perturbation found, projected onto the eps-ball)
 
     (a) APGD's step size is adaptive: it starts at 2*eps and halves at the checkpoints.
+    (b) sign steps after the clean point; every iterate is checked (the official code's
+        max_iter 2 and 10, whose last update is never evaluated).
 
 The cascade presets are untargeted: a point counts as broken when the model misclassifies the
 attack's output. "hypocritical" is not part of the cascade: evaluate() runs it on the clean-
@@ -44,7 +51,17 @@ queries, the margin loss, its schedule not rescaled); "fab" and "fab-t" AutoAtta
 (alpha_max 0.1, eta 1.05, beta 0.9, 100 iterations; fab-t 9 target classes, 1 restart); "deepfool" is the original code's
 (overshoot 0.02, 50 iterations, 10 candidate classes); "cw-l2" follows Carlini & Wagner's
 code (9 binary-search steps, c from 1e-3, lr 0.01, kappa 0, early abort) with 1000 Adam steps
-instead of its 10000; "hsj" is HopSkipJump's code's (40 iterations, 100 initial probes, at
+instead of its 10000; "tisode-fgsm" and "tisode-pgd" are the attacks of TisODE's official
+evaluation (HanshuYAN/TisODE ad_attack/attk/cw_black.py; spec/methods-more.md §2.5): a
+coordinate Adam with beta1 = beta2 = 0, i.e. the step -lr * g / (|g| + 1e-8) = -lr * sign(g)
+on the clamped log-softmax margin max(log p_y - max_{j!=y} log p_j, 0), which equals the
+logit margin: PGD on the CW loss with kappa 0 from x (a point stops moving once
+misclassified), projected onto the L-inf ball and [0, 1], the clean point and each iterate
+checked. "FGSM" is lr = eps with max_iter 1, which the code raises to 2 (one step); "PGD" is
+10 iterations (9 steps) of lr = eps/5 (0.04 at 0.2, 0.06 at 0.3). Differences: the official
+code takes log(softmax + 1e-30), whose gradient vanishes beyond margins of about 69 nats
+(ours does not), and it counts an example with L2 distortion > 20 as a failure (unreachable
+for MNIST at eps <= 0.5: the largest L2 is 0.5 * 28 = 14; not applied here); "hsj" is HopSkipJump's code's (40 iterations, 100 initial probes, at
 most 10000, gamma 1, geometric step-size search).
 """
 from __future__ import annotations
@@ -63,6 +80,9 @@ from ..attacks import (APGD, FAB, FATPGD, PGD, AlternatingPGD, Attack, CarliniWa
 # to fix the clean-misclassified ones (reported as a risk, outside the cascade).
 CASCADE = "cascade"
 HYPOCRITICAL = "hypocritical"
+# What a preset crafts its examples on: the evaluated model, or a surrogate (transfer attacks).
+MODEL = "model"
+SURROGATE = "surrogate"
 
 
 @dataclass(frozen=True)
@@ -74,6 +94,8 @@ class Preset:
     relative: keyword arguments given as a multiple of eps (e.g. {"alpha": 0.25}).
     role:     CASCADE or HYPOCRITICAL.
     norms:    the threat models the attack supports.
+    crafted_on: "model" (the attacked model, or evaluate's attack_model) or "surrogate"
+              (a transfer attack: crafted on evaluate's surrogate, judged by the model).
     """
 
     name: str
@@ -83,6 +105,7 @@ class Preset:
     relative: Mapping[str, float] = field(default_factory=dict)
     role: str = CASCADE
     norms: Tuple[str, ...] = ("linf", "l2")
+    crafted_on: str = MODEL
 
     def parameters(self, eps: float, norm: str = "linf", **overrides) -> Dict[str, Any]:
         """The keyword arguments the attack is built with (eps and relative values resolved)."""
@@ -132,6 +155,20 @@ PRESETS: Dict[str, Preset] = _presets(
     Preset("mifgsm", MIFGSM, "MI-FGSM-10 (momentum 1.0, from x, last iterate), alpha=eps/10: the NIPS-2017 "
            "transfer attack, here white-box", params={"steps": 10, "momentum": 1.0, "keep": "last"},
            relative={"alpha": 0.1}),
+    Preset("transfer", MIFGSM, "transfer attack: MI-FGSM-10 (momentum 1.0, alpha=eps/10) crafted on the "
+           "surrogate model(s) (several: their averaged logits), judged by the model",
+           params={"steps": 10, "momentum": 1.0, "keep": "last"}, relative={"alpha": 0.1}, crafted_on=SURROGATE),
+    Preset("fgsm", PGD, "FGSM: one CE sign step of size eps from x (Goodfellow et al.)",
+           params={"steps": 1, "random_start": False, "loss": "ce", "keep": "success"}, relative={"alpha": 1.0}),
+    Preset("tisode-fgsm", PGD, "TisODE's official 'FGSM': one sign step of eps on the log-softmax margin "
+           "(clamped at 0) from x, clean point and step checked", params={"steps": 1, "random_start": False,
+                                                                            "loss": "cw", "kappa": 0.0,
+                                                                            "keep": "success"},
+           relative={"alpha": 1.0}, norms=("linf",)),
+    Preset("tisode-pgd", PGD, "TisODE's official 'PGD': 9 sign steps of eps/5 on the log-softmax margin "
+           "(clamped at 0) from x, every iterate checked", params={"steps": 9, "random_start": False,
+                                                                     "loss": "cw", "kappa": 0.0, "keep": "success"},
+           relative={"alpha": 0.2}, norms=("linf",)),
     Preset("square", Square, "Square attack, 5000 queries, p_init=0.8, margin loss (AutoAttack); images only",
            {"queries": 5000, "p_init": 0.8, "loss": "margin"}, norms=ATTACK_NORMS),
     Preset("fab", FAB, "FAB, untargeted, 100 iterations (AutoAttack)",
@@ -215,4 +252,6 @@ def register_preset(preset: Preset, replace: bool = False) -> None:
         raise ValueError(f"preset {preset.name!r} exists (pass replace=True)")
     if preset.role not in (CASCADE, HYPOCRITICAL):
         raise ValueError(f"role must be {CASCADE!r} or {HYPOCRITICAL!r}, got {preset.role!r}")
+    if preset.crafted_on not in (MODEL, SURROGATE):
+        raise ValueError(f"crafted_on must be {MODEL!r} or {SURROGATE!r}, got {preset.crafted_on!r}")
     PRESETS[preset.name] = preset

@@ -106,7 +106,8 @@ def _num(v: Optional[float], fmt: str = "{:.2f}") -> str:
 
 
 def markdown(report, plots: Optional[Dict[str, str]] = None) -> str:
-    """The report as Markdown: metadata, the cascade table, the hypocritical risk, the checks."""
+    """The report as Markdown: metadata, the cascade table, the hypocritical risk, the noise
+    accuracy, the checks."""
     m = report.metadata
     lines = [f"# Robustness evaluation: {m.get('model', 'model')}", ""]
     commit = m.get("git_commit")
@@ -152,6 +153,12 @@ def markdown(report, plots: Optional[Dict[str, str]] = None) -> str:
             lines.append(f"**Hypocritical risk** ({a.name}): {risk}: {a.successes} of {a.points_attacked} "
                          f"misclassified points made correct ({_num(a.time_s)} s).")
             lines.append("")
+    if getattr(report, "noise", None):
+        lines += ["## Gaussian noise", "", "Accuracy on clip(x + N(0, sigma^2)), not part of the robust accuracy.", "",
+                  "| sigma | accuracy (%) | of the clean-correct (%) | time (s) |", "|---:|---:|---:|---:|"]
+        lines += [f"| {r.sigma:.4g} | {_pct(r.accuracy)} | {_pct(r.accuracy_of_clean_correct)} | {_num(r.time_s)} |"
+                  for r in report.noise]
+        lines.append("")
     if report.checks:
         lines += ["## Gradient-masking checks", ""]
         for c in report.checks:
