@@ -105,6 +105,20 @@ def test_transfer_preset_crafts_on_the_surrogate_and_the_model_judges(digits_mod
         evaluate(digits_model, (x, y), attacks=["transfer"], eps=0.1, surrogate=[])
 
 
+def test_transfer_from_a_standard_surrogate_is_weaker_than_white_box(digits_model, digits_test_set):
+    """The issue's check: on a standard model, MI-FGSM transferred from another standard-trained
+    net (another width and seed) leaves more points robust than the white-box attack."""
+    from fastrobust.data import load_digits
+    from fastrobust.testing import train_digits_cnn
+
+    x, y = digits_test_set
+    surrogate = train_digits_cnn(*load_digits("train"), width=32, epochs=10, seed=7)
+    white = evaluate(digits_model, (x, y), attacks=["mifgsm"], eps=0.1)
+    transfer = evaluate(digits_model, (x, y), attacks=["transfer"], eps=0.1, surrogate=surrogate)
+    assert transfer.clean_accuracy == white.clean_accuracy
+    assert white.robust_accuracy < transfer.robust_accuracy < transfer.clean_accuracy
+
+
 def test_ensemble_surrogate_attacks_the_averaged_logits(digits_model, digits_test_set):
     x, y = digits_test_set
     x, y = x[:64], y[:64]
