@@ -104,7 +104,7 @@ def load_model(path: str, device, data_dir=None):
         raise CLIError(f"checkpoint {path}: {one_line(exc)}" if stored_options else one_line(exc) + hint) from exc
     try:
         model = build_model(config.model, info, **config.model_options)
-        model = create_recipe(config.recipe, **_recipe_kwargs(RECIPES[config.recipe], config)).prepare(
+        model = create_recipe(config.recipe, **_recipe_kwargs(RECIPES[config.recipe], config)).structure(
             model, info.num_classes)
         load_model_state(path, model, state["model"])
     except (CheckpointError, ValueError) as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import inspect
 import json
 import os
 import shlex
@@ -155,6 +156,9 @@ def add_parser(sub) -> None:
                    help=f"training recipe (default: {d('recipe')})")
     g.add_argument("--recipe-options", type=_json_object, metavar="JSON",
                    help="the recipe's own options, e.g. '{\"beta\": 6}' for trades (default: none)")
+    g.add_argument("--target", metavar="CHECKPOINT",
+                   help="the trained classifier the recipe builds on (hgd): its data set, model and model options "
+                        "come from this checkpoint (default: none)")
     g.add_argument("--eps", type=eps_type, metavar="EPS",
                    help=f"L-inf radius in pixel units, e.g. 0.15 or 8/255, for training and evaluation "
                         f"(default: the data set's: {_per_data('eps')})")
@@ -260,6 +264,8 @@ def config_from_args(args):
     if args.first_stride is not None:
         options["first_stride"] = args.first_stride
     values["model_options"] = options
+    if args.target is not None:
+        options = _target_values(args, values)
     resume = values.get("resume")
     if "out" not in values:
         if isinstance(resume, str):
@@ -269,7 +275,9 @@ def config_from_args(args):
     config = TrainConfig.from_dict(values)
     resolved = config.resolved()
     options.setdefault("activation", FIXED_ACTIVATION.get(resolved.model, DEFAULT_ACTIVATION))
-    if args.denoise == "auto":
+    if args.target is not None:
+        pass  # the target's model options, as trained
+    elif args.denoise == "auto":
         if resolved.model == "small_cnn" and "denoise" not in options:
             options["denoise"] = SMALL_CNN_DENOISE
     elif args.denoise != "none":
@@ -279,6 +287,37 @@ def config_from_args(args):
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         config = config.replace(out=os.path.join("runs", f"{resolved.data}-{resolved.recipe}-{resolved.model}-{stamp}"))
     return config
+
+
+def _target_values(args, values: Dict[str, Any]) -> Dict[str, Any]:
+    """--target: the checkpoint's data set, model and model options into values (conflicting
+    options are errors), the checkpoint's path into the recipe's options; the model options."""
+    from ..train.checkpoint import CheckpointError, load_checkpoint
+    from ..train.config import ConfigError, TrainConfig
+    from ..train.recipes import RECIPES
+
+    recipe = values.get("recipe", _field_default("recipe"))
+    if "target" not in inspect.signature(RECIPES[recipe].__init__).parameters:
+        raise CLIError(f"--target: the recipe {recipe!r} builds on no trained classifier (hgd does)")
+    try:
+        target = TrainConfig.from_dict(load_checkpoint(args.target)["config"]).resolved()
+    except (CheckpointError, ConfigError, TypeError, KeyError) as exc:
+        raise CLIError(f"--target {args.target}: {one_line(exc)}") from exc
+    if not isinstance(target.model, str):
+        raise CLIError(f"--target {args.target}: trained with a custom nn.Module, which cannot be rebuilt")
+    given = {"--model": (args.model, target.model), "--data": (args.data if args.data != _field_default("data")
+                                                              else None, target.data)}
+    for flag, (mine, theirs) in given.items():
+        if mine is not None and mine != theirs:
+            raise CLIError(f"{flag} {mine}: the --target classifier was trained with {flag} {theirs}; leave "
+                           f"{flag} out")
+    if args.model_options or args.activation or args.cifs or args.first_stride or args.denoise != "auto":
+        raise CLIError("--target: the classifier's model options come from its checkpoint; leave --model-options, "
+                       "--activation, --denoise, --cifs and --first-stride out")
+    values.update(model=target.model, data=target.data, data_options=dict(target.data_options))
+    values["recipe_options"] = {**(values.get("recipe_options") or {}), "target": os.path.abspath(args.target)}
+    values["model_options"] = dict(target.model_options)
+    return values["model_options"]
 
 
 def describe_model(name: str, options: Dict[str, Any]) -> str:

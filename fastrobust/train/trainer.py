@@ -261,7 +261,9 @@ class Trainer:
         self.recipe: Recipe = create_recipe(cfg.recipe, **_recipe_kwargs(recipe_cls, cfg))
 
         model = cfg.model if isinstance(cfg.model, nn.Module) else build_model(cfg.model, info, **cfg.model_options)
-        model = self.recipe.prepare(model, info.num_classes)
+        # a resumed run loads its whole model from the checkpoint: the structure only (HGD's
+        # target weights are in it, and the target file need not exist any more)
+        model = (self.recipe.structure if resume_path else self.recipe.prepare)(model, info.num_classes)
         model = model.to(device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)

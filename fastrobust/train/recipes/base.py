@@ -70,6 +70,11 @@ class Recipe:
         """Called once before training; may modify or wrap the model (returns the model to train)."""
         return model
 
+    def structure(self, model: nn.Module, num_classes: int) -> nn.Module:
+        """The model prepare() returns, without what training needs from elsewhere (HGD's target
+        weights): what a checkpoint's state dict is loaded into. Default: prepare()."""
+        return self.prepare(model, num_classes)
+
     def epoch_start(self, epoch: int, epochs: int) -> None:
         """Called at the start of every epoch (0-based)."""
 

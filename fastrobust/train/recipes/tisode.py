@@ -83,6 +83,9 @@ class TisODE(Recipe):
     def prepare(self, model, num_classes: int):
         return self.inner.prepare(model, num_classes)
 
+    def structure(self, model, num_classes: int):
+        return self.inner.structure(model, num_classes)
+
     def epoch_start(self, epoch: int, epochs: int) -> None:
         self.inner.epoch_start(epoch, epochs)
 
