@@ -349,8 +349,8 @@ def implementations_for(suite: Suite, options: Options) -> Dict[str, Implementat
         raise ValueError(f"suite {suite.name} lacks the implementations {sorted(missing)}")
     if options.compile:
         impls.setdefault(COMPILED, compiled_builder(impls[REFERENCE]))
-    else:  # a suite's own compiled baseline is skipped too
-        impls.pop(COMPILED, None)
+    else:  # a suite's own compiled baselines (COMPILED, compiled_*) are skipped too
+        impls = {k: v for k, v in impls.items() if k != COMPILED and not k.startswith(COMPILED + "_")}
     # The reference runs first: its errors are the yardstick of the others (see judge).
     return {REFERENCE: impls.pop(REFERENCE), **impls}
 

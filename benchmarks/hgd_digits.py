@@ -21,8 +21,6 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-import torch
-
 from benchmarks.seed_digits import CNN, SURROGATES, Runner, _pct, load
 
 EPS = 16 / 255
@@ -69,10 +67,6 @@ def markdown(res: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    import platform
-
-    from benchmarks.harness import git_commit
-
     p = argparse.ArgumentParser(prog="python -m benchmarks.hgd_digits", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--runs", type=Path, default=Path("runs/hgd-digits"), help="training runs (reused when finished)")
@@ -81,16 +75,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     r = Runner(args.runs, 1 if args.quick else args.epochs, args.quick)
     args.out.mkdir(parents=True, exist_ok=True)
-    res: Dict[str, Any] = {"commit": git_commit(), "machine": f"{platform.processor() or platform.machine()}, "
-                           f"{torch.get_num_threads()} threads", "epochs": r.epochs,
-                           "cascade": [c if isinstance(c, str) else c.name for c in r.cascade], "quick": args.quick}
+    res = r.header()
     res["rows"] = table(r)
-    res["commands"] = r.commands
-    stem = "hgd-digits-quick" if args.quick else "hgd-digits"
-    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(res))
-    print(markdown(res))
-    return 0
+    return r.write(res, args.out, "hgd-digits", markdown)
 
 
 if __name__ == "__main__":

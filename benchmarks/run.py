@@ -24,6 +24,7 @@ SUITES = {
     "nlm": "benchmarks.bench_nlm",
     "train": "benchmarks.bench_train",
     "attacks": "benchmarks.bench_attacks",
+    "ode": "benchmarks.bench_ode",
 }
 
 

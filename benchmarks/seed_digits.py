@@ -94,6 +94,25 @@ class Runner:
             raise SystemExit(f"{' '.join(args)} failed:\n{buffer.getvalue()}")
         return out / "last.pt"
 
+    def header(self) -> Dict[str, Any]:
+        """What every result file starts with: commit, machine, epochs, the cascade."""
+        import platform
+
+        from benchmarks.harness import git_commit
+
+        return {"commit": git_commit(), "machine": f"{platform.processor() or platform.machine()}, "
+                f"{torch.get_num_threads()} threads", "epochs": self.epochs,
+                "cascade": [c if isinstance(c, str) else c.name for c in self.cascade], "quick": self.quick}
+
+    def write(self, res: Dict[str, Any], out: Path, stem: str, markdown) -> int:
+        """<out>/<stem>[-quick].json and .md (markdown(res)); the tables printed."""
+        res["commands"] = self.commands
+        stem = f"{stem}-quick" if self.quick else stem
+        (out / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
+        (out / f"{stem}.md").write_text(markdown(res))
+        print(markdown(res))
+        return 0
+
     def evaluate(self, model, data, attacks, eps, **kw) -> Dict[str, Any]:
         t0 = time.perf_counter()
         report = evaluate(model, data, attacks=list(attacks), eps=eps, n=self.n, seed=self.seed, check_n=self.check_n,
@@ -244,10 +263,6 @@ def markdown(res: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    import platform
-
-    from benchmarks.harness import git_commit
-
     p = argparse.ArgumentParser(prog="python -m benchmarks.seed_digits", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--runs", type=Path, default=Path("runs/seed-digits"), help="training runs (reused when finished)")
@@ -256,21 +271,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--quick", action="store_true", help="1 epoch of 3 batches, 24 points, PGD-20 for the cascade: "
                                                         "a smoke run (numbers meaningless)")
     args = p.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     r = Runner(args.runs, 1 if args.quick else args.epochs, args.quick)
     args.out.mkdir(parents=True, exist_ok=True)
-    res: Dict[str, Any] = {"commit": git_commit(), "machine": f"{platform.processor() or platform.machine()}, "
-                           f"{torch.get_num_threads()} threads", "epochs": r.epochs,
-                           "cascade": [c if isinstance(c, str) else c.name for c in r.cascade],
-                           "quick": args.quick}
+    res = r.header()
     res["tisode"] = tisode_table(r)
     res["jsigr"] = jsigr_table(r, args.jsigr_eps, args.out)
-    res["commands"] = r.commands
-    stem = "seed-digits-quick" if args.quick else "seed-digits"
-    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(res))
-    print(markdown(res))
-    return 0
+    return r.write(res, args.out, "seed-digits", markdown)
 
 
 if __name__ == "__main__":

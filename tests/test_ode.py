@@ -10,6 +10,7 @@ from torch import nn
 
 from fastrobust.models import create
 from fastrobust.nn import ConcatODEFunc, ODEBlock, TisODEFunc
+from fastrobust.nn.ode import cuda_graphed
 from fastrobust.train.recipes import StepContext, create_recipe
 from fastrobust.train.recipes.tisode import gaussian_noise, steady_state_loss
 
@@ -61,6 +62,70 @@ def test_euler_agrees_with_torchdiffeq():
     want = torchdiffeq.odeint(func, z, torch.tensor([0.0, 1.0], dtype=torch.float64), method="euler",
                               options={"step_size": 0.05})[-1]
     torch.testing.assert_close(ODEBlock(func, step=0.05)(z), want, rtol=1e-12, atol=1e-12)
+
+
+def run_with_grads(block, z):
+    """The block's output, steady-state loss and the gradients of out.sum() (+ the loss) with
+    respect to z and every parameter."""
+    out = block(z)
+    ss = block.steady_state_loss
+    loss = out.sum() if ss is None else out.sum() + ss
+    return out, ss, torch.autograd.grad(loss, [z, *block.parameters()])
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train-steady-state"])
+def test_compiled_euler_block_is_one_graph_and_equals_eager(train, backend):
+    """torch.compile(fullgraph=True) (a graph break raises) of the Euler block: the same output,
+    steady-state loss and gradients as eager, in eval mode and in train mode with the window."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    block = ODEBlock(TisODEFunc(4, groups=2), steady_state=(0.9, 1.5)).train(train)
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    compiled = torch.compile(block, fullgraph=True, backend=backend)
+    got_out, got_ss, got_grads = run_with_grads(compiled, z)
+    want_out, want_ss, want_grads = run_with_grads(block, z)
+    assert (got_ss is None) == (want_ss is None) == (not train)
+    torch.testing.assert_close(got_out, want_out, rtol=1e-5, atol=1e-5)
+    if train:
+        torch.testing.assert_close(got_ss, want_ss, rtol=1e-5, atol=1e-6)
+    for got, want in zip(got_grads, want_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_cuda_graphed_rejects_what_a_capture_gets_wrong():
+    block = ODEBlock(TisODEFunc(4, groups=2), steady_state=(0.9, 1.5))
+    with pytest.raises(ValueError, match="steady_state"):  # train mode (the default) with the window
+        cuda_graphed(block.train(), torch.randn(2, 4, 3, 3))
+    with pytest.raises(ValueError, match="example_input must be a CUDA tensor, got cpu"):
+        cuda_graphed(block.eval(), torch.randn(2, 4, 3, 3))
+    with pytest.raises(ValueError, match="method='euler'"):
+        cuda_graphed(ODEBlock(TisODEFunc(4, groups=2), method="rk4").eval(), torch.randn(2, 4, 3, 3))
+    with pytest.raises(ValueError, match="ODEBlock"):
+        cuda_graphed(TisODEFunc(4, groups=2), torch.randn(2, 4, 3, 3))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("train", [False, True], ids=["eval-with-window", "train-no-window"])
+def test_cuda_graphed_block_replays_the_eager_numbers(train):
+    """Captured once, replayed on new inputs: the eager block's output and gradients (of the
+    input and every parameter) to rounding."""
+    import copy
+
+    torch.manual_seed(0)
+    block = ODEBlock(TisODEFunc(8, groups=4), steady_state=None if train else (0.9, 1.5)).cuda().train(train)
+    eager = copy.deepcopy(block)
+    graphed = cuda_graphed(block, torch.randn(4, 8, 5, 5, device="cuda", requires_grad=True))
+    for _ in range(2):
+        z = torch.randn(4, 8, 5, 5, device="cuda", requires_grad=True)
+        w = torch.randn(4, 8, 5, 5, device="cuda")
+        out = graphed(z)
+        got = [out.clone()] + [g.clone() for g in torch.autograd.grad((out * w).sum(), [z, *graphed.parameters()])]
+        want_out = eager(z)
+        want = [want_out, *torch.autograd.grad((want_out * w).sum(), [z, *eager.parameters()])]
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert graphed.steady_state_loss is None
 
 
 class Decay(nn.Module):

@@ -13,6 +13,25 @@ also integrates |f(z(t))| over [t1, t3] (past t_end if t3 > t_end) along the sam
 and block.steady_state_loss holds L_ss = mean(∫_{t1}^{t3} |f(z(t))| dt) over the elements (the
 official `euler_abs` solver: y_{k+1} = y_k + h |f(z_k)|), for a recipe to add to its loss. With
 torchdiffeq's methods it is the augmented state d[z; a]/dt = [f(z); |f(z)|] from t1 to t3.
+
+One graph: with method="euler", torch.compile(block, fullgraph=True) traces the whole solve (the
+grid and the window are Python floats; no tensor is read on the host), in eval mode and in train
+mode with the steady-state window (block.steady_state_loss is then set by the compiled forward).
+
+    cuda_graphed(block, example_input)
+
+captures the Euler block's forward and backward as CUDA graphs: it is
+torch.cuda.make_graphed_callables(block, (example_input,)), which returns the block itself with
+its forward replaced. It raises ValueError where a capture would be wrong: example_input not a
+CUDA tensor (or parameters on another device), a torchdiffeq method (their solvers read values
+on the host), or train mode with a steady_state window (block.steady_state_loss is a Python side
+effect of the forward: a replay would not update it, so it would keep the capture's tensor,
+outside autograd; capture in eval mode, or build the block with steady_state=None). What
+make_graphed_callables asks of its callers holds: call it only with inputs of example_input's
+shape, dtype, device and requires_grad; its outputs and gradients are static buffers that the
+next call overwrites (clone what you keep); the parameters must keep their storage (in-place
+optimizer steps are fine); in the other training mode than the capture's the eager forward runs;
+no double backward.
 """
 from __future__ import annotations
 
@@ -154,8 +173,8 @@ class ODEBlock(nn.Module):
             t = k * h
             f = self.func(times[k], z)
             if want_ss and t1 - 1e-9 <= t < t3 - 1e-9:
-                acc = h * f.abs() if acc is None else acc + h * f.abs()
-            z = z + h * f
+                acc = h * f.abs() if acc is None else torch.add(acc, f.abs(), alpha=h)
+            z = torch.add(z, f, alpha=h)  # one kernel (and one in the backward), not h * f then +
             if k + 1 == steps:
                 out = z
         ss = None
@@ -202,3 +221,26 @@ class ODEBlock(nn.Module):
             kwargs["adjoint_params"] = tuple(Augmented().parameters())
         _, acc = odeint(Augmented(), (z1, torch.zeros_like(z1)), window, **kwargs)
         return out, acc[-1].mean()
+
+
+def cuda_graphed(block: ODEBlock, example_input: torch.Tensor) -> ODEBlock:
+    """torch.cuda.make_graphed_callables(block, (example_input,)) for a block with method="euler":
+    the block itself, its forward (and backward) replayed as CUDA graphs. ValueError for what a
+    capture would get wrong; see the module docstring for the rules a graphed block follows."""
+    if not isinstance(block, ODEBlock):
+        raise ValueError(f"cuda_graphed: block must be an ODEBlock, got {type(block).__name__}")
+    if block.method != EULER:
+        raise ValueError(f"cuda_graphed: only method='euler' can be captured, got {block.method!r} "
+                         "(torchdiffeq's solvers read values on the host, which a capture forbids)")
+    if block.training and block.steady_state is not None:
+        raise ValueError("cuda_graphed: a block in train mode with a steady_state window sets "
+                         "block.steady_state_loss in its forward, a side effect a CUDA graph does not replay; "
+                         "capture it in eval mode (block.eval()) or build it with steady_state=None")
+    if not isinstance(example_input, torch.Tensor) or example_input.device.type != "cuda":
+        where = example_input.device if isinstance(example_input, torch.Tensor) else type(example_input).__name__
+        raise ValueError(f"cuda_graphed: example_input must be a CUDA tensor, got {where}")
+    elsewhere = [name for name, p in block.named_parameters() if p.device != example_input.device]
+    if elsewhere:
+        raise ValueError(f"cuda_graphed: the parameters must be on {example_input.device} with the input; "
+                         f"{', '.join(elsewhere)} are not")
+    return torch.cuda.make_graphed_callables(block, (example_input,))
