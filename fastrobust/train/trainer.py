@@ -270,6 +270,7 @@ class Trainer:
         self.model = model
         self.optimizer = build_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
 
+        self.recipe.attach_data(x, y)
         self.loader = TensorLoader(x, y, cfg.batch_size // dist.world_size, shuffle=True, drop_last=True,
                                    augment=info.augmentation(), seed=cfg.seed, rank=dist.rank,
                                    world_size=dist.world_size)

@@ -7,6 +7,7 @@
     jsigr     J-SIGR-style gradient regularisation (Jacobian norm + selective input gradient)
     tisode    TisODE: CE + the ODE blocks' steady-state loss, Gaussian-noise augmentation
     hgd       HGD: a guided denoiser (DUNet) for a frozen classifier (the target checkpoint)
+    ladder    LADDER: fine-tuning on latent boundary-guided examples (the target checkpoint)
 
 Importing this package registers every recipe module present in RECIPES.
 """
@@ -15,7 +16,7 @@ import importlib as _importlib
 from .base import RECIPES, BatchOutput, Recipe, StepContext, create_recipe, register_recipe
 from . import pgd, standard  # noqa: F401  (registration)
 
-_OPTIONAL = ("fat", "trades", "fgsm", "iat", "spat", "thrm", "jsigr", "tisode", "hgd")
+_OPTIONAL = ("fat", "trades", "fgsm", "iat", "spat", "thrm", "jsigr", "tisode", "hgd", "ladder")
 for _name in _OPTIONAL:
     try:
         _importlib.import_module(f"{__name__}.{_name}")

@@ -75,6 +75,10 @@ class Recipe:
         weights): what a checkpoint's state dict is loaded into. Default: prepare()."""
         return self.prepare(model, num_classes)
 
+    def attach_data(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Called once before training with this rank's training tensors, for recipes that build
+        something from the whole training set (LADDER's decoder and SVMs). Default: nothing."""
+
     def epoch_start(self, epoch: int, epochs: int) -> None:
         """Called at the start of every epoch (0-based)."""
 
