@@ -76,10 +76,11 @@ class Runner:
         # smoke run keeps the cheap ones (the sweeps over eps and steps take minutes under dopri5)
         self.checks = ["zero_gradients"] if quick else list(DEFAULT_CHECKS)
 
-    def train(self, name: str, argv: Sequence[str], epochs: Optional[int] = None) -> Path:
+    def train(self, name: str, argv: Sequence[str], epochs: Optional[int] = None, seed: Optional[int] = None) -> Path:
         """`fastrobust train` into runs/name (reused when its last.pt is finished); last.pt."""
         out = self.runs / name
-        args = ["train", "--data", "digits", *argv, "--epochs", str(epochs or self.epochs), "--seed", str(self.seed),
+        seed = self.seed if seed is None else seed
+        args = ["train", "--data", "digits", *argv, "--epochs", str(epochs or self.epochs), "--seed", str(seed),
                 "--no-eval", "--no-final-eval", "--eval-every", "0", "--no-progress", "--no-plot", "--out", str(out)]
         if self.quick:
             args += ["--max-steps-per-epoch", "3"]
