@@ -63,6 +63,12 @@ examples:
   fastrobust train --schedule piecewise --milestones 5 8 --epochs 20 --out runs/long --resume   # extend
   fastrobust train --epochs 3 --out runs/quick --overwrite   # the old runs/quick -> runs/quick.old-...
   fastrobust eval runs/quick/last.pt --attacks pgd20,apgd-t
+  fastrobust train --model ode_net --model-options '{"ode": "tisode"}' --recipe tisode   # TisODE
+  fastrobust train --model ode_net --recipe tisode --recipe-options '{"inner": "pgd"}'   # PGD-AT of it
+  fastrobust train --recipe jsigr --denoise none --activation relu --out runs/jsigr       # J-SIGR-style
+  fastrobust train --recipe standard --denoise none --activation relu --out runs/std
+  fastrobust train --recipe hgd --target runs/std/last.pt --recipe-options '{"guide": "logits"}'
+  fastrobust train --recipe ladder --target runs/std/last.pt --schedule constant --lr 0.01
 """
 
 SMALL_CNN_DENOISE = ("layer2", "gaussian")  # the embedded default's denoising block
@@ -157,7 +163,7 @@ def add_parser(sub) -> None:
     g.add_argument("--recipe-options", type=_json_object, metavar="JSON",
                    help="the recipe's own options, e.g. '{\"beta\": 6}' for trades (default: none)")
     g.add_argument("--target", metavar="CHECKPOINT",
-                   help="the trained classifier the recipe builds on (hgd): its data set, model and model options "
+                   help="the trained classifier the recipe builds on (hgd, ladder): its data set, model and model options "
                         "come from this checkpoint (default: none)")
     g.add_argument("--eps", type=eps_type, metavar="EPS",
                    help=f"L-inf radius in pixel units, e.g. 0.15 or 8/255, for training and evaluation "
@@ -298,7 +304,7 @@ def _target_values(args, values: Dict[str, Any]) -> Dict[str, Any]:
 
     recipe = values.get("recipe", _field_default("recipe"))
     if "target" not in inspect.signature(RECIPES[recipe].__init__).parameters:
-        raise CLIError(f"--target: the recipe {recipe!r} builds on no trained classifier (hgd does)")
+        raise CLIError(f"--target: the recipe {recipe!r} builds on no trained classifier (hgd and ladder do)")
     try:
         target = TrainConfig.from_dict(load_checkpoint(args.target)["config"]).resolved()
     except (CheckpointError, ConfigError, TypeError, KeyError) as exc:
