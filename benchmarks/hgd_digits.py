@@ -16,12 +16,10 @@ HGD was broken this way (Athalye and Carlini 2018).
 """
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-from benchmarks.seed_digits import CNN, SURROGATES, Runner, _pct, load
+from benchmarks.seed_digits import CNN, SURROGATES, Runner, _pct, load, parse_args
 
 EPS = 16 / 255
 GUIDES = ("feature", "logits", "pixel", "class")
@@ -40,10 +38,11 @@ def table(r: Runner) -> Dict[str, Any]:
     for name, model in models.items():
         attack_on = classifier if name != "undefended" else None
         rows[name] = {
-            "clean": r.evaluate(model, data, [], EPS),
-            "oblivious": r.evaluate(model, data, ["fgsm", "pgd20"], EPS, attack_model=attack_on, cascade=False),
-            "transfer": r.evaluate(model, data, ["transfer"], EPS, surrogate=surrogate),
-            "end-to-end": r.evaluate(model, data, r.cascade, EPS, checks=r.checks),
+            "clean": r.evaluate(model, data, [], EPS, tag=f"{name}/clean"),
+            "oblivious": r.evaluate(model, data, ["fgsm", "pgd20"], EPS, attack_model=attack_on, cascade=False,
+                                    tag=f"{name}/oblivious"),
+            "transfer": r.evaluate(model, data, ["transfer"], EPS, surrogate=surrogate, tag=f"{name}/transfer"),
+            "end-to-end": r.evaluate(model, data, r.cascade, EPS, checks=r.checks, tag=f"{name}/end-to-end"),
         }
     return rows
 
@@ -67,15 +66,7 @@ def markdown(res: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.hgd_digits", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    p.add_argument("--runs", type=Path, default=Path("runs/hgd-digits"), help="training runs (reused when finished)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--quick", action="store_true", help="1 epoch of 3 batches, 24 points: a smoke run")
-    args = p.parse_args(argv)
-    r = Runner(args.runs, 1 if args.quick else args.epochs, args.quick)
-    args.out.mkdir(parents=True, exist_ok=True)
-    res = r.header()
+    args, r, res = parse_args("hgd_digits", __doc__, argv)
     res["rows"] = table(r)
     return r.write(res, args.out, "hgd-digits", markdown)
 

@@ -16,14 +16,13 @@ standard CNN (another seed) still gives their source label, and how many fool th
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from benchmarks.seed_digits import CNN, Runner, _pct, load
+from benchmarks.seed_digits import CNN, Runner, _pct, load, parse_args
 
 EPS = 0.1
 LADDER = {"raw w, eta 5": {"eta": 5.0}, "normalised w, eta 2": {"eta": 2.0, "normalize": True}}
@@ -62,7 +61,7 @@ def table(r: Runner) -> Dict[str, Any]:
     rows: Dict[str, Any] = {}
     for name, path in paths.items():
         model, _ = load(path)
-        rows[name] = {"white-box": r.evaluate(model, data, r.cascade, EPS, checks=r.checks)}
+        rows[name] = {"white-box": r.evaluate(model, data, r.cascade, EPS, checks=r.checks, tag=f"{name}/white-box")}
         for label, options in LADDER.items():
             if name == f"LADDER ({label})":
                 rows[name]["generated"] = fidelity(target, judge, data, options, r.quick)
@@ -100,15 +99,7 @@ def markdown(res: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.ladder_digits", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    p.add_argument("--runs", type=Path, default=Path("runs/ladder-digits"), help="training runs (reused when finished)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--quick", action="store_true", help="1 epoch of 3 batches, 24 points: a smoke run")
-    args = p.parse_args(argv)
-    r = Runner(args.runs, 1 if args.quick else args.epochs, args.quick)
-    args.out.mkdir(parents=True, exist_ok=True)
-    res = r.header()
+    args, r, res = parse_args("ladder_digits", __doc__, argv)
     res["rows"] = table(r)
     res["plot"] = "ladder-digits-quick-tradeoff.png" if args.quick else "ladder-digits-tradeoff.png"
     plot(res, args.out / res["plot"])

@@ -282,18 +282,27 @@ def markdown(res: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.seed_digits", description=__doc__.split("\n\n")[0])
+def parse_args(name: str, doc: str, argv: Optional[Sequence[str]], extra=None):
+    """(args, Runner, result header) of a digits-table script `name` (--out, --runs, --epochs,
+    --quick, and what extra(parser) adds); the output folder made."""
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=doc.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    p.add_argument("--runs", type=Path, default=Path("runs/seed-digits"), help="training runs (reused when finished)")
+    p.add_argument("--runs", type=Path, default=Path("runs") / name.replace("_", "-"),
+                   help="training runs and evaluations (reused when finished)")
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--jsigr-eps", type=float, default=0.1)
     p.add_argument("--quick", action="store_true", help="1 epoch of 3 batches, 24 points, PGD-20 for the cascade: "
                                                         "a smoke run (numbers meaningless)")
+    if extra is not None:
+        extra(p)
     args = p.parse_args(argv)
     r = Runner(args.runs, 1 if args.quick else args.epochs, args.quick)
     args.out.mkdir(parents=True, exist_ok=True)
-    res = r.header()
+    return args, r, r.header()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args, r, res = parse_args("seed_digits", __doc__, argv,
+                              lambda p: p.add_argument("--jsigr-eps", type=float, default=0.1))
     res["tisode"] = tisode_table(r)
     res["jsigr"] = jsigr_table(r, args.jsigr_eps, args.out)
     return r.write(res, args.out, "seed-digits", markdown)
