@@ -193,6 +193,13 @@ def test_cli_trains_a_denoiser_for_a_target_and_evaluates_it(tmp_path, capsys):
                  "--no-progress"]) == 0
     report = json.loads((tmp_path / "hgd" / "eval" / "report.json").read_text())
     assert report["metadata"]["model_class"].endswith("Denoised")
+    assert main(["eval", str(tmp_path / "hgd" / "last.pt"), "--oblivious", "--attacks", "pgd20", "--n", "16",
+                 "--checks", "none", "--no-progress", "--out", str(tmp_path / "obl")]) == 0
+    oblivious = json.loads((tmp_path / "obl" / "report.json").read_text())
+    assert oblivious["metadata"]["attack_model"] == "SmallCNN" and oblivious["metadata"]["oblivious"] is True
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "moved.pt"), "--oblivious", "--no-progress"]) == 2
+    assert "--oblivious: checkpoint" in capsys.readouterr().err
     capsys.readouterr()
     target = tmp_path / "moved.pt"
     for argv, message in ((["--recipe", "pgd"], "--target: the recipe 'pgd' builds on no trained classifier"),

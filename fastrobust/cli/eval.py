@@ -34,6 +34,7 @@ examples:
   fastrobust eval runs/cifar-pgd/best.pt --attacks pgd20,apgd-ce,apgd-t --n 1000 --eps 8/255 --device cuda
   fastrobust eval runs/digits-tisode/last.pt --attacks fgsm,tisode-pgd,pgd20 --eps 0.3 --noise 100/255
   fastrobust eval runs/digits-jsigr/last.pt --attacks transfer,pgd20 --surrogate runs/digits-standard/last.pt
+  fastrobust eval runs/digits-hgd/last.pt --oblivious --out runs/digits-hgd/eval-oblivious
 """
 
 
@@ -51,6 +52,10 @@ def add_parser(sub) -> None:
                    help="a checkpoint of a surrogate model (repeat for several: their averaged logits) that the "
                         "transfer attack preset (--attacks transfer) crafts on; trained on the same data set "
                         "(default: none)")
+    g.add_argument("--oblivious", action="store_true",
+                   help="for a denoiser checkpoint (fastrobust train --recipe hgd): craft the attacks on its classifier "
+                        "alone and judge them on the whole model (HGD's own threat model, which ignores the denoiser; "
+                        "default: off, the attacks go through denoiser and classifier)")
     g = p.add_argument_group("run")
     g.add_argument("--out", metavar="DIR", help="report folder (default: CHECKPOINT's folder/eval, see above)")
     g.add_argument("--data-dir", metavar="DIR",
@@ -129,6 +134,13 @@ def run(args) -> int:
     eps = config.eps if args.eps is None else args.eps
     if eps is None:
         raise CLIError(f"checkpoint {args.checkpoint}: no eps stored; pass --eps")
+    attack_model = None
+    if args.oblivious:
+        from ..models import Denoised
+        if not isinstance(model, Denoised):
+            raise CLIError(f"--oblivious: checkpoint {args.checkpoint} holds no denoiser (a {type(model).__name__}, "
+                           "not a fastrobust train --recipe hgd model)")
+        attack_model = model.classifier
     out = writable_folder(args.out or default_out(args.checkpoint))  # before the attacks, not after
     epoch, epochs = int(state.get("epoch", 0)), config.epochs
     unfinished = "" if state.get("finished") else f" (unfinished run: epoch {epoch} of {epochs})"
@@ -141,7 +153,8 @@ def run(args) -> int:
                               threads=threads, progress=args.progress,
                               metadata={"checkpoint": os.path.abspath(args.checkpoint), "epoch": epoch,
                                         "recipe": config.recipe, "train_eps": config.eps,
-                                        "surrogates": [os.path.abspath(p) for p in args.surrogate]},
-                              surrogates=surrogates)
+                                        "surrogates": [os.path.abspath(p) for p in args.surrogate],
+                                        "oblivious": args.oblivious},
+                              surrogates=surrogates, attack_model=attack_model)
     print("\n".join(f"{k}: {v}" for k, v in paths.items()))
     return 0

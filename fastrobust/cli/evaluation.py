@@ -120,10 +120,11 @@ def format_table(report) -> str:
 def run_evaluation(model, x: torch.Tensor, y: torch.Tensor, *, args, eps: float, device: torch.device,
                    model_name: str, data_name: str, out_dir: str, autocast=None, threads: Optional[int] = None,
                    progress: bool = True, metadata: Optional[Dict[str, Any]] = None,
-                   surrogates: Sequence[torch.nn.Module] = ()):
+                   surrogates: Sequence[torch.nn.Module] = (), attack_model: Optional[torch.nn.Module] = None):
     """evaluate() with the options of add_eval_options, then the table on stdout and
     write_report(out_dir) (metadata added to the report's). surrogates: the models the transfer
-    presets craft on (fastrobust eval --surrogate). Returns (report, {kind: path})."""
+    presets craft on (fastrobust eval --surrogate); attack_model: the model the attacks are crafted
+    on while `model` judges (fastrobust eval --oblivious). Returns (report, {kind: path})."""
     import warnings
 
     from ..eval import evaluate, write_report
@@ -140,7 +141,7 @@ def run_evaluation(model, x: torch.Tensor, y: torch.Tensor, *, args, eps: float,
             report = evaluate(model, (x, y), attacks=specs, eps=eps, n=n, batch_size=args.eval_batch_size,
                               device=device, seed=args.eval_seed, autocast=autocast, checks=list(args.checks),
                               check_n=args.check_n, model_name=model_name, data_name=data_name,
-                              noise=args.noise, surrogate=list(surrogates) or None)
+                              noise=args.noise, surrogate=list(surrogates) or None, attack_model=attack_model)
     finally:
         close()
     report.metadata.update(metadata or {})
