@@ -23,15 +23,12 @@ from torch import nn
 
 from .._checks.common import require_tensor
 from ..regularizers import perturbation_saliency
+from .inference import logits_of
 from .plots import _figure, _save
 
 PathLike = Union[str, Path]
 
 MAX_ROWS = 32  # one row per image: beyond this the figure is unreadable (and huge)
-
-
-def _logits(output) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
 
 
 def _check_images(x, y, fn: str) -> None:
@@ -70,7 +67,7 @@ def input_gradient_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor) 
     _check_images(x, y, "input_gradient_saliency")
     xg = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        logits = _logits(model(xg))
+        logits = logits_of(model(xg))
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
         loss = F.cross_entropy(logits, y.long(), reduction="sum")
@@ -155,7 +152,7 @@ def saliency_figure(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.T
             device, dtype = _model_device_dtype(model, x)
             xm, ym = x.detach().to(device=device, dtype=dtype), y.to(device=device, dtype=torch.long)
             with torch.no_grad():
-                predictions.append(_logits(model(xm)).argmax(dim=1).cpu())
+                predictions.append(logits_of(model(xm)).argmax(dim=1).cpu())
             label = textwrap.fill(str(name), 18)
             columns.append((f"{label}\ninput gradient", "inferno", input_gradient_saliency(model, xm, ym).cpu()))
             if perturbation:

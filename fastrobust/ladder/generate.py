@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..eval.inference import logits_of
 from .latent import latent_features
 from .pair_svm import PairSVM
 
@@ -71,7 +72,7 @@ def flip_search(classifier: nn.Module, decoder: nn.Module, svm: PairSVM, x: torc
         for eta in etas:
             images = decoder(move_latents(svm, h, y, targets, eta, normalize))
             out = classifier(images)
-            flipped = (out[0] if isinstance(out, (tuple, list)) else out).argmax(1) != y
+            flipped = logits_of(out).argmax(1) != y
             new = flipped & ~found
             chosen[new] = eta
             found |= flipped
@@ -84,4 +85,4 @@ def label_fidelity(judge: nn.Module, images: torch.Tensor, source: torch.Tensor)
     their source label."""
     with torch.no_grad():
         out = judge(images)
-    return ((out[0] if isinstance(out, (tuple, list)) else out).argmax(1) == source).float().mean().item()
+    return (logits_of(out).argmax(1) == source).float().mean().item()

@@ -25,12 +25,9 @@ from typing import Dict, Iterator, List, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from .recipes.losses import output_logits
 
 GUIDES = ("pixel", "feature", "logits", "class")
-
-
-def _logits(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def default_feature_layer(classifier: nn.Module, example: Optional[torch.Tensor] = None) -> str:
@@ -94,11 +91,11 @@ def guidance_loss(guide: str, classifier: nn.Module, denoised: torch.Tensor, cle
         if y is None or y.shape != (denoised.shape[0],):
             raise ValueError(f"y: the class guide needs one label per image, got "
                              f"{None if y is None else tuple(y.shape)}")
-        return F.cross_entropy(_logits(classifier(denoised)).float(), y)
+        return F.cross_entropy(output_logits(classifier(denoised)).float(), y)
     if guide == "logits":
         with torch.no_grad():
-            target = _logits(classifier(clean))
-        return (_logits(classifier(denoised)) - target).float().abs().mean()
+            target = output_logits(classifier(clean))
+        return (output_logits(classifier(denoised)) - target).float().abs().mean()
     layer = layer or default_feature_layer(classifier, clean)
     with feature_tap(classifier, layer) as tap:
         with torch.no_grad():

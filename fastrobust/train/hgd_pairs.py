@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..attacks import PGD
+from .recipes.losses import output_logits
 
 KINDS = ("clean", "noise", "fgsm", "ifgsm2", "ifgsm4")
 STEPS = {"fgsm": 1, "ifgsm2": 2, "ifgsm4": 4}
@@ -66,8 +67,7 @@ def hgd_inputs(target: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: t
     model = target if not others else _ensemble(target, others)
     if label == "prediction" and any(k in STEPS for k in kinds):
         with torch.no_grad():
-            logits = model(x)
-            y = (logits[0] if isinstance(logits, (tuple, list)) else logits).argmax(1)
+            y = output_logits(model(x)).argmax(1)
     for index, name in enumerate(kinds):
         rows = (kind == index).nonzero()[:, 0]
         if rows.numel() == 0 or name == "clean":

@@ -13,7 +13,7 @@ from ...models import Denoised, DUNet
 from ..guidance import GUIDES, guidance_loss
 from ..hgd_pairs import KINDS, check_kinds, hgd_inputs
 from .base import BatchOutput, Recipe, StepContext, register_recipe
-from .losses import check_int
+from .losses import check_int, output_logits
 
 DENOISERS = ("small", "official")
 
@@ -112,8 +112,7 @@ class HGD(Recipe):
         x_hat = model.denoiser(x_in)
         loss = guidance_loss(self.guide, classifier, x_hat, x, y, self.layer)
         with torch.no_grad():
-            out = classifier(x_hat.detach())
-        adv_logits = out[0] if isinstance(out, (tuple, list)) else out
+            adv_logits = output_logits(classifier(x_hat.detach()))
         return BatchOutput(loss, None, adv_logits, {"guidance": loss.detach()})
 
     def options(self) -> Dict[str, Any]:

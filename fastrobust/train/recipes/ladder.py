@@ -14,7 +14,7 @@ from ...ladder import LatentDecoder, PairSVM, boundary_examples, fit_decoder, fi
 from ...ladder.latent import latent_features
 from .base import BatchOutput, Recipe, StepContext, register_recipe
 from .hgd import load_target
-from .losses import check_int, check_real
+from .losses import check_int, check_real, output_logits
 
 
 @register_recipe
@@ -121,8 +121,7 @@ class LADDER(Recipe):
         else:
             x_new, _, _ = flip_search(snapshot, decoder, svm, x, y, self.etas, normalize=self.normalize,
                                       layer=self.layer, generator=g)
-        out = model(torch.cat((x_new.to(x.dtype), x)))
-        logits = out[0] if isinstance(out, (tuple, list)) else out
+        logits = output_logits(model(torch.cat((x_new.to(x.dtype), x))))
         n = x.shape[0]
         generated = F.cross_entropy(logits[:n].float(), y)
         clean = F.cross_entropy(logits[n:].float(), y)
