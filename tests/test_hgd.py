@@ -205,6 +205,7 @@ def test_cli_trains_a_denoiser_for_a_target_and_evaluates_it(tmp_path, capsys):
     for argv, message in ((["--recipe", "pgd"], "--target: the recipe 'pgd' builds on no trained classifier"),
                           (["--recipe", "hgd", "--model", "ode_net"], "--model ode_net: the --target classifier"),
                           (["--recipe", "hgd", "--activation", "relu"], "model options come from its checkpoint"),
-                          (["--recipe", "hgd", "--data", "synthetic"], "--data synthetic: the --target classifier")):
+                          (["--recipe", "hgd", "--data", "synthetic"], "--data synthetic: the --target classifier"),
+                          (["--recipe", "hgd", "--recipe-options", '{"target": "x.pt"}'], "--target is given twice")):
         assert main(["train", *argv, "--target", str(target), "--out", str(tmp_path / "x")]) == 2
         assert message in capsys.readouterr().err

@@ -320,6 +320,8 @@ def _target_values(args, values: Dict[str, Any]) -> Dict[str, Any]:
     if args.model_options or args.activation or args.cifs or args.first_stride or args.denoise != "auto":
         raise CLIError("--target: the classifier's model options come from its checkpoint; leave --model-options, "
                        "--activation, --denoise, --cifs and --first-stride out")
+    if "target" in (values.get("recipe_options") or {}):
+        raise CLIError("--target is given twice (also in --recipe-options); give it once")
     values.update(model=target.model, data=target.data, data_options=dict(target.data_options))
     values["recipe_options"] = {**(values.get("recipe_options") or {}), "target": os.path.abspath(args.target)}
     values["model_options"] = dict(target.model_options)
