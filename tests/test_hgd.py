@@ -167,6 +167,37 @@ def test_hgd_recipe_option_errors(options, message):
         create_recipe("hgd", **options)
 
 
+def test_hgd_others_are_loaded_frozen_and_attacked_as_an_ensemble(tmp_path, monkeypatch, digits_test_set):
+    """others: each checkpoint rebuilt, frozen, and handed to hgd_inputs (which crafts on the
+    LogitEnsemble of the target and them); a missing file is an error naming the option."""
+    from fastrobust.train import TrainConfig, train
+    import fastrobust.train.recipes.hgd as hgd_module
+
+    cfg = TrainConfig(data="digits", model="small_cnn", model_options={"denoise": None}, recipe="standard",
+                      epochs=1, max_steps_per_epoch=1, eval_every=0, final_eval=False, progress=False, plot=False,
+                      out=str(tmp_path / "other"))
+    train(cfg)
+    x, y = digits_test_set
+    recipe = create_recipe("hgd", width=4, others=[str(tmp_path / "other" / "last.pt")])
+    recipe.attach_data(x[:8], y[:8])
+    (other,) = recipe._other_models
+    assert not other.training and not any(p.requires_grad for p in other.parameters())
+    seen = {}
+
+    def spy(target, x, y, generator, **kwargs):
+        seen.update(kwargs)
+        return x, torch.zeros(len(x), dtype=torch.long)
+
+    monkeypatch.setattr(hgd_module, "hgd_inputs", spy)
+    model = recipe.structure(BNNet(), 10)
+    recipe.batch_loss(model, x[:8], y[:8], StepContext(0, 1, 0, 1, torch.Generator().manual_seed(0)))
+    assert seen["others"] == (other,)
+    with pytest.raises(ValueError, match="others: .*missing.pt"):
+        create_recipe("hgd", others=[str(tmp_path / "missing.pt")]).attach_data(x[:8], y[:8])
+    with pytest.raises(ValueError, match="others must be a list"):
+        create_recipe("hgd", others="a.pt")
+
+
 def test_hgd_prepare_needs_a_target():
     with pytest.raises(ValueError, match="target"):
         create_recipe("hgd").prepare(SmallCNN(), 10)
@@ -182,12 +213,18 @@ def test_cli_trains_a_denoiser_for_a_target_and_evaluates_it(tmp_path, capsys):
     quick = ["--epochs", "1", "--max-steps-per-epoch", "2", "--no-progress", "--no-plot", "--eval-every", "0"]
     assert main(["train", "--data", "digits", "--model", "small_cnn", "--denoise", "none", "--recipe", "standard",
                  "--no-eval", *quick, "--out", str(tmp_path / "clf")]) == 0
-    target = tmp_path / "clf" / "last.pt"
-    assert main(["train", "--recipe", "hgd", "--recipe-options", '{"width": 4}', "--target", str(target), *quick,
+    assert main(["train", "--data", "digits", "--model", "ode_net", "--model-options", '{"ode": "none"}', "--recipe",
+                 "standard", "--no-eval", *quick, "--out", str(tmp_path / "other")]) == 0
+    target, other = tmp_path / "clf" / "last.pt", tmp_path / "other" / "last.pt"
+    options = json.dumps({"width": 4, "others": [str(other)]})
+    assert main(["train", "--recipe", "hgd", "--recipe-options", options, "--target", str(target), *quick,
                  "--attacks", "none", "--checks", "none", "--out", str(tmp_path / "hgd")]) == 0
     config = json.loads((tmp_path / "hgd" / "config.json").read_text())
     assert config["model"] == "small_cnn" and config["recipe_options"]["target"] == str(target)
+    assert config["recipe_options"]["others"] == [str(other)]
     assert "denoise" not in config["model_options"]  # the target's options, as trained
+    # the official optimisation unless told otherwise: Adam, lr 0.01, x0.1 at 60 % and 90 %
+    assert (config["optimizer"], config["lr"], config["milestones"]) == ("adam", 0.01, [0.6, 0.9])
     target.rename(tmp_path / "moved.pt")
     assert main(["eval", str(tmp_path / "hgd" / "last.pt"), "--attacks", "pgd20", "--n", "16", "--checks", "none",
                  "--no-progress"]) == 0

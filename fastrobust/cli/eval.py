@@ -76,45 +76,15 @@ def default_out(checkpoint: str) -> str:
 
 def load_model(path: str, device, data_dir=None):
     """(model in eval mode on device, resolved TrainConfig, (x_test, y_test), state) of a
-    checkpoint; CLIError for every problem with the file, its config, its weights or its data."""
-    from ..data import load_dataset
-    from ..train.checkpoint import CheckpointError, check_finite_weights, load_checkpoint, load_model_state
-    from ..train.config import ConfigError, TrainConfig
-    from ..train.recipes import RECIPES, create_recipe
-    from ..train.trainer import _recipe_kwargs, build_model
+    checkpoint (fastrobust.train.trained.load_trained); CLIError for every problem with the
+    file, its config, its weights or its data."""
+    from ..train.checkpoint import CheckpointError
+    from ..train.trained import load_trained
 
     try:
-        state = load_checkpoint(path)  # verifies the content hash and the entries' types
-        check_finite_weights(path, state["model"])  # evaluating NaN weights gives no result
+        return load_trained(path, device, data_dir)
     except CheckpointError as exc:
         raise CLIError(one_line(exc)) from exc
-    try:
-        config = TrainConfig.from_dict(state["config"])
-        config.validate()
-    except (ConfigError, TypeError) as exc:
-        raise CLIError(f"checkpoint {path}: its stored configuration is not readable by this fastrobust "
-                       f"({one_line(exc)})") from exc
-    if not isinstance(config.model, str) or config.model.startswith("<module"):
-        raise CLIError(f"checkpoint {path}: trained with a custom nn.Module ({config.model}), which cannot be "
-                       "rebuilt from its name; evaluate it with fastrobust.eval.evaluate")
-    if config.recipe not in RECIPES:
-        raise CLIError(f"checkpoint {path}: unknown recipe {config.recipe!r}")
-    try:
-        x, y, info = load_dataset(config.data, "test", data_dir or config.data_dir, device, **config.data_options)
-    except (FileNotFoundError, ValueError, TypeError) as exc:
-        stored_options = str(exc).startswith("load_dataset(")  # the checkpoint's data options
-        if isinstance(exc, TypeError) and not stored_options:
-            raise
-        hint = "" if data_dir or stored_options else " (pass --data-dir)"
-        raise CLIError(f"checkpoint {path}: {one_line(exc)}" if stored_options else one_line(exc) + hint) from exc
-    try:
-        model = build_model(config.model, info, **config.model_options)
-        model = create_recipe(config.recipe, **_recipe_kwargs(RECIPES[config.recipe], config)).structure(
-            model, info.num_classes)
-        load_model_state(path, model, state["model"])
-    except (CheckpointError, ValueError) as exc:
-        raise CLIError(one_line(exc)) from exc
-    return model.to(device).eval(), config, (x, y), state
 
 
 def run(args) -> int:

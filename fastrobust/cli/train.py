@@ -128,7 +128,7 @@ def add_parser(sub) -> None:
     from ..data import DATASETS
     from ..models import list_models
     from ..models.activations import ACTIVATIONS
-    from ..train.config import SCHEDULES
+    from ..train.config import OPTIMIZERS, SCHEDULES
     from ..train.recipes import RECIPES
 
     p = sub.add_parser("train", help="adversarial training, then the robustness evaluation",
@@ -171,18 +171,20 @@ def add_parser(sub) -> None:
     g.add_argument("--alpha", type=eps_type, metavar="A", help="training attack step (default: the recipe's)")
     g.add_argument("--steps", type=nonnegative_int, metavar="K", help="training attack steps (default: the recipe's)")
 
-    g = p.add_argument_group("optimisation (SGD)")
+    g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=positive_int, metavar="N", help=f"default: the data set's: {_per_data('epochs')}")
     g.add_argument("--batch-size", type=positive_int, metavar="B",
                    help=f"global batch size (default: {_per_data('batch_size')})")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd (momentum, coupled weight decay) or adam (betas "
+                   "(momentum, 0.999)) (default: sgd; hgd: adam)")
     g.add_argument("--lr", type=float, metavar="LR", help=f"peak learning rate (default: {_per_data('lr')})")
     g.add_argument("--momentum", type=float, metavar="M", help=f"default: {d('momentum')}")
     g.add_argument("--nesterov", action=bool_opt, help="Nesterov momentum (default: off)")
     g.add_argument("--weight-decay", type=float, metavar="WD", help=f"default: {_per_data('weight_decay')}")
     g.add_argument("--schedule", choices=SCHEDULES, help=f"lr schedule (default: {_per_data('schedule')}; "
-                   "fgsm: onecycle)")
+                   "fgsm: onecycle; hgd: piecewise)")
     g.add_argument("--milestones", type=float, nargs="+", metavar="EPOCH",
-                   help="piecewise schedule: epochs of the lr drops (default: 50%% and 75%% of the epochs)")
+                   help="piecewise schedule: epochs of the lr drops (default: 50%% and 75%% of the epochs; hgd: 60%% and 90%%)")
     g.add_argument("--lr-gamma", type=float, metavar="G", help=f"piecewise lr factor (default: {d('lr_gamma')})")
     g.add_argument("--onecycle-peak", type=float, metavar="F",
                    help=f"onecycle: fraction of the iterations to the peak (default: {d('onecycle_peak')})")
@@ -244,7 +246,7 @@ def add_parser(sub) -> None:
 # -- options -> TrainConfig ------------------------------------------------------------------
 
 CONFIG_OPTIONS = ("data", "data_dir", "data_options", "subset", "model", "recipe", "recipe_options", "eps", "alpha",
-                  "steps", "epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "schedule",
+                  "steps", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
                   "milestones", "lr_gamma", "onecycle_peak", "max_steps_per_epoch", "amp", "channels_last",
                   "compile", "threads", "device", "seed", "out", "resume", "overwrite", "progress", "plot", "log_every",
                   "eval_every", "eval_samples", "eval_steps", "final_eval", "overfit_guard", "guard_threshold",

@@ -19,6 +19,10 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 from torch import nn
 
 SCHEDULES = ("piecewise", "onecycle", "constant")
+OPTIMIZERS = ("sgd", "adam")
+# the piecewise schedule's milestones when none are given, as fractions of the epochs (a recipe's
+# train_defaults may give its own "milestone_fractions", e.g. HGD's 60 % and 90 %)
+MILESTONE_FRACTIONS = (0.5, 0.75)
 AMP_MODES = (None, "bf16", "fp16")
 
 # Options that a data set (or a recipe's train_defaults) fills in when left at None.
@@ -30,17 +34,17 @@ AMP_MODES = (None, "bf16", "fp16")
 # alpha eps/4) 98.6 % clean / 72.1 % PGD-20 in about 35 s of training.
 DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "digits": dict(model="small_cnn", eps=0.15, epochs=10, batch_size=64, lr=0.05, weight_decay=5e-4,
-                   schedule="onecycle", threads=1),
+                   optimizer="sgd", schedule="onecycle", threads=1),
     # Madry et al. / Rice et al. PGD-AT on CIFAR: PreActResNet-18, SGD lr 0.1 (x0.1 at 50 % and
     # 75 % of 200 epochs), batch 128, weight decay 5e-4, eps 8/255.
     "cifar10": dict(model="preact_resnet18", eps=8 / 255, epochs=200, batch_size=128, lr=0.1, weight_decay=5e-4,
-                    schedule="piecewise", threads=0),
+                    optimizer="sgd", schedule="piecewise", threads=0),
     "cifar100": dict(model="preact_resnet18", eps=8 / 255, epochs=200, batch_size=128, lr=0.1, weight_decay=5e-4,
-                     schedule="piecewise", threads=0),
+                     optimizer="sgd", schedule="piecewise", threads=0),
     "synthetic": dict(model="small_cnn", eps=8 / 255, epochs=10, batch_size=128, lr=0.05, weight_decay=5e-4,
-                      schedule="onecycle", threads=0),
+                      optimizer="sgd", schedule="onecycle", threads=0),
 }
-FILLED = ("model", "eps", "epochs", "batch_size", "lr", "weight_decay", "schedule", "threads")
+FILLED = ("model", "eps", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "threads")
 
 # Options that may differ between a run and its resumption (they do not change the trajectory);
 # epochs and milestones may change too, within the limits of fastrobust.train.resume_rules.
@@ -73,9 +77,11 @@ class TrainConfig:
                       steps; passed to the recipe where it takes them (alpha/steps None: the
                       recipe's default). eps is also the radius of the PGD evaluations.
     Optimisation
-      epochs, batch_size (global: split evenly over DDP ranks), lr (peak), momentum 0.9,
-      nesterov, weight_decay; schedule "piecewise" (lr x lr_gamma at each of `milestones`,
-      epochs; default 50 % and 75 % of the epochs, Madry et al. / Rice et al.), "onecycle"
+      epochs, batch_size (global: split evenly over DDP ranks), optimizer "sgd" (with
+      momentum, nesterov and coupled L2 weight_decay, as the adversarial-training papers) or
+      "adam" (momentum is its beta1, beta2 0.999; weight_decay coupled L2, as torch.optim.Adam;
+      HGD's default), lr (peak), momentum 0.9, nesterov, weight_decay; schedule "piecewise" (lr x lr_gamma at each of `milestones`,
+      epochs; default 50 % and 75 % of the epochs (a recipe may set its own fractions), Madry et al. / Rice et al.), "onecycle"
       (linear 0 -> lr over the first onecycle_peak of the iterations, then linear to 0: Wong
       et al.'s cyclic schedule) or "constant". The schedule is stepped every iteration.
       max_steps_per_epoch: cut every epoch after this many batches (tests, quick runs).
@@ -124,6 +130,7 @@ class TrainConfig:
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
     lr: Optional[float] = None
+    optimizer: Optional[str] = None
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: Optional[float] = None
@@ -208,7 +215,9 @@ class TrainConfig:
                     break
         out = dataclasses.replace(self, **filled)
         if out.milestones is None and out.schedule == "piecewise":
-            out.milestones = (0.5 * out.epochs, 0.75 * out.epochs)
+            fractions = recipe_defaults.get(self.data, {}).get(
+                "milestone_fractions", recipe_defaults.get("*", {}).get("milestone_fractions", MILESTONE_FRACTIONS))
+            out.milestones = tuple(f * out.epochs for f in fractions)
         if out.milestones is not None:
             out.milestones = tuple(float(m) for m in out.milestones)
         if out.out is None:
@@ -247,6 +256,10 @@ class TrainConfig:
         _number(self.onecycle_peak, "onecycle_peak", 0.0, 1.0)
         if not 0.0 < self.onecycle_peak <= 1.0:
             raise ConfigError(f"onecycle_peak must be in (0, 1], got {self.onecycle_peak!r}")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.optimizer == "adam" and self.nesterov:
+            raise ConfigError("nesterov is an option of the sgd optimizer, not of adam")
         if self.schedule is not None and self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.milestones is not None:

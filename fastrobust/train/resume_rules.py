@@ -13,7 +13,7 @@ epochs already trained are exactly what a straight run with the new value would 
   are 50 % and 75 % of the epochs, so they move with them: give the run's milestones.
 - milestones (piecewise): those the run has not reached may change; the learning rate of every
   epoch trained must stay.
-- everything else (model, data, recipe and its options, eps/alpha/steps, batch size, lr,
+- everything else (model, data, recipe and its options, eps/alpha/steps, batch size, optimizer, lr,
   momentum, weight decay, schedule, amp, seed, subset, max_steps_per_epoch, the checks'
   settings): must match.
 """
@@ -44,6 +44,7 @@ def check_resume(path: str, saved: Optional[Dict[str, Any]], config: TrainConfig
                               f"done; give epochs >= {done}")
     if saved is None:
         return
+    saved = {"optimizer": "sgd", **saved}  # runs saved before the option existed trained with SGD
     fixed = sorted((set(saved) | set(current)) - {"epochs", "milestones"})
     diff = [k for k in fixed if saved.get(k, _UNSET) != current.get(k, _UNSET)]
     if diff:

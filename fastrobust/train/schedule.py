@@ -1,5 +1,5 @@
-"""The optimizer (SGD with momentum and weight decay) and the learning-rate schedules of the
-adversarial-training papers, stepped once per iteration.
+"""The optimizers (SGD with momentum and weight decay, as the adversarial-training papers;
+Adam, as HGD's denoiser training) and the learning-rate schedules, stepped once per iteration.
 
 - piecewise: lr until the first milestone, then x gamma at each milestone (epochs). Madry et
   al. / Rice et al. PGD-AT on CIFAR: lr 0.1, x0.1 at 50 % and 75 % of the epochs (100 and 150
@@ -21,10 +21,18 @@ import torch
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], lr: float, momentum: float = 0.9,
-                    weight_decay: float = 5e-4, nesterov: bool = False) -> torch.optim.SGD:
-    """SGD with momentum and (coupled, L2) weight decay on every parameter, as the papers."""
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                           nesterov=bool(nesterov) and momentum > 0)
+                    weight_decay: float = 5e-4, nesterov: bool = False, name: str = "sgd") -> torch.optim.Optimizer:
+    """"sgd": SGD with momentum and (coupled, L2) weight decay on every parameter, as the papers;
+    "adam": Adam with betas (momentum, 0.999) and coupled L2 weight decay (torch.optim.Adam's),
+    as the HGD code."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               nesterov=bool(nesterov) and momentum > 0)
+    if name == "adam":
+        if nesterov:
+            raise ValueError("nesterov is an option of the sgd optimizer, not of adam")
+        return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose sgd or adam")
 
 
 class Piecewise:

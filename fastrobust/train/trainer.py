@@ -268,7 +268,8 @@ class Trainer:
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.optimizer = build_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+        self.optimizer = build_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov,
+                                         name=cfg.optimizer)
 
         self.recipe.attach_data(x, y)
         self.loader = TensorLoader(x, y, cfg.batch_size // dist.world_size, shuffle=True, drop_last=True,

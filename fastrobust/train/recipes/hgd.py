@@ -51,19 +51,26 @@ class HGD(Recipe):
     guide's layer: the classifier's last layerN stage), denoiser="small" (DUNet.small: three
     stages of width, 2 width, 2 width, for 8x8 / 32x32) or "official" (the five-stage DUNet),
     width=32, kinds=all five, eps_levels=(1, 15), label="prediction" (the attacks' label: the
-    classifier's clean prediction, as the official attacks; "true": y).
+    classifier's clean prediction, as the official attacks; "true": y), others=() (training
+    checkpoints of more classifiers for the same data: the attacks are then crafted on the
+    ensemble averaging the logits of the target and these, as the official ensemble attacks;
+    they stay frozen, are not part of the saved model, and are loaded again on resume).
 
-    The paper trains with Adam at lr 0.01 (x0.1 at 60 % and 90 % of the epochs); the trainer's
-    SGD with its schedule is used here. eps (given by the trainer) is the evaluation radius,
-    not the training pairs'. BatchOutput: adv_logits = f(D(x_in)) (the denoised accuracy);
+    Training defaults (train_defaults, as the official code): Adam, lr 0.01, weight decay 0, the
+    piecewise schedule x0.1 at 60 % and x0.01 at 90 % of the epochs; the command line or the
+    config overrides each. eps (given by the trainer) is the evaluation radius, not the
+    training pairs'. BatchOutput: adv_logits = f(D(x_in)) (the denoised accuracy);
     extras: guidance.
     """
 
     name = "hgd"
+    train_defaults = {"*": dict(optimizer="adam", lr=0.01, weight_decay=0.0, schedule="piecewise",
+                                milestone_fractions=(0.6, 0.9))}
 
     def __init__(self, eps: float = 8 / 255, target: Optional[str] = None, guide: str = "feature",
                  layer: Optional[str] = None, denoiser: str = "small", width: int = 32,
-                 kinds: Sequence[str] = KINDS, eps_levels: Tuple[int, int] = (1, 15), label: str = "prediction"):
+                 kinds: Sequence[str] = KINDS, eps_levels: Tuple[int, int] = (1, 15), label: str = "prediction",
+                 others: Sequence[str] = ()):
         self.eps = eps
         if target is not None and not isinstance(target, str):
             raise ValueError(f"target must be the path of a classifier checkpoint, got {target!r}")
@@ -87,6 +94,28 @@ class HGD(Recipe):
         if label not in ("prediction", "true"):
             raise ValueError(f"label must be 'prediction' or 'true', got {label!r}")
         self.label = label
+        if isinstance(others, str) or not isinstance(others, (tuple, list)) or not all(
+                isinstance(p, str) and p for p in others):
+            raise ValueError(f"others must be a list of classifier checkpoint paths, got {others!r}")
+        self.others = tuple(others)
+        self._other_models: Tuple[nn.Module, ...] = ()
+
+    def attach_data(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Loads the `others` classifiers (frozen, eval mode), checking they take these images."""
+        from ..checkpoint import CheckpointError
+        from ..trained import load_trained
+
+        models = []
+        for path in self.others:
+            try:
+                model, _, (x_test, _), _ = load_trained(path, "cpu")
+            except CheckpointError as exc:
+                raise ValueError(f"others: {exc}") from exc
+            if tuple(x_test.shape[1:]) != tuple(x.shape[1:]):
+                raise ValueError(f"others: {path} takes images of shape {tuple(x_test.shape[1:])}, the training "
+                                 f"data's are {tuple(x.shape[1:])}")
+            models.append(model.requires_grad_(False).to(x.device))
+        self._other_models = tuple(models)
 
     def depends_on_total_epochs(self) -> bool:
         return False  # nothing here reads the run's total epochs: a finished run can be extended
@@ -108,7 +137,7 @@ class HGD(Recipe):
             raise ValueError("hgd: the model must be the Denoised wrapper recipe.prepare returns")
         classifier = model.classifier
         x_in, _ = hgd_inputs(classifier, x, y, ctx.generator, kinds=self.kinds, eps_levels=self.eps_levels,
-                             label=self.label, seed=ctx.seed())
+                             label=self.label, others=self._other_models, seed=ctx.seed())
         x_hat = model.denoiser(x_in)
         loss = guidance_loss(self.guide, classifier, x_hat, x, y, self.layer)
         with torch.no_grad():
@@ -117,4 +146,4 @@ class HGD(Recipe):
 
     def options(self) -> Dict[str, Any]:
         return dict(target=self.target, guide=self.guide, layer=self.layer, denoiser=self.denoiser, width=self.width,
-                    kinds=list(self.kinds), eps_levels=list(self.eps_levels), label=self.label)
+                    kinds=list(self.kinds), eps_levels=list(self.eps_levels), label=self.label, others=list(self.others))
