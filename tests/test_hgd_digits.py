@@ -12,7 +12,9 @@ def test_quick_run_writes_the_table(tmp_path):
     out = tmp_path / "out"
     assert hgd_digits.main(["--quick", "--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
     res = json.loads((out / "hgd-digits-quick.json").read_text())
-    assert list(res["rows"]) == ["undefended"] + [f"HGD-{g}" for g in hgd_digits.GUIDES]
+    assert list(res["rows"]) == (["undefended"] + [f"HGD-{g}" for g in hgd_digits.GUIDES]
+                                 + ["HGD-logits, ensemble attacks"])
+    assert '"others"' in next(c for c in res["commands"] if "hgd-logits-ensemble" in c)
     for name, row in res["rows"].items():
         assert set(row) == {"clean", "oblivious", "transfer", "end-to-end"}
         oblivious = row["oblivious"]
