@@ -21,3 +21,5 @@ def test_quick_run_writes_the_table(tmp_path):
     assert 0 <= gen["label_fidelity"] <= 1 and 0 <= gen["fools_target"] <= 1
     assert (out / "ladder-digits-quick-tradeoff.png").read_bytes()[:4] == b"\x89PNG"
     assert "| LADDER (normalised w, eta 2) |" in (out / "ladder-digits-quick.md").read_text()
+    flip = res["rows"]["LADDER (raw w, smallest flipping eta 0.5-25)"]["generated"]
+    assert 0.5 <= flip["median_eta"] <= 25 and 0.5 <= flip["mean_eta"] <= 25
