@@ -22,6 +22,7 @@ from .preact_resnet import PreActResNet18
 from .resnet import ResNet18
 from .resnet_cifs import ResNet18CIFS
 from .small_cnn import SmallCNN
+from .survey_cnn import SurveyCNNCifar, SurveyCNNMnist
 from .wide_resnet import WideResNet, wrn28_10, wrn34_10
 
 COMMON_OPTIONS = ("num_classes", "in_channels", "activation", "denoise", "cifs", "first_stride", "mean", "std")
@@ -52,6 +53,11 @@ MODELS: Dict[str, ModelSpec] = {
     "ode_net": ModelSpec(ODENet, "TisODE's MNIST net: feature extractor, ODE block (ode='tisode', 'vanilla') or "
                          "residual block (ode='none'), classifier; in_channels=1 by default",
                          ("width", "ode", "step", "method", "t_end", "steady_state")),
+    "survey_cnn_mnist": ModelSpec(SurveyCNNMnist, "the detection survey's MNIST CNN (conv32 x2, pool, conv64 x2, pool, "
+                                  "dense256 fc1, dense256 fc2, dense10), stages layer1, layer2", ("image_size",)),
+    "survey_cnn_cifar": ModelSpec(SurveyCNNCifar, "the detection survey's CIFAR-10 CNN (VGG-like: conv-BN 64 x2, 128 x2, "
+                                  "256 x2, 512, each stage pooled, dense512 fc1 without activation, dense10), stages "
+                                  "layer1 .. layer4", ("image_size",)),
     "wide_resnet": ModelSpec(WideResNet, "WideResNet-depth-widen_factor (default 34-10), stages layer1 .. layer3",
                              ("depth", "widen_factor", "dropout")),
 }

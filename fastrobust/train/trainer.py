@@ -69,10 +69,12 @@ def build_model(name: str, info: DatasetInfo, **options) -> nn.Module:
     """The model `name` of fastrobust.models.create for data set `info`: classes, input
     channels and the Normalize layer's mean/std come from it unless given in options
     (activation, denoise, cifs, first_stride, width, ...: see fastrobust.models.registry)."""
-    from ..models import create
+    from ..models import MODELS, create
 
     defaults = {"num_classes": info.num_classes, "in_channels": info.input_shape[0], "mean": info.mean,
                 "std": info.std}
+    if name in MODELS and "image_size" in MODELS[name].options:
+        defaults["image_size"] = tuple(info.input_shape[1:])  # models whose dense layer depends on it
     return create(name, **{**defaults, **options})
 
 
