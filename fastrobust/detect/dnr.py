@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from ..eval.inference import logits_of
+from ._options import integer, layer_names, positive
 from .base import Detector
 from .features import PENULTIMATE, batched_features, check_layers, last_linear, logits_and_features
 
@@ -279,11 +280,11 @@ class DNR(Detector):
     def __init__(self, layers: Optional[Sequence[str]] = None, C: float = 100.0, combiner_C: float = 1.0,
                  max_train: int = 2000, batch_size: int = 512):
         super().__init__()
-        self.layer_names = _check_layer_names(layers)
-        self.C = _positive_number(C, "C")
-        self.combiner_C = _positive_number(combiner_C, "combiner_C")
-        self.max_train = _positive_int(max_train, "max_train", low=2)
-        self.batch_size = _positive_int(batch_size, "batch_size", low=1)
+        self.layer_names = layer_names(layers)
+        self.C = positive(C, "C")
+        self.combiner_C = positive(combiner_C, "combiner_C")
+        self.max_train = integer(max_train, "max_train", 2)
+        self.batch_size = integer(batch_size, "batch_size")
         self.layers: Optional[Tuple[str, ...]] = None
         self.layer_rows: Optional[torch.Tensor] = None
         self.combiner_rows: Optional[torch.Tensor] = None
@@ -322,26 +323,3 @@ class DNR(Detector):
         with torch.no_grad():
             return torch.cat([self._score_batch(x[i:i + self.batch_size])
                               for i in range(0, x.shape[0], self.batch_size)])
-
-
-def _check_layer_names(layers) -> Optional[Tuple[str, ...]]:
-    if layers is None:
-        return None
-    if (not isinstance(layers, (list, tuple)) or not layers
-            or not all(isinstance(layer, str) and layer for layer in layers)):
-        raise ValueError(f"layers must be None or a non-empty sequence of layer names, got {layers!r}")
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"layers must name each layer once, got {list(layers)}")
-    return tuple(layers)
-
-
-def _positive_number(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _positive_int(value, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value

@@ -32,6 +32,26 @@ def logits_and_features(model: nn.Module, x: torch.Tensor, layers: Sequence[str]
                         ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """(logits, {layer: its output flattened to (N, d)}); layer "penultimate" is the input of
     the last nn.Linear. Gradients flow when x requires them."""
+    logits, maps = layer_maps(model, x, layers)
+    return logits, {layer: out.flatten(1) for layer, out in maps.items()}
+
+
+def batched_features(model: nn.Module, x: torch.Tensor, layers: Sequence[str], batch_size: int = 512
+                     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """logits_and_features without gradients, in batches (fitting on a whole training set)."""
+    outs = []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            outs.append(logits_and_features(model, x[i:i + batch_size], layers))
+    return torch.cat([o[0] for o in outs]), {l: torch.cat([o[1][l] for o in outs]) for l in layers}
+
+
+def layer_maps(model: nn.Module, x: torch.Tensor, layers: Sequence[str]
+               ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """(logits, {layer: its output as the layer returns it}), by forward hooks in one pass:
+    logits_and_features without the flattening, for detectors that read the spatial layout of conv maps (SFAD's heads run
+    convolutions on them). "penultimate" is the input of the last nn.Linear, as there.
+    Gradients flow when x requires them."""
     check_layers(model, layers)
     modules = dict(model.named_modules())
     store: Dict[str, torch.Tensor] = {}
@@ -48,14 +68,4 @@ def logits_and_features(model: nn.Module, x: torch.Tensor, layers: Sequence[str]
     finally:
         for h in handles:
             h.remove()
-    return logits, {layer: store[layer].flatten(1) for layer in layers}
-
-
-def batched_features(model: nn.Module, x: torch.Tensor, layers: Sequence[str], batch_size: int = 512
-                     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """logits_and_features without gradients, in batches (fitting on a whole training set)."""
-    outs = []
-    with torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
-            outs.append(logits_and_features(model, x[i:i + batch_size], layers))
-    return torch.cat([o[0] for o in outs]), {l: torch.cat([o[1][l] for o in outs]) for l in layers}
+    return logits, {layer: store[layer] for layer in layers}

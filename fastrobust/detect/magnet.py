@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._options import integer, number, positive
 from .base import Detector
 
 KINDS = ("I", "II")
@@ -63,8 +64,8 @@ class MagNetAE(nn.Module):
 
     def __init__(self, channels: int, kind: str = "I", filters: int = 3):
         super().__init__()
-        _positive_int(channels, "channels")
-        _positive_int(filters, "filters")
+        integer(channels, "channels")
+        integer(filters, "filters")
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         self.kind = kind
@@ -112,13 +113,13 @@ class MagNet(Detector):
                  activity_l2: float = 1e-9, detectors: Sequence[Tuple[str, float]] = MNIST_DETECTORS,
                  drop_rate: float = 0.001):
         super().__init__()
-        self.noise = _number(noise, "noise", low=0.0)
-        self.epochs = _positive_int(epochs, "epochs")
-        self.batch_size = _positive_int(batch_size, "batch_size")
-        self.lr = _number(lr, "lr", low=0.0, low_open=True)
-        self.activity_l2 = _number(activity_l2, "activity_l2", low=0.0)
+        self.noise = number(noise, "noise", 0.0)
+        self.epochs = integer(epochs, "epochs")
+        self.batch_size = integer(batch_size, "batch_size")
+        self.lr = positive(lr, "lr")
+        self.activity_l2 = number(activity_l2, "activity_l2", 0.0)
         self.detectors = _check_detectors(detectors)
-        self.drop_rate = _number(drop_rate, "drop_rate", low=0.0, high=1.0)
+        self.drop_rate = number(drop_rate, "drop_rate", 0.0, 1.0, high_open=True)
         self.autoencoders: List[MagNetAE] = []
         self.scales: Optional[torch.Tensor] = None  # q_d, one per detector
 
@@ -179,22 +180,5 @@ def _check_detectors(detectors) -> Tuple[Tuple[str, float], ...]:
     for kind, p in pairs:
         if kind not in KINDS:
             raise ValueError(f"detectors: kind must be one of {KINDS}, got {kind!r}")
-        _number(p, "detectors: p", low=0.0, low_open=True)
+        positive(p, "detectors: p")
     return tuple((kind, float(p)) for kind, p in pairs)
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _number(value, name: str, low: float, high: Optional[float] = None, low_open: bool = False) -> float:
-    """A finite real in [low, high) (or (low, high) when low_open), as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    too_low = value <= low if low_open else value < low
-    if too_low or (high is not None and value >= high) or value == float("inf"):
-        bounds = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'})"
-        raise ValueError(f"{name} must lie in {bounds}, got {value!r}")
-    return float(value)

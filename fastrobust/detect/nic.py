@@ -54,6 +54,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 from torch import nn
 
+from ._options import integer, layer_names
 from .base import Detector
 from .features import batched_features, check_layers
 
@@ -100,17 +101,17 @@ class NIC(Detector):
     def __init__(self, layers: Optional[Sequence[str]] = None, pca_dims: int = 5000, gamma="scale",
                  max_train: int = 2000, final_fraction: float = 0.2, batch_size: int = 256):
         super().__init__()
-        self.layers = _check_layer_names(layers)
-        self.pca_dims = _positive_int(pca_dims, "pca_dims")
+        self.layers = layer_names(layers)
+        self.pca_dims = integer(pca_dims, "pca_dims")
         self.gamma = _check_gamma(gamma)
-        self.max_train = _positive_int(max_train, "max_train")
+        self.max_train = integer(max_train, "max_train")
         if max_train < 4:
             raise ValueError(f"max_train must be at least 4 (two images for each part of the split), got {max_train}")
         if (isinstance(final_fraction, bool) or not isinstance(final_fraction, (int, float))
                 or not 0.0 < final_fraction < 1.0):
             raise ValueError(f"final_fraction must be a number in (0, 1), got {final_fraction!r}")
         self.final_fraction = float(final_fraction)
-        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.batch_size = integer(batch_size, "batch_size")
         self.layers_: List[str] = []
         self.layer_models_: List[LayerModel] = []
         self.provenance_svms_: List[OneClassSVM] = []
@@ -216,16 +217,6 @@ def _consecutive_pairs(arrays: List[np.ndarray]) -> List[np.ndarray]:
     return [np.concatenate([a, b], axis=1) for a, b in zip(arrays[:-1], arrays[1:])]
 
 
-def _check_layer_names(layers) -> Optional[Tuple[str, ...]]:
-    if layers is None:
-        return None
-    if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
-        raise ValueError(f"layers must be None or a non-empty list of layer names, got {layers!r}")
-    if not all(isinstance(layer, str) and layer for layer in layers):
-        raise ValueError(f"layers must hold non-empty strings, got {layers!r}")
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"layers must not repeat a layer, got {layers!r}")
-    return tuple(layers)
 
 
 def _check_gamma(gamma):
@@ -236,9 +227,3 @@ def _check_gamma(gamma):
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma < float("inf"):
         raise ValueError(f"gamma must be one of {GAMMA_NAMES} or a finite number > 0, got {gamma!r}")
     return float(gamma)
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._options import positive
 from .base import Detector
 
 GREY_WEIGHTS = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray
@@ -172,8 +173,8 @@ class NSS(Detector):
 
     def __init__(self, C: float = 10.0, gamma: float = 0.01, batch_size: int = 512):
         super().__init__()
-        self.C = _positive_number(C, "C")
-        self.gamma = _positive_number(gamma, "gamma")
+        self.C = positive(C, "C")
+        self.gamma = positive(gamma, "gamma")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.batch_size = batch_size
@@ -206,9 +207,3 @@ class NSS(Detector):
     def _score(self, x: torch.Tensor) -> torch.Tensor:
         scores = self.svc.decision_function(self._scaled(self.features(x)).numpy())
         return torch.as_tensor(scores, dtype=x.dtype, device=x.device)
-
-
-def _positive_number(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
