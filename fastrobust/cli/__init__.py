@@ -3,6 +3,7 @@
     fastrobust train [options]          adversarial training, then the robustness evaluation
                                         (no options: the embedded digits run on the CPU, minutes)
     fastrobust eval CHECKPOINT [...]    robustness evaluation of a training checkpoint
+    fastrobust detect CHECKPOINT [...]  adversarial-example detectors for it (the survey's protocol)
     fastrobust bench SUITE [...]        benchmark suites (needs a source checkout: benchmarks/)
     fastrobust info [--json]            build information and which ops have CPU/CUDA kernels
 
@@ -14,7 +15,7 @@ traceback instead.
 import argparse
 import sys
 
-from . import bench, eval, info, train
+from . import bench, detect, eval, info, train
 from .common import HelpFormatter, Parser
 from .errors import CLIError, one_line, user_os_error
 
@@ -26,7 +27,7 @@ def build_parser() -> Parser:
                     allow_abbrev=False)
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (train, eval, bench, info):
+    for command in (train, eval, detect, bench, info):
         command.add_parser(sub)
     for name, p in sub.choices.items():
         if name != "bench":  # bench passes everything on to the benchmark runner

@@ -55,9 +55,10 @@ def fit_logistic(features: torch.Tensor, labels: torch.Tensor, seed: int) -> Lin
     if len(set(labels.tolist())) != 2:
         raise ValueError("the detector needs both clean and adversarial training examples")
     with warnings.catch_warnings():
-        # sklearn >= 1.9 announces a change of LogisticRegressionCV's fitted attributes; coef_
-        # and intercept_, the ones read here, keep their meaning
-        warnings.filterwarnings("ignore", "The fitted attributes of LogisticRegressionCV", FutureWarning)
+        # sklearn >= 1.9 announces changes of LogisticRegressionCV's defaults (l1_ratios) and
+        # fitted attributes; the L2 fit and coef_ / intercept_, all that is used here, keep
+        # their meaning
+        warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
         clf = LogisticRegressionCV(max_iter=1000, scoring="accuracy", random_state=seed).fit(
             to_numpy(features), labels)
     return LinearDecision(clf)

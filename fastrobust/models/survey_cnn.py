@@ -8,7 +8,7 @@ SurveyCNNCifar: four stages of conv-BN-act blocks (64 x2, 128 x2, 256 x2, 512 x1
 followed by maxpool and dropout 0.1 .. 0.4; fc1 = dense512 without activation (`l_31`);
 classifier = dense10.
 
-Every conv is 3x3 with "same" padding. image_size (height, width) sizes the first dense layer
+Every conv is 3x3 with "same" padding; `activation` is the convs' (the dense layers keep ReLU). image_size (height, width) sizes the first dense layer
 (fastrobust.train builds the model with the data set's; 8x8 digits become 2x2 after the two
 MNIST pools, 32x32 CIFAR 2x2 after the four CIFAR pools). The official Keras models apply L2
 weight decay 5e-4 per conv; the trainer's weight_decay plays that part here.
@@ -61,10 +61,10 @@ class SurveyCNNMnist(nn.Module):
         self.layer2 = nn.Sequential(_conv(32, 64, activation, False), _conv(64, 64, activation, False),
                                     nn.MaxPool2d(2))
         self.fc1 = nn.Linear(64 * h * w, 256)
-        self.act1 = make_activation(activation, 256)
+        self.act1 = nn.ReLU()  # the dense layers keep the official ReLU (activation: the convs')
         self.dropout = nn.Dropout(0.5)
         self.fc2 = nn.Linear(256, 256)
-        self.act2 = make_activation(activation, 256)
+        self.act2 = nn.ReLU()
         self.classifier = nn.Linear(256, num_classes)
         apply_denoise(self, denoise)
 
