@@ -10,7 +10,7 @@ Test bodies take a backend and run unchanged on all three.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -130,18 +130,22 @@ def make_sparta_inputs(shape, k=3, dtype=torch.float32, device="cpu", requires_g
     return tuple(t.to(device=device, dtype=dtype).requires_grad_(requires_grad) for t in (x, weight, bias))
 
 
-def train_digits_cnn(x: torch.Tensor, y: torch.Tensor, width: int = 16, epochs: int = 6, seed: int = 0):
-    """A SmallCNN trained with Adam (lr 1e-2, batches of 128) on (x, y), frozen in eval mode:
-    about 96 % test accuracy on the digits split after the default 6 epochs. Leaves torch's
-    global RNG as it found it."""
+def train_digits_cnn(x: torch.Tensor, y: torch.Tensor, width: int = 16, epochs: int = 6, seed: int = 0,
+                     model: Optional[str] = None, lr: float = 1e-2):
+    """A SmallCNN (or the registry model `model`, built for 8x8 inputs) trained with Adam (lr,
+    batches of 128) on (x, y), frozen in eval mode: about 96 % test accuracy on the digits split
+    after the default 6 epochs. Leaves torch's global RNG as it found it."""
     import torch.nn.functional as F
 
-    from .models import SmallCNN
+    from .models import SmallCNN, create
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        net = SmallCNN(x.shape[1], int(y.max()) + 1, width=width)
-        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        if model is None:
+            net = SmallCNN(x.shape[1], int(y.max()) + 1, width=width)
+        else:
+            net = create(model, in_channels=x.shape[1], num_classes=int(y.max()) + 1, image_size=tuple(x.shape[2:]))
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
         for epoch in range(epochs):
             order = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch))
             for i in range(0, len(y), 128):

@@ -151,6 +151,18 @@ def digits_model():
 
 
 @pytest.fixture(scope="session")
+def survey_digits_model():
+    """The detection survey's MNIST CNN (survey_cnn_mnist, with dropout) trained for 25 epochs
+    with Adam (lr 2e-3) on the digits train split (about 98 % test accuracy), frozen, in eval
+    mode. Shared by the detection tests: none may change it."""
+    from fastrobust.data import load_digits
+    from fastrobust.testing import train_digits_cnn
+
+    x, y = load_digits("train")
+    return train_digits_cnn(x, y, epochs=25, model="survey_cnn_mnist", lr=2e-3)
+
+
+@pytest.fixture(scope="session")
 def digits_test_set():
     """The digits test split (359 images, 1 x 8 x 8, in [0, 1])."""
     from fastrobust.data import load_digits

@@ -7,7 +7,6 @@ from fastrobust.data import load_digits
 from fastrobust.detect.metrics import auroc
 from fastrobust.detect.sfad import (DISAGREEMENT, SFAD, SFADHead, confidence_logit, fused_log_probabilities,
                                     selective_loss)
-from fastrobust.models import create
 
 # one intra-op thread for the whole module: its small networks run much faster so on a loaded CPU
 pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning"), pytest.mark.usefixtures("one_thread")]
@@ -20,22 +19,9 @@ def _generator(seed: int = 0) -> torch.Generator:
 
 
 @pytest.fixture(scope="module")
-def digits_model(one_thread):
-    """survey_cnn_mnist for 8x8 images, 300 Adam steps on the digits' training split (about
-    98 % test accuracy), with the global RNG left as it was."""
-    x, y = load_digits("train")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = create("survey_cnn_mnist", image_size=8)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    g = _generator(5)
-    for _ in range(300):
-        rows = torch.randint(0, x.shape[0], (64,), generator=g)
-        loss = nn.functional.cross_entropy(model(x[rows]), y[rows])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval().requires_grad_(False)
+def digits_model(one_thread, survey_digits_model):
+    """The shared survey_cnn_mnist trained on the digits (conftest)."""
+    return survey_digits_model
 
 
 @pytest.fixture(scope="module")
