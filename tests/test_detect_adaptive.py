@@ -41,7 +41,7 @@ def model(survey_digits_model):
 @pytest.fixture(scope="module")
 def magnet(model, train):
     """MagNet fitted on 600 training digits, threshold at 5 % FPR on the last 338 (held out).
-    400 epochs: after the default 100 the autoencoders do not yet tell eps-0.3 PGD digits from
+    400 epochs: after 100 epochs the autoencoders do not yet tell eps-0.3 PGD digits from
     clean ones (DR 0 % measured), after 400 they do."""
     x, y = train
     det = MagNet(epochs=400).fit(model, x[:600], y[:600], generator=torch.Generator().manual_seed(0))

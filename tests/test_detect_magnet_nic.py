@@ -216,3 +216,10 @@ def test_nic_unknown_layer(model, digits):
 def test_nic_bad_options(kwargs, name):
     with pytest.raises(ValueError, match=name):
         NIC(**kwargs)
+
+
+def test_magnet_default_epochs_give_small_sets_enough_steps():
+    """epochs=None: the official 100 on MNIST-sized sets, at least 2400 steps on small ones."""
+    assert MagNet().epochs_for(60000) == 100
+    assert MagNet().epochs_for(1438) == 400  # 6 batches of 256 per epoch
+    assert MagNet(epochs=7).epochs_for(1438) == 7

@@ -23,15 +23,18 @@ Deviations from the official code:
   (tf.keras divides the batch's sum by the batch size).
 - Training is deterministic: parameter initialisation, shuffling and the training noise are
   drawn from fit()'s generator (the global RNG is left as it was).
-- Default epochs: 100, as the official MNIST setting; on the 1438 8x8 training digits both
-  autoencoders train in about 6 s on one CPU core (6 batches of 256 per epoch); 400 epochs
-  (about 25 s) separate clean digits from noisy ones more sharply.
+- Default epochs (epochs=None): the official MNIST 100, or more on a small training set, so
+  that each autoencoder takes at least MIN_STEPS = 2400 Adam steps (MNIST's 60000 images make
+  235 batches of 256 per epoch; the 1438 8x8 training digits make 6, so they get 400 epochs,
+  about 25 s on one CPU core: after 100 epochs there the autoencoders reconstruct PGD digits
+  better than clean ones, AUROC 3-13 % measured by fastrobust detect).
 
 The score keeps the autograd graph to x (differentiable = True) so that detector-aware attacks
 can go through it; the autoencoders are frozen (eval mode, no parameter gradients) after fit.
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -95,11 +98,16 @@ class MagNetAE(nn.Module):
         return self.forward_with_activity(x)[0]
 
 
+OFFICIAL_EPOCHS = 100
+MIN_STEPS = 2400
+
+
 class MagNet(Detector):
     """MagNet's reconstruction-error detectors (unsupervised, differentiable).
 
     noise: v, the training input is clip(x + v N(0, 1), 0, 1) with target x (0.1 as MNIST);
-    epochs, batch_size, lr: Adam training of each autoencoder (official MNIST: 100, 256, 1e-3);
+    epochs, batch_size, lr: Adam training of each autoencoder (official MNIST: 100, 256, 1e-3;
+    epochs None: max(100, the epochs of MIN_STEPS steps));
     activity_l2: weight of the activity L2 on every conv output (official 1e-9);
     detectors: (kind, p) pairs, one autoencoder each (default the official MNIST pair);
     drop_rate: each detector's error is divided by its (1 - drop_rate) quantile on the clean
@@ -109,12 +117,12 @@ class MagNet(Detector):
     supervised = False
     differentiable = True
 
-    def __init__(self, noise: float = 0.1, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3,
+    def __init__(self, noise: float = 0.1, epochs: Optional[int] = None, batch_size: int = 256, lr: float = 1e-3,
                  activity_l2: float = 1e-9, detectors: Sequence[Tuple[str, float]] = MNIST_DETECTORS,
                  drop_rate: float = 0.001):
         super().__init__()
         self.noise = number(noise, "noise", 0.0)
-        self.epochs = integer(epochs, "epochs")
+        self.epochs = None if epochs is None else integer(epochs, "epochs")
         self.batch_size = integer(batch_size, "batch_size")
         self.lr = positive(lr, "lr")
         self.activity_l2 = number(activity_l2, "activity_l2", 0.0)
@@ -132,6 +140,12 @@ class MagNet(Detector):
         # a perfect reconstruction of every training image would make q_d zero: keep the division finite
         self.scales = quantiles.clamp_min(torch.finfo(torch.float32).tiny).to(errors.dtype)
 
+    def epochs_for(self, n: int) -> int:
+        """The epochs of a fit on n images (the option, or the MIN_STEPS rule)."""
+        if self.epochs is not None:
+            return self.epochs
+        return max(OFFICIAL_EPOCHS, math.ceil(MIN_STEPS / math.ceil(n / self.batch_size)))
+
     def _train_autoencoder(self, kind: str, x: torch.Tensor, generator: torch.Generator) -> MagNetAE:
         """Trains one autoencoder to denoise clip(x + v N(0,1), 0, 1) into x (MSE + activity L2),
         every random draw from `generator`; returns it frozen in eval mode."""
@@ -140,7 +154,7 @@ class MagNet(Detector):
             torch.default_generator.manual_seed(seed)  # CPU initialisation; the caller's RNG state is restored
             ae = MagNetAE(x.shape[1], kind).to(x.device, x.dtype)
         optimizer = torch.optim.Adam(ae.parameters(), lr=self.lr)
-        for _ in range(self.epochs):
+        for _ in range(self.epochs_for(x.shape[0])):
             order = torch.randperm(x.shape[0], generator=generator, device=generator.device).to(x.device)
             for i in range(0, x.shape[0], self.batch_size):
                 target = x[order[i:i + self.batch_size]]
