@@ -3,6 +3,7 @@
     fastrobust train [options]          adversarial training, then the robustness evaluation
                                         (no options: the embedded digits run on the CPU, minutes)
     fastrobust eval CHECKPOINT [...]    robustness evaluation of a training checkpoint
+                                        (or of any model: --model SPEC --data NAME)
     fastrobust detect CHECKPOINT [...]  adversarial-example detectors for it (the survey's protocol)
     fastrobust bench SUITE [...]        benchmark suites (needs a source checkout: benchmarks/)
     fastrobust info [--json]            build information and which ops have CPU/CUDA kernels

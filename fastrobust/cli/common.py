@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 from fractions import Fraction
 from typing import Optional, Tuple
@@ -75,6 +76,17 @@ def positive_int(text: str) -> int:
 
 def nonnegative_int(text: str) -> int:
     return _int_at_least(text, 0)
+
+
+def json_object(text: str) -> dict:
+    """A JSON object typed on the command line: --data-options '{"n": 8}'."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"n\": 8}}', got {text!r}")
+    return value
 
 
 def attack_list(text: str) -> Tuple[str, ...]:

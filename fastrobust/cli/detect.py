@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
-from .common import HelpFormatter, check_device, cpu_threads, nonnegative_int, positive_int
+from .common import HelpFormatter, check_device, cpu_threads, json_object, nonnegative_int, positive_int
 from .errors import CLIError, one_line
 
 DESCRIPTION = """\
@@ -47,11 +46,8 @@ def _names(kind: str, choices):
 
 
 def _json_dict(text: str):
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
-    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+    value = json_object(text)
+    if not all(isinstance(v, dict) for v in value.values()):
         raise argparse.ArgumentTypeError("expected a JSON object of {detector: {option: value}}")
     return value
 

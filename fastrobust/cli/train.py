@@ -1,8 +1,9 @@
 """`fastrobust train`: adversarial training (fastrobust.train) followed by the robustness
 evaluation (fastrobust.eval) of the final model, everything written under one folder.
 
-Options map onto fastrobust.train.TrainConfig: an option left out keeps TrainConfig's default
-(the data set's, or the recipe's: see DATASET_DEFAULTS), so the defaults live in one place.
+Options map onto fastrobust.train.TrainConfig: an option left out takes the --config file's
+value (fastrobust.cli.config_file), else TrainConfig's default (the data set's, or the
+recipe's: see DATASET_DEFAULTS), so the defaults live in one place.
 The command line adds the model options (--activation, --denoise, --cifs, --first-stride) and
 the evaluation after training (--attacks, --eval-n, --checks, --no-eval).
 """
@@ -11,14 +12,15 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import inspect
-import json
 import os
 import shlex
 import sys
 import time
 from typing import Any, Dict
 
-from .common import AMP_CHOICES, HelpFormatter, check_device, eps_type, fmt_eps, nonnegative_int, positive_int
+from .common import (AMP_CHOICES, HelpFormatter, check_device, eps_type, fmt_eps, json_object, nonnegative_int,
+                     positive_int)
+from .config_file import read_config_file
 from .errors import CLIError, one_line
 from .evaluation import add_eval_options, check_transfer_attacks, run_evaluation
 
@@ -50,6 +52,15 @@ Resuming (--resume) continues a run bit for bit, so the options must be the run'
   --out --device --threads --compile --data-dir --progress --plot --log-every, and the
   evaluation after training (--attacks, --eval-n, --checks, ...)
 metrics.jsonl is appended to, never truncated; config.json holds the latest invocation's options.
+
+Config files (--config FILE, .toml or .json) hold TrainConfig's options under the names of
+config.json (the evaluation after training stays on the command line). An option given on the
+command line wins over the file, the file over the defaults; --model-options, --data-options
+and --recipe-options change the file's dicts key by key. A file's model_options are taken as
+complete (sparta and --denoise auto are only added when it has none), its out is the default
+--out, its resume and overwrite are ignored. A run's config.json holds every option resolved
+(epochs, lr, milestones, ...), so it repeats the run: give another --out; changing --epochs
+keeps its milestones.
 """
 
 EPILOG = """\
@@ -62,6 +73,8 @@ examples:
   fastrobust train --schedule piecewise --milestones 5 8 --epochs 10 --out runs/long
   fastrobust train --schedule piecewise --milestones 5 8 --epochs 20 --out runs/long --resume   # extend
   fastrobust train --epochs 3 --out runs/quick --overwrite   # the old runs/quick -> runs/quick.old-...
+  fastrobust train --config run.toml --epochs 3      # run.toml: recipe = "trades", epochs = 20, ...
+  fastrobust train --config runs/quick/config.json --out runs/again   # the same run again
   fastrobust eval runs/quick/last.pt --attacks pgd20,apgd-t
   fastrobust train --model ode_net --model-options '{"ode": "tisode"}' --recipe tisode   # TisODE
   fastrobust train --model ode_net --recipe tisode --recipe-options '{"inner": "pgd"}'   # PGD-AT of it
@@ -110,18 +123,6 @@ def denoise_type(text: str):
     return (names[0] if len(names) == 1 else names, mode)
 
 
-def _json_object(text: str) -> Dict[str, Any]:
-    import argparse
-
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON ({exc.msg}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"beta\": 6}}', got {text!r}")
-    return value
-
-
 def add_parser(sub) -> None:
     import argparse
 
@@ -136,11 +137,17 @@ def add_parser(sub) -> None:
     d = _field_default
     bool_opt = argparse.BooleanOptionalAction
 
+    p.add_argument("--config", metavar="FILE",
+                   help="training options from a .toml or .json file under TrainConfig's names, e.g. epochs = 5, "
+                        "[model_options] width = 16 (a run's config.json is one); the command line wins over it, "
+                        "key by key in the JSON options; see 'Config files' above (default: none)")
+
+    # options default to None ("not given"): the file, then TrainConfig, fill them in
     g = p.add_argument_group("data")
-    g.add_argument("--data", choices=DATASETS, default=d("data"), help=f"data set (default: {d('data')})")
+    g.add_argument("--data", choices=DATASETS, help=f"data set (default: {d('data')})")
     g.add_argument("--data-dir", metavar="DIR", help="folder holding cifar-10-batches-py/ or cifar-100-python/ "
                    "(default: $FASTROBUST_DATA_DIR, else ./data); nothing is downloaded")
-    g.add_argument("--data-options", type=_json_object, metavar="JSON",
+    g.add_argument("--data-options", type=json_object, metavar="JSON",
                    help="load_dataset options, e.g. '{\"seed\": 1}' (default: none)")
     g.add_argument("--subset", type=positive_int, metavar="N", help="train on the first N images (default: all)")
 
@@ -148,19 +155,19 @@ def add_parser(sub) -> None:
     g.add_argument("--model", choices=list_models(), help=f"architecture (default: the data set's: {_per_data('model')})")
     g.add_argument("--activation", choices=ACTIVATIONS, default=None,
                    help="activation (default: sparta; relu for ode_net, whose activation is fixed)")
-    g.add_argument("--denoise", type=denoise_type, default="auto", metavar="STAGE[,STAGE]:MODE",
+    g.add_argument("--denoise", type=denoise_type, metavar="STAGE[,STAGE]:MODE",
                    help="non-local-means denoising blocks after these stages, e.g. layer3:gaussian or "
                         "layer2,layer3:median; none; auto (default): layer2:gaussian for small_cnn, none otherwise")
-    g.add_argument("--cifs", action=bool_opt, default=False, help="CIFS variant (resnet18 only; default: off)")
+    g.add_argument("--cifs", action=bool_opt, help="CIFS variant (resnet18 only; default: off)")
     g.add_argument("--first-stride", type=positive_int, metavar="S",
                    help="stride of the first convolution (default: the model's, 1)")
-    g.add_argument("--model-options", type=_json_object, metavar="JSON",
+    g.add_argument("--model-options", type=json_object, metavar="JSON",
                    help="more fastrobust.models.create options, e.g. '{\"width\": 64}' (default: none)")
 
     g = p.add_argument_group("recipe")
-    g.add_argument("--recipe", choices=sorted(RECIPES), default=d("recipe"),
+    g.add_argument("--recipe", choices=sorted(RECIPES),
                    help=f"training recipe (default: {d('recipe')})")
-    g.add_argument("--recipe-options", type=_json_object, metavar="JSON",
+    g.add_argument("--recipe-options", type=json_object, metavar="JSON",
                    help="the recipe's own options, e.g. '{\"beta\": 6}' for trades (default: none)")
     g.add_argument("--target", metavar="CHECKPOINT",
                    help="the trained classifier the recipe builds on (hgd, ladder): its data set, model and model options "
@@ -192,14 +199,14 @@ def add_parser(sub) -> None:
                    help="cut every epoch after N batches (quick runs; default: no cut)")
 
     g = p.add_argument_group("speed and device")
-    g.add_argument("--device", default=d("device"), help="auto (CUDA when available), cpu, cuda, cuda:N "
+    g.add_argument("--device", help="auto (CUDA when available), cpu, cuda, cuda:N "
                    "(default: auto)")
     g.add_argument("--amp", choices=AMP_CHOICES, help="training autocast: none (float32, default), bf16, fp16")
     g.add_argument("--channels-last", action=bool_opt, help="channels-last memory format (default: off)")
     g.add_argument("--compile", action=bool_opt, help="torch.compile the training model (default: off)")
     g.add_argument("--threads", type=nonnegative_int, metavar="N",
                    help=f"CPU threads, 0: torch's default (default: {_per_data('threads')})")
-    g.add_argument("--seed", type=nonnegative_int, default=d("seed"), metavar="S", help=f"default: {d('seed')}")
+    g.add_argument("--seed", type=nonnegative_int, metavar="S", help=f"default: {d('seed')}")
 
     g = p.add_argument_group("run folder")
     g.add_argument("--out", metavar="DIR", help="run folder (default: runs/DATA-RECIPE-MODEL-YYYYmmdd-HHMMSS)")
@@ -212,7 +219,7 @@ def add_parser(sub) -> None:
     g.add_argument("--overwrite", action="store_true",
                    help="a new run even where --out holds one: the old folder is moved aside to "
                         "OUT.old-YYYYmmdd-HHMMSS, never deleted (default: refuse, nothing written)")
-    g.add_argument("--progress", action=bool_opt, default=True, help="progress bars (default: on)")
+    g.add_argument("--progress", action=bool_opt, help="progress bars (default: on)")
     g.add_argument("--plot", action=bool_opt, help="curves.png of the training metrics (default: on)")
     g.add_argument("--log-every", type=positive_int, metavar="N",
                    help=f"batches between progress updates (default: {d('log_every')})")
@@ -254,24 +261,23 @@ CONFIG_OPTIONS = ("data", "data_dir", "data_options", "subset", "model", "recipe
 
 
 def config_from_args(args):
-    """The TrainConfig of the options (those left out keep TrainConfig's defaults) and the
-    folder of the run."""
+    """The TrainConfig of the options and of the --config file and the folder of the run: an
+    option given on the command line wins over the file, the file over the defaults
+    (TrainConfig's, the data set's, the recipe's)."""
     from ..train.config import TrainConfig
 
-    values = {k: getattr(args, k) for k in CONFIG_OPTIONS if getattr(args, k) is not None}
-    if values.get("amp") == "none":
-        values["amp"] = None
-    if "milestones" in values:
-        values["milestones"] = tuple(values["milestones"])
+    from_file = read_config_file(args.config) if args.config else {}
+    given = {k: getattr(args, k) for k in CONFIG_OPTIONS if getattr(args, k) is not None}
+    if "milestones" in given:
+        given["milestones"] = tuple(given["milestones"])
+    if given.get("amp") == "none":
+        given["amp"] = None  # over the file's too
+    values = {**from_file, **given}
+    for name in ("data_options", "recipe_options"):  # key by key, as --model-options
+        if name in from_file and name in given:
+            values[name] = {**from_file[name], **given[name]}
     values.setdefault("final_eval", False)  # the evaluation after training supersedes it
-    options = dict(args.model_options or {})
-    if args.activation is not None:
-        options.setdefault("activation", args.activation)
-    if args.cifs:
-        options["cifs"] = True
-    if args.first_stride is not None:
-        options["first_stride"] = args.first_stride
-    values["model_options"] = options
+    options = values["model_options"] = _model_options(args, from_file.get("model_options", {}))
     if args.target is not None:
         options = _target_values(args, values)
     resume = values.get("resume")
@@ -282,14 +288,12 @@ def config_from_args(args):
             raise CLIError("--resume without a checkpoint needs --out, the folder of the run to continue")
     config = TrainConfig.from_dict(values)
     resolved = config.resolved()
-    options.setdefault("activation", FIXED_ACTIVATION.get(resolved.model, DEFAULT_ACTIVATION))
-    if args.target is not None:
-        pass  # the target's model options, as trained
-    elif args.denoise == "auto":
-        if resolved.model == "small_cnn" and "denoise" not in options:
-            options["denoise"] = SMALL_CNN_DENOISE
-    elif args.denoise != "none":
-        options["denoise"] = args.denoise
+    # the command line's model defaults; a file's model_options are complete, as config.json records them
+    if args.target is not None or "model_options" not in from_file:
+        options.setdefault("activation", FIXED_ACTIVATION.get(resolved.model, DEFAULT_ACTIVATION))
+    if args.target is None and "model_options" not in from_file and args.denoise in (None, "auto") and \
+            resolved.model == "small_cnn":
+        options.setdefault("denoise", SMALL_CNN_DENOISE)
     config = config.replace(model_options=options)
     if "out" not in values:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -297,9 +301,31 @@ def config_from_args(args):
     return config
 
 
+def _model_options(args, from_file: Dict[str, Any]) -> Dict[str, Any]:
+    """The model options: the file's, then --model-options key by key, then the flags that set
+    one of them (--activation yields to an activation in --model-options, as it always has;
+    --no-cifs and --denoise none remove the file's)."""
+    mine = args.model_options or {}
+    options = {**from_file, **mine}
+    if args.activation is not None and "activation" not in mine:
+        options["activation"] = args.activation
+    if args.denoise == "none" and "denoise" not in mine:
+        options.pop("denoise", None)
+    elif args.denoise not in (None, "none", "auto"):
+        options["denoise"] = args.denoise
+    if args.cifs:
+        options["cifs"] = True
+    elif args.cifs is False:
+        options.pop("cifs", None)
+    if args.first_stride is not None:
+        options["first_stride"] = args.first_stride
+    return options
+
+
 def _target_values(args, values: Dict[str, Any]) -> Dict[str, Any]:
-    """--target: the checkpoint's data set, model and model options into values (conflicting
-    options are errors), the checkpoint's path into the recipe's options; the model options."""
+    """--target: the checkpoint's data set, model and model options into values (over a config
+    file's; conflicting options on the command line are errors), the checkpoint's path into the
+    recipe's options; the model options."""
     from ..train.checkpoint import CheckpointError, load_checkpoint
     from ..train.config import ConfigError, TrainConfig
     from ..train.recipes import RECIPES
@@ -313,16 +339,14 @@ def _target_values(args, values: Dict[str, Any]) -> Dict[str, Any]:
         raise CLIError(f"--target {args.target}: {one_line(exc)}") from exc
     if not isinstance(target.model, str):
         raise CLIError(f"--target {args.target}: trained with a custom nn.Module, which cannot be rebuilt")
-    given = {"--model": (args.model, target.model), "--data": (args.data if args.data != _field_default("data")
-                                                              else None, target.data)}
-    for flag, (mine, theirs) in given.items():
+    for flag, (mine, theirs) in {"--model": (args.model, target.model), "--data": (args.data, target.data)}.items():
         if mine is not None and mine != theirs:
             raise CLIError(f"{flag} {mine}: the --target classifier was trained with {flag} {theirs}; leave "
                            f"{flag} out")
-    if args.model_options or args.activation or args.cifs or args.first_stride or args.denoise != "auto":
+    if args.model_options or args.activation or args.cifs or args.first_stride or args.denoise not in (None, "auto"):
         raise CLIError("--target: the classifier's model options come from its checkpoint; leave --model-options, "
                        "--activation, --denoise, --cifs and --first-stride out")
-    if "target" in (values.get("recipe_options") or {}):
+    if "target" in (args.recipe_options or {}):
         raise CLIError("--target is given twice (also in --recipe-options); give it once")
     values.update(model=target.model, data=target.data, data_options=dict(target.data_options))
     values["recipe_options"] = {**(values.get("recipe_options") or {}), "target": os.path.abspath(args.target)}
@@ -350,11 +374,11 @@ def run(args) -> int:
     from ..train.config import ConfigError
     from ..train.trainer import Trainer
 
-    check_device(args.device)  # a clear error before anything is built
     if args.evaluate:
         check_transfer_attacks(args.attacks, False)  # train has no --surrogate: say so before training
     try:
         config = config_from_args(args)
+        check_device(config.device)  # a clear error before anything is built
         trainer = Trainer(config)  # refuses a folder holding another run before writing anything
     except (ConfigError, CheckpointError, FileNotFoundError) as exc:
         raise CLIError(one_line(exc)) from exc

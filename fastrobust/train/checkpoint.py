@@ -226,34 +226,43 @@ def check_finite_weights(path: str, state_dict: Dict[str, torch.Tensor]) -> None
     bad = nonfinite_entries(state_dict)
     if bad:
         raise CheckpointError(f"checkpoint {path}: the model's weights are not finite (NaN or inf in "
-                              f"{_few(bad)}); it cannot be evaluated or continued: use an earlier checkpoint "
+                              f"{few_keys(bad)}); it cannot be evaluated or continued: use an earlier checkpoint "
                               "or retrain (with a lower learning rate)")
 
 
-def load_model_state(path: str, model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> None:
-    """Loads state_dict into model; a checkpoint made for another architecture raises
-    CheckpointError listing the missing / unexpected / differently shaped entries."""
+def state_dict_mismatch(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str = "checkpoint"
+                        ) -> Optional[str]:
+    """Why state_dict does not load into model, or None when it fits: "missing [...]; unexpected
+    [...]; N shape mismatches (e.g. KEY: SOURCE (shape), model (shape))", a few keys of each, so
+    that a file made for another architecture says how it differs (load_model_state, fastrobust
+    eval --weights)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     shapes = sorted(k for k in set(own) & set(state_dict)
                     if tuple(own[k].shape) != tuple(getattr(state_dict[k], "shape", ())))
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_few(unexpected)}")
-        if shapes:
-            k = shapes[0]
-            parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint {tuple(state_dict[k].shape)}, "
-                         f"model {tuple(own[k].shape)})")
-        raise CheckpointError(f"checkpoint {path}: made for another model ({type(model).__name__}): "
-                              + "; ".join(parts))
+    parts = []
+    if missing:
+        parts.append(f"missing {few_keys(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {few_keys(unexpected)}")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: {source} {tuple(state_dict[k].shape)}, "
+                     f"model {tuple(own[k].shape)})")
+    return "; ".join(parts) or None
+
+
+def load_model_state(path: str, model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> None:
+    """Loads state_dict into model; a checkpoint made for another architecture raises
+    CheckpointError listing the missing / unexpected / differently shaped entries."""
+    problem = state_dict_mismatch(model, state_dict)
+    if problem:
+        raise CheckpointError(f"checkpoint {path}: made for another model ({type(model).__name__}): {problem}")
     model.load_state_dict(state_dict)
 
 
-def _few(keys: List[str], n: int = 4) -> str:
+def few_keys(keys: List[str], n: int = 4) -> str:
     return "[" + ", ".join(keys[:n]) + (f", ... {len(keys) - n} more" if len(keys) > n else "") + "]"
 
 

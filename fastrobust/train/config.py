@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import numbers
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
@@ -45,6 +46,9 @@ DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
                       optimizer="sgd", schedule="onecycle", threads=0),
 }
 FILLED = ("model", "eps", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "threads")
+
+# On/off options (overwrite and overfit_guard have their own checks).
+FLAGS = ("nesterov", "channels_last", "compile", "final_eval", "progress", "plot", "track_clean")
 
 # Options that may differ between a run and its resumption (they do not change the trajectory);
 # epochs and milestones may change too, within the limits of fastrobust.train.resume_rules.
@@ -273,6 +277,13 @@ class TrainConfig:
             raise ConfigError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if not isinstance(self.device, str):
             raise ConfigError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        for name in ("data_dir", "out"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise ConfigError(f"{name} must be a folder path, got {value!r}")
+        for name in FLAGS:
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         _optional_int(self.seed, "seed", 0)
         _optional_int(self.threads, "threads", 0)
         if not isinstance(self.resume, (bool, str)):
