@@ -95,7 +95,7 @@ def plot_roc(report: Dict[str, Any], path: Path) -> str:
             roc = entry["attacks"][attack]["roc"]
             if roc:
                 ax.plot(roc["fpr"], roc["tpr"], label=name)
-        ax.plot([0, 1], [0, 1], color="0.7", linewidth=0.8)
+        ax.plot([0, 1], [0, 1], color="black", linestyle=":", linewidth=0.8)  # chance
         ax.set_title(attack)
         ax.set_xlabel("FPR")
         ax.set_ylabel("TPR (successful examples)")
