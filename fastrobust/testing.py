@@ -158,3 +158,16 @@ def train_digits_cnn(x: torch.Tensor, y: torch.Tensor, width: int = 16, epochs: 
     for p in net.parameters():
         p.requires_grad_(False)
     return net
+
+
+def run_cli(argv, capsys):
+    """(exit status, stdout, stderr) of `fastrobust` main(argv) under pytest's capsys,
+    argparse's SystemExit included."""
+    from .cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err

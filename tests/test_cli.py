@@ -18,22 +18,13 @@ import torch
 from fastrobust import cli
 from fastrobust.cli import main
 from fastrobust.cli.errors import CLIError
+from fastrobust.testing import run_cli
 from fastrobust.train import CheckpointError, load_checkpoint, save_checkpoint
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = ["--epochs", "1", "--subset", "128", "--batch-size", "32", "--max-steps-per-epoch", "2", "--eval-samples",
         "32", "--eval-steps", "2", "--attacks", "pgd20,apgd-ce", "--eval-n", "48", "--check-n", "24",
         "--no-progress"]
-
-
-def run_cli(argv, capsys):
-    """(exit status, stdout, stderr) of main(argv), argparse's SystemExit included."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

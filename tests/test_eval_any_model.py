@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from fastrobust.cli import main
 from fastrobust.cli.errors import CLIError
 from fastrobust.cli.model_spec import build_model, check_fits, with_normalization
 from fastrobust.data import load_dataset
 from fastrobust.models import create
+from fastrobust.testing import run_cli
 
 QUICK = ["--checks", "none", "--no-progress", "--eps", "0.1"]
 
@@ -28,16 +28,6 @@ def make(num_classes=10):
     """A small CNN for 1x8x8 digits."""
     return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, num_classes))
 '''
-
-
-def run_cli(argv, capsys):
-    """(exit status, stdout, stderr) of main(argv), argparse's SystemExit included."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code, err, expected):

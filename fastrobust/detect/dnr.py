@@ -235,6 +235,15 @@ def default_layers(model: nn.Module, probe: torch.Tensor) -> Tuple[str, str, str
     return points[-2], points[-1], PENULTIMATE
 
 
+def chosen_layers(model: nn.Module, names: Optional[Sequence[str]], x: torch.Tensor) -> Tuple[str, ...]:
+    """The layers a DNR-style detector reads: `names` (checked against the model) or, when
+    None, default_layers on two of the images."""
+    if names is None:
+        return default_layers(model, x[:2])
+    check_layers(model, names)
+    return tuple(names)
+
+
 def _feature_points(calls: Sequence[Tuple[str, bool, object]], penultimate: torch.Tensor) -> List[str]:
     """The feature point of each block of `calls` (see default_layers), in forward order."""
     blocks: List[List[Tuple[str, object]]] = []
@@ -293,11 +302,7 @@ class DNR(Detector):
 
     def _fit(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: Optional[torch.Tensor],
              generator: torch.Generator) -> None:
-        if self.layer_names is None:
-            self.layers = default_layers(model, x[:2])
-        else:
-            check_layers(model, self.layer_names)
-            self.layers = self.layer_names
+        self.layers = chosen_layers(model, self.layer_names, x)
         rows = torch.randperm(x.shape[0], generator=generator)[:min(self.max_train, x.shape[0])]
         half = rows.numel() // 2
         self.layer_rows, self.combiner_rows = rows[:half], rows[half:]

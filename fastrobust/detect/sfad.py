@@ -89,8 +89,8 @@ from torch import nn
 
 from ._options import integer, layer_names, number
 from .base import Detector
-from .dnr import default_layers
-from .features import check_layers, layer_maps
+from .dnr import chosen_layers
+from .features import layer_maps
 
 BN_EPS = 1e-3  # Keras' BatchNormalization epsilon
 DISAGREEMENT = 3.0  # added when the fused label is not the classifier's: above every other score
@@ -290,11 +290,7 @@ class SFAD(Detector):
     # -- fitting ---------------------------------------------------------------------------------
     def _fit(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: Optional[torch.Tensor],
              generator: torch.Generator) -> None:
-        if self.layer_names is None:
-            self.layers = default_layers(model, x[:2])
-        else:
-            check_layers(model, self.layer_names)
-            self.layers = self.layer_names
+        self.layers = chosen_layers(model, self.layer_names, x)
         with torch.no_grad():
             self.num_classes = int(layer_maps(model, x[:1], self.layers)[0].shape[1])
         _check_labels(y, self.num_classes)
