@@ -436,7 +436,7 @@ def test_in_channels_and_num_classes():
 
 @pytest.mark.parametrize("name, options, match", [
     ("resnet50", {}, r"unknown model 'resnet50'; choose one of ode_net, preact_resnet18, resnet18, small_cnn, "
-                     r"wide_resnet, wrn28_10, wrn34_10"),
+                     r"survey_cnn_cifar, survey_cnn_mnist, wide_resnet, wrn28_10, wrn34_10"),
     (None, {}, "unknown model None"),
     ("preact_resnet18", {"width": 8}, r"unknown option 'width' for model 'preact_resnet18'; its options are "
                                       r"num_classes, in_channels, activation, denoise, cifs, first_stride, mean, std"),
