@@ -31,6 +31,9 @@ class Detector:
     name = "detector"
     supervised = False
     differentiable = False
+    # a supervised detector fitted once per attack, on that attack's examples (the survey's
+    # KD+BU and LID); False for one fitted on its own training attack (NSS)
+    fits_per_attack = False
 
     def __init__(self) -> None:
         self.model: Optional[nn.Module] = None

@@ -66,6 +66,7 @@ class KDBU(Detector):
     name = "kd_bu"
     supervised = True
     differentiable = True
+    fits_per_attack = True
 
     def __init__(self, bandwidth: float = 1.20, layer: str = PENULTIMATE, bu: bool = True, passes: int = 50,
                  noise_std: float = 0.125, seed: int = 0):

@@ -67,6 +67,7 @@ class LID(Detector):
     name = "lid"
     supervised = True
     differentiable = True
+    fits_per_attack = True
 
     def __init__(self, k: int = 20, batch_size: int = 100, layers: Optional[Sequence[str]] = None,
                  noise_std: float = 0.125, seed: int = 0):

@@ -106,16 +106,15 @@ def roc_points(clean: torch.Tensor, adv: torch.Tensor, n: int = ROC_POINTS) -> D
             "tpr": [float((adv.double() > t).double().mean()) for t in ts]}
 
 
-def _row(clean_all: torch.Tensor, clean_same: torch.Tensor, adv: torch.Tensor, fooled: torch.Tensor,
-         threshold: float) -> Dict[str, object]:
+def _row(clean: torch.Tensor, adv: torch.Tensor, fooled: torch.Tensor, threshold: float) -> Dict[str, object]:
     flagged = adv > threshold
     ok = fooled.cpu()
     row = {"n_attacked": int(len(adv)), "n_success": int(ok.sum()), "attack_success": float(ok.double().mean()),
-           "fpr": float((clean_all > threshold).double().mean()),
+           "fpr": float((clean > threshold).double().mean()),
            "success_vs_detector": success_against_detector(ok, flagged)}
     if ok.any():
-        row.update(auroc=auroc(clean_same[ok], adv[ok]), detection_rate=float(flagged[ok].double().mean()),
-                   roc=roc_points(clean_same[ok], adv[ok]))
+        row.update(auroc=auroc(clean[ok], adv[ok]), detection_rate=float(flagged[ok].double().mean()),
+                   roc=roc_points(clean[ok], adv[ok]))
     else:
         row.update(auroc=None, detection_rate=None, roc=None)
     return row
@@ -134,7 +133,7 @@ def evaluate_detectors(model: nn.Module, detectors: Dict[str, Detector],
     attack where it is supervised)."""
     model.eval()
     adv_test, fooled, adv_fit = {}, {}, {}
-    needs_fit_examples = any(d.supervised and d.name != "nss" for d in detectors.values())
+    needs_fit_examples = any(d.fits_per_attack for d in detectors.values())
     for name, attack in attacks.items():
         progress(f"attack {name}")
         adv_test[name] = attack(data.test_x, data.test_y)
@@ -152,8 +151,8 @@ def evaluate_detectors(model: nn.Module, detectors: Dict[str, Detector],
         for name in attacks:
             det = instances[name]
             clean = _scores(det, data.test_x)
-            rows[name] = _row(clean, clean, _scores(det, adv_test[name]), fooled[name], det.threshold)
-        entry = {"per_attack_fit": template.supervised and template.name != "nss",
+            rows[name] = _row(clean, _scores(det, adv_test[name]), fooled[name], det.threshold)
+        entry = {"per_attack_fit": template.fits_per_attack,
                  "threshold": {name: instances[name].threshold for name in attacks}, "attacks": rows}
         if adaptive is not None:
             det = instances[next(iter(attacks))]
@@ -176,7 +175,7 @@ def _fitted_instances(model, template: Detector, data: DetectionData, adv_fit, a
         g = torch.Generator().manual_seed(seed)
         if not det.supervised:
             det.fit(model, data.fit_x, data.fit_y, generator=g)
-        elif det.name == "nss":
+        elif not det.fits_per_attack:  # NSS: its own mixed-radius PGD examples
             x_adv = nss_training_set(model, data.fit_x, data.fit_y, nss_share, seed)
             ok = predictions(model, x_adv) != data.fit_y
             det.fit(model, data.fit_x[ok], data.fit_y[ok], x_adv=x_adv[ok], generator=g)
@@ -190,7 +189,7 @@ def _fitted_instances(model, template: Detector, data: DetectionData, adv_fit, a
         det.threshold_at_fpr(data.val_x, fpr)
         return det
 
-    if template.supervised and template.name != "nss":
+    if template.fits_per_attack:
         return {name: fitted(name) for name in attack_names}
     shared = fitted(None)
     return {name: shared for name in attack_names}
