@@ -71,6 +71,7 @@ examples:
       --data cifar10 --eps 8/255
   fastrobust eval --model fastrobust:small_cnn --weights small_cnn.pt --data digits --eps 0.1
   fastrobust eval --model-file my_models.py:make_net --weights net.pt --data digits --eps 0.1
+  torchrun --nproc_per_node 2 -m fastrobust.eval runs/cifar-pgd/best.pt --attacks pgd20,apgd-ce --batch-size 250
 """
 
 # The options that describe a model given by --model / --model-file (a checkpoint brings its own).
@@ -130,6 +131,10 @@ def add_parser(sub) -> None:
                         "--model torch's default)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="progress bars (default: on)")
+    g.add_argument("--distributed", action="store_true",
+                   help="under torchrun: the ranks share the batches of the clean pass and of every attack and "
+                        "report the numbers of a single process (timings aside); only rank 0 prints and writes; "
+                        "`torchrun --nproc_per_node K -m fastrobust.eval ...` implies it (default: off)")
     p.set_defaults(func=run)
 
 
@@ -276,20 +281,57 @@ def load_surrogates(args, device: torch.device, target: Target):
     return surrogates
 
 
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def join_ranks(device: str):
+    """--distributed: this process's DistInfo (rank, world size, device: cuda:LOCAL_RANK for
+    cuda / auto) in the process group of torchrun's environment, created here (gloo on the CPU,
+    NCCL on CUDA) unless the caller made one; CLIError outside torchrun, before any work."""
+    import torch.distributed as dist
+
+    from .. import distributed
+
+    missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
+    if missing and not (dist.is_available() and dist.is_initialized()):
+        raise CLIError(f"--distributed: not launched by torchrun ({', '.join(missing)} not set); run e.g. "
+                       "torchrun --nproc_per_node 2 -m fastrobust.eval CHECKPOINT")
+    check_device(device)
+    return distributed.setup(device)
+
+
 def run(args) -> int:
-    from ..train.run_folder import writable_folder
+    from .. import distributed
 
     check_model_options(args)
     check_transfer_attacks(args.attacks, bool(args.surrogate))
-    device = check_device(args.device)
+    ranks = join_ranks(args.device) if args.distributed else distributed.DistInfo(device=check_device(args.device))
+    finished = False
+    try:
+        evaluate_target(args, ranks)
+        finished = True
+    finally:
+        distributed.cleanup(ranks, synchronize=finished)
+    return 0
+
+
+def evaluate_target(args, ranks) -> None:
+    """The model, data and surrogates of the options evaluated on every rank; rank 0 alone
+    prints and writes the report."""
+    from ..train.run_folder import writable_folder
+
+    device = ranks.device
     target = from_checkpoint(args, device) if args.checkpoint else from_model_spec(args, device)
     surrogates = load_surrogates(args, device, target)
-    out = writable_folder(args.out or target.out)  # before the attacks, not after
-    print(target.header, file=sys.stderr)
+    out = args.out or target.out
+    if ranks.is_main:
+        writable_folder(out)  # before the attacks, not after
+        print(target.header, file=sys.stderr)
     metadata = {**target.metadata, "surrogates": [os.path.abspath(p) for p in args.surrogate]}
     _, paths = run_evaluation(target.model, target.x, target.y, args=args, eps=target.eps, device=device,
                               model_name=target.name, data_name=f"{target.data} test", out_dir=out,
                               autocast=AMP_DTYPES[args.amp], threads=target.threads, progress=args.progress,
-                              metadata=metadata, surrogates=surrogates, attack_model=target.attack_model)
-    print("\n".join(f"{k}: {v}" for k, v in paths.items()))
-    return 0
+                              metadata=metadata, surrogates=surrogates, attack_model=target.attack_model,
+                              distributed=ranks.enabled)
+    if ranks.is_main:
+        print("\n".join(f"{k}: {v}" for k, v in paths.items()))

@@ -15,7 +15,7 @@ from .errors import CLIError
 # -- evaluation options (shared by `train` and `eval`) ---------------------------------------
 
 def add_eval_options(group, *, prefix: str, default_checks: str) -> None:
-    """--attacks, --{prefix}n, --{prefix}batch-size, --checks, --check-n, --{prefix}seed."""
+    """--attacks, --{prefix}n (eval: also --points), --{prefix}batch-size, --checks, --check-n, --{prefix}seed."""
     from ..eval.presets import DEFAULT_ATTACKS, PRESETS, SUITES
 
     group.add_argument("--attacks", type=attack_list, default=tuple(DEFAULT_ATTACKS), metavar="A[,A...]",
@@ -23,6 +23,10 @@ def add_eval_options(group, *, prefix: str, default_checks: str) -> None:
                             f"presets: {', '.join(PRESETS)}; suites: {', '.join(SUITES)}; none: clean accuracy only")
     group.add_argument(f"--{prefix}n", dest="eval_n", type=positive_int, default=None, metavar="N",
                        help="evaluate the first N test images (default: all)")
+    if not prefix:  # its own action, so an error names the option typed
+        group.add_argument("--points", dest="eval_n", type=positive_int, default=None, metavar="N",
+                           help="--n under torchrun, whose parser takes --n for an abbreviation of its own "
+                                "options (default: all)")
     group.add_argument(f"--{prefix}batch-size", dest="eval_batch_size", type=positive_int, default=500,
                        metavar="B", help="images per attack call (default: 500)")
     group.add_argument("--checks", type=checks_type, default=checks_type(default_checks), metavar="C[,C...]",
@@ -120,31 +124,41 @@ def format_table(report) -> str:
 def run_evaluation(model, x: torch.Tensor, y: torch.Tensor, *, args, eps: float, device: torch.device,
                    model_name: str, data_name: str, out_dir: str, autocast=None, threads: Optional[int] = None,
                    progress: bool = True, metadata: Optional[Dict[str, Any]] = None,
-                   surrogates: Sequence[torch.nn.Module] = (), attack_model: Optional[torch.nn.Module] = None):
+                   surrogates: Sequence[torch.nn.Module] = (), attack_model: Optional[torch.nn.Module] = None,
+                   distributed: bool = False):
     """evaluate() with the options of add_eval_options, then the table on stdout and
     write_report(out_dir) (metadata added to the report's). surrogates: the models the transfer
     presets craft on (fastrobust eval --surrogate); attack_model: the model the attacks are crafted
-    on while `model` judges (fastrobust eval --oblivious). Returns (report, {kind: path})."""
+    on while `model` judges (fastrobust eval --oblivious); distributed: evaluate(distributed=True)
+    on every rank of the process group, rank 0 alone printing and writing (the other ranks
+    return {} as the paths). Returns (report, {kind: path})."""
     import warnings
+
+    import torch.distributed as dist
 
     from ..eval import evaluate, write_report
     from ..eval.masking import GradientMaskingWarning
     check_transfer_attacks(args.attacks, bool(surrogates))
-    specs, close = _ticking_presets(args.attacks, progress)
+    main_rank = not distributed or dist.get_rank() == 0
+    specs, close = _ticking_presets(args.attacks, progress and main_rank)
     n = min(args.eval_n, x.shape[0]) if args.eval_n else x.shape[0]
     what = ", ".join(args.attacks) or "clean only"
-    print(f"evaluating {model_name} on {data_name} (first {n} test images), eps={fmt_eps(eps)}: {what}"
-          + (f"; checks: {', '.join(args.checks)}" if args.checks else ""), file=sys.stderr, flush=True)
+    if main_rank:
+        print(f"evaluating {model_name} on {data_name} (first {n} test images), eps={fmt_eps(eps)}: {what}"
+              + (f"; checks: {', '.join(args.checks)}" if args.checks else ""), file=sys.stderr, flush=True)
     try:
         with cpu_threads(device, threads), warnings.catch_warnings():
             warnings.simplefilter("ignore", GradientMaskingWarning)  # the table and report show them
             report = evaluate(model, (x, y), attacks=specs, eps=eps, n=n, batch_size=args.eval_batch_size,
                               device=device, seed=args.eval_seed, autocast=autocast, checks=list(args.checks),
                               check_n=args.check_n, model_name=model_name, data_name=data_name,
-                              noise=args.noise, surrogate=list(surrogates) or None, attack_model=attack_model)
+                              noise=args.noise, surrogate=list(surrogates) or None, attack_model=attack_model,
+                              distributed=distributed)
     finally:
         close()
     report.metadata.update(metadata or {})
+    if not main_rank:
+        return report, {}
     paths = write_report(report, out_dir)
     print(format_table(report))
     if report.warnings:

@@ -21,6 +21,9 @@ Protocol:
 The robust mask, the per-attack outcomes and the counts stay on the device; the host reads
 them once per attack (the indices of the points still robust, to batch them) and at the end.
 The attacks themselves do not synchronise inside their step loops.
+
+With distributed=True the ranks of a torch.distributed process group (torchrun) share the
+batches and return the single process's report (fastrobust.eval.shards says how).
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ from ..data import TensorLoader
 from .inference import jsonable, model_device, predict
 from .noise import NoiseResult, check_sigmas, noise_accuracy
 from .presets import CASCADE, DEFAULT_ATTACKS, HYPOCRITICAL, SURROGATE, Preset, expand_suites, get_preset
+from .shards import (batch_block, check_same_evaluation, gather_outcome, on_rank_zero, predict_shared,
+                     process_group, share_adversarial)
 
 AttackFactory = Callable[..., Attack]
 AttackSpec = Union[str, Preset, Tuple[str, AttackFactory], Tuple[str, Attack], Attack]
@@ -108,7 +113,8 @@ class EvalReport:
     x_adv:             with evaluate(keep_adversarial=True): the inputs with every point a
                        cascade attack broke replaced by its adversarial example (the first
                        attack's that broke it), on the CPU; None otherwise.
-    metadata:          model, data, attacks, eps, seed, versions, git commit, device, ...
+    metadata:          model, data, attacks, eps, seed, versions, git commit, device, ranks (the
+                       processes that shared the work), ...
     """
 
     n: int
@@ -309,7 +315,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
              surrogate_data: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
              noise: Sequence[float] = (),
              model_name: Optional[str] = None, data_name: Optional[str] = None,
-             verbose: bool = False, keep_adversarial: bool = False) -> EvalReport:
+             verbose: bool = False, keep_adversarial: bool = False, distributed: bool = False) -> EvalReport:
     """Clean and robust accuracy of `model` on the first n points of `data`.
 
     model:     nn.Module taking inputs in [0, 1] (normalisation inside), returning (N, classes)
@@ -347,6 +353,13 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
     model_name, data_name: labels for the report's metadata.
     verbose:   print a line per attack.
     keep_adversarial: keep the adversarial examples (report.x_adv, on the CPU).
+    distributed: share the work among the ranks of the initialised torch.distributed process
+               group (under torchrun: fastrobust.distributed.setup()); every rank calls
+               evaluate with the same arguments, runs a contiguous block of whole batches of the
+               clean pass and of each attack, and returns the report a single process returns
+               (timings aside): the batches and their seeds are the single process's. The checks
+               and the noise accuracy run on rank 0 (its warnings only there). Exact for
+               deterministic models: a randomised model draws from each process's own RNG.
     """
     from . import report as _report  # metadata helpers
 
@@ -371,10 +384,13 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
         raise ValueError(f"attacks: {', '.join(map(repr, transfer))} craft on a surrogate model; pass surrogate=")
     total = x.shape[0]
     y_dev = y.to(device)
+    ranks = process_group(distributed, device)
+    check_same_evaluation((tuple(x.shape), batch_size, seed, cascade, eps, norm, [s.name for s in specs]), ranks)
+    verbose = verbose and ranks.is_main
 
     # 1. clean accuracy
     t0 = time.perf_counter()
-    pred = predict(model, x, batch_size, device, autocast)
+    pred = predict_shared(model, x, batch_size, device, autocast, ranks)
     clean_correct = pred == y_dev
     robust = clean_correct.clone()
     _sync(device)
@@ -402,7 +418,9 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
         _sync(device)
         t0 = time.perf_counter()
         index_src = index.to(x_src_device)
-        for b, first in enumerate(range(0, count, batch_size)):
+        kept: List[Tuple[torch.Tensor, torch.Tensor]] = []  # distributed: the x_adv rows to share
+        for b in batch_block(count, batch_size, ranks):
+            first = b * batch_size
             rows_dev = index[first:first + batch_size]
             xb = x[index_src[first:first + batch_size]].to(device, non_blocking=True)
             yb = y_dev[rows_dev]
@@ -425,6 +443,11 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
                 broken = ok.cpu() & ~replaced[points]
                 x_adv[points[broken]] = result.x_adv.detach().cpu()[broken]
                 replaced[points[broken]] = True
+                if ranks.enabled:
+                    kept.append((points[broken], x_adv[points[broken]]))
+        success, nonfinite, forwards, backwards = gather_outcome(success, nonfinite, forwards, backwards, ranks)
+        if x_adv is not None:
+            share_adversarial(x_adv, replaced, kept, ranks)
         if spec.role != HYPOCRITICAL:
             robust &= ~success
         _sync(device)
@@ -460,8 +483,9 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
     clean_acc = int(clean_cpu.sum()) / total if total else float("nan")
     robust_acc = int(robust_cpu.sum()) / total if total else float("nan")
 
-    noise_results = noise_accuracy(model, x, y, sigmas, clean_correct=clean_cpu, seed=seed, batch_size=batch_size,
-                                   device=device, autocast=autocast) if sigmas else []
+    noise_results = on_rank_zero(lambda: noise_accuracy(
+        model, x, y, sigmas, clean_correct=clean_cpu, seed=seed, batch_size=batch_size, device=device,
+        autocast=autocast), ranks) if sigmas else []
 
     # 4. gradient-masking checks
     check_results = []
@@ -469,9 +493,9 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
     if names:
         from .masking import run_checks
         m = min(check_n, total)
-        check_results = run_checks(attacker, x[:m], y[:m], eps, norm=norm, checks=names, seed=seed,
-                                   batch_size=batch_size, device=device, autocast=autocast, surrogate=surrogate,
-                                   surrogate_data=surrogate_data, options=check_options)
+        check_results = on_rank_zero(lambda: run_checks(
+            attacker, x[:m], y[:m], eps, norm=norm, checks=names, seed=seed, batch_size=batch_size, device=device,
+            autocast=autocast, surrogate=surrogate, surrogate_data=surrogate_data, options=check_options), ranks)
 
     total_time = time.perf_counter() - t_start
     report = EvalReport(n=total, eps=eps, norm=norm, seed=seed, cascade=cascade, clean_accuracy=clean_acc,
@@ -481,7 +505,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
         model, model_name=model_name, data=data_name or data_desc, attacks=[s.name for s in specs], eps=eps,
         norm=norm, seed=seed, n=total, batch_size=batch_size, device=device, autocast=autocast, cascade=cascade,
         attack_model=None if attack_model is None else type(attack_model).__name__,
-        surrogate=None if surrogate is None else type(surrogate).__name__, noise=sigmas)
+        surrogate=None if surrogate is None else type(surrogate).__name__, noise=sigmas, ranks=ranks.world_size)
     if verbose:
         print(f"robust accuracy: {100 * robust_acc:.2f}% (total {total_time:.1f} s)")
     return report

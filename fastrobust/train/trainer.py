@@ -45,12 +45,12 @@ import torch
 from torch import nn
 
 import fastrobust
+from .. import distributed
 from ..attacks import PGD
 from ..attacks.model_runner import eval_mode
 from ..data import DatasetInfo, TensorLoader, load_dataset
 from ..data.loader import _mix
 from ..metrics_log import read_metrics
-from . import distributed
 from .checkpoint import (CheckpointError, check_finite_weights, load_checkpoint, load_model_state, nonfinite_entries,
                          rng_state, save_checkpoint, set_rng_state)
 from .config import TrainConfig

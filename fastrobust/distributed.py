@@ -1,8 +1,8 @@
-"""torch.distributed helpers for the trainer.
+"""torch.distributed helpers of the trainer (DDP) and of the evaluation (fastrobust.eval.shards).
 
-Launch with torchrun: `torchrun --nproc_per_node N -m fastrobust.train ...`. The environment
-(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) decides the process group; the
-backend is NCCL on CUDA devices and gloo on the CPU. Without those variables (or with
+Launch with torchrun: `torchrun --nproc_per_node N -m fastrobust.train ...` (or `-m
+fastrobust.eval ...`). The environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)
+decides the process group; the backend is NCCL on CUDA devices and gloo on the CPU. Without those variables (or with
 WORLD_SIZE=1) everything is single-process and no group is created.
 """
 from __future__ import annotations
