@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import os
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -118,3 +118,42 @@ def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+_REBUILT = {e.__name__: e for e in (ValueError, TypeError, RuntimeError)}
+
+
+def run_shared(jobs: Sequence[Hashable], run: Callable[[Any], Any], info: DistInfo) -> Dict[Any, Any]:
+    """{job: run(job)} for every job, in the order of `jobs`, on every rank; each job runs on
+    one rank only (job i on rank i % world_size). For work made of independent jobs that seed
+    themselves, whose results are then those of a single process. The results travel pickled:
+    return CPU tensors. A job that raises on any rank raises on every rank (the first failing
+    job's exception, by job order), so no rank waits for a peer that failed."""
+    results: Dict[Any, Any] = {}
+    failure: Optional[Tuple[int, BaseException]] = None
+    for i, job in enumerate(jobs):
+        if i % info.world_size != info.rank:
+            continue
+        try:
+            results[job] = run(job)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+            if not info.enabled:
+                raise
+            failure = (i, exc)
+            break
+    if not info.enabled:
+        return results
+    note = None if failure is None else (failure[0], type(failure[1]).__name__, str(failure[1]))
+    shares = all_gather_object((results, note), info)
+    notes = sorted((n, rank) for rank, (_, n) in enumerate(shares) if n is not None)
+    if notes:
+        (_, kind, message), rank = notes[0]
+        if rank == info.rank:
+            raise failure[1]
+        if kind in _REBUILT:  # the CLI turns these into one-line errors
+            raise _REBUILT[kind](message)
+        raise RuntimeError(f"rank {rank}: {kind}: {message}")
+    merged = {}
+    for share, _ in shares:
+        merged.update(share)
+    return {job: merged[job] for job in jobs}

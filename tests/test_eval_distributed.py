@@ -179,13 +179,13 @@ def test_distributed_outside_torchrun_is_a_one_line_error(monkeypatch, tmp_path,
 
 def test_python_m_fastrobust_eval_in_torchruns_environment_is_distributed(monkeypatch, capsys):
     """python -m fastrobust.eval adds --distributed where torchrun set WORLD_SIZE."""
-    from fastrobust.eval.__main__ import run
+    from fastrobust.cli.ranks import module_main
 
     for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(sys, "argv", ["fastrobust.eval"] + CLI[1:])
-    assert run() == 2
+    assert module_main("eval") == 2
     assert "--distributed: not launched by torchrun (RANK, MASTER_ADDR, MASTER_PORT not set)" in \
         capsys.readouterr().err
 

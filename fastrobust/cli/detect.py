@@ -6,8 +6,9 @@ import argparse
 import os
 import sys
 
-from .common import HelpFormatter, check_device, cpu_threads, json_object, nonnegative_int, positive_int
+from .common import HelpFormatter, cpu_threads, json_object, nonnegative_int, positive_int
 from .errors import CLIError, one_line
+from .ranks import run_on_ranks
 
 DESCRIPTION = """\
 Adversarial-example detection for a `fastrobust train` checkpoint, by the protocol of the
@@ -82,6 +83,8 @@ def add_parser(sub) -> None:
     g.add_argument("--val-fraction", type=_fraction, default=0.2, metavar="F",
                    help="share of the training images held out for the thresholds (default: 0.2)")
     g.add_argument("--n", type=positive_int, metavar="N", help="attack the first N test images (default: all)")
+    g.add_argument("--points", dest="n", type=positive_int, metavar="N",
+                   help="--n under torchrun, whose parser takes --n for an abbreviation of its own options")
     g.add_argument("--adaptive", choices=("none", "combined", "extra_class", "logit_matching"), default="combined",
                    help="detector-aware attack against each detector (default: combined)")
     g.add_argument("--adaptive-n", type=positive_int, default=100, metavar="N",
@@ -95,6 +98,10 @@ def add_parser(sub) -> None:
     g.add_argument("--seed", type=nonnegative_int, default=0, metavar="S", help="default: 0")
     g.add_argument("--threads", type=nonnegative_int, metavar="N",
                    help="CPU threads, 0: torch's default (default: the checkpoint's run setting)")
+    g.add_argument("--distributed", action="store_true",
+                   help="under torchrun: the ranks share the attacks and the detectors, whole jobs each, and "
+                        "report the numbers of a single process; only rank 0 writes and prints the report; "
+                        "`torchrun --nproc_per_node K -m fastrobust.detect ...` implies it (default: off)")
     p.set_defaults(func=run)
 
 
@@ -114,6 +121,14 @@ def build_detectors(names, options):
 
 
 def run(args) -> int:
+    if not 0 < args.eps_256 <= 256:
+        raise CLIError(f"--eps-256 must be in (0, 256], got {args.eps_256:g}")
+    build_detectors(args.detectors, args.detector_options)  # its errors before any rank joins
+    return run_on_ranks(args, "detect", detect)
+
+
+def detect(args, ranks) -> None:
+    """The survey's evaluation of the checkpoint on every rank; rank 0 alone writes and prints."""
     from ..data import load_dataset
     from ..detect import adaptive_attack
     from ..detect.protocol import detection_split, evaluate_detectors
@@ -122,13 +137,13 @@ def run(args) -> int:
     from ..train.run_folder import writable_folder
     from .eval import load_model
 
-    if not 0 < args.eps_256 <= 256:
-        raise CLIError(f"--eps-256 must be in (0, 256], got {args.eps_256:g}")
-    device = check_device(args.device)
+    device = ranks.device
     detectors = build_detectors(args.detectors, args.detector_options)
     model, config, (x_test, y_test), _ = load_model(args.checkpoint, device, args.data_dir)
     model.requires_grad_(False)
-    out = writable_folder(args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "detect"))
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "detect")
+    if ranks.is_main:
+        writable_folder(out)  # before the attacks, not after
     x_train, y_train, _ = load_dataset(config.data, "train", args.data_dir or config.data_dir, device,
                                        **config.data_options)
     if args.n is not None:
@@ -141,10 +156,12 @@ def run(args) -> int:
     with cpu_threads(device, threads):
         data = detection_split(model, x_train, y_train, x_test, y_test, val_fraction=args.val_fraction,
                                seed=args.seed, max_fit=args.max_fit)
-        report = _evaluate(evaluate_detectors,model, detectors, attacks_for(model, args.attacks, eps, args.seed), data,
-                                    fpr=args.fpr, seed=args.seed,
-                                    adaptive=None if args.adaptive == "none" else adaptive, adaptive_n=args.adaptive_n,
-                                    progress=lambda message: print(message, file=sys.stderr))
+        report = _evaluate(evaluate_detectors, model, detectors, attacks_for(model, args.attacks, eps, args.seed),
+                           data, fpr=args.fpr, seed=args.seed,
+                           adaptive=None if args.adaptive == "none" else adaptive, adaptive_n=args.adaptive_n,
+                           distributed=ranks.enabled, progress=_progress(ranks))
+    if not ranks.is_main:
+        return
     report["adaptive_kind"] = args.adaptive
     report["metadata"] = {"checkpoint": os.path.abspath(args.checkpoint), "model": config.model,
                           "data": config.data, "eps": f"{args.eps_256:g}/256", "seed": args.seed}
@@ -152,7 +169,12 @@ def run(args) -> int:
     with open(paths["markdown"]) as f:
         print(f.read())
     print("\n".join(f"{k}: {v}" for k, v in paths.items()))
-    return 0
+
+
+def _progress(ranks):
+    """Each rank notes its own jobs on stderr, tagged with its rank when there are several."""
+    tag = f"[rank {ranks.rank}] " if ranks.enabled else ""
+    return lambda message: print(tag + message, file=sys.stderr)
 
 
 def _evaluate(evaluate_detectors, *args, **kwargs):

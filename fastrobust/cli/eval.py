@@ -19,11 +19,12 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from .common import (AMP_CHOICES, AMP_DTYPES, HelpFormatter, check_device, eps_type, fmt_eps, json_object,
+from .common import (AMP_CHOICES, AMP_DTYPES, HelpFormatter, eps_type, fmt_eps, json_object,
                      nonnegative_int, positive_int)
 from .errors import CLIError, one_line
 from .evaluation import add_eval_options, check_transfer_attacks, run_evaluation
 from .model_spec import model_file_type, model_spec_type
+from .ranks import run_on_ranks
 
 DESCRIPTION = """\
 Robustness evaluation of a `fastrobust train` checkpoint (last.pt or best.pt), or of any model
@@ -281,38 +282,10 @@ def load_surrogates(args, device: torch.device, target: Target):
     return surrogates
 
 
-TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def join_ranks(device: str):
-    """--distributed: this process's DistInfo (rank, world size, device: cuda:LOCAL_RANK for
-    cuda / auto) in the process group of torchrun's environment, created here (gloo on the CPU,
-    NCCL on CUDA) unless the caller made one; CLIError outside torchrun, before any work."""
-    import torch.distributed as dist
-
-    from .. import distributed
-
-    missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
-    if missing and not (dist.is_available() and dist.is_initialized()):
-        raise CLIError(f"--distributed: not launched by torchrun ({', '.join(missing)} not set); run e.g. "
-                       "torchrun --nproc_per_node 2 -m fastrobust.eval CHECKPOINT")
-    check_device(device)
-    return distributed.setup(device)
-
-
 def run(args) -> int:
-    from .. import distributed
-
     check_model_options(args)
     check_transfer_attacks(args.attacks, bool(args.surrogate))
-    ranks = join_ranks(args.device) if args.distributed else distributed.DistInfo(device=check_device(args.device))
-    finished = False
-    try:
-        evaluate_target(args, ranks)
-        finished = True
-    finally:
-        distributed.cleanup(ranks, synchronize=finished)
-    return 0
+    return run_on_ranks(args, "eval", evaluate_target)
 
 
 def evaluate_target(args, ranks) -> None:

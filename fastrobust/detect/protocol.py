@@ -124,46 +124,76 @@ def evaluate_detectors(model: nn.Module, detectors: Dict[str, Detector],
                        attacks: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]], data: DetectionData,
                        *, fpr: float = 0.05, seed: int = 0, nss_share: Optional[Sequence[float]] = None,
                        adaptive: Optional[Callable] = None, adaptive_n: Optional[int] = None,
-                       progress: Callable[[str], None] = lambda message: None) -> Dict[str, object]:
+                       distributed: bool = False, progress: Callable[[str], None] = lambda message: None
+                       ) -> Dict[str, object]:
     """The detection report: {"fpr_target", "attacks": {name: {"success": ...}}, "detectors":
     {detector: {"threshold", "per_attack_fit", "attacks": {attack: row}}}}.
 
     adaptive(model, detector, x, y) -> dict with a bool per-row "success" (misclassified and not
     flagged): run on the first adaptive_n test images for every detector (fitted on the first
-    attack where it is supervised)."""
+    attack where it is supervised).
+
+    distributed: the ranks of the caller's torch.distributed process group share the work, whole
+    jobs each: every attack on the test images (and on the fitting images, for the supervised
+    detectors), then every detector's fitting, scoring and adaptive attack. The jobs seed
+    themselves, so every rank returns the report of a single process."""
+    from ..distributed import run_shared
+    from ..eval.shards import check_same_evaluation, process_group
+
     model.eval()
-    adv_test, fooled, adv_fit = {}, {}, {}
-    needs_fit_examples = any(d.fits_per_attack for d in detectors.values())
-    for name, attack in attacks.items():
-        progress(f"attack {name}")
-        adv_test[name] = attack(data.test_x, data.test_y)
-        fooled[name] = (predictions(model, adv_test[name]) != data.test_y).cpu()
-        if needs_fit_examples:
-            adv_fit[name] = attack(data.fit_x, data.fit_y)
-    report: Dict[str, object] = {
-        "fpr_target": fpr, "n_fit": len(data.fit_x), "n_val": len(data.val_x), "n_test": len(data.test_x),
-        "attacks": {name: {"success": float(f.double().mean())} for name, f in fooled.items()}, "detectors": {}}
+    ranks = process_group(distributed, data.test_x.device)
     nss_share = nss_share or NSS_SHARE["mnist" if data.fit_x.shape[1] == 1 else "others"]
-    for det_name, template in detectors.items():
+    check_same_evaluation(_signature(detectors, attacks, data, fpr, seed, nss_share, adaptive, adaptive_n), ranks)
+
+    def shared(tensor: torch.Tensor) -> torch.Tensor:  # what travels between ranks is on the CPU
+        return tensor.cpu() if ranks.enabled else tensor
+
+    def attack(job):
+        name, split = job
+        progress(f"attack {name}" + (" (fitting images)" if split == "fit" else ""))
+        x, y = (data.test_x, data.test_y) if split == "test" else (data.fit_x, data.fit_y)
+        return shared(attacks[name](x, y))
+
+    needs_fit_examples = any(d.fits_per_attack for d in detectors.values())
+    jobs = [(name, "test") for name in attacks] + [(name, "fit") for name in attacks if needs_fit_examples]
+    adv = {job: x.to(data.test_x.device) for job, x in run_shared(jobs, attack, ranks).items()}
+    adv_test = {name: adv[name, "test"] for name in attacks}
+    adv_fit = {name: adv[name, "fit"] for name in attacks if needs_fit_examples}
+    fooled = {name: (predictions(model, x) != data.test_y).cpu() for name, x in adv_test.items()}
+
+    def entry(det_name: str) -> Dict[str, object]:
         progress(f"detector {det_name}")
+        template = detectors[det_name]
         instances = _fitted_instances(model, template, data, adv_fit, list(attacks), nss_share, seed, fpr)
-        rows = {}
-        for name in attacks:
-            det = instances[name]
-            clean = _scores(det, data.test_x)
-            rows[name] = _row(clean, _scores(det, adv_test[name]), fooled[name], det.threshold)
-        entry = {"per_attack_fit": template.fits_per_attack,
-                 "threshold": {name: instances[name].threshold for name in attacks}, "attacks": rows}
+        rows = {name: _row(_scores(instances[name], data.test_x), _scores(instances[name], adv_test[name]),
+                           fooled[name], instances[name].threshold) for name in attacks}
+        out = {"per_attack_fit": template.fits_per_attack,
+               "threshold": {name: instances[name].threshold for name in attacks}, "attacks": rows}
         if adaptive is not None:
-            det = instances[next(iter(attacks))]
-            n = len(data.test_x) if adaptive_n is None else min(adaptive_n, len(data.test_x))
-            info = adaptive(model, det, data.test_x[:n], data.test_y[:n])
-            entry["adaptive"] = {"n_attacked": n, "success_vs_detector": float(info["success"].double().mean()),
-                                 "fooled": float(info["fooled"].double().mean()),
-                                 "detection_rate": float(info["flagged"][info["fooled"]].double().mean())
-                                 if info["fooled"].any() else None}
-        report["detectors"][det_name] = entry
-    return report
+            out["adaptive"] = _adaptive_entry(adaptive, model, instances[next(iter(attacks))], data, adaptive_n)
+        return out
+
+    return {"fpr_target": fpr, "n_fit": len(data.fit_x), "n_val": len(data.val_x), "n_test": len(data.test_x),
+            "attacks": {name: {"success": float(f.double().mean())} for name, f in fooled.items()},
+            "detectors": run_shared(list(detectors), entry, ranks)}
+
+
+def _adaptive_entry(adaptive: Callable, model: nn.Module, det: Detector, data: DetectionData,
+                    adaptive_n: Optional[int]) -> Dict[str, object]:
+    n = len(data.test_x) if adaptive_n is None else min(adaptive_n, len(data.test_x))
+    info = adaptive(model, det, data.test_x[:n], data.test_y[:n])
+    return {"n_attacked": n, "success_vs_detector": float(info["success"].double().mean()),
+            "fooled": float(info["fooled"].double().mean()),
+            "detection_rate": float(info["flagged"][info["fooled"]].double().mean()) if info["fooled"].any() else None}
+
+
+def _signature(detectors, attacks, data: DetectionData, *options) -> tuple:
+    """What every rank of a distributed evaluation must agree on: the detectors and attacks by
+    name and kind, the images (shapes and sums) and the options."""
+    images = tuple((tuple(t.shape), float(t.double().sum())) for t in vars(data).values())
+    return (tuple((k, type(d).__name__) for k, d in detectors.items()), tuple(attacks), images,
+            tuple(o if o is None or isinstance(o, (int, float, str, tuple, list)) else type(o).__name__
+                  for o in options))
 
 
 def _fitted_instances(model, template: Detector, data: DetectionData, adv_fit, attack_names, nss_share, seed, fpr
