@@ -155,8 +155,18 @@ write_build_info(CONFIG)
 if CONFIG["with_cuda"]:
     compile_cuda_through_wrapper()
 
+def requirements():
+    """The run-time dependencies; torch pinned to the release the extension is compiled against
+    (its C++ ABI changes between releases, so a wheel loads only on that one, as torchvision's)."""
+    import torch
+
+    release = torch.__version__.split("+")[0]
+    return [f"torch=={release}", "numpy", "tqdm", "matplotlib", "scikit-learn", "torchdiffeq"]
+
+
 setup(
     packages=find_packages(include=["fastrobust", "fastrobust.*"]),
+    install_requires=requirements(),
     ext_modules=[extension(CONFIG)],
     cmdclass={"build_ext": BuildWithKernelResources},
 )

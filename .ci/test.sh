@@ -7,7 +7,8 @@
 #   3. the emulated kernels' tests on a build whose C++ contracts multiply-adds into FMAs
 #      (-ffp-contract=fast -mfma), as nvcc does on a GPU: the tolerances must hold there too;
 #   4. the CPU and emulated kernels under AddressSanitizer (out-of-bounds and use-after-free
-#      accesses to global memory, what compute-sanitizer's memcheck finds on a GPU).
+#      accesses to global memory, what compute-sanitizer's memcheck finds on a GPU);
+#   5. the wheel: built (CPU), installed into a fresh venv, its commands run outside the tree.
 # Exits non-zero on the first failing step; pytest's exit 5 (no test collected) is a failure.
 set -u
 cd "$(dirname "$0")/.."
@@ -55,3 +56,5 @@ step "CPU and emulated kernels under AddressSanitizer" env PYTHONPATH=build/vari
   tests/test_sparta.py tests/test_nlm_gaussian.py tests/test_median3x3.py tests/test_cifs_reweight.py \
   tests/test_pgd_ops.py tests/test_margin_loss.py tests/test_emulator.py tests/test_emu_sanitizer.py \
   -k "not compile and not opcheck and not bad and not error and not device and not functional_api and not launch_limits and not rejects and not reported and not checked and not out_of_range and not meta and not gradcheck"
+
+step "the wheel in a fresh venv, outside the tree" bash .ci/wheel.sh

@@ -31,8 +31,8 @@ from typing import Callable, List, Optional
 
 import torch
 
-from . import harness
-from .bench_nlm import CPU_BATCH, GAUSSIAN_SHAPES
+from fastrobust.bench import harness
+from fastrobust.bench.nlm import CPU_BATCH, GAUSSIAN_SHAPES
 
 DTYPES = (torch.float32, torch.bfloat16)
 
@@ -88,7 +88,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--rounds", type=int, default=harness.TIMING_ROUNDS)
     p.add_argument("--min-run-time", type=float, default=None,
                    help="seconds of timing per step and shape, split over the rounds (default: the suites' CPU default)")
-    p.add_argument("--out", type=Path, default=harness.DEFAULT_OUT_DIR)
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args(argv)
     options = harness.Options(out_dir=args.out, rounds=args.rounds, min_run_time=args.min_run_time)
     records = []

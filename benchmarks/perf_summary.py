@@ -2,7 +2,7 @@
 
     python -m benchmarks.perf_summary [RESULTS_DIR]
 
-(`fastrobust bench` rewrites benchmarks/results/summary.md with it whenever it writes there.)
+(`python -m benchmarks.run` rewrites benchmarks/results/summary.md with it whenever it writes there.)
 
 - "Modelled (H100)": per op call of SUITE-h100-model.json (fastrobust.cost_model: a model of
   the CUDA kernels run through the CPU emulator, never a measurement): modelled bytes over

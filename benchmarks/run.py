@@ -1,156 +1,24 @@
-"""Command line of the benchmark suites: `python -m benchmarks.run sparta --device cpu`.
-
-`fastrobust bench ...` calls main(argv) with the repository root on sys.path.
-"""
+"""The benchmark suites of fastrobust.bench from a source checkout: `python -m benchmarks.run
+SUITE [options]` writes to benchmarks/results/ by default and then rewrites its summary.md (the
+README's performance tables) from the files there; other options as `fastrobust bench`."""
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
-import time
-from pathlib import Path
 from typing import List, Optional
 
-import torch
+from fastrobust.bench.run import main as run_suites
 
-from . import harness
-
-# suite name -> module defining build_suite(device, dtypes, quick) -> harness.Suite.
-# A new suite (nlm, cifs, pgd) is one module and one line here.
-SUITES = {
-    "sparta": "benchmarks.bench_sparta",
-    "pgd": "benchmarks.bench_pgd",
-    "cifs": "benchmarks.bench_cifs",
-    "nlm": "benchmarks.bench_nlm",
-    "train": "benchmarks.bench_train",
-    "attacks": "benchmarks.bench_attacks",
-    "ode": "benchmarks.bench_ode",
-}
+from . import perf_summary
 
 
-def parse_dtypes(values: Optional[List[str]]) -> Optional[List[torch.dtype]]:
-    if not values:
-        return None  # each suite's default
-    names = [n for v in values for n in v.split(",") if n.strip()]
-    return list(dict.fromkeys(harness.parse_dtype(n) for n in names))
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible to torch")
-    return device
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="fastrobust bench",
-        description="Time fastrobust's fused ops against their eager reference and torch.compile. "
-                    "Every implementation is checked against the reference before it is timed.")
-    p.add_argument("suite", choices=sorted(SUITES) + ["all"], help="suite to run ('all': every suite)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto: cuda when a GPU is visible, else cpu (default)")
-    p.add_argument("--dtype", action="append", metavar="DTYPE",
-                   help="fp32, bf16, fp16, fp64; repeat or comma-separate (default: the suite's, fp32 and bf16)")
-    p.add_argument("--quick", action="store_true", help="tiny batch and short timing: a smoke run")
-    p.add_argument("--no-compile", dest="compile", action="store_false",
-                   help="skip the torch.compile baselines (slow to build on small CPUs)")
-    p.add_argument("--out", type=Path, default=harness.DEFAULT_OUT_DIR,
-                   help="directory for <suite>-<device>.json/.csv/.png (default: benchmarks/results)")
-    run_time = harness.DEFAULT_MIN_RUN_TIME
-    p.add_argument("--min-run-time", type=float, default=None,
-                   help=f"seconds of timing per implementation and case (default: cpu {run_time['cpu']}, "
-                        f"cuda {run_time['cuda']}, --quick {harness.QUICK_MIN_RUN_TIME})")
-    p.add_argument("--rounds", type=int, default=None,
-                   help=f"interleaved timing rounds (default {harness.TIMING_ROUNDS}, "
-                        f"--quick {harness.QUICK_TIMING_ROUNDS})")
-    p.add_argument("--quiet", action="store_true", help="no per-case progress lines")
-    p.add_argument("--model", choices=["h100"], default=None,
-                   help="instead of timing, model the suite's CUDA kernels on an H100 through the CPU emulator "
-                        "(fastrobust.cost_model; a model, not a measurement): <suite>-h100-model.json")
-    p.add_argument("--model-blocks", type=int, default=32,
-                   help="--model: blocks emulated per launch, scaled to the grid (default: 32; --quick: 2)")
-    return p
-
-
-def model_one(name: str, args) -> bool:
-    """Writes <out>/<suite>-h100-model.json from the emulator's cost model."""
-    import json
-
-    from fastrobust import _extension, cost_model
-    from fastrobust.kernel_cases import SUITE_OPS
-
-    if name not in SUITE_OPS:
-        print(f"{name}: no kernels of its own to model (--model covers {', '.join(sorted(SUITE_OPS))})")
-        return True
-    if not _extension.HAS_EMU:
-        raise SystemExit("--model: needs the extension built with the CUDA emulator (FR_EMULATE_CUDA=1)")
-    blocks = 2 if args.quick else args.model_blocks
-    start = time.perf_counter()
-    result = cost_model.suite_model(name, blocks)
-    result["wall_time_s"] = time.perf_counter() - start
-    result["argv"] = list(args.argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "-quick" if args.quick else ""
-    path = args.out / f"{name}-{args.model}-model{suffix}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    print(cost_model.format_model(result))
-    print(f"{name}: modelled in {result['wall_time_s']:.0f} s\n  json: {path}")
-    return True
-
-
-def run_one(name: str, device: str, dtypes, options: harness.Options) -> bool:
-    """Runs one suite, prints its table and paths; True when every check passed."""
-    module = importlib.import_module(SUITES[name])
-    if hasattr(module, "run"):  # a suite that does not fit harness.Case (attacks) runs itself
-        return module.run(device, dtypes, options)
-    suite = module.build_suite(device, dtypes=dtypes, quick=options.quick)
-    start = time.perf_counter()
-    result = harness.run_suite(suite, device, options)
-    result["wall_time_s"] = time.perf_counter() - start
-    written = harness.write_results(result, options.out_dir)
-    print(harness.format_table(result))
-    print(f"{name}: {len(suite.cases)} cases in {result['wall_time_s']:.0f} s")
-    for kind, path in written.items():
-        print(f"  {kind}: {path}")
-    return all(harness.check_summary(c) == "ok" for c in result["cases"])
-
-
-def refresh_summary(out_dir: Path) -> None:
-    """Results written to the committed folder: rewrite its summary.md (the README's tables)."""
-    from . import perf_summary
-
-    if out_dir.resolve() == perf_summary.DEFAULT_DIR:
-        (out_dir / "summary.md").write_text(perf_summary.render(out_dir))
+def refresh_summary(args) -> None:
+    """Full results (or models) written to the committed folder: rewrite its summary.md."""
+    if args.out.resolve() == perf_summary.DEFAULT_DIR and (args.model or not args.quick):
+        (args.out / "summary.md").write_text(perf_summary.render(args.out))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.model_blocks < 1:
-        raise SystemExit(f"--model-blocks must be >= 1, got {args.model_blocks}")
-    if args.model:
-        args.argv = list(sys.argv[1:] if argv is None else argv)
-        names = sorted(SUITES) if args.suite == "all" else [args.suite]
-        ok = all(model_one(name, args) for name in names)
-        refresh_summary(args.out)
-        return 0 if ok else 1
-    device = resolve_device(args.device)
-    try:
-        dtypes = parse_dtypes(args.dtype)
-    except ValueError as exc:
-        raise SystemExit(f"--dtype: {exc}")
-    options = harness.Options(out_dir=args.out, min_run_time=args.min_run_time, rounds=args.rounds,
-                              quick=args.quick, compile=args.compile, verbose=not args.quiet,
-                              argv=list(sys.argv[1:] if argv is None else argv))
-    names = sorted(SUITES) if args.suite == "all" else [args.suite]
-    all_ok = True
-    for name in names:
-        all_ok &= run_one(name, device, dtypes, options)
-    if not args.quick:
-        refresh_summary(args.out)
-    # Non-zero when some implementation was wrong or failed (a compile error included).
-    return 0 if all_ok else 1
+    return run_suites(argv, default_out=perf_summary.DEFAULT_DIR, written=refresh_summary)
 
 
 if __name__ == "__main__":

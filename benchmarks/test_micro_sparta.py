@@ -8,7 +8,7 @@ their ratio; absolute times on shared machines are noise, so nothing asserts on 
 import pytest
 import torch
 
-from benchmarks import bench_sparta, harness
+from fastrobust.bench import harness, sparta as bench_sparta
 
 pytest.importorskip("pytest_benchmark")
 

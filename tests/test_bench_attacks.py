@@ -1,20 +1,14 @@
-"""The attacks suite (benchmarks/bench_attacks.py): a quick CPU run end to end. The official
+"""The attacks suite (fastrobust/bench/attacks.py): a quick CPU run end to end. The official
 AutoAttack code and torchattacks are baselines where importable, recorded as skipped (with
 the reason) where not."""
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
 from fastrobust.cli import main as cli_main
 
-REPO_ROOT = str(Path(__file__).resolve().parent.parent)
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-
-from benchmarks import bench_attacks  # noqa: E402
+from fastrobust.bench import attacks as bench_attacks  # noqa: E402
 
 
 @pytest.fixture(scope="module")

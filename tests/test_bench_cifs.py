@@ -1,19 +1,12 @@
-"""The CIFS benchmark suite (benchmarks/bench_cifs.py): a quick CPU run end to end, and its cases."""
+"""The CIFS benchmark suite (fastrobust/bench/cifs.py): a quick CPU run end to end, and its cases."""
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import fastrobust
 from fastrobust.cli import main as cli_main
-
-# benchmarks/ is a folder of the checkout, not part of the package.
-REPO_ROOT = str(Path(__file__).resolve().parent.parent)
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 HAS_OP = fastrobust.HAS_EXT and hasattr(torch.ops.fastrobust, "cifs_reweight")
 KINDS = ("layer linear", "layer mlp", "reweight")
@@ -61,7 +54,7 @@ def test_quick_run_checks_every_probe_gradient(quick_run):
 
 
 def test_cuda_cases_are_the_issue_shapes():
-    from benchmarks import bench_cifs
+    from fastrobust.bench import cifs as bench_cifs
 
     suite = bench_cifs.build_suite("cuda")
     labels = {c.label for c in suite.cases}

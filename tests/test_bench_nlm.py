@@ -1,4 +1,4 @@
-"""The NLM benchmark suite (benchmarks/bench_nlm.py): a quick CPU run end to end, its cases,
+"""The NLM benchmark suite (fastrobust/bench/nlm.py): a quick CPU run end to end, its cases,
 its inputs and its extra metrics (TFLOP/s, peak memory)."""
 import json
 import math
@@ -17,7 +17,7 @@ REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from benchmarks import bench_nlm, harness  # noqa: E402
+from fastrobust.bench import harness, nlm as bench_nlm  # noqa: E402
 
 HAS_OPS = fastrobust.HAS_EXT and all(hasattr(torch.ops.fastrobust, op) for op in ("nlm_gaussian", "median3x3"))
 KINDS = ("gaussian", "dot", "median", "block")

@@ -1,18 +1,11 @@
-"""The ODE benchmark suite (benchmarks/bench_ode.py): a quick CPU run end to end, and its cases."""
+"""The ODE benchmark suite (fastrobust/bench/ode.py): a quick CPU run end to end, and its cases."""
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from fastrobust.cli import main as cli_main
-
-# benchmarks/ is a folder of the checkout, not part of the package.
-REPO_ROOT = str(Path(__file__).resolve().parent.parent)
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 pytest.importorskip("torchdiffeq")
 
@@ -49,7 +42,7 @@ def test_quick_run_checks_and_times_every_implementation(quick_run):
 
 
 def test_cases_are_the_issue_shapes():
-    from benchmarks import bench_ode
+    from fastrobust.bench import ode as bench_ode
 
     for device in ("cpu", "cuda"):
         suite = bench_ode.build_suite(device)
@@ -62,7 +55,7 @@ def test_cases_are_the_issue_shapes():
 
 def test_every_implementation_takes_the_case_parameters():
     """fused and reference bind the case's tensors: the harness's gradients reach all of them."""
-    from benchmarks import bench_ode, harness
+    from fastrobust.bench import harness, ode as bench_ode
 
     suite = bench_ode.build_suite("cpu", quick=True)
     case = suite.cases[0]

@@ -1,19 +1,12 @@
-"""The PGD benchmark suite (benchmarks/bench_pgd.py): a quick CPU run end to end, and its check."""
+"""The PGD benchmark suite (fastrobust/bench/pgd.py): a quick CPU run end to end, and its check."""
 import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from fastrobust.cli import main as cli_main
-
-# benchmarks/ is a folder of the checkout, not part of the package.
-REPO_ROOT = str(Path(__file__).resolve().parent.parent)
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 EXPECTED_IMPLEMENTATIONS = {
     "pgd-10": {"fastrobust", "fastrobust keep=success", "fastrobust+channels_last", "reference", "torchattacks", "floor"},
@@ -99,7 +92,7 @@ def test_restart_case_fools_no_sample(quick_run):
 
 
 def test_check_rejects_points_outside_the_ball_or_box():
-    from benchmarks.bench_pgd import AttackCase, check_adversarial, make_workload
+    from fastrobust.bench.pgd import AttackCase, check_adversarial, make_workload
 
     work = make_workload(AttackCase("pgd-10", "SmallCNN", 4, torch.float32, "cpu"))
     assert check_adversarial(work, work.x.clone())["correct"]

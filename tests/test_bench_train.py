@@ -1,22 +1,15 @@
-"""The training benchmark suite (benchmarks/bench_train.py): a quick CPU run end to end, and its checks."""
+"""The training benchmark suite (fastrobust/bench/train.py): a quick CPU run end to end, and its checks."""
 import csv
 import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from fastrobust.cli import main as cli_main
 
-# benchmarks/ is a folder of the checkout, not part of the package.
-REPO_ROOT = str(Path(__file__).resolve().parent.parent)
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-
-from benchmarks import bench_train  # noqa: E402
+from fastrobust.bench import train as bench_train  # noqa: E402
 
 KINDS = {"standard": 0, "fgsm-rs": 1, "pgd-10": 10}
 CASE_FIELDS = {"case", "kind", "recipe", "model", "batch", "image_shape", "device", "dtype", "channels_last", "eps",

@@ -100,7 +100,7 @@ MODEL_FIELDS = {"op", "kernel", "case", "dtype", "bytes", "min_bytes", "flops", 
 def test_bench_model_writes_the_suite_json(tmp_path):
     import json
 
-    from benchmarks import run
+    from fastrobust.bench import run
 
     assert run.main(["cifs", "--model", "h100", "--quick", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "cifs-h100-model-quick.json").read_text())
@@ -122,7 +122,7 @@ def test_bench_model_writes_the_suite_json(tmp_path):
 
 
 def test_bench_model_rejects_bad_options(tmp_path, capsys):
-    from benchmarks import run
+    from fastrobust.bench import run
 
     with pytest.raises(SystemExit, match="--model-blocks must be >= 1"):
         run.main(["cifs", "--model", "h100", "--model-blocks", "0", "--out", str(tmp_path)])

@@ -149,7 +149,7 @@ def test_a_dry_run_still_refuses_what_the_gpu_refuses():
 
 
 def test_launch_shapes_are_the_benchmark_shapes():
-    from benchmarks import bench_cifs, bench_nlm, bench_pgd, bench_sparta
+    from fastrobust.bench import cifs as bench_cifs, nlm as bench_nlm, pgd as bench_pgd, sparta as bench_sparta
 
     assert kc.SPARTA_STAGES == bench_sparta.RESNET18_CIFAR_STAGES
     assert (kc.SPARTA_BATCH, kc.SPARTA_K) == (bench_sparta.BATCH["cuda"], bench_sparta.KERNEL_SIZE)

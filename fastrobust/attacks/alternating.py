@@ -29,7 +29,7 @@ class AlternatingPGD(Attack):
     the first half of the steps and the CW margin for the second; ("ce", "cw", "dlr") switches
     at steps//3 and 2*steps//3. Any order or subset of {"ce", "cw", "dlr"} works.
 
-    Step: x <- clip( clip_[x0-eps, x0+eps]( x + alpha*sign(g) ) ), alpha = eps/4 by default.
+    Step: `x <- clip( clip_[x0-eps, x0+eps]( x + alpha*sign(g) ) )`, alpha = eps/4 by default.
     CW is the unclamped margin max_{i!=y} z_i - z_y, DLR AutoAttack's.
     Like the official code, every misclassified iterate is stored and the last one is returned
     (pgd_update_best_ mode "last_success": the official `x_adv[is_fooled] = xn[is_fooled]`

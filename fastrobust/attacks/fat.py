@@ -56,7 +56,7 @@ class EarlyStop:
 
 class FATPGD(Attack):
     """Early-stopped PGD: K iterations of forward, freeze rule (see EarlyStop), then
-    x <- clip_[lo,hi]( clip_[x0-eps, x0+eps]( x + alpha*sign(grad CE) + omega*N(0, 1) ) )
+    `x <- clip_[lo,hi]( clip_[x0-eps, x0+eps]( x + alpha*sign(grad CE) + omega*N(0, 1) ) )`
     on the active rows. Each sample is output at the point where it was frozen, or after the
     K-th step; the output keeps the input order (the official code reorders its batch).
 

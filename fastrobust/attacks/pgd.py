@@ -16,7 +16,7 @@ from .validation import Scalar, check_choice, check_count, check_radius, check_r
 class PGD(Attack):
     """Projected gradient descent, called like torchattacks' PGD: `PGD(model, eps, alpha, steps)(x, y)`.
 
-    L-inf: x <- clip_[lo,hi]( clip_[x0-eps, x0+eps]( x + alpha*sign(g) ) );
+    L-inf: `x <- clip_[lo,hi]( clip_[x0-eps, x0+eps]( x + alpha*sign(g) ) )`;
     L2:    x <- x + alpha*g/||g||, then delta*min(1, eps/||delta||), then the box clip,
     g the input gradient of the per-sample loss: "ce" (CE; targeted -CE(t)), "cw" (CW margin,
     clamped at kappa; kappa=inf is unclamped), "dlr", or a callable loss(output, y, targets)

@@ -5,7 +5,7 @@
     fastrobust eval CHECKPOINT [...]    robustness evaluation of a training checkpoint
                                         (or of any model: --model SPEC --data NAME)
     fastrobust detect CHECKPOINT [...]  adversarial-example detectors for it (the survey's protocol)
-    fastrobust bench SUITE [...]        benchmark suites (needs a source checkout: benchmarks/)
+    fastrobust bench SUITE [...]        benchmark suites (results in ./bench-results)
     fastrobust info [--json]            build information and which ops have CPU/CUDA kernels
 
 `fastrobust COMMAND --help` lists a command's options and their defaults. Errors in the

@@ -221,6 +221,10 @@ def add_parser(sub) -> None:
                         "OUT.old-YYYYmmdd-HHMMSS, never deleted (default: refuse, nothing written)")
     g.add_argument("--progress", action=bool_opt, help="progress bars (default: on)")
     g.add_argument("--plot", action=bool_opt, help="curves.png of the training metrics (default: on)")
+    g.add_argument("--tensorboard", action=bool_opt,
+                   help="TensorBoard logs in OUT/tensorboard: the training metrics per epoch and the evaluation's "
+                        "accuracies and curves (needs the tensorboard package: pip install "
+                        "\"fastrobust[tensorboard]\") (default: off)")
     g.add_argument("--log-every", type=positive_int, metavar="N",
                    help=f"batches between progress updates (default: {d('log_every')})")
 
@@ -255,8 +259,8 @@ def add_parser(sub) -> None:
 CONFIG_OPTIONS = ("data", "data_dir", "data_options", "subset", "model", "recipe", "recipe_options", "eps", "alpha",
                   "steps", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
                   "milestones", "lr_gamma", "onecycle_peak", "max_steps_per_epoch", "amp", "channels_last",
-                  "compile", "threads", "device", "seed", "out", "resume", "overwrite", "progress", "plot", "log_every",
-                  "eval_every", "eval_samples", "eval_steps", "final_eval", "overfit_guard", "guard_threshold",
+                  "compile", "threads", "device", "seed", "out", "resume", "overwrite", "progress", "plot", "tensorboard",
+                  "log_every", "eval_every", "eval_samples", "eval_steps", "final_eval", "overfit_guard", "guard_threshold",
                   "guard_steps", "track_clean")
 
 
@@ -416,14 +420,19 @@ def run(args) -> int:
         files = {"checkpoint": result.checkpoint, "metrics": result.metrics_path, "curves": result.plot_path}
         if args.evaluate:
             x, y = trainer.test_data
-            _, paths = run_evaluation(result.model, x, y, args=args, eps=cfg.eps, device=trainer.dist.device,
-                                      model_name=model_desc, data_name=f"{cfg.data} test",
-                                      out_dir=os.path.join(cfg.out, "eval"), threads=cfg.threads,
-                                      progress=cfg.progress,
-                                      metadata={"run": cfg.out, "checkpoint": result.checkpoint,
-                                                "epochs_trained": len(result.history), "recipe": cfg.recipe,
-                                                "train_eps": cfg.eps})
+            report, paths = run_evaluation(result.model, x, y, args=args, eps=cfg.eps, device=trainer.dist.device,
+                                           model_name=model_desc, data_name=f"{cfg.data} test",
+                                           out_dir=os.path.join(cfg.out, "eval"), threads=cfg.threads,
+                                           progress=cfg.progress,
+                                           metadata={"run": cfg.out, "checkpoint": result.checkpoint,
+                                                     "epochs_trained": len(result.history), "recipe": cfg.recipe,
+                                                     "train_eps": cfg.eps})
             files.update({f"report ({k})" if k in ("json", "csv", "md") else k: v for k, v in paths.items()})
+            if trainer.tensorboard is not None:
+                trainer.tensorboard.evaluation(report.to_dict(), len(result.history),
+                                               {k: v for k, v in paths.items() if k not in ("json", "csv", "md")})
+        if trainer.tensorboard is not None:
+            files["tensorboard"] = trainer.tensorboard.log_dir
         print("\n".join(f"{k}: {v}" for k, v in files.items() if v))
     finally:
         trainer.close()

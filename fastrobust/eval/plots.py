@@ -183,7 +183,7 @@ FUSED_NAMES = ("fused", "fastrobust")
 def benchmark_ratios(result: Mapping[str, Any], baselines: Optional[Sequence[str]] = ("reference",)
                      ) -> Tuple[List[str], Dict[str, List[Optional[float]]]]:
     """(case names, {baseline: [t_baseline / t_fused per case]}) from a benchmark result
-    (benchmarks/harness.py layout: cases[i]["speedup_of_fused"], else the implementations'
+    (fastrobust/bench/harness.py layout: cases[i]["speedup_of_fused"], else the implementations'
     median_s against "fused" / "fastrobust"). baselines=None: every baseline found."""
     cases = list(result.get("cases", []))
     found: List[str] = []

@@ -111,7 +111,8 @@ class ODEBlock(nn.Module):
         method: "euler" (default: fixed grid, run here) or a torchdiffeq method name.
         step: the Euler step (0.05, TisODE's; the vanilla ODE net's is 0.1); with torchdiffeq
             the step of its fixed-grid methods.
-        rtol, atol: torchdiffeq's adaptive methods' tolerances.
+        rtol: torchdiffeq's adaptive methods' relative tolerance.
+        atol: their absolute tolerance.
         adjoint: torchdiffeq's adjoint method for the gradients (not with "euler").
         steady_state: None, or (t1, t3) with 0 <= t1 < t3: the window of the steady-state
             loss (official (0.9, 1.5) with T = 1), computed in train mode.

@@ -54,7 +54,7 @@ def pgd_step_(x: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor, eps: Scalar
               norm="linf", lo: float = 0.0, hi: float = 1.0, descent: bool = False) -> torch.Tensor:
     """One PGD step on every active row of x, in place; returns x.
 
-    L-inf: x <- clip_[lo,hi]( clip_[x0-eps, x0+eps]( x +- alpha*sign(grad) + noise ) ).
+    L-inf: `x <- clip_[lo,hi]( clip_[x0-eps, x0+eps]( x +- alpha*sign(grad) + noise ) )`.
     L2:    x <- x +- alpha*grad/(||grad||+1e-12) + noise, then delta*min(1, eps/||delta||),
            then the box clip; norms are per row (dim 0), computed inside the kernel.
     active: bool (N,) or None; inactive rows are not touched. noise: x-shaped or None (added
@@ -77,7 +77,7 @@ def pgd_step_(x: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor, eps: Scalar
 
 def pgd_random_init_(x: torch.Tensor, x0: torch.Tensor, eps: Scalar, norm="linf", lo: float = 0.0,
                      hi: float = 1.0, seed: Optional[int] = None, offset: int = 0) -> torch.Tensor:
-    """x <- clip_[lo,hi](x0 + delta), delta uniform in the eps-ball around x0, in place; returns x.
+    """`x <- clip_[lo,hi](x0 + delta)`, delta uniform in the eps-ball around x0, in place; returns x.
 
     L-inf: uniform per element. L2: uniform in the ball (normalised Gaussian direction,
     radius eps*u^(1/d)). Numbers come from a Philox4x32-10 stream keyed by `seed` (drawn from

@@ -48,11 +48,11 @@ DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
 FILLED = ("model", "eps", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "threads")
 
 # On/off options (overwrite and overfit_guard have their own checks).
-FLAGS = ("nesterov", "channels_last", "compile", "final_eval", "progress", "plot", "track_clean")
+FLAGS = ("nesterov", "channels_last", "compile", "final_eval", "progress", "plot", "track_clean", "tensorboard")
 
 # Options that may differ between a run and its resumption (they do not change the trajectory);
 # epochs and milestones may change too, within the limits of fastrobust.train.resume_rules.
-RESUME_MAY_DIFFER = ("out", "resume", "overwrite", "progress", "plot", "log_every", "device", "compile", "data_dir",
+RESUME_MAY_DIFFER = ("out", "resume", "overwrite", "progress", "plot", "tensorboard", "log_every", "device", "compile", "data_dir",
                      "threads")
 
 
@@ -116,6 +116,8 @@ class TrainConfig:
     Output
       log_every: batches between progress updates (the only host synchronisations of the
       loop besides the epoch's end); progress: tqdm bars; plot: curves.png at the end;
+      tensorboard: TensorBoard logs of the metrics in out/tensorboard (fastrobust.tensorboard;
+      needs the tensorboard package);
       track_clean: clean accuracy of the training batches where the recipe computes no clean
       logits (one extra no-grad forward in eval mode per batch; training is unaffected).
     """
@@ -163,6 +165,7 @@ class TrainConfig:
     progress: bool = True
     plot: bool = True
     track_clean: bool = True
+    tensorboard: bool = False
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -284,6 +287,11 @@ class TrainConfig:
         for name in FLAGS:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.tensorboard:
+            from fastrobust import tensorboard
+
+            if not tensorboard.available():
+                raise ConfigError(f"tensorboard: the tensorboard package is not installed; {tensorboard.INSTALL}")
         _optional_int(self.seed, "seed", 0)
         _optional_int(self.threads, "threads", 0)
         if not isinstance(self.resume, (bool, str)):
@@ -364,6 +372,7 @@ def build_parser(prog: str = "python -m fastrobust.train") -> argparse.ArgumentP
         elif f.name == "milestones":
             p.add_argument(flag, type=float, nargs="+", default=None, help="epochs of the piecewise lr drops")
         elif f.name in ("nesterov", "channels_last", "compile", "final_eval", "progress", "plot", "track_clean",
+                        "tensorboard",
                         "overfit_guard", "overwrite"):
             p.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None, help="true/false")
         elif f.name in ("eps", "alpha", "lr", "momentum", "weight_decay", "lr_gamma", "onecycle_peak",

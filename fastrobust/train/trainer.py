@@ -223,6 +223,7 @@ class Trainer:
         self.config = cfg
         self.dist = distributed.setup(cfg.device)
         self._threads_before: Optional[int] = None
+        self.tensorboard = None  # fastrobust.tensorboard.TensorBoardLog of rank 0 with config.tensorboard
         # True while every rank is known to be at the same point (after construction and after a
         # fit that returned); close() only waits for the peers then, never after a failure
         self._ranks_aligned = False
@@ -534,6 +535,10 @@ class Trainer:
         writer = MetricsWriter(self.metrics_path, enabled=main)
         if main:
             self._start_folder(writer)
+            if cfg.tensorboard and self.tensorboard is None:
+                from ..tensorboard import TensorBoardLog
+
+                self.tensorboard = TensorBoardLog(cfg.out)
         # every rank holds the (all-reduced, identical) records; earlier epochs from rank 0's file
         self.history = distributed.broadcast_object(self.history if main else None, dist)
         progress = Progress(cfg.progress and main)
@@ -563,6 +568,8 @@ class Trainer:
                 elif epoch >= cfg.epochs:
                     self.finished = True
                 writer.append(record)
+                if self.tensorboard is not None:
+                    self.tensorboard.epoch(record)
                 self.history.append(record)
                 state = self._checkpoint()
                 if main:
@@ -663,6 +670,9 @@ class Trainer:
 
         After a clean construction or fit the ranks meet at a barrier first; after an exception
         (one rank may be stuck in a collective) the group is left to the process's exit."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
         if self._threads_before is not None:
             torch.set_num_threads(self._threads_before)
             self._threads_before = None

@@ -1,4 +1,4 @@
-"""The NLM suite's "block" cases (benchmarks/bench_nlm.py): a PreActResNet18 stage followed by
+"""The NLM suite's "block" cases (fastrobust/bench/nlm.py): a PreActResNet18 stage followed by
 a DenoisingBlock, as modules ("fused") and written out with the materialised reference op
 ("reference"), on seeded weights with BatchNorms that keep no running statistics."""
 from __future__ import annotations

@@ -620,7 +620,7 @@ def description(device: str) -> str:
 
 
 def run_suite(device: str, dtypes: Optional[Iterable[torch.dtype]], options: harness.Options) -> dict:
-    from .bench_pgd import pgd_ops_backend
+    from .pgd import pgd_ops_backend
 
     plan = plan_for(device, options.quick)
     cases = make_cases(device, dtypes, options.quick)

@@ -41,8 +41,12 @@ from torch.utils.benchmark import Timer
 
 from fastrobust.info import device_name
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT_DIR = REPO_ROOT / "benchmarks" / "results"
+# a source checkout's root when the package runs from one (git_commit asks git there; an
+# installed wheel has no repository, and the commit is then None)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# where results go unless --out says otherwise: ./bench-results of the working directory (a
+# source checkout's benchmarks/run.py writes to benchmarks/results instead)
+DEFAULT_OUT_DIR = Path("bench-results")
 
 FUSED = "fused"
 REFERENCE = "reference"

@@ -1,7 +1,7 @@
 """CIFS suite: the CIFS layer and its fused op cifs_reweight, forward + backward.
 
 Cases:
-- "layer linear ..." and "layer mlp ...": the whole CIFS layer (benchmarks/cifs_layer.py) in
+- "layer linear ..." and "layer mlp ...": the whole CIFS layer (fastrobust/bench/cifs_layer.py) in
   train mode with random labels; outputs (feat * m, probe logits), gradients of the feature and
   of every probe parameter. "fused" is the closed form (probe logits on the pooled feature,
   fastrobust.ops.cifs_targets, the probe's closed-form relevance, fastrobust.ops.cifs_reweight),

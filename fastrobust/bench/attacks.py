@@ -17,7 +17,7 @@ that name, the official one AutoAttack(version="standard").run_standard_evaluati
 the others (median time); the seeds differ between implementations, so robust accuracies
 agree to the attacks' randomness (about a point), not exactly.
 
-Writes benchmarks/results/attacks-DEVICE.json (attacks-DEVICE-quick.json with --quick): per
+Writes OUT/attacks-DEVICE.json (attacks-DEVICE-quick.json with --quick): per
 (model, attack) the robust accuracy and median seconds of each implementation, and
 speedup_of_fastrobust (t_baseline / t_fastrobust).
 """

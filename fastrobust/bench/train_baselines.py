@@ -1,4 +1,4 @@
-"""The baselines of the training suite (benchmarks/bench_train.py), written here:
+"""The baselines of the training suite (fastrobust/bench/train.py), written here:
 
 - EagerLoop: an adversarial-training loop in float32 written the way most research code writes
   it: the attack inline with autograd, torchattacks-style (torchattacks.PGD for PGD-10,
