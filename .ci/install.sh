@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Sets up a fresh machine: creates .venv (if absent), installs torch 2.14.1 and the test
-# dependencies, and builds fastrobust in place.
+# Sets up a fresh machine: creates .venv (if absent), installs torch 2.14.1 and builds
+# fastrobust in place with its run-time dependencies; with --test, the test dependencies too
+# (the test extra: pytest, hypothesis, mkdocs, tensorboard, torchvision, ...).
+#   bash .ci/install.sh [--test]
 #
 # Only what the machine can use is built by default: the CPU kernels always; the CUDA sources
 # when a GPU is visible (nvidia-smi lists one) or FORCE_CUDA=1 (which fails the build without
@@ -9,6 +11,13 @@
 # logic on machines without a GPU). ccache, when installed, caches the compilations.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+extras=""
+case "${1:-}" in
+  "") ;;
+  --test) extras="[test]" ;;
+  *) echo "install.sh: unknown option '$1' (the only one is --test)" >&2; exit 2 ;;
+esac
 
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
@@ -36,5 +45,5 @@ if command -v ccache >/dev/null 2>&1; then
   export CXX="ccache ${CXX:-c++}"
   [ "$FORCE_CUDA" = 1 ] && export PYTORCH_NVCC=${PYTORCH_NVCC:-"ccache $CUDA_HOME/bin/nvcc"}
 fi
-pip install -q --disable-pip-version-check --no-build-isolation -e ".[test]"
+pip install -q --disable-pip-version-check --no-build-isolation -e ".$extras"
 python -m fastrobust.info
