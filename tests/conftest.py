@@ -140,6 +140,19 @@ def full_disk(monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def survey_checkpoint(tmp_path_factory):
+    """A `fastrobust train` checkpoint of survey_cnn_mnist (ReLU, no denoising) after 10 epochs of
+    standard training on digits, for the `fastrobust detect` tests. None may write into its folder."""
+    from fastrobust.cli import main
+
+    out = tmp_path_factory.mktemp("survey") / "run"
+    assert main(["train", "--data", "digits", "--model", "survey_cnn_mnist", "--activation", "relu", "--denoise",
+                 "none", "--recipe", "standard", "--epochs", "10", "--no-eval", "--no-progress", "--no-plot",
+                 "--eval-every", "0", "--out", str(out)]) == 0
+    return out / "last.pt"
+
+
+@pytest.fixture(scope="session")
 def digits_model():
     """SmallCNN (width 16) trained for 10 epochs on the digits train split (about 96 % test
     accuracy, under a second on a CPU), frozen, in eval mode."""

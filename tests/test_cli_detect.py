@@ -9,12 +9,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserW
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("survey")
-    assert main(["train", "--data", "digits", "--model", "survey_cnn_mnist", "--activation", "relu", "--denoise",
-                 "none", "--recipe", "standard", "--epochs", "10", "--no-eval", "--no-progress", "--no-plot",
-                 "--eval-every", "0", "--out", str(out / "run")]) == 0
-    return out / "run" / "last.pt"
+def checkpoint(survey_checkpoint):
+    return survey_checkpoint
 
 
 def test_detect_writes_the_report(checkpoint, tmp_path, capsys):

@@ -2,12 +2,7 @@
 the CPU (torch.multiprocessing.spawn): every rank's report equals the single-process one exactly,
 the ranks share the jobs, a job failing on one rank raises on both, and --distributed outside
 torchrun is a one-line error."""
-import contextlib
-import datetime
-import io
 import json
-import os
-import socket
 import sys
 
 import pytest
@@ -15,8 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fastrobust.cli import main
-from fastrobust.testing import run_cli
+from fastrobust.testing import free_port, join_gloo_group, run_cli, run_cli_captured
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning", "ignore::FutureWarning"),
@@ -60,10 +54,7 @@ def _rank(rank, port, model, checkpoint, folder):
     """One rank: the protocol, a job list failing on rank 1, then the CLI; results to rank{rank}.pt."""
     from fastrobust.distributed import DistInfo, run_shared
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=300))
+    join_gloo_group(rank, WORLD, port, timeout_s=300)
     try:
         jobs = []
         report = _protocol_report(model, True, jobs.append)
@@ -72,37 +63,25 @@ def _rank(rank, port, model, checkpoint, folder):
             failure = None
         except ValueError as exc:
             failure = str(exc)
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(["detect", str(checkpoint), *CLI_OPTIONS, "--out", str(folder / "cli-ranks"),
-                         "--distributed"])
-        torch.save({"report": report, "jobs": jobs, "failure": failure, "code": code, "stdout": out.getvalue(),
-                    "stderr": err.getvalue()}, folder / f"rank{rank}.pt")
+        code, out, err = run_cli_captured(["detect", checkpoint, *CLI_OPTIONS, "--out", folder / "cli-ranks",
+                                           "--distributed"])
+        torch.save({"report": report, "jobs": jobs, "failure": failure, "code": code, "stdout": out, "stderr": err},
+                   folder / f"rank{rank}.pt")
         dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("survey-run")
-    assert main(["train", "--data", "digits", "--model", "survey_cnn_mnist", "--activation", "relu", "--denoise",
-                 "none", "--recipe", "standard", "--epochs", "6", "--no-eval", "--no-progress", "--no-plot",
-                 "--eval-every", "0", "--out", str(out / "run")]) == 0
-    return out / "run" / "last.pt"
+def checkpoint(survey_checkpoint):
+    return survey_checkpoint
 
 
 @pytest.fixture(scope="module")
 def runs(survey_digits_model, checkpoint, tmp_path_factory):
     """The two ranks' results and the single-process protocol report."""
     folder = tmp_path_factory.mktemp("detect-distributed")
-    mp.spawn(_rank, args=(_free_port(), survey_digits_model, checkpoint, folder), nprocs=WORLD, join=True)
+    mp.spawn(_rank, args=(free_port(), survey_digits_model, checkpoint, folder), nprocs=WORLD, join=True)
     ranks = [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,12 +1,7 @@
 """evaluate(distributed=True) and `fastrobust eval --distributed` on 2 gloo ranks on the CPU
 (torch.multiprocessing.spawn): the gathered report equals the single-process one exactly,
 timings aside, with uneven shards; --distributed outside torchrun is a one-line error."""
-import contextlib
-import datetime
-import io
 import json
-import os
-import socket
 import sys
 
 import pytest
@@ -14,10 +9,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fastrobust.cli import main
 from fastrobust.data import load_digits
 from fastrobust.eval import evaluate, make_attack
-from fastrobust.testing import run_cli, train_digits_cnn
+from fastrobust.testing import free_port, join_gloo_group, run_cli, run_cli_captured, train_digits_cnn
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*runs its pure-PyTorch reference:RuntimeWarning"),
@@ -63,27 +57,16 @@ def _numbers(report):
 
 def _rank(rank, port, model, data, folder):
     """One rank: both evaluate() cases, then the CLI; its numbers, counts and output to rank{rank}.pt."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120))
+    join_gloo_group(rank, WORLD, port)
     try:
         numbers = [_numbers(evaluate(model, data, distributed=True, **case)) for case in CASES]
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(CLI + ["--weights", str(folder / "weights.pt"), "--out", str(folder / "cli-ranks"),
-                               "--distributed"])
-        torch.save({"numbers": numbers, "seeds": list(SEEDS), "code": code, "stdout": out.getvalue(),
-                    "stderr": err.getvalue()}, folder / f"rank{rank}.pt")
+        code, out, err = run_cli_captured(CLI + ["--weights", folder / "weights.pt", "--out", folder / "cli-ranks",
+                                                 "--distributed"])
+        torch.save({"numbers": numbers, "seeds": list(SEEDS), "code": code, "stdout": out, "stderr": err},
+                   folder / f"rank{rank}.pt")
         dist.barrier()
     finally:
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +82,7 @@ def runs(model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("distributed")
     torch.save(model.state_dict(), folder / "weights.pt")
     data = load_digits("test")
-    mp.spawn(_rank, args=(_free_port(), model, data, folder), nprocs=WORLD, join=True)
+    mp.spawn(_rank, args=(free_port(), model, data, folder), nprocs=WORLD, join=True)
     ranks = [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

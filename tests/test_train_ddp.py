@@ -1,7 +1,6 @@
 """DDP through torchrun: 2 CPU processes (gloo) train one short PGD-AT epoch on digits; each
 rank attacks its own disjoint shard, and both end with bitwise identical weights."""
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -9,6 +8,7 @@ import textwrap
 import pytest
 import torch
 
+from fastrobust.testing import free_port
 from fastrobust.train import load_checkpoint
 
 SCRIPT = textwrap.dedent("""
@@ -31,11 +31,6 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
@@ -47,7 +42,7 @@ def test_two_cpu_ranks_end_with_identical_weights(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", PYTHONFAULTHANDLER="1")
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script), str(out)]
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script), str(out)]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0 = torch.load(out / "rank0.pt", weights_only=True)
