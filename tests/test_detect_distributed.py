@@ -126,20 +126,6 @@ def test_cli_rank_zero_alone_writes_the_single_process_report(runs, checkpoint, 
         json.loads((tmp_path / "single" / "report.json").read_text())
 
 
-def test_every_detect_option_passes_torchruns_parser():
-    """torchrun refuses an abbreviation of several of its options, as --n is: --points spells it."""
-    from torch.distributed.run import get_args_parser
-
-    from fastrobust.cli import build_parser
-
-    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["detect"]
-    flags = [f for a in sub._actions for f in a.option_strings if f != "--n"]
-    assert "--points" in flags and "--distributed" in flags
-    for flag in flags:
-        args = get_args_parser().parse_args(["--nproc_per_node", "2", "-m", "fastrobust.detect", "ckpt", flag, "1"])
-        assert args.training_script_args == ["ckpt", flag, "1"], flag
-
-
 def test_distributed_outside_torchrun_is_a_one_line_error(monkeypatch, tmp_path, capsys):
     for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)

@@ -136,21 +136,6 @@ def test_cli_rank_zero_alone_prints_and_writes_the_single_process_report(runs, t
     assert numbers(runs["folder"] / "cli-ranks" / "report.json") == numbers(tmp_path / "single" / "report.json")
 
 
-def test_every_eval_option_passes_torchruns_parser():
-    """torchrun parses its own options out of the whole command line and refuses an abbreviation
-    of several of them, as --n is: --points spells it; no other option of `fastrobust eval` clashes."""
-    from torch.distributed.run import get_args_parser
-
-    from fastrobust.cli import build_parser
-
-    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["eval"]
-    flags = [f for a in sub._actions for f in a.option_strings if f != "--n"]
-    assert "--points" in flags and "--distributed" in flags
-    for flag in flags:
-        args = get_args_parser().parse_args(["--nproc_per_node", "2", "-m", "fastrobust.eval", "ckpt", flag, "1"])
-        assert args.training_script_args == ["ckpt", flag, "1"], flag
-
-
 def test_distributed_outside_torchrun_is_a_one_line_error(monkeypatch, tmp_path, capsys):
     for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
