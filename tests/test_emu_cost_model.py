@@ -121,6 +121,38 @@ def test_bench_model_writes_the_suite_json(tmp_path):
         assert 0 < r["sector_efficiency"] <= 1 and r["bank_conflict_factor"] >= 1
 
 
+def test_bench_model_ops_replaces_only_those_records(tmp_path):
+    """--model-ops models some ops of a suite again and keeps the other ops' records as they
+    were, in the suite's order, noting the update."""
+    import json
+
+    from fastrobust.bench import run
+
+    path = tmp_path / "pgd-h100-model-quick.json"
+    assert run.main(["pgd", "--model", "h100", "--quick", "--out", str(tmp_path)]) == 0
+    original = json.loads(path.read_text())
+    marked = json.loads(path.read_text())
+    for r in marked["records"]:
+        r["bytes"] = -1.0  # a record still -1 afterwards was kept, not modelled again
+    path.write_text(json.dumps(marked))
+    assert run.main(["pgd", "--model", "h100", "--quick", "--model-ops", "margin_loss", "--out", str(tmp_path)]) == 0
+    merged = json.loads(path.read_text())
+    assert [(r["op"], r["case"], r["kernel"]) for r in merged["records"]] == \
+        [(r["op"], r["case"], r["kernel"]) for r in original["records"]]
+    for before, kept, after in zip(original["records"], marked["records"], merged["records"]):
+        assert after == (before if before["op"] == "margin_loss" else kept)  # the model is deterministic
+    assert any(r["op"] == "margin_loss" for r in merged["records"])
+    assert [u["ops"] for u in merged["updates"]] == [["margin_loss"]] and merged["argv"] == original["argv"]
+    with pytest.raises(SystemExit, match="--model-ops: sparta is not an op of the pgd suite"):
+        run.main(["pgd", "--model", "h100", "--quick", "--model-ops", "sparta", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="model the whole suite first"):
+        run.main(["pgd", "--model", "h100", "--quick", "--model-ops", "margin_loss", "--out", str(tmp_path / "new")])
+    path.rename(tmp_path / "pgd-h100-model.json")  # a file modelled with 2 blocks per launch
+    with pytest.raises(SystemExit, match="give --model-blocks 2"):
+        run.main(["pgd", "--model", "h100", "--model-blocks", "4", "--model-ops", "margin_loss", "--out",
+                  str(tmp_path)])
+
+
 def test_bench_model_rejects_bad_options(tmp_path, capsys):
     from fastrobust.bench import run
 

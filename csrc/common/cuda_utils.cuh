@@ -120,6 +120,20 @@ __device__ __forceinline__ void grid_stride(int64_t n, F f) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
 }
 
+// Each block takes one contiguous range of about n / gridDim.x elements (a whole number of
+// blockDim.x), its threads striding through it together. For stencils: the neighbours an
+// element reads (a row above and below) are then mostly the block's own elements, read from
+// DRAM once and served from L1/L2 after, where a grid-stride loop gives every blockDim.x-long
+// piece its own halo. Each warp's accesses stay as coalesced as with grid_stride.
+template <typename F>
+__device__ __forceinline__ void block_range(int64_t n, F f) {
+  const int64_t threads = blockDim.x;
+  const int64_t per_block = ceil_div<int64_t>(ceil_div<int64_t>(n, int64_t(gridDim.x)), threads) * threads;
+  const int64_t begin = int64_t(blockIdx.x) * per_block;
+  const int64_t end = begin + per_block < n ? begin + per_block : n;
+  for (int64_t i = begin + threadIdx.x; i < end; i += threads) f(i);
+}
+
 // Reduction over the whole block (blockDim.x a multiple of 32) with op and its identity;
 // every thread gets the result. Every thread of the block must call it (it synchronises).
 template <typename T, typename Op>

@@ -2,12 +2,17 @@
 // 3x3 median filter device code: forward and backward kernels with their launchers.
 // Free of CUDA runtime and torch headers (nvcc, or g++ through csrc/emu/cuda_emu.h).
 //
-// Forward: one thread per output element (grid-stride loop, 64-bit indices): nine loads of
-// the reflected window, converted to the accumulation type, and the median network of
+// Forward: one thread per output element (each block a contiguous range, block_range, so the
+// rows above and below a block's pixels are mostly its own: read once; 64-bit indices): nine
+// loads of the reflected window, converted to the accumulation type, and the median network of
 // csrc/kernels/median.h, the same maths as the CPU kernel.
 // Backward, a gather: one thread per input element; it visits its nine neighbouring outputs
 // in window order and adds the upstream gradient of those whose selected pixel is itself.
-// No atomics, a fixed order: deterministic, and bitwise equal to the CPU kernel's sum.
+// Every lane loads each neighbour's arg and gradient (the pixel's own at the border), so the
+// warp's loads are whole rows, never the scattered lanes a branch would leave; a select keeps
+// the picked ones (never a multiply by 0: 0 * NaN is NaN). No atomics, a fixed order:
+// deterministic, and bitwise equal to the CPU kernel's sum (the selects add +0, which changes
+// no sum that starts at +0).
 #include <algorithm>
 #include <cstdint>
 
@@ -35,7 +40,7 @@ __global__ void __launch_bounds__(kThreads) median3x3_forward_kernel(ForwardPtrs
   const int64_t H = a.height, W = a.width, plane_size = H * W;
   FR_GLOBAL(scalar_t) y = a.y;
   FR_GLOBAL(uint8_t) arg = a.arg;
-  grid_stride(a.planes * plane_size, [&](int64_t i) {
+  block_range(a.planes * plane_size, [&](int64_t i) {
     const int64_t plane = i / plane_size, rem = i - plane * plane_size;
     const int64_t h = rem / W, w = rem - h * W;
     FR_GLOBAL(const scalar_t) x = a.x + plane * plane_size;
@@ -61,7 +66,7 @@ __global__ void __launch_bounds__(kThreads) median3x3_backward_kernel(BackwardPt
   FR_GLOBAL(const uint8_t) arg = a.arg;
   FR_GLOBAL(const scalar_t) grad_y = a.grad_y;
   FR_GLOBAL(scalar_t) grad_x = a.grad_x;
-  grid_stride(a.planes * plane_size, [&](int64_t i) {
+  block_range(a.planes * plane_size, [&](int64_t i) {
     const int64_t plane = i / plane_size, rem = i - plane * plane_size;
     const int64_t h = rem / W, w = rem - h * W;
     const int64_t base = plane * plane_size;
@@ -69,11 +74,13 @@ __global__ void __launch_bounds__(kThreads) median3x3_backward_kernel(BackwardPt
 #pragma unroll
     for (int e = 0; e < mm::kWindow; ++e) {
       const int64_t oh = h + e / 3 - 1, ow = w + e % 3 - 1;
-      if (oh < 0 || oh >= H || ow < 0 || ow >= W) continue;
-      const int64_t o = base + oh * W + ow;
+      const bool inside = oh >= 0 && oh < H && ow >= 0 && ow < W;
+      const int64_t o = base + (inside ? oh * W + ow : rem);
       const uint8_t position = arg[o];
       FR_DEVICE_ASSERT(position < mm::kWindow, "_median3x3_backward: arg must hold window positions in [0, 9)");
-      if (mm::source_offset<int64_t>(position, oh, ow, H, W) == mm::opposite(e)) sum += static_cast<acc>(grad_y[o]);
+      const acc g = static_cast<acc>(grad_y[o]);
+      const bool picked = inside && mm::source_offset<int64_t>(position, oh, ow, H, W) == mm::opposite(e);
+      sum += picked ? g : acc(0);
     }
     grad_x[i] = static_cast<scalar_t>(sum);
   });

@@ -58,6 +58,10 @@ def build_parser(default_out: Path = harness.DEFAULT_OUT_DIR) -> argparse.Argume
                         "(fastrobust.cost_model; a model, not a measurement): <suite>-h100-model.json")
     p.add_argument("--model-blocks", type=int, default=32,
                    help="--model: blocks emulated per launch, scaled to the grid (default: 32; --quick: 2)")
+    p.add_argument("--model-ops", type=lambda text: [o.strip() for o in text.split(",") if o.strip()], default=None,
+                   metavar="OPS", help="--model: model only these ops of the suite (comma-separated) and replace their "
+                                       "records in the existing model file, keeping the others' (its `updates` "
+                                       "list says which ops were modelled again, when; default: every op)")
     return p
 
 
@@ -66,7 +70,7 @@ def model_one(name: str, args) -> bool:
     import json
 
     from fastrobust import _extension, cost_model
-    from fastrobust.kernel_cases import SUITE_OPS
+    from fastrobust.kernel_cases import SUITE_OPS, launch_cases
 
     if name not in SUITE_OPS:
         print(f"{name}: no kernels of its own to model (--model covers {', '.join(sorted(SUITE_OPS))})")
@@ -74,17 +78,57 @@ def model_one(name: str, args) -> bool:
     if not _extension.HAS_EMU:
         raise SystemExit("--model: needs the extension built with the CUDA emulator (FR_EMULATE_CUDA=1)")
     blocks = 2 if args.quick else args.model_blocks
-    start = time.perf_counter()
-    result = cost_model.suite_model(name, blocks)
-    result["wall_time_s"] = time.perf_counter() - start
-    result["argv"] = list(args.argv)
-    args.out.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else ""
     path = args.out / f"{name}-{args.model}-model{suffix}.json"
+    ops = args.model_ops or list(SUITE_OPS[name])
+    unknown = [op for op in ops if op not in SUITE_OPS[name]]
+    if unknown:
+        raise SystemExit(f"--model-ops: {', '.join(unknown)} is not an op of the {name} suite "
+                         f"({', '.join(SUITE_OPS[name])})")
+    existing = _existing_model(path, blocks) if args.model_ops else None
+    start = time.perf_counter()
+    result = cost_model.suite_model(name, blocks, cases=[c for c in launch_cases() if c.op in ops])
+    result["wall_time_s"] = time.perf_counter() - start
+    result["argv"] = list(args.argv)
+    if existing is not None:
+        result = _merged_model(existing, result, ops)
+    args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(cost_model.format_model(result))
     print(f"{name}: modelled in {result['wall_time_s']:.0f} s\n  json: {path}")
     return True
+
+
+def _existing_model(path: Path, blocks: int) -> dict:
+    """--model-ops: the model file whose other ops' records are kept (modelled with as many
+    blocks per launch as this run, so its records compare)."""
+    import json
+
+    if not path.is_file():
+        raise SystemExit(f"--model-ops: {path} does not exist; model the whole suite first (--model without "
+                         "--model-ops)")
+    old = json.loads(path.read_text())
+    if old.get("blocks_per_launch") != blocks:
+        raise SystemExit(f"--model-ops: {path} was modelled with {old.get('blocks_per_launch')} blocks per launch, "
+                         f"this run with {blocks}; give --model-blocks {old.get('blocks_per_launch')}")
+    return old
+
+
+def _merged_model(old: dict, fresh: dict, ops: List[str]) -> dict:
+    """The model `old` with the records of `ops` replaced by fresh's (where theirs were), its
+    other records and header kept, and the update noted in its `updates` list."""
+    records, placed = [], set()
+    for record in old["records"]:  # each op's fresh records where its old ones began
+        op = record["op"]
+        if op not in ops:
+            records.append(record)
+        elif op not in placed:
+            placed.add(op)
+            records.extend(r for r in fresh["records"] if r["op"] == op)
+    records.extend(r for r in fresh["records"] if r["op"] not in placed)  # ops the old file lacked
+    update = {"ops": list(ops), "argv": fresh["argv"], "wall_time_s": fresh["wall_time_s"],
+              "git_commit": harness.git_commit(), "date": time.strftime("%Y-%m-%d")}
+    return {**old, "records": records, "updates": old.get("updates", []) + [update]}
 
 
 def run_one(name: str, device: str, dtypes, options: harness.Options) -> bool:
