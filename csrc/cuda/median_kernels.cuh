@@ -8,11 +8,14 @@
 // csrc/kernels/median.h, the same maths as the CPU kernel.
 // Backward, a gather: one thread per input element; it visits its nine neighbouring outputs
 // in window order and adds the upstream gradient of those whose selected pixel is itself.
-// Every lane loads each neighbour's arg and gradient (the pixel's own at the border), so the
-// warp's loads are whole rows, never the scattered lanes a branch would leave; a select keeps
-// the picked ones (never a multiply by 0: 0 * NaN is NaN). No atomics, a fixed order:
-// deterministic, and bitwise equal to the CPU kernel's sum (the selects add +0, which changes
-// no sum that starts at +0).
+// Each block stages the arg and upstream gradient of its kStep consecutive pixels and their
+// neighbours (W + 1 elements either side: the rows above and below) in shared memory with
+// row-wide coalesced loads, then gathers from there; rows too wide for that (the staged span
+// past the 48 KB of shared memory) gather straight from global memory instead. Every thread
+// reads each neighbour (the pixel's own at the border) and a select keeps the picked ones, so
+// no warp access is left to scattered lanes (and never a multiply by 0: 0 * NaN is NaN). No
+// atomics, a fixed order: deterministic, and bitwise equal to the CPU kernel's sum (the selects
+// add +0, which changes no sum that starts at +0).
 #include <algorithm>
 #include <cstdint>
 
@@ -28,7 +31,8 @@ using ::fastrobust::median::ForwardPtrs;
 namespace mm = ::fastrobust::median;
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = 4096;  // then grid-stride
+constexpr int64_t kMaxBlocks = 4096;  // then each block takes a longer range
+constexpr size_t kStagedSmemLimit = 48 * 1024;  // the default dynamic shared memory per block
 
 inline dim3 elementwise_grid(int64_t numel) {
   return dim3(static_cast<unsigned>(std::min<int64_t>(ceil_div<int64_t>(numel, kThreads), kMaxBlocks)));
@@ -59,30 +63,80 @@ __global__ void __launch_bounds__(kThreads) median3x3_forward_kernel(ForwardPtrs
   });
 }
 
+// The gradient pixel i collects: the nine outputs o around it (window order), read through
+// at(offset of o from i), a picked one adding its upstream gradient.
+template <typename acc, typename Read>
+__device__ __forceinline__ acc gather_picked(int64_t h, int64_t w, int64_t H, int64_t W, Read at) {
+  acc sum = acc(0);
+#pragma unroll
+  for (int e = 0; e < mm::kWindow; ++e) {
+    const int64_t oh = h + e / 3 - 1, ow = w + e % 3 - 1;
+    const bool inside = oh >= 0 && oh < H && ow >= 0 && ow < W;
+    const auto got = at(inside ? (e / 3 - 1) * W + (e % 3 - 1) : int64_t(0));  // (position, gradient)
+    FR_DEVICE_ASSERT(got.first < mm::kWindow, "_median3x3_backward: arg must hold window positions in [0, 9)");
+    const bool picked = inside && mm::source_offset<int64_t>(got.first, oh, ow, H, W) == mm::opposite(e);
+    sum += picked ? got.second : acc(0);
+  }
+  return sum;
+}
+
+template <typename acc>
+struct PositionAndGradient {
+  int first;
+  acc second;
+};
+
+// Pixels per block of the staged backward, and the shared memory it stages them in: the arg
+// (as acc, exact for 0..9) and the upstream gradient of the span [first - W - 1, first + kStep
+// + W + 1).
+constexpr int64_t kStep = 4 * kThreads;
+
+FR_HOST_DEVICE int64_t staged_span(int64_t W) { return kStep + 2 * (W + 1); }
+
+template <typename acc>
+inline size_t staged_smem_bytes(int64_t W) { return size_t(2 * staged_span(W)) * sizeof(acc); }
+
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) median3x3_backward_kernel(BackwardPtrs<scalar_t> a) {
+__global__ void __launch_bounds__(kThreads) median3x3_backward_staged_kernel(BackwardPtrs<scalar_t> a) {
+  using acc = acc_t<scalar_t>;
+  const int64_t H = a.height, W = a.width, plane_size = H * W, n = a.planes * plane_size;
+  const int64_t halo = W + 1, span = staged_span(W);
+  const int64_t first = int64_t(blockIdx.x) * kStep;
+  FR_DYNAMIC_SMEM(acc, smem);
+  const smem_ptr<acc> grads = smem, positions = smem + span;
+  FR_GLOBAL(const uint8_t) arg = a.arg;
+  FR_GLOBAL(const scalar_t) grad_y = a.grad_y;
+  FR_GLOBAL(scalar_t) grad_x = a.grad_x;
+  for (int64_t j = threadIdx.x; j < span; j += kThreads) {
+    const int64_t e = first - halo + j;
+    const bool real = e >= 0 && e < n;  // past either end of the tensor: never read below
+    grads[j] = real ? static_cast<acc>(grad_y[e]) : acc(0);
+    positions[j] = real ? static_cast<acc>(arg[e]) : acc(0);
+  }
+  __syncthreads();
+  for (int64_t l = threadIdx.x; l < kStep; l += kThreads) {
+    const int64_t i = first + l;
+    if (i >= n) break;
+    const int64_t rem = i % plane_size, h = rem / W, w = rem - h * W;
+    const int64_t centre = halo + l;
+    grad_x[i] = static_cast<scalar_t>(gather_picked<acc>(h, w, H, W, [&](int64_t offset) {
+      return PositionAndGradient<acc>{static_cast<int>(positions[centre + offset]), grads[centre + offset]};
+    }));
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) median3x3_backward_direct_kernel(BackwardPtrs<scalar_t> a) {
   using acc = acc_t<scalar_t>;
   const int64_t H = a.height, W = a.width, plane_size = H * W;
   FR_GLOBAL(const uint8_t) arg = a.arg;
   FR_GLOBAL(const scalar_t) grad_y = a.grad_y;
   FR_GLOBAL(scalar_t) grad_x = a.grad_x;
   block_range(a.planes * plane_size, [&](int64_t i) {
-    const int64_t plane = i / plane_size, rem = i - plane * plane_size;
-    const int64_t h = rem / W, w = rem - h * W;
-    const int64_t base = plane * plane_size;
-    acc sum = acc(0);
-#pragma unroll
-    for (int e = 0; e < mm::kWindow; ++e) {
-      const int64_t oh = h + e / 3 - 1, ow = w + e % 3 - 1;
-      const bool inside = oh >= 0 && oh < H && ow >= 0 && ow < W;
-      const int64_t o = base + (inside ? oh * W + ow : rem);
-      const uint8_t position = arg[o];
-      FR_DEVICE_ASSERT(position < mm::kWindow, "_median3x3_backward: arg must hold window positions in [0, 9)");
-      const acc g = static_cast<acc>(grad_y[o]);
-      const bool picked = inside && mm::source_offset<int64_t>(position, oh, ow, H, W) == mm::opposite(e);
-      sum += picked ? g : acc(0);
-    }
-    grad_x[i] = static_cast<scalar_t>(sum);
+    const int64_t rem = i % plane_size, h = rem / W, w = rem - h * W;
+    grad_x[i] = static_cast<scalar_t>(gather_picked<acc>(h, w, H, W, [&](int64_t offset) {
+      return PositionAndGradient<acc>{static_cast<int>(arg[i + offset]), static_cast<acc>(grad_y[i + offset])};
+    }));
   });
 }
 
@@ -94,8 +148,16 @@ void launch_forward(const ForwardPtrs<scalar_t>& a, cudaStream_t stream) {
 
 template <typename scalar_t>
 void launch_backward(const BackwardPtrs<scalar_t>& a, cudaStream_t stream) {
-  FR_LAUNCH(median3x3_backward_kernel<scalar_t>, elementwise_grid(a.planes * a.height * a.width), dim3(kThreads), 0,
-            stream, a);
+  using acc = acc_t<scalar_t>;
+  const int64_t numel = a.planes * a.height * a.width;
+  const size_t smem = staged_smem_bytes<acc>(a.width);
+  const int64_t blocks = ceil_div<int64_t>(numel, kStep);
+  if (smem <= kStagedSmemLimit && blocks <= int64_t(INT32_MAX)) {
+    FR_LAUNCH(median3x3_backward_staged_kernel<scalar_t>, dim3(static_cast<unsigned>(blocks)),
+              dim3(kThreads), smem, stream, a);
+  } else {
+    FR_LAUNCH(median3x3_backward_direct_kernel<scalar_t>, elementwise_grid(numel), dim3(kThreads), 0, stream, a);
+  }
 }
 
 }  // namespace median
