@@ -88,10 +88,15 @@ struct PositionAndGradient {
 
 // Pixels per block of the staged backward, and the shared memory it stages them in: the arg
 // (as acc, exact for 0..9) and the upstream gradient of the span [first - W - 1, first + kStep
-// + W + 1).
-constexpr int64_t kStep = 4 * kThreads;
+// + W + 1) widened to whole kAlign-element pieces, so that every warp's load starts on a
+// 32-byte sector (the tensors' storage is at least 64-byte aligned) and no warp is partial.
+constexpr int64_t kStep = 8 * kThreads;
+constexpr int64_t kAlign = 32;
 
-FR_HOST_DEVICE int64_t staged_span(int64_t W) { return kStep + 2 * (W + 1); }
+FR_HOST_DEVICE int64_t floor_to(int64_t a, int64_t m) { return (a >= 0 ? a : a - (m - 1)) / m * m; }
+
+// The most elements a block stages: its span, widened by less than kAlign at either end.
+FR_HOST_DEVICE int64_t staged_span(int64_t W) { return kStep + 2 * (W + 1) + 2 * kAlign; }
 
 template <typename acc>
 inline size_t staged_smem_bytes(int64_t W) { return size_t(2 * staged_span(W)) * sizeof(acc); }
@@ -100,15 +105,17 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) median3x3_backward_staged_kernel(BackwardPtrs<scalar_t> a) {
   using acc = acc_t<scalar_t>;
   const int64_t H = a.height, W = a.width, plane_size = H * W, n = a.planes * plane_size;
-  const int64_t halo = W + 1, span = staged_span(W);
+  const int64_t halo = W + 1;
   const int64_t first = int64_t(blockIdx.x) * kStep;
+  const int64_t begin = floor_to(first - halo, kAlign);
+  const int64_t count = floor_to(first + kStep + halo + kAlign - 1, kAlign) - begin;  // <= staged_span(W)
   FR_DYNAMIC_SMEM(acc, smem);
-  const smem_ptr<acc> grads = smem, positions = smem + span;
+  const smem_ptr<acc> grads = smem, positions = smem + staged_span(W);
   FR_GLOBAL(const uint8_t) arg = a.arg;
   FR_GLOBAL(const scalar_t) grad_y = a.grad_y;
   FR_GLOBAL(scalar_t) grad_x = a.grad_x;
-  for (int64_t j = threadIdx.x; j < span; j += kThreads) {
-    const int64_t e = first - halo + j;
+  for (int64_t j = threadIdx.x; j < count; j += kThreads) {
+    const int64_t e = begin + j;
     const bool real = e >= 0 && e < n;  // past either end of the tensor: never read below
     grads[j] = real ? static_cast<acc>(grad_y[e]) : acc(0);
     positions[j] = real ? static_cast<acc>(arg[e]) : acc(0);
@@ -118,7 +125,7 @@ __global__ void __launch_bounds__(kThreads) median3x3_backward_staged_kernel(Bac
     const int64_t i = first + l;
     if (i >= n) break;
     const int64_t rem = i % plane_size, h = rem / W, w = rem - h * W;
-    const int64_t centre = halo + l;
+    const int64_t centre = i - begin;
     grad_x[i] = static_cast<scalar_t>(gather_picked<acc>(h, w, H, W, [&](int64_t offset) {
       return PositionAndGradient<acc>{static_cast<int>(positions[centre + offset]), grads[centre + offset]};
     }));
