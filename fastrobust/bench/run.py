@@ -115,17 +115,17 @@ def _existing_model(path: Path, blocks: int) -> dict:
 
 
 def _merged_model(old: dict, fresh: dict, ops: List[str]) -> dict:
-    """The model `old` with the records of `ops` replaced by fresh's (where theirs were), its
-    other records and header kept, and the update noted in its `updates` list."""
+    """The model `old` with the records of `ops` replaced by fresh's (each case's where its old
+    ones were), its other records and header kept, and the update noted in its `updates` list."""
     records, placed = [], set()
-    for record in old["records"]:  # each op's fresh records where its old ones began
-        op = record["op"]
-        if op not in ops:
+    for record in old["records"]:  # each case's fresh records where its old ones were
+        case = record["case"]
+        if record["op"] not in ops:
             records.append(record)
-        elif op not in placed:
-            placed.add(op)
-            records.extend(r for r in fresh["records"] if r["op"] == op)
-    records.extend(r for r in fresh["records"] if r["op"] not in placed)  # ops the old file lacked
+        elif case not in placed:
+            placed.add(case)
+            records.extend(r for r in fresh["records"] if r["case"] == case)
+    records.extend(r for r in fresh["records"] if r["case"] not in placed)  # cases the old file lacked
     update = {"ops": list(ops), "argv": fresh["argv"], "wall_time_s": fresh["wall_time_s"],
               "git_commit": harness.git_commit(), "date": time.strftime("%Y-%m-%d")}
     return {**old, "records": records, "updates": old.get("updates", []) + [update]}
