@@ -64,7 +64,8 @@ __global__ void __launch_bounds__(kThreads) median3x3_forward_kernel(ForwardPtrs
 }
 
 // The gradient pixel i collects: the nine outputs o around it (window order), read through
-// at(offset of o from i), a picked one adding its upstream gradient.
+// at(offset of o from i, whether o is in the plane), a picked one adding its upstream gradient
+// (the values read for an o outside the plane are never picked).
 template <typename acc, typename Read>
 __device__ __forceinline__ acc gather_picked(int64_t h, int64_t w, int64_t H, int64_t W, Read at) {
   acc sum = acc(0);
@@ -72,7 +73,7 @@ __device__ __forceinline__ acc gather_picked(int64_t h, int64_t w, int64_t H, in
   for (int e = 0; e < mm::kWindow; ++e) {
     const int64_t oh = h + e / 3 - 1, ow = w + e % 3 - 1;
     const bool inside = oh >= 0 && oh < H && ow >= 0 && ow < W;
-    const auto got = at(inside ? (e / 3 - 1) * W + (e % 3 - 1) : int64_t(0));  // (position, gradient)
+    const auto got = at((e / 3 - 1) * W + (e % 3 - 1), inside);  // (position, gradient)
     FR_DEVICE_ASSERT(got.first < mm::kWindow, "_median3x3_backward: arg must hold window positions in [0, 9)");
     const bool picked = inside && mm::source_offset<int64_t>(got.first, oh, ow, H, W) == mm::opposite(e);
     sum += picked ? got.second : acc(0);
@@ -126,7 +127,10 @@ __global__ void __launch_bounds__(kThreads) median3x3_backward_staged_kernel(Bac
     if (i >= n) break;
     const int64_t rem = i % plane_size, h = rem / W, w = rem - h * W;
     const int64_t centre = i - begin;
-    grad_x[i] = static_cast<scalar_t>(gather_picked<acc>(h, w, H, W, [&](int64_t offset) {
+    // every neighbour is staged (zeros past the tensor's ends), in the plane or not: a warp's
+    // reads stay one run of consecutive words (a lane reading elsewhere at a row's end would
+    // share a bank with the run)
+    grad_x[i] = static_cast<scalar_t>(gather_picked<acc>(h, w, H, W, [&](int64_t offset, bool) {
       return PositionAndGradient<acc>{static_cast<int>(positions[centre + offset]), grads[centre + offset]};
     }));
   }
@@ -141,8 +145,9 @@ __global__ void __launch_bounds__(kThreads) median3x3_backward_direct_kernel(Bac
   FR_GLOBAL(scalar_t) grad_x = a.grad_x;
   block_range(a.planes * plane_size, [&](int64_t i) {
     const int64_t rem = i % plane_size, h = rem / W, w = rem - h * W;
-    grad_x[i] = static_cast<scalar_t>(gather_picked<acc>(h, w, H, W, [&](int64_t offset) {
-      return PositionAndGradient<acc>{static_cast<int>(arg[i + offset]), static_cast<acc>(grad_y[i + offset])};
+    grad_x[i] = static_cast<scalar_t>(gather_picked<acc>(h, w, H, W, [&](int64_t offset, bool inside) {
+      const int64_t o = inside ? i + offset : i;  // the pixel's own outside the plane: in the tensor
+      return PositionAndGradient<acc>{static_cast<int>(arg[o]), static_cast<acc>(grad_y[o])};
     }));
   });
 }
