@@ -87,10 +87,21 @@ struct Geometry {
   int64_t tap_offset(int t) const { return margin + (t / k - r) * row + (t % k - r); }
 };
 
-// Per-thread buffers, reused across items.
+// A channel's weights in the accumulation type, with each tap's read offset for the conv
+// and for the transposed conv.
+template <typename acc>
+struct ChannelTaps {
+  std::vector<acc> w;
+  std::vector<int64_t> forward_offset, backward_offset;
+};
+
+// Per-thread buffers, reused across items (an item of a 4x4 map is a few hundred outputs:
+// fresh allocations per item would show).
 template <typename acc>
 struct Scratch {
   std::vector<acc> x, grad_y, out, grad_x, masked;
+  std::vector<const acc*> srcs;
+  ChannelTaps<acc> taps;
 };
 
 // Column masks of the masked layout, for a full block (a shorter last block uses a prefix),
@@ -129,7 +140,9 @@ struct Masks {
 
 // Where each tap reads, for output position 0: `src` (x, or dL/dz for the transposed conv)
 // at `offset`, or in the masked layout the copy of `src` masked for the tap's column. The
-// k masked copies are made in `masked_buf` (len each).
+// masked copies are made in `masked_buf` (len each), all but the centre column's: its mask
+// is 1 at every pixel and 0 at padding, where `src` is zero already (x's buffer is zero
+// there, dL/dz is forced to zero), so the copy would equal `src`.
 template <typename acc>
 inline void tap_sources(const acc* src, const std::vector<acc>& masks, int64_t len,
                         const std::vector<int64_t>& offsets, const Geometry& g,
@@ -138,13 +151,16 @@ inline void tap_sources(const acc* src, const std::vector<acc>& masks, int64_t l
   if (g.masked) {
     masked_buf.resize(g.k * len);
     for (int j = 0; j < g.k; ++j) {
+      if (j == g.r) continue;
       const acc* __restrict__ m = masks.data() + j * len;
       acc* __restrict__ dst = masked_buf.data() + j * len;
       for (int64_t q = 0; q < len; ++q) dst[q] = m[q] != acc(0) ? src[q] : acc(0);
     }
   }
-  for (int t = 0; t < g.taps; ++t)
-    out[t] = (g.masked ? masked_buf.data() + (t % g.k) * len : src) + offsets[t];
+  for (int t = 0; t < g.taps; ++t) {
+    const int j = t % g.k;
+    out[t] = (g.masked && j != g.r ? masked_buf.data() + j * len : src) + offsets[t];
+  }
 }
 
 // Copies a plane between its tensor and its place in a block buffer, converting the type.
@@ -160,12 +176,28 @@ inline void copy_plane(const from_t* src, int64_t src_row, to_t* dst, int64_t ds
   }
 }
 
+// Zeroes buf[begin, end).
+template <typename acc>
+inline void zero_range(std::vector<acc>& buf, int64_t begin, int64_t end) {
+  if (end > begin) std::fill(buf.begin() + begin, buf.begin() + end, acc(0));
+}
+
 // The block's planes of x (or grad_y) in block layout, zeros elsewhere; `first` is the
 // buffer index of the first pixel (margin for a margined buffer, 0 for an output one).
+// Without zero columns a plane is one run, and only the gaps between runs are zeroed (the
+// buffer is not written twice).
 template <typename scalar_t, typename acc>
 inline void load_block(const scalar_t* src, const Geometry& g, int64_t c, int64_t b0, int64_t nb,
                        int64_t first, int64_t len, std::vector<acc>& buf) {
-  buf.assign(len, acc(0));
+  if (g.row == g.W) {
+    buf.resize(len);
+    zero_range(buf, 0, first);
+    for (int64_t b = 0; b < nb; ++b)
+      zero_range(buf, first + b * g.stride + g.n, first + (b + 1) * g.stride);
+    zero_range(buf, first + nb * g.stride, len);
+  } else {
+    buf.assign(len, acc(0));
+  }
   for (int64_t b = 0; b < nb; ++b)
     copy_plane(src + ((b0 + b) * g.C + c) * g.n, g.W, buf.data() + first + b * g.stride, g.row, g);
 }
@@ -200,37 +232,26 @@ inline void conv_chunk(const acc* const* srcs, const acc* w, int taps, int64_t i
   std::memcpy(out, sum, sizeof(sum));
 }
 
-// A channel's weights in the accumulation type, with each tap's read offset for the conv
-// and for the transposed conv.
-template <typename acc>
-struct ChannelTaps {
-  std::vector<acc> w;
-  std::vector<int64_t> forward_offset, backward_offset;
-};
-
 template <typename scalar_t, typename acc>
-inline ChannelTaps<acc> channel_taps(const scalar_t* w, const Geometry& g) {
-  ChannelTaps<acc> ct{std::vector<acc>(g.taps), std::vector<int64_t>(g.taps),
-                      std::vector<int64_t>(g.taps)};
+inline void channel_taps(const scalar_t* w, const Geometry& g, ChannelTaps<acc>& ct) {
+  ct.w.resize(g.taps);
+  ct.forward_offset.resize(g.taps);
+  ct.backward_offset.resize(g.taps);
   for (int t = 0; t < g.taps; ++t) {
     ct.w[t] = static_cast<acc>(w[t]);
     ct.forward_offset[t] = g.tap_offset(t);
     ct.backward_offset[t] = 2 * g.margin - g.tap_offset(t);
   }
-  return ct;
 }
 
-// What both passes start an item with: the channel's taps, the item's x planes in block
-// layout (s.x), and where each tap of the conv reads from (`srcs`).
+// What both passes start an item with: the channel's taps (s.taps), the item's x planes in
+// block layout (s.x), and where each tap of the conv reads from (s.srcs).
 template <typename scalar_t, typename acc>
-inline ChannelTaps<acc> load_item(const scalar_t* x, const scalar_t* weight, int64_t c,
-                                  int64_t b0, int64_t nb, const Masks<acc>& masks,
-                                  const Geometry& g, Scratch<acc>& s,
-                                  std::vector<const acc*>& srcs) {
-  auto ct = channel_taps<scalar_t, acc>(weight + c * g.taps, g);
+inline void load_item(const scalar_t* x, const scalar_t* weight, int64_t c, int64_t b0,
+                      int64_t nb, const Masks<acc>& masks, const Geometry& g, Scratch<acc>& s) {
+  channel_taps<scalar_t, acc>(weight + c * g.taps, g, s.taps);
   load_block(x, g, c, b0, nb, g.margin, g.buf_len(nb), s.x);
-  tap_sources(s.x.data(), masks.in, masks.len, ct.forward_offset, g, s.masked, srcs);
-  return ct;
+  tap_sources(s.x.data(), masks.in, masks.len, s.taps.forward_offset, g, s.masked, s.srcs);
 }
 
 // One item of the forward: channel c, images b0 .. b0 + nb - 1.
@@ -241,8 +262,9 @@ FR_CPU_MULTIVERSION void forward_item(const scalar_t* x, const scalar_t* weight,
                                       const Geometry& g,
                                       Scratch<typename cpu_acc<scalar_t>::type>& s) {
   using acc = typename cpu_acc<scalar_t>::type;
-  std::vector<const acc*> srcs;
-  const auto ct = load_item(x, weight, c, b0, nb, masks, g, s, srcs);
+  load_item(x, weight, c, b0, nb, masks, g, s);
+  const auto& ct = s.taps;
+  const auto& srcs = s.srcs;
   const int64_t out_len = g.out_len(nb);
   s.out.resize(out_len);
   const acc* __restrict__ xf = s.x.data() + g.margin;
@@ -266,12 +288,16 @@ FR_CPU_MULTIVERSION void backward_item(const scalar_t* grad_y, const scalar_t* x
                                        const Geometry& g,
                                        Scratch<typename cpu_acc<scalar_t>::type>& s) {
   using acc = typename cpu_acc<scalar_t>::type;
-  std::vector<const acc*> srcs;
-  const auto ct = load_item(x, weight, c, b0, nb, masks, g, s, srcs);
+  load_item(x, weight, c, b0, nb, masks, g, s);
+  const auto& ct = s.taps;
+  auto& srcs = s.srcs;
   const int64_t out_len = g.out_len(nb), len = g.buf_len(nb);
   load_block(grad_y, g, c, b0, nb, 0, out_len, s.grad_y);
-  // dL/dz goes into a margined buffer (zeros around), ready for the transposed conv.
-  s.out.assign(len, acc(0));
+  // dL/dz goes into a margined buffer (zeros around), ready for the transposed conv; pass 1
+  // writes all of it but the margins.
+  s.out.resize(len);
+  zero_range(s.out, 0, g.margin);
+  zero_range(s.out, g.margin + out_len, len);
   s.grad_x.resize(out_len);
   const acc* __restrict__ xf = s.x.data() + g.margin;
   const acc* __restrict__ gy = s.grad_y.data();
