@@ -37,7 +37,8 @@ from fastrobust import ops
 from fastrobust.reference import cifs as reference_cifs
 
 from . import cifs_layer
-from .harness import COMPILED, FUSED, REFERENCE, SEED, Case, Suite, Unsupported, compiled_builder, device_type
+from .harness import (AUTOCAST_DTYPES, COMPILED, FUSED, REFERENCE, SEED, Case, Suite, Unsupported, autocast_call,
+                      compiled_builder, device_type)
 
 NAME = "cifs"
 FLOOR = "floor"
@@ -46,7 +47,6 @@ RESNET50 = (2048, 7, 1000)  # ImageNet ResNet-50 after its last stage
 BATCHES = {"cuda": {LAYER4: (128, 256), RESNET50: (64,)}, "cpu": {LAYER4: (32,), RESNET50: (8,)}}
 QUICK_BATCH = 2
 DEFAULT_DTYPES = (torch.float32, torch.bfloat16)
-AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 PROBE_PARAM_STD = 0.5
 
 
@@ -74,14 +74,7 @@ def train_labels(case: CifsCase) -> torch.Tensor:
 def under_autocast(case: Case, fn):
     """fn under torch.autocast for a bf16 or fp16 case; fn itself otherwise. The oracle runs the
     same function in float64, which autocast leaves alone."""
-    if case.dtype not in AUTOCAST_DTYPES:
-        return fn
-
-    def autocast_fn(*args):
-        with torch.autocast(device_type=device_type(case.device), dtype=case.dtype):
-            return fn(*args)
-
-    return autocast_fn
+    return autocast_call(case, fn) if case.dtype in AUTOCAST_DTYPES else fn
 
 
 def fused(case: CifsCase):

@@ -177,6 +177,21 @@ def device_type(device: str) -> str:
     return torch.device(device).type
 
 
+# The dtypes whose cases run their implementations under torch.autocast.
+AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def autocast_call(case: Case, fn):
+    """fn(*args) under torch.autocast to the case's dtype on its device (a float64 oracle
+    passes through untouched: autocast leaves float64 alone)."""
+
+    def autocast_fn(*args):
+        with torch.autocast(device_type=device_type(case.device), dtype=case.dtype):
+            return fn(*args)
+
+    return autocast_fn
+
+
 # ----------------------------------------------------------------------------- inputs
 
 

@@ -67,13 +67,13 @@ import torch
 
 from . import harness
 from .nlm_block import block_fused, block_modules, block_parameters, block_reference, block_sizes
-from .harness import COMPILED, FUSED, MODES, REFERENCE, Case, Suite, compiled_builder, device_type
+from .harness import (AUTOCAST_DTYPES, COMPILED, FUSED, MODES, REFERENCE, Case, Suite, autocast_call, compiled_builder,
+                      device_type)
 
 NAME = "nlm"
 SDPA = "sdpa"
 KERNEL = "kernel"
 DEFAULT_DTYPES = (torch.float32, torch.bfloat16)
-AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 
 # (B, C, H = W) on CUDA; on CPU the same C and H at CPU_BATCH
 GAUSSIAN_SHAPES = ((64, 256, 32), (32, 256, 56), (128, 512, 16), (8, 1024, 28))
@@ -135,14 +135,7 @@ def require_op(op: str) -> None:
 
 def under_autocast(case: Case, fn):
     """fn under torch.autocast for a bf16/fp16 block case (the float64 oracle is left alone)."""
-    if case.kind != "block" or case.dtype not in AUTOCAST_DTYPES:
-        return fn
-
-    def autocast_fn(*args):
-        with torch.autocast(device_type=device_type(case.device), dtype=case.dtype):
-            return fn(*args)
-
-    return autocast_fn
+    return autocast_call(case, fn) if case.kind == "block" and case.dtype in AUTOCAST_DTYPES else fn
 
 
 def fused(case: NlmCase):
