@@ -22,8 +22,10 @@ pytestmark = pytest.mark.skipif(not fastrobust.HAS_EXT, reason="compiled extensi
 
 # Odd and non-power-of-two sizes, batch 0/1/5, every H, W in {1, 2, 7, 13, 32} and C in
 # {1, 3, 64, 96} somewhere. The emulator runs each block's threads as std::threads, so the
-# emulated backend gets the shapes of a few blocks; the real backends get all of them.
-SMALL_SHAPES = [(1, 1, 1, 1), (5, 3, 7, 13), (1, 3, 13, 2), (2, 1, 2, 32), (0, 3, 7, 7), (3, 2, 33, 5)]
+# emulated backend gets the shapes of a few blocks; the real backends get all of them. The CUDA
+# kernels stage a block's windows one way where the tile is the whole plane and another where
+# a plane spans several tiles (17 x 33: 2 x 2 tiles of 16 x 32), so both are among the first four.
+SMALL_SHAPES = [(1, 1, 1, 1), (5, 3, 7, 13), (1, 3, 13, 2), (2, 2, 17, 33), (2, 1, 2, 32), (0, 3, 7, 7), (3, 2, 33, 5)]
 LARGE_SHAPES = [(1, 64, 32, 32), (5, 96, 13, 7), (5, 64, 2, 1), (1, 96, 7, 32)]
 KERNEL_SIZES = [1, 3, 5, 7]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]

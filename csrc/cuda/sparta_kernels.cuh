@@ -126,6 +126,31 @@ __device__ __forceinline__ void load_window(smem_ptr<acc> dst, const Window& win
   }
 }
 
+// Whole-plane tiles (the tile is the plane: the 4x4 to 16x16 maps of late ResNet stages):
+// every halo cell lies outside the image, so a window is the plane framed by zeros. The
+// frames are zeroed over the windows' contiguous span (consecutive words: no bank
+// conflicts), and after a barrier the planes are written in the tile walk, for which the
+// window layout is conflict-free. (A dense walk over the window rows instead straddles
+// planes and meets up to 2-3 words per bank at 4x4.)
+template <typename acc>
+__device__ __forceinline__ void zero_span(smem_ptr<acc> dst, int n) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = acc(0);
+}
+
+template <typename acc, typename GlobalPointer>
+__device__ __forceinline__ void load_plane_interiors(smem_ptr<acc> dst, const Window& win, int halo,
+                                                     GlobalPointer x, int64_t plane0,
+                                                     int64_t plane_stride, int planes, int H, int W) {
+  const int per_plane = H * W;
+  for (int i = threadIdx.x; i < planes * per_plane; i += blockDim.x) {
+    const int p = i / per_plane;
+    const int rem = i - p * per_plane;
+    const int r = rem / W, q = rem - r * W;
+    dst[p * win.plane + (r + halo) * win.pitch + (q + halo)] =
+        static_cast<acc>(x[plane0 + p * plane_stride + rem]);
+  }
+}
+
 // What a block works on: channel c, images b0 .. b0+np-1 (the last group may be short), and
 // the tile whose top-left output is (h0, w0).
 struct BlockTile {
@@ -165,7 +190,14 @@ sparta_forward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) x, FR_GLOBAL_RESTRICT(c
   for (int t = 0; t < K * K; ++t) wk[t] = static_cast<acc>(weight[c * K * K + t]);
   const acc bc = static_cast<acc>(bias[c]);
 
-  load_window(xs, xw, x, plane0, plane_stride, np, H, W, h0 - R, w0 - R);
+  const bool whole_plane = tile_h == H && tile_w == W;  // uniform over the launch
+  if (whole_plane) {
+    zero_span(xs, np * xw.plane);
+    __syncthreads();
+    load_plane_interiors(xs, xw, R, x, plane0, plane_stride, np, H, W);
+  } else {
+    load_window(xs, xw, x, plane0, plane_stride, np, H, W, h0 - R, w0 - R);
+  }
   __syncthreads();
 
   const int n = np * tile_h * tile_w;
@@ -189,7 +221,7 @@ sparta_forward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) x, FR_GLOBAL_RESTRICT(c
 
 // Fused backward: recomputes the gate from x, forms dL/dz on the tile plus a halo of R,
 // then writes dL/dx (direct + transposed conv) and this block's sums of dL/dw and dL/db into
-// its row of `partials` ((C, blocks per channel, K*K + 1): taps, then the bias), which
+// its column of `partials` ((C, K*K + 1, blocks per channel): taps, then the bias), which
 // reduce_partials_kernel sums in a fixed order: deterministic, unlike one atomic per tap.
 template <typename scalar_t, int K>
 __global__ void __launch_bounds__(kThreads)
@@ -216,7 +248,15 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
   for (int t = 0; t < K * K; ++t) wk[t] = static_cast<acc>(weight[c * K * K + t]);
   const acc bc = static_cast<acc>(bias[c]);
 
-  load_window(xs, xwin, x, plane0, plane_stride, np, H, W, h0 - 2 * R, w0 - 2 * R);
+  const bool whole_plane = tile_h == H && tile_w == W;  // uniform over the launch
+  if (whole_plane) {
+    zero_span(xs, np * xwin.plane);
+    zero_span(gzs, np * zwin.plane);  // dL/dz's frame: no output exists there
+    __syncthreads();
+    load_plane_interiors(xs, xwin, 2 * R, x, plane0, plane_stride, np, H, W);
+  } else {
+    load_window(xs, xwin, x, plane0, plane_stride, np, H, W, h0 - 2 * R, w0 - 2 * R);
+  }
   __syncthreads();
 
   // dL/dz on the tile and its halo; zero outside the image, where no output exists.
@@ -239,17 +279,26 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
     }
     gzs[p * zwin.plane + r * zw + q] = gz;
   };
-  // The window in two parts, so that the warps walk rows tile_w wide as in the loops below
-  // (the layout is conflict-free for that walk): its first tile_w columns, then its last 2R.
-  for (int i = threadIdx.x; i < np * zh * tile_w; i += blockDim.x) {
-    const int p = i / (zh * tile_w);
-    const int rem = i - p * zh * tile_w;
-    z_grad(p, rem / tile_w, rem % tile_w);
-  }
-  for (int i = threadIdx.x; i < np * zh * 2 * R; i += blockDim.x) {
-    const int p = i / (zh * 2 * R);
-    const int rem = i - p * zh * 2 * R;
-    z_grad(p, rem / (2 * R), tile_w + rem % (2 * R));
+  if (whole_plane) {
+    // Only the plane itself: its frame is zero already. The tile walk, conflict-free.
+    for (int i = threadIdx.x; i < np * tile_h * tile_w; i += blockDim.x) {
+      const int p = i / (tile_h * tile_w);
+      const int rem = i - p * tile_h * tile_w;
+      z_grad(p, rem / tile_w + R, rem % tile_w + R);
+    }
+  } else {
+    // The window in two parts, so that the warps walk rows tile_w wide as in the loops below
+    // (the layout is conflict-free for that walk): its first tile_w columns, then its last 2R.
+    for (int i = threadIdx.x; i < np * zh * tile_w; i += blockDim.x) {
+      const int p = i / (zh * tile_w);
+      const int rem = i - p * zh * tile_w;
+      z_grad(p, rem / tile_w, rem % tile_w);
+    }
+    for (int i = threadIdx.x; i < np * zh * 2 * R; i += blockDim.x) {
+      const int p = i / (zh * 2 * R);
+      const int rem = i - p * zh * 2 * R;
+      z_grad(p, rem / (2 * R), tile_w + rem % (2 * R));
+    }
   }
   __syncthreads();
 
@@ -287,26 +336,35 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
     }
     sum = warp_sum(sum);
     const int64_t block_in_channel = int64_t(blockIdx.z) * gridDim.x + blockIdx.x;
-    if (lane == 0) partials[(c * (int64_t(gridDim.x) * gridDim.z) + block_in_channel) * kTaps + t] = sum;
+    const int64_t blocks_per_channel = int64_t(gridDim.x) * gridDim.z;
+    if (lane == 0) partials[(c * kTaps + t) * blocks_per_channel + block_in_channel] = sum;
   }
 }
 
-// grad_w[c, t] (t < K*K) and grad_b[c] (t = K*K): the blocks' partial sums of channel c added
-// in block order, one thread per (channel, tap).
+// grad_w[c, t] (t < K*K) and grad_b[c] (t = K*K): one warp per (channel, tap) sums that
+// tap's partials (contiguous: coalesced loads), lane l taking blocks l, l + 32, ..., then a
+// shuffle tree: a fixed order (deterministic), and a chain of blocks / 32 dependent adds per
+// lane rather than one thread walking all of a channel's blocks.
 template <typename acc>
-__global__ void reduce_partials_kernel(FR_GLOBAL_RESTRICT(const acc) partials, FR_GLOBAL_RESTRICT(acc) grad_w,
-                                       FR_GLOBAL_RESTRICT(acc) grad_b, int64_t channels, int taps, int64_t blocks) {
-  grid_stride(channels * taps, [&](int64_t i) {
+__global__ void __launch_bounds__(kThreads)
+reduce_partials_kernel(FR_GLOBAL_RESTRICT(const acc) partials, FR_GLOBAL_RESTRICT(acc) grad_w,
+                       FR_GLOBAL_RESTRICT(acc) grad_b, int64_t channels, int taps, int64_t blocks) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / kWarpSize);
+  for (int64_t i = int64_t(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
+       i < channels * taps; i += warps) {
+    FR_GLOBAL(const acc) p = partials + i * blocks;
+    acc sum = acc(0);
+    for (int64_t blk = lane; blk < blocks; blk += kWarpSize) sum += p[blk];
+    sum = warp_sum(sum);
+    if (lane != 0) continue;
     const int64_t c = i / taps;
     const int t = static_cast<int>(i % taps);
-    FR_GLOBAL(const acc) p = partials + c * blocks * taps + t;
-    acc sum = acc(0);
-    for (int64_t blk = 0; blk < blocks; ++blk) sum += p[blk * taps];
     if (t < taps - 1)
       grad_w[c * (taps - 1) + t] = sum;
     else
       grad_b[c] = sum;
-  });
+  }
 }
 
 // Host launchers on raw pointers (contiguous NCHW x, weight (C,1,K,K), bias (C)).
@@ -328,7 +386,7 @@ inline int64_t backward_blocks_per_channel(const Geometry& g, int k, size_t acc_
   return int64_t(cfg.grid.x) * cfg.grid.z;
 }
 
-// partials: (C, backward_blocks_per_channel, K*K + 1) scratch in the accumulation type.
+// partials: (C, K*K + 1, backward_blocks_per_channel) scratch in the accumulation type.
 template <typename scalar_t>
 void launch_backward(const scalar_t* grad_y, const scalar_t* x, const scalar_t* weight,
                      const scalar_t* bias, scalar_t* grad_x, acc_t<scalar_t>* partials, acc_t<scalar_t>* grad_w_acc,
@@ -344,7 +402,8 @@ void launch_backward(const scalar_t* grad_y, const scalar_t* x, const scalar_t* 
   const int64_t blocks = int64_t(cfg.grid.x) * cfg.grid.z;
   const int64_t work = g.channels * taps;
   auto reduce = reduce_partials_kernel<acc_t<scalar_t>>;
-  FR_LAUNCH(reduce, dim3(static_cast<unsigned>(std::min<int64_t>(ceil_div<int64_t>(work, kThreads), 4096))),
+  const int64_t warps_per_block = kThreads / kWarpSize;
+  FR_LAUNCH(reduce, dim3(static_cast<unsigned>(std::min<int64_t>(ceil_div<int64_t>(work, warps_per_block), 65535))),
             dim3(kThreads), 0, stream, partials, grad_w_acc, grad_b_acc, g.channels, taps, blocks);
 }
 
