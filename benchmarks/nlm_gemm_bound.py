@@ -31,7 +31,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from fastrobust.bench import harness
+from fastrobust.bench import harness, results
 from fastrobust.bench.nlm import CPU_BATCH, GAUSSIAN_SHAPES
 
 DTYPES = (torch.float32, torch.bfloat16)
@@ -100,7 +100,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"bound {r['bound_reference_over_fused']:.2f}x", flush=True)
     result = {"what": "NLM gaussian fwd+bwd on the CPU: measured reference/fused against the bound of a kernel "
                       "that recomputes S: t_reference / t_seven_gemms (see benchmarks/nlm_gemm_bound.py)",
-              "metadata": harness.collect_metadata("cpu", options),
+              "metadata": results.collect_metadata("cpu", options),
               "records": records}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "nlm-cpu-gemm-bound.json"

@@ -99,7 +99,7 @@ class Runner:
         """What every result file starts with: commit, machine, epochs, the cascade."""
         import platform
 
-        from fastrobust.bench.harness import git_commit
+        from fastrobust.bench.results import git_commit
 
         return {"commit": git_commit(), "machine": f"{platform.processor() or platform.machine()}, "
                 f"{torch.get_num_threads()} threads", "epochs": self.epochs,

@@ -1,7 +1,8 @@
 """The benchmark suites: every fused op timed against its eager pure-PyTorch reference and
 torch.compile of it (and the attacks and the training loop against their peers), after a
 correctness check. `fastrobust bench SUITE ...` or `python -m fastrobust.bench SUITE ...`;
-harness.py runs, checks, times and writes them (benchmarks/README.md describes the method)."""
+harness.py builds, checks and times their cases, results.py runs a suite and writes its record
+(benchmarks/README.md describes the method)."""
 
 # suite name -> module of this package defining build_suite(device, dtypes, quick) ->
 # harness.Suite (or run(device, dtypes, options) for a suite that runs itself). A new suite is

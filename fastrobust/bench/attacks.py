@@ -30,7 +30,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from . import harness
+from . import harness, results
 
 NAME = "attacks"
 # preact18 has random weights: at 8/255 every point breaks within a few iterations, which times
@@ -206,7 +206,7 @@ def run(device: str, dtypes: Optional[List[torch.dtype]], options: harness.Optio
             if options.verbose:
                 print(format_case(case), flush=True)
     result = {"suite": NAME, "device": device, "description": __doc__.split("\n\n")[0],
-              "metadata": harness.collect_metadata(device, options), "rounds": rounds, "cases": cases,
+              "metadata": results.collect_metadata(device, options), "rounds": rounds, "cases": cases,
               "wall_time_s": time.perf_counter() - start}
     options.out_dir.mkdir(parents=True, exist_ok=True)
     path = options.out_dir / f"{NAME}-{harness.device_type(device)}{'-quick' if options.quick else ''}.json"

@@ -65,7 +65,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 
-from . import harness
+from . import harness, results
 from .nlm_block import block_fused, block_modules, block_parameters, block_reference, block_sizes
 from .harness import (AUTOCAST_DTYPES, COMPILED, FUSED, MODES, REFERENCE, Case, Suite, autocast_call, compiled_builder,
                       device_type)
@@ -365,11 +365,11 @@ def run_nlm_case(suite: Suite, recorder: BuildRecorder, case: NlmCase, options: 
 
 
 def run_suite(device: str, dtypes: Optional[Iterable[torch.dtype]], options: harness.Options) -> dict:
-    """harness.run_suite with the flop rates and peak memory of every case."""
+    """results.run_suite with the flop rates and peak memory of every case."""
     recorder = BuildRecorder()
     suite = recorder.wrap(build_suite(device, dtypes, options.quick))
     copy_gbps = harness.measure_copy_bandwidth(device)
-    metadata = harness.collect_metadata(device, options)
+    metadata = results.collect_metadata(device, options)
     metadata.update(float32_matmul_precision=torch.get_float32_matmul_precision(),
                     cuda_matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
     result = {"suite": NAME, "description": suite.description, "device": device, "metadata": metadata,
@@ -392,12 +392,12 @@ def run_suite(device: str, dtypes: Optional[Iterable[torch.dtype]], options: har
 
 # ----------------------------------------------------------------------------- output
 
-CSV_COLUMNS = harness.CSV_COLUMNS + ["flops", "tflops", "peak_memory_bytes"]
+CSV_COLUMNS = results.CSV_COLUMNS + ["flops", "tflops", "peak_memory_bytes"]
 
 
 def csv_rows(result: dict):
     by_case = {c["case"]: c for c in result["cases"]}
-    for row in harness.csv_rows(result):
+    for row in results.csv_rows(result):
         case = by_case[row["case"]]
         entry = case["implementations"].get(row.get("impl"), {})
         yield dict(row, flops=case.get("flops"), tflops=entry.get("tflops"),
@@ -405,13 +405,13 @@ def csv_rows(result: dict):
 
 
 def paths(options: harness.Options, device: str) -> Dict[str, object]:
-    return {ext: harness.output_path(options.out_dir, NAME, device, ext, options.quick) for ext in ("json", "csv", "png")}
+    return {ext: results.output_path(options.out_dir, NAME, device, ext, options.quick) for ext in ("json", "csv", "png")}
 
 
 def write_data(result: dict, options: harness.Options) -> None:
     p = paths(options, result["device"])
-    harness.write_json(result, p["json"])
-    harness.write_csv(result, p["csv"], CSV_COLUMNS, csv_rows)
+    results.write_json(result, p["json"])
+    results.write_csv(result, p["csv"], CSV_COLUMNS, csv_rows)
 
 
 def format_extra_table(result: dict) -> str:
@@ -422,11 +422,11 @@ def format_extra_table(result: dict) -> str:
     for case in result["cases"]:
         entries = [case["implementations"].get(n, {}) for n in impls]
         rows.append([case["case"]]
-                    + [harness._fmt(e.get("tflops"), ".2f") for e in entries]
-                    + [harness._fmt(e.get("peak_memory_bytes"), ".1f", scale=2.0 ** -20) for e in entries])
+                    + [results._fmt(e.get("tflops"), ".2f") for e in entries]
+                    + [results._fmt(e.get("peak_memory_bytes"), ".1f", scale=2.0 ** -20) for e in entries])
     legend = (f"TFLOP/s at the case's flop count ({result['flops_convention']}); MiB: peak memory of one step "
               f"above its start ({result['peak_memory_method']})")
-    return "\n".join(harness.align(rows) + [legend])
+    return "\n".join(results.align(rows) + [legend])
 
 
 def run(device: str, dtypes: Optional[List[torch.dtype]], options: harness.Options) -> bool:
@@ -436,11 +436,11 @@ def run(device: str, dtypes: Optional[List[torch.dtype]], options: harness.Optio
     result["wall_time_s"] = time.perf_counter() - start
     write_data(result, options)
     p = paths(options, device)
-    note = harness.plot_speedups(result, p["png"])
-    print(harness.format_table(result))
+    note = results.plot_speedups(result, p["png"])
+    print(results.format_table(result))
     print(format_extra_table(result))
     print(f"{NAME}: {len(result['cases'])} cases in {result['wall_time_s']:.0f} s")
     for kind in ("json", "csv"):
         print(f"  {kind}: {p[kind]}")
     print(f"  png: {note or p['png']}")
-    return all(harness.check_summary(c) == "ok" for c in result["cases"])
+    return all(results.check_summary(c) == "ok" for c in result["cases"])

@@ -42,7 +42,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 
-from . import harness, pgd_report
+from . import harness, pgd_report, results
 from .pgd_baselines import autocast_context, gradient_floor, torchattacks_l2_step, torchattacks_linf_step
 
 NAME = "pgd"
@@ -446,7 +446,7 @@ def time_and_derive(record: dict, case, runnable: dict, options: harness.Options
 def run_suite(device: str, dtypes: Optional[Iterable[torch.dtype]], options: harness.Options) -> dict:
     cases = make_cases(device, dtypes, options.quick)
     copy_gbps = harness.measure_copy_bandwidth(device)
-    metadata = harness.collect_metadata(device, options)
+    metadata = results.collect_metadata(device, options)
     metadata.update(pgd_ops_backend=pgd_ops_backend(), cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
                     float32_matmul_precision=torch.get_float32_matmul_precision())
     result = {"suite": NAME, "description": description(device), "device": device, "metadata": metadata,

@@ -1,11 +1,11 @@
-"""Output of the PGD suite: JSON (harness.write_json), a CSV of its own columns, the
+"""Output of the PGD suite: JSON (results.write_json), a CSV of its own columns, the
 harness's bar plot (t_impl / t_fastrobust per case) and a text table."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from . import harness
+from . import harness, results
 
 MAIN = "fastrobust"
 CSV_COLUMNS = ["suite", "device", "device_name", "case", "kind", "dtype", "model", "batch", "rows", "impl",
@@ -56,7 +56,7 @@ def csv_rows(result: dict):
 
 
 def paths(result: dict, out_dir: Path, quick: bool) -> Dict[str, Path]:
-    return {ext: harness.output_path(out_dir, result["suite"], result["device"], ext, quick)
+    return {ext: results.output_path(out_dir, result["suite"], result["device"], ext, quick)
             for ext in ("json", "csv", "png")}
 
 
@@ -64,8 +64,8 @@ def write_data(result: dict, out_dir: Path, quick: bool, columns=CSV_COLUMNS, ro
     """JSON and CSV, rewritten after every case so that a run cut short keeps what it measured
     (columns and rows: the CSV layout of a suite that reuses this report, e.g. bench_train)."""
     p = paths(result, out_dir, quick)
-    harness.write_json(result, p["json"])
-    harness.write_csv(result, p["csv"], columns, rows)
+    results.write_json(result, p["json"])
+    results.write_csv(result, p["csv"], columns, rows)
 
 
 def write_results(result: dict, out_dir: Path, quick: bool, columns=CSV_COLUMNS, rows=csv_rows) -> Dict[str, str]:
@@ -76,7 +76,7 @@ def write_results(result: dict, out_dir: Path, quick: bool, columns=CSV_COLUMNS,
     p = paths(result, out_dir, quick)
     written = {ext: str(path) for ext, path in p.items()}
     timed = dict(result, cases=[c for c in result["cases"] if c.get("speedup_of_fused")])
-    why_not = harness.plot_speedups(timed, p["png"])
+    why_not = results.plot_speedups(timed, p["png"])
     if why_not:
         written["png"] = why_not
     return written
@@ -113,4 +113,4 @@ def format_table(result: dict) -> str:
               "over floor = time over 10 x (forward + input gradient) alone")
     skipped = [f"  {c['case']} [{i}] skipped: {e['skipped'].splitlines()[0][:200]}"
                for c in result["cases"] for i, e in c["implementations"].items() if e.get("skipped")]
-    return "\n".join([title] + harness.align(rows) + [legend] + skipped + ["  " + f for f in failures(result)])
+    return "\n".join([title] + results.align(rows) + [legend] + skipped + ["  " + f for f in failures(result)])

@@ -12,7 +12,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from . import SUITES, harness
+from . import SUITES, harness, results
 
 
 def parse_dtypes(values: Optional[List[str]]) -> Optional[List[torch.dtype]]:
@@ -127,7 +127,7 @@ def _merged_model(old: dict, fresh: dict, ops: List[str]) -> dict:
             records.extend(r for r in fresh["records"] if r["case"] == case)
     records.extend(r for r in fresh["records"] if r["case"] not in placed)  # cases the old file lacked
     update = {"ops": list(ops), "argv": fresh["argv"], "wall_time_s": fresh["wall_time_s"],
-              "git_commit": harness.git_commit(), "date": time.strftime("%Y-%m-%d")}
+              "git_commit": results.git_commit(), "date": time.strftime("%Y-%m-%d")}
     return {**old, "records": records, "updates": old.get("updates", []) + [update]}
 
 
@@ -138,14 +138,14 @@ def run_one(name: str, device: str, dtypes, options: harness.Options) -> bool:
         return module.run(device, dtypes, options)
     suite = module.build_suite(device, dtypes=dtypes, quick=options.quick)
     start = time.perf_counter()
-    result = harness.run_suite(suite, device, options)
+    result = results.run_suite(suite, device, options)
     result["wall_time_s"] = time.perf_counter() - start
-    written = harness.write_results(result, options.out_dir)
-    print(harness.format_table(result))
+    written = results.write_results(result, options.out_dir)
+    print(results.format_table(result))
     print(f"{name}: {len(suite.cases)} cases in {result['wall_time_s']:.0f} s")
     for kind, path in written.items():
         print(f"  {kind}: {path}")
-    return all(harness.check_summary(c) == "ok" for c in result["cases"])
+    return all(results.check_summary(c) == "ok" for c in result["cases"])
 
 
 def main(argv: Optional[List[str]] = None, default_out: Path = harness.DEFAULT_OUT_DIR,

@@ -65,7 +65,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
-from . import harness
+from . import harness, results
 from . import pgd_report
 from .pgd_report import _fmt, failures, note, status
 from .train_baselines import EagerLoop, FloorLoop
@@ -595,7 +595,7 @@ def format_table(result: dict) -> str:
     lines = [f"{result['suite']} on {meta['device_name']} ({result['device']}); seconds per epoch = time per step x "
              f"ceil({EPOCH_IMAGES:,} / batch), extrapolated from {meta['timed_steps']} timed step(s) x "
              f"{meta['rounds']} round(s)"]
-    lines += harness.align(rows)
+    lines += results.align(rows)
     lines.append("t/t_fastrobust > 1: fastrobust is faster; floor = (k+1) x fwd/bwd in fastrobust's precision"
                  + ("" if cuda else "; CPU times are noise on a shared machine, the CUDA run is the measurement"))
     for key, projections in result.get("summary", {}).get(f"fgsm_rs_{FGSM_EPOCHS}_epochs_s", {}).items():
@@ -624,7 +624,7 @@ def run_suite(device: str, dtypes: Optional[Iterable[torch.dtype]], options: har
 
     plan = plan_for(device, options.quick)
     cases = make_cases(device, dtypes, options.quick)
-    metadata = harness.collect_metadata(device, options)
+    metadata = results.collect_metadata(device, options)
     metadata.update(
         pgd_ops_backend=pgd_ops_backend(), cudnn_benchmark=torch.backends.cudnn.benchmark,
         cudnn_allow_tf32=torch.backends.cudnn.allow_tf32, matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
