@@ -14,9 +14,10 @@ from ..metrics_log import read_metrics
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import DATASET_DEFAULTS, ConfigError, TrainConfig
 from .metrics import plot_curves
+from .pgd_accuracy import evaluate_pgd
 from .recipes import RECIPES, BatchOutput, Recipe, StepContext, create_recipe, register_recipe
 from .schedule import build_optimizer, build_scheduler
-from .trainer import Trainer, TrainResult, build_model, evaluate_pgd, train
+from .trainer import Trainer, TrainResult, build_model, train
 
 __all__ = ["BatchOutput", "CheckpointError", "ConfigError", "DATASET_DEFAULTS", "RECIPES", "Recipe", "StepContext",
            "TrainConfig", "TrainResult", "Trainer", "build_model", "build_optimizer", "build_scheduler",

@@ -39,14 +39,13 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 import fastrobust
 from .. import distributed
-from ..attacks import PGD
 from ..attacks.model_runner import eval_mode
 from ..data import DatasetInfo, TensorLoader, load_dataset
 from ..data.loader import _mix
@@ -55,6 +54,7 @@ from .checkpoint import (CheckpointError, check_finite_weights, load_checkpoint,
                          rng_state, save_checkpoint, set_rng_state)
 from .config import TrainConfig
 from .metrics import MetricsWriter, Progress, plot_curves
+from .pgd_accuracy import accuracy_counts, as_batches
 from .recipes import RECIPES, Recipe, StepContext, create_recipe
 from .resume_rules import check_resume
 from .run_folder import check_run_folder, prepare_run_folder, write_json_atomically
@@ -76,74 +76,6 @@ def build_model(name: str, info: DatasetInfo, **options) -> nn.Module:
     if name in MODELS and "image_size" in MODELS[name].options:
         defaults["image_size"] = tuple(info.input_shape[1:])  # models whose dense layer depends on it
     return create(name, **{**defaults, **options})
-
-
-# -- evaluation ----------------------------------------------------------------------------
-
-Batches = Iterable[Tuple[torch.Tensor, torch.Tensor]]
-
-
-def _batches(data, y: Optional[torch.Tensor], batch_size: int) -> Batches:
-    if isinstance(data, torch.Tensor):
-        if y is None:
-            raise ValueError("evaluate_pgd: pass labels y with a tensor of inputs")
-        return [(data[i:i + batch_size], y[i:i + batch_size]) for i in range(0, data.shape[0], batch_size)]
-    if y is not None:
-        raise ValueError("evaluate_pgd: y is only for a tensor of inputs, the loader yields its labels")
-    return data
-
-
-def _eval_counts(model: nn.Module, batches: Batches, eps: float, alpha: Optional[float], steps: int,
-                 seed: int, autocast: Optional[torch.dtype], channels_last: bool, restarts: int,
-                 device: Optional[torch.device] = None) -> torch.Tensor:
-    """float64 tensor [n, clean correct, robust correct] on the batches' device (no host sync
-    besides the attacks' own input check)."""
-    counts = None
-    with eval_mode(model):
-        for i, (xb, yb) in enumerate(batches):
-            if device is not None:
-                xb, yb = xb.to(device), yb.to(device)
-            if counts is None:
-                counts = torch.zeros(3, dtype=torch.float64, device=xb.device)
-            if xb.shape[0] == 0:
-                continue
-            if channels_last and xb.dim() == 4:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.no_grad(), (torch.autocast(xb.device.type, dtype=autocast) if autocast
-                                   else contextlib.nullcontext()):
-                clean = model(xb)
-            clean = (clean[0] if isinstance(clean, (tuple, list)) else clean).argmax(1) == yb
-            if eps > 0 and steps > 0:
-                attack = PGD(model, eps=eps, alpha=eps / 4 if alpha is None else alpha, steps=steps,
-                             random_start=True, restarts=restarts, seed=int(_mix(seed, i)) % (2 ** 62),
-                             autocast=autocast, channels_last=channels_last)
-                robust = clean & ~attack.run(xb, yb).success
-            else:
-                robust = clean
-            counts += torch.stack([torch.tensor(float(yb.shape[0]), dtype=torch.float64, device=xb.device),
-                                   clean.sum().double(), robust.sum().double()])
-    if counts is None:
-        counts = torch.zeros(3, dtype=torch.float64)
-    return counts
-
-
-def evaluate_pgd(model: nn.Module, data: Union[torch.Tensor, Batches], y: Optional[torch.Tensor] = None, *,
-                 eps: float, alpha: Optional[float] = None, steps: int = 20, restarts: int = 1,
-                 batch_size: int = 500, seed: int = 0, autocast: Optional[torch.dtype] = None,
-                 channels_last: bool = False) -> Dict[str, float]:
-    """Clean and PGD accuracy of `model` (in eval mode; its modes are restored after).
-
-    data: a tensor of inputs in [0, 1] with labels y, or any iterable of (x, y) batches (e.g.
-    a TensorLoader with shuffle=False). PGD: L-inf, eps, alpha (default eps/4), `steps`
-    (default 20: PGD-20), random start, `restarts`, seeded (reproducible). A sample counts as
-    robust when it is classified correctly and no PGD iterate fools it.
-    Returns {"clean_acc", "pgd_acc", "n"} (accuracies as fractions in [0, 1]).
-    """
-    counts = _eval_counts(model, _batches(data, y, batch_size), float(eps), alpha, int(steps), int(seed),
-                          autocast, channels_last, int(restarts)).tolist()
-    n = counts[0]
-    return {"clean_acc": counts[1] / n if n else float("nan"), "pgd_acc": counts[2] / n if n else float("nan"),
-            "n": int(n)}
 
 
 # -- results -------------------------------------------------------------------------------
@@ -512,7 +444,7 @@ class Trainer:
         xt, yt = self.test_data
         x, y = xt.index_select(0, rows), yt.index_select(0, rows)
         bs = max(self.config.batch_size // self.dist.world_size, 1) * 4
-        counts = _eval_counts(self.model, _batches(x, y, bs), self.config.eps, None, steps,
+        counts = accuracy_counts(self.model, as_batches(x, y, bs), self.config.eps, None, steps,
                               _mix(seed, self.dist.rank), autocast, self.config.channels_last, 1,
                               device=self.dist.device)
         counts = distributed.all_reduce_sum(counts.to(self.dist.device), self.dist).tolist()
@@ -520,7 +452,7 @@ class Trainer:
 
     def _guard_accuracy(self) -> float:
         x, y = self.guard_batch
-        counts = _eval_counts(self.model, [(x, y)], self.config.eps, None, self.config.guard_steps,
+        counts = accuracy_counts(self.model, [(x, y)], self.config.eps, None, self.config.guard_steps,
                               _mix(self.config.seed, 0x6A4D), self.autocast_dtype, self.config.channels_last, 1)
         n, _, robust = counts.tolist()
         return robust / max(n, 1)
