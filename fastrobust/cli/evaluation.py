@@ -113,7 +113,7 @@ def format_table(report) -> str:
         risk = "n/a" if a.hypocritical_risk is None else f"{100 * a.hypocritical_risk:.2f}%"
         lines.append(f"\nhypocritical risk ({a.name}): {risk} ({a.successes} of {a.points_attacked} misclassified "
                      "points made correct)")
-    from ..eval.evaluate import noise_line
+    from ..eval.records import noise_line
     lines.extend(noise_line(r) for r in report.noise)
     for c in report.checks:
         status = "skipped" if c.passed is None else ("ok" if c.passed else "WARNING")

@@ -12,17 +12,19 @@ checks, reports (JSON / CSV / Markdown) and plots.
             "transfer" crafts on evaluate's surrogate), step sizes relative to eps.
 - evaluate: evaluate(...) -> EvalReport (clean accuracy, the cascade, hypocritical risk, the
             accuracy under Gaussian noise).
+- records:  EvalReport and AttackReport (what evaluate returns; to_dict, summary).
 - masking:  the gradient-masking checks (CheckResult, GradientMaskingWarning), BPDA, EOT.
 - report:   write_report(report, out_dir), collect_metadata.
 - plots:    accuracy vs eps / steps, attack loss curves, training curves, benchmark ratios.
 - saliency: input_gradient_saliency, saliency_figure (input-gradient and perturbation maps of
             several models side by side, PNG).
 """
-from .evaluate import AttackReport, EvalReport, evaluate
+from .evaluate import evaluate
 from .masking import (ALL_CHECKS, BPDA, CHECKS, DEFAULT_CHECKS, EOT, CheckResult, GradientMaskingWarning,
                       attack_loss_curve, bpda_wrap, check_eps_sweep, check_loss_curve, check_randomness,
                       check_steps, check_transfer, check_zero_gradients, run_checks, train_surrogate)
 from .presets import DEFAULT_ATTACKS, PRESETS, Preset, get_preset, make_attack, register_preset
+from .records import AttackReport, EvalReport
 from .report import collect_metadata, write_report
 from .saliency import input_gradient_saliency, saliency_figure
 
