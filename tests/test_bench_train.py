@@ -9,7 +9,7 @@ import torch
 
 from fastrobust.cli import main as cli_main
 
-from fastrobust.bench import train as bench_train  # noqa: E402
+from fastrobust.bench import train as bench_train, train_report  # noqa: E402
 
 KINDS = {"standard": 0, "fgsm-rs": 1, "pgd-10": 10}
 CASE_FIELDS = {"case", "kind", "recipe", "model", "batch", "image_shape", "device", "dtype", "channels_last", "eps",
@@ -41,7 +41,7 @@ def test_quick_run_passes_and_writes_its_files(quick_run):
     with open(out / "train-cpu-quick.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 * len(result["cases"])
-    assert set(rows[0]) == set(bench_train.CSV_COLUMNS)
+    assert set(rows[0]) == set(train_report.CSV_COLUMNS)
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "train-cpu-quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     meta = result["metadata"]
