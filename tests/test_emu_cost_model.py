@@ -153,6 +153,38 @@ def test_bench_model_ops_replaces_only_those_records(tmp_path):
                   str(tmp_path)])
 
 
+def test_bench_model_dtypes_replaces_only_those_records(tmp_path):
+    """--model-dtypes models the cases of some dtypes again (alone or with --model-ops) and keeps
+    the other records as they were."""
+    import json
+
+    from fastrobust.bench import run
+
+    path = tmp_path / "pgd-h100-model-quick.json"
+    assert run.main(["pgd", "--model", "h100", "--quick", "--out", str(tmp_path)]) == 0
+    original = json.loads(path.read_text())
+    assert {r["dtype"] for r in original["records"]} >= {"float32", "bfloat16"}
+    marked = json.loads(path.read_text())
+    for r in marked["records"]:
+        r["bytes"] = -1.0  # a record still -1 afterwards was kept, not modelled again
+    path.write_text(json.dumps(marked))
+    assert run.main(["pgd", "--model", "h100", "--quick", "--model-dtypes", "bf16", "--out", str(tmp_path)]) == 0
+    merged = json.loads(path.read_text())
+    assert [(r["case"], r["kernel"]) for r in merged["records"]] == [(r["case"], r["kernel"]) for r in original["records"]]
+    for before, kept, after in zip(original["records"], marked["records"], merged["records"]):
+        assert after == (before if before["dtype"] == "bfloat16" else kept)
+    assert merged["updates"][-1]["dtypes"] == ["bfloat16"]
+    path.write_text(json.dumps(marked))
+    assert run.main(["pgd", "--model", "h100", "--quick", "--model-ops", "margin_loss", "--model-dtypes", "fp32",
+                     "--out", str(tmp_path)]) == 0
+    merged = json.loads(path.read_text())
+    for before, kept, after in zip(original["records"], marked["records"], merged["records"]):
+        fresh = before["op"] == "margin_loss" and before["dtype"] == "float32"
+        assert after == (before if fresh else kept)
+    with pytest.raises(SystemExit, match="no case of the pgd suite's ops"):
+        run.main(["pgd", "--model", "h100", "--quick", "--model-dtypes", "fp64", "--out", str(tmp_path)])
+
+
 def test_bench_model_rejects_bad_options(tmp_path, capsys):
     from fastrobust.bench import run
 

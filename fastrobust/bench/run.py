@@ -62,7 +62,19 @@ def build_parser(default_out: Path = harness.DEFAULT_OUT_DIR) -> argparse.Argume
                    metavar="OPS", help="--model: model only these ops of the suite (comma-separated) and replace their "
                                        "records in the existing model file, keeping the others' (its `updates` "
                                        "list says which ops were modelled again, when; default: every op)")
+    p.add_argument("--model-dtypes", type=_model_dtypes, default=None, metavar="DTYPES",
+                   help="--model: model only the cases of these dtypes (comma-separated: fp32, bf16, ...) and "
+                        "replace their records in the existing model file, as --model-ops (with which it combines)")
     return p
+
+
+def _model_dtypes(text: str) -> List[str]:
+    """--model-dtypes: the record names (float32, bfloat16, ...) of fp32,bf16,... (an unknown name
+    is argparse's usage error)."""
+    try:
+        return [str(harness.parse_dtype(t.strip())).replace("torch.", "") for t in text.split(",") if t.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def model_one(name: str, args) -> bool:
@@ -85,13 +97,19 @@ def model_one(name: str, args) -> bool:
     if unknown:
         raise SystemExit(f"--model-ops: {', '.join(unknown)} is not an op of the {name} suite "
                          f"({', '.join(SUITE_OPS[name])})")
-    existing = _existing_model(path, blocks) if args.model_ops else None
+    dtypes = args.model_dtypes
+    partial = bool(args.model_ops or dtypes)
+    existing = _existing_model(path, blocks) if partial else None
+    cases = [c for c in launch_cases() if c.op in ops and (dtypes is None or c.dtype in dtypes)]
+    if not cases:
+        raise SystemExit(f"--model-dtypes: no case of the {name} suite's ops {', '.join(ops)} has dtype "
+                         f"{' or '.join(dtypes or [])}")
     start = time.perf_counter()
-    result = cost_model.suite_model(name, blocks, cases=[c for c in launch_cases() if c.op in ops])
+    result = cost_model.suite_model(name, blocks, cases=cases)
     result["wall_time_s"] = seconds = time.perf_counter() - start
     result["argv"] = list(args.argv)
     if existing is not None:
-        result = _merged_model(existing, result, ops)
+        result = _merged_model(existing, result, ops, dtypes)
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(cost_model.format_model(result))
@@ -100,33 +118,35 @@ def model_one(name: str, args) -> bool:
 
 
 def _existing_model(path: Path, blocks: int) -> dict:
-    """--model-ops: the model file whose other ops' records are kept (modelled with as many
-    blocks per launch as this run, so its records compare)."""
+    """--model-ops / --model-dtypes: the model file whose other records are kept (modelled with as
+    many blocks per launch as this run, so its records compare)."""
     import json
 
     if not path.is_file():
-        raise SystemExit(f"--model-ops: {path} does not exist; model the whole suite first (--model without "
-                         "--model-ops)")
+        raise SystemExit(f"--model-ops/--model-dtypes: {path} does not exist; model the whole suite first "
+                         "(--model without them)")
     old = json.loads(path.read_text())
     if old.get("blocks_per_launch") != blocks:
-        raise SystemExit(f"--model-ops: {path} was modelled with {old.get('blocks_per_launch')} blocks per launch, "
+        raise SystemExit(f"--model-ops/--model-dtypes: {path} was modelled with {old.get('blocks_per_launch')} "
+                         f"blocks per launch, "
                          f"this run with {blocks}; give --model-blocks {old.get('blocks_per_launch')}")
     return old
 
 
-def _merged_model(old: dict, fresh: dict, ops: List[str]) -> dict:
-    """The model `old` with the records of `ops` replaced by fresh's (each case's where its old
-    ones were), its other records and header kept, and the update noted in its `updates` list."""
+def _merged_model(old: dict, fresh: dict, ops: List[str], dtypes: Optional[List[str]] = None) -> dict:
+    """The model `old` with the records of `ops` (of `dtypes`, when given) replaced by fresh's
+    (each case's where its old ones were), its other records and header kept, and the update
+    noted in its `updates` list."""
     records, placed = [], set()
     for record in old["records"]:  # each case's fresh records where its old ones were
         case = record["case"]
-        if record["op"] not in ops:
+        if record["op"] not in ops or (dtypes is not None and record["dtype"] not in dtypes):
             records.append(record)
         elif case not in placed:
             placed.add(case)
             records.extend(r for r in fresh["records"] if r["case"] == case)
     records.extend(r for r in fresh["records"] if r["case"] not in placed)  # cases the old file lacked
-    update = {"ops": list(ops), "argv": fresh["argv"], "wall_time_s": fresh["wall_time_s"],
+    update = {"ops": list(ops), **({"dtypes": list(dtypes)} if dtypes else {}), "argv": fresh["argv"], "wall_time_s": fresh["wall_time_s"],
               "git_commit": results.git_commit(), "date": time.strftime("%Y-%m-%d")}
     return {**old, "records": records, "updates": old.get("updates", []) + [update]}
 
