@@ -196,19 +196,33 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Ptrs<scalar_t, acc_t<
   if (blockIdx.y == 0 && ln.col == 0 && i < n) lse[b * n + i] = mn::row_lse(m, l);
 }
 
+// D_i = sum_c dy_ic y_ic. A block owns kWarpSize consecutive rows of one sample (a lane each:
+// coalesced loads) and splits the channels over its kRowDotWarps warps (warp w: channels w,
+// w + kRowDotWarps, ...); their partial sums are added in warp order through shared memory
+// (deterministic). One thread walking all C channels of its row alone gave B*N threads a chain
+// of C loads each: 49 blocks of 128 threads at (8, 1024, 28x28).
+constexpr int kRowDotWarps = 8;
+
 template <typename scalar_t>
-__global__ void row_dot_kernel(Ptrs<scalar_t, acc_t<scalar_t>> a) {
+__global__ void __launch_bounds__(kRowDotWarps * kWarpSize) row_dot_kernel(Ptrs<scalar_t, acc_t<scalar_t>> a) {
   using acc = acc_t<scalar_t>;
+  FR_SHARED(acc, partial, kRowDotWarps * kWarpSize);
   const int64_t n = a.positions;
-  grid_stride(a.batch * n, [&](int64_t idx) {
-    const int64_t b = idx / n, i = idx % n;
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize, warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  const int64_t b = blockIdx.y, i = int64_t(blockIdx.x) * kWarpSize + lane;
+  acc d = 0;
+  if (i < n) {
     FR_GLOBAL(const scalar_t) dy = a.grad_y + b * a.channels * n + i;
     FR_GLOBAL(const scalar_t) y = a.y + b * a.channels * n + i;
-    FR_GLOBAL(acc) row_dot = a.row_dot;
-    acc d = 0;
-    for (int64_t c = 0; c < a.channels; ++c) d += acc(dy[c * n]) * acc(y[c * n]);
-    row_dot[idx] = d;
-  });
+    for (int64_t c = warp; c < a.channels; c += kRowDotWarps) d += acc(dy[c * n]) * acc(y[c * n]);
+  }
+  partial[warp * kWarpSize + lane] = d;
+  __syncthreads();
+  if (warp != 0 || i >= n) return;
+  acc sum = 0;
+  for (int w = 0; w < kRowDotWarps; ++w) sum += partial[w * kWarpSize + lane];
+  FR_GLOBAL(acc) row_dot = a.row_dot;
+  row_dot[b * n + i] = sum;
 }
 
 // The three gradient kernels share one loop: a block owns a tile of positions (keys for dg
@@ -267,9 +281,11 @@ void launch_forward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, cudaStream_t strea
 
 template <typename scalar_t>
 void launch_row_dot(const Ptrs<scalar_t, acc_t<scalar_t>>& a, cudaStream_t stream) {
-  const int64_t rows = a.batch * a.positions;
-  const int64_t row_blocks = std::min<int64_t>(ceil_div<int64_t>(rows, kThreads), 4096);
-  FR_LAUNCH(row_dot_kernel<scalar_t>, dim3(static_cast<unsigned>(row_blocks)), dim3(kThreads), 0, stream, a);
+  TORCH_CHECK(a.batch <= 65535, "nlm_gaussian: batch ", a.batch, " is too large for one launch (at most 65535)");
+  const int64_t row_blocks = ceil_div<int64_t>(a.positions, kWarpSize);
+  TORCH_CHECK(row_blocks <= INT32_MAX, "nlm_gaussian: too many positions for one launch");
+  FR_LAUNCH(row_dot_kernel<scalar_t>, dim3(static_cast<unsigned>(row_blocks), static_cast<unsigned>(a.batch)),
+            dim3(kRowDotWarps * kWarpSize), 0, stream, a);
 }
 
 template <typename scalar_t>

@@ -62,6 +62,16 @@ static_assert(kChunk % kWmmaDim == 0, "whole warp products per chunk");
 static_assert(kQueries == kWarps * kWmmaDim && kKeys % kWmmaDim == 0 && kOutWidth % kWmmaDim == 0, "tile shape");
 static_assert(kWarpSize == 2 * kWmmaDim, "two lanes per softmax row");
 
+// The softmax steps give each query row two lanes: lanes 2k and 2k + 1 of warp w hold row
+// 16w + k, each walking 16 keys (or half the output columns). The float tiles' row pitches
+// (kLdS, kLdO) are 4 modulo 32, as wmma wants multiples of 4, so rows k and k + 8 and the two
+// halves of a row meet in one bank when every lane reads the same column: each lane starts its
+// walk at its own offset instead (0-3; the walk wraps around its half), which spreads the 32
+// lanes over the 32 banks, and the 16-bit tiles written in the same walk (kLdKey) stay
+// conflict-free as well.
+FR_HOST_DEVICE int walk_offset(int row, int half) { return ((row >> 3) & 1) + 2 * half; }
+static_assert(kLdS % kWarpSize == 4 && kLdO % kWarpSize == 4, "walk_offset assumes pitches of 4 modulo 32");
+
 }  // namespace tc
 
 #if FR_HAS_WMMA
@@ -147,6 +157,7 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
 
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int row = warp * kWmmaDim + lane / 2, half = lane % 2;  // this lane's softmax row and keys
+  const int rot = walk_offset(row, half);
   const int64_t b = blockIdx.z, q0 = int64_t(blockIdx.x) * kQueries, c0 = int64_t(blockIdx.y) * kOutWidth;
   const int64_t n = a.positions;
   FR_GLOBAL(const scalar_t) theta = a.theta + b * a.dim * n;
@@ -167,7 +178,7 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
     float s[kHalfKeys];
     float tile_max = mn::neg_inf<float>();
     for (int u = 0; u < kHalfKeys; ++u) {
-      const int j = half * kHalfKeys + u;
+      const int j = half * kHalfKeys + (u + rot) % kHalfKeys;
       s[u] = k0 + j < n ? a.scale * Ss[row * kLdS + j] : mn::neg_inf<float>();
       tile_max = mn::RowMax{}(tile_max, s[u]);
     }
@@ -177,7 +188,7 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
     for (int u = 0; u < kHalfKeys; ++u) {
       const float p = mn::shifted_weight(s[u], m_new);
       sum += p;
-      if (kWithOutput) Ps[row * kLdKey + half * kHalfKeys + u] = static_cast<scalar_t>(p);
+      if (kWithOutput) Ps[row * kLdKey + half * kHalfKeys + (u + rot) % kHalfKeys] = static_cast<scalar_t>(p);
     }
     l = l * alpha + sum + __shfl_xor_sync(0xffffffffu, sum, 1);
     m = m_new;
@@ -185,7 +196,7 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
       __syncthreads();  // the next tile's products overwrite S
       continue;
     }
-    for (int c = half * (kOutWidth / 2); c < (half + 1) * (kOutWidth / 2); ++c) Os[row * kLdO + c] *= alpha;
+    for (int v = 0; v < kOutWidth / 2; ++v) Os[row * kLdO + half * (kOutWidth / 2) + (v + rot) % (kOutWidth / 2)] *= alpha;
     __syncthreads();  // g staged by the block; P and the rescaled O by the warp
 
     // the output accumulators round-trip through shared memory, where the rows were rescaled
@@ -242,7 +253,7 @@ __global__ void __launch_bounds__(kThreads) slice_wmma_kernel(Ptrs<scalar_t, flo
   const smem_ptr<float> Dps = Fs + kQueries * kLdS;    // dp = dy . g, [own][other]
 
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
-  const int row = warp * kWmmaDim + lane / 2, half = lane % 2;
+  const int row = warp * kWmmaDim + lane / 2, half = lane % 2, rot = walk_offset(row, half);
   const int64_t b = blockIdx.z, p0 = int64_t(blockIdx.x) * kQueries, w0 = int64_t(blockIdx.y) * kGradWidth;
   const int64_t n = a.positions;
   const int64_t width = kChannels ? a.channels : a.dim;
@@ -265,7 +276,7 @@ __global__ void __launch_bounds__(kThreads) slice_wmma_kernel(Ptrs<scalar_t, flo
     if (kLogitGrad) tile_product(Dps, kByKey ? g : dy, kByKey ? dy : g, a.channels, n, p0, o0, Own, Oth);
     __syncwarp();
     for (int u = 0; u < kHalfKeys; ++u) {
-      const int t = half * kHalfKeys + u;
+      const int t = half * kHalfKeys + (u + rot) % kHalfKeys;
       const int64_t own = p0 + row, other = o0 + t;
       const int64_t i = kByKey ? other : own, j = kByKey ? own : other;
       float value = 0.f;  // 0 outside the N x N plane: padded rows must not reach the sums
