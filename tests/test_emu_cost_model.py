@@ -121,9 +121,10 @@ def test_bench_model_writes_the_suite_json(tmp_path):
         assert 0 < r["sector_efficiency"] <= 1 and r["bank_conflict_factor"] >= 1
 
 
-def test_bench_model_ops_replaces_only_those_records(tmp_path):
-    """--model-ops models some ops of a suite again and keeps the other ops' records as they
-    were, in the suite's order, noting the update."""
+def modelled_and_marked(tmp_path):
+    """The PGD suite's quick model in tmp_path, read back (original), and the same file with every
+    record's bytes set to -1 (marked, written back): a record still -1 after a partial run was
+    kept, not modelled again."""
     import json
 
     from fastrobust.bench import run
@@ -133,8 +134,19 @@ def test_bench_model_ops_replaces_only_those_records(tmp_path):
     original = json.loads(path.read_text())
     marked = json.loads(path.read_text())
     for r in marked["records"]:
-        r["bytes"] = -1.0  # a record still -1 afterwards was kept, not modelled again
+        r["bytes"] = -1.0
     path.write_text(json.dumps(marked))
+    return path, original, marked
+
+
+def test_bench_model_ops_replaces_only_those_records(tmp_path):
+    """--model-ops models some ops of a suite again and keeps the other ops' records as they
+    were, in the suite's order, noting the update."""
+    import json
+
+    from fastrobust.bench import run
+
+    path, original, marked = modelled_and_marked(tmp_path)
     assert run.main(["pgd", "--model", "h100", "--quick", "--model-ops", "margin_loss", "--out", str(tmp_path)]) == 0
     merged = json.loads(path.read_text())
     assert [(r["op"], r["case"], r["kernel"]) for r in merged["records"]] == \
@@ -160,14 +172,8 @@ def test_bench_model_dtypes_replaces_only_those_records(tmp_path):
 
     from fastrobust.bench import run
 
-    path = tmp_path / "pgd-h100-model-quick.json"
-    assert run.main(["pgd", "--model", "h100", "--quick", "--out", str(tmp_path)]) == 0
-    original = json.loads(path.read_text())
+    path, original, marked = modelled_and_marked(tmp_path)
     assert {r["dtype"] for r in original["records"]} >= {"float32", "bfloat16"}
-    marked = json.loads(path.read_text())
-    for r in marked["records"]:
-        r["bytes"] = -1.0  # a record still -1 afterwards was kept, not modelled again
-    path.write_text(json.dumps(marked))
     assert run.main(["pgd", "--model", "h100", "--quick", "--model-dtypes", "bf16", "--out", str(tmp_path)]) == 0
     merged = json.loads(path.read_text())
     assert [(r["case"], r["kernel"]) for r in merged["records"]] == [(r["case"], r["kernel"]) for r in original["records"]]

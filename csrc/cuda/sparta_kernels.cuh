@@ -185,11 +185,6 @@ sparta_forward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) x, FR_GLOBAL_RESTRICT(c
   const Window xw = forward_x_window(tile_h, tile_w, R);
   const int sw = xw.pitch;
 
-  acc wk[K * K];
-#pragma unroll
-  for (int t = 0; t < K * K; ++t) wk[t] = static_cast<acc>(weight[c * K * K + t]);
-  const acc bc = static_cast<acc>(bias[c]);
-
   const bool whole_plane = tile_h == H && tile_w == W;  // uniform over the launch
   if (whole_plane) {
     zero_span(xs, np * xw.plane);
@@ -198,6 +193,12 @@ sparta_forward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) x, FR_GLOBAL_RESTRICT(c
   } else {
     load_window(xs, xw, x, plane0, plane_stride, np, H, W, h0 - R, w0 - R);
   }
+  // The K*K weights are read after the staging, so that they do not hold registers through it
+  // (at K = 7 in fp16 they made ptxas spill).
+  acc wk[K * K];
+#pragma unroll
+  for (int t = 0; t < K * K; ++t) wk[t] = static_cast<acc>(weight[c * K * K + t]);
+  const acc bc = static_cast<acc>(bias[c]);
   __syncthreads();
 
   const int n = np * tile_h * tile_w;
