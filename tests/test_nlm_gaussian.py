@@ -107,6 +107,30 @@ def test_emulated_simt_path_of_16_bit_types(monkeypatch, dtype):
         check(emu, shape, dtype, seed=i)
 
 
+@pytest.mark.skipif(not fastrobust.HAS_EMU, reason="built without FR_EMULATE_CUDA=1")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)  # tensor-core and SIMT kernels
+def test_planes_run_the_batch_in_chunks(monkeypatch, dtype):
+    """The backward, and forwards over more than 64 channels, keep (query, key) planes in global
+    memory (4 N^2 bytes per sample in bf16, 4 N^2 forward and 8 N^2 backward in fp32) and run
+    the batch in chunks within a memory budget: one or two samples per chunk give the bits of
+    the whole batch at once."""
+    shape = (3, 24, 70, 5, 7)  # N = 35
+    theta, phi, g, grad_y = inputs(shape, dtype, "cpu", seed=5)
+    fn = backend_fn(CUDA_EMU)
+    whole_y, whole_grads = run(fn, theta, phi, g, grad_y, 0.2)
+    lse = CUDA_EMU.op("nlm_gaussian")(theta, phi, g, 0.2)[1]
+    for budget in ("4900", "9800"):  # 4 N^2 and 8 N^2 bytes
+        monkeypatch.setenv("FASTROBUST_NLM_PLANE_BYTES", budget)
+        y, grads = run(fn, theta, phi, g, grad_y, 0.2)
+        assert torch.equal(y, whole_y)
+        assert torch.equal(CUDA_EMU.op("nlm_gaussian")(theta, phi, g, 0.2)[1], lse)
+        for grad, whole in zip(grads, whole_grads):
+            assert torch.equal(grad, whole)
+    monkeypatch.setenv("FASTROBUST_NLM_PLANE_BYTES", "lots")
+    with pytest.raises(RuntimeError, match="FASTROBUST_NLM_PLANE_BYTES must be a positive number of bytes"):
+        fn(theta, phi, g, 0.2)
+
+
 @pytest.mark.parametrize("backend", backends())
 def test_log_sum_exp_is_saved(backend):
     theta, phi, g, _ = inputs((2, 8, 5, 6, 7), torch.float32, backend.device)

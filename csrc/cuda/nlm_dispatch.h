@@ -5,6 +5,8 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <tuple>
 
 #include "../ops/nlm.h"
@@ -17,6 +19,62 @@ namespace nlm {
 
 namespace pn = ::fastrobust::nlm;
 
+// The wide forward (C > kOutWidth) and the backward hold (query, key) planes in global memory
+// (Planes, nlm_kernels.cuh): the logits in the accumulation type, and p and ds in the input type
+// on tensor cores, else in the accumulation type. They run the batch in chunks of at most
+// kPlaneBudgetBytes of planes, or of FASTROBUST_NLM_PLANE_BYTES where that is set (the tests use
+// it to run several chunks at small sizes).
+constexpr int64_t kPlaneBudgetBytes = int64_t(256) << 20;
+
+inline int64_t plane_chunk(int64_t batch, int64_t bytes_per_sample) {
+  int64_t budget = kPlaneBudgetBytes;
+  if (const char* env = std::getenv("FASTROBUST_NLM_PLANE_BYTES")) {
+    char* end = nullptr;
+    const long long parsed = std::strtoll(env, &end, 10);
+    TORCH_CHECK(end != env && *end == '\0' && parsed > 0,
+                "nlm_gaussian: FASTROBUST_NLM_PLANE_BYTES must be a positive number of bytes, got '", env, "'");
+    budget = parsed;
+  }
+  return std::max<int64_t>(1, std::min<int64_t>(batch, budget / std::max<int64_t>(bytes_per_sample, 1)));
+}
+
+// The planes' tensors (kept alive through the launches) and their untyped pointers.
+struct PlaneTensors {
+  at::Tensor logits, partials, weights, logit_grads;
+  PlaneBuffers buffers{};
+};
+
+inline void* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
+inline PlaneTensors with_buffers(PlaneTensors planes, int64_t chunk) {
+  planes.buffers = {chunk, data_or_null(planes.logits), data_or_null(planes.partials), data_or_null(planes.weights),
+                    data_or_null(planes.logit_grads)};
+  return planes;
+}
+
+// The wide forward's planes: the logits and their row partials, in the accumulation type.
+inline PlaneTensors forward_planes(const pn::Prepared& p) {
+  const at::ScalarType acc = pn::acc_dtype(p.theta);
+  const int64_t n = p.positions, chunk = plane_chunk(p.batch, n * n * c10::elementSize(acc));
+  PlaneTensors planes;
+  planes.logits = at::empty({chunk, n, n}, p.theta.options().dtype(acc));
+  planes.partials = at::empty({chunk, ceil_div<int64_t>(n, kTile), 2, n}, p.theta.options().dtype(acc));
+  return with_buffers(planes, chunk);
+}
+
+// The backward's planes: p and ds, of weight_dtype.
+inline PlaneTensors backward_planes(const pn::Prepared& p, at::ScalarType weight_dtype) {
+  const int64_t n = p.positions, chunk = plane_chunk(p.batch, 2 * n * n * c10::elementSize(weight_dtype));
+  PlaneTensors planes;
+  planes.weights = at::empty({chunk, n, n}, p.theta.options().dtype(weight_dtype));
+  planes.logit_grads = at::empty_like(planes.weights);
+  return with_buffers(planes, chunk);
+}
+
+inline bool is_half_type(const at::Tensor& t) {
+  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+}
+
 // tensor_cores: fp16 / bf16 inputs run the wmma kernels (the device must be sm_80 or newer).
 inline std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& g,
                                                   double scale, bool tensor_cores, cudaStream_t stream) {
@@ -24,15 +82,12 @@ inline std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& theta, const
   at::Tensor y = at::empty({p.batch, p.channels, p.positions}, p.g.options());
   at::Tensor lse = at::empty({p.batch, p.positions}, p.theta.options().dtype(pn::acc_dtype(theta)));
   if (p.batch > 0 && p.positions > 0) {
-    // the row max of the two-pass tensor-core forward (B x N floats; unused otherwise)
-    const bool half_type = theta.scalar_type() == at::kHalf || theta.scalar_type() == at::kBFloat16;
-    const at::Tensor row_max = tensor_cores && half_type ? at::empty_like(lse) : at::Tensor();
+    const PlaneTensors planes = p.channels > kOutWidth ? forward_planes(p) : PlaneTensors{};
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.theta.scalar_type(), "nlm_gaussian", [&] {
       auto a = pn::ptrs<scalar_t, acc_t<scalar_t>>(p);
       a.out = y.mutable_data_ptr<scalar_t>();
       a.lse = lse.mutable_data_ptr<acc_t<scalar_t>>();
-      if (row_max.defined()) a.row_max = row_max.mutable_data_ptr<acc_t<scalar_t>>();
-      launch_forward<scalar_t>(a, tensor_cores, stream);
+      launch_forward<scalar_t>(a, tensor_cores, planes.buffers, stream);
     });
   }
   return {y.view(g.sizes()), lse};
@@ -47,6 +102,9 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
   at::Tensor grad_theta = at::empty_like(p.theta), grad_phi = at::empty_like(p.phi), grad_g = at::empty_like(p.g);
   if (p.batch > 0 && p.positions > 0) {
     at::Tensor row_dot = at::empty_like(p.lse);
+    const bool tensor_core_planes = tensor_cores && is_half_type(theta);
+    const PlaneTensors planes =
+        backward_planes(p, tensor_core_planes ? p.theta.scalar_type() : pn::acc_dtype(p.theta));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.theta.scalar_type(), "nlm_gaussian_backward", [&] {
       auto a = pn::ptrs<scalar_t, acc_t<scalar_t>>(p);
       a.lse = p.lse.data_ptr<acc_t<scalar_t>>();
@@ -54,7 +112,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
       a.grad_theta = grad_theta.mutable_data_ptr<scalar_t>();
       a.grad_phi = grad_phi.mutable_data_ptr<scalar_t>();
       a.grad_g = grad_g.mutable_data_ptr<scalar_t>();
-      launch_backward<scalar_t>(a, tensor_cores, stream);
+      launch_backward<scalar_t>(a, tensor_cores, planes.buffers, stream);
     });
   }
   return {grad_theta.view(theta.sizes()), grad_phi.view(phi.sizes()), grad_g.view(g.sizes())};

@@ -19,7 +19,7 @@ bool has_tensor_cores() {
   const int device = c10::cuda::current_device();
   if (device < kMaxDevices && decided[device].load() != 0) return decided[device].load() == 2;
   cudaFuncAttributes attr{};
-  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, cuda::nlm::forward_wmma_kernel<c10::BFloat16, true>));
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, cuda::nlm::forward_wmma_kernel<c10::BFloat16>));
   const bool usable = nlm::tensor_core_kernels_usable(at::cuda::getCurrentDeviceProperties()->major,
                                                       attr.binaryVersion, attr.ptxVersion);
   if (device < kMaxDevices) decided[device].store(usable ? 2 : 1);

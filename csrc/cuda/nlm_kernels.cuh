@@ -1,27 +1,29 @@
 #pragma once
-// Softmax non-local means device code, flash-style: the forward and the backward's four
-// kernels, with launchers. Free of CUDA runtime and torch headers (nvcc, or g++ through
-// csrc/emu/cuda_emu.h).
+// Softmax non-local means device code: the SIMT kernels, with launchers. Free of CUDA runtime
+// and torch headers (nvcc, or g++ through csrc/emu/cuda_emu.h).
 //
-// Every kernel walks kTile x kTile tiles of the (query, key) plane and never stores more than
-// one tile. A block has kThreads threads; thread t owns the tile row t / kRowThreads and the
-// columns (t % kRowThreads) + kRowThreads * u. A logit tile is a sum over the width d taken in
-// chunks of kTile, each chunk of queries and keys staged in shared memory; the row statistics
-// of the softmax are reduced over a row's kRowThreads threads (adjacent lanes) by shuffles.
-// Each block also owns kOutWidth columns of its output (channels of y or dg, or a slice of the
-// width d of dtheta or dphi), accumulated in registers over the whole loop and written once:
-// no atomics, deterministic results, any d and C (the grid tiles them).
+// Kernels work on kTile x kTile tiles of the (query, key) plane. A block has kThreads threads;
+// thread t owns the tile row t / kRowThreads and the columns (t % kRowThreads) + kRowThreads * u.
+// A logit tile is a sum over the width d taken in chunks of kTile, each chunk of queries and
+// keys staged in shared memory; the row statistics of the softmax are reduced over a row's
+// kRowThreads threads (adjacent lanes) by shuffles. Blocks that write an output own kOutWidth
+// of its columns (channels of y or dg, or a slice of the width d of dtheta or dphi),
+// accumulated in registers over the whole loop and written once: no atomics, deterministic
+// results, any d and C (the grid tiles them).
 //
-//   forward   block (query tile, C slice, sample): online softmax over key tiles, y and lse.
-//   row_dot   D_i = sum_c dy_ic y_ic.
-//   grad<kG>     block (key tile, C slice, sample): dg_j = sum_i p_ij dy_i over query tiles.
-//   grad<kPhi>   block (key tile, d slice, sample): dphi_j = scale sum_i ds_ij theta_i.
-//   grad<kTheta> block (query tile, d slice, sample): dtheta_i = scale sum_j ds_ij phi_j.
-// The backward recomputes p from the saved lse (and dp = dy . g for ds) in each kernel that
-// needs it: more arithmetic than FlashAttention-2's fused dK/dV kernel, but fixed-size
-// accumulators for every d and C.
-// These are SIMT kernels (fp32 FMA, fp32 accumulation for fp16/bf16). On GPUs with bf16
-// tensor cores (sm_80+) fp16/bf16 inputs run nlm_wmma_kernels.cuh instead.
+//   forward (C <= kOutWidth)  block (query tile, sample): online softmax over key tiles, y, lse.
+//   wider forward   plane_tile<false>  block (query tile, key tile, sample): the logits and
+//                                      each row's max and sum over the tile, to the planes;
+//                   weighted_sum<kY>   block (query tile, C slice, sample): lse from the row's
+//                                      partials, y_i = sum_j exp(logit_ij - lse_i) g_j.
+//   backward        row_dot            D_i = sum_c dy_ic y_ic;
+//                   plane_tile<true>   p_ij and ds_ij = scale p_ij (dy_i . g_j - D_i), to the planes;
+//                   weighted_sum<kG>     (key tile, C slice): dg_j = sum_i p_ij dy_i;
+//                   weighted_sum<kPhi>   (key tile, d slice): dphi_j = sum_i ds_ij theta_i;
+//                   weighted_sum<kTheta> (query tile, d slice): dtheta_i = sum_j ds_ij phi_j.
+// These are SIMT kernels (FMA in the accumulation type: float for fp16/bf16/fp32, double for
+// fp64). On GPUs with bf16 tensor cores (sm_80+) fp16/bf16 inputs run nlm_wmma_kernels.cuh,
+// which has the same structure.
 #include <algorithm>
 #include <cstdint>
 
@@ -106,20 +108,6 @@ __device__ void probability_tile(acc (&p)[kTileCols], const Ptrs<scalar_t, acc>&
     const int64_t j = k0 + ln.col + kRowThreads * u;
     p[u] = (i < n && j < n) ? mn::probability(a.scale * p[u], lse) : acc(0);
   }
-}
-
-// ds[u] = scale * p_ij (dp_ij - D_i) with dp_ij = dy_i . g_j, same indices as probability_tile.
-template <typename scalar_t, typename acc>
-__device__ void logit_grad_tile(acc (&ds)[kTileCols], const Ptrs<scalar_t, acc>& a, int64_t b, int64_t q0,
-                                int64_t k0, smem_ptr<acc> As, smem_ptr<acc> Bs) {
-  const int64_t n = a.positions;
-  acc p[kTileCols];
-  probability_tile(p, a, b, q0, k0, As, Bs);
-  tile_dot<scalar_t>(ds, a.grad_y + b * a.channels * n, a.g + b * a.channels * n, a.channels, n, q0, k0, As, Bs);
-  const Lane ln = lane_of();
-  const int64_t i = q0 + ln.row;
-  const acc d = i < n ? a.row_dot[b * n + i] : acc(0);
-  for (int u = 0; u < kTileCols; ++u) ds[u] = mn::scaled_logit_grad(p[u], ds[u], d, a.scale);
 }
 
 // The thread's tile values into Ts (row-major, row stride kPad).
@@ -225,43 +213,184 @@ __global__ void __launch_bounds__(kRowDotWarps * kWarpSize) row_dot_kernel(Ptrs<
   row_dot[b * n + i] = sum;
 }
 
-// The three gradient kernels share one loop: a block owns a tile of positions (keys for dg
-// and dphi, queries for dtheta) and a slice of the output's width, and walks the tiles of the
-// other axis; each step forms a tile T (p for dg, ds otherwise) and accumulates T (or its
-// transpose) times a staged slice X of one input:
-//   dg_j     = sum_i p_ij dy_i          (T^T, X = dy)
-//   dphi_j   = sum_i ds_ij theta_i      (T^T, X = theta)
-//   dtheta_i = sum_j ds_ij phi_j        (T,   X = phi)
-enum class Grad { kG, kPhi, kTheta };
+// The (query, key) planes that the wide forward and the backward keep in global memory, for
+// the samples sample0 .. sample0 + gridDim.z - 1 of the batch (blockIdx.z = s, the sample's
+// place in the chunk; the batch runs in chunks of `chunk` samples within a memory budget,
+// csrc/cuda/nlm_dispatch.h):
+//   forward:  logits[s][i][j] = scale theta_i . phi_j and, per tile t of 32 keys,
+//             partials[s][t][0][i] = the tile's max of row i, partials[s][t][1][i] = the sum of
+//             exp(logit - that max) over the tile;
+//   backward: weights[s][i][j] = p_ij and logit_grads[s][i][j] = ds_ij (scale included).
+// Each logit (and each dp = dy . g) is then computed once for the whole op, and the outputs are
+// plain products over the planes, a slice of output columns per block. Recomputing the logits
+// in every output slice instead, as a FlashAttention-style kernel does, costs a d-deep product
+// per slice of C (and a C-deep dp per slice of d): several times the minimal work where C and
+// d are hundreds of columns wide, against a few N^2 words per sample here (written once, read
+// once per output).
+template <typename logit_t, typename weight_t>
+struct Planes {
+  int64_t sample0, chunk;
+  logit_t* logits;
+  logit_t* partials;
+  weight_t* weights;
+  weight_t* logit_grads;
+};
 
-template <typename scalar_t, Grad kWhich>
-__global__ void __launch_bounds__(kThreads) grad_kernel(Ptrs<scalar_t, acc_t<scalar_t>> a) {
+// The dispatch's buffers, untyped until a path (SIMT or tensor cores) gives them its types.
+struct PlaneBuffers {
+  int64_t chunk;
+  void *logits, *partials, *weights, *logit_grads;
+};
+
+template <typename logit_t, typename weight_t>
+Planes<logit_t, weight_t> typed_planes(const PlaneBuffers& buf) {
+  return {0, buf.chunk, static_cast<logit_t*>(buf.logits), static_cast<logit_t*>(buf.partials),
+          static_cast<weight_t*>(buf.weights), static_cast<weight_t*>(buf.logit_grads)};
+}
+
+// Calls launch(planes, samples) for each chunk of the batch, planes.sample0 its first sample.
+template <typename P, typename F>
+void for_each_chunk(int64_t batch, P planes, F launch) {
+  for (int64_t s0 = 0; s0 < batch; s0 += planes.chunk) {
+    planes.sample0 = s0;
+    launch(planes, std::min(planes.chunk, batch - s0));
+  }
+}
+
+// lse_i of sample b (place s in the chunk) from its row's per-tile partials, combined in key
+// order as the online softmax does; written to a.lse by the blocks of the first output slice.
+// 0 for rows past N.
+template <typename scalar_t, typename acc>
+__device__ acc combined_lse(const Ptrs<scalar_t, acc>& a, const acc* all_partials, int64_t s, int64_t b, int64_t i) {
+  const int64_t n = a.positions;
+  if (i >= n) return acc(0);
+  const int64_t tiles = ceil_div<int64_t>(n, kTile);
+  FR_GLOBAL(const acc) partials = all_partials + s * tiles * 2 * n;
+  acc m = mn::neg_inf<acc>(), l = 0;
+  for (int64_t t = 0; t < tiles; ++t) {
+    const acc tile_m = partials[t * 2 * n + i], tile_l = partials[t * 2 * n + n + i];
+    const acc m_new = mn::RowMax{}(m, tile_m);
+    l = l * mn::rescale(m, m_new) + tile_l * mn::rescale(tile_m, m_new);
+    m = m_new;
+  }
+  const acc lse = mn::row_lse(m, l);
+  FR_GLOBAL(acc) lse_out = a.lse;
+  if (blockIdx.y == 0) lse_out[b * n + i] = lse;
+  return lse;
+}
+
+// One block: the kTile x kTile tile (blockIdx.x, blockIdx.y) of the (query, key) plane of
+// sample s: the logits (and for the backward p, dp and ds), staged in shared memory and written
+// a row of the tile per warp step (coalesced); the forward's row partials are reduced over a
+// row's kRowThreads threads.
+template <typename scalar_t, bool kBackward>
+__global__ void __launch_bounds__(kThreads)
+    plane_tile_kernel(Ptrs<scalar_t, acc_t<scalar_t>> a, Planes<acc_t<scalar_t>, acc_t<scalar_t>> pl) {
   using acc = acc_t<scalar_t>;
-  constexpr bool kByKey = kWhich != Grad::kTheta;  // the block's own positions are keys
   FR_SHARED(acc, As, kTile * kTile);
   FR_SHARED(acc, Bs, kTile * kTile);
+  FR_SHARED(acc, Ts, kTile * kPad);                    // logits, or p
+  FR_SHARED(acc, Us, kBackward ? kTile * kPad : 1);    // ds
+  const Lane ln = lane_of();
+  const int64_t s = blockIdx.z, b = pl.sample0 + s, n = a.positions;
+  const int64_t q0 = int64_t(blockIdx.x) * kTile, k0 = int64_t(blockIdx.y) * kTile, i = q0 + ln.row;
+  acc t[kTileCols];
+  if constexpr (kBackward) {
+    acc dp[kTileCols];
+    probability_tile(t, a, b, q0, k0, As, Bs);
+    tile_dot<scalar_t>(dp, a.grad_y + b * a.channels * n, a.g + b * a.channels * n, a.channels, n, q0, k0, As, Bs);
+    const acc d = i < n ? a.row_dot[b * n + i] : acc(0);
+    for (int u = 0; u < kTileCols; ++u) dp[u] = mn::scaled_logit_grad(t[u], dp[u], d, a.scale);
+    store_tile(Us, dp);
+  } else {
+    tile_dot<scalar_t>(t, a.theta + b * a.dim * n, a.phi + b * a.dim * n, a.dim, n, q0, k0, As, Bs);
+    acc m = mn::neg_inf<acc>();
+    for (int u = 0; u < kTileCols; ++u) {
+      t[u] = k0 + ln.col + kRowThreads * u < n ? a.scale * t[u] : mn::neg_inf<acc>();
+      m = mn::RowMax{}(m, t[u]);
+    }
+    m = row_reduce(m, mn::RowMax{});
+    acc l = 0;
+    for (int u = 0; u < kTileCols; ++u) l += mn::shifted_weight(t[u], m);
+    l = row_reduce(l, SumOp{});
+    FR_GLOBAL(acc) partials = pl.partials + (s * gridDim.y + blockIdx.y) * 2 * n;
+    if (ln.col == 0 && i < n) {
+      partials[i] = m;
+      partials[n + i] = l;
+    }
+  }
+  store_tile(Ts, t);
+  __syncthreads();
+  FR_GLOBAL(acc) first = (kBackward ? pl.weights : pl.logits) + s * n * n;
+  for (int e = threadIdx.x; e < kTile * kTile; e += blockDim.x) {
+    const int r = e / kTile, c = e % kTile;
+    const int64_t row = q0 + r, col = k0 + c;
+    if (row < n && col < n) {
+      first[row * n + col] = Ts[r * kPad + c];
+      if constexpr (kBackward) {
+        FR_GLOBAL(acc) logit_grads = pl.logit_grads + s * n * n;
+        logit_grads[row * n + col] = Us[r * kPad + c];
+      }
+    }
+  }
+}
+
+// Which output a weighted-sum kernel computes: y (forward, over C > kOutWidth channels) or one
+// of the three gradients.
+enum class Grad { kY, kG, kPhi, kTheta };
+
+// A block owns a tile of positions (queries for y and dtheta, keys for dg and dphi) and a
+// slice of the output's width, and walks the tiles of the other axis; each step stages a plane
+// tile T and accumulates T (or its transpose) times a staged slice X of one input:
+//   y_i      = sum_j p_ij g_j           (T = exp(logit - lse) from the logits, X = g)
+//   dg_j     = sum_i p_ij dy_i          (T^T = weights^T, X = dy)
+//   dphi_j   = sum_i ds_ij theta_i      (T^T = logit_grads^T, X = theta)
+//   dtheta_i = sum_j ds_ij phi_j        (T = logit_grads, X = phi)
+// y's kernel also forms each row's lse from the plane kernel's per-tile partials.
+template <typename scalar_t, Grad kWhich>
+__global__ void __launch_bounds__(kThreads)
+    weighted_sum_kernel(Ptrs<scalar_t, acc_t<scalar_t>> a, Planes<acc_t<scalar_t>, acc_t<scalar_t>> pl) {
+  using acc = acc_t<scalar_t>;
+  constexpr bool kByKey = kWhich == Grad::kG || kWhich == Grad::kPhi;  // the block's own positions are keys
+  constexpr bool kChannels = kWhich == Grad::kY || kWhich == Grad::kG;
   FR_SHARED(acc, Ts, kTile * kPad);
   FR_SHARED(acc, Xs, kOutWidth * kPad);
-  const int64_t b = blockIdx.z, p0 = int64_t(blockIdx.x) * kTile, w0 = int64_t(blockIdx.y) * kOutWidth;
-  const int64_t n = a.positions;
-  const int64_t width = kWhich == Grad::kG ? a.channels : a.dim;
-  FR_GLOBAL(const scalar_t) x = kWhich == Grad::kG ? a.grad_y : (kWhich == Grad::kPhi ? a.theta : a.phi);
-  FR_GLOBAL(scalar_t) out = kWhich == Grad::kG ? a.grad_g : (kWhich == Grad::kPhi ? a.grad_phi : a.grad_theta);
+  FR_SHARED(acc, row_lse, kTile);
+  const int64_t s = blockIdx.z, b = pl.sample0 + s, n = a.positions;
+  const int64_t p0 = int64_t(blockIdx.x) * kTile, w0 = int64_t(blockIdx.y) * kOutWidth;
+  const int64_t width = kChannels ? a.channels : a.dim;
+  FR_GLOBAL(const scalar_t) x =
+      (kWhich == Grad::kY ? a.g : (kWhich == Grad::kG ? a.grad_y : (kWhich == Grad::kPhi ? a.theta : a.phi))) +
+      b * width * n;
+  FR_GLOBAL(scalar_t) out =
+      (kWhich == Grad::kY ? a.out
+                          : (kWhich == Grad::kG ? a.grad_g : (kWhich == Grad::kPhi ? a.grad_phi : a.grad_theta))) +
+      b * width * n;
+  FR_GLOBAL(const acc) plane = (kWhich == Grad::kY ? pl.logits : (kWhich == Grad::kG ? pl.weights : pl.logit_grads)) +
+                               s * n * n;
+  if constexpr (kWhich == Grad::kY) {
+    if (threadIdx.x < kTile) row_lse[threadIdx.x] = combined_lse(a, pl.partials, s, b, p0 + threadIdx.x);
+    __syncthreads();
+  }
   acc o[kOutCols] = {};
-  for (int64_t other0 = 0; other0 < n; other0 += kTile) {
-    const int64_t q0 = kByKey ? other0 : p0, k0 = kByKey ? p0 : other0;
-    acc t[kTileCols];
-    if (kWhich == Grad::kG)
-      probability_tile(t, a, b, q0, k0, As, Bs);
-    else
-      logit_grad_tile(t, a, b, q0, k0, As, Bs);
-    store_tile(Ts, t);
-    stage(Xs, kPad, x + b * width * n, width, n, w0, kOutWidth, other0);
+  for (int64_t o0 = 0; o0 < n; o0 += kTile) {
+    if constexpr (kWhich == Grad::kY) {
+      for (int e = threadIdx.x; e < kTile * kTile; e += blockDim.x) {
+        const int r = e / kTile, t = e % kTile;
+        const int64_t i = p0 + r, j = o0 + t;
+        Ts[r * kPad + t] = i < n && j < n ? mn::probability(acc(plane[i * n + j]), acc(row_lse[r])) : acc(0);
+      }
+    } else if constexpr (kByKey) {
+      stage(Ts, kPad, plane, n, n, o0, kTile, p0);  // Ts[t][own] = plane[o0 + t][p0 + own]
+    } else {
+      stage(Ts, kPad, plane, n, n, p0, kTile, o0);  // Ts[own][t] = plane[p0 + own][o0 + t]
+    }
+    stage(Xs, kPad, x, width, n, w0, kOutWidth, o0);
     __syncthreads();
     accumulate<kByKey>(o, Ts, Xs);
     __syncthreads();
   }
-  store_output(out + b * width * n, o, acc(1), width, n, w0, p0);
+  store_output(out, o, acc(1), width, n, w0, p0);
 }
 
 // Grid of (position tiles of `tile`, slices of `slice` output columns, samples).
@@ -274,9 +403,30 @@ inline dim3 tile_grid(int64_t batch, int64_t positions, int64_t width, int64_t t
   return dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(slices), static_cast<unsigned>(batch));
 }
 
+// Grid of the plane kernels: (query tiles of `query_tile`, key tiles of kTile, samples).
+inline dim3 plane_grid(int64_t samples, int64_t positions, int64_t query_tile) {
+  const int64_t query_tiles = ceil_div<int64_t>(positions, query_tile);
+  const int64_t key_tiles = ceil_div<int64_t>(positions, kTile);
+  TORCH_CHECK(samples <= 65535, "nlm_gaussian: batch ", samples, " is too large for one launch (at most 65535)");
+  TORCH_CHECK(query_tiles <= INT32_MAX && key_tiles <= 65535, "nlm_gaussian: too many positions for one launch");
+  return dim3(static_cast<unsigned>(query_tiles), static_cast<unsigned>(key_tiles), static_cast<unsigned>(samples));
+}
+
+// Up to kOutWidth channels: one pass (online softmax, y and lse). Wider: the logits plane with
+// per-tile row partials, then y (and lse) in slices of kOutWidth channels over it.
 template <typename scalar_t>
-void launch_forward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, cudaStream_t stream) {
-  FR_LAUNCH(forward_kernel<scalar_t>, tile_grid(a.batch, a.positions, a.channels), dim3(kThreads), 0, stream, a);
+void launch_forward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, const PlaneBuffers& buffers, cudaStream_t stream) {
+  if (a.channels <= kOutWidth) {
+    FR_LAUNCH(forward_kernel<scalar_t>, tile_grid(a.batch, a.positions, a.channels), dim3(kThreads), 0, stream, a);
+    return;
+  }
+  using acc = acc_t<scalar_t>;
+  for_each_chunk(a.batch, typed_planes<acc, acc>(buffers), [&](const Planes<acc, acc>& pl, int64_t samples) {
+    FR_LAUNCH((plane_tile_kernel<scalar_t, false>), plane_grid(samples, a.positions, kTile), dim3(kThreads), 0,
+              stream, a, pl);
+    FR_LAUNCH((weighted_sum_kernel<scalar_t, Grad::kY>), tile_grid(samples, a.positions, a.channels), dim3(kThreads),
+              0, stream, a, pl);
+  });
 }
 
 template <typename scalar_t>
@@ -288,17 +438,23 @@ void launch_row_dot(const Ptrs<scalar_t, acc_t<scalar_t>>& a, cudaStream_t strea
             dim3(kRowDotWarps * kWarpSize), 0, stream, a);
 }
 
+// D first (whole batch), then per chunk the p and ds planes and the three gradients over them.
 template <typename scalar_t>
-void launch_backward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, cudaStream_t stream) {
+void launch_backward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, const PlaneBuffers& buffers, cudaStream_t stream) {
   launch_row_dot(a, stream);
-  if (a.channels > 0)
-    FR_LAUNCH((grad_kernel<scalar_t, Grad::kG>), tile_grid(a.batch, a.positions, a.channels), dim3(kThreads), 0,
-              stream, a);
-  if (a.dim > 0) {
-    const dim3 grid = tile_grid(a.batch, a.positions, a.dim);
-    FR_LAUNCH((grad_kernel<scalar_t, Grad::kPhi>), grid, dim3(kThreads), 0, stream, a);
-    FR_LAUNCH((grad_kernel<scalar_t, Grad::kTheta>), grid, dim3(kThreads), 0, stream, a);
-  }
+  using acc = acc_t<scalar_t>;
+  for_each_chunk(a.batch, typed_planes<acc, acc>(buffers), [&](const Planes<acc, acc>& pl, int64_t samples) {
+    FR_LAUNCH((plane_tile_kernel<scalar_t, true>), plane_grid(samples, a.positions, kTile), dim3(kThreads), 0, stream,
+              a, pl);
+    if (a.channels > 0)
+      FR_LAUNCH((weighted_sum_kernel<scalar_t, Grad::kG>), tile_grid(samples, a.positions, a.channels),
+                dim3(kThreads), 0, stream, a, pl);
+    if (a.dim > 0) {
+      const dim3 grid = tile_grid(samples, a.positions, a.dim);
+      FR_LAUNCH((weighted_sum_kernel<scalar_t, Grad::kPhi>), grid, dim3(kThreads), 0, stream, a, pl);
+      FR_LAUNCH((weighted_sum_kernel<scalar_t, Grad::kTheta>), grid, dim3(kThreads), 0, stream, a, pl);
+    }
+  });
 }
 
 }  // namespace nlm

@@ -4,8 +4,8 @@
 // between products is SIMT code on float tiles in shared memory.
 //
 // A block has 4 warps and owns kQueries = 64 positions of its own (warp w: rows 16w .. 16w + 15
-// in every step, so a warp's SIMT rows and matrix tiles are the same) and a slice of the
-// columns of its output; it walks the other positions in tiles of kKeys = 32.
+// in every step, so a warp's SIMT rows and matrix tiles are the same); the other axis comes in
+// tiles of kKeys = 32.
 //
 // Forward, up to kOutWidth = 64 channels: one pass (own positions are queries). Per key tile:
 //   1. S (64 x 32) accumulates over the width d in chunks of 32, theta and phi staged in
@@ -15,20 +15,23 @@
 //      exp(m_old - m); the accumulators live in shared memory (float), since which lane holds
 //      which entry of a wmma fragment is unspecified;
 //   3. O (64 x kOutWidth) += P (64 x 32) g^T (32 x kOutWidth).
+// P is rounded to the input type before the product, as FlashAttention does; l sums the
+// float values.
+//
+// Wider forwards and the backward compute each logit (and each dp = dy . g) once: a plane
+// kernel writes a tile of the (query, key) plane per block to global memory (the forward's
+// float logits with per-tile row maxima and sums; the backward's p and ds in the input type),
+// and weighted-sum kernels form the outputs as matrix products over those planes, kGradWidth
+// = 128 output columns per block with the accumulators in wmma fragments. Recomputing the
+// logits in every output slice instead, as a FlashAttention-style kernel does, costs a d-deep
+// product per 128 columns of C (and a C-deep dp per 128 columns of d): 4x to 5x the minimal
+// work at the benchmark shapes, where C and d are 256 to 1024 wide, against 4 N^2 bytes per
+// sample of planes here (written once, read once per output; the batch runs in chunks within
+// a memory budget, csrc/cuda/nlm_dispatch.h).
+//
 // Device code compiled for an architecture without bf16 tensor cores (FR_HAS_WMMA = 0) has
 // kernels whose body is a trap: the host launches these kernels only where
 // tensor_core_kernels_usable (csrc/ops/nlm.h) says their compiled code has a body.
-//
-// P is rounded to the input type before the product, as FlashAttention does; l sums the
-// float values. Wider g: the same kernel without outputs computes the lse, then
-// slice_wmma_kernel<kY> forms y in slices of kGradWidth = 128 channels.
-//
-// slice_wmma_kernel (y in two-pass forwards, and the backward: the SIMT kernels' three
-// gradient kernels, with the same recomputation of p and ds from the saved lse and D): the
-// logit tile S, the tile dP = dy . g and the product T X on tensor cores, kGradWidth output
-// columns per block, the accumulators in wmma fragments (no rescaling), written through
-// shared memory at the end. T (p or ds) is rounded to the input type before its product. The
-// maths per entry is kernels/nlm.h's.
 #include <type_traits>
 
 #include "../common/wmma.cuh"
@@ -51,16 +54,14 @@ constexpr int kLdTheta = kQueries + 8;           // theta chunk, col-major A: [k
 constexpr int kLdKey = kKeys + 8;                // phi chunk [k][key]; P [query][key]; g [channel][key]
 constexpr int kLdS = kKeys + 4;                  // float S [query][key]
 constexpr int kLdO = kOutWidth + 4;              // float O [query][channel]
-// The gradient kernels own twice as many output columns per block as the forward: their
-// accumulators stay in registers (no rescaling), and each output slice recomputes S (and dP)
-// over the whole N x N plane, so wider slices mean proportionally fewer recomputations.
+// The weighted-sum kernels own twice as many output columns per block as the one-pass
+// forward: their accumulators stay in registers (no rescaling).
 constexpr int kGradWidth = 2 * kOutWidth;
-// One float buffer serves the S (and dP) tiles and, at the end, the output tile.
-constexpr int kFloatTile = 2 * kQueries * kLdS > kQueries * kLdO ? 2 * kQueries * kLdS : kQueries * kLdO;
 static_assert(kThreads == kWarps * kWarpSize, "one warp per 16 query rows");
 static_assert(kChunk % kWmmaDim == 0, "whole warp products per chunk");
 static_assert(kQueries == kWarps * kWmmaDim && kKeys % kWmmaDim == 0 && kOutWidth % kWmmaDim == 0, "tile shape");
 static_assert(kWarpSize == 2 * kWmmaDim, "two lanes per softmax row");
+static_assert(kKeys == kTile, "the row partials of both paths cover tiles of kTile keys (combined_lse)");
 
 // The softmax steps give each query row two lanes: lanes 2k and 2k + 1 of warp w hold row
 // 16w + k, each walking 16 keys (or half the output columns). The float tiles' row pitches
@@ -109,19 +110,24 @@ __device__ void tile_product(smem_ptr<float> dst, FR_GLOBAL(const scalar_t) own,
     wmma::store_matrix_sync(dst + warp * kWmmaDim * kLdS + t * kWmmaDim, acc[t], kLdS, wmma::mem_row_major);
 }
 
-// acc[f] += T (the warp's 16 rows x kKeys, row-major, kLdKey) times X (kKeys x kWidth,
-// stored [column][key] with kLdKey), for the kWidth / 16 column blocks f.
-template <int kWidth, typename scalar_t>
+// acc[f] += T (the warp's 16 rows x kKeys) times X (kKeys x kWidth, stored [column][key] with
+// kLdKey), for the kWidth / 16 column blocks f. T is row-major ([row][key], kLdKey), or
+// column-major ([key][row], kLdTheta) when kTransposed.
+template <int kWidth, bool kTransposed, typename scalar_t>
 __device__ __forceinline__ void accumulate_product(FragF (&acc)[kWidth / kWmmaDim], smem_ptr<scalar_t> Ts,
                                                    smem_ptr<scalar_t> Xs) {
   using namespace tc;
   using E = typename wmma_element<scalar_t>::type;
+  using Layout = std::conditional_t<kTransposed, wmma::col_major, wmma::row_major>;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
   for (int f = 0; f < kWidth / kWmmaDim; ++f)
     for (int kk = 0; kk < kKeys / kWmmaDim; ++kk) {
-      wmma::fragment<wmma::matrix_a, kWmmaDim, kWmmaDim, kWmmaDim, E, wmma::row_major> ft;
+      wmma::fragment<wmma::matrix_a, kWmmaDim, kWmmaDim, kWmmaDim, E, Layout> ft;
       wmma::fragment<wmma::matrix_b, kWmmaDim, kWmmaDim, kWmmaDim, E, wmma::col_major> fx;
-      wmma::load_matrix_sync(ft, as_wmma(Ts + warp * kWmmaDim * kLdKey + kk * kWmmaDim), kLdKey);
+      if constexpr (kTransposed)
+        wmma::load_matrix_sync(ft, as_wmma(Ts + kk * kWmmaDim * kLdTheta + warp * kWmmaDim), kLdTheta);
+      else
+        wmma::load_matrix_sync(ft, as_wmma(Ts + warp * kWmmaDim * kLdKey + kk * kWmmaDim), kLdKey);
       wmma::load_matrix_sync(fx, as_wmma(Xs + f * kWmmaDim * kLdKey + kk * kWmmaDim), kLdKey);
       wmma::mma_sync(acc[f], ft, fx, acc[f]);
     }
@@ -129,21 +135,26 @@ __device__ __forceinline__ void accumulate_product(FragF (&acc)[kWidth / kWmmaDi
 #endif
 
 // out[(w0 + c) * n + p0 + r] = Fs[r * kLdO + c] * (row_inv ? row_inv[r] : 1) inside one
-// sample's (width, n) slice; consecutive threads write consecutive positions.
+// sample's (width, n) slice. A warp takes 16 positions of 2 columns: each column's 16 values
+// fill one 32-byte sector of the output, and the column read of the float tile (rows kLdO = 4
+// mod 32 words apart) meets 2 words per bank, where 32 positions of one column met 4.
 template <typename scalar_t>
 __device__ __forceinline__ void store_tile_output(FR_GLOBAL(scalar_t) out, smem_ptr<float> Fs, smem_ptr<float> row_inv,
                                                   int64_t width, int64_t n, int64_t w0, int64_t p0) {
   using namespace tc;
+  constexpr int kRun = kWarpSize / 2;  // positions per column in a warp's step
+  static_assert(kQueries % kRun == 0 && kOutWidth % 2 == 0, "whole steps");
   for (int e = threadIdx.x; e < kOutWidth * kQueries; e += blockDim.x) {
-    const int c = e / kQueries, r = e % kQueries;
+    const int step = e / kWarpSize, lane = e % kWarpSize;
+    const int r = (step % (kQueries / kRun)) * kRun + lane % kRun;
+    const int c = (step / (kQueries / kRun)) * 2 + lane / kRun;
     if (w0 + c < width && p0 + r < n)
       out[(w0 + c) * n + p0 + r] = static_cast<scalar_t>(Fs[r * kLdO + c] * (row_inv ? row_inv[r] : 1.f));
   }
 }
 
-// kWithOutput: y and lse in one pass over the keys; otherwise only the lse (the first pass of
-// the two-pass forward, whose outputs come from slice_wmma_kernel<kY>).
-template <typename scalar_t, bool kWithOutput>
+// Up to kOutWidth channels: y and lse in one pass over the keys (online softmax).
+template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, float> a) {
 #if FR_HAS_WMMA
   using namespace tc;
@@ -158,7 +169,7 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int row = warp * kWmmaDim + lane / 2, half = lane % 2;  // this lane's softmax row and keys
   const int rot = walk_offset(row, half);
-  const int64_t b = blockIdx.z, q0 = int64_t(blockIdx.x) * kQueries, c0 = int64_t(blockIdx.y) * kOutWidth;
+  const int64_t b = blockIdx.z, q0 = int64_t(blockIdx.x) * kQueries;
   const int64_t n = a.positions;
   FR_GLOBAL(const scalar_t) theta = a.theta + b * a.dim * n;
   FR_GLOBAL(const scalar_t) phi = a.phi + b * a.dim * n;
@@ -170,7 +181,7 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
   float m = mn::neg_inf<float>(), l = 0.f;
 
   for (int64_t k0 = 0; k0 < n; k0 += kKeys) {
-    if (kWithOutput) stage<kKeys>(Gs, kLdKey, g, a.channels, n, c0, kOutWidth, k0);
+    stage<kKeys>(Gs, kLdKey, g, a.channels, n, 0, kOutWidth, k0);
     tile_product(Ss, theta, phi, a.dim, n, q0, k0, Ths, Phs);
     __syncwarp();
 
@@ -188,14 +199,10 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
     for (int u = 0; u < kHalfKeys; ++u) {
       const float p = mn::shifted_weight(s[u], m_new);
       sum += p;
-      if (kWithOutput) Ps[row * kLdKey + half * kHalfKeys + (u + rot) % kHalfKeys] = static_cast<scalar_t>(p);
+      Ps[row * kLdKey + half * kHalfKeys + (u + rot) % kHalfKeys] = static_cast<scalar_t>(p);
     }
     l = l * alpha + sum + __shfl_xor_sync(0xffffffffu, sum, 1);
     m = m_new;
-    if (!kWithOutput) {
-      __syncthreads();  // the next tile's products overwrite S
-      continue;
-    }
     for (int v = 0; v < kOutWidth / 2; ++v) Os[row * kLdO + half * (kOutWidth / 2) + (v + rot) % (kOutWidth / 2)] *= alpha;
     __syncthreads();  // g staged by the block; P and the rescaled O by the warp
 
@@ -203,7 +210,7 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
     FragF o_acc[kOutWidth / kWmmaDim];
     for (int f = 0; f < kOutWidth / kWmmaDim; ++f)
       wmma::load_matrix_sync(o_acc[f], Os + warp * kWmmaDim * kLdO + f * kWmmaDim, kLdO, wmma::mem_row_major);
-    accumulate_product<kOutWidth>(o_acc, Ps, Gs);
+    accumulate_product<kOutWidth, false>(o_acc, Ps, Gs);
     for (int f = 0; f < kOutWidth / kWmmaDim; ++f)
       wmma::store_matrix_sync(Os + warp * kWmmaDim * kLdO + f * kWmmaDim, o_acc[f], kLdO, wmma::mem_row_major);
     __syncthreads();  // before the next tile restages g, theta, phi and rescales O
@@ -212,91 +219,145 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
   const int64_t i = q0 + row;
   if (half == 0) {
     row_inv[row] = 1.f / l;
-    if (blockIdx.y == 0 && i < n) {
-      a.lse[b * n + i] = mn::row_lse(m, l);
-      if (!kWithOutput) a.row_max[b * n + i] = m;
-    }
+    if (i < n) a.lse[b * n + i] = mn::row_lse(m, l);
   }
-  if (!kWithOutput) return;
   __syncthreads();
-  store_tile_output<scalar_t>(a.out + b * a.channels * n, Os, row_inv, a.channels, n, c0, q0);
+  store_tile_output<scalar_t>(a.out + b * a.channels * n, Os, row_inv, a.channels, n, 0, q0);
 #else
   __trap();  // compiled for a GPU without bf16 tensor cores: the host never launches it there
 #endif
 }
 
-// Which output a slice kernel computes: y (the second pass of the two-pass forward) or one of
-// the three gradients.
-enum class Slice { kY, kG, kPhi, kTheta };
+// The tensor-core kernels' planes (Planes, csrc/cuda/nlm_kernels.cuh): float logits and partials,
+// p and ds in the input type, as the products take them.
+template <typename scalar_t>
+using WmmaPlanes = Planes<float, scalar_t>;
 
-// One block: kGradWidth columns of its output for kQueries own positions, from the tiles
-// T (p or ds) of the other axis times a staged slice X of one input:
-//   y_i      = sum_j p_ij g_j          (own = queries, X = g)
-//   dg_j     = sum_i p_ij dy_i         (own = keys,    X = dy)
-//   dphi_j   = sum_i ds_ij theta_i     (own = keys,    X = theta)
-//   dtheta_i = sum_j ds_ij phi_j       (own = queries, X = phi)
-// p comes from the saved lse (for y: exp(s - m) from the saved row max, times 1 / l at the
-// end), so no rescaling: the accumulators stay in registers.
-template <typename scalar_t, Slice kWhich>
-__global__ void __launch_bounds__(kThreads) slice_wmma_kernel(Ptrs<scalar_t, float> a) {
+// One block: the kQueries x kKeys tile (blockIdx.x, blockIdx.y) of the (query, key) plane of
+// sample s, its logits (d deep) and for the backward dp = dy . g (C deep) on tensor cores; each
+// warp then writes its 16 rows a row per step, a lane per key (coalesced).
+template <typename scalar_t, bool kBackward>
+__global__ void __launch_bounds__(kThreads) plane_tile_wmma_kernel(Ptrs<scalar_t, float> a, WmmaPlanes<scalar_t> pl) {
 #if FR_HAS_WMMA
   using namespace tc;
-  constexpr bool kByKey = kWhich == Slice::kG || kWhich == Slice::kPhi;        // own positions are keys
-  constexpr bool kLogitGrad = kWhich == Slice::kPhi || kWhich == Slice::kTheta;  // T = ds (else p)
-  constexpr bool kChannels = kWhich == Slice::kY || kWhich == Slice::kG;         // output width C (else d)
   FR_SHARED_ALIGNED(32, scalar_t, Own, kChunk * kLdTheta);
   FR_SHARED_ALIGNED(32, scalar_t, Oth, kChunk * kLdKey);
-  FR_SHARED_ALIGNED(32, scalar_t, Ts, kQueries * kLdKey);
-  FR_SHARED_ALIGNED(32, scalar_t, Xs, kGradWidth * kLdKey);
-  FR_SHARED_ALIGNED(32, float, Fs, kFloatTile);
-  const smem_ptr<float> Ss = Fs;                       // logits, [own][other]
-  const smem_ptr<float> Dps = Fs + kQueries * kLdS;    // dp = dy . g, [own][other]
-
+  FR_SHARED_ALIGNED(32, float, Ss, kQueries * kLdS);
+  FR_SHARED_ALIGNED(32, float, Dps, kBackward ? kQueries * kLdS : 8);
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
-  const int row = warp * kWmmaDim + lane / 2, half = lane % 2, rot = walk_offset(row, half);
-  const int64_t b = blockIdx.z, p0 = int64_t(blockIdx.x) * kQueries, w0 = int64_t(blockIdx.y) * kGradWidth;
-  const int64_t n = a.positions;
+  const int64_t s = blockIdx.z, b = pl.sample0 + s, n = a.positions;
+  const int64_t q0 = int64_t(blockIdx.x) * kQueries, k0 = int64_t(blockIdx.y) * kKeys, j = k0 + lane;
+  tile_product<scalar_t>(Ss, a.theta + b * a.dim * n, a.phi + b * a.dim * n, a.dim, n, q0, k0, Own, Oth);
+  if (kBackward)
+    tile_product<scalar_t>(Dps, a.grad_y + b * a.channels * n, a.g + b * a.channels * n, a.channels, n, q0, k0, Own,
+                           Oth);
+  __syncwarp();
+  // (each pass's pointers only: the other pass's are null)
+  FR_GLOBAL(const float) lse = kBackward ? a.lse + b * n : nullptr;
+  FR_GLOBAL(const float) row_dot = kBackward ? a.row_dot + b * n : nullptr;
+  FR_GLOBAL(scalar_t) weights = kBackward ? pl.weights + s * n * n : nullptr;
+  FR_GLOBAL(scalar_t) logit_grads = kBackward ? pl.logit_grads + s * n * n : nullptr;
+  FR_GLOBAL(float) logits = kBackward ? nullptr : pl.logits + s * n * n;
+  float tile_m = mn::neg_inf<float>(), tile_l = 0.f;  // lane r < 16: row r's partial (forward)
+  for (int r = 0; r < kWmmaDim; ++r) {
+    const int row = warp * kWmmaDim + r;
+    const int64_t i = q0 + row;
+    if (i >= n) break;  // the same for the whole warp
+    const float x = j < n ? a.scale * Ss[row * kLdS + lane] : mn::neg_inf<float>();
+    if constexpr (kBackward) {
+      if (j < n) {
+        const float p = mn::probability(x, float(lse[i]));
+        weights[i * n + j] = static_cast<scalar_t>(p);
+        logit_grads[i * n + j] =
+            static_cast<scalar_t>(mn::scaled_logit_grad(p, float(Dps[row * kLdS + lane]), float(row_dot[i]), a.scale));
+      }
+    } else {
+      if (j < n) logits[i * n + j] = x;
+      const float m = warp_reduce(x, mn::RowMax{});
+      const float l = warp_sum(mn::shifted_weight(x, m));
+      if (lane == r) {
+        tile_m = m;
+        tile_l = l;
+      }
+    }
+  }
+  if constexpr (!kBackward) {
+    const int64_t i = q0 + warp * kWmmaDim + lane;
+    FR_GLOBAL(float) partials = pl.partials + (s * gridDim.y + blockIdx.y) * 2 * n;
+    if (lane < kWmmaDim && i < n) {
+      partials[i] = tile_m;
+      partials[n + i] = tile_l;
+    }
+  }
+#else
+  __trap();  // compiled for a GPU without bf16 tensor cores: the host never launches it there
+#endif
+}
+
+// Which output a weighted-sum kernel computes: y (forward, over C > kOutWidth channels) or one
+// of the three gradients.
+enum class Slice { kY, kG, kPhi, kTheta };
+
+// One block: kGradWidth columns of its output for kQueries own positions, a sum over the other
+// axis of a plane tile T times a staged slice X of one input:
+//   y_i      = sum_j p_ij g_j          (own = queries, T = exp(logit - lse) from the logits)
+//   dg_j     = sum_i p_ij dy_i         (own = keys,    T = weights^T)
+//   dphi_j   = sum_i ds_ij theta_i     (own = keys,    T = logit_grads^T)
+//   dtheta_i = sum_j ds_ij phi_j       (own = queries, T = logit_grads)
+// The accumulators stay in registers (no rescaling) and are written through shared memory at
+// the end. y's kernel also forms each row's lse from the plane kernel's per-tile partials.
+template <typename scalar_t, Slice kWhich>
+__global__ void __launch_bounds__(kThreads) weighted_sum_wmma_kernel(Ptrs<scalar_t, float> a, WmmaPlanes<scalar_t> pl) {
+#if FR_HAS_WMMA
+  using namespace tc;
+  constexpr bool kByKey = kWhich == Slice::kG || kWhich == Slice::kPhi;  // own positions are keys
+  constexpr bool kChannels = kWhich == Slice::kY || kWhich == Slice::kG;  // output width C (else d)
+  FR_SHARED_ALIGNED(32, scalar_t, Ts, kByKey ? kKeys * kLdTheta : kQueries * kLdKey);
+  FR_SHARED_ALIGNED(32, scalar_t, Xs, kGradWidth * kLdKey);
+  FR_SHARED_ALIGNED(32, float, Fs, kQueries * kLdO);
+  FR_SHARED(float, row_lse, kQueries);
+
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  const int64_t s = blockIdx.z, b = pl.sample0 + s, n = a.positions;
+  const int64_t p0 = int64_t(blockIdx.x) * kQueries, w0 = int64_t(blockIdx.y) * kGradWidth;
   const int64_t width = kChannels ? a.channels : a.dim;
-  FR_GLOBAL(const scalar_t) theta = a.theta + b * a.dim * n;
-  FR_GLOBAL(const scalar_t) phi = a.phi + b * a.dim * n;
-  FR_GLOBAL(const scalar_t) g = a.g + b * a.channels * n;
-  FR_GLOBAL(const scalar_t) dy = kWhich == Slice::kY ? nullptr : a.grad_y + b * a.channels * n;
   FR_GLOBAL(const scalar_t) x =
-      kWhich == Slice::kY ? g : (kWhich == Slice::kG ? dy : (kWhich == Slice::kPhi ? theta : phi));
+      (kWhich == Slice::kY ? a.g : (kWhich == Slice::kG ? a.grad_y : (kWhich == Slice::kPhi ? a.theta : a.phi))) +
+      b * width * n;
   FR_GLOBAL(scalar_t) out = (kWhich == Slice::kY ? a.out
-                                       : (kWhich == Slice::kG ? a.grad_g
-                                                              : (kWhich == Slice::kPhi ? a.grad_phi : a.grad_theta))) +
-                  b * width * n;
+                                                 : (kWhich == Slice::kG ? a.grad_g
+                                                                        : (kWhich == Slice::kPhi ? a.grad_phi
+                                                                                                 : a.grad_theta))) +
+                            b * width * n;
+  FR_GLOBAL(const scalar_t) plane =
+      kWhich == Slice::kY ? nullptr : (kWhich == Slice::kG ? pl.weights : pl.logit_grads) + s * n * n;
+
+  if constexpr (kWhich == Slice::kY) {
+    if (threadIdx.x < kQueries) row_lse[threadIdx.x] = combined_lse(a, pl.partials, s, b, p0 + threadIdx.x);
+    __syncthreads();
+  }
+
   FragF o_acc[kGradWidth / kWmmaDim];
   for (auto& f : o_acc) wmma::fill_fragment(f, 0.f);
-
   for (int64_t o0 = 0; o0 < n; o0 += kKeys) {
     stage<kKeys>(Xs, kLdKey, x, width, n, w0, kGradWidth, o0);
-    tile_product(Ss, kByKey ? phi : theta, kByKey ? theta : phi, a.dim, n, p0, o0, Own, Oth);
-    if (kLogitGrad) tile_product(Dps, kByKey ? g : dy, kByKey ? dy : g, a.channels, n, p0, o0, Own, Oth);
-    __syncwarp();
-    for (int u = 0; u < kHalfKeys; ++u) {
-      const int t = half * kHalfKeys + (u + rot) % kHalfKeys;
-      const int64_t own = p0 + row, other = o0 + t;
-      const int64_t i = kByKey ? other : own, j = kByKey ? own : other;
-      float value = 0.f;  // 0 outside the N x N plane: padded rows must not reach the sums
-      if (i < n && j < n) {
-        // y: exp(s - m), the row's largest weight exactly 1 (as in the one-pass forward), and
-        // 1 / l at the end; the gradients: p itself
-        const float shift = kWhich == Slice::kY ? a.row_max[b * n + i] : a.lse[b * n + i];
-        const float p = mn::probability(a.scale * Ss[row * kLdS + t], shift);
-        value = kLogitGrad ? mn::scaled_logit_grad(p, float(Dps[row * kLdS + t]), a.row_dot[b * n + i], a.scale) : p;
+    if constexpr (kWhich == Slice::kY) {
+      FR_GLOBAL(const float) logits = pl.logits + s * n * n;
+      for (int e = threadIdx.x; e < kQueries * kKeys; e += blockDim.x) {
+        const int r = e / kKeys, t = e % kKeys;
+        const int64_t i = p0 + r, j = o0 + t;
+        const float p = i < n && j < n ? mn::probability(float(logits[i * n + j]), float(row_lse[r])) : 0.f;
+        Ts[r * kLdKey + t] = static_cast<scalar_t>(p);
       }
-      Ts[row * kLdKey + t] = static_cast<scalar_t>(value);
+    } else if constexpr (kByKey) {
+      stage<kQueries>(Ts, kLdTheta, plane, n, n, o0, kKeys, p0);  // Ts[t][own] = plane[o0 + t][p0 + own]
+    } else {
+      stage<kKeys>(Ts, kLdKey, plane, n, n, p0, kQueries, o0);  // Ts[own][t] = plane[p0 + own][o0 + t]
     }
-    __syncthreads();  // X staged by the block, T by the warp
-    accumulate_product<kGradWidth>(o_acc, Ts, Xs);
-    __syncthreads();  // before the next tile restages X and the products overwrite S, dP
+    __syncthreads();  // T and X staged by the block
+    accumulate_product<kGradWidth, kByKey>(o_acc, Ts, Xs);
+    __syncthreads();  // before the next tile restages them
   }
-  // y's rows are scaled by 1 / l = exp(m - lse)
-  FR_SHARED(float, row_scale, kQueries);
-  if (kWhich == Slice::kY && half == 0)
-    row_scale[row] = p0 + row < n ? mn::probability(a.row_max[b * n + p0 + row], a.lse[b * n + p0 + row]) : 0.f;
   // written kOutWidth columns at a time through the float buffer
   constexpr int kPerPass = kOutWidth / kWmmaDim;
   for (int pass = 0; pass < kGradWidth / kOutWidth; ++pass) {
@@ -304,8 +365,7 @@ __global__ void __launch_bounds__(kThreads) slice_wmma_kernel(Ptrs<scalar_t, flo
       wmma::store_matrix_sync(Fs + warp * kWmmaDim * kLdO + f * kWmmaDim, o_acc[pass * kPerPass + f], kLdO,
                               wmma::mem_row_major);
     __syncthreads();
-    store_tile_output(out, Fs, kWhich == Slice::kY ? row_scale : smem_ptr<float>(nullptr), width, n,
-                      w0 + pass * kOutWidth, p0);
+    store_tile_output(out, Fs, smem_ptr<float>(nullptr), width, n, w0 + pass * kOutWidth, p0);
     __syncthreads();  // before the next pass overwrites the buffer
   }
 #else
@@ -313,33 +373,41 @@ __global__ void __launch_bounds__(kThreads) slice_wmma_kernel(Ptrs<scalar_t, flo
 #endif
 }
 
-// Up to kOutWidth channels: one pass (online softmax, y and lse). Wider: the lse first, then
-// y in slices of kGradWidth channels with the accumulators in registers, which recomputes the
-// logits once per 128 channels instead of once per 64.
+// Up to kOutWidth channels: one pass (online softmax, y and lse). Wider: the logits plane with
+// per-tile row partials, then y (and lse) in slices of kGradWidth channels over it.
 template <typename scalar_t>
-void launch_forward_wmma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
+void launch_forward_wmma(const Ptrs<scalar_t, float>& a, const WmmaPlanes<scalar_t>& planes, cudaStream_t stream) {
   if (a.channels <= kOutWidth) {
-    FR_LAUNCH((forward_wmma_kernel<scalar_t, true>), tile_grid(a.batch, a.positions, a.channels, tc::kQueries),
-              dim3(kThreads), 0, stream, a);
+    FR_LAUNCH((forward_wmma_kernel<scalar_t>), tile_grid(a.batch, a.positions, 0, tc::kQueries), dim3(kThreads), 0,
+              stream, a);
     return;
   }
-  FR_LAUNCH((forward_wmma_kernel<scalar_t, false>), tile_grid(a.batch, a.positions, 0, tc::kQueries),
-            dim3(kThreads), 0, stream, a);
-  FR_LAUNCH((slice_wmma_kernel<scalar_t, Slice::kY>),
-            tile_grid(a.batch, a.positions, a.channels, tc::kQueries, tc::kGradWidth), dim3(kThreads), 0, stream, a);
+  for_each_chunk(a.batch, planes, [&](const WmmaPlanes<scalar_t>& pl, int64_t samples) {
+    FR_LAUNCH((plane_tile_wmma_kernel<scalar_t, false>), plane_grid(samples, a.positions, tc::kQueries),
+              dim3(kThreads), 0, stream, a, pl);
+    FR_LAUNCH((weighted_sum_wmma_kernel<scalar_t, Slice::kY>),
+              tile_grid(samples, a.positions, a.channels, tc::kQueries, tc::kGradWidth), dim3(kThreads), 0, stream, a,
+              pl);
+  });
 }
 
+// D first (whole batch), then per chunk the p and ds planes and the three gradients over them.
 template <typename scalar_t>
-void launch_backward_wmma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
+void launch_backward_wmma(const Ptrs<scalar_t, float>& a, const WmmaPlanes<scalar_t>& planes, cudaStream_t stream) {
   launch_row_dot(a, stream);
-  if (a.channels > 0)
-    FR_LAUNCH((slice_wmma_kernel<scalar_t, Slice::kG>),
-              tile_grid(a.batch, a.positions, a.channels, tc::kQueries, tc::kGradWidth), dim3(kThreads), 0, stream, a);
-  if (a.dim > 0) {
-    const dim3 grid = tile_grid(a.batch, a.positions, a.dim, tc::kQueries, tc::kGradWidth);
-    FR_LAUNCH((slice_wmma_kernel<scalar_t, Slice::kPhi>), grid, dim3(kThreads), 0, stream, a);
-    FR_LAUNCH((slice_wmma_kernel<scalar_t, Slice::kTheta>), grid, dim3(kThreads), 0, stream, a);
-  }
+  for_each_chunk(a.batch, planes, [&](const WmmaPlanes<scalar_t>& pl, int64_t samples) {
+    FR_LAUNCH((plane_tile_wmma_kernel<scalar_t, true>), plane_grid(samples, a.positions, tc::kQueries),
+              dim3(kThreads), 0, stream, a, pl);
+    if (a.channels > 0)
+      FR_LAUNCH((weighted_sum_wmma_kernel<scalar_t, Slice::kG>),
+                tile_grid(samples, a.positions, a.channels, tc::kQueries, tc::kGradWidth), dim3(kThreads), 0, stream,
+                a, pl);
+    if (a.dim > 0) {
+      const dim3 grid = tile_grid(samples, a.positions, a.dim, tc::kQueries, tc::kGradWidth);
+      FR_LAUNCH((weighted_sum_wmma_kernel<scalar_t, Slice::kPhi>), grid, dim3(kThreads), 0, stream, a, pl);
+      FR_LAUNCH((weighted_sum_wmma_kernel<scalar_t, Slice::kTheta>), grid, dim3(kThreads), 0, stream, a, pl);
+    }
+  });
 }
 
 template <typename scalar_t>
@@ -348,19 +416,21 @@ constexpr bool kHasWmmaPath = std::is_same_v<scalar_t, c10::Half> || std::is_sam
 // The forward and the backward for any input type: wmma for fp16 / bf16 when tensor_cores,
 // SIMT otherwise.
 template <typename scalar_t>
-void launch_forward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, bool tensor_cores, cudaStream_t stream) {
+void launch_forward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, bool tensor_cores, const PlaneBuffers& buffers,
+                    cudaStream_t stream) {
   if constexpr (kHasWmmaPath<scalar_t>) {
-    if (tensor_cores) return launch_forward_wmma<scalar_t>(a, stream);
+    if (tensor_cores) return launch_forward_wmma<scalar_t>(a, typed_planes<float, scalar_t>(buffers), stream);
   }
-  launch_forward<scalar_t>(a, stream);
+  launch_forward<scalar_t>(a, buffers, stream);
 }
 
 template <typename scalar_t>
-void launch_backward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, bool tensor_cores, cudaStream_t stream) {
+void launch_backward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, bool tensor_cores, const PlaneBuffers& buffers,
+                     cudaStream_t stream) {
   if constexpr (kHasWmmaPath<scalar_t>) {
-    if (tensor_cores) return launch_backward_wmma<scalar_t>(a, stream);
+    if (tensor_cores) return launch_backward_wmma<scalar_t>(a, typed_planes<float, scalar_t>(buffers), stream);
   }
-  launch_backward<scalar_t>(a, stream);
+  launch_backward<scalar_t>(a, buffers, stream);
 }
 
 }  // namespace nlm

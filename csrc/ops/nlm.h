@@ -58,7 +58,6 @@ struct Ptrs {
   scalar_t* out;               // forward: y
   acc* lse;                    // forward: written; backward: read
   acc* row_dot;                // backward: D_i = sum_c dy_ic y_ic
-  acc* row_max;                // two-pass CUDA forward: the logits' row max, written by the first pass
   scalar_t *grad_theta, *grad_phi, *grad_g;
   int64_t batch, dim, channels, positions;
   acc scale;

@@ -68,7 +68,7 @@ MEASURED_EFFICIENCY = {
 
 # The tensor-core kernels' tiles (csrc/cuda/nlm_wmma_kernels.cuh): a block owns 64 positions and
 # walks the others 32 at a time; reductions run in chunks of 32 rows; the one-pass forward
-# writes 64 output columns, the slice kernels 128.
+# writes 64 output columns, the weighted-sum kernels 128.
 OWN_TILE, OTHER_TILE, CHUNK, ONE_PASS_WIDTH, SLICE_WIDTH = 64, 32, 32, 64, 128
 
 
@@ -87,15 +87,16 @@ def kernel_flops(b: int, d: int, c: int, n: int, backward: bool) -> int:
     own, other = _round_up(n, OWN_TILE), _round_up(n, OTHER_TILE)
     dp, cp = _round_up(d, CHUNK), _round_up(c, CHUNK)
     plane = 2 * b * own * other  # one multiply-add per (own, other) pair and reduction row
+
+    def sliced(width: int) -> int:  # the weighted-sum kernels' columns: whole slices of 128
+        return math.ceil(width / SLICE_WIDTH) * SLICE_WIDTH
+
     if not backward:
         if c <= ONE_PASS_WIDTH:  # one pass: S, then P g^T for 64 columns
             return plane * (dp + ONE_PASS_WIDTH)
-        # the log-sum-exp pass (S), then y in slices of 128 channels, each recomputing S
-        return plane * dp + plane * math.ceil(c / SLICE_WIDTH) * (dp + SLICE_WIDTH)
-    work = plane * math.ceil(c / SLICE_WIDTH) * (dp + SLICE_WIDTH) if c > 0 else 0  # dg: S, P^T dy
-    if d > 0:  # dphi and dtheta: S, dP = dy . g and dS x per slice of 128 of the d columns
-        work += 2 * plane * math.ceil(d / SLICE_WIDTH) * (dp + cp + SLICE_WIDTH)
-    return work
+        return plane * (dp + sliced(c))  # the logits plane, then y over it
+    # the p and ds planes (S and dP = dy . g once each), then dg, dphi and dtheta over them
+    return plane * (dp + cp + (sliced(c) if c > 0 else 0) + (2 * sliced(d) if d > 0 else 0))
 
 
 def padded_width(d: int, c: int) -> int:
