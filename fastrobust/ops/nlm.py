@@ -6,10 +6,14 @@
 over all N = H * W positions of a feature map; theta and phi of width d, g of width C
 (d != C allowed: the embedded layer uses d = C/2 and g = x).
 
-nlm_gaussian is the op `fastrobust::nlm_gaussian`, flash-style: the N x N affinity is never
-stored. It returns y and the per-row log-sum-exp (B, N) of the logits, from which the
-backward op `_nlm_gaussian_backward` recomputes the softmax tile by tile (the
-FlashAttention-2 scheme). Extra memory: O(B * N). On CUDA GPUs of compute capability 8.0 or
+nlm_gaussian is the op `fastrobust::nlm_gaussian`. It returns y and the per-row log-sum-exp
+(B, N) of the logits, from which the backward op `_nlm_gaussian_backward` recomputes the
+softmax. The CPU kernel is flash-style: the N x N affinity is never stored, the softmax is
+recomputed tile by tile (the FlashAttention-2 scheme), extra memory O(B * N). The CUDA kernels
+compute each logit (and each dp = dy . g) once into (query, key) planes in global memory, for
+forwards over more than 64 channels and for the backward, the batch in chunks within 256 MiB of
+planes: recomputing them per slice of the wide outputs would cost several times the minimal
+work. On CUDA GPUs of compute capability 8.0 or
 newer, float16 and bfloat16 inputs run on tensor cores with float32 accumulation (the
 probabilities, and ds in the backward, are rounded to the input type before their second
 product, as FlashAttention does); float32 runs in float32 FMA (no TF32).
@@ -53,7 +57,7 @@ def _autocast_inputs(*tensors: torch.Tensor):
 
 def nlm_gaussian(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, scale: Optional[float] = None,
                  backend: str = "auto") -> torch.Tensor:
-    """Softmax non-local means; the kernel never materialises the N x N affinity.
+    """Softmax non-local means; the CPU kernel never materialises the N x N affinity.
 
     Args:
         theta: queries (B, d, H, W) or (B, d, N).
