@@ -2,8 +2,8 @@
 or the materialising composition (logits, softmax, product).
 
 Softmax non-local means is one-head attention with queries theta, keys phi and values g. Our
-kernel never materialises the N x N affinity and returns the log-sum-exp that
-`torch.ops.fastrobust.nlm_gaussian` exposes. On the GPU, though, it is not yet the fastest way
+kernel returns the log-sum-exp that `torch.ops.fastrobust.nlm_gaussian` exposes, and its CUDA
+kernels keep the N x N planes only in chunks of the batch. On the GPU, though, it is not yet the fastest way
 to y: on an H200 (benchmarks/results/nlm-cuda.json) its tensor-core path reached 1-2 % of the
 roofline below, its fp32 path about 10 %, where cuBLAS behind the materialising composition
 reached 33 % (16-bit) and 51 % (fp32) and SDPA's fused kernels 24 %. `backend="auto"` picks by
@@ -16,7 +16,10 @@ that measurement:
   expected time runs.
   The candidates:
   - "kernel": always. Its work and bytes are those of its launches (kernel_flops,
-    kernel_bytes: the emulator's counts, which a test holds them to).
+    kernel_bytes: the emulator's counts, which a test holds them to). Its efficiencies are
+    those of the kernels the H200 ran (commit 1cb7f70), which recomputed the logits in every
+    output slice; applied here to the work of today's kernels (each logit once) until a GPU
+    measures them.
   - "sdpa": float16 and bfloat16 on compute capability 8.0 or newer, with N, B > 0 and a padded
     width of at most 512 (at 1024, SDPA measured 3-12 % of its roofline on the H200). It
     runs on (B, 1, N, D) copies whose widths are zero-padded to D = max(d, C) rounded up to 8
@@ -111,21 +114,37 @@ def sdpa_flops(b: int, d: int, c: int, n: int, backward: bool) -> int:
 
 
 def kernel_bytes(b: int, d: int, c: int, n: int, backward: bool, element: int) -> int:
-    """Bytes our kernels' launches move, each launch reading what its blocks read once (the
-    cost model's view: a block's re-reads of the other positions hit L2): every output slice
-    reads theta and phi again, as the slices recompute the logits. The float32 lse and row
-    scalars (4 bytes a row) count where the emulator counts them: written by the forward's
-    one pass and read by the backward's row pass."""
+    """Bytes our tensor-core kernels' launches move in the cost model's view: a launch reads
+    once what one row of its grid reads (blockIdx.x varies, a block's re-reads of what its row
+    shares hit L2), times its rows. The plane kernels' rows are key tiles (each reads all of
+    the sample's queries and a strip of keys, and writes a strip of the planes), the
+    weighted-sum kernels' rows are output slices (each reads the sample's whole plane). The
+    logits and their row partials are float32, p and ds in the input type; the float32 lse
+    and row scalars count where the emulator counts them."""
     tp, values, key_half, lse = 2 * b * d * n * element, b * c * n * element, b * d * n * element, 4 * b * n
-    c_slices, d_slices = math.ceil(c / SLICE_WIDTH), math.ceil(d / SLICE_WIDTH)
-    if not backward:
-        if c <= ONE_PASS_WIDTH:
-            return tp + values + values + lse  # theta, phi, g; y, lse
-        return tp + (c_slices * tp + values + values)  # the lse pass; the y slices
+    if not backward and c <= ONE_PASS_WIDTH:
+        return tp + values + values + lse  # theta, phi, g; y, lse
+    key_tiles = math.ceil(n / OTHER_TILE)
+
+    def strips(width: int) -> int:  # one key tile's strip of a (width, n) input, and all of it
+        return OTHER_TILE * width * element + n * width * element
+
+    def sums(width: int, plane_element: int) -> int:  # weighted sums over a plane, 128 columns a row
+        if width == 0:
+            return 0
+        slice_bytes = min(width, SLICE_WIDTH) * n * element  # a slice of X read, of the output written
+        return b * math.ceil(width / SLICE_WIDTH) * (n * n * plane_element + 2 * slice_bytes)
+
+    if not backward:  # the logits plane and its partials (float32), then y over it
+        partials = 2 * n * 4
+        plane = b * key_tiles * (strips(d) + OTHER_TILE * n * 4 + partials)
+        # y's rows also read the partials, and write the lse (the first slice's blocks: the rows
+        # the model ran at the benchmark shapes, so counted once per slice)
+        slices = math.ceil(c / SLICE_WIDTH)
+        return plane + sums(c, 4) + b * slices * key_tiles * partials + slices * lse
     row_dot = 2 * values + lse  # dy . y per row
-    grad_g = (c_slices * tp + 2 * values) if c > 0 else 0  # theta, phi per slice; dy; dg
-    grad_keys = 2 * (d_slices * (tp + 2 * values) + key_half) if d > 0 else 0  # dphi, dtheta
-    return row_dot + grad_g + grad_keys
+    plane = b * key_tiles * (strips(d) + strips(c) + 2 * 4 * n + 2 * OTHER_TILE * n * element)  # p, ds strips
+    return row_dot + plane + sums(c, element) + 2 * sums(d, element)
 
 
 def sdpa_bytes(b: int, d: int, c: int, n: int, backward: bool, element: int) -> int:
