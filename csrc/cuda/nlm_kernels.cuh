@@ -222,11 +222,11 @@ __global__ void __launch_bounds__(kRowDotWarps * kWarpSize) row_dot_kernel(Ptrs<
 //             exp(logit - that max) over the tile;
 //   backward: weights[s][i][j] = p_ij and logit_grads[s][i][j] = ds_ij (scale included).
 // Each logit (and each dp = dy . g) is then computed once for the whole op, and the outputs are
-// plain products over the planes, a slice of output columns per block. Recomputing the logits
-// in every output slice instead, as a FlashAttention-style kernel does, costs a d-deep product
-// per slice of C (and a C-deep dp per slice of d): several times the minimal work where C and
-// d are hundreds of columns wide, against a few N^2 words per sample here (written once, read
-// once per output).
+// plain products over the planes, a slice of output columns per block. A FlashAttention-style
+// kernel, whose outputs here are too wide for one block's registers, would recompute the
+// logits in every output slice instead: a d-deep product per slice of C (and a C-deep dp per
+// slice of d), several times the minimal work where C and d are hundreds of columns wide,
+// against a few N^2 words per sample here (written once, read once per output).
 template <typename logit_t, typename weight_t>
 struct Planes {
   int64_t sample0, chunk;
