@@ -155,6 +155,27 @@ def test_backward_adds_the_pooling_gradient(backend, dtype):
         assert_close_to_oracle(got[1], want[1], dtype, REDUCTION_TOL, name="grad relevance")
 
 
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("shape", [(3, 1, 4, 4), (2, 1, 80, 80)])
+def test_bfloat16_values_round_like_torch(backend, shape):
+    """One channel makes the mask exactly `scale`: out and grad_feat are then the float products
+    rounded to bfloat16, which must be torch's rounding bit for bit (to nearest even, NaN and
+    inf kept), on rows of one block and on a row longer than the CPU kernel's staging blocks."""
+    g = torch.Generator().manual_seed(0)
+    special = torch.tensor([1.0, 3.0, -1.0, 0.0, -0.0, float("nan"), float("inf"), -float("inf"), 1e-40, -3e-39])
+    feat = torch.randn(shape, generator=g) * 100
+    feat.view(-1)[: special.numel()] = special
+    feat = feat.bfloat16()
+    grad_out = (torch.randn(shape, generator=g) * 1e-3).bfloat16()
+    relevance = torch.randn(shape[:2], generator=g).bfloat16()
+    scale = 1.0 + 2.0 ** -8  # puts 1.0 * scale exactly halfway between two bfloat16 values
+    out, (grad_feat, _) = run(backend.op("cifs_reweight"), *(t.to(backend.device) for t in (feat, relevance, grad_out)),
+                              1.0, scale)
+    exact = dict(rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(out.cpu(), (feat.float() * scale).bfloat16(), **exact)
+    torch.testing.assert_close(grad_feat.cpu(), (grad_out.float() * scale).bfloat16(), **exact)
+
+
 @pytest.mark.skipif(not fastrobust.HAS_EXT, reason="needs the compiled extension")
 def test_fake_backward_rejects_a_bad_pooling_gradient_like_the_kernels():
     """The fake kernel (torch.compile, meta tensors) checks grad_pooled as the kernels do."""
