@@ -16,6 +16,8 @@ from typing import Callable, List, Optional
 
 import torch
 
+from .dtypes import torch_dtype_name
+
 # The CUDA benchmark shapes (benchmarks/bench_*.py; tests/test_kernel_resources.py checks that
 # these still match them): CIFAR ResNet-18 stages for Sparta, the NLM gaussian shapes and the
 # median shape, CIFS at ResNet-18 layer4 and ResNet-50's last stage, the PGD step rows.
@@ -71,7 +73,7 @@ def launch_cases() -> List[OpCase]:
     cases: List[OpCase] = []
 
     def add(op, direction, x, fn, reads, writes, flops=0, baseline=None, baseline_bytes=None, every_block=False):
-        dt = str(x.dtype).replace("torch.", "")
+        dt = torch_dtype_name(x.dtype)
         cases.append(OpCase(op, direction, dt, tuple(x.shape), fn, _bytes(*reads) + _bytes(*writes), int(flops),
                             baseline, None if baseline_bytes is None else int(baseline_bytes), every_block))
 

@@ -18,17 +18,20 @@ the reference, added here, plus any baseline a suite brings). For every case the
    achieved GB/s against the device's measured copy bandwidth (CUDA), and the activation
    memory each implementation saves for backward (fwd+bwd cases).
 
-results.py runs a whole suite and writes its record (JSON, CSV, plot, text table).
+results.py runs a whole suite and writes its record (JSON, CSV, plot, text table);
+checking.py holds the check of step 2, timing.py the timer of step 3.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch.utils.benchmark import Timer
+
+from .checking import ORACLE_DTYPE, judge, max_abs_errors, tensor_errors, upcast
+# measure_copy_bandwidth: the suites call it as harness.measure_copy_bandwidth
+from .timing import Step, error_text, measure_copy_bandwidth, time_steps_interleaved  # noqa: F401
 
 # where results go unless --out says otherwise: ./bench-results of the working directory (a
 # source checkout's benchmarks/run.py writes to benchmarks/results instead)
@@ -51,16 +54,12 @@ DTYPE_ALIASES = {"float32": "fp32", "f32": "fp32", "float": "fp32", "bfloat16": 
 # Same rtol and atol per dtype: |actual - expected| <= tol + tol * |expected|.
 TOLERANCES = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2, torch.float64: 1e-7}
 
-ORACLE_DTYPE = torch.float64
-EAGER_ERROR_FACTOR = 2.0
 
 SEED = 0
-WARMUP_CALLS = 3
 DEFAULT_MIN_RUN_TIME = {"cpu": 0.5, "cuda": 0.25}
 QUICK_MIN_RUN_TIME = 0.02
 TIMING_ROUNDS = 5
 QUICK_TIMING_ROUNDS = 1
-COPY_BANDWIDTH_BYTES = 512 * 2**20  # large enough to stream past any L2
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -207,18 +206,10 @@ def make_grad_outputs(outputs: Sequence[torch.Tensor]) -> Tuple[Optional[torch.T
     )
 
 
-def upcast(t: torch.Tensor) -> torch.Tensor:
-    """The oracle's copy of a floating tensor: float64, detached, same requires_grad."""
-    if not t.dtype.is_floating_point:
-        return t
-    return t.detach().to(ORACLE_DTYPE).requires_grad_(t.requires_grad)
-
-
 # ----------------------------------------------------------------------------- running
 
 
 GradOutputs = Optional[Sequence[Optional[torch.Tensor]]]
-Step = Callable[[], Dict[str, torch.Tensor]]
 FloorBuilder = Callable[[Case, Dict[str, torch.Tensor]], Step]
 
 
@@ -245,54 +236,6 @@ def make_step(case: Case, fn: Implementation, inputs: Dict[str, torch.Tensor],
         return named
 
     return forward_backward
-
-
-def tensor_errors(actual: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor],
-                  tol: float) -> Dict[str, Tuple[float, float]]:
-    """{name: (max abs error, max of error / (tol + tol * |expected|))} for every expected
-    tensor; raises ValueError when a tensor is missing or has the wrong shape."""
-    errors = {}
-    for name, exp in expected.items():
-        act = actual.get(name)
-        if act is None or tuple(act.shape) != tuple(exp.shape):
-            got = None if act is None else tuple(act.shape)
-            raise ValueError(f"{name}: expected shape {tuple(exp.shape)}, got {got}")
-        if exp.numel() == 0:
-            continue
-        a, e = act.detach().double().cpu(), exp.detach().double().cpu()
-        err = (a - e).abs()
-        errors[name] = (err.max().item(), (err / (tol + tol * e.abs())).max().item())
-    return errors
-
-
-def max_abs_errors(errors: Dict[str, Tuple[float, float]]) -> Dict[str, float]:
-    return {name: abs_err for name, (abs_err, _) in errors.items()}
-
-
-def judge(errors: Dict[str, Tuple[float, float]], tol: float,
-          eager_errors: Optional[Dict[str, float]]) -> dict:
-    """A tensor passes when every element is within the dtype's tolerance of the float64
-    oracle, or when its max error is at most EAGER_ERROR_FACTOR times that of the eager
-    reference in the same dtype (`eager_errors`; design section 5 states this rule for
-    fp16/bf16). The second rule is needed for reductions such as the weight gradient (a sum
-    over N*H*W): their rounding error scales with the whole tensor, so an element that
-    cancels to near zero fails an elementwise tolerance even in eager PyTorch itself."""
-    failed, passed_like_eager = [], []
-    for name, (abs_err, ratio) in errors.items():
-        within_tol = ratio <= 1.0  # False for NaN
-        like_eager = (eager_errors is not None and math.isfinite(abs_err)
-                      and abs_err <= EAGER_ERROR_FACTOR * eager_errors[name])
-        if not within_tol:
-            (passed_like_eager if like_eager else failed).append(name)
-    return {
-        "correct": not failed,
-        "failed_tensors": failed,
-        "passed_by_eager_error_rule": passed_like_eager,
-        "max_abs_err": max((a for a, _ in errors.values()), default=0.0),
-        "err_over_tol": max((r for _, r in errors.values()), default=0.0),
-        "tol": tol,
-        "errors": max_abs_errors(errors),
-    }
 
 
 def saved_activation_bytes(case: Case, fn: Implementation, inputs: Dict[str, torch.Tensor]) -> int:
@@ -324,11 +267,6 @@ def traffic_bytes(inputs: Dict[str, torch.Tensor], result: Dict[str, torch.Tenso
     bwd += sum(t.nbytes for t in inputs.values())
     bwd += sum(t.nbytes for n, t in result.items() if n.startswith("grad_"))
     return fwd + bwd
-
-
-def error_text(exc: BaseException, limit: int = 2000) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= limit else text[:limit] + " ...[truncated]"
 
 
 class Unsupported(Exception):
@@ -455,38 +393,6 @@ def time_interleaved(case: Case, steps: Dict[str, Step], min_run_time: float, ro
     return time_steps_interleaved(steps, min_run_time, rounds, label=case.suite, sub_label=case.name)
 
 
-def time_steps_interleaved(steps: Dict[str, Step], min_run_time: float, rounds: int, label: str = "",
-                           sub_label: str = "") -> dict:
-    """Times the steps in `rounds` interleaved rounds (min_run_time / rounds each) and takes
-    the median over all blocks: a burst of load from a neighbour on a shared machine then
-    slows every implementation a little instead of one of them a lot. Returns
-    {name: {"median_s", "iqr_s", "blocks"}} or {name: {"error"}} for a step that raised."""
-    times: Dict[str, List[float]] = {name: [] for name in steps}
-    errors: Dict[str, str] = {}
-
-    def measure(name: str, step: Step, warmup: bool) -> None:
-        try:
-            for _ in range(WARMUP_CALLS if warmup else 0):
-                step()
-            timer = Timer(stmt="step()", globals={"step": step}, label=label, sub_label=sub_label,
-                          description=name, num_threads=torch.get_num_threads())
-            times[name].extend(timer.blocked_autorange(min_run_time=min_run_time / rounds).times)
-        except Exception as exc:  # out of memory, say: this implementation stops here
-            errors[name] = error_text(exc)
-
-    for r in range(rounds):
-        for name, step in steps.items():
-            if name not in errors:
-                measure(name, step, warmup=r == 0)
-    results = {name: {"error": err} for name, err in errors.items()}
-    for name, ts in times.items():
-        if ts and name not in errors:
-            q1, median, q3 = torch.tensor(ts, dtype=torch.float64).quantile(
-                torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
-            results[name] = {"median_s": median, "iqr_s": q3 - q1, "blocks": len(ts)}
-    return results
-
-
 def add_derived_metrics(record: dict, copy_gbps: Optional[float]) -> None:
     impls = record["implementations"]
     fused_t = impls.get(FUSED, {}).get("median_s")
@@ -506,14 +412,3 @@ def add_derived_metrics(record: dict, copy_gbps: Optional[float]) -> None:
         FUSED: fused_saved, REFERENCE: ref_saved,
         "fused_to_reference": fused_saved / ref_saved if ref_saved else None,
     }
-
-
-def measure_copy_bandwidth(device: str, nbytes: int = COPY_BANDWIDTH_BYTES) -> Optional[float]:
-    """GB/s of a large device-to-device copy (bytes read + written): the practical peak the
-    fused kernels, all memory-bound, are measured against."""
-    if device_type(device) != "cuda":
-        return None
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
-    dst = torch.empty_like(src)
-    m = Timer(stmt="dst.copy_(src)", globals={"src": src, "dst": dst}).blocked_autorange(min_run_time=0.2)
-    return 2 * nbytes / m.median / 1e9

@@ -12,6 +12,7 @@ from typing import Callable, List, Optional
 
 import torch
 
+from ..dtypes import torch_dtype_name
 from . import SUITES, harness, results
 
 
@@ -72,7 +73,7 @@ def _model_dtypes(text: str) -> List[str]:
     """--model-dtypes: the record names (float32, bfloat16, ...) of fp32,bf16,... (an unknown name
     is argparse's usage error)."""
     try:
-        return [str(harness.parse_dtype(t.strip())).replace("torch.", "") for t in text.split(",") if t.strip()]
+        return [torch_dtype_name(harness.parse_dtype(t.strip())) for t in text.split(",") if t.strip()]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..attacks.model_runner import eval_mode
+from ..dtypes import torch_dtype_name
 
 
 def model_device(model: nn.Module, default: torch.device) -> torch.device:
@@ -60,5 +61,5 @@ def jsonable(value):
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, torch.dtype):
-        return str(value).replace("torch.", "")
+        return torch_dtype_name(value)
     return repr(value) if not callable(value) else getattr(value, "__name__", repr(value))

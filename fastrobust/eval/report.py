@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ..dtypes import torch_dtype_name
 from ..info import device_name
 
 CSV_COLUMNS = ["model", "data", "eps", "norm", "seed", "n", "attack", "kind", "points_attacked", "successes",
@@ -78,7 +79,7 @@ def collect_metadata(model: nn.Module, *, model_name: Optional[str] = None, data
     git = git_info()
     meta["git_commit"], meta["git_dirty"] = git["commit"], git["dirty"]
     for k, v in extra.items():
-        meta[k] = str(v).replace("torch.", "") if isinstance(v, torch.dtype) else v
+        meta[k] = torch_dtype_name(v) if isinstance(v, torch.dtype) else v
     return meta
 
 

@@ -43,6 +43,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from ..dtypes import torch_dtype_name
 from ..roofline import roofline_us
 from ._registration import has_op
 
@@ -197,7 +198,7 @@ def pass_roofline_us(path: str, dtype: torch.dtype, b: int, d: int, c: int, n: i
     """The H100 roofline of the forward (backward=False) or the backward alone on `path`, in
     microseconds: a bound that assumes the path runs at peak."""
     flops, nbytes = WORK_MODELS[path]
-    name, element = str(dtype).replace("torch.", ""), torch.empty((), dtype=dtype).element_size()
+    name, element = torch_dtype_name(dtype), torch.empty((), dtype=dtype).element_size()
     return roofline_us(nbytes(b, d, c, n, backward, element), flops(b, d, c, n, backward), name)
 
 
