@@ -54,7 +54,6 @@ DTYPE_ALIASES = {"float32": "fp32", "f32": "fp32", "float": "fp32", "bfloat16": 
 # Same rtol and atol per dtype: |actual - expected| <= tol + tol * |expected|.
 TOLERANCES = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2, torch.float64: 1e-7}
 
-
 SEED = 0
 DEFAULT_MIN_RUN_TIME = {"cpu": 0.5, "cuda": 0.25}
 QUICK_MIN_RUN_TIME = 0.02
