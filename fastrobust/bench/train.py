@@ -18,7 +18,7 @@ Implementations per case:
 - "fastrobust": fastrobust.train.Trainer (the recipe's batch_loss on the fused attack engine,
   then zero_grad / backward / SGD step / schedule step, with the Trainer's device-side metric
   sums) under bf16 autocast and channels_last on CUDA (float32, contiguous on the CPU; --dtype
-  picks another autocast dtype). Timed through Trainer._train_epoch with the epoch cut to the
+  picks another autocast dtype). Timed through fastrobust.train.epoch.train_epoch with the epoch cut to the
   timed number of steps (no evaluation, checkpoint or clean-accuracy forward:
   eval_every=0, track_clean=False).
 - "eager": the float32 loop written the usual way (benchmarks/train_baselines.EagerLoop:
@@ -169,7 +169,9 @@ class TrainerImpl:
     def _epoch(self) -> dict:
         epoch = self.calls % TRAINER_EPOCHS  # another permutation of the data each round
         self.calls += 1
-        return self.trainer._train_epoch(epoch, self.progress)
+        from fastrobust.train.epoch import train_epoch
+
+        return train_epoch(self.trainer, epoch, self.progress)
 
     def check(self, steps: int):
         """`steps` steps on the first `batch` training images (a one-batch loader swapped in);

@@ -5,9 +5,9 @@
 
 Per epoch: recipe.epoch_start; for each batch: recipe.batch_loss (under autocast when amp is
 set; attacks get the same dtype through the StepContext) -> zero_grad -> backward (GradScaler
-for fp16) -> optimizer step -> schedule step. Loss and accuracy sums stay on the device; the
-host synchronises only every `log_every` batches (progress bar) and at the epoch's end (one
-all-reduce under DDP). Then: test-set clean / PGD accuracy (every eval_every epochs), the
+for fp16) -> optimizer step -> schedule step (fastrobust.train.epoch). Loss and accuracy sums
+stay on the device; the host synchronises only every `log_every` batches (progress bar) and at
+the epoch's end (one all-reduce under DDP). Then: test-set clean / PGD accuracy (every eval_every epochs), the
 overfitting guard, metrics.jsonl, and the checkpoint (out/last.pt, atomically; out/best.pt
 whenever the PGD accuracy is the best so far).
 
@@ -19,7 +19,7 @@ Only rank 0 writes files.
 
 Reproducibility: torch's global RNG is seeded with config.seed before the model is built; the
 data order comes from (seed, epoch), every random draw of a recipe from its generator (seeded
-from seed and rank); checkpoints hold the optimizer, schedule, recipe and every RNG state, so
+from seed and rank); checkpoints hold the optimizer, schedule, recipe and every RNG state (run_state), so
 `resume` continues a run bit for bit on the CPU (2 epochs straight == 1 + resume + 1), and a
 finished run resumed with more epochs equals a straight run of that length where resume_rules
 allows the change.
@@ -31,10 +31,7 @@ are never saved (FloatingPointError) nor continued from (CheckpointError).
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
-import json
-import math
 import os
 import sys
 import time
@@ -44,20 +41,17 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-import fastrobust
 from .. import distributed
-from ..attacks.model_runner import eval_mode
 from ..data import DatasetInfo, TensorLoader, load_dataset
 from ..data.loader import _mix
-from ..metrics_log import read_metrics
-from .checkpoint import (CheckpointError, check_finite_weights, load_checkpoint, load_model_state, nonfinite_entries,
-                         rng_state, save_checkpoint, set_rng_state)
+from .checkpoint import nonfinite_entries, save_checkpoint
 from .config import TrainConfig
+from .epoch import train_epoch
 from .metrics import MetricsWriter, Progress, plot_curves
 from .pgd_accuracy import accuracy_counts, as_batches
-from .recipes import RECIPES, Recipe, StepContext, create_recipe
-from .resume_rules import check_resume
+from .recipes import RECIPES, Recipe, create_recipe
 from .run_folder import check_run_folder, prepare_run_folder, write_json_atomically
+from .run_state import checkpoint_state, resume
 from .schedule import build_optimizer, build_scheduler
 
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -248,7 +242,7 @@ class Trainer:
         self.moved_aside: Optional[str] = None
         self._folder_started = False
         if resume_path is not None:
-            self._resume(resume_path)
+            resume(self, resume_path)
 
         train_model: nn.Module = model
         if dist.enabled:
@@ -272,172 +266,6 @@ class Trainer:
         error = distributed.broadcast_object(error, self.dist)
         if error is not None:
             raise error
-
-    # -- checkpoints -----------------------------------------------------------------------
-    def _trainer_state(self) -> Dict[str, Any]:
-        return dict(best_metric=self.best_metric, best_value=self.best_value, best_epoch=self.best_epoch,
-                    guard_prev=self.guard_prev, train_time=self.train_time)
-
-    def _generators(self) -> Dict[str, torch.Generator]:
-        gens = {"recipe": self.generator}
-        if self.host_generator is not None:
-            gens["host"] = self.host_generator
-        return gens
-
-    def _checkpoint(self) -> Dict[str, Any]:
-        """The full state (every rank must call it: the RNG states are gathered)."""
-        rngs = distributed.all_gather_object(rng_state(self._generators(), self.dist.device), self.dist)
-        return dict(
-            epoch=self.epoch, step=self.step, finished=self.finished, stopped_early=self.stopped_early,
-            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(), scaler=None if self.scaler is None else self.scaler.state_dict(),
-            recipe=self.recipe.state_dict(), rng=rngs, trainer=self._trainer_state(),
-            config=self.config.to_dict(), fingerprint=self.config.fingerprint(), world_size=self.dist.world_size,
-            model_class=type(self.model).__name__,
-            versions={"torch": str(torch.__version__),
-                      "fastrobust": str(getattr(fastrobust, "__version__", "unknown"))})
-
-    def _resume(self, path: str) -> None:
-        state = load_checkpoint(path)
-        done, stopped_early = int(state["epoch"]), state.get("stopped_early")
-        check_resume(path, state.get("fingerprint"), self.config, done=done, stopped_early=stopped_early,
-                     recipe_scales_with_epochs=self.recipe.depends_on_total_epochs())
-        if state.get("world_size", 1) != self.dist.world_size:
-            raise CheckpointError(f"checkpoint {path}: written by {state.get('world_size')} processes, resumed with "
-                                  f"{self.dist.world_size} (the data shards and RNG states would differ)")
-        check_finite_weights(path, state["model"])
-        load_model_state(path, self.model, state["model"])
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self._load_scheduler(state["scheduler"])
-            if self.scaler is not None and state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
-            self.recipe.load_state_dict(state.get("recipe") or {})
-        except (ValueError, KeyError, RuntimeError, TypeError) as exc:
-            raise CheckpointError(f"checkpoint {path}: does not match this run's optimizer/schedule/recipe "
-                                  f"({type(exc).__name__}: {exc})") from None
-        set_rng_state(state["rng"][self.dist.rank], self._generators(), self.dist.device)
-        self.epoch, self.step = done, int(state["step"])
-        self.stopped_early = stopped_early
-        # finished by this run's epochs: a finished run resumed with more continues (check_resume
-        # allowed it), an unfinished one resumed with as many epochs as it has done is complete
-        self.finished = stopped_early is not None or done >= self.config.epochs
-        t = state.get("trainer") or {}
-        self.best_value, self.best_epoch = t.get("best_value"), t.get("best_epoch")
-        self.guard_prev, self.train_time = t.get("guard_prev"), float(t.get("train_time", 0.0))
-        if self.config.guard_enabled and self.best_value is not None and os.path.exists(self.best_path):
-            self._best_state = {k: v.to(self.dist.device) for k, v in load_checkpoint(self.best_path)["model"].items()}
-        if self.dist.is_main:  # the records of the epochs the checkpoint holds (a fork starts its folder with them)
-            source = os.path.join(os.path.dirname(os.path.abspath(path)), "metrics.jsonl")
-            self.history = [r for r in read_metrics(source) if isinstance(r.get("epoch"), int) and r["epoch"] <= done]
-        self.resumed_from = path
-
-    def _load_scheduler(self, state: Dict[str, Any]) -> None:
-        """The schedule's position from the checkpoint, its shape from this run's config.
-
-        LambdaLR.load_state_dict also restores the attributes of the factor object (Piecewise
-        milestones, OneCycle total_steps) as they were saved; a resume that extends the run
-        (resume_rules) keeps the new ones, and the learning rate of the next step is
-        recomputed from them (the same number when nothing changed)."""
-        factor = self.scheduler.lr_lambdas[0]
-        shape = dict(vars(factor))
-        self.scheduler.load_state_dict(state)
-        vars(factor).update(shape)
-        lrs = [base * factor(self.scheduler.last_epoch) for base in self.scheduler.base_lrs]
-        for group, lr in zip(self.optimizer.param_groups, lrs):
-            group["lr"] = lr
-        self.scheduler._last_lr = lrs
-
-    # -- one epoch -------------------------------------------------------------------------
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.dist.device.type, dtype=self.autocast_dtype)
-
-    def _train_epoch(self, epoch: int, progress: Progress) -> Dict[str, Any]:
-        cfg, device = self.config, self.dist.device
-        self.recipe.epoch_start(epoch, cfg.epochs)
-        self.loader.set_epoch(epoch)
-        self.train_model.train()
-        # loss sum, samples, clean correct, clean samples, adv correct, adv samples
-        sums = torch.zeros(6, dtype=torch.float64, device=device)
-        extra_sums: Dict[str, Any] = {}
-        lr = self.optimizer.param_groups[0]["lr"]
-        progress.start_epoch(epoch, cfg.epochs, self.steps_per_epoch)
-        t0 = time.perf_counter()
-        seen = 0
-        last_logged = 0
-        for i, (xb, yb) in enumerate(self.loader):
-            if i >= self.steps_per_epoch:
-                break
-            if cfg.channels_last and xb.dim() == 4:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            ctx = StepContext(epoch=epoch, epochs=cfg.epochs, step=self.step, steps_per_epoch=self.steps_per_epoch,
-                              generator=self.generator, autocast_dtype=self.autocast_dtype,
-                              channels_last=cfg.channels_last, host_generator=self.host_generator)
-            with self._autocast():
-                out = self.recipe.batch_loss(self.train_model, xb, yb, ctx)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(out.loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                out.loss.backward()
-                self.optimizer.step()
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.scheduler.step()
-            self.step += 1
-            b = yb.shape[0]
-            seen += b
-            with torch.no_grad():
-                sums[0] += out.loss.detach().double() * b
-                sums[1] += b
-                logits = out.logits
-                if logits is None and cfg.track_clean:
-                    with eval_mode(self.model), self._autocast():
-                        logits = self.model(xb)
-                if logits is not None:
-                    logits = logits[0] if isinstance(logits, (tuple, list)) else logits
-                    sums[2] += (logits.argmax(1) == yb).sum()
-                    sums[3] += b
-                adv = out.adv_logits
-                adv = adv[0] if isinstance(adv, (tuple, list)) else adv
-                if adv is not None and adv.shape[0] == b:  # rows in the batch's order
-                    sums[4] += (adv.argmax(1) == yb).sum()
-                    sums[5] += b
-                for k, v in out.extras.items():
-                    v = v.detach().double() if isinstance(v, torch.Tensor) else float(v)
-                    extra_sums[k] = extra_sums.get(k, 0.0) + v
-            if (i + 1) % cfg.log_every == 0 or i + 1 == self.steps_per_epoch:
-                values = self._values(sums.tolist(), seen * self.dist.world_size, time.perf_counter() - t0)
-                if not math.isfinite(values["loss"]):
-                    raise FloatingPointError(f"training loss is {values['loss']} at epoch {epoch + 1}, step "
-                                             f"{self.step}; lower the learning rate or check the recipe")
-                progress.update(i + 1 - last_logged, values)
-                last_logged = i + 1
-        distributed.all_reduce_sum(sums, self.dist)
-        totals = sums.tolist()
-        elapsed = time.perf_counter() - t0
-        values = self._values(totals, int(totals[1]), elapsed)
-        record: Dict[str, Any] = {
-            "epoch": epoch + 1, "step": self.step, "lr": lr, "train_loss": values["loss"],
-            "train_clean_acc": values["clean acc"], "train_adv_acc": values["adv acc"],
-            "images_per_s": values["img/s"], "epoch_time_s": elapsed,
-        }
-        steps = max(1, self.steps_per_epoch)
-        for k, v in extra_sums.items():
-            v = torch.as_tensor(v, dtype=torch.float64, device=device)
-            distributed.all_reduce_sum(v, self.dist)
-            record["train_" + k] = float(v) / (steps * self.dist.world_size)
-        return record
-
-    @staticmethod
-    def _values(s: List[float], images: int, elapsed: float) -> Dict[str, Optional[float]]:
-        return {"loss": s[0] / s[1] if s[1] else float("nan"),
-                "clean acc": s[2] / s[3] if s[3] else None,
-                "adv acc": s[4] / s[5] if s[5] else None,
-                "img/s": images / elapsed if elapsed > 0 else None}
 
     # -- evaluations -----------------------------------------------------------------------
     def _evaluate_test(self, rows: torch.Tensor, steps: int, autocast, seed: int) -> Tuple[float, float]:
@@ -483,7 +311,7 @@ class Trainer:
                     interrupted = True
                     break
                 t_epoch = time.perf_counter()
-                record = self._train_epoch(epoch, progress)
+                record = train_epoch(self, epoch, progress)
                 self._check_finite(epoch + 1)
                 self.epoch = epoch = epoch + 1
                 collapsed, new_best = self._end_of_epoch(record)
@@ -503,7 +331,7 @@ class Trainer:
                 if self.tensorboard is not None:
                     self.tensorboard.epoch(record)
                 self.history.append(record)
-                state = self._checkpoint()
+                state = checkpoint_state(self)
                 if main:
                     save_checkpoint(self.last_path, state)
                     if new_best:
@@ -622,21 +450,3 @@ def train(config: Union[TrainConfig, Dict[str, Any], None] = None, *, model: Opt
         return trainer.fit()
     finally:
         trainer.close()
-
-
-def main(argv=None) -> int:
-    """`python -m fastrobust.train --data digits --recipe pgd ...` (torchrun for DDP); errors
-    propagate (fastrobust/train/__main__.py turns the user's and the machine's into one line)."""
-    from .config import config_from_args
-
-    config = config_from_args(argv)
-    trainer = Trainer(config)
-    try:
-        result = trainer.fit()
-    finally:
-        trainer.close()
-    if int(os.environ.get("RANK", "0")) == 0:
-        shown = {k: v for k, v in result.metrics.items() if k.startswith("final_") or k in ("train_time_s",)}
-        print(json.dumps(shown, indent=2, default=str))
-        print(f"checkpoint: {result.checkpoint}\nmetrics: {result.metrics_path}\nplot: {result.plot_path}")
-    return 0
