@@ -200,3 +200,65 @@ def test_backward_rejects_a_bad_pooling_gradient(backend):
         op(grad_out, feat, relevance, 1.0, 1.0, torch.zeros(3, 2, device=backend.device))
     with pytest.raises(RuntimeError, match="grad_pooled"):
         op(grad_out, feat, relevance, 1.0, 1.0, torch.zeros(2, 3, dtype=torch.long, device=backend.device))
+
+
+# -- _cifs_pool: the layer's global average pooling on the CPU ------------------------------
+
+# (B, C, H, W): rows (B C) in whole blocks of eight and not, H W a multiple of eight (16, 24)
+# and not (49, 35, 1), the last row's tail at the end of the array (8 x 2 rows of 49), empty.
+POOL_SHAPES = [(32, 512, 4, 4), (3, 5, 7, 7), (8, 2, 7, 7), (2, 3, 5, 7), (4, 2, 3, 8), (1, 1, 1, 1), (0, 3, 2, 2)]
+# float32 sums (float64 for float64; N(0, 1) values, a sum's error some 1e-7), one division,
+# one rounding: within half an ulp of the dtype (relative), plus the sum's error (absolute)
+POOL_RTOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
+POOL_ATOL = {torch.float64: 1e-13, torch.float32: 1e-6, torch.bfloat16: 1e-6, torch.float16: 1e-6}
+
+
+def pool_layouts(feat):
+    return {"contiguous": feat, "channels_last": feat.contiguous(memory_format=torch.channels_last),
+            "strided": feat.transpose(2, 3)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", POOL_SHAPES)
+def test_pool_is_the_spatial_mean(shape, dtype):
+    feat = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    for layout, x in pool_layouts(feat).items():
+        got = torch.ops.fastrobust._cifs_pool(x)
+        assert got.dtype == dtype and got.shape == shape[:2] and got.is_contiguous(), layout
+        want = x.double().mean((2, 3))
+        torch.testing.assert_close(got.double(), want, rtol=POOL_RTOL[dtype], atol=POOL_ATOL[dtype],
+                                   msg=lambda m: f"{layout}: {m}")
+
+
+def test_pool_of_an_empty_map_is_nan_as_torch():
+    got = torch.ops.fastrobust._cifs_pool(torch.ones(2, 3, 0, 4))
+    assert got.shape == (2, 3) and bool(got.isnan().all())
+
+
+def test_pool_rejects_what_is_not_a_floating_4d_feature():
+    op = torch.ops.fastrobust._cifs_pool
+    with pytest.raises(RuntimeError, match="feat must be a 4-D tensor"):
+        op(torch.ones(2, 3, 4))
+    with pytest.raises(RuntimeError, match="feat must have a floating-point dtype"):
+        op(torch.ones(2, 3, 4, 4, dtype=torch.int64))
+
+
+def test_pool_opcheck():
+    feat = torch.randn(3, 5, 7, 7)
+    torch.library.opcheck(torch.ops.fastrobust._cifs_pool.default, (feat,))
+
+
+def test_global_pool_runs_the_kernel_only_where_no_graph_is_recorded():
+    """fastrobust.ops.cifs_layer.global_pool: the kernel under no_grad and for a feature that
+    needs no gradient (its values bit for bit), torch's differentiable reduction otherwise."""
+    from fastrobust.ops.cifs_layer import global_pool
+
+    feat = torch.randn(4, 6, 3, 5)
+    kernel = torch.ops.fastrobust._cifs_pool(feat)
+    assert torch.equal(global_pool(feat), kernel)
+    with torch.no_grad():
+        assert torch.equal(global_pool(feat.requires_grad_(True)), kernel)
+    pooled = global_pool(feat)
+    assert pooled.grad_fn is not None
+    (grad,) = torch.autograd.grad(pooled.sum(), feat)
+    torch.testing.assert_close(grad, torch.full_like(feat, 1 / 15))

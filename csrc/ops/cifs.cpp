@@ -62,6 +62,7 @@ Prepared prepare_backward(const at::Tensor& grad_out, const at::Tensor& feat, co
 TORCH_LIBRARY_FRAGMENT(fastrobust, m) {
   m.def(kCifsReweightSchema);
   m.def(kCifsReweightBackwardSchema);
+  m.def(kCifsPoolSchema);
 }
 
 }  // namespace fastrobust

@@ -53,7 +53,7 @@ def check_class_indices(labels: torch.Tensor, classes: int, name: str) -> None:
     if labels.numel() == 0 or labels.device.type == "meta":
         return
     if labels.device.type == "cpu" and not torch.compiler.is_compiling():
-        lo, hi = (int(v) for v in torch.stack([labels.min(), labels.max()]).tolist())
+        lo, hi = (int(v) for v in torch.aminmax(labels))
         if lo < 0 or hi >= classes:
             raise ValueError(f"{name} must be class indices in [0, {classes}), got values in [{lo}, {hi}]")
         return

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.cifs_layer import cifs_layer
+from ..ops.cifs_layer import cifs_layer, global_pool
 
 PROBES = ("linear", "mlp")
 
@@ -44,6 +44,14 @@ def check_number(value, name: str, minimum: Optional[float] = None, inclusive: b
     if not ok:
         raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
     return float(value)
+
+
+class GlobalAvgPool(nn.Module):
+    """(B, C, H, W) -> (B, C) spatial mean, as the CIFS layer pools (nn.AdaptiveAvgPool2d(1)
+    then nn.Flatten, computed by the extension's CPU kernel where no graph is recorded)."""
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        return global_pool(feat)
 
 
 class CIFS(nn.Module):
@@ -91,8 +99,9 @@ class CIFS(nn.Module):
 
     def probe_module(self) -> nn.Module:
         """The probe as the official code builds it, GAP -> flatten -> head, sharing this
-        layer's parameters: a module mapping (B, C, H, W) to (B, num_classes) logits."""
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), *self.head)
+        layer's parameters: a module mapping (B, C, H, W) to (B, num_classes) logits. The
+        pooling is the layer's own (GlobalAvgPool), so the logits are the layer's bit for bit."""
+        return nn.Sequential(GlobalAvgPool(), *self.head)
 
     def forward(self, feat: torch.Tensor, labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         if feat.dim() != 4 or feat.shape[1] != self.channels:

@@ -27,8 +27,24 @@ PROBE_PARAMS = {"linear": 2, "mlp": 4}  # (weight, bias) and (w1, b1, w2, b2)
 
 
 def global_pool(feat: torch.Tensor) -> torch.Tensor:
-    """(B, C) global average of a (B, C, H, W) feature, as the official probe pools it."""
+    """(B, C) global average of a (B, C, H, W) feature, as the official probe pools it.
+
+    On the CPU, where no graph is recorded (inside the layer's node, under no_grad), the
+    extension's `_cifs_pool` computes it (summed in float32, or float64 for float64 features,
+    rounded once); elsewhere torch's reduction does, whose backward autograd knows."""
+    if _HAS_POOL and feat.device.type == "cpu" and feat.dim() == 4 and not torch.compiler.is_compiling() \
+            and not (feat.requires_grad and torch.is_grad_enabled()):
+        return torch.ops.fastrobust._cifs_pool.default(feat)
     return F.adaptive_avg_pool2d(feat, 1).flatten(1)
+
+
+_HAS_POOL = has_op("fastrobust", "_cifs_pool")
+if _HAS_POOL:
+    @torch.library.register_fake("fastrobust::_cifs_pool")
+    def _fake_pool(feat):
+        torch._check(feat.dim() == 4, lambda: f"feat must be (B, C, H, W), got shape {tuple(feat.shape)}")
+        torch._check(feat.dtype.is_floating_point, lambda: f"feat must have a floating-point dtype, got {feat.dtype}")
+        return feat.new_empty(feat.shape[:2])
 
 
 def probe_logits(probe: str, beta: float, pooled: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
