@@ -68,9 +68,9 @@ def fused_layer(probe: Probe, labels: torch.Tensor):
 
 
 def reference_layer(probe: Probe, labels: torch.Tensor):
-    """The same layer as the official module computes it (autograd, create_graph=True).
-    The logits are computed exactly as in fused_layer, so both pick the same targets even
-    where rounding in bf16 makes two logits tie."""
+    """The same layer as the official module computes it (autograd, create_graph=True), the
+    probe logits with the same ops as fused_layer, but pooled by torch's reduction (the graph
+    needs it; fused_layer pools with the extension's CPU kernel, another summation order)."""
 
     def layer(feat, *params):
         return cifs_layer(feat, lambda f: probe.logits(pool(f), *params), labels, training=True)
