@@ -262,3 +262,19 @@ def test_global_pool_runs_the_kernel_only_where_no_graph_is_recorded():
     assert pooled.grad_fn is not None
     (grad,) = torch.autograd.grad(pooled.sum(), feat)
     torch.testing.assert_close(grad, torch.full_like(feat, 1 / 15))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pool_does_not_depend_on_the_thread_count(dtype):
+    """The rows are split between threads in whole groups of the AVX2 path's eight, so each
+    row is summed in the same order whatever the split."""
+    feat = torch.randn(3, 2731, 1, 7, generator=torch.Generator().manual_seed(2)).to(dtype)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.fastrobust._cifs_pool(feat)
+        torch.set_num_threads(3)
+        several = torch.ops.fastrobust._cifs_pool(feat)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, several)

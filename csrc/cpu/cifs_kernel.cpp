@@ -252,6 +252,9 @@ FR_CPU_MULTIVERSION void row_means(const scalar_t* __restrict__ in, scalar_t* __
   }
 }
 
+// Rows the AVX2 path reduces together, one per lane of a float vector.
+constexpr int64_t kPoolRows = 8;
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(FR_DEBUG)
 #define FR_POOL_AVX2 1
 // Eight values from p as floats; load8_part: n < 8 of them, the rest 0.
@@ -277,14 +280,14 @@ __attribute__((target("avx2"))) void row_means_avx2(const scalar_t* __restrict__
   const __m256 divisor = _mm256_set1_ps(static_cast<float>(spatial));
   const int64_t whole = spatial / 8 * 8, rest = spatial - whole;
   // a row's last `rest` values: eight loaded and the others masked off, where the eight are
-  // inside the array (every row but the last); copied out (load8_part) for the last
+  // among the rows given (every row but the last); copied out (load8_part) for the last
   const __m256 keep = _mm256_castsi256_ps(
       _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rest)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
   const scalar_t* end = in + rows * spatial;
   int64_t r = 0;
-  for (; r + 8 <= rows; r += 8) {
-    __m256 v[8];
-    for (int k = 0; k < 8; ++k) {
+  for (; r + kPoolRows <= rows; r += kPoolRows) {
+    __m256 v[kPoolRows];
+    for (int k = 0; k < kPoolRows; ++k) {
       const scalar_t* row = in + (r + k) * spatial;
       __m256 sum = _mm256_setzero_ps();
       if (rest > 0)
@@ -352,8 +355,12 @@ at::Tensor cifs_pool_cpu(const at::Tensor& feat) {
           position_means(in + b * channels * spatial, o + b * channels, channels, spatial, sum.data());
       });
     } else {
-      const int64_t grain = std::max<int64_t>(1, kPoolGrainValues / spatial);
-      at::parallel_for(0, batch * channels, grain, [&](int64_t r0, int64_t r1) {
+      // tasks of whole groups of kPoolRows rows: which rows the AVX2 path groups (and which
+      // last few the portable path sums, in another order) does not depend on the threads
+      const int64_t rows = batch * channels, groups = (rows + kPoolRows - 1) / kPoolRows;
+      const int64_t grain = std::max<int64_t>(1, kPoolGrainValues / (spatial * kPoolRows));
+      at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
+        const int64_t r0 = g0 * kPoolRows, r1 = std::min(rows, g1 * kPoolRows);
         spatial_row_means(in + r0 * spatial, o + r0, r1 - r0, spatial);
       });
     }
