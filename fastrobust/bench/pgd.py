@@ -43,7 +43,8 @@ from typing import Callable, Dict, Iterable, List, Optional
 import torch
 
 from . import harness, pgd_report, results
-from .pgd_baselines import autocast_context, gradient_floor, torchattacks_l2_step, torchattacks_linf_step
+from ..dtypes import autocast_context
+from .pgd_baselines import gradient_floor, torchattacks_l2_step, torchattacks_linf_step
 
 NAME = "pgd"
 MAIN = "fastrobust"  # every other implementation of a case is timed relative to this one

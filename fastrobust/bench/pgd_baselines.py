@@ -8,21 +8,13 @@ fastrobust.reference.pgd.pgd):
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
+from ..dtypes import autocast_context
+
 # torchattacks.PGDL2 adds this to the gradient norm before dividing by it.
 TORCHATTACKS_L2_TINY = 1e-10
-
-
-def autocast_context(device: torch.device, dtype: Optional[torch.dtype]):
-    """torch.autocast around the model for bf16/fp16 runs; nothing for fp32 (dtype None)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def input_gradient(model, x: torch.Tensor, y: torch.Tensor, autocast_dtype=None) -> torch.Tensor:

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .pgd_baselines import autocast_context, input_gradient
+from ..dtypes import autocast_context
+from .pgd_baselines import input_gradient
 
 
 # ----------------------------------------------------------------------------- the attacks

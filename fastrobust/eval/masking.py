@@ -31,7 +31,6 @@ Wrappers, usable as the model of evaluate()/the attacks (or as evaluate(attack_m
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import warnings
@@ -45,6 +44,7 @@ from torch import nn
 from ..attacks import PGD
 from ..attacks.model_runner import eval_mode
 from .._checks.pgd import canonical_norm
+from ..dtypes import autocast_context
 from .inference import jsonable, logits_of, model_device, predict
 
 DEFAULT_CHECKS: Tuple[str, ...] = ("randomness", "zero_gradients", "eps_sweep", "steps", "loss_curve")
@@ -85,10 +85,6 @@ def _result(name: str, problems: List[str], ok_message: str, data: Dict[str, Any
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def _setup(model: nn.Module, x: torch.Tensor, device) -> torch.device:
@@ -144,7 +140,7 @@ def check_randomness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batc
     their scale); a randomised model needs EOT (see EOT) for a meaningful gradient attack."""
     device = _setup(model, x, device)
     xb = x[:batch_size].to(device)
-    with eval_mode(model), torch.no_grad(), _autocast(device, autocast):
+    with eval_mode(model), torch.no_grad(), autocast_context(device, autocast):
         a = logits_of(model(xb)).float()
         b = logits_of(model(xb)).float()
     diff = (a - b).abs().max().item() if a.numel() else 0.0
@@ -170,7 +166,7 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
         for first in range(0, x.shape[0], batch_size):
             xb = x[first:first + batch_size].to(device).detach().requires_grad_(True)
             yb = y[first:first + batch_size]
-            with torch.enable_grad(), _autocast(device, autocast):
+            with torch.enable_grad(), autocast_context(device, autocast):
                 z = logits_of(model(xb)).float()
                 own = z.gather(1, yb[:, None])[:, 0]
                 other = z.masked_fill(F.one_hot(yb, z.shape[1]).bool(), -math.inf).amax(dim=1)
@@ -299,7 +295,7 @@ def attack_loss_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
                 xa = _project(x0 + _ball_sample(x0, eps, norm, gen), x0, eps, norm, lo, hi)
             for t in range(steps + 1):
                 xa = xa.detach().requires_grad_(True)
-                with torch.enable_grad(), _autocast(device, autocast):
+                with torch.enable_grad(), autocast_context(device, autocast):
                     z = logits_of(model(xa)).float()
                     if loss == "ce":
                         per = F.cross_entropy(z, yb, reduction="none")

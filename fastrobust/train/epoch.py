@@ -5,7 +5,6 @@ batches (the progress bar and the finite-loss check) and at the end (one all-red
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
@@ -14,18 +13,12 @@ import torch
 
 from .. import distributed
 from ..attacks.model_runner import eval_mode
+from ..dtypes import autocast_context
 from .metrics import Progress
 from .recipes import StepContext
 
 if TYPE_CHECKING:  # the trainer imports this module
     from .trainer import Trainer
-
-
-def autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    """torch.autocast on `device` in `dtype`; no autocast for dtype None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def epoch_values(s: List[float], images: int, elapsed: float) -> Dict[str, Optional[float]]:
@@ -60,7 +53,7 @@ def train_epoch(trainer: "Trainer", epoch: int, progress: Progress) -> Dict[str,
         ctx = StepContext(epoch=epoch, epochs=cfg.epochs, step=trainer.step, steps_per_epoch=trainer.steps_per_epoch,
                           generator=trainer.generator, autocast_dtype=trainer.autocast_dtype,
                           channels_last=cfg.channels_last, host_generator=trainer.host_generator)
-        with autocast(device, trainer.autocast_dtype):
+        with autocast_context(device, trainer.autocast_dtype):
             out = trainer.recipe.batch_loss(trainer.train_model, xb, yb, ctx)
         optimizer.zero_grad(set_to_none=True)
         if trainer.scaler is not None:
@@ -80,7 +73,7 @@ def train_epoch(trainer: "Trainer", epoch: int, progress: Progress) -> Dict[str,
             sums[1] += b
             logits = out.logits
             if logits is None and cfg.track_clean:
-                with eval_mode(trainer.model), autocast(device, trainer.autocast_dtype):
+                with eval_mode(trainer.model), autocast_context(device, trainer.autocast_dtype):
                     logits = trainer.model(xb)
             if logits is not None:
                 logits = logits[0] if isinstance(logits, (tuple, list)) else logits

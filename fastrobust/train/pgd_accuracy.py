@@ -2,7 +2,6 @@
 overfitting guard) and at the end, and `fastrobust.train.evaluate_pgd` for users."""
 from __future__ import annotations
 
-import contextlib
 from typing import Dict, Iterable, Optional, Tuple, Union
 
 import torch
@@ -11,6 +10,7 @@ from torch import nn
 from ..attacks import PGD
 from ..attacks.model_runner import eval_mode
 from ..data.loader import _mix
+from ..dtypes import autocast_context
 
 Batches = Iterable[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -41,8 +41,7 @@ def accuracy_counts(model: nn.Module, batches: Batches, eps: float, alpha: Optio
                 continue
             if channels_last and xb.dim() == 4:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.no_grad(), (torch.autocast(xb.device.type, dtype=autocast) if autocast
-                                   else contextlib.nullcontext()):
+            with torch.no_grad(), autocast_context(xb.device, autocast):
                 clean = model(xb)
             clean = (clean[0] if isinstance(clean, (tuple, list)) else clean).argmax(1) == yb
             if eps > 0 and steps > 0:
