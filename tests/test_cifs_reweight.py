@@ -1,6 +1,8 @@
 """cifs_reweight (feat * scale * softmax(relevance / T) over channels) on every backend
 against the float64 reference: output, both gradients, dtypes, layouts, softmax stability,
 gradcheck, opcheck, compile and bad inputs."""
+import math
+
 import pytest
 import torch
 
@@ -278,3 +280,18 @@ def test_pool_does_not_depend_on_the_thread_count(dtype):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, several)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_pool_keeps_nan_and_inf_to_their_own_rows(dtype):
+    """A row's last few values are loaded eight at a time with the next row's first ones masked
+    off: NaN and inf at the start of a row reach that row's mean only (7x7 rows: 49 values)."""
+    feat = torch.randn(2, 12, 7, 7, generator=torch.Generator().manual_seed(3)).to(dtype)
+    flat = feat.view(24, 49)
+    flat[1, 0], flat[5, 0], flat[9, 0], flat[9, 1] = math.nan, math.inf, math.inf, -math.inf
+    got = torch.ops.fastrobust._cifs_pool(feat).view(24)
+    want = feat.double().mean((2, 3)).view(24)
+    assert got[1].isnan() and got[5] == math.inf and got[9].isnan()
+    finite = want.isfinite()
+    assert int(finite.sum()) == 21 and bool(got[finite].isfinite().all())
+    torch.testing.assert_close(got[finite].double(), want[finite], rtol=POOL_RTOL[dtype], atol=POOL_ATOL[dtype])
