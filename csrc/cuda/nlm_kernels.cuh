@@ -336,8 +336,25 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Which output a weighted-sum kernel computes: y (forward, over C > kOutWidth channels) or one
-// of the three gradients.
+// of the three gradients; and, for each, whether the block's own positions are keys, whether
+// the output is C wide (else d), its input X and its output (both kernel families).
 enum class Grad { kY, kG, kPhi, kTheta };
+
+template <Grad kWhich>
+constexpr bool kOwnKeys = kWhich == Grad::kG || kWhich == Grad::kPhi;
+template <Grad kWhich>
+constexpr bool kChannelWide = kWhich == Grad::kY || kWhich == Grad::kG;
+
+template <Grad kWhich, typename scalar_t, typename acc>
+__device__ __forceinline__ const scalar_t* weighted_sum_input(const Ptrs<scalar_t, acc>& a) {
+  return kWhich == Grad::kY ? a.g : (kWhich == Grad::kG ? a.grad_y : (kWhich == Grad::kPhi ? a.theta : a.phi));
+}
+
+template <Grad kWhich, typename scalar_t, typename acc>
+__device__ __forceinline__ scalar_t* weighted_sum_output(const Ptrs<scalar_t, acc>& a) {
+  return kWhich == Grad::kY ? a.out
+                            : (kWhich == Grad::kG ? a.grad_g : (kWhich == Grad::kPhi ? a.grad_phi : a.grad_theta));
+}
 
 // A block owns a tile of positions (queries for y and dtheta, keys for dg and dphi) and a
 // slice of the output's width, and walks the tiles of the other axis; each step stages a plane
@@ -351,21 +368,15 @@ template <typename scalar_t, Grad kWhich>
 __global__ void __launch_bounds__(kThreads)
     weighted_sum_kernel(Ptrs<scalar_t, acc_t<scalar_t>> a, Planes<acc_t<scalar_t>, acc_t<scalar_t>> pl) {
   using acc = acc_t<scalar_t>;
-  constexpr bool kByKey = kWhich == Grad::kG || kWhich == Grad::kPhi;  // the block's own positions are keys
-  constexpr bool kChannels = kWhich == Grad::kY || kWhich == Grad::kG;
+  constexpr bool kByKey = kOwnKeys<kWhich>;
   FR_SHARED(acc, Ts, kTile * kPad);
   FR_SHARED(acc, Xs, kOutWidth * kPad);
   FR_SHARED(acc, row_lse, kTile);
   const int64_t s = blockIdx.z, b = pl.sample0 + s, n = a.positions;
   const int64_t p0 = int64_t(blockIdx.x) * kTile, w0 = int64_t(blockIdx.y) * kOutWidth;
-  const int64_t width = kChannels ? a.channels : a.dim;
-  FR_GLOBAL(const scalar_t) x =
-      (kWhich == Grad::kY ? a.g : (kWhich == Grad::kG ? a.grad_y : (kWhich == Grad::kPhi ? a.theta : a.phi))) +
-      b * width * n;
-  FR_GLOBAL(scalar_t) out =
-      (kWhich == Grad::kY ? a.out
-                          : (kWhich == Grad::kG ? a.grad_g : (kWhich == Grad::kPhi ? a.grad_phi : a.grad_theta))) +
-      b * width * n;
+  const int64_t width = kChannelWide<kWhich> ? a.channels : a.dim;
+  FR_GLOBAL(const scalar_t) x = weighted_sum_input<kWhich>(a) + b * width * n;
+  FR_GLOBAL(scalar_t) out = weighted_sum_output<kWhich>(a) + b * width * n;
   FR_GLOBAL(const acc) plane = (kWhich == Grad::kY ? pl.logits : (kWhich == Grad::kG ? pl.weights : pl.logit_grads)) +
                                s * n * n;
   if constexpr (kWhich == Grad::kY) {

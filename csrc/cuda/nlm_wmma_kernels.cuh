@@ -295,10 +295,6 @@ __global__ void __launch_bounds__(kThreads) plane_tile_wmma_kernel(Ptrs<scalar_t
 #endif
 }
 
-// Which output a weighted-sum kernel computes: y (forward, over C > kOutWidth channels) or one
-// of the three gradients.
-enum class Slice { kY, kG, kPhi, kTheta };
-
 // One block: kGradWidth columns of its output for kQueries own positions, a sum over the other
 // axis of a plane tile T times a staged slice X of one input:
 //   y_i      = sum_j p_ij g_j          (own = queries, T = exp(logit - lse) from the logits)
@@ -307,12 +303,11 @@ enum class Slice { kY, kG, kPhi, kTheta };
 //   dtheta_i = sum_j ds_ij phi_j       (own = queries, T = logit_grads)
 // The accumulators stay in registers (no rescaling) and are written through shared memory at
 // the end. y's kernel also forms each row's lse from the plane kernel's per-tile partials.
-template <typename scalar_t, Slice kWhich>
+template <typename scalar_t, Grad kWhich>
 __global__ void __launch_bounds__(kThreads) weighted_sum_wmma_kernel(Ptrs<scalar_t, float> a, WmmaPlanes<scalar_t> pl) {
 #if FR_HAS_WMMA
   using namespace tc;
-  constexpr bool kByKey = kWhich == Slice::kG || kWhich == Slice::kPhi;  // own positions are keys
-  constexpr bool kChannels = kWhich == Slice::kY || kWhich == Slice::kG;  // output width C (else d)
+  constexpr bool kByKey = kOwnKeys<kWhich>;
   FR_SHARED_ALIGNED(32, scalar_t, Ts, kByKey ? kKeys * kLdTheta : kQueries * kLdKey);
   FR_SHARED_ALIGNED(32, scalar_t, Xs, kGradWidth * kLdKey);
   FR_SHARED_ALIGNED(32, float, Fs, kQueries * kLdO);
@@ -321,19 +316,13 @@ __global__ void __launch_bounds__(kThreads) weighted_sum_wmma_kernel(Ptrs<scalar
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
   const int64_t s = blockIdx.z, b = pl.sample0 + s, n = a.positions;
   const int64_t p0 = int64_t(blockIdx.x) * kQueries, w0 = int64_t(blockIdx.y) * kGradWidth;
-  const int64_t width = kChannels ? a.channels : a.dim;
-  FR_GLOBAL(const scalar_t) x =
-      (kWhich == Slice::kY ? a.g : (kWhich == Slice::kG ? a.grad_y : (kWhich == Slice::kPhi ? a.theta : a.phi))) +
-      b * width * n;
-  FR_GLOBAL(scalar_t) out = (kWhich == Slice::kY ? a.out
-                                                 : (kWhich == Slice::kG ? a.grad_g
-                                                                        : (kWhich == Slice::kPhi ? a.grad_phi
-                                                                                                 : a.grad_theta))) +
-                            b * width * n;
+  const int64_t width = kChannelWide<kWhich> ? a.channels : a.dim;
+  FR_GLOBAL(const scalar_t) x = weighted_sum_input<kWhich>(a) + b * width * n;
+  FR_GLOBAL(scalar_t) out = weighted_sum_output<kWhich>(a) + b * width * n;
   FR_GLOBAL(const scalar_t) plane =
-      kWhich == Slice::kY ? nullptr : (kWhich == Slice::kG ? pl.weights : pl.logit_grads) + s * n * n;
+      kWhich == Grad::kY ? nullptr : (kWhich == Grad::kG ? pl.weights : pl.logit_grads) + s * n * n;
 
-  if constexpr (kWhich == Slice::kY) {
+  if constexpr (kWhich == Grad::kY) {
     if (threadIdx.x < kQueries) row_lse[threadIdx.x] = combined_lse(a, pl.partials, s, b, p0 + threadIdx.x);
     __syncthreads();
   }
@@ -342,7 +331,7 @@ __global__ void __launch_bounds__(kThreads) weighted_sum_wmma_kernel(Ptrs<scalar
   for (auto& f : o_acc) wmma::fill_fragment(f, 0.f);
   for (int64_t o0 = 0; o0 < n; o0 += kKeys) {
     stage<kKeys>(Xs, kLdKey, x, width, n, w0, kGradWidth, o0);
-    if constexpr (kWhich == Slice::kY) {
+    if constexpr (kWhich == Grad::kY) {
       FR_GLOBAL(const float) logits = pl.logits + s * n * n;
       for (int e = threadIdx.x; e < kQueries * kKeys; e += blockDim.x) {
         const int r = e / kKeys, t = e % kKeys;
@@ -386,7 +375,7 @@ void launch_forward_wmma(const Ptrs<scalar_t, float>& a, const WmmaPlanes<scalar
   for_each_chunk(a.batch, planes, [&](const WmmaPlanes<scalar_t>& pl, int64_t samples) {
     FR_LAUNCH((plane_tile_wmma_kernel<scalar_t, false>), plane_grid(samples, a.positions, tc::kQueries),
               dim3(kThreads), 0, stream, a, pl);
-    FR_LAUNCH((weighted_sum_wmma_kernel<scalar_t, Slice::kY>),
+    FR_LAUNCH((weighted_sum_wmma_kernel<scalar_t, Grad::kY>),
               tile_grid(samples, a.positions, a.channels, tc::kQueries, tc::kGradWidth), dim3(kThreads), 0, stream, a,
               pl);
   });
@@ -400,13 +389,13 @@ void launch_backward_wmma(const Ptrs<scalar_t, float>& a, const WmmaPlanes<scala
     FR_LAUNCH((plane_tile_wmma_kernel<scalar_t, true>), plane_grid(samples, a.positions, tc::kQueries),
               dim3(kThreads), 0, stream, a, pl);
     if (a.channels > 0)
-      FR_LAUNCH((weighted_sum_wmma_kernel<scalar_t, Slice::kG>),
+      FR_LAUNCH((weighted_sum_wmma_kernel<scalar_t, Grad::kG>),
                 tile_grid(samples, a.positions, a.channels, tc::kQueries, tc::kGradWidth), dim3(kThreads), 0, stream,
                 a, pl);
     if (a.dim > 0) {
       const dim3 grid = tile_grid(samples, a.positions, a.dim, tc::kQueries, tc::kGradWidth);
-      FR_LAUNCH((weighted_sum_wmma_kernel<scalar_t, Slice::kPhi>), grid, dim3(kThreads), 0, stream, a, pl);
-      FR_LAUNCH((weighted_sum_wmma_kernel<scalar_t, Slice::kTheta>), grid, dim3(kThreads), 0, stream, a, pl);
+      FR_LAUNCH((weighted_sum_wmma_kernel<scalar_t, Grad::kPhi>), grid, dim3(kThreads), 0, stream, a, pl);
+      FR_LAUNCH((weighted_sum_wmma_kernel<scalar_t, Grad::kTheta>), grid, dim3(kThreads), 0, stream, a, pl);
     }
   });
 }
