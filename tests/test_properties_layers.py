@@ -450,3 +450,23 @@ def test_cifs_reweight_cpu_probability_0(dtype):
     out = CPU.op("cifs_reweight")(feat, relevance, 1.0, 1.0)
     _, grad_relevance = CPU.op("_cifs_reweight_backward")(torch.ones_like(feat), feat, relevance, 1.0, 1.0)
     assert out[0, 0].item() == 0.0 and torch.isnan(grad_relevance).all(), (out.tolist(), grad_relevance.tolist())
+
+
+# -- _cifs_pool (the CIFS layer's global average pooling on the CPU) ----------------------------
+
+@property_settings()
+@given(data=st.data())
+def test_cifs_pool(data):
+    """_cifs_pool(feat) against the float64 mean over H and W: rows (B C) in and out of the
+    kernel's groups of eight, H W in and out of multiples of eight, every layout (a strided
+    slice's gaps hold NaN: read, they would show), NaN / +-inf only in their own row's mean
+    (+inf and -inf in one row: NaN). The sum runs in float32 (float64 for float64) eight lanes
+    wide: its error is within a few units of the working type times the mean of |feat|."""
+    dtype = data.draw(dtypes(), label="dtype")
+    shape = (data.draw(st.integers(0, 3)), data.draw(st.sampled_from([1, 2, 3, 7, 8, 9, 17, 64])),
+             data.draw(st.integers(1, 8)), data.draw(st.integers(1, 8)))
+    feat = data.draw(tensors(shape, dtype, nonfinite=data.draw(st.booleans(), label="non-finite")), label="feat")
+    pooled = CPU.op("_cifs_pool")(draw_layout(data, feat, "feat"))
+    assert pooled.dtype == dtype and pooled.shape == shape[:2] and pooled.is_contiguous()
+    mag = finite(f64(feat)).abs().mean((2, 3))
+    assert_matches_oracle(pooled, f64(feat).mean((2, 3)), dtype, FORWARD_TOL, "pooled", mag)
