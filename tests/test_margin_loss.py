@@ -12,8 +12,10 @@ from fastrobust.testing import (BACKWARD_TOL, CPU, FORWARD_TOL, assert_close_to_
 
 pytestmark = pytest.mark.skipif(not fastrobust.HAS_EXT, reason="compiled extension not built")
 
-# (rows, classes): minimal class counts, one class per lane and more classes than lanes.
-SHAPES = [(6, 4), (5, 10), (3, 33), (2, 100), (0, 10)]
+# (rows, classes): minimal class counts, one class per lane and more classes than lanes; on
+# CUDA up to 32 classes take the thread-per-row kernel (64 rows a block: 130 rows fill two
+# blocks and start a third), more the warp-per-row one.
+SHAPES = [(6, 4), (5, 10), (130, 10), (67, 32), (3, 33), (2, 100), (0, 10)]
 VARIANTS = [("cw", False, math.inf), ("cw", True, math.inf), ("cw", False, 0.5), ("dlr", False, math.inf),
             ("dlr", True, math.inf)]
 
