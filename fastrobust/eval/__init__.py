@@ -20,8 +20,9 @@ checks, reports (JSON / CSV / Markdown) and plots.
             several models side by side, PNG).
 """
 from .evaluate import evaluate
-from .masking import (ALL_CHECKS, BPDA, CHECKS, DEFAULT_CHECKS, EOT, CheckResult, GradientMaskingWarning,
-                      attack_loss_curve, bpda_wrap, check_eps_sweep, check_loss_curve, check_randomness,
+from .gradient_wrappers import BPDA, EOT, bpda_wrap
+from .masking import (ALL_CHECKS, CHECKS, DEFAULT_CHECKS, CheckResult, GradientMaskingWarning,
+                      attack_loss_curve, check_eps_sweep, check_loss_curve, check_randomness,
                       check_steps, check_transfer, check_zero_gradients, run_checks, train_surrogate)
 from .presets import DEFAULT_ATTACKS, PRESETS, Preset, get_preset, make_attack, register_preset
 from .records import AttackReport, EvalReport

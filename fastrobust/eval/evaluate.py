@@ -221,7 +221,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Sequence[AttackSpec] = DEFAU
     device = torch.device(device) if device is not None else model_device(model, x.device)
     eps = float(eps)
     if attack_model is None and (bpda is not None or eot is not None):
-        from .masking import EOT, bpda_wrap
+        from .gradient_wrappers import EOT, bpda_wrap
         attack_model = model if bpda is None else bpda_wrap(model, bpda)
         attack_model = attack_model if eot is None else EOT(attack_model, samples=eot)
     attacker = model if attack_model is None else attack_model
