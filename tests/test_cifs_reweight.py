@@ -66,13 +66,32 @@ def test_matches_reference(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", backends())
-@pytest.mark.parametrize("shape", [(1, 2500, 1, 1), (2, 5, 32, 32), (1, 7, 3, 11), (2, 130, 2, 1)])
+@pytest.mark.parametrize("shape", [(1, 2500, 1, 1), (2, 5, 32, 32), (1, 7, 3, 11), (2, 130, 2, 1), (2, 40, 24, 24),
+                                   (1, 1024, 4, 4), (1, 1025, 4, 4)])
 def test_channel_chunks_and_warp_runs(backend, shape):
     """The kernels' partitions: more channels than one block takes (2500 x 1x1), a channel
     wider than a warp and fewer channels than warps (32x32), channels of 33 elements whose runs
-    cross warp steps, and channel counts that do not divide evenly among the warps."""
+    cross warp steps, and channel counts that do not divide evenly among the warps. On CUDA the
+    backward is one kernel where a sample fits a block (up to 1024 channels and 16384 elements:
+    1024 x 4x4 just fits, 1025 x 4x4 does not) and a chunked kernel plus a relevance kernel
+    beyond (1025 x 4x4, 40 x 24x24)."""
     check(backend, shape, torch.float32)
     check(backend, shape, torch.float64, seed=1)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_backward_of_an_empty_map(backend):
+    """H W = 0: an empty feature gradient and a zero relevance gradient (d = 0), with and without
+    the pooling gradient, as the reference's autograd gives."""
+    feat, relevance, grad_out = inputs((2, 3, 0, 4), torch.float32, backend.device)
+    backward = backend.op("_cifs_reweight_backward")
+    for grad_pooled in (None, torch.ones(2, 3, device=backend.device)):
+        grad_feat, grad_relevance = backward(grad_out, feat, relevance, 1.0, 2.0, grad_pooled)
+        assert grad_feat.shape == feat.shape
+        assert torch.equal(grad_relevance.cpu(), torch.zeros(2, 3))
+    r = relevance.detach().cpu().requires_grad_(True)
+    reference_reweight(feat.cpu(), r, 1.0, 2.0).sum().backward()
+    assert torch.equal(r.grad, torch.zeros(2, 3))
 
 
 @pytest.mark.parametrize("backend", backends())

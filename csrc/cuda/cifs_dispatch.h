@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
 
 #include <tuple>
 
@@ -31,8 +32,9 @@ inline std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, c
                                                    const std::optional<at::Tensor>& grad_pooled, cudaStream_t stream) {
   const auto p = ::fastrobust::cifs::prepare_backward(grad_out, feat, relevance, temperature, scale, grad_pooled);
   at::Tensor grad_feat = at::empty_like(p.feat);
-  at::Tensor grad_relevance = at::empty_like(p.relevance);
-  if (p.batch > 0 && p.channels > 0) {
+  // An empty map (H W = 0) has d = 0, hence a zero relevance gradient; the kernels need HW > 0.
+  at::Tensor grad_relevance = p.spatial == 0 ? at::zeros_like(p.relevance) : at::empty_like(p.relevance);
+  if (p.batch > 0 && p.channels > 0 && p.spatial > 0) {
     at::Tensor channel_dots = at::empty_like(p.relevance);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.feat.scalar_type(), "cifs_reweight_backward", [&] {
       launch_backward<scalar_t>(

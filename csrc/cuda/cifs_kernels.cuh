@@ -11,7 +11,10 @@
 // never by a division per element. The first backward kernel also reduces
 // d_c = sum_hw grad_out * feat: each warp streams its own whole channels and sums them by a
 // segmented warp scan, so d is written once per channel, coalesced; the second kernel, a block
-// per sample, turns d into the relevance gradient.
+// per sample, turns d into the relevance gradient. A sample of at most kWholeSampleElems
+// elements is one block of kWholeSampleThreads threads instead: d stays in shared memory and
+// the same block forms the relevance gradient (one launch, d never in global memory, the
+// relevance row read once: the backward's traffic is its inputs and outputs once).
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -36,6 +39,15 @@ constexpr int64_t kMaxChunkChannels = 1024;
 // chunk idle): a chunk of 7x7 maps starts anywhere, and an unaligned warp access touches one
 // 32-byte sector more than it needs.
 constexpr int64_t kAlignElems = kWarpSize;
+
+// The backward's single-kernel form: a whole sample per block, this many threads (as many
+// threads in flight as the chunked form's blocks of such a sample, which are at most four).
+constexpr int64_t kWholeSampleElems = 4 * kChunkElems;
+constexpr int kWholeSampleThreads = 4 * kThreads;
+
+inline bool whole_sample_backward(int64_t channels, int64_t spatial) {
+  return channels <= kMaxChunkChannels && channels * spatial <= kWholeSampleElems;
+}
 
 // Channels per block: whole channels, about kChunkElems elements.
 inline int64_t chunk_channels(int64_t channels, int64_t spatial) {
@@ -80,15 +92,17 @@ __device__ SoftmaxStats<acc> softmax_stats(FR_GLOBAL(const acc) r, int64_t chann
 }
 
 // This block's chunk of channels [c0, c1) and, in shared memory, their mask scale * p_c.
+// Returns the sample's softmax statistics.
 template <typename acc>
-__device__ void chunk_mask(FR_GLOBAL(const acc) r, int64_t channels, int64_t per_chunk, acc temperature, acc scale,
-                           smem_ptr<acc> mask, int64_t& c0, int64_t& c1) {
+__device__ SoftmaxStats<acc> chunk_mask(FR_GLOBAL(const acc) r, int64_t channels, int64_t per_chunk, acc temperature,
+                                        acc scale, smem_ptr<acc> mask, int64_t& c0, int64_t& c1) {
   const SoftmaxStats<acc> st = softmax_stats(r, channels, temperature);
   c0 = int64_t(blockIdx.x) * per_chunk;
   c1 = std::min(channels, c0 + per_chunk);
   for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x)
     mask[c - c0] = scale * mc::shifted_exp(acc(r[c]), temperature, st.max_z) * st.inv_sum;
   __syncthreads();
+  return st;
 }
 
 template <typename scalar_t>
@@ -121,19 +135,36 @@ __device__ acc segmented_warp_sum(acc v, int64_t channel) {
   return v;
 }
 
+// grad_r_c = (scale / T) p_c (d_c - sum p d) of one sample, by the whole block; d is read
+// through `d` (global or shared memory).
+template <typename acc, typename Dots>
+__device__ void relevance_gradient(FR_GLOBAL(const acc) r, Dots d, const SoftmaxStats<acc>& st, int64_t channels,
+                                   acc temperature, acc scale, FR_GLOBAL(acc) grad_relevance) {
+  acc p_dot_d = 0;
+  for (int64_t c = threadIdx.x; c < channels; c += blockDim.x)
+    p_dot_d += mc::shifted_exp(acc(r[c]), temperature, st.max_z) * st.inv_sum * acc(d[c]);
+  p_dot_d = block_sum(p_dot_d);
+  for (int64_t c = threadIdx.x; c < channels; c += blockDim.x) {
+    const acc p = mc::shifted_exp(acc(r[c]), temperature, st.max_z) * st.inv_sum;
+    grad_relevance[c] = mc::relevance_grad(p, acc(d[c]), p_dot_d, scale, temperature);
+  }
+}
+
 // grad_feat = grad_out * m_c (+ grad_pooled_c / HW) and d_c = sum_hw grad_out * feat. Warp w
 // owns the chunk's channels [w * k, (w + 1) * k) and streams them as one flat range, 32 elements a step; each
 // step's products are summed per channel by a segmented warp scan, whose run ends add into the
-// channel's shared slot (only this warp writes it, in a fixed order: deterministic). d is then
-// written once per channel, coalesced.
-template <typename scalar_t>
+// channel's shared slot (only this warp writes it, in a fixed order: deterministic). Then, with
+// kWholeSample (the chunk is the whole sample), the block turns d into the relevance gradient;
+// otherwise d is written once per channel, coalesced, for reweight_backward_relevance_kernel.
+template <typename scalar_t, bool kWholeSample>
 __global__ void reweight_backward_feat_kernel(ReweightPtrs<scalar_t, acc_t<scalar_t>> a, int64_t per_chunk) {
   using acc = acc_t<scalar_t>;
   FR_DYNAMIC_SMEM(acc, smem);
   smem_ptr<acc> mask = smem, dots = smem + per_chunk, pooled_term = smem + 2 * per_chunk;
   const int64_t b = blockIdx.y;
+  FR_GLOBAL(const acc) r = a.relevance + b * a.channels;
   int64_t c0, c1;
-  chunk_mask<acc>(a.relevance + b * a.channels, a.channels, per_chunk, a.temperature, a.scale, mask, c0, c1);
+  const SoftmaxStats<acc> st = chunk_mask<acc>(r, a.channels, per_chunk, a.temperature, a.scale, mask, c0, c1);
   const bool with_pooled = a.grad_pooled != nullptr;
   if (with_pooled) {
     FR_GLOBAL(const acc) grad_pooled = a.grad_pooled + b * a.channels;
@@ -142,7 +173,8 @@ __global__ void reweight_backward_feat_kernel(ReweightPtrs<scalar_t, acc_t<scala
     __syncthreads();
   }
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const int64_t chunk = c1 - c0, per_warp = ceil_div<int64_t>(chunk, kWarps);
+  const int warps = static_cast<int>(blockDim.x) / kWarpSize;
+  const int64_t chunk = c1 - c0, per_warp = ceil_div<int64_t>(chunk, warps);
   const int64_t first = std::min(chunk, warp * per_warp), last = std::min(chunk, first + per_warp);
   for (int64_t c = first + lane; c < last; c += kWarpSize) dots[c] = acc(0);
   __syncwarp();
@@ -169,27 +201,23 @@ __global__ void reweight_backward_feat_kernel(ReweightPtrs<scalar_t, acc_t<scala
     __syncwarp();
   }
   __syncthreads();
-  FR_GLOBAL(acc) channel_dots = a.channel_dots + b * a.channels + c0;
-  for (int64_t c = threadIdx.x; c < chunk; c += blockDim.x) channel_dots[c] = dots[c];
+  if constexpr (kWholeSample) {
+    relevance_gradient<acc>(r, dots, st, a.channels, a.temperature, a.scale, a.grad_relevance + b * a.channels);
+  } else {
+    FR_GLOBAL(acc) channel_dots = a.channel_dots + b * a.channels + c0;
+    for (int64_t c = threadIdx.x; c < chunk; c += blockDim.x) channel_dots[c] = dots[c];
+  }
 }
 
-// grad_r_c = (scale / T) p_c (d_c - sum p d), a block per sample.
+// The chunked backward's second kernel: the relevance gradient from d, a block per sample.
 template <typename scalar_t>
 __global__ void reweight_backward_relevance_kernel(ReweightPtrs<scalar_t, acc_t<scalar_t>> a) {
   using acc = acc_t<scalar_t>;
   const int64_t b = blockIdx.x;
   FR_GLOBAL(const acc) r = a.relevance + b * a.channels;
   FR_GLOBAL(const acc) d = a.channel_dots + b * a.channels;
-  FR_GLOBAL(acc) grad_relevance = a.grad_relevance + b * a.channels;
-  const SoftmaxStats<acc> st = softmax_stats(r, a.channels, a.temperature);
-  acc p_dot_d = 0;
-  for (int64_t c = threadIdx.x; c < a.channels; c += blockDim.x)
-    p_dot_d += mc::shifted_exp(acc(r[c]), a.temperature, st.max_z) * st.inv_sum * acc(d[c]);
-  p_dot_d = block_sum(p_dot_d);
-  for (int64_t c = threadIdx.x; c < a.channels; c += blockDim.x) {
-    const acc p = mc::shifted_exp(acc(r[c]), a.temperature, st.max_z) * st.inv_sum;
-    grad_relevance[c] = mc::relevance_grad(p, acc(d[c]), p_dot_d, a.scale, a.temperature);
-  }
+  relevance_gradient<acc>(r, d, softmax_stats(r, a.channels, a.temperature), a.channels, a.temperature, a.scale,
+                          a.grad_relevance + b * a.channels);
 }
 
 inline dim3 chunk_grid(int64_t batch, int64_t channels, int64_t per_chunk) {
@@ -207,9 +235,14 @@ void launch_forward(const ReweightPtrs<scalar_t, acc_t<scalar_t>>& a, cudaStream
 
 template <typename scalar_t>
 void launch_backward(const ReweightPtrs<scalar_t, acc_t<scalar_t>>& a, cudaStream_t stream) {
+  if (whole_sample_backward(a.channels, a.spatial)) {
+    FR_LAUNCH((reweight_backward_feat_kernel<scalar_t, true>), chunk_grid(a.batch, a.channels, a.channels),
+              dim3(kWholeSampleThreads), 3 * a.channels * sizeof(acc_t<scalar_t>), stream, a, a.channels);
+    return;
+  }
   const int64_t per_chunk = chunk_channels(a.channels, a.spatial);
-  FR_LAUNCH(reweight_backward_feat_kernel<scalar_t>, chunk_grid(a.batch, a.channels, per_chunk), dim3(kThreads),
-            3 * per_chunk * sizeof(acc_t<scalar_t>), stream, a, per_chunk);
+  FR_LAUNCH((reweight_backward_feat_kernel<scalar_t, false>), chunk_grid(a.batch, a.channels, per_chunk),
+            dim3(kThreads), 3 * per_chunk * sizeof(acc_t<scalar_t>), stream, a, per_chunk);
   FR_LAUNCH(reweight_backward_relevance_kernel<scalar_t>, dim3(static_cast<unsigned>(a.batch)), dim3(kThreads), 0,
             stream, a);
 }
