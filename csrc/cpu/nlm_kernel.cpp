@@ -1,9 +1,10 @@
 // Softmax non-local means, CPU backend: blocks of queries. For each block of Q queries of
 // every sample, the (B, Q, N) logit tile comes from one batched GEMM, a fused pass turns it
 // into probabilities in place (row max, exp, sum, log-sum-exp), and a second GEMM applies it
-// to the values. The tile is bounded by kScoreTileBytes and by half of the queries, so the
-// extra memory is O(B * N) plus that bound, never the whole (B, N, N) affinity. The backward
-// recomputes the probabilities of each block from the saved log-sum-exp and forms dg, dtheta
+// to the values. The tile is bounded by kScoreTileBytes and, unless the whole (B, N, N)
+// affinity is no larger than the output (N <= C), by half of the queries: the extra memory is
+// O(B * N) plus that bound, and the whole affinity is held only where it is that small. The
+// backward recomputes the probabilities of each block from the saved log-sum-exp and forms dg, dtheta
 // and dphi with GEMMs around one fused pass for ds = scale * p * (dp - D). bfloat16 inputs
 // run bfloat16 GEMMs (float32 accumulation) with the row passes in float32; float16 inputs
 // are computed in float32.
@@ -29,12 +30,16 @@ namespace {
 
 using namespace nlm;
 
-// Bytes of one (B, Q, N) tile of logits; the backward holds two. A tile also holds at most
-// half of the queries (for N > 1), so the whole (B, N, N) affinity is never allocated.
+// Bytes of one (B, Q, N) tile of logits; the backward holds two.
 constexpr int64_t kScoreTileBytes = int64_t(8) << 20;
 
-int64_t query_block(int64_t batch, int64_t positions, int64_t elem_bytes) {
+// Queries per block. Where the whole (B, N, N) affinity is no larger than the output (N <= C)
+// and fits the tile, one block takes all of it: the op's memory stays O(B N C) either way, and
+// blocks would cost a copy of every output block and float32 sums of dg and dphi. Otherwise a
+// block holds at most half of the queries (for N > 1), so the whole affinity is never allocated.
+int64_t query_block(int64_t batch, int64_t positions, int64_t channels, int64_t elem_bytes) {
   const int64_t per_query = std::max<int64_t>(1, batch * positions * elem_bytes);
+  if (positions <= channels && positions <= kScoreTileBytes / per_query) return std::max<int64_t>(1, positions);
   const int64_t half = std::max<int64_t>(1, (positions + 1) / 2);
   return std::clamp<int64_t>(kScoreTileBytes / per_query, 1, positions > 1 ? half : 1);
 }
@@ -195,7 +200,7 @@ std::tuple<at::Tensor, at::Tensor> nlm_gaussian_cpu(const at::Tensor& theta, con
   at::Tensor y = at::empty({p.batch, p.channels, p.positions}, g.options().dtype(st_type));
   if (p.batch > 0 && p.positions > 0) {
     const at::Tensor q = p.theta.to(st_type), k = p.phi.to(st_type), v = p.g.to(st_type);
-    const int64_t block = query_block(p.batch, p.positions, c10::elementSize(st_type));
+    const int64_t block = query_block(p.batch, p.positions, p.channels, c10::elementSize(st_type));
     BlockBuffer tiles{at::empty({p.batch, block, p.positions}, q.options())};
     BlockBuffer y_tiles{block < p.positions ? at::empty({p.batch, p.channels, block}, q.options()) : at::Tensor()};
     for (int64_t q0 = 0; q0 < p.positions; q0 += block) {
@@ -221,11 +226,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nlm_gaussian_backward_cpu(
   const at::Tensor q = p.theta.to(st_type), k = p.phi.to(st_type), v = p.g.to(st_type);
   at::Tensor dq, dk, dv;
   if (p.batch > 0 && p.positions > 0) {
-    // dk and dv sum over query blocks: in acc (float32 for bfloat16 inputs)
-    dq = at::empty_like(q), dk = at::empty_like(k, k.options().dtype(acc_type));
-    dv = at::empty_like(v, v.options().dtype(acc_type));
+    // dk and dv sum over query blocks: in acc (float32 for bfloat16 inputs) where there are
+    // several, each one GEMM (float32 accumulation) into the input type where there is one
+    const int64_t block = query_block(p.batch, p.positions, p.channels, c10::elementSize(st_type));
+    const auto sum_type = block < p.positions ? acc_type : st_type;
+    dq = at::empty_like(q), dk = at::empty_like(k, k.options().dtype(sum_type));
+    dv = at::empty_like(v, v.options().dtype(sum_type));
     const at::Tensor dy = p.grad_y.to(st_type);
-    const int64_t block = query_block(p.batch, p.positions, c10::elementSize(st_type));
     BlockBuffer prob_tiles{at::empty({p.batch, block, p.positions}, q.options())};
     BlockBuffer grad_tiles{at::empty({p.batch, block, p.positions}, q.options())};
     BlockBuffer dq_tiles{block < p.positions ? at::empty({p.batch, p.dim, block}, q.options()) : at::Tensor()};
