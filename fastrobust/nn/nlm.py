@@ -7,7 +7,7 @@ variance_scaling(2, fan_out)), no ReLU after the BN, and the BN weight initialis
 fresh block is exactly the identity. `nlm` is a NonLocalMeans layer:
 
     gaussian  y_i = sum_j softmax_j(theta_i . phi_j / sqrt(d)) g_j   (fastrobust.ops.nlm.nlm_gaussian,
-              fused: on the CPU the N x N affinity is never stored)
+              fused: on the CPU the N x N affinity is stored whole only where N <= C)
     dot       y_i = (1/N) sum_j (theta_i . phi_j) g_j                 (fastrobust.ops.nlm.nlm_dot)
     mean      3x3 average, stride 1, same padding                     (fastrobust.reference.nlm.mean3x3)
     median    3x3 per-channel median, gradient to the arg-median      (fastrobust.ops.median.median3x3)

@@ -8,8 +8,10 @@ over all N = H * W positions of a feature map; theta and phi of width d, g of wi
 
 nlm_gaussian is the op `fastrobust::nlm_gaussian`. It returns y and the per-row log-sum-exp
 (B, N) of the logits, from which the backward op `_nlm_gaussian_backward` recomputes the
-softmax. The CPU kernel is flash-style: the N x N affinity is never stored, the softmax is
-recomputed tile by tile (the FlashAttention-2 scheme), extra memory O(B * N). The CUDA kernels
+softmax. The CPU kernel works in blocks of queries, the softmax recomputed block by block
+(the FlashAttention-2 scheme), extra memory O(B * N) plus an 8 MiB tile: the N x N affinity
+is held whole only where it is no larger than the output (N <= C) and fits that tile, where
+splitting it into blocks costs more than it saves. The CUDA kernels
 compute each logit (and each dp = dy . g) once into (query, key) planes in global memory, for
 forwards over more than 64 channels and for the backward, the batch in chunks within 256 MiB of
 planes: recomputing them per slice of the wide outputs would cost several times the minimal
@@ -57,7 +59,8 @@ def _autocast_inputs(*tensors: torch.Tensor):
 
 def nlm_gaussian(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, scale: Optional[float] = None,
                  backend: str = "auto") -> torch.Tensor:
-    """Softmax non-local means; the CPU kernel never materialises the N x N affinity.
+    """Softmax non-local means; the CPU kernel holds the N x N affinity whole only where it is
+    no larger than the output (N <= C) and within 8 MiB.
 
     Args:
         theta: queries (B, d, H, W) or (B, d, N).
