@@ -117,6 +117,13 @@ def test_bench_model_writes_the_suite_json(tmp_path):
         # the fused op moves about its minimal bytes (the relevance row is re-read per block)
         assert 0.95 <= r["bytes"] / r["min_bytes"] <= 2.0, r
         assert r["modeled_us"] > 0 and r["baseline_modeled_us"] > 0
+        if "backward" in r["case"] and "4, 4)" in r["case"]:
+            # a 4x4 sample is one block of the backward: one launch, d never leaves shared memory
+            # (the relevance row and its gradient in float32 are all it moves beyond the minimum)
+            launches = [k["kernel"] for k in kernels if k["case"] == r["case"]]
+            scalar = {"float32": "float", "bfloat16": "BFloat16"}[r["dtype"]]
+            assert launches == [f"cifs::reweight_backward_feat_kernel<{scalar}, true>"], r
+            assert r["bytes"] / r["min_bytes"] <= 1.05, r
     for r in kernels:
         assert 0 < r["sector_efficiency"] <= 1 and r["bank_conflict_factor"] >= 1
 
