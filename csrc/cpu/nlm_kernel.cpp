@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "../kernels/nlm.h"
 #include "../ops/nlm.h"
@@ -46,41 +47,66 @@ int64_t query_block(int64_t batch, int64_t positions, int64_t channels, int64_t 
 
 // The row passes read and write the tiles in the storage type st (the GEMMs' dtype: float32 or
 // float64, or bfloat16 for bfloat16 inputs) and compute in acc (float32; float64 for float64).
+// A bfloat16 row is converted to a float copy, worked on there and converted back, each value
+// rounded once: loops the compiler vectorises (c10's per-element conversions keep them scalar).
+
+// Per-thread float copies of a row, reused across rows.
+template <typename acc>
+struct RowCopies {
+  std::vector<acc> first, second;
+};
+
+template <typename acc>
+RowCopies<acc>& row_copies() {
+  thread_local RowCopies<acc> copies;
+  return copies;
+}
+
+// The n values of row as acc: row itself, or its conversion into copy (then written back by
+// store_acc after any change).
+template <typename st, typename acc>
+inline acc* load_acc(st* row, int64_t n, std::vector<acc>& copy) {
+  if constexpr (std::is_same_v<st, acc>) {
+    return row;
+  } else {
+    copy.resize(n);
+    cpu::convert(row, copy.data(), n);
+    return copy.data();
+  }
+}
+
+template <typename st, typename acc>
+inline const acc* load_acc(const st* row, int64_t n, std::vector<acc>& copy) {
+  return load_acc<st, acc>(const_cast<st*>(row), n, copy);  // only read
+}
+
+template <typename st, typename acc>
+inline void store_acc(const acc* values, st* row, int64_t n) {
+  if constexpr (!std::is_same_v<st, acc>) cpu::convert(values, row, n);
+}
 
 // One row of logits -> exp(s_j - shift) / sum_j exp(s_j - shift), in place; returns the sum.
-// The sum is taken in acc before any 16-bit rounding, and each value is rounded once.
-template <typename st, typename acc>
-inline acc normalised_exp_row(st* __restrict__ row, int64_t n, acc shift) {
-  acc total;
-  if constexpr (std::is_same_v<st, acc>) {  // exp once, in place, then scale
-    cpu::Lanes<acc> sum;
-    for (int64_t j = 0; j < n; ++j) row[j] = math::PolyExp::exp(row[j] - shift);
-    sum.add(row, n);
-    total = sum.total();
-    const acc inv = acc(1) / total;
-    for (int64_t j = 0; j < n; ++j) row[j] *= inv;
-  } else {  // 16-bit rows: sum in acc first, then round each value once
-    acc lane[cpu::kLanes] = {};
-    int64_t j = 0;
-    for (; j + cpu::kLanes <= n; j += cpu::kLanes)
-      for (int u = 0; u < cpu::kLanes; ++u) lane[u] += math::PolyExp::exp(acc(row[j + u]) - shift);
-    total = 0;
-    for (; j < n; ++j) total += math::PolyExp::exp(acc(row[j]) - shift);
-    for (int u = 0; u < cpu::kLanes; ++u) total += lane[u];
-    const acc inv = acc(1) / total;
-    for (j = 0; j < n; ++j) row[j] = st(math::PolyExp::exp(acc(row[j]) - shift) * inv);
-  }
+template <typename acc>
+inline acc normalised_exp_row(acc* __restrict__ row, int64_t n, acc shift) {
+  cpu::Lanes<acc> sum;
+  for (int64_t j = 0; j < n; ++j) row[j] = math::PolyExp::exp(row[j] - shift);
+  sum.add(row, n);
+  const acc total = sum.total();
+  const acc inv = acc(1) / total;
+  for (int64_t j = 0; j < n; ++j) row[j] *= inv;
   return total;
 }
 
 // Logit rows -> softmax rows in place, and each row's log-sum-exp.
 template <typename st, typename acc>
 FR_CPU_MULTIVERSION void softmax_rows(st* __restrict__ s, int64_t rows, int64_t n, acc* __restrict__ lse) {
+  auto& copies = row_copies<acc>();
   for (int64_t r = 0; r < rows; ++r) {
-    st* row = s + r * n;
+    acc* row = load_acc<st, acc>(s + r * n, n, copies.first);
     acc m = neg_inf<acc>();
-    for (int64_t j = 0; j < n; ++j) m = RowMax{}(m, acc(row[j]));
+    for (int64_t j = 0; j < n; ++j) m = RowMax{}(m, row[j]);
     lse[r] = row_lse(m, normalised_exp_row(row, n, m));
+    store_acc(row, s + r * n, n);
   }
 }
 
@@ -91,7 +117,12 @@ FR_CPU_MULTIVERSION void softmax_rows(st* __restrict__ s, int64_t rows, int64_t 
 // difference of nearly equal numbers, would lose its digits at large logits.
 template <typename st, typename acc>
 FR_CPU_MULTIVERSION void probability_rows(st* __restrict__ s, int64_t rows, int64_t n, const acc* __restrict__ lse) {
-  for (int64_t r = 0; r < rows; ++r) normalised_exp_row(s + r * n, n, lse[r]);
+  auto& copies = row_copies<acc>();
+  for (int64_t r = 0; r < rows; ++r) {
+    acc* row = load_acc<st, acc>(s + r * n, n, copies.first);
+    normalised_exp_row(row, n, lse[r]);
+    store_acc(row, s + r * n, n);
+  }
 }
 
 // dp rows -> scale * p * (dp - D_i) in place, with D_i = sum_j p_ij dp_ij taken from the same
@@ -100,17 +131,15 @@ FR_CPU_MULTIVERSION void probability_rows(st* __restrict__ s, int64_t rows, int6
 template <typename st, typename acc>
 FR_CPU_MULTIVERSION void logit_grad_rows(const st* __restrict__ p, st* __restrict__ dp, int64_t rows, int64_t n,
                                          acc scale) {
+  auto& copies = row_copies<acc>();
   for (int64_t r = 0; r < rows; ++r) {
-    const st* pr = p + r * n;
-    st* dr = dp + r * n;
-    acc lane[cpu::kLanes] = {};
-    int64_t j = 0;
-    for (; j + cpu::kLanes <= n; j += cpu::kLanes)
-      for (int u = 0; u < cpu::kLanes; ++u) lane[u] += acc(pr[j + u]) * acc(dr[j + u]);
-    acc d = 0;
-    for (; j < n; ++j) d += acc(pr[j]) * acc(dr[j]);
-    for (int u = 0; u < cpu::kLanes; ++u) d += lane[u];
-    for (j = 0; j < n; ++j) dr[j] = st(scaled_logit_grad(acc(pr[j]), acc(dr[j]), d, scale));
+    const acc* __restrict__ pr = load_acc<st, acc>(p + r * n, n, copies.first);
+    acc* __restrict__ dr = load_acc<st, acc>(dp + r * n, n, copies.second);
+    cpu::Lanes<acc> dot;
+    dot.add_dot(pr, dr, n);
+    const acc d = dot.total();
+    for (int64_t j = 0; j < n; ++j) dr[j] = scaled_logit_grad(pr[j], dr[j], d, scale);
+    store_acc(dr, dp + r * n, n);
   }
 }
 
