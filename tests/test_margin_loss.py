@@ -7,7 +7,7 @@ import torch
 
 import fastrobust
 from fastrobust.reference.margin_loss import margin_loss as reference_margin_loss
-from fastrobust.testing import (BACKWARD_TOL, CPU, FORWARD_TOL, assert_close_to_oracle, backends,
+from fastrobust.testing import (BACKWARD_TOL, FORWARD_TOL, assert_close_to_oracle, backends,
                                 raises_value_check)
 
 pytestmark = pytest.mark.skipif(not fastrobust.HAS_EXT, reason="compiled extension not built")
