@@ -107,22 +107,33 @@ inline LaunchConfig make_config(const Geometry& g, int k, size_t acc_bytes, bool
 
 // Copies `planes` haloed windows of x (rows h0-halo .., cols w0-halo ..) into shared memory
 // laid out as `win`, converted to the accumulation type, with zeros outside the image (the
-// conv's padding).
+// conv's padding). The window's middle columns (the tile's own, cols - 2 * halo of them) are
+// walked a row at a time and its 2 * halo side columns after them: a tile 32 wide then puts
+// one image row under a warp, whole 32-byte sectors, where a walk over the whole window rows
+// put pieces of two rows and the halo under each warp (half of a bf16 warp's sectors wasted).
 template <typename acc, typename GlobalPointer>
-__device__ __forceinline__ void load_window(smem_ptr<acc> dst, const Window& win, GlobalPointer x,
+__device__ __forceinline__ void load_window(smem_ptr<acc> dst, const Window& win, int halo, GlobalPointer x,
                                             int64_t plane0, int64_t plane_stride, int planes,
                                             int H, int W, int h0, int w0) {
-  const int per_plane = win.rows * win.cols;
-  const int n = planes * per_plane;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    const int p = i / per_plane;
-    const int rem = i - p * per_plane;
-    const int r = rem / win.cols, q = rem % win.cols;
+  auto load = [&](int p, int r, int q) {
     const int h = h0 + r, w = w0 + q;
     acc v = acc(0);
     if (h >= 0 && h < H && w >= 0 && w < W)
       v = static_cast<acc>(x[plane0 + p * plane_stride + int64_t(h) * W + w]);
     dst[p * win.plane + r * win.pitch + q] = v;
+  };
+  const int mid = win.cols - 2 * halo, side = 2 * halo;
+  const int mid_plane = win.rows * mid, side_plane = win.rows * side;
+  for (int i = threadIdx.x; i < planes * mid_plane; i += blockDim.x) {
+    const int p = i / mid_plane;
+    const int rem = i - p * mid_plane;
+    load(p, rem / mid, halo + rem % mid);
+  }
+  for (int i = threadIdx.x; i < planes * side_plane; i += blockDim.x) {
+    const int p = i / side_plane;
+    const int rem = i - p * side_plane;
+    const int j = rem % side;
+    load(p, rem / side, j < halo ? j : mid + j);
   }
 }
 
@@ -149,6 +160,29 @@ __device__ __forceinline__ void load_plane_interiors(smem_ptr<acc> dst, const Wi
     dst[p * win.plane + (r + halo) * win.pitch + (q + halo)] =
         static_cast<acc>(x[plane0 + p * plane_stride + rem]);
   }
+}
+
+// The channel's K*K weights and its bias, staged once per block in shared memory by its first
+// K*K + 1 threads, then read by every thread after the caller's next __syncthreads() (a
+// broadcast, conflict-free). Read from global memory by every warp instead, each tap was a
+// warp access using 4 (fp32) or 2 (bf16) bytes of a 32-byte sector: most of the kernels'
+// wasted sector traffic at the small maps, where a thread has only two or three outputs.
+template <int K, typename acc, typename SharedPointer, typename GlobalPointer>
+__device__ __forceinline__ void stage_taps(SharedPointer taps, GlobalPointer weight,
+                                           GlobalPointer bias, int64_t c) {
+  static_assert(K * K + 1 <= kThreads, "one thread per tap and one for the bias");
+  const int t = static_cast<int>(threadIdx.x);
+  if (t < K * K)
+    taps[t] = static_cast<acc>(weight[c * K * K + t]);
+  else if (t == K * K)
+    taps[t] = static_cast<acc>(bias[c]);
+}
+
+template <int K, typename acc, typename SharedPointer>
+__device__ __forceinline__ void read_taps(SharedPointer taps, acc (&wk)[K * K], acc& bc) {
+#pragma unroll
+  for (int t = 0; t < K * K; ++t) wk[t] = static_cast<acc>(taps[t]);
+  bc = static_cast<acc>(taps[K * K]);
 }
 
 // What a block works on: channel c, images b0 .. b0+np-1 (the last group may be short), and
@@ -179,11 +213,13 @@ sparta_forward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) x, FR_GLOBAL_RESTRICT(c
   using acc = acc_t<scalar_t>;
   constexpr int R = K / 2;
   FR_DYNAMIC_SMEM(acc, xs);
+  FR_SHARED(acc, taps, K * K + 1);
   const BlockTile bt = block_tile(B, C, H, W, tile_h, tile_w, planes, tiles_w);
   const int64_t c = bt.c, plane0 = bt.plane0, plane_stride = bt.plane_stride;
   const int np = bt.np, h0 = bt.h0, w0 = bt.w0;
   const Window xw = forward_x_window(tile_h, tile_w, R);
   const int sw = xw.pitch;
+  stage_taps<K, acc>(taps, weight, bias, c);
 
   const bool whole_plane = tile_h == H && tile_w == W;  // uniform over the launch
   if (whole_plane) {
@@ -191,15 +227,13 @@ sparta_forward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) x, FR_GLOBAL_RESTRICT(c
     __syncthreads();
     load_plane_interiors(xs, xw, R, x, plane0, plane_stride, np, H, W);
   } else {
-    load_window(xs, xw, x, plane0, plane_stride, np, H, W, h0 - R, w0 - R);
+    load_window(xs, xw, R, x, plane0, plane_stride, np, H, W, h0 - R, w0 - R);
   }
-  // The K*K weights are read after the staging, so that they do not hold registers through it
-  // (at K = 7 in fp16 they made ptxas spill).
-  acc wk[K * K];
-#pragma unroll
-  for (int t = 0; t < K * K; ++t) wk[t] = static_cast<acc>(weight[c * K * K + t]);
-  const acc bc = static_cast<acc>(bias[c]);
   __syncthreads();
+  // The K*K weights go to registers after the staging, so that they do not hold registers
+  // through it (at K = 7 in fp16 they made ptxas spill).
+  acc wk[K * K], bc;
+  read_taps<K>(taps, wk, bc);
 
   const int n = np * tile_h * tile_w;
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
@@ -243,11 +277,8 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
   const smem_ptr<acc> xs = smem;
   const smem_ptr<acc> gzs = xs + planes * xwin.plane;
   const smem_ptr<acc> gxs = gzs + planes * zwin.plane;  // direct part of dL/dx on the tile
-
-  acc wk[K * K];
-#pragma unroll
-  for (int t = 0; t < K * K; ++t) wk[t] = static_cast<acc>(weight[c * K * K + t]);
-  const acc bc = static_cast<acc>(bias[c]);
+  FR_SHARED(acc, taps, K * K + 1);
+  stage_taps<K, acc>(taps, weight, bias, c);
 
   const bool whole_plane = tile_h == H && tile_w == W;  // uniform over the launch
   if (whole_plane) {
@@ -256,9 +287,11 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
     __syncthreads();
     load_plane_interiors(xs, xwin, 2 * R, x, plane0, plane_stride, np, H, W);
   } else {
-    load_window(xs, xwin, x, plane0, plane_stride, np, H, W, h0 - 2 * R, w0 - 2 * R);
+    load_window(xs, xwin, 2 * R, x, plane0, plane_stride, np, H, W, h0 - 2 * R, w0 - 2 * R);
   }
   __syncthreads();
+  acc wk[K * K], bc;
+  read_taps<K>(taps, wk, bc);
 
   // dL/dz on the tile and its halo; zero outside the image, where no output exists.
   auto z_grad = [&](int p, int r, int q) {
@@ -289,16 +322,18 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
     }
   } else {
     // The window in two parts, so that the warps walk rows tile_w wide as in the loops below
-    // (the layout is conflict-free for that walk): its first tile_w columns, then its last 2R.
+    // (the layout is conflict-free for that walk): the tile's own columns (grad_y read a row
+    // of the tile at a time: whole sectors), then the R columns on either side.
     for (int i = threadIdx.x; i < np * zh * tile_w; i += blockDim.x) {
       const int p = i / (zh * tile_w);
       const int rem = i - p * zh * tile_w;
-      z_grad(p, rem / tile_w, rem % tile_w);
+      z_grad(p, rem / tile_w, R + rem % tile_w);
     }
     for (int i = threadIdx.x; i < np * zh * 2 * R; i += blockDim.x) {
       const int p = i / (zh * 2 * R);
       const int rem = i - p * zh * 2 * R;
-      z_grad(p, rem / (2 * R), tile_w + rem % (2 * R));
+      const int j = rem % (2 * R);
+      z_grad(p, rem / (2 * R), j < R ? j : tile_w + j);
     }
   }
   __syncthreads();
