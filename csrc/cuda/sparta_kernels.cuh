@@ -105,6 +105,32 @@ inline LaunchConfig make_config(const Geometry& g, int k, size_t acc_bytes, bool
   return cfg;
 }
 
+// Loads a thread issues before it stores any of them to shared memory. Staging is a few
+// elements a thread; a loop that loads, converts and stores one element at a time keeps one
+// load of each thread in flight, far too few to cover DRAM latency at a block's occupancy.
+constexpr int kLoadsInFlight = 4;
+
+// For i = threadIdx.x, threadIdx.x + blockDim.x, ... < n: fetch(i, at) returns element i's
+// value and sets `at` to its place in `dst`. kLoadsInFlight fetches, then their stores.
+template <typename acc, typename Fetch>
+__device__ __forceinline__ void stage(smem_ptr<acc> dst, int n, Fetch fetch) {
+  const int threads = static_cast<int>(blockDim.x);
+  for (int base = static_cast<int>(threadIdx.x); base < n; base += kLoadsInFlight * threads) {
+    acc v[kLoadsInFlight];
+    int at[kLoadsInFlight];
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      const int i = base + u * threads;
+      v[u] = acc(0);
+      at[u] = -1;
+      if (i < n) v[u] = fetch(i, at[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u)
+      if (at[u] >= 0) dst[at[u]] = v[u];
+  }
+}
+
 // Copies `planes` haloed windows of x (rows h0-halo .., cols w0-halo ..) into shared memory
 // laid out as `win`, converted to the accumulation type, with zeros outside the image (the
 // conv's padding). The window's middle columns (the tile's own, cols - 2 * halo of them) are
@@ -115,26 +141,27 @@ template <typename acc, typename GlobalPointer>
 __device__ __forceinline__ void load_window(smem_ptr<acc> dst, const Window& win, int halo, GlobalPointer x,
                                             int64_t plane0, int64_t plane_stride, int planes,
                                             int H, int W, int h0, int w0) {
-  auto load = [&](int p, int r, int q) {
+  auto load = [&](int p, int r, int q, int& at) {
     const int h = h0 + r, w = w0 + q;
+    at = p * win.plane + r * win.pitch + q;
     acc v = acc(0);
     if (h >= 0 && h < H && w >= 0 && w < W)
       v = static_cast<acc>(x[plane0 + p * plane_stride + int64_t(h) * W + w]);
-    dst[p * win.plane + r * win.pitch + q] = v;
+    return v;
   };
   const int mid = win.cols - 2 * halo, side = 2 * halo;
   const int mid_plane = win.rows * mid, side_plane = win.rows * side;
-  for (int i = threadIdx.x; i < planes * mid_plane; i += blockDim.x) {
+  stage(dst, planes * mid_plane, [&](int i, int& at) {
     const int p = i / mid_plane;
     const int rem = i - p * mid_plane;
-    load(p, rem / mid, halo + rem % mid);
-  }
-  for (int i = threadIdx.x; i < planes * side_plane; i += blockDim.x) {
+    return load(p, rem / mid, halo + rem % mid, at);
+  });
+  stage(dst, planes * side_plane, [&](int i, int& at) {
     const int p = i / side_plane;
     const int rem = i - p * side_plane;
     const int j = rem % side;
-    load(p, rem / side, j < halo ? j : mid + j);
-  }
+    return load(p, rem / side, j < halo ? j : mid + j, at);
+  });
 }
 
 // Whole-plane tiles (the tile is the plane: the 4x4 to 16x16 maps of late ResNet stages):
@@ -153,13 +180,13 @@ __device__ __forceinline__ void load_plane_interiors(smem_ptr<acc> dst, const Wi
                                                      GlobalPointer x, int64_t plane0,
                                                      int64_t plane_stride, int planes, int H, int W) {
   const int per_plane = H * W;
-  for (int i = threadIdx.x; i < planes * per_plane; i += blockDim.x) {
+  stage(dst, planes * per_plane, [&](int i, int& at) {
     const int p = i / per_plane;
     const int rem = i - p * per_plane;
     const int r = rem / W, q = rem - r * W;
-    dst[p * win.plane + (r + halo) * win.pitch + (q + halo)] =
-        static_cast<acc>(x[plane0 + p * plane_stride + rem]);
-  }
+    at = p * win.plane + (r + halo) * win.pitch + (q + halo);
+    return static_cast<acc>(x[plane0 + p * plane_stride + rem]);
+  });
 }
 
 // The channel's K*K weights and its bias, staged once per block in shared memory by its first
