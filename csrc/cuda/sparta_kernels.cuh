@@ -131,6 +131,29 @@ __device__ __forceinline__ void stage(smem_ptr<acc> dst, int n, Fetch fetch) {
   }
 }
 
+// A window of `rows` rows of mid + 2 * halo columns per plane, walked in two parts so that a
+// warp takes a row of the tile's own columns at a time: middle_cell(i) is the i-th cell of its
+// middle columns (planes * rows * mid of them, row-major), side_cell(i) the i-th of its
+// 2 * halo side columns (planes * rows * 2 * halo): the walk of the x windows' loads and of
+// the backward's dL/dz window.
+struct Cell {
+  int p, r, q;  // plane, window row, window column
+};
+
+__device__ __forceinline__ Cell middle_cell(int i, int rows, int mid, int halo) {
+  const int p = i / (rows * mid);
+  const int rem = i - p * rows * mid;
+  return {p, rem / mid, halo + rem % mid};
+}
+
+__device__ __forceinline__ Cell side_cell(int i, int rows, int mid, int halo) {
+  const int side = 2 * halo;
+  const int p = i / (rows * side);
+  const int rem = i - p * rows * side;
+  const int j = rem % side;
+  return {p, rem / side, j < halo ? j : mid + j};
+}
+
 // Copies `planes` haloed windows of x (rows h0-halo .., cols w0-halo ..) into shared memory
 // laid out as `win`, converted to the accumulation type, with zeros outside the image (the
 // conv's padding). The window's middle columns (the tile's own, cols - 2 * halo of them) are
@@ -141,27 +164,19 @@ template <typename acc, typename GlobalPointer>
 __device__ __forceinline__ void load_window(smem_ptr<acc> dst, const Window& win, int halo, GlobalPointer x,
                                             int64_t plane0, int64_t plane_stride, int planes,
                                             int H, int W, int h0, int w0) {
-  auto load = [&](int p, int r, int q, int& at) {
-    const int h = h0 + r, w = w0 + q;
-    at = p * win.plane + r * win.pitch + q;
+  auto load = [&](Cell cell, int& at) {
+    const int h = h0 + cell.r, w = w0 + cell.q;
+    at = cell.p * win.plane + cell.r * win.pitch + cell.q;
     acc v = acc(0);
     if (h >= 0 && h < H && w >= 0 && w < W)
-      v = static_cast<acc>(x[plane0 + p * plane_stride + int64_t(h) * W + w]);
+      v = static_cast<acc>(x[plane0 + cell.p * plane_stride + int64_t(h) * W + w]);
     return v;
   };
-  const int mid = win.cols - 2 * halo, side = 2 * halo;
-  const int mid_plane = win.rows * mid, side_plane = win.rows * side;
-  stage(dst, planes * mid_plane, [&](int i, int& at) {
-    const int p = i / mid_plane;
-    const int rem = i - p * mid_plane;
-    return load(p, rem / mid, halo + rem % mid, at);
-  });
-  stage(dst, planes * side_plane, [&](int i, int& at) {
-    const int p = i / side_plane;
-    const int rem = i - p * side_plane;
-    const int j = rem % side;
-    return load(p, rem / side, j < halo ? j : mid + j, at);
-  });
+  const int mid = win.cols - 2 * halo;
+  stage(dst, planes * win.rows * mid,
+        [&](int i, int& at) { return load(middle_cell(i, win.rows, mid, halo), at); });
+  stage(dst, planes * win.rows * 2 * halo,
+        [&](int i, int& at) { return load(side_cell(i, win.rows, mid, halo), at); });
 }
 
 // Whole-plane tiles (the tile is the plane: the 4x4 to 16x16 maps of late ResNet stages):
@@ -352,15 +367,12 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
     // (the layout is conflict-free for that walk): the tile's own columns (grad_y read a row
     // of the tile at a time: whole sectors), then the R columns on either side.
     for (int i = threadIdx.x; i < np * zh * tile_w; i += blockDim.x) {
-      const int p = i / (zh * tile_w);
-      const int rem = i - p * zh * tile_w;
-      z_grad(p, rem / tile_w, R + rem % tile_w);
+      const Cell cell = middle_cell(i, zh, tile_w, R);
+      z_grad(cell.p, cell.r, cell.q);
     }
     for (int i = threadIdx.x; i < np * zh * 2 * R; i += blockDim.x) {
-      const int p = i / (zh * 2 * R);
-      const int rem = i - p * zh * 2 * R;
-      const int j = rem % (2 * R);
-      z_grad(p, rem / (2 * R), j < R ? j : tile_w + j);
+      const Cell cell = side_cell(i, zh, tile_w, R);
+      z_grad(cell.p, cell.r, cell.q);
     }
   }
   __syncthreads();
