@@ -44,12 +44,14 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
   const at::Tensor grad_y = grad_y_.contiguous(), x = x_.contiguous();
   const at::Tensor weight = weight_.contiguous(), bias = bias_.contiguous();
   at::Tensor grad_x = at::empty_like(x, at::MemoryFormat::Contiguous);
-  // Weight and bias gradients: per-block partial sums, added in a fixed order, in the
-  // accumulation type.
+  // Weight and bias gradients: per-block partial sums in the accumulation type, added in a
+  // fixed order by a second kernel that writes every element of grad_w and grad_b in their
+  // own dtype (no fill, no cast: two launches in all). Zeros where there is nothing to sum.
   const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor grad_w = at::zeros(weight.sizes(), weight.options().dtype(acc_dtype));
-  at::Tensor grad_b = at::zeros(bias.sizes(), bias.options().dtype(acc_dtype));
-  if (x.numel() > 0) {
+  const bool empty = x.numel() == 0;
+  at::Tensor grad_w = empty ? at::zeros(weight.sizes(), weight.options()) : at::empty(weight.sizes(), weight.options());
+  at::Tensor grad_b = empty ? at::zeros(bias.sizes(), bias.options()) : at::empty(bias.sizes(), bias.options());
+  if (!empty) {
     const int k = static_cast<int>(weight.size(2));
     const int64_t blocks = backward_blocks_per_channel(geometry(x), k, c10::elementSize(acc_dtype));
     at::Tensor partials = at::empty({x.size(1), k * k + 1, blocks}, x.options().dtype(acc_dtype));
@@ -58,11 +60,11 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
       launch_backward<scalar_t>(grad_y.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                                 weight.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
                                 grad_x.mutable_data_ptr<scalar_t>(), partials.mutable_data_ptr<acc>(),
-                                grad_w.mutable_data_ptr<acc>(), grad_b.mutable_data_ptr<acc>(), geometry(x), k,
-                                stream);
+                                grad_w.mutable_data_ptr<scalar_t>(), grad_b.mutable_data_ptr<scalar_t>(),
+                                geometry(x), k, stream);
     });
   }
-  return {grad_x, grad_w.to(weight.scalar_type()), grad_b.to(bias.scalar_type())};
+  return {grad_x, grad_w, grad_b};
 }
 
 }  // namespace sparta

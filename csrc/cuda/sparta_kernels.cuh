@@ -416,29 +416,45 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
   }
 }
 
-// grad_w[c, t] (t < K*K) and grad_b[c] (t = K*K): one warp per (channel, tap) sums that
-// tap's partials (contiguous: coalesced loads), lane l taking blocks l, l + 32, ..., then a
-// shuffle tree: a fixed order (deterministic), and a chain of blocks / 32 dependent adds per
-// lane rather than one thread walking all of a channel's blocks.
-template <typename acc>
+// grad_w[c, t] (t < K*K) and grad_b[c] (t = K*K), in the parameters' dtype: one warp per
+// (channel, tap) row sums that row's partials (contiguous: coalesced loads), lane l taking
+// blocks l, l + 32, ..., then a shuffle tree: a fixed order (deterministic), and a chain of
+// blocks / 32 dependent adds per lane rather than one thread walking all of a channel's
+// blocks. The block's warps take consecutive rows and leave their sums in shared memory, so
+// that its first threads store them together (consecutive rows are consecutive taps of
+// grad_w): a few sectors for the block's rows, not one per row. Rounding to scalar_t here
+// makes the cast of the sums one kernel with the reduction.
+template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-reduce_partials_kernel(FR_GLOBAL_RESTRICT(const acc) partials, FR_GLOBAL_RESTRICT(acc) grad_w,
-                       FR_GLOBAL_RESTRICT(acc) grad_b, int64_t channels, int taps, int64_t blocks) {
-  const int lane = threadIdx.x % kWarpSize;
-  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / kWarpSize);
-  for (int64_t i = int64_t(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
-       i < channels * taps; i += warps) {
-    FR_GLOBAL(const acc) p = partials + i * blocks;
+reduce_partials_kernel(FR_GLOBAL_RESTRICT(const acc_t<scalar_t>) partials, FR_GLOBAL_RESTRICT(scalar_t) grad_w,
+                       FR_GLOBAL_RESTRICT(scalar_t) grad_b, int64_t channels, int taps, int64_t blocks) {
+  using acc = acc_t<scalar_t>;
+  constexpr int kWarps = kThreads / kWarpSize;
+  FR_SHARED(acc, sums, kWarps);
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int64_t rows = channels * taps;
+  // Block-uniform loop: every thread reaches the barriers.
+  for (int64_t first = int64_t(blockIdx.x) * kWarps; first < rows; first += int64_t(gridDim.x) * kWarps) {
+    const int64_t i = first + warp;
     acc sum = acc(0);
-    for (int64_t blk = lane; blk < blocks; blk += kWarpSize) sum += p[blk];
+    if (i < rows) {
+      FR_GLOBAL(const acc) p = partials + i * blocks;
+      for (int64_t blk = lane; blk < blocks; blk += kWarpSize) sum += p[blk];
+    }
     sum = warp_sum(sum);
-    if (lane != 0) continue;
-    const int64_t c = i / taps;
-    const int t = static_cast<int>(i % taps);
-    if (t < taps - 1)
-      grad_w[c * (taps - 1) + t] = sum;
-    else
-      grad_b[c] = sum;
+    if (lane == 0) sums[warp] = sum;
+    __syncthreads();
+    const int64_t row = first + threadIdx.x;
+    if (threadIdx.x < kWarps && row < rows) {
+      const int64_t c = row / taps;
+      const int t = static_cast<int>(row % taps);
+      const scalar_t v = static_cast<scalar_t>(acc(sums[threadIdx.x]));
+      if (t < taps - 1)
+        grad_w[c * (taps - 1) + t] = v;
+      else
+        grad_b[c] = v;
+    }
+    __syncthreads();  // sums is rewritten by the next row group
   }
 }
 
@@ -461,11 +477,12 @@ inline int64_t backward_blocks_per_channel(const Geometry& g, int k, size_t acc_
   return int64_t(cfg.grid.x) * cfg.grid.z;
 }
 
-// partials: (C, K*K + 1, backward_blocks_per_channel) scratch in the accumulation type.
+// partials: (C, K*K + 1, backward_blocks_per_channel) scratch in the accumulation type;
+// grad_w (C, 1, K, K) and grad_b (C): every element written.
 template <typename scalar_t>
 void launch_backward(const scalar_t* grad_y, const scalar_t* x, const scalar_t* weight,
-                     const scalar_t* bias, scalar_t* grad_x, acc_t<scalar_t>* partials, acc_t<scalar_t>* grad_w_acc,
-                     acc_t<scalar_t>* grad_b_acc, const Geometry& g, int k, cudaStream_t stream) {
+                     const scalar_t* bias, scalar_t* grad_x, acc_t<scalar_t>* partials, scalar_t* grad_w,
+                     scalar_t* grad_b, const Geometry& g, int k, cudaStream_t stream) {
   const LaunchConfig cfg = make_config(g, k, sizeof(acc_t<scalar_t>), /*backward=*/true);
   FR_KERNEL_SIZE_SWITCH(k, K, [&] {
     auto kernel = sparta_backward_kernel<scalar_t, K>;
@@ -476,10 +493,10 @@ void launch_backward(const scalar_t* grad_y, const scalar_t* x, const scalar_t* 
   const int taps = k * k + 1;
   const int64_t blocks = int64_t(cfg.grid.x) * cfg.grid.z;
   const int64_t work = g.channels * taps;
-  auto reduce = reduce_partials_kernel<acc_t<scalar_t>>;
+  auto reduce = reduce_partials_kernel<scalar_t>;
   const int64_t warps_per_block = kThreads / kWarpSize;
   FR_LAUNCH(reduce, dim3(static_cast<unsigned>(std::min<int64_t>(ceil_div<int64_t>(work, warps_per_block), 65535))),
-            dim3(kThreads), 0, stream, partials, grad_w_acc, grad_b_acc, g.channels, taps, blocks);
+            dim3(kThreads), 0, stream, partials, grad_w, grad_b, g.channels, taps, blocks);
 }
 
 }  // namespace sparta
