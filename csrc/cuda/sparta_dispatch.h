@@ -53,8 +53,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
   at::Tensor grad_b = empty ? at::zeros(bias.sizes(), bias.options()) : at::empty(bias.sizes(), bias.options());
   if (!empty) {
     const int k = static_cast<int>(weight.size(2));
-    const int64_t blocks = backward_blocks_per_channel(geometry(x), k, c10::elementSize(acc_dtype));
-    at::Tensor partials = at::empty({x.size(1), k * k + 1, blocks}, x.options().dtype(acc_dtype));
+    const int64_t per_channel = backward_partials_per_channel(geometry(x), k, c10::elementSize(acc_dtype));
+    at::Tensor partials = at::empty({x.size(1), per_channel}, x.options().dtype(acc_dtype));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparta_backward", [&] {
       using acc = acc_t<scalar_t>;
       launch_backward<scalar_t>(grad_y.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),

@@ -296,9 +296,29 @@ sparta_forward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) x, FR_GLOBAL_RESTRICT(c
   }
 }
 
+// Words a sector holds in the partials' type at the least (fp32; fp64 holds 4): channels'
+// partials start, and the reduction's passes step, on sector boundaries.
+constexpr int kPartialsAlign = 8;
+
+// Distance between two channels' partials: their blocks * taps words, rounded up to whole
+// sectors.
+FR_HOST_DEVICE int64_t partials_stride(int64_t blocks, int taps) {
+  return (blocks * taps + kPartialsAlign - 1) / kPartialsAlign * kPartialsAlign;
+}
+
+// Rows the reduction's block reads per pass: as many as kThreads threads hold, a multiple of
+// kPartialsAlign words in all (taps <= 50 leaves at least 4 rows).
+FR_HOST_DEVICE int pass_rows(int taps) {
+  int rows = kThreads / taps;
+  while (rows > 1 && rows * taps % kPartialsAlign != 0) --rows;
+  return rows;
+}
+
 // Fused backward: recomputes the gate from x, forms dL/dz on the tile plus a halo of R,
 // then writes dL/dx (direct + transposed conv) and this block's sums of dL/dw and dL/db into
-// its column of `partials` ((C, K*K + 1, blocks per channel): taps, then the bias), which
+// its row of `partials` (per channel, partials_stride words from c * partials_stride: one row
+// of K*K + 1 words a block, taps then the bias, stored together: a few sectors rather than
+// one a word), which
 // reduce_partials_kernel sums in a fixed order: deterministic, unlike one atomic per tap.
 template <typename scalar_t, int K>
 __global__ void __launch_bounds__(kThreads)
@@ -320,6 +340,7 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
   const smem_ptr<acc> gzs = xs + planes * xwin.plane;
   const smem_ptr<acc> gxs = gzs + planes * zwin.plane;  // direct part of dL/dx on the tile
   FR_SHARED(acc, taps, K * K + 1);
+  FR_SHARED(acc, tap_sums, kTaps);  // this block's row of partials, stored together at the end
   stage_taps<K, acc>(taps, weight, bias, c);
 
   const bool whole_plane = tile_h == H && tile_w == W;  // uniform over the launch
@@ -410,51 +431,53 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
       sum += t < K * K ? gz * xs[p * xwin.plane + (th + R + ti) * xw + (tw + R + tj)] : gz;
     }
     sum = warp_sum(sum);
+    if (lane == 0) tap_sums[t] = sum;
+  }
+  __syncthreads();
+  if (threadIdx.x < kTaps) {
     const int64_t block_in_channel = int64_t(blockIdx.z) * gridDim.x + blockIdx.x;
     const int64_t blocks_per_channel = int64_t(gridDim.x) * gridDim.z;
-    if (lane == 0) partials[(c * kTaps + t) * blocks_per_channel + block_in_channel] = sum;
+    partials[c * partials_stride(blocks_per_channel, kTaps) + block_in_channel * kTaps + threadIdx.x] =
+        acc(tap_sums[threadIdx.x]);
   }
 }
 
-// grad_w[c, t] (t < K*K) and grad_b[c] (t = K*K), in the parameters' dtype: one warp per
-// (channel, tap) row sums that row's partials (contiguous: coalesced loads), lane l taking
-// blocks l, l + 32, ..., then a shuffle tree: a fixed order (deterministic), and a chain of
-// blocks / 32 dependent adds per lane rather than one thread walking all of a channel's
-// blocks. The block's warps take consecutive rows and leave their sums in shared memory, so
-// that its first threads store them together (consecutive rows are consecutive taps of
-// grad_w): a few sectors for the block's rows, not one per row. Rounding to scalar_t here
-// makes the cast of the sums one kernel with the reduction.
+// grad_w[c, t] (t < K*K) and grad_b[c] (t = K*K), in the parameters' dtype: one block per
+// channel sums the channel's rows of partials ((blocks, taps), contiguous). Thread j takes
+// column j % taps of rows j / taps, j / taps + steps, ...: each pass of the block reads
+// steps * taps consecutive words (coalesced; a whole number of sectors from a sector
+// boundary, as the channel's partials start on one), and every thread's column stays fixed. The
+// first `taps` threads then add the `steps` sums of their column and store the channel's
+// taps together. A fixed order throughout (deterministic); chains of blocks / steps and
+// steps dependent adds. Rounding to scalar_t here makes the cast one kernel with the sum.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
 reduce_partials_kernel(FR_GLOBAL_RESTRICT(const acc_t<scalar_t>) partials, FR_GLOBAL_RESTRICT(scalar_t) grad_w,
                        FR_GLOBAL_RESTRICT(scalar_t) grad_b, int64_t channels, int taps, int64_t blocks) {
   using acc = acc_t<scalar_t>;
-  constexpr int kWarps = kThreads / kWarpSize;
-  FR_SHARED(acc, sums, kWarps);
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const int64_t rows = channels * taps;
+  FR_SHARED(acc, sums, kThreads);
+  const int j = threadIdx.x;
+  const int steps = pass_rows(taps);
+  const int span = steps * taps;
+  const int64_t n = blocks * taps;
   // Block-uniform loop: every thread reaches the barriers.
-  for (int64_t first = int64_t(blockIdx.x) * kWarps; first < rows; first += int64_t(gridDim.x) * kWarps) {
-    const int64_t i = first + warp;
+  for (int64_t c = blockIdx.x; c < channels; c += gridDim.x) {
+    FR_GLOBAL(const acc) p = partials + c * partials_stride(blocks, taps);
     acc sum = acc(0);
-    if (i < rows) {
-      FR_GLOBAL(const acc) p = partials + i * blocks;
-      for (int64_t blk = lane; blk < blocks; blk += kWarpSize) sum += p[blk];
-    }
-    sum = warp_sum(sum);
-    if (lane == 0) sums[warp] = sum;
+    if (j < span)
+      for (int64_t e = j; e < n; e += span) sum += p[e];
+    sums[j] = sum;
     __syncthreads();
-    const int64_t row = first + threadIdx.x;
-    if (threadIdx.x < kWarps && row < rows) {
-      const int64_t c = row / taps;
-      const int t = static_cast<int>(row % taps);
-      const scalar_t v = static_cast<scalar_t>(acc(sums[threadIdx.x]));
-      if (t < taps - 1)
-        grad_w[c * (taps - 1) + t] = v;
+    if (j < taps) {
+      acc total = acc(0);
+      for (int g = 0; g < steps; ++g) total += acc(sums[g * taps + j]);
+      const scalar_t v = static_cast<scalar_t>(total);
+      if (j < taps - 1)
+        grad_w[c * (taps - 1) + j] = v;
       else
         grad_b[c] = v;
     }
-    __syncthreads();  // sums is rewritten by the next row group
+    __syncthreads();  // sums is rewritten for the next channel
   }
 }
 
@@ -471,13 +494,14 @@ void launch_forward(const scalar_t* x, const scalar_t* weight, const scalar_t* b
   });
 }
 
-// Blocks per channel of the backward's grid: the rows of its partial sums for one channel.
-inline int64_t backward_blocks_per_channel(const Geometry& g, int k, size_t acc_bytes) {
+// Words of partial sums the backward needs per channel (its blocks per channel times the
+// taps, rounded up to whole sectors).
+inline int64_t backward_partials_per_channel(const Geometry& g, int k, size_t acc_bytes) {
   const LaunchConfig cfg = make_config(g, k, acc_bytes, /*backward=*/true);
-  return int64_t(cfg.grid.x) * cfg.grid.z;
+  return partials_stride(int64_t(cfg.grid.x) * cfg.grid.z, k * k + 1);
 }
 
-// partials: (C, K*K + 1, backward_blocks_per_channel) scratch in the accumulation type;
+// partials: (C, backward_partials_per_channel) scratch in the accumulation type;
 // grad_w (C, 1, K, K) and grad_b (C): every element written.
 template <typename scalar_t>
 void launch_backward(const scalar_t* grad_y, const scalar_t* x, const scalar_t* weight,
@@ -492,10 +516,8 @@ void launch_backward(const scalar_t* grad_y, const scalar_t* x, const scalar_t* 
   });
   const int taps = k * k + 1;
   const int64_t blocks = int64_t(cfg.grid.x) * cfg.grid.z;
-  const int64_t work = g.channels * taps;
   auto reduce = reduce_partials_kernel<scalar_t>;
-  const int64_t warps_per_block = kThreads / kWarpSize;
-  FR_LAUNCH(reduce, dim3(static_cast<unsigned>(std::min<int64_t>(ceil_div<int64_t>(work, warps_per_block), 65535))),
+  FR_LAUNCH(reduce, dim3(static_cast<unsigned>(std::min<int64_t>(g.channels, 65535))),
             dim3(kThreads), 0, stream, partials, grad_w, grad_b, g.channels, taps, blocks);
 }
 
