@@ -432,6 +432,9 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
     }
     sum = warp_sum(sum);
     if (lane == 0) tap_sums[t] = sum;
+    // Reconverge after lane 0's store (independent thread scheduling does not promise it), so
+    // that the next tap's loads are issued by the whole warp together.
+    __syncwarp();
   }
   __syncthreads();
   if (threadIdx.x < kTaps) {
