@@ -296,8 +296,8 @@ sparta_forward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) x, FR_GLOBAL_RESTRICT(c
   }
 }
 
-// Words a sector holds in the partials' type at the least (fp32; fp64 holds 4): channels'
-// partials start, and the reduction's passes step, on sector boundaries.
+// Partials a 32-byte sector holds in fp32 (8; in fp64 a sector holds 4, which divides it):
+// channels' partials start, and the reduction's passes step, on sector boundaries.
 constexpr int kPartialsAlign = 8;
 
 // Distance between two channels' partials: their blocks * taps words, rounded up to whole
@@ -316,9 +316,8 @@ FR_HOST_DEVICE int pass_rows(int taps) {
 
 // Fused backward: recomputes the gate from x, forms dL/dz on the tile plus a halo of R,
 // then writes dL/dx (direct + transposed conv) and this block's sums of dL/dw and dL/db into
-// its row of `partials` (per channel, partials_stride words from c * partials_stride: one row
-// of K*K + 1 words a block, taps then the bias, stored together: a few sectors rather than
-// one a word), which
+// its row of `partials` (a channel's rows from c * partials_stride on: K*K + 1 words a block,
+// taps then the bias, stored together, a few sectors rather than one a word), which
 // reduce_partials_kernel sums in a fixed order: deterministic, unlike one atomic per tap.
 template <typename scalar_t, int K>
 __global__ void __launch_bounds__(kThreads)
@@ -448,11 +447,11 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
 // grad_w[c, t] (t < K*K) and grad_b[c] (t = K*K), in the parameters' dtype: one block per
 // channel sums the channel's rows of partials ((blocks, taps), contiguous). Thread j takes
 // column j % taps of rows j / taps, j / taps + steps, ...: each pass of the block reads
-// steps * taps consecutive words (coalesced; a whole number of sectors from a sector
-// boundary, as the channel's partials start on one), and every thread's column stays fixed. The
-// first `taps` threads then add the `steps` sums of their column and store the channel's
-// taps together. A fixed order throughout (deterministic); chains of blocks / steps and
-// steps dependent adds. Rounding to scalar_t here makes the cast one kernel with the sum.
+// steps * taps consecutive words, whole sectors from a sector boundary (coalesced), and every
+// thread's column stays fixed. The first `taps` threads then add the `steps` sums of their
+// column and store the channel's taps together. A fixed order throughout (deterministic);
+// chains of blocks / steps and steps dependent adds. Rounding to scalar_t here makes the
+// cast one kernel with the sum.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
 reduce_partials_kernel(FR_GLOBAL_RESTRICT(const acc_t<scalar_t>) partials, FR_GLOBAL_RESTRICT(scalar_t) grad_w,
