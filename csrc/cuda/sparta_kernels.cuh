@@ -7,7 +7,7 @@
 // tile_h x tile_w outputs, and `planes` consecutive images of the batch. Grouping images
 // of one channel lets a block share the channel's weights and reduce the weight/bias
 // gradients of all its planes to one partial sum per tap (summed over the blocks by a second
-// kernel in a fixed order: the gradients are deterministic). Small planes (the 4x4 and
+// kernel in a fixed order, sparta_wgrad_kernels.cuh: the gradients are deterministic). Small planes (the 4x4 and
 // 8x8 maps of late ResNet stages) are packed many to a block so the threads stay busy.
 #include <algorithm>
 #include <cstdint>
@@ -15,6 +15,7 @@
 #include "../common/cuda_utils.cuh"
 #include "../common/dispatch.h"
 #include "../kernels/sparta.h"
+#include "sparta_wgrad_kernels.cuh"
 
 namespace fastrobust {
 namespace FR_KERNEL_NS {
@@ -296,24 +297,6 @@ sparta_forward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) x, FR_GLOBAL_RESTRICT(c
   }
 }
 
-// Partials a 32-byte sector holds in fp32 (8; in fp64 a sector holds 4, which divides it):
-// channels' partials start, and the reduction's passes step, on sector boundaries.
-constexpr int kPartialsAlign = 8;
-
-// Distance between two channels' partials: their blocks * taps words, rounded up to whole
-// sectors.
-FR_HOST_DEVICE int64_t partials_stride(int64_t blocks, int taps) {
-  return (blocks * taps + kPartialsAlign - 1) / kPartialsAlign * kPartialsAlign;
-}
-
-// Rows the reduction's block reads per pass: as many as kThreads threads hold, a multiple of
-// kPartialsAlign words in all (taps <= 50 leaves at least 4 rows).
-FR_HOST_DEVICE int pass_rows(int taps) {
-  int rows = kThreads / taps;
-  while (rows > 1 && rows * taps % kPartialsAlign != 0) --rows;
-  return rows;
-}
-
 // Fused backward: recomputes the gate from x, forms dL/dz on the tile plus a halo of R,
 // then writes dL/dx (direct + transposed conv) and this block's sums of dL/dw and dL/db into
 // its row of `partials` (a channel's rows from c * partials_stride on: K*K + 1 words a block,
@@ -444,45 +427,6 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
   }
 }
 
-// grad_w[c, t] (t < K*K) and grad_b[c] (t = K*K), in the parameters' dtype: one block per
-// channel sums the channel's rows of partials ((blocks, taps), contiguous). Thread j takes
-// column j % taps of rows j / taps, j / taps + steps, ...: each pass of the block reads
-// steps * taps consecutive words, whole sectors from a sector boundary (coalesced), and every
-// thread's column stays fixed. The first `taps` threads then add the `steps` sums of their
-// column and store the channel's taps together. A fixed order throughout (deterministic);
-// chains of blocks / steps and steps dependent adds. Rounding to scalar_t here makes the
-// cast one kernel with the sum.
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
-reduce_partials_kernel(FR_GLOBAL_RESTRICT(const acc_t<scalar_t>) partials, FR_GLOBAL_RESTRICT(scalar_t) grad_w,
-                       FR_GLOBAL_RESTRICT(scalar_t) grad_b, int64_t channels, int taps, int64_t blocks) {
-  using acc = acc_t<scalar_t>;
-  FR_SHARED(acc, sums, kThreads);
-  const int j = threadIdx.x;
-  const int steps = pass_rows(taps);
-  const int span = steps * taps;
-  const int64_t n = blocks * taps;
-  // Block-uniform loop: every thread reaches the barriers.
-  for (int64_t c = blockIdx.x; c < channels; c += gridDim.x) {
-    FR_GLOBAL(const acc) p = partials + c * partials_stride(blocks, taps);
-    acc sum = acc(0);
-    if (j < span)
-      for (int64_t e = j; e < n; e += span) sum += p[e];
-    sums[j] = sum;
-    __syncthreads();
-    if (j < taps) {
-      acc total = acc(0);
-      for (int g = 0; g < steps; ++g) total += acc(sums[g * taps + j]);
-      const scalar_t v = static_cast<scalar_t>(total);
-      if (j < taps - 1)
-        grad_w[c * (taps - 1) + j] = v;
-      else
-        grad_b[c] = v;
-    }
-    __syncthreads();  // sums is rewritten for the next channel
-  }
-}
-
 // Host launchers on raw pointers (contiguous NCHW x, weight (C,1,K,K), bias (C)).
 template <typename scalar_t>
 void launch_forward(const scalar_t* x, const scalar_t* weight, const scalar_t* bias, scalar_t* y,
@@ -516,11 +460,8 @@ void launch_backward(const scalar_t* grad_y, const scalar_t* x, const scalar_t* 
               grad_x, partials, g.batch, g.channels, static_cast<int>(g.height),
               static_cast<int>(g.width), cfg.tile_h, cfg.tile_w, cfg.planes, cfg.tiles_w);
   });
-  const int taps = k * k + 1;
-  const int64_t blocks = int64_t(cfg.grid.x) * cfg.grid.z;
-  auto reduce = reduce_partials_kernel<scalar_t>;
-  FR_LAUNCH(reduce, dim3(static_cast<unsigned>(std::min<int64_t>(g.channels, 65535))),
-            dim3(kThreads), 0, stream, partials, grad_w, grad_b, g.channels, taps, blocks);
+  launch_reduce_partials<scalar_t>(partials, grad_w, grad_b, g.channels, k * k + 1,
+                                   int64_t(cfg.grid.x) * cfg.grid.z, stream);
 }
 
 }  // namespace sparta
