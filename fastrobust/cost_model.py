@@ -2,9 +2,10 @@
 
 The emulator counts, per warp-wide access (csrc/emu/cost_model.h): global loads and stores in
 32-byte sectors against the bytes the lanes asked for, the distinct sectors a launch touches
-(DRAM bytes with a perfect L2), shared-memory wavefronts against the conflict-free minimum, and
-tensor-core operations. Device code's global accesses are counted where they go through
-FR_GLOBAL(T) pointers. A launch runs a sample of its blocks (`model_blocks`) and the counts
+(DRAM bytes with a perfect L2), shared-memory wavefronts against the conflict-free minimum,
+tensor-core operations and SIMT multiply-adds. Device code's global accesses are counted where
+they go through FR_GLOBAL(T) pointers, its multiply-adds where it declares them with
+FR_COUNT_FMA (the products of NLM and Sparta; other SIMT arithmetic is not counted). A launch runs a sample of its blocks (`model_blocks`) and the counts
 are scaled to the whole grid. Everything here is a model, not a measurement.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .kernel_resources import kernel_name, record_launches
 from .roofline import HBM_BYTES_PER_S, PEAK_FLOPS, roofline_us  # noqa: F401  (the model's roofline)
 
 SECTOR_BYTES = 32
+MMA_FLOPS = 2 * 16 * 16 * 16  # one m16n16k16 tensor-core operation
 
 
 @dataclass
@@ -66,6 +68,20 @@ class LaunchCost:
         return self._ratio("shared_wavefronts", "shared_ideal_wavefronts")
 
     @property
+    def mma_flops(self) -> float:
+        """Tensor-core FLOPs, scaled to the whole grid."""
+        return MMA_FLOPS * self.counters.get("mma_ops", 0) * self.scale
+
+    @property
+    def simt_flops(self) -> float:
+        """SIMT FLOPs (2 per declared multiply-add), scaled to the whole grid."""
+        return 2 * self.counters.get("fma_ops", 0) * self.scale
+
+    @property
+    def flops(self) -> float:
+        return self.mma_flops + self.simt_flops
+
+    @property
     def dram_bytes(self) -> float:
         """Distinct sectors read plus distinct sectors written, scaled to the whole grid (a
         perfect-L2 lower bound on DRAM traffic)."""
@@ -79,7 +95,7 @@ class LaunchCost:
             "sector_efficiency": self.sector_efficiency, "load_sector_efficiency": self.load_sector_efficiency,
             "store_sector_efficiency": self.store_sector_efficiency,
             "bank_conflict_factor": self.bank_conflict_factor,
-            "mma_flops": 2 * 16 * 16 * 16 * self.counters.get("mma_ops", 0) * self.scale,
+            "mma_flops": self.mma_flops, "simt_flops": self.simt_flops,
         }
 
 
@@ -105,7 +121,7 @@ def case_records(case, model_blocks: int) -> List[dict]:
     usage_of = kernel_usage()
     records = []
     for launch in model(case.fn, EVERY_BLOCK if case.every_block else model_blocks):
-        flops = 2 * 16 * 16 * 16 * launch.counters.get("mma_ops", 0) * launch.scale
+        flops = launch.flops
         usage = usage_of.get(launch.name)
         waves = None
         if usage is not None:
@@ -124,7 +140,8 @@ def case_records(case, model_blocks: int) -> List[dict]:
         "op": case.op, "kernel": "(op)", "case": case.label, "dtype": case.dtype, "bytes": total_bytes,
         "min_bytes": case.min_bytes, "flops": total_flops, "min_flops": case.min_flops,
         "sector_efficiency": None, "bank_conflict_factor": None, "waves": None,
-        # SIMT arithmetic is not counted: the op is taken to do at least its minimal FLOPs.
+        # Kernels declare only their products (FR_COUNT_FMA): the op is taken to do at least
+        # its minimal FLOPs.
         "modeled_us": roofline_us(total_bytes, max(total_flops, case.min_flops), case.dtype),
         "baseline": case.baseline,
         "baseline_modeled_us": (roofline_us(case.baseline_bytes, case.min_flops, case.dtype)

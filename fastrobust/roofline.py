@@ -3,9 +3,10 @@ takes at least max(bytes / HBM bandwidth, FLOPs / peak). A model, never a measur
 from __future__ import annotations
 
 HBM_BYTES_PER_S = 3.35e12  # H100 SXM
-# Dense peak FLOP/s of an H100 SXM for the kernels of each dtype: fp32 and fp64 on the SIMT
+# Dense peak FLOP/s of an H100 SXM for the kernels of each dtype: fp32 (67 TFLOP/s) and fp64
+# (34 TFLOP/s; its 67 are on the tensor cores, which our fp64 kernels do not use) on the SIMT
 # cores, bf16 and fp16 on the tensor cores.
-PEAK_FLOPS = {"float32": 67e12, "float64": 67e12, "bfloat16": 989e12, "float16": 989e12}
+PEAK_FLOPS = {"float32": 67e12, "float64": 34e12, "bfloat16": 989e12, "float16": 989e12}
 
 
 def roofline_us(nbytes: float, flops: float, dtype: str) -> float:

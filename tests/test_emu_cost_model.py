@@ -1,6 +1,6 @@
 """The emulator's cost counters on kernels whose memory behaviour is known by hand
 (csrc/emu/cost_selftest.cpp): coalescing in 32-byte sectors, shared-memory bank conflicts,
-block sampling and its scaling."""
+SIMT multiply-adds, block sampling and its scaling."""
 import pytest
 import torch
 
@@ -70,6 +70,17 @@ def test_lanes_realign_where_they_meet():
     assert c["shared_requests"] == 3 * 512 // 32
     assert c["shared_wavefronts"] == c["shared_requests"]
     assert launch.bank_conflict_factor == 1.0
+
+
+def test_multiply_adds_are_counted_per_thread_that_does_them():
+    n = 500  # 4 blocks of 128 threads, 12 of them idle
+    launch, y = run("dot_rows", n=n)
+    torch.testing.assert_close(y, 21.0 * torch.arange(1.0, n + 1), rtol=0, atol=0)  # sum(range(7)) * (i + 1)
+    assert launch.counters["fma_ops"] == 7 * n
+    assert launch.summary()["simt_flops"] == 2 * 7 * n and launch.summary()["mma_flops"] == 0
+    sampled, _ = run("dot_rows", n=128 * 40, model_blocks=5)
+    assert sampled.counters["fma_ops"] == 7 * 128 * 5
+    assert sampled.flops == 2 * 7 * 128 * 40  # scaled to the grid
 
 
 def test_a_sample_of_blocks_is_scaled_to_the_grid():
@@ -205,3 +216,59 @@ def test_bench_model_rejects_bad_options(tmp_path, capsys):
         run.main(["cifs", "--model", "h100", "--model-blocks", "0", "--out", str(tmp_path)])
     assert run.main(["train", "--model", "h100", "--out", str(tmp_path)]) == 0
     assert "train: no kernels of its own to model" in capsys.readouterr().out
+
+
+def _round_up(v, m):
+    return -(-v // m) * m
+
+
+def _fma_by_kernel(fn):
+    return {launch.name: launch.counters["fma_ops"] for launch in cost_model.model(fn, cost_model.EVERY_BLOCK)}
+
+
+def test_nlm_simt_kernels_count_the_products_of_their_padded_tiles():
+    """The fp32 NLM kernels (csrc/cuda/nlm_kernels.cuh) multiply 32 x 32 tiles of the (query,
+    key) plane: each product is counted whole, its depth padded to 32 (the logits' d, the
+    backward's dp over C) or to 64-wide output slices (the weighted sums)."""
+    emu = torch.ops.fastrobust_emu
+    b, d, c, h, w = 2, 40, 72, 5, 7
+    gen = torch.Generator().manual_seed(0)
+    th, ph = torch.randn(b, d, h, w, generator=gen), torch.randn(b, d, h, w, generator=gen)
+    g = torch.randn(b, c, h, w, generator=gen)
+    n = h * w
+    plane = b * _round_up(n, 32) ** 2  # one multiply-add per (query, key) pair and unit of depth
+    assert _fma_by_kernel(lambda: emu.nlm_gaussian(th, ph, g, 1.0)) == {
+        "nlm::plane_tile_kernel<float, false>": plane * _round_up(d, 32),
+        "nlm::weighted_sum_kernel<float, Grad(0)>": plane * _round_up(c, 64)}
+    y, lse = emu.nlm_gaussian(th, ph, g, 1.0)
+    gy = torch.randn(y.shape, generator=gen)
+    assert _fma_by_kernel(lambda: emu._nlm_gaussian_backward(gy, th, ph, g, y, lse, 1.0)) == {
+        "nlm::row_dot_kernel<float>": b * n * c,
+        "nlm::plane_tile_kernel<float, true>": plane * (_round_up(d, 32) + _round_up(c, 32)),
+        "nlm::weighted_sum_kernel<float, Grad(1)>": plane * _round_up(c, 64),
+        "nlm::weighted_sum_kernel<float, Grad(2)>": plane * _round_up(d, 64),
+        "nlm::weighted_sum_kernel<float, Grad(3)>": plane * _round_up(d, 64)}
+    # up to 64 channels: one pass over the keys, the logits and y's product per key tile
+    narrow = g[:, :24]
+    assert _fma_by_kernel(lambda: emu.nlm_gaussian(th, ph, narrow, 1.0)) == {
+        "nlm::forward_kernel<float>": plane * (_round_up(d, 32) + 64)}
+
+
+def test_sparta_kernels_count_their_taps():
+    """K*K multiply-adds per output forward. The backward recomputes z (K*K) before dx (K*K)
+    and the weight gradient (K*K): 3 K*K per element where a block holds the whole plane, more
+    where windows overlap (z again on each halo) and where the weight-gradient walk covers a
+    tile's part past the image edge."""
+    emu = torch.ops.fastrobust_emu
+    gen = torch.Generator().manual_seed(0)
+    for shape, whole_plane in (((8, 2, 8, 8), True), ((1, 3, 7, 5), True), ((2, 2, 40, 33), False)):
+        x, gy = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+        w, bias = torch.randn(shape[1], 1, 3, 3, generator=gen), torch.randn(shape[1], generator=gen)
+        taps = 9 * x.numel()
+        assert _fma_by_kernel(lambda: emu.sparta(x, w, bias)) == {"sparta::sparta_forward_kernel<float, 3>": taps}
+        backward = _fma_by_kernel(lambda: emu._sparta_backward(gy, x, w, bias))
+        assert backward["sparta::reduce_partials_kernel<float>"] == 0
+        if whole_plane:
+            assert backward["sparta::sparta_backward_kernel<float, 3>"] == 3 * taps, shape
+        else:
+            assert 3 * taps < backward["sparta::sparta_backward_kernel<float, 3>"] <= 5 * taps, shape

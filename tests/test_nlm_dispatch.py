@@ -29,10 +29,11 @@ def case_problem(case: str):
 
 def test_kernel_flops_equal_the_emulators_count_of_the_tensor_core_launches():
     """kernel_flops is the model's view of our kernel: it must be what the emulator counted
-    over every tensor-core launch of each bf16 case (the committed model JSON)."""
+    over every tensor-core launch of each bf16 case (the committed model JSON; the backward's
+    row_dot is a SIMT kernel, whose C multiply-adds per row are not part of this count)."""
     counted = {}
     for r in model_records():
-        if r["op"] == "nlm_gaussian" and r["dtype"] == "bfloat16" and r["kernel"] != "(op)":
+        if r["op"] == "nlm_gaussian" and r["dtype"] == "bfloat16" and "wmma" in r["kernel"]:
             counted[r["case"]] = counted.get(r["case"], 0.0) + r["flops"]
     assert len(counted) == 8  # four shapes, forward and backward
     for case, flops in counted.items():

@@ -8,6 +8,10 @@
 // alignment), never with __shared__: in the emulator they are checked storage of the running
 // block; under nvcc they are plain __shared__ arrays.
 //
+// FR_COUNT_FMA(n) declares that the calling thread does n multiply-adds here (in the loop it
+// follows or precedes): the emulator's cost model counts them as SIMT FLOPs; on a GPU it is
+// nothing.
+//
 // FR_DEVICE_ASSERT(cond, msg) checks a value that only the device sees (an eps tensor, a label)
 // without a host sync: on a GPU it is CUDA's device-side assert (the kernel traps, the next
 // CUDA call reports "device-side assert triggered", msg goes to stderr); in the emulator the
@@ -37,6 +41,7 @@
 // FR_GLOBAL_RESTRICT for a kernel parameter that is __restrict__ on the GPU.
 #define FR_GLOBAL(type) ::fr_emu::GlobalPtr<type>
 #define FR_GLOBAL_RESTRICT(type) ::fr_emu::GlobalPtr<type>
+#define FR_COUNT_FMA(n) ::fr_emu::note_fma(static_cast<uint64_t>(n))
 #define FR_DEVICE_ASSERT(cond, msg)                                            \
   do {                                                                         \
     if (!(cond)) ::fr_emu::device_assert_failed(msg, __FILE__, __LINE__);      \
@@ -55,6 +60,7 @@
 #define FR_SHARED_ALIGNED(align, type, name, ...) __shared__ __align__(align) type name[__VA_ARGS__]
 #define FR_GLOBAL(type) type*
 #define FR_GLOBAL_RESTRICT(type) type* __restrict__
+#define FR_COUNT_FMA(n) ((void)0)
 #define FR_DEVICE_ASSERT(cond, msg) \
   do {                              \
     CUDA_KERNEL_ASSERT_MSG(cond, msg) \

@@ -90,6 +90,7 @@ __device__ void tile_dot(acc (&s)[kTileCols], FR_GLOBAL(const scalar_t) A, FR_GL
       const acc x = As[w * kTile + ln.row];
       for (int u = 0; u < kTileCols; ++u) s[u] += x * Bs[w * kTile + ln.col + kRowThreads * u];
     }
+    FR_COUNT_FMA(kTile * kTileCols);
     __syncthreads();
   }
 }
@@ -126,6 +127,7 @@ __device__ __forceinline__ void accumulate(acc (&out)[kOutCols], smem_ptr<acc> T
     const acc w = kTransposed ? Ts[t * kPad + ln.row] : Ts[ln.row * kPad + t];
     for (int c = 0; c < kOutCols; ++c) out[c] += w * Xs[(ln.col + kRowThreads * c) * kPad + t];
   }
+  FR_COUNT_FMA(kTile * kOutCols);
 }
 
 // dst[(w0 + col + kRowThreads c) * n + p0 + row] = o[c] * factor, inside one sample's (width, n) slice.
@@ -203,6 +205,7 @@ __global__ void __launch_bounds__(kRowDotWarps * kWarpSize) row_dot_kernel(Ptrs<
     FR_GLOBAL(const scalar_t) dy = a.grad_y + b * a.channels * n + i;
     FR_GLOBAL(const scalar_t) y = a.y + b * a.channels * n + i;
     for (int64_t c = warp; c < a.channels; c += kRowDotWarps) d += acc(dy[c * n]) * acc(y[c * n]);
+    FR_COUNT_FMA(a.channels > warp ? (a.channels - warp + kRowDotWarps - 1) / kRowDotWarps : 0);
   }
   partial[warp * kWarpSize + lane] = d;
   __syncthreads();

@@ -291,6 +291,7 @@ sparta_forward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) x, FR_GLOBAL_RESTRICT(c
     for (int i2 = 0; i2 < K; ++i2)
 #pragma unroll
       for (int j2 = 0; j2 < K; ++j2) z += wk[i2 * K + j2] * win[i2 * sw + j2];
+    FR_COUNT_FMA(K * K);
     const acc xv = win[R * sw + R];
     y[plane0 + p * plane_stride + int64_t(h) * W + w] =
         static_cast<scalar_t>(fastrobust::sparta::forward(xv, z));
@@ -349,6 +350,7 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
       for (int i2 = 0; i2 < K; ++i2)
 #pragma unroll
         for (int j2 = 0; j2 < K; ++j2) z += wk[i2 * K + j2] * win[i2 * xw + j2];
+      FR_COUNT_FMA(K * K);
       const acc gy = static_cast<acc>(grad_y[plane0 + p * plane_stride + int64_t(h) * W + w]);
       const auto g = fastrobust::sparta::backward(acc(win[R * xw + R]), z, gy);
       gz = g.dz;
@@ -394,6 +396,7 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
     for (int i2 = 0; i2 < K; ++i2)
 #pragma unroll
       for (int j2 = 0; j2 < K; ++j2) gx += wk[i2 * K + j2] * win[-i2 * zw - j2];
+    FR_COUNT_FMA(K * K);
     grad_x[plane0 + p * plane_stride + int64_t(h) * W + w] = static_cast<scalar_t>(gx);
   }
 
@@ -412,6 +415,7 @@ sparta_backward_kernel(FR_GLOBAL_RESTRICT(const scalar_t) grad_y, FR_GLOBAL_REST
       const acc gz = gzs[p * zwin.plane + (th + R) * zw + (tw + R)];
       sum += t < K * K ? gz * xs[p * xwin.plane + (th + R + ti) * xw + (tw + R + tj)] : gz;
     }
+    FR_COUNT_FMA(t < K * K && n > lane ? (n - lane + kWarpSize - 1) / kWarpSize : 0);
     sum = warp_sum(sum);
     if (lane == 0) tap_sums[t] = sum;
     // Reconverge after lane 0's store (independent thread scheduling does not promise it), so

@@ -13,6 +13,9 @@
 //     best bytes / 128 (bank-conflict factor = wavefronts / that minimum). Each array's base is
 //     taken as bank 0.
 //   - Tensor-core operations: wmma mma_sync calls (m16n16k16, 8192 FLOPs each).
+//   - SIMT multiply-adds: each thread's fused multiply-adds, as device code declares them with
+//     FR_COUNT_FMA(n) at the loop that does them (2 FLOPs each; nothing on a GPU). Other SIMT
+//     arithmetic (exp, max, comparisons) is not counted.
 // A warp-wide access is the k-th access of each lane of the warp since the lanes last met at a
 // barrier or a warp collective (a shuffle, a ballot, __syncwarp): lanes of converged code issue
 // the same accesses in the same order, and a meeting realigns lanes that a branch took apart (a
@@ -50,6 +53,7 @@ struct CostTotals {
   uint64_t shared_requests = 0, shared_wavefronts = 0, shared_ideal_wavefronts = 0;
   uint64_t mma_ops = 0;  // m16n16k16 tensor-core operations (per warp)
   uint64_t mma_tile_loads = 0;  // wmma A/B tile loads (per warp; their bank conflicts are not modelled)
+  uint64_t fma_ops = 0;  // SIMT multiply-adds (per thread, as FR_COUNT_FMA declares them)
   uint64_t blocks_run = 0;
   std::unordered_set<uint64_t> dram_read_sectors, dram_write_sectors;
 
@@ -60,7 +64,8 @@ struct CostTotals {
             {"dram_read_bytes", dram_read_sectors.size() * 32},
             {"dram_write_bytes", dram_write_sectors.size() * 32}, {"shared_requests", shared_requests},
             {"shared_wavefronts", shared_wavefronts}, {"shared_ideal_wavefronts", shared_ideal_wavefronts},
-            {"mma_ops", mma_ops}, {"mma_tile_loads", mma_tile_loads}, {"blocks_run", blocks_run}};
+            {"mma_ops", mma_ops}, {"mma_tile_loads", mma_tile_loads}, {"fma_ops", fma_ops},
+            {"blocks_run", blocks_run}};
   }
 };
 
@@ -68,7 +73,7 @@ struct CostModel {
   std::atomic<bool> enabled{false};
   CostTotals totals;
   std::vector<std::vector<MemoryAccess>> global_traces, shared_traces;  // per thread of the block
-  std::atomic<uint64_t> mma_ops{0}, mma_tile_loads{0};
+  std::atomic<uint64_t> mma_ops{0}, mma_tile_loads{0}, fma_ops{0};
 
   void start(unsigned nthreads) {
     totals = CostTotals{};
@@ -76,6 +81,7 @@ struct CostModel {
     shared_traces.assign(nthreads, {});
     mma_ops.store(0);
     mma_tile_loads.store(0);
+    fma_ops.store(0);
   }
 };
 
@@ -88,6 +94,7 @@ inline thread_local std::vector<MemoryAccess> global_trace;
 inline thread_local std::vector<MemoryAccess> shared_trace;
 inline thread_local int not_counted_depth = 0;
 inline thread_local uint32_t sync_epoch = 0;  // reset per block by cost_flush
+inline thread_local uint64_t fma_count = 0;    // the thread's multiply-adds, handed over by cost_flush
 
 inline bool counting() { return not_counted_depth == 0 && cost_model().enabled.load(std::memory_order_relaxed); }
 
@@ -121,6 +128,10 @@ inline void note_mma() {
 inline void note_mma_tile_load() {
   if (counting()) cost_model().mma_tile_loads.fetch_add(1, std::memory_order_relaxed);
 }
+// n multiply-adds by the calling thread (FR_COUNT_FMA).
+inline void note_fma(uint64_t n) {
+  if (counting()) fma_count += n;
+}
 
 // Starts counting for a launch of nthreads-thread blocks.
 inline void cost_start(unsigned nthreads) {
@@ -135,6 +146,7 @@ inline std::map<std::string, uint64_t> cost_stop() {
   m.enabled.store(false);
   m.totals.mma_ops = m.mma_ops.load();
   m.totals.mma_tile_loads = m.mma_tile_loads.load();
+  m.totals.fma_ops = m.fma_ops.load();
   return m.totals.summary();
 }
 
@@ -144,9 +156,11 @@ inline void cost_flush(unsigned tid) {
   CostModel& m = cost_model();
   m.global_traces[tid].swap(global_trace);
   m.shared_traces[tid].swap(shared_trace);
+  m.fma_ops.fetch_add(fma_count, std::memory_order_relaxed);
   global_trace.clear();
   shared_trace.clear();
   sync_epoch = 0;
+  fma_count = 0;
 }
 
 namespace detail {

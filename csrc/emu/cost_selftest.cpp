@@ -13,6 +13,9 @@
 //                        shared_linear pattern: the lanes meet at the __syncwarp, so lane 0's
 //                        extra access is a warp access of its own (factor 1; grouped by the
 //                        k-th access alone it would share bank 5 with lane 5's write)
+//   dot_rows             out[i] = sum_t in[t] * (i + 1) over kDotLength terms, for i < n only:
+//                        n * kDotLength multiply-adds (FR_COUNT_FMA), none from the idle
+//                        threads of the last block
 // n: elements of out; blocks of 128 threads, one element per thread.
 #define FR_CUDA_EMULATION 1
 #include <ATen/core/Tensor.h>
@@ -63,6 +66,18 @@ __global__ void realigned_kernel(FR_GLOBAL(float) out, int64_t n) {
   if (i < n) out[i] = v;
 }
 
+constexpr int kDotLength = 7;
+
+__global__ void dot_rows_kernel(FR_GLOBAL(const float) in, FR_GLOBAL(float) out, int64_t n) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float sum = 0.0f;
+  const float scale = static_cast<float>(i + 1);
+  for (int t = 0; t < kDotLength; ++t) sum += float(in[t]) * scale;
+  FR_COUNT_FMA(kDotLength);
+  out[i] = sum;
+}
+
 at::Tensor cost_case(c10::string_view name_view, int64_t n) {
   const std::string name(name_view);
   FR_CHECK(n > 0, "n must be positive, got ", n);
@@ -74,6 +89,11 @@ at::Tensor cost_case(c10::string_view name_view, int64_t n) {
     at::Tensor in = at::arange(std::max<int64_t>(n * stride, 1), f32);
     FR_LAUNCH(copy_kernel, grid, block, 0, nullptr, in.const_data_ptr<float>(), out.mutable_data_ptr<float>(), n,
               stride);
+    return out;
+  }
+  if (name == "dot_rows") {
+    at::Tensor in = at::arange(kDotLength, f32);
+    FR_LAUNCH(dot_rows_kernel, grid, block, 0, nullptr, in.const_data_ptr<float>(), out.mutable_data_ptr<float>(), n);
     return out;
   }
   if (name == "shared_conflict") {
