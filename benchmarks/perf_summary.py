@@ -42,7 +42,9 @@ def _percent(value: Optional[float]) -> str:
 
 
 def model_rows(records: List[dict]) -> List[List[str]]:
-    """One row per op call: its kernels' worst sector efficiency and conflict factor."""
+    """One row per op call: its bytes and counted FLOPs against the minimum ("-" where the op
+    has no minimal FLOPs: element-wise), its kernels' worst sector efficiency and conflict
+    factor, its modelled time and the baseline's over it."""
     rows = []
     kernels: List[dict] = []
     for r in records:
@@ -53,6 +55,7 @@ def model_rows(records: List[dict]) -> List[List[str]]:
         conflicts = [k["bank_conflict_factor"] for k in kernels if k["bank_conflict_factor"] is not None]
         baseline = r.get("baseline_modeled_us")
         rows.append([r["case"], _ratio(r["bytes"] / r["min_bytes"] if r["min_bytes"] else None),
+                     _ratio(r["flops"] / r["min_flops"] if r.get("min_flops") else None),
                      _percent(min(efficiencies) if efficiencies else None),
                      f"{max(conflicts):.2f}" if conflicts else "-",
                      f"{r['modeled_us']:.2f}",
@@ -72,7 +75,7 @@ def _suite_parts(directory: Path, suites: Iterable[str], file_name: str, render)
 
 
 def model_section(directory: Path) -> str:
-    header = ["op call", "bytes / min", "worst sector eff.", "worst bank conflict", "modelled us",
+    header = ["op call", "bytes / min", "FLOPs / min", "worst sector eff.", "worst bank conflict", "modelled us",
               "baseline / ours"]
 
     def render(suite, data):

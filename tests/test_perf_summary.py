@@ -12,14 +12,14 @@ def test_model_rows_take_the_worst_kernel_of_each_op_call():
     records = [
         {"kernel": "a", "sector_efficiency": 0.5, "bank_conflict_factor": 1.0},
         {"kernel": "b", "sector_efficiency": 0.9, "bank_conflict_factor": 2.5},
-        {"kernel": "(op)", "case": "op x", "bytes": 300, "min_bytes": 200, "modeled_us": 2.0,
-         "baseline_modeled_us": 5.0},
+        {"kernel": "(op)", "case": "op x", "bytes": 300, "min_bytes": 200, "flops": 30, "min_flops": 20,
+         "modeled_us": 2.0, "baseline_modeled_us": 5.0},
         {"kernel": "c", "sector_efficiency": 1.0, "bank_conflict_factor": 1.0},
-        {"kernel": "(op)", "case": "op y", "bytes": 10, "min_bytes": None, "modeled_us": 1.0,
-         "baseline_modeled_us": None},
+        {"kernel": "(op)", "case": "op y", "bytes": 10, "min_bytes": None, "flops": 0, "min_flops": 0,
+         "modeled_us": 1.0, "baseline_modeled_us": None},
     ]
-    assert perf_summary.model_rows(records) == [["op x", "1.50x", "50 %", "2.50", "2.00", "2.50x"],
-                                                ["op y", "-", "100 %", "1.00", "1.00", "-"]]
+    assert perf_summary.model_rows(records) == [["op x", "1.50x", "1.50x", "50 %", "2.50", "2.00", "2.50x"],
+                                                ["op y", "-", "-", "100 %", "1.00", "1.00", "-"]]
 
 
 def test_missing_files_are_named(tmp_path):
