@@ -21,10 +21,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #ifdef FR_WITH_EMU
   m.attr("with_cuda_emulation") = true;
   m.def("_emu_start_launch_log", &fr_emu::start_launch_log, pybind11::arg("execute"),
-        pybind11::arg("model_blocks") = 0,
+        pybind11::arg("model_blocks") = 0, pybind11::arg("reuse_repeats") = false,
         "Record the emulated kernel launches from now on; execute=False runs only the host code "
         "(a dry run: outputs are left unwritten); model_blocks > 0 runs at most that many blocks of "
-        "each launch under the cost model's counters (csrc/emu/cost_model.h).");
+        "each launch under the cost model's counters (csrc/emu/cost_model.h); reuse_repeats gives a "
+        "launch that repeats an earlier one (kernel, grid, block, shared memory) that one's counters "
+        "without running it (csrc/emu/launch_log.h).");
   m.def("_emu_stop_launch_log", &fr_emu::stop_launch_log,
         "Stop recording; the launches as (mangled kernel symbol, grid, block, dynamic shared bytes, "
         "cost counters).");

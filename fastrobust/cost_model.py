@@ -99,14 +99,17 @@ class LaunchCost:
         }
 
 
-def model(fn: Callable[[], object], model_blocks: int = 64) -> List[LaunchCost]:
+def model(fn: Callable[[], object], model_blocks: int = 64, reuse_repeats: bool = False) -> List[LaunchCost]:
     """The cost of every emulated kernel launch fn makes (emulated ops), counted over at most
     model_blocks blocks of each launch. The ops' outputs are incomplete when a launch has more
-    blocks than that: use this for counting, never for values."""
+    blocks than that: use this for counting, never for values. reuse_repeats: a launch that
+    repeats an earlier one of fn's (kernel, grid, block, shared memory alike) is not run again
+    and costs what that one did (its counters carry "reused": 1); right where repeats differ only
+    in the data they cover, such as NLM's batch chunks."""
     if model_blocks < 1:
         raise ValueError(f"model_blocks must be >= 1, got {model_blocks}")
     return [LaunchCost(kernel_name(symbol), tuple(grid), tuple(block), int(smem), dict(counters))
-            for symbol, grid, block, smem, counters in record_launches(fn, model_blocks)]
+            for symbol, grid, block, smem, counters in record_launches(fn, model_blocks, reuse_repeats)]
 
 
 # model_blocks that runs every block of any launch
@@ -120,7 +123,7 @@ def case_records(case, model_blocks: int) -> List[dict]:
 
     usage_of = kernel_usage()
     records = []
-    for launch in model(case.fn, EVERY_BLOCK if case.every_block else model_blocks):
+    for launch in model(case.fn, EVERY_BLOCK if case.every_block else model_blocks, case.repeats_alike):
         flops = launch.flops
         usage = usage_of.get(launch.name)
         waves = None
@@ -132,6 +135,7 @@ def case_records(case, model_blocks: int) -> List[dict]:
             "bytes": launch.dram_bytes, "min_bytes": None, "flops": flops, "min_flops": None,
             "sector_efficiency": launch.sector_efficiency, "bank_conflict_factor": launch.bank_conflict_factor,
             "waves": waves, "grid": launch.grid, "block": launch.block, "blocks_run": launch.counters["blocks_run"],
+            "reused": bool(launch.counters.get("reused", 0)),
             "modeled_us": roofline_us(launch.dram_bytes, flops, case.dtype), "baseline_modeled_us": None,
         })
     total_bytes = sum(r["bytes"] for r in records)

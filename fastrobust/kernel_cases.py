@@ -55,6 +55,9 @@ class OpCase:
     # Work that depends on the data (which rows a block copies): the model runs every block,
     # as a sample of blocks would estimate it badly.
     every_block: bool = False
+    # Repeated launches differ only in the data they cover (NLM's batch chunks, every sample
+    # at a sector-aligned offset): the model runs each distinct launch once (cost_model.model).
+    repeats_alike: bool = False
 
     @property
     def label(self) -> str:
@@ -72,10 +75,12 @@ def launch_cases() -> List[OpCase]:
     emu = torch.ops.fastrobust_emu
     cases: List[OpCase] = []
 
-    def add(op, direction, x, fn, reads, writes, flops=0, baseline=None, baseline_bytes=None, every_block=False):
+    def add(op, direction, x, fn, reads, writes, flops=0, baseline=None, baseline_bytes=None, every_block=False,
+            repeats_alike=False):
         dt = torch_dtype_name(x.dtype)
         cases.append(OpCase(op, direction, dt, tuple(x.shape), fn, _bytes(*reads) + _bytes(*writes), int(flops),
-                            baseline, None if baseline_bytes is None else int(baseline_bytes), every_block))
+                            baseline, None if baseline_bytes is None else int(baseline_bytes), every_block,
+                            repeats_alike))
 
     for dtype in LAYER_DTYPES:
         def zeros(*shape, dtype=dtype):
@@ -103,11 +108,12 @@ def launch_cases() -> List[OpCase]:
             # forward: S = theta^T phi, Y = P g; backward: S again, dP = dy g^T, dg, dtheta, dphi
             add("nlm_gaussian", "fwd", g, lambda th=th, ph=ph, g=g: emu.nlm_gaussian(th, ph, g, 1.0), fwd_reads,
                 fwd_writes, 2 * n2 * (c // 2 + c), "fused attention (SDPA) at its minimal traffic",
-                _bytes(*fwd_reads, *fwd_writes))
+                _bytes(*fwd_reads, *fwd_writes), repeats_alike=True)
             add("nlm_gaussian", "bwd", g,
                 lambda th=th, ph=ph, g=g, y=y, gy=gy, lse=lse: emu._nlm_gaussian_backward(gy, th, ph, g, y, lse, 1.0),
                 bwd_reads, bwd_writes, 2 * n2 * (3 * (c // 2) + 2 * c),
-                "fused attention backward (FlashAttention-2) at its minimal traffic", _bytes(*bwd_reads, *bwd_writes))
+                "fused attention backward (FlashAttention-2) at its minimal traffic", _bytes(*bwd_reads, *bwd_writes),
+                repeats_alike=True)
         for shape in MEDIAN_SHAPES:
             x, gy = zeros(shape[0], shape[1], shape[2], shape[2]), zeros(shape[0], shape[1], shape[2], shape[2])
             arg = zeros(*x.shape, dtype=torch.uint8)

@@ -195,14 +195,16 @@ def occupancy(launch: Launch, usage: dict, limits: GpuLimits = H100) -> dict:
     }
 
 
-def record_launches(fn: Callable[[], object], model_blocks: int = 0) -> List[tuple]:
+def record_launches(fn: Callable[[], object], model_blocks: int = 0, reuse_repeats: bool = False) -> List[tuple]:
     """The emulated kernel launches fn makes, as (symbol, grid, block, dynamic smem, counters).
     model_blocks = 0: a dry run, the kernels not run (their outputs are left unwritten);
     model_blocks > 0: each launch runs at most that many of its blocks, spread over its grid,
-    under the cost model's counters (fastrobust.cost_model)."""
+    under the cost model's counters (fastrobust.cost_model); with reuse_repeats, a launch that
+    repeats an earlier one (kernel, grid, block, shared memory) is not run and takes that one's
+    counters, with "reused" = 1 (csrc/emu/launch_log.h)."""
     from . import _C  # noqa: the emulated build
 
-    _C._emu_start_launch_log(model_blocks > 0, model_blocks)
+    _C._emu_start_launch_log(model_blocks > 0, model_blocks, reuse_repeats)
     try:
         fn()
     finally:

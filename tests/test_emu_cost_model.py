@@ -272,3 +272,28 @@ def test_sparta_kernels_count_their_taps():
             assert backward["sparta::sparta_backward_kernel<float, 3>"] == 3 * taps, shape
         else:
             assert 3 * taps < backward["sparta::sparta_backward_kernel<float, 3>"] <= 5 * taps, shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_repeated_chunk_launches_cost_what_their_first_did(monkeypatch, dtype):
+    """reuse_repeats (what the NLM model cases use): NLM's batch chunks launch the same kernels
+    over other samples; modelled once, each repeat gets the counters that running it gives, and
+    a launch of another grid (the last, smaller chunk) is run."""
+    # chunks of 2 samples of float logits (forward), 1 or 2 of p and ds (fp32, bf16 backward)
+    monkeypatch.setenv("FASTROBUST_NLM_PLANE_BYTES", str(2 * 64 * 64 * 4))
+    emu = torch.ops.fastrobust_emu
+    gen = torch.Generator().manual_seed(0)
+    b, d, c, hw = 5, 32, 128, 8  # per-sample strides of whole sectors
+    th, ph = (torch.randn(b, d, hw, hw, generator=gen).to(dtype) for _ in range(2))
+    g = torch.randn(b, c, hw, hw, generator=gen).to(dtype)
+    y, lse = emu.nlm_gaussian(th, ph, g, 1.0)
+    gy = torch.randn(y.shape, generator=gen).to(dtype)
+    for fn in (lambda: emu.nlm_gaussian(th, ph, g, 1.0),
+               lambda: emu._nlm_gaussian_backward(gy, th, ph, g, y, lse, 1.0)):
+        run_all = cost_model.model(fn, 4)
+        reused = cost_model.model(fn, 4, reuse_repeats=True)
+        assert [(k.name, k.grid) for k in reused] == [(k.name, k.grid) for k in run_all]
+        flags = [k.counters.pop("reused", 0) for k in reused]
+        assert sum(flags) >= 2 and not all(flags)
+        assert [k.counters for k in reused] == [k.counters for k in run_all]
+        assert all("reused" not in k.counters for k in run_all)

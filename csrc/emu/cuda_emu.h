@@ -254,6 +254,7 @@ void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, s
   bool execute = true;
   int64_t model_blocks = 0;
   size_t record = 0;
+  int64_t repeat_of = -1;  // reuse_repeats: the earlier record this launch repeats
   {
     std::lock_guard<std::mutex> guard(log.mutex);
     if (log.recording) {
@@ -266,6 +267,10 @@ void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, s
       execute = log.execute;
       model_blocks = log.model_blocks;
       record = log.records.size() - 1;
+      if (log.reuse_repeats) {
+        const auto [first, inserted] = log.first_of.emplace(launch_key(log.records.back()), record);
+        if (!inserted) repeat_of = static_cast<int64_t>(first->second);
+      }
     }
   }
   const unsigned nthreads = block.x * block.y * block.z;
@@ -278,6 +283,12 @@ void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, s
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535)
     throw std::invalid_argument("emulated launch: invalid grid");
   if (!execute) return;  // a dry run of the host code (launch_log.h)
+  if (repeat_of >= 0) {  // modelled already (launch_log.h, reuse_repeats)
+    std::lock_guard<std::mutex> guard(log.mutex);
+    log.records[record].counters = log.records[static_cast<size_t>(repeat_of)].counters;
+    log.records[record].counters["reused"] = 1;
+    return;
+  }
 
   std::lock_guard<std::mutex> guard(launch_mutex());
   LaunchState& L = launch_state();
