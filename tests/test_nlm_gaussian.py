@@ -129,6 +129,32 @@ def test_planes_run_the_batch_in_chunks(monkeypatch, dtype):
 
 
 @pytest.mark.skipif(not fastrobust.HAS_EMU, reason="built without FR_EMULATE_CUDA=1")
+def test_chunks_share_the_batch_evenly(monkeypatch):
+    """Chunks as large as the budget allows, then evened out: 5 samples where 4 fit run as 3 + 2
+    (not 4 + 1), where 2 fit as 2 + 2 + 1; the whole batch where it fits."""
+    from fastrobust.kernel_resources import record_launches
+
+    theta, phi, g, grad_y = inputs((5, 24, 70, 5, 7), torch.float32, "cpu", seed=1)  # N = 35, fp32 planes
+    y, lse = CUDA_EMU.op("nlm_gaussian")(theta, phi, g, 0.2)
+
+    def samples_per_launch(fn, kernel):
+        return [grid[2] for symbol, grid, *_ in record_launches(fn) if kernel in symbol]
+
+    def forward():
+        CUDA_EMU.op("nlm_gaussian")(theta, phi, g, 0.2)
+
+    def backward():
+        CUDA_EMU.op("_nlm_gaussian_backward")(grad_y, theta, phi, g, y, lse, 0.2)
+
+    monkeypatch.setenv("FASTROBUST_NLM_PLANE_BYTES", str(4 * 35 * 35 * 4))  # 4 samples of logits, 2 of p and ds
+    assert samples_per_launch(forward, "plane_tile_kernel") == [3, 2]
+    assert samples_per_launch(backward, "plane_tile_kernel") == [2, 2, 1]
+    monkeypatch.delenv("FASTROBUST_NLM_PLANE_BYTES")
+    assert samples_per_launch(forward, "plane_tile_kernel") == [5]
+    assert samples_per_launch(backward, "plane_tile_kernel") == [5]
+
+
+@pytest.mark.skipif(not fastrobust.HAS_EMU, reason="built without FR_EMULATE_CUDA=1")
 @pytest.mark.parametrize("budget", ["lots", "0", "-5", ""])
 def test_plane_budget_setting_rejects_what_is_not_a_byte_count(monkeypatch, budget):
     """FASTROBUST_NLM_PLANE_BYTES must be a positive integer; anything else is an error naming

@@ -23,9 +23,15 @@ namespace pn = ::fastrobust::nlm;
 // (Planes, nlm_kernels.cuh): the logits in the accumulation type, and p and ds in the input type
 // on tensor cores, else in the accumulation type. They run the batch in chunks of at most
 // kPlaneBudgetBytes of planes, or of FASTROBUST_NLM_PLANE_BYTES where that is set (the tests use
-// it to run several chunks at small sizes).
-constexpr int64_t kPlaneBudgetBytes = int64_t(256) << 20;
+// it to run several chunks at small sizes), all chunks of one size but the last, which is at most
+// one sample smaller. The budget is what sizes the grids of the weighted-sum kernels (a block per
+// position tile and output slice of each sample of a chunk): at 256 MiB a 56x56 map's chunks
+// were 3-6 samples, grids of 0.4-1.5 waves on an H100; 1 GiB, less than the materialising
+// composition holds at those sizes (B N^2 logits, then p and their gradients), gives 2 or more.
+constexpr int64_t kPlaneBudgetBytes = int64_t(1) << 30;
 
+// Samples per chunk: as many as the budget holds (at least one), spread evenly over the chunks
+// that takes (32 samples of at most 26: 16 + 16, not 26 + 6).
 inline int64_t plane_chunk(int64_t batch, int64_t bytes_per_sample) {
   int64_t budget = kPlaneBudgetBytes;
   if (const char* env = std::getenv("FASTROBUST_NLM_PLANE_BYTES")) {
@@ -35,7 +41,9 @@ inline int64_t plane_chunk(int64_t batch, int64_t bytes_per_sample) {
                 "nlm_gaussian: FASTROBUST_NLM_PLANE_BYTES must be a positive number of bytes, got '", env, "'");
     budget = parsed;
   }
-  return std::max<int64_t>(1, std::min<int64_t>(batch, budget / std::max<int64_t>(bytes_per_sample, 1)));
+  const int64_t most = std::max<int64_t>(1, std::min<int64_t>(batch, budget / std::max<int64_t>(bytes_per_sample, 1)));
+  const int64_t chunks = std::max<int64_t>(1, ceil_div<int64_t>(batch, most));
+  return ceil_div<int64_t>(batch, chunks);
 }
 
 // The planes' tensors (kept alive through the launches) and their untyped pointers.

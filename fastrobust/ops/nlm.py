@@ -13,7 +13,7 @@ softmax. The CPU kernel works in blocks of queries, the softmax recomputed block
 is held whole only where it is no larger than the output (N <= C) and fits that tile, where
 splitting it into blocks costs more than it saves. The CUDA kernels
 compute each logit (and each dp = dy . g) once into (query, key) planes in global memory, for
-forwards over more than 64 channels and for the backward, the batch in chunks within 256 MiB of
+forwards over more than 64 channels and for the backward, the batch in even chunks within 1 GiB of
 planes: recomputing them per slice of the wide outputs would cost several times the minimal
 work. On CUDA GPUs of compute capability 8.0 or
 newer, float16 and bfloat16 inputs run on tensor cores with float32 accumulation (the
