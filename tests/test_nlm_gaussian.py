@@ -33,6 +33,7 @@ EMU_SHAPES = [
     (2, 96, 160, 6, 6),
     (1, 1, 3, 33, 1),
     (1, 24, 70, 9, 8),  # two 64-query blocks of the tensor-core forward, two channel slices
+    (2, 8, 200, 3, 3),  # D_i in 3 uneven groups of channels (67, 67, 66)
     (0, 8, 3, 4, 4),
 ]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -152,6 +153,22 @@ def test_chunks_share_the_batch_evenly(monkeypatch):
     monkeypatch.delenv("FASTROBUST_NLM_PLANE_BYTES")
     assert samples_per_launch(forward, "plane_tile_kernel") == [5]
     assert samples_per_launch(backward, "plane_tile_kernel") == [5]
+
+
+@pytest.mark.skipif(not fastrobust.HAS_EMU, reason="built without FR_EMULATE_CUDA=1")
+@pytest.mark.parametrize("channels, groups", [(3, 1), (127, 1), (128, 2), (200, 3), (1024, 16), (4096, 16)])
+def test_row_dot_comes_in_groups_of_channels(channels, groups):
+    """The backward's D_i = dy_i . y_i is summed in C // 64 groups of channels (1 to 16), a grid
+    dimension of row_dot_kernel each: at (8, 1024, 28x28) one group was 200 blocks, 0.19 waves on
+    an H100. The dispatch's byte model (nlm_dispatch.row_dot_groups) counts the same groups."""
+    from fastrobust.kernel_resources import record_launches
+    from fastrobust.ops import nlm_dispatch
+
+    theta, phi, g, grad_y = inputs((1, 4, channels, 2, 3), torch.float32, "cpu", seed=2)
+    y, lse = CUDA_EMU.op("nlm_gaussian")(theta, phi, g, 0.5)
+    launches = record_launches(lambda: CUDA_EMU.op("_nlm_gaussian_backward")(grad_y, theta, phi, g, y, lse, 0.5))
+    assert [grid for symbol, grid, *_ in launches if "row_dot_kernel" in symbol] == [(1, 1, groups)]
+    assert nlm_dispatch.row_dot_groups(channels) == groups
 
 
 @pytest.mark.skipif(not fastrobust.HAS_EMU, reason="built without FR_EMULATE_CUDA=1")

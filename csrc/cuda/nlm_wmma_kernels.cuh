@@ -255,7 +255,6 @@ __global__ void __launch_bounds__(kThreads) plane_tile_wmma_kernel(Ptrs<scalar_t
   __syncwarp();
   // (each pass's pointers only: the other pass's are null)
   FR_GLOBAL(const float) lse = kBackward ? a.lse + b * n : nullptr;
-  FR_GLOBAL(const float) row_dot = kBackward ? a.row_dot + b * n : nullptr;
   FR_GLOBAL(scalar_t) weights = kBackward ? pl.weights + s * n * n : nullptr;
   FR_GLOBAL(scalar_t) logit_grads = kBackward ? pl.logit_grads + s * n * n : nullptr;
   FR_GLOBAL(float) logits = kBackward ? nullptr : pl.logits + s * n * n;
@@ -270,7 +269,7 @@ __global__ void __launch_bounds__(kThreads) plane_tile_wmma_kernel(Ptrs<scalar_t
         const float p = mn::probability(x, float(lse[i]));
         weights[i * n + j] = static_cast<scalar_t>(p);
         logit_grads[i * n + j] =
-            static_cast<scalar_t>(mn::scaled_logit_grad(p, float(Dps[row * kLdS + lane]), float(row_dot[i]), a.scale));
+            static_cast<scalar_t>(mn::scaled_logit_grad(p, float(Dps[row * kLdS + lane]), row_dot_of(a, b, i), a.scale));
       }
     } else {
       if (j < n) logits[i * n + j] = x;

@@ -74,6 +74,13 @@ MEASURED_EFFICIENCY = {
 # walks the others 32 at a time; reductions run in chunks of 32 rows; the one-pass forward
 # writes 64 output columns, the weighted-sum kernels 128.
 OWN_TILE, OTHER_TILE, CHUNK, ONE_PASS_WIDTH, SLICE_WIDTH = 64, 32, 32, 64, 128
+# The backward's D_i = dy_i . y_i comes in partial sums over groups of channels (row_dot_kernel,
+# csrc/cuda/nlm_kernels.cuh): C / 64 groups, 1 to 16.
+ROW_DOT_CHANNELS_PER_GROUP, ROW_DOT_MAX_GROUPS = 64, 16
+
+
+def row_dot_groups(c: int) -> int:
+    return min(max(c // ROW_DOT_CHANNELS_PER_GROUP, 1), ROW_DOT_MAX_GROUPS)
 
 
 def _round_up(x: int, m: int) -> int:
@@ -143,8 +150,10 @@ def kernel_bytes(b: int, d: int, c: int, n: int, backward: bool, element: int) -
         # the model ran at the benchmark shapes, so counted once per slice)
         slices = math.ceil(c / SLICE_WIDTH)
         return plane + sums(c, 4) + b * slices * key_tiles * partials + slices * lse
-    row_dot = 2 * values + lse  # dy . y per row
-    plane = b * key_tiles * (strips(d) + strips(c) + 2 * 4 * n + 2 * OTHER_TILE * n * element)  # p, ds strips
+    groups = row_dot_groups(c)
+    row_dot = 2 * values + groups * lse  # dy . y per row, a partial sum per group of channels
+    # each key strip: theta, phi, dy and g strips, the lse and D's partial sums, the p and ds strips
+    plane = b * key_tiles * (strips(d) + strips(c) + (1 + groups) * 4 * n + 2 * OTHER_TILE * n * element)
     return row_dot + plane + sums(c, element) + 2 * sums(d, element)
 
 
