@@ -5,8 +5,9 @@ The emulator counts, per warp-wide access (csrc/emu/cost_model.h): global loads 
 (DRAM bytes with a perfect L2), shared-memory wavefronts against the conflict-free minimum,
 tensor-core operations and SIMT multiply-adds. Device code's global accesses are counted where
 they go through FR_GLOBAL(T) pointers, its multiply-adds where it declares them with
-FR_COUNT_FMA (the products of NLM and Sparta; other SIMT arithmetic is not counted). A launch runs a sample of its blocks (`model_blocks`) and the counts
-are scaled to the whole grid. Everything here is a model, not a measurement.
+FR_COUNT_FMA (the products of NLM and Sparta; other SIMT arithmetic is not counted). A launch
+runs a sample of its blocks (`model_blocks`) and the counts are scaled to the whole grid.
+Everything here is a model, not a measurement.
 """
 from __future__ import annotations
 
