@@ -109,8 +109,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
   const auto p = pn::prepare_backward(grad_y, theta, phi, g, y, lse, scale);
   at::Tensor grad_theta = at::empty_like(p.theta), grad_phi = at::empty_like(p.phi), grad_g = at::empty_like(p.g);
   if (p.batch > 0 && p.positions > 0) {
-    const int64_t row_dot_groups = row_dot_parts(p.channels);
-    at::Tensor row_dot = at::empty({row_dot_groups, p.batch, p.positions}, p.lse.options());
+    at::Tensor row_dot = at::empty({row_dot_parts(p.channels), p.batch, p.positions}, p.lse.options());
     const bool tensor_core_planes = tensor_cores && is_half_type(theta);
     const PlaneTensors planes =
         backward_planes(p, tensor_core_planes ? p.theta.scalar_type() : pn::acc_dtype(p.theta));
@@ -118,7 +117,6 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
       auto a = pn::ptrs<scalar_t, acc_t<scalar_t>>(p);
       a.lse = p.lse.data_ptr<acc_t<scalar_t>>();
       a.row_dot = row_dot.mutable_data_ptr<acc_t<scalar_t>>();
-      a.row_dot_parts = row_dot_groups;
       a.grad_theta = grad_theta.mutable_data_ptr<scalar_t>();
       a.grad_phi = grad_phi.mutable_data_ptr<scalar_t>();
       a.grad_g = grad_g.mutable_data_ptr<scalar_t>();

@@ -57,8 +57,8 @@ struct Ptrs {
   const scalar_t *grad_y, *y;  // backward
   scalar_t* out;               // forward: y
   acc* lse;                    // forward: written; backward: read
-  acc* row_dot;                // backward: D_i = sum_c dy_ic y_ic, in row_dot_parts partial sums
-  int64_t row_dot_parts;       //   over groups of channels: part s of row (b, i) at (s B + b) N + i
+  acc* row_dot;                // backward: D_i = sum_c dy_ic y_ic, as partial sums over groups of
+                               //   channels: group s of row (b, i) at (s B + b) N + i
   scalar_t *grad_theta, *grad_phi, *grad_g;
   int64_t batch, dim, channels, positions;
   acc scale;
