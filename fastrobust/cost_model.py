@@ -18,7 +18,7 @@ from .kernel_resources import kernel_name, record_launches
 from .roofline import HBM_BYTES_PER_S, PEAK_FLOPS, roofline_us  # noqa: F401  (the model's roofline)
 
 SECTOR_BYTES = 32
-MMA_FLOPS = 2 * 16 * 16 * 16  # one m16n16k16 tensor-core operation
+MMA_FLOPS_PER_DEPTH = 2 * 16 * 16  # an m16n16kK tensor-core operation does K times this
 
 
 @dataclass
@@ -71,7 +71,7 @@ class LaunchCost:
     @property
     def mma_flops(self) -> float:
         """Tensor-core FLOPs, scaled to the whole grid."""
-        return MMA_FLOPS * self.counters.get("mma_ops", 0) * self.scale
+        return MMA_FLOPS_PER_DEPTH * self.counters.get("mma_depth", 0) * self.scale
 
     @property
     def simt_flops(self) -> float:
@@ -124,8 +124,13 @@ def case_records(case, model_blocks: int) -> List[dict]:
 
     usage_of = kernel_usage()
     records = []
+    # tf32 cases: tensor-core FLOPs at the tf32 peak, SIMT FLOPs at fp32's
+    tf32 = case.math == "tf32"
+    peak_dtype = "tf32" if tf32 else case.dtype
+    simt_total = 0.0
     for launch in model(case.fn, EVERY_BLOCK if case.every_block else model_blocks, case.repeats_alike):
         flops = launch.flops
+        simt_total += launch.simt_flops
         usage = usage_of.get(launch.name)
         waves = None
         if usage is not None:
@@ -137,8 +142,12 @@ def case_records(case, model_blocks: int) -> List[dict]:
             "sector_efficiency": launch.sector_efficiency, "bank_conflict_factor": launch.bank_conflict_factor,
             "waves": waves, "grid": launch.grid, "block": launch.block, "blocks_run": launch.counters["blocks_run"],
             "reused": bool(launch.counters.get("reused", 0)),
-            "modeled_us": roofline_us(launch.dram_bytes, flops, case.dtype), "baseline_modeled_us": None,
+            "modeled_us": (roofline_us(launch.dram_bytes, launch.mma_flops, peak_dtype, launch.simt_flops) if tf32
+                           else roofline_us(launch.dram_bytes, flops, case.dtype)),
+            "baseline_modeled_us": None,
         })
+        if case.math:
+            records[-1]["math"] = case.math
     total_bytes = sum(r["bytes"] for r in records)
     total_flops = sum(r["flops"] for r in records)
     records.append({
@@ -146,12 +155,15 @@ def case_records(case, model_blocks: int) -> List[dict]:
         "min_bytes": case.min_bytes, "flops": total_flops, "min_flops": case.min_flops,
         "sector_efficiency": None, "bank_conflict_factor": None, "waves": None,
         # Kernels declare only their products (FR_COUNT_FMA): the op is taken to do at least
-        # its minimal FLOPs.
-        "modeled_us": roofline_us(total_bytes, max(total_flops, case.min_flops), case.dtype),
+        # its minimal FLOPs (on the tensor cores, for tf32).
+        "modeled_us": (roofline_us(total_bytes, max(total_flops - simt_total, case.min_flops), peak_dtype, simt_total)
+                       if tf32 else roofline_us(total_bytes, max(total_flops, case.min_flops), case.dtype)),
         "baseline": case.baseline,
-        "baseline_modeled_us": (roofline_us(case.baseline_bytes, case.min_flops, case.dtype)
+        "baseline_modeled_us": (roofline_us(case.baseline_bytes, case.min_flops, peak_dtype)
                                 if case.baseline_bytes is not None else None),
     })
+    if case.math:
+        records[-1]["math"] = case.math
     return records
 
 

@@ -58,11 +58,28 @@ class OpCase:
     # Repeated launches differ only in the data they cover (NLM's batch chunks, every sample
     # at a sector-aligned offset): the model runs each distinct launch once (cost_model.model).
     repeats_alike: bool = False
+    # "tf32": fp32 inputs whose products run on tensor cores as tf32 (fn enables it); their
+    # tensor-core FLOPs are modelled at the tf32 peak (fastrobust.roofline). None: as dtype says.
+    math: Optional[str] = None
 
     @property
     def label(self) -> str:
         direction = {"fwd": "", "bwd": " backward"}.get(self.direction, f" {self.direction}")
-        return f"{self.op}{direction} {self.dtype} {self.shape}"
+        math = f" {self.math}" if self.math else ""
+        return f"{self.op}{direction} {self.dtype}{math} {self.shape}"
+
+
+def with_tf32(fn: Callable[[], object]) -> Callable[[], object]:
+    """fn run with fp32 matrix products allowed to use tf32 on CUDA
+    (torch.backends.cuda.matmul.fp32_precision = "tf32", restored after)."""
+    def call():
+        before = torch.backends.cuda.matmul.fp32_precision
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        try:
+            return fn()
+        finally:
+            torch.backends.cuda.matmul.fp32_precision = before
+    return call
 
 
 def _bytes(*tensors) -> int:
@@ -76,11 +93,12 @@ def launch_cases() -> List[OpCase]:
     cases: List[OpCase] = []
 
     def add(op, direction, x, fn, reads, writes, flops=0, baseline=None, baseline_bytes=None, every_block=False,
-            repeats_alike=False):
+            repeats_alike=False, math=None):
         dt = torch_dtype_name(x.dtype)
-        cases.append(OpCase(op, direction, dt, tuple(x.shape), fn, _bytes(*reads) + _bytes(*writes), int(flops),
-                            baseline, None if baseline_bytes is None else int(baseline_bytes), every_block,
-                            repeats_alike))
+        cases.append(OpCase(op, direction, dt, tuple(x.shape), with_tf32(fn) if math == "tf32" else fn,
+                            _bytes(*reads) + _bytes(*writes), int(flops), baseline,
+                            None if baseline_bytes is None else int(baseline_bytes), every_block, repeats_alike,
+                            math))
 
     for dtype in LAYER_DTYPES:
         def zeros(*shape, dtype=dtype):
@@ -105,15 +123,18 @@ def launch_cases() -> List[OpCase]:
             n2 = bsz * (hw * hw) ** 2
             fwd_reads, fwd_writes = (th, ph, g), (y, lse)
             bwd_reads, bwd_writes = (gy, th, ph, g, y, lse), (th, ph, g)
-            # forward: S = theta^T phi, Y = P g; backward: S again, dP = dy g^T, dg, dtheta, dphi
-            add("nlm_gaussian", "fwd", g, lambda th=th, ph=ph, g=g: emu.nlm_gaussian(th, ph, g, 1.0), fwd_reads,
-                fwd_writes, 2 * n2 * (c // 2 + c), "fused attention (SDPA) at its minimal traffic",
-                _bytes(*fwd_reads, *fwd_writes), repeats_alike=True)
-            add("nlm_gaussian", "bwd", g,
-                lambda th=th, ph=ph, g=g, y=y, gy=gy, lse=lse: emu._nlm_gaussian_backward(gy, th, ph, g, y, lse, 1.0),
-                bwd_reads, bwd_writes, 2 * n2 * (3 * (c // 2) + 2 * c),
-                "fused attention backward (FlashAttention-2) at its minimal traffic", _bytes(*bwd_reads, *bwd_writes),
-                repeats_alike=True)
+            # forward: S = theta^T phi, Y = P g; backward: S again, dP = dy g^T, dg, dtheta, dphi;
+            # fp32 also with its products as tf32 on tensor cores
+            for math in (None, "tf32") if dtype == torch.float32 else (None,):
+                add("nlm_gaussian", "fwd", g, lambda th=th, ph=ph, g=g: emu.nlm_gaussian(th, ph, g, 1.0), fwd_reads,
+                    fwd_writes, 2 * n2 * (c // 2 + c), "fused attention (SDPA) at its minimal traffic",
+                    _bytes(*fwd_reads, *fwd_writes), repeats_alike=True, math=math)
+                add("nlm_gaussian", "bwd", g,
+                    lambda th=th, ph=ph, g=g, y=y, gy=gy, lse=lse: emu._nlm_gaussian_backward(gy, th, ph, g, y, lse,
+                                                                                             1.0),
+                    bwd_reads, bwd_writes, 2 * n2 * (3 * (c // 2) + 2 * c),
+                    "fused attention backward (FlashAttention-2) at its minimal traffic",
+                    _bytes(*bwd_reads, *bwd_writes), repeats_alike=True, math=math)
         for shape in MEDIAN_SHAPES:
             x, gy = zeros(shape[0], shape[1], shape[2], shape[2]), zeros(shape[0], shape[1], shape[2], shape[2])
             arg = zeros(*x.shape, dtype=torch.uint8)

@@ -297,3 +297,41 @@ def test_repeated_chunk_launches_cost_what_their_first_did(monkeypatch, dtype):
         assert sum(flags) >= 2 and not all(flags)
         assert [k.counters for k in reused] == [k.counters for k in run_all]
         assert all("reused" not in k.counters for k in run_all)
+
+
+@pytest.mark.parametrize("dtype, depth", [(torch.bfloat16, 16), (torch.float32, 8)], ids=str)
+def test_a_tensor_core_operation_counts_its_depth(dtype, depth):
+    """An m16n16k16 warp product (16-bit inputs) is 2 x 16 x 16 x 16 FLOPs, a tf32 m16n16k8 one half of that."""
+    a = torch.ones(16 * 16, dtype=dtype)
+    (launch,) = cost_model.model(lambda: torch.ops.fastrobust_emu._selftest_wmma(a, a, False, False, False, 16))
+    assert launch.counters["mma_ops"] == 1 and launch.counters["mma_depth"] == depth
+    assert launch.mma_flops == 2 * 16 * 16 * depth and launch.simt_flops == 0
+
+
+def test_tf32_nlm_kernels_count_the_products_of_their_padded_tiles():
+    """fp32 on tensor cores (tf32) does the bf16 kernels' padded-tile products
+    (nlm_dispatch.kernel_flops) in m16n16k8 steps; its forward takes the logits plane at any width,
+    so up to 64 channels it multiplies a 128-column slice where the bf16 one-pass forward has 64."""
+    from fastrobust.kernel_cases import with_tf32
+    from fastrobust.ops import nlm_dispatch
+
+    emu = torch.ops.fastrobust_emu
+    gen = torch.Generator().manual_seed(0)
+    b, d, h, w = 2, 40, 5, 7
+    n = h * w
+    th, ph = torch.randn(b, d, h, w, generator=gen), torch.randn(b, d, h, w, generator=gen)
+
+    def mma_flops(fn):
+        return sum(k.mma_flops for k in cost_model.model(with_tf32(fn), cost_model.EVERY_BLOCK))
+
+    for c in (72, 24):
+        g = torch.randn(b, c, h, w, generator=gen)
+        y, lse = with_tf32(lambda: emu.nlm_gaussian(th, ph, g, 1.0))()
+        gy = torch.randn(y.shape, generator=gen)
+        forward = mma_flops(lambda: emu.nlm_gaussian(th, ph, g, 1.0))
+        backward = mma_flops(lambda: emu._nlm_gaussian_backward(gy, th, ph, g, y, lse, 1.0))
+        assert backward == nlm_dispatch.kernel_flops(b, d, c, n, backward=True), c
+        plane = 2 * b * _round_up(n, 64) * _round_up(n, 32)
+        assert forward == plane * (_round_up(d, 32) + 128), c
+        if c > 64:
+            assert forward == nlm_dispatch.kernel_flops(b, d, c, n, backward=False)

@@ -56,6 +56,56 @@ def test_wmma_product_follows_cuda_layouts(a_col, b_col, c_col):
     torch.testing.assert_close(c.t() if c_col else c, expected, rtol=0, atol=0)
 
 
+def to_tf32(x):
+    """x rounded to tf32 (10-bit mantissas) as __float_to_tf32 does: to nearest, ties away from zero."""
+    bits = x.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+@pytest.mark.parametrize("a_col", [False, True], ids=["A-row", "A-col"])
+@pytest.mark.parametrize("b_col", [False, True], ids=["B-row", "B-col"])
+@pytest.mark.parametrize("c_col", [False, True], ids=["C-row", "C-col"])
+def test_wmma_tf32_product_follows_cuda_layouts(a_col, b_col, c_col):
+    """fp32 tiles as tf32, m16n16k8: A is 16 x 8 and B 8 x 16, read from the first rows or
+    columns of 16-wide buffers."""
+    gen = torch.Generator().manual_seed(0)
+    # quarters in [-4, 4]: tf32 values whose products and sums are exact in float
+    a = torch.randint(-16, 17, (16 * 16,), generator=gen).float() / 4
+    b = torch.randint(-16, 17, (16 * 16,), generator=gen).float() / 4
+    c = torch.ops.fastrobust_emu._selftest_wmma(a, b, a_col, b_col, c_col, 16)
+    # row_major A: entry (r, k) at p[r * 16 + k]; col_major: at p[k * 16 + r] (k < 8)
+    A = a.view(16, 16)[:8].t() if a_col else a.view(16, 16)[:, :8]
+    B = b.view(16, 16)[:, :8].t() if b_col else b.view(16, 16)[:8]
+    torch.testing.assert_close(c.t() if c_col else c, A @ B + 1, rtol=0, atol=0)
+
+
+def test_wmma_tf32_operands_are_rounded_to_nearest_ties_away():
+    """load_operand rounds each fp32 element to tf32: A's first column times a row of ones gives
+    each rounded value (+ 1) back."""
+    values = torch.tensor([1 + 2**-12, 1 + 2**-11, 1 + 3 * 2**-11, -(1 + 2**-11), 3.0, 1e-30, -0.0, 2**-10,
+                           1 + 2**-10, 100.0 + 2**-7, -7.5, 0.1, 1 / 3, 2.0**100, -(2.0**-100), 0.0])
+    a = torch.zeros(16, 16)
+    a[:, 0] = values
+    b = torch.zeros(16, 16)
+    b[0] = 1
+    c = torch.ops.fastrobust_emu._selftest_wmma(a.flatten(), b.flatten(), False, False, False, 16)
+    rounded = to_tf32(values)
+    # ties (2^-11 past 1) go away from zero; below half a tf32 ulp (2^-12) goes down
+    assert rounded[:4].tolist() == [1.0, 1 + 2**-10, 1 + 2**-9, -(1 + 2**-10)]
+    assert torch.equal(c[:, 3], rounded + 1) and torch.equal(c[:, 0], rounded + 1)
+
+
+def test_wmma_tf32_operands_must_be_converted():
+    """The hardware's tf32 product is undefined on floats not converted to tf32: the emulator
+    refuses an operand with any of its 13 low mantissa bits set, and takes tf32 values as they are."""
+    a = torch.full((16 * 16,), 1 / 3)
+    ones = torch.ones(16 * 16)
+    with pytest.raises(RuntimeError, match="tf32 operand was not converted with __float_to_tf32"):
+        torch.ops.fastrobust_emu._selftest_wmma(a, ones, False, False, False, 16, round_tf32=False)
+    exact = torch.ops.fastrobust_emu._selftest_wmma(to_tf32(a), ones, False, False, False, 16, round_tf32=False)
+    assert torch.equal(exact, torch.full((16, 16), 8 * to_tf32(torch.tensor(1 / 3)).item() + 1))
+
+
 def test_wmma_rejects_what_the_hardware_leaves_undefined():
     a = torch.ones(16, 16).bfloat16()
     misaligned = torch.ones(16 * 16 + 1).bfloat16()[1:]  # 2 bytes past a 32-byte boundary

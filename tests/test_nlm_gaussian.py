@@ -66,7 +66,9 @@ def backend_fn(backend):
     return lambda theta, phi, g, scale: op(theta, phi, g, scale)[0]
 
 
-def check(backend, shape, dtype, seed=0, logit_std=2.0, layout=None, scale=None):
+def check(backend, shape, dtype, seed=0, logit_std=2.0, layout=None, scale=None, precision=None):
+    """precision: the dtype whose PyTorch maths the result is held to (default: dtype's own)."""
+    precision = dtype if precision is None else precision
     theta, phi, g, grad_y = inputs(shape, dtype, backend.device, seed, logit_std)
     if layout is not None:
         theta, phi, g, grad_y = (layout(t) for t in (theta, phi, g, grad_y))
@@ -74,15 +76,15 @@ def check(backend, shape, dtype, seed=0, logit_std=2.0, layout=None, scale=None)
     y, grads = run(backend_fn(backend), theta, phi, g, grad_y, scale)
     y64, grads64 = run(reference.nlm_gaussian, *(t.cpu().double() for t in (theta, phi, g, grad_y)), scale)
     lowp = (None, (None, None, None))
-    if dtype in (torch.float16, torch.bfloat16):
-        lowp = run(reference.nlm_gaussian, *(t.cpu() for t in (theta, phi, g, grad_y)), scale)
+    if precision in (torch.float16, torch.bfloat16):
+        lowp = run(reference.nlm_gaussian, *(t.cpu().to(precision) for t in (theta, phi, g, grad_y)), scale)
     assert y.dtype == dtype and y.shape == g.shape
-    assert_close_to_oracle(y, y64, dtype, FORWARD_TOL, lowp[0], name="y")
+    assert_close_to_oracle(y, y64, precision, FORWARD_TOL, lowp[0], name="y")
     for name, grad, grad64, lowp_grad, t in zip(("grad theta", "grad phi", "grad g"), grads, grads64, lowp[1],
                                                  (theta, phi, g)):
         assert grad.shape == t.shape and grad.dtype == dtype, name
         # sums over the N positions (and over d or C for dp)
-        assert_close_to_oracle(grad, grad64, dtype, REDUCTION_TOL, lowp_grad, name=name)
+        assert_close_to_oracle(grad, grad64, precision, REDUCTION_TOL, lowp_grad, name=name)
 
 
 @pytest.mark.parametrize("backend", backends())
@@ -106,6 +108,55 @@ def test_emulated_simt_path_of_16_bit_types(monkeypatch, dtype):
     assert not torch.equal(simt, tensor_cores)
     for i, shape in enumerate(EMU_SHAPES):
         check(emu, shape, dtype, seed=i)
+
+
+@pytest.fixture
+def cuda_matmul_precision():
+    """Sets torch.backends.cuda.matmul.fp32_precision for the test, restored after."""
+    before = torch.backends.cuda.matmul.fp32_precision
+    yield lambda value: setattr(torch.backends.cuda.matmul, "fp32_precision", value)
+    torch.backends.cuda.matmul.fp32_precision = before
+
+
+@pytest.mark.skipif(not fastrobust.HAS_EMU, reason="built without FR_EMULATE_CUDA=1")
+def test_emulated_tf32_path_of_fp32(cuda_matmul_precision):
+    """Where torch allows tf32 in CUDA matrix products, fp32 inputs run the tensor-core kernels
+    on tf32 values: 10-bit mantissas, fp16's, with float accumulators, so the results are held to
+    fp16's bound (at most 2x PyTorch's fp16 error, plus a floor)."""
+    cuda_matmul_precision("tf32")
+    for i, shape in enumerate(EMU_SHAPES):
+        check(CUDA_EMU, shape, torch.float32, seed=i, precision=torch.float16)
+
+
+@pytest.mark.skipif(not fastrobust.HAS_EMU, reason="built without FR_EMULATE_CUDA=1")
+@pytest.mark.parametrize("channels", [3, 70])  # the one-pass forward's width, and wider
+def test_tf32_runs_only_where_torch_allows_it(cuda_matmul_precision, channels):
+    """fp32 takes the tensor-core kernels with fp32_precision = "tf32" only; its forward then
+    holds the logits plane at any width, so that the backward's tf32 logits and the forward's
+    lse agree (the SIMT one-pass forward's lse of exact logits did not, by up to 3x fp16's error)."""
+    from fastrobust.kernel_resources import kernel_name, record_launches
+
+    theta, phi, g, grad_y = inputs((2, 24, channels, 9, 8), torch.float32, "cpu", seed=3)
+
+    def forward_backward():
+        y, lse = CUDA_EMU.op("nlm_gaussian")(theta, phi, g, 0.2)
+        return y, CUDA_EMU.op("_nlm_gaussian_backward")(grad_y, theta, phi, g, y, lse, 0.2)
+
+    def kernels():  # (record_launches may run a sample of the blocks: its outputs are not kept)
+        return [kernel_name(symbol) for symbol, *_ in record_launches(forward_backward)]
+
+    cuda_matmul_precision("ieee")
+    assert not any("wmma" in name for name in kernels())
+    ieee_y, ieee_grads = forward_backward()
+    cuda_matmul_precision("tf32")
+    assert [name for name in kernels() if name != "nlm::row_dot_kernel<float>"] == [
+        "nlm::plane_tile_wmma_kernel<float, false>", "nlm::weighted_sum_wmma_kernel<float, Grad(0)>",
+        "nlm::plane_tile_wmma_kernel<float, true>", "nlm::weighted_sum_wmma_kernel<float, Grad(1)>",
+        "nlm::weighted_sum_wmma_kernel<float, Grad(2)>", "nlm::weighted_sum_wmma_kernel<float, Grad(3)>"]
+    tf32_y, tf32_grads = forward_backward()
+    for tf32, ieee in zip((tf32_y, *tf32_grads), (ieee_y, *ieee_grads)):
+        assert not torch.equal(tf32, ieee)  # rounded to tf32: not the fp32 kernels' bits
+        torch.testing.assert_close(tf32, ieee, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.skipif(not fastrobust.HAS_EMU, reason="built without FR_EMULATE_CUDA=1")

@@ -1,5 +1,6 @@
 #pragma once
 // Tensor-level entry points of the softmax non-local-means device kernels (nvcc and the emulator).
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -79,23 +80,30 @@ inline PlaneTensors backward_planes(const pn::Prepared& p, at::ScalarType weight
   return with_buffers(planes, chunk);
 }
 
-inline bool is_half_type(const at::Tensor& t) {
-  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+// tensor_cores: the device has them (sm_80 or newer) and runs the wmma kernels' code; fp16 /
+// bf16 inputs then run the wmma kernels, and fp32 inputs where torch allows tf32 in CUDA matrix
+// products (torch.backends.cuda.matmul.fp32_precision = "tf32", or its legacy allow_tf32 = True,
+// or torch.set_float32_matmul_precision("high")), read per call. (allowTF32CuBLAS() would
+// raise where a program mixes the legacy and the new setters; this reading takes either.)
+inline TensorCores tensor_cores_for(bool tensor_cores) {
+  const auto matmul = at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL);
+  return {tensor_cores, matmul == at::Float32Precision::TF32};
 }
 
-// tensor_cores: fp16 / bf16 inputs run the wmma kernels (the device must be sm_80 or newer).
 inline std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& g,
                                                   double scale, bool tensor_cores, cudaStream_t stream) {
   const auto p = pn::prepare(theta, phi, g, scale);
+  const TensorCores cores = tensor_cores_for(tensor_cores);
   at::Tensor y = at::empty({p.batch, p.channels, p.positions}, p.g.options());
   at::Tensor lse = at::empty({p.batch, p.positions}, p.theta.options().dtype(pn::acc_dtype(theta)));
   if (p.batch > 0 && p.positions > 0) {
-    const PlaneTensors planes = p.channels > kOutWidth ? forward_planes(p) : PlaneTensors{};
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.theta.scalar_type(), "nlm_gaussian", [&] {
+      const PlaneTensors planes =
+          forward_uses_planes<scalar_t>(cores, p.channels) ? forward_planes(p) : PlaneTensors{};
       auto a = pn::ptrs<scalar_t, acc_t<scalar_t>>(p);
       a.out = y.mutable_data_ptr<scalar_t>();
       a.lse = lse.mutable_data_ptr<acc_t<scalar_t>>();
-      launch_forward<scalar_t>(a, tensor_cores, planes.buffers, stream);
+      launch_forward<scalar_t>(a, cores, planes.buffers, stream);
     });
   }
   return {y.view(g.sizes()), lse};
@@ -110,9 +118,10 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
   at::Tensor grad_theta = at::empty_like(p.theta), grad_phi = at::empty_like(p.phi), grad_g = at::empty_like(p.g);
   if (p.batch > 0 && p.positions > 0) {
     at::Tensor row_dot = at::empty({row_dot_parts(p.channels), p.batch, p.positions}, p.lse.options());
-    const bool tensor_core_planes = tensor_cores && is_half_type(theta);
-    const PlaneTensors planes =
-        backward_planes(p, tensor_core_planes ? p.theta.scalar_type() : pn::acc_dtype(p.theta));
+    const TensorCores cores = tensor_cores_for(tensor_cores);
+    // p and ds in the input type on tensor cores (the same as the accumulation type for fp32)
+    const bool half_planes = cores.usable && (theta.scalar_type() == at::kHalf || theta.scalar_type() == at::kBFloat16);
+    const PlaneTensors planes = backward_planes(p, half_planes ? p.theta.scalar_type() : pn::acc_dtype(p.theta));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.theta.scalar_type(), "nlm_gaussian_backward", [&] {
       auto a = pn::ptrs<scalar_t, acc_t<scalar_t>>(p);
       a.lse = p.lse.data_ptr<acc_t<scalar_t>>();
@@ -120,7 +129,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
       a.grad_theta = grad_theta.mutable_data_ptr<scalar_t>();
       a.grad_phi = grad_phi.mutable_data_ptr<scalar_t>();
       a.grad_g = grad_g.mutable_data_ptr<scalar_t>();
-      launch_backward<scalar_t>(a, tensor_cores, planes.buffers, stream);
+      launch_backward<scalar_t>(a, cores, planes.buffers, stream);
     });
   }
   return {grad_theta.view(theta.sizes()), grad_phi.view(phi.sizes()), grad_g.view(g.sizes())};

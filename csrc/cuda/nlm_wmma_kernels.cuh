@@ -1,7 +1,9 @@
 #pragma once
-// Softmax non-local means on tensor cores, for fp16 and bf16 inputs (sm_80+): every product
-// of a tile is a 16x16x16 warp matrix operation with float accumulators; the softmax maths
-// between products is SIMT code on float tiles in shared memory.
+// Softmax non-local means on tensor cores, for fp16 and bf16 inputs and, where tf32 is allowed,
+// fp32 inputs (sm_80+): every product of a tile is a warp matrix operation with float
+// accumulators (16x16x16 on 16-bit values; 16x16x8 on tf32 values, the fp32 inputs rounded to
+// 10-bit mantissas as they are loaded into fragments, their tiles staged as float); the softmax
+// maths between products is SIMT code on float tiles in shared memory.
 //
 // A block has 4 warps and owns kQueries = 64 positions of its own (warp w: rows 16w .. 16w + 15
 // in every step, so a warp's SIMT rows and matrix tiles are the same); the other axis comes in
@@ -77,8 +79,6 @@ static_assert(kLdS % kWarpSize == 4 && kLdO % kWarpSize == 4, "walk_offset assum
 }  // namespace tc
 
 #if FR_HAS_WMMA
-using FragF = wmma::fragment<wmma::accumulator, kWmmaDim, kWmmaDim, kWmmaDim, float>;
-
 // dst[r * kLdS + t] = sum_k own[k, p0 + r] other[k, o0 + t] for the calling warp's 16 rows r and
 // the kKeys columns t, own and other one sample's (width, n) slices (0 outside them), through
 // chunks of kChunk rows staged in Own ([k][position], kLdTheta) and Oth ([k][position], kLdKey),
@@ -88,20 +88,20 @@ __device__ void tile_product(smem_ptr<float> dst, FR_GLOBAL(const scalar_t) own,
                              int64_t width, int64_t n, int64_t p0, int64_t o0, smem_ptr<scalar_t> Own,
                              smem_ptr<scalar_t> Oth) {
   using namespace tc;
-  using E = typename wmma_element<scalar_t>::type;
+  constexpr int kDepth = kWmmaDepth<scalar_t>;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
-  FragF acc[kKeys / kWmmaDim];
+  WmmaAcc<scalar_t> acc[kKeys / kWmmaDim];
   for (auto& f : acc) wmma::fill_fragment(f, 0.f);
   for (int64_t k0 = 0; k0 < width; k0 += kChunk) {
     stage<kQueries>(Own, kLdTheta, own, width, n, k0, kChunk, p0);
     stage<kKeys>(Oth, kLdKey, other, width, n, k0, kChunk, o0);
     __syncthreads();
-    for (int kk = 0; kk < kChunk / kWmmaDim; ++kk) {
-      wmma::fragment<wmma::matrix_a, kWmmaDim, kWmmaDim, kWmmaDim, E, wmma::col_major> fa;
-      wmma::load_matrix_sync(fa, as_wmma(Own + kk * kWmmaDim * kLdTheta + warp * kWmmaDim), kLdTheta);
+    for (int kk = 0; kk < kChunk / kDepth; ++kk) {
+      WmmaA<scalar_t, wmma::col_major> fa;
+      load_operand<scalar_t>(fa, as_wmma(Own + kk * kDepth * kLdTheta + warp * kWmmaDim), kLdTheta);
       for (int t = 0; t < kKeys / kWmmaDim; ++t) {
-        wmma::fragment<wmma::matrix_b, kWmmaDim, kWmmaDim, kWmmaDim, E, wmma::row_major> fb;
-        wmma::load_matrix_sync(fb, as_wmma(Oth + kk * kWmmaDim * kLdKey + t * kWmmaDim), kLdKey);
+        WmmaB<scalar_t, wmma::row_major> fb;
+        load_operand<scalar_t>(fb, as_wmma(Oth + kk * kDepth * kLdKey + t * kWmmaDim), kLdKey);
         wmma::mma_sync(acc[t], fa, fb, acc[t]);
       }
     }
@@ -115,21 +115,21 @@ __device__ void tile_product(smem_ptr<float> dst, FR_GLOBAL(const scalar_t) own,
 // kLdKey), for the kWidth / 16 column blocks f. T is row-major ([row][key], kLdKey), or
 // column-major ([key][row], kLdTheta) when kTransposed.
 template <int kWidth, bool kTransposed, typename scalar_t>
-__device__ __forceinline__ void accumulate_product(FragF (&acc)[kWidth / kWmmaDim], smem_ptr<scalar_t> Ts,
-                                                   smem_ptr<scalar_t> Xs) {
+__device__ __forceinline__ void accumulate_product(WmmaAcc<scalar_t> (&acc)[kWidth / kWmmaDim],
+                                                   smem_ptr<scalar_t> Ts, smem_ptr<scalar_t> Xs) {
   using namespace tc;
-  using E = typename wmma_element<scalar_t>::type;
+  constexpr int kDepth = kWmmaDepth<scalar_t>;
   using Layout = std::conditional_t<kTransposed, wmma::col_major, wmma::row_major>;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
   for (int f = 0; f < kWidth / kWmmaDim; ++f)
-    for (int kk = 0; kk < kKeys / kWmmaDim; ++kk) {
-      wmma::fragment<wmma::matrix_a, kWmmaDim, kWmmaDim, kWmmaDim, E, Layout> ft;
-      wmma::fragment<wmma::matrix_b, kWmmaDim, kWmmaDim, kWmmaDim, E, wmma::col_major> fx;
+    for (int kk = 0; kk < kKeys / kDepth; ++kk) {
+      WmmaA<scalar_t, Layout> ft;
+      WmmaB<scalar_t, wmma::col_major> fx;
       if constexpr (kTransposed)
-        wmma::load_matrix_sync(ft, as_wmma(Ts + kk * kWmmaDim * kLdTheta + warp * kWmmaDim), kLdTheta);
+        load_operand<scalar_t>(ft, as_wmma(Ts + kk * kDepth * kLdTheta + warp * kWmmaDim), kLdTheta);
       else
-        wmma::load_matrix_sync(ft, as_wmma(Ts + warp * kWmmaDim * kLdKey + kk * kWmmaDim), kLdKey);
-      wmma::load_matrix_sync(fx, as_wmma(Xs + f * kWmmaDim * kLdKey + kk * kWmmaDim), kLdKey);
+        load_operand<scalar_t>(ft, as_wmma(Ts + warp * kWmmaDim * kLdKey + kk * kDepth), kLdKey);
+      load_operand<scalar_t>(fx, as_wmma(Xs + f * kWmmaDim * kLdKey + kk * kDepth), kLdKey);
       wmma::mma_sync(acc[f], ft, fx, acc[f]);
     }
 }
@@ -208,7 +208,7 @@ __global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, f
     __syncthreads();  // g staged by the block; P and the rescaled O by the warp
 
     // the output accumulators round-trip through shared memory, where the rows were rescaled
-    FragF o_acc[kOutWidth / kWmmaDim];
+    WmmaAcc<scalar_t> o_acc[kOutWidth / kWmmaDim];
     for (int f = 0; f < kOutWidth / kWmmaDim; ++f)
       wmma::load_matrix_sync(o_acc[f], Os + warp * kWmmaDim * kLdO + f * kWmmaDim, kLdO, wmma::mem_row_major);
     accumulate_product<kOutWidth, false>(o_acc, Ps, Gs);
@@ -326,7 +326,7 @@ __global__ void __launch_bounds__(kThreads) weighted_sum_wmma_kernel(Ptrs<scalar
     __syncthreads();
   }
 
-  FragF o_acc[kGradWidth / kWmmaDim];
+  WmmaAcc<scalar_t> o_acc[kGradWidth / kWmmaDim];
   for (auto& f : o_acc) wmma::fill_fragment(f, 0.f);
   for (int64_t o0 = 0; o0 < n; o0 += kKeys) {
     stage<kKeys>(Xs, kLdKey, x, width, n, w0, kGradWidth, o0);
@@ -362,14 +362,17 @@ __global__ void __launch_bounds__(kThreads) weighted_sum_wmma_kernel(Ptrs<scalar
 #endif
 }
 
-// Up to kOutWidth channels: one pass (online softmax, y and lse). Wider: the logits plane with
-// per-tile row partials, then y (and lse) in slices of kGradWidth channels over it.
+// Up to kOutWidth channels: one pass (online softmax, y and lse). Wider, and fp32 at any width:
+// the logits plane with per-tile row partials, then y (and lse) in slices of kGradWidth
+// channels over it.
 template <typename scalar_t>
 void launch_forward_wmma(const Ptrs<scalar_t, float>& a, const WmmaPlanes<scalar_t>& planes, cudaStream_t stream) {
-  if (a.channels <= kOutWidth) {
-    FR_LAUNCH((forward_wmma_kernel<scalar_t>), tile_grid(a.batch, a.positions, 0, tc::kQueries), dim3(kThreads), 0,
-              stream, a);
-    return;
+  if constexpr (!std::is_same_v<scalar_t, float>) {  // (fp32 takes the planes at any width: use_tensor_cores)
+    if (a.channels <= kOutWidth) {
+      FR_LAUNCH((forward_wmma_kernel<scalar_t>), tile_grid(a.batch, a.positions, 0, tc::kQueries), dim3(kThreads), 0,
+                stream, a);
+      return;
+    }
   }
   for_each_chunk(a.batch, planes, [&](const WmmaPlanes<scalar_t>& pl, int64_t samples) {
     FR_LAUNCH((plane_tile_wmma_kernel<scalar_t, false>), plane_grid(samples, a.positions, tc::kQueries),
@@ -399,25 +402,54 @@ void launch_backward_wmma(const Ptrs<scalar_t, float>& a, const WmmaPlanes<scala
   });
 }
 
+// fp16 / bf16 run on tensor cores wherever the device has them; fp32 only where the caller
+// allows tf32 (the products then round their inputs to 10-bit mantissas). An fp32 forward on
+// tensor cores takes the planes at any width (forward_uses_planes): the one-pass kernel's tiles
+// in float would take 60 KiB of shared memory, over the 48 KiB a block has without opting in,
+// and the SIMT one-pass forward would give an lse of exact fp32 logits, which the backward's
+// tf32 logits would not sum to one against (errors of up to 3x fp16's where it was tried).
 template <typename scalar_t>
-constexpr bool kHasWmmaPath = std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>;
+constexpr bool kHasWmmaPath = std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16> ||
+                              std::is_same_v<scalar_t, float>;
 
-// The forward and the backward for any input type: wmma for fp16 / bf16 when tensor_cores,
-// SIMT otherwise.
+struct TensorCores {
+  bool usable = false;  // the device has them and the compiled code has the kernels' bodies
+  bool tf32 = false;    // fp32 may run as tf32 (torch.backends.cuda.matmul.allow_tf32)
+};
+
 template <typename scalar_t>
-void launch_forward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, bool tensor_cores, const PlaneBuffers& buffers,
-                    cudaStream_t stream) {
+bool use_tensor_cores(const TensorCores& tc) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return tc.usable && tc.tf32;
+  } else {
+    return kHasWmmaPath<scalar_t> && tc.usable;
+  }
+}
+
+// Whether the forward holds the logits plane (forward_planes, nlm_dispatch.h): above kOutWidth
+// channels, and for fp32 on tensor cores.
+template <typename scalar_t>
+bool forward_uses_planes(const TensorCores& tc, int64_t channels) {
+  return channels > kOutWidth || (std::is_same_v<scalar_t, float> && use_tensor_cores<scalar_t>(tc));
+}
+
+// The forward and the backward for any input type: wmma where use_tensor_cores, SIMT otherwise.
+template <typename scalar_t>
+void launch_forward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, const TensorCores& tensor_cores,
+                    const PlaneBuffers& buffers, cudaStream_t stream) {
   if constexpr (kHasWmmaPath<scalar_t>) {
-    if (tensor_cores) return launch_forward_wmma<scalar_t>(a, typed_planes<float, scalar_t>(buffers), stream);
+    if (use_tensor_cores<scalar_t>(tensor_cores))
+      return launch_forward_wmma<scalar_t>(a, typed_planes<float, scalar_t>(buffers), stream);
   }
   launch_forward<scalar_t>(a, buffers, stream);
 }
 
 template <typename scalar_t>
-void launch_backward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, bool tensor_cores, const PlaneBuffers& buffers,
-                     cudaStream_t stream) {
+void launch_backward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, const TensorCores& tensor_cores,
+                     const PlaneBuffers& buffers, cudaStream_t stream) {
   if constexpr (kHasWmmaPath<scalar_t>) {
-    if (tensor_cores) return launch_backward_wmma<scalar_t>(a, typed_planes<float, scalar_t>(buffers), stream);
+    if (use_tensor_cores<scalar_t>(tensor_cores))
+      return launch_backward_wmma<scalar_t>(a, typed_planes<float, scalar_t>(buffers), stream);
   }
   launch_backward<scalar_t>(a, buffers, stream);
 }

@@ -51,7 +51,8 @@ struct CostTotals {
   uint64_t global_load_requests = 0, global_load_sectors = 0, global_load_bytes = 0;
   uint64_t global_store_requests = 0, global_store_sectors = 0, global_store_bytes = 0;
   uint64_t shared_requests = 0, shared_wavefronts = 0, shared_ideal_wavefronts = 0;
-  uint64_t mma_ops = 0;  // m16n16k16 tensor-core operations (per warp)
+  uint64_t mma_ops = 0;  // tensor-core operations (per warp)
+  uint64_t mma_depth = 0;  // their k summed: an m16n16kK operation does 16 x 16 x K multiply-adds
   uint64_t mma_tile_loads = 0;  // wmma A/B tile loads (per warp; their bank conflicts are not modelled)
   uint64_t fma_ops = 0;  // SIMT multiply-adds (per thread, as FR_COUNT_FMA declares them)
   uint64_t blocks_run = 0;
@@ -64,7 +65,7 @@ struct CostTotals {
             {"dram_read_bytes", dram_read_sectors.size() * 32},
             {"dram_write_bytes", dram_write_sectors.size() * 32}, {"shared_requests", shared_requests},
             {"shared_wavefronts", shared_wavefronts}, {"shared_ideal_wavefronts", shared_ideal_wavefronts},
-            {"mma_ops", mma_ops}, {"mma_tile_loads", mma_tile_loads}, {"fma_ops", fma_ops},
+            {"mma_ops", mma_ops}, {"mma_depth", mma_depth}, {"mma_tile_loads", mma_tile_loads}, {"fma_ops", fma_ops},
             {"blocks_run", blocks_run}};
   }
 };
@@ -73,13 +74,14 @@ struct CostModel {
   std::atomic<bool> enabled{false};
   CostTotals totals;
   std::vector<std::vector<MemoryAccess>> global_traces, shared_traces;  // per thread of the block
-  std::atomic<uint64_t> mma_ops{0}, mma_tile_loads{0}, fma_ops{0};
+  std::atomic<uint64_t> mma_ops{0}, mma_depth{0}, mma_tile_loads{0}, fma_ops{0};
 
   void start(unsigned nthreads) {
     totals = CostTotals{};
     global_traces.assign(nthreads, {});
     shared_traces.assign(nthreads, {});
     mma_ops.store(0);
+    mma_depth.store(0);
     mma_tile_loads.store(0);
     fma_ops.store(0);
   }
@@ -122,8 +124,11 @@ inline void note_shared(const void* array, size_t byte_offset, size_t bytes, boo
   shared_trace.push_back({id << 32 | byte_offset, static_cast<uint32_t>(bytes), write, sync_epoch});
 }
 
-inline void note_mma() {
-  if (counting()) cost_model().mma_ops.fetch_add(1, std::memory_order_relaxed);
+// One m16n16kK tensor-core operation by the calling warp.
+inline void note_mma(unsigned k) {
+  if (!counting()) return;
+  cost_model().mma_ops.fetch_add(1, std::memory_order_relaxed);
+  cost_model().mma_depth.fetch_add(k, std::memory_order_relaxed);
 }
 inline void note_mma_tile_load() {
   if (counting()) cost_model().mma_tile_loads.fetch_add(1, std::memory_order_relaxed);
@@ -145,6 +150,7 @@ inline std::map<std::string, uint64_t> cost_stop() {
   CostModel& m = cost_model();
   m.enabled.store(false);
   m.totals.mma_ops = m.mma_ops.load();
+  m.totals.mma_depth = m.mma_depth.load();
   m.totals.mma_tile_loads = m.mma_tile_loads.load();
   m.totals.fma_ops = m.fma_ops.load();
   return m.totals.summary();

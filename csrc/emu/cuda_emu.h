@@ -19,7 +19,7 @@
 //     partial. The mask must be the warp's live lanes. A shuffle whose source lane is outside
 //     the warp (or past the end of a partial warp) returns the caller's own value;
 //   - atomicAdd/atomicMax use std::atomic_ref;
-//   - warp matrix operations (nvcuda::wmma, m16n16k16) are in wmma_emu.h, reached through
+//   - warp matrix operations (nvcuda::wmma, m16n16k16 and tf32 m16n16k8) are in wmma_emu.h, reached through
 //     csrc/common/wmma.cuh;
 //   - launches are serialised by a global mutex, since __shared__ storage is process-wide.
 // What it cannot show: real concurrency between blocks, the memory model, speed.

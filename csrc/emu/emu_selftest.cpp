@@ -120,42 +120,60 @@ at::Tensor selftest_block_order(int64_t blocks) {
   return order;
 }
 
-// One warp: c = A B + 1 for 16 x 16 bf16 tiles read from a and b with the layouts LA, LB,
-// stored row- or column-major; the ldm is 16 (or ld when given, for the alignment checks).
-template <typename LA, typename LB>
-__global__ void wmma_product_kernel(const c10::BFloat16* a, const c10::BFloat16* b, float* c, unsigned ld,
-                                    int c_col_major) {
-  wmma::fragment<wmma::matrix_a, kWmmaDim, kWmmaDim, kWmmaDim, c10::BFloat16, LA> fa;
-  wmma::fragment<wmma::matrix_b, kWmmaDim, kWmmaDim, kWmmaDim, c10::BFloat16, LB> fb;
-  wmma::fragment<wmma::accumulator, kWmmaDim, kWmmaDim, kWmmaDim, float> acc;
-  wmma::load_matrix_sync(fa, a, ld);
-  wmma::load_matrix_sync(fb, b, ld);
+// One warp: c = A B + 1 for A (16 x k) and B (k x 16) read from a and b with the layouts LA,
+// LB, stored row- or column-major; bf16 tiles (k = 16) or float tiles as tf32 (k = 8, each
+// element rounded with __float_to_tf32 unless round_tf32 is false). The ldm is ld.
+template <typename scalar_t, typename LA, typename LB>
+__global__ void wmma_product_kernel(const scalar_t* a, const scalar_t* b, float* c, unsigned ld, int c_col_major,
+                                    int round_tf32) {
+  WmmaA<scalar_t, LA> fa;
+  WmmaB<scalar_t, LB> fb;
+  WmmaAcc<scalar_t> acc;
+  if (round_tf32) {
+    load_operand<scalar_t>(fa, a, ld);
+    load_operand<scalar_t>(fb, b, ld);
+  } else {
+    wmma::load_matrix_sync(fa, a, ld);
+    wmma::load_matrix_sync(fb, b, ld);
+  }
   wmma::fill_fragment(acc, 1.f);
   wmma::mma_sync(acc, fa, fb, acc);
   wmma::store_matrix_sync(c, acc, kWmmaDim, c_col_major ? wmma::mem_col_major : wmma::mem_row_major);
 }
 
-at::Tensor selftest_wmma(const at::Tensor& a, const at::Tensor& b, bool a_col_major, bool b_col_major,
-                         bool c_col_major, int64_t ld) {
-  FR_CHECK(a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16, "a and b must be bfloat16");
-  FR_CHECK(a.numel() >= 16 * ld && b.numel() >= 16 * ld, "a and b need 16 rows of ld elements");
-  at::Tensor c = at::empty({kWmmaDim, kWmmaDim}, a.options().dtype(at::kFloat));
-  const auto* pa = a.const_data_ptr<c10::BFloat16>();
-  const auto* pb = b.const_data_ptr<c10::BFloat16>();
+template <typename scalar_t>
+void launch_wmma_product(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bool a_col_major,
+                         bool b_col_major, bool c_col_major, unsigned ld, bool round_tf32) {
+  const auto* pa = a.const_data_ptr<scalar_t>();
+  const auto* pb = b.const_data_ptr<scalar_t>();
   float* pc = c.mutable_data_ptr<float>();
-  const unsigned l = static_cast<unsigned>(ld);
-  const int cc = c_col_major ? 1 : 0;
+  const int cc = c_col_major ? 1 : 0, rt = round_tf32 ? 1 : 0;
   using R = wmma::row_major;
   using C = wmma::col_major;
   if (a_col_major && b_col_major) {
-    FR_LAUNCH((wmma_product_kernel<C, C>), dim3(1), dim3(kWarpSize), 0, nullptr, pa, pb, pc, l, cc);
+    FR_LAUNCH((wmma_product_kernel<scalar_t, C, C>), dim3(1), dim3(kWarpSize), 0, nullptr, pa, pb, pc, ld, cc, rt);
   } else if (a_col_major) {
-    FR_LAUNCH((wmma_product_kernel<C, R>), dim3(1), dim3(kWarpSize), 0, nullptr, pa, pb, pc, l, cc);
+    FR_LAUNCH((wmma_product_kernel<scalar_t, C, R>), dim3(1), dim3(kWarpSize), 0, nullptr, pa, pb, pc, ld, cc, rt);
   } else if (b_col_major) {
-    FR_LAUNCH((wmma_product_kernel<R, C>), dim3(1), dim3(kWarpSize), 0, nullptr, pa, pb, pc, l, cc);
+    FR_LAUNCH((wmma_product_kernel<scalar_t, R, C>), dim3(1), dim3(kWarpSize), 0, nullptr, pa, pb, pc, ld, cc, rt);
   } else {
-    FR_LAUNCH((wmma_product_kernel<R, R>), dim3(1), dim3(kWarpSize), 0, nullptr, pa, pb, pc, l, cc);
+    FR_LAUNCH((wmma_product_kernel<scalar_t, R, R>), dim3(1), dim3(kWarpSize), 0, nullptr, pa, pb, pc, ld, cc, rt);
   }
+}
+
+at::Tensor selftest_wmma(const at::Tensor& a, const at::Tensor& b, bool a_col_major, bool b_col_major,
+                         bool c_col_major, int64_t ld, bool round_tf32) {
+  FR_CHECK(a.scalar_type() == b.scalar_type() &&
+               (a.scalar_type() == at::kBFloat16 || a.scalar_type() == at::kFloat),
+           "a and b must be both bfloat16 or both float32");
+  FR_CHECK(a.is_contiguous() && b.is_contiguous(), "a and b must be contiguous");
+  FR_CHECK(a.numel() >= 16 * ld && b.numel() >= 16 * ld, "a and b need 16 rows of ld elements");
+  at::Tensor c = at::empty({kWmmaDim, kWmmaDim}, a.options().dtype(at::kFloat));
+  const unsigned l = static_cast<unsigned>(ld);
+  if (a.scalar_type() == at::kFloat)
+    launch_wmma_product<float>(a, b, c, a_col_major, b_col_major, c_col_major, l, round_tf32);
+  else
+    launch_wmma_product<c10::BFloat16>(a, b, c, a_col_major, b_col_major, c_col_major, l, round_tf32);
   return c;
 }
 
@@ -165,8 +183,8 @@ at::Tensor selftest_wmma(const at::Tensor& a, const at::Tensor& b, bool a_col_ma
 TORCH_LIBRARY_FRAGMENT(fastrobust_emu, m) {
   m.def("_selftest_block_sum(Tensor x, int block, int chunk, bool use_shuffles) "
         "-> (Tensor, Tensor, Tensor)");
-  m.def("_selftest_wmma(Tensor a, Tensor b, bool a_col_major, bool b_col_major, bool c_col_major, int ld) "
-        "-> Tensor");
+  m.def("_selftest_wmma(Tensor a, Tensor b, bool a_col_major, bool b_col_major, bool c_col_major, int ld, "
+        "bool round_tf32=True) -> Tensor");
   m.def("_selftest_block_order(int blocks) -> Tensor");
 }
 
