@@ -76,6 +76,12 @@ def nlm_gaussian(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, scale:
     All three share dtype (float32/float16/bfloat16; float64 on CPU) and device; any layout.
     Returns y with g's shape (contiguous), differentiable in all three inputs.
 
+    Precision on CUDA: float16/bfloat16 products run on tensor cores (sm_80+) with float
+    accumulators; float32 stays float32 unless torch allows tf32 in CUDA matrix products
+    (torch.backends.cuda.matmul.fp32_precision = "tf32", or allow_tf32 = True, or
+    torch.set_float32_matmul_precision("high"), read at each call, as for torch.matmul): then
+    its products run on tensor cores as tf32 (10-bit mantissas, float accumulators).
+
     Non-finite values: a NaN in g[b, c, j] reaches y[b, c, :]; in theta[b, :, i], y[b, :, i]; in
     phi[b, :, j], all of y[b] (every query attends to every key); never another sample. An
     infinite logit makes its row NaN, as torch.softmax does. scale must be finite (0 allowed:
