@@ -414,7 +414,7 @@ constexpr bool kHasWmmaPath = std::is_same_v<scalar_t, c10::Half> || std::is_sam
 
 struct TensorCores {
   bool usable = false;  // the device has them and the compiled code has the kernels' bodies
-  bool tf32 = false;    // fp32 may run as tf32 (torch.backends.cuda.matmul.allow_tf32)
+  bool tf32 = false;    // fp32 may run as tf32 (tensor_cores_for, nlm_dispatch.h)
 };
 
 template <typename scalar_t>

@@ -14,11 +14,11 @@
 // check what the hardware leaves undefined: a pointer aligned to 32 bytes, a leading
 // dimension that is a multiple of 16 bytes, and tf32 operands that were converted with
 // __float_to_tf32 (a float with any of its 13 low mantissa bits set is not a tf32 value). A
-// matrix_a / matrix_b load from shared memory is
-// read (and checked for races and unwritten elements) once for the warp, attributed to its
-// lane 0, since which lanes hold which element is unspecified; an accumulator load and store
-// touch each lane's own elements. None of them orders memory between the lanes: a lane's
-// stores before a load, or another lane's reads of a stored tile, still need __syncwarp().
+// matrix_a / matrix_b load from shared memory is read (and checked for races and unwritten
+// elements) once for the warp, attributed to its lane 0, since which lanes hold which element
+// is unspecified; an accumulator load and store touch each lane's own elements. None of them
+// orders memory between the lanes: a lane's stores before a load, or another lane's reads of
+// a stored tile, still need __syncwarp().
 #ifndef FR_CUDA_EMULATION
 #error "wmma_emu.h is for the emulated build"
 #endif
