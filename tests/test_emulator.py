@@ -95,7 +95,7 @@ def test_wmma_tf32_operands_are_rounded_to_nearest_ties_away():
     assert torch.equal(c[:, 3], rounded + 1) and torch.equal(c[:, 0], rounded + 1)
 
 
-def test_wmma_tf32_operands_must_be_converted():
+def test_wmma_rejects_tf32_operands_not_converted():
     """The hardware's tf32 product is undefined on floats not converted to tf32: the emulator
     refuses an operand with any of its 13 low mantissa bits set, and takes tf32 values as they are."""
     a = torch.full((16 * 16,), 1 / 3)
