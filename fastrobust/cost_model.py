@@ -124,9 +124,16 @@ def case_records(case, model_blocks: int) -> List[dict]:
 
     usage_of = kernel_usage()
     records = []
-    # tf32 cases: tensor-core FLOPs at the tf32 peak, SIMT FLOPs at fp32's
     tf32 = case.math == "tf32"
-    peak_dtype = "tf32" if tf32 else case.dtype
+
+    def bound(nbytes: float, mma_flops: float, simt_flops: float, flops: float, least_flops: float = 0) -> float:
+        """The roofline of flops (mma_flops + simt_flops), at least least_flops, at the dtype's
+        peak; tf32 cases: the tensor-core FLOPs (at least least_flops) at the tf32 peak, the SIMT
+        FLOPs at fp32's."""
+        if tf32:
+            return roofline_us(nbytes, max(mma_flops, least_flops), "tf32", simt_flops)
+        return roofline_us(nbytes, max(flops, least_flops), case.dtype)
+
     simt_total = 0.0
     for launch in model(case.fn, EVERY_BLOCK if case.every_block else model_blocks, case.repeats_alike):
         flops = launch.flops
@@ -142,8 +149,7 @@ def case_records(case, model_blocks: int) -> List[dict]:
             "sector_efficiency": launch.sector_efficiency, "bank_conflict_factor": launch.bank_conflict_factor,
             "waves": waves, "grid": launch.grid, "block": launch.block, "blocks_run": launch.counters["blocks_run"],
             "reused": bool(launch.counters.get("reused", 0)),
-            "modeled_us": (roofline_us(launch.dram_bytes, launch.mma_flops, peak_dtype, launch.simt_flops) if tf32
-                           else roofline_us(launch.dram_bytes, flops, case.dtype)),
+            "modeled_us": bound(launch.dram_bytes, launch.mma_flops, launch.simt_flops, flops),
             "baseline_modeled_us": None,
         })
         if case.math:
@@ -156,10 +162,9 @@ def case_records(case, model_blocks: int) -> List[dict]:
         "sector_efficiency": None, "bank_conflict_factor": None, "waves": None,
         # Kernels declare only their products (FR_COUNT_FMA): the op is taken to do at least
         # its minimal FLOPs (on the tensor cores, for tf32).
-        "modeled_us": (roofline_us(total_bytes, max(total_flops - simt_total, case.min_flops), peak_dtype, simt_total)
-                       if tf32 else roofline_us(total_bytes, max(total_flops, case.min_flops), case.dtype)),
+        "modeled_us": bound(total_bytes, total_flops - simt_total, simt_total, total_flops, case.min_flops),
         "baseline": case.baseline,
-        "baseline_modeled_us": (roofline_us(case.baseline_bytes, case.min_flops, peak_dtype)
+        "baseline_modeled_us": (bound(case.baseline_bytes, case.min_flops, 0, case.min_flops)
                                 if case.baseline_bytes is not None else None),
     })
     if case.math:

@@ -119,9 +119,9 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
   if (p.batch > 0 && p.positions > 0) {
     at::Tensor row_dot = at::empty({row_dot_parts(p.channels), p.batch, p.positions}, p.lse.options());
     const TensorCores cores = tensor_cores_for(tensor_cores);
-    // p and ds in the input type on tensor cores (the same as the accumulation type for fp32)
-    const bool half_planes = cores.usable && (theta.scalar_type() == at::kHalf || theta.scalar_type() == at::kBFloat16);
-    const PlaneTensors planes = backward_planes(p, half_planes ? p.theta.scalar_type() : pn::acc_dtype(p.theta));
+    // p and ds in the input type on tensor cores, else in the accumulation type (the two differ
+    // for fp16 / bf16 only, which take the tensor cores wherever they are usable)
+    const PlaneTensors planes = backward_planes(p, cores.usable ? p.theta.scalar_type() : pn::acc_dtype(p.theta));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.theta.scalar_type(), "nlm_gaussian_backward", [&] {
       auto a = pn::ptrs<scalar_t, acc_t<scalar_t>>(p);
       a.lse = p.lse.data_ptr<acc_t<scalar_t>>();
