@@ -139,6 +139,35 @@ def test_cpu_accepts_any_odd_kernel_size():
     check_against_reference(CPU, (2, 3, 11, 10), 9, torch.float32)
 
 
+# Planes of 16 values take their own CPU forward (a plane is one vector, taps are lane
+# permutations): every arrangement of 16, kernels wider than the plane, batches that are not a
+# whole number of the 4 planes it takes at a time, and k = 9 (past its tap limit, block layout).
+VECTOR_PLANE_SHAPES = [(33, 5, 4, 4), (3, 2, 2, 8), (2, 3, 8, 2), (5, 2, 1, 16), (1, 3, 16, 1), (6, 1, 4, 4)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("k", KERNEL_SIZES + [9])
+def test_cpu_planes_of_one_vector(dtype, k):
+    for shape in VECTOR_PLANE_SHAPES:
+        check_against_reference(CPU, shape, k, dtype)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("shape", [(2, 3, 4, 4), (2, 3, 8, 8), (2, 3, 5, 7), (2, 2, 20, 20), (3, 2, 2, 8)])
+def test_non_finite_input_stays_in_its_window(backend, shape):
+    """A NaN or inf pixel spoils exactly the outputs and input gradients the reference spoils:
+    its own k x k window, never another row's end, another plane or another image."""
+    x, w, b = make_sparta_inputs(shape, 3, device=backend.device, seed=7)
+    x = x.clone()
+    x[1, 1, shape[2] - 1, 0] = float("nan")
+    x[0, 2 % shape[1], 0, shape[3] - 1] = float("inf")
+    grad_y = torch.ones_like(x)
+    y, (gx, _, _) = run_forward_backward(backend.op("sparta"), x, w, b, grad_y)
+    y64, (gx64, _, _) = oracle(x, w, b, grad_y)
+    for name, got, want in (("y", y, y64), ("grad x", gx, gx64)):
+        assert torch.equal(torch.isfinite(got).cpu(), torch.isfinite(want)), name
+
+
 @pytest.mark.parametrize("backend", backends())
 def test_gradcheck_float64(backend):
     op = backend.op("sparta")

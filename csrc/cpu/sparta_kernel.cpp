@@ -20,6 +20,8 @@
 // accumulated in vector registers; the per-element maths comes from csrc/kernels/sparta.h,
 // the same functions the CUDA kernels call (with the vectorisable PolyExp).
 //
+// Planes of exactly 16 values skip this layout in the forward (see "Planes of one vector").
+//
 // Work items are (channel, block of images). Per-item sums of the weight/bias gradients
 // are reduced in a fixed order afterwards, and the blocking depends on the shape only, so
 // results do not depend on the thread count.
@@ -32,6 +34,7 @@
 #include <algorithm>
 #include <cstring>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../kernels/sparta.h"
@@ -328,6 +331,72 @@ FR_CPU_MULTIVERSION void backward_item(const scalar_t* grad_y, const scalar_t* x
   store_block(gx, g, c, b0, nb, grad_x);
 }
 
+// ---- Planes of one vector ----------------------------------------------------------------
+// Where a plane is exactly 16 values (4x4 maps, ResNet-18's last stage at 32x32 inputs) and
+// the maths is in float, the forward skips the block layout: a plane is one vector of 16
+// floats, and what a tap reads is a lane permutation of it, with zeros where the tap falls
+// outside the plane. No staging buffer, no zero rows, no masks: the planes go from the tensor
+// to registers and back. In the block layout at 4x4 the staging alone (copies in and out, zero
+// rows, masked copies) took about half of the forward's time; this forward is about 1.7x
+// faster at (32, 512, 4, 4) on one thread.
+constexpr int64_t kVectorPlane = 16;
+constexpr int kMaxVectorPlaneTaps = 7 * 7;  // kernels up to 7x7 (a 4x4 plane sees at most that)
+typedef float PlaneVec __attribute__((vector_size(64)));
+typedef int32_t PlaneIdx __attribute__((vector_size(64)));
+
+// Per tap, the lanes each output lane takes from (plane, zeros): lane (h, w) reads the plane's
+// lane (h + dh, w + dw) where that is inside the plane, else lane 16, the first of the zeros.
+struct PlanePermutes {
+  std::vector<int32_t> lanes;  // kVectorPlane per tap (plain ints: no over-aligned vectors)
+
+  explicit PlanePermutes(const Geometry& g) : lanes(g.taps * kVectorPlane) {
+    for (int t = 0; t < g.taps; ++t) {
+      const int64_t dh = t / g.k - g.r, dw = t % g.k - g.r;
+      for (int64_t l = 0; l < kVectorPlane; ++l) {
+        const int64_t h = l / g.W + dh, w = l % g.W + dw;
+        const bool inside = h >= 0 && h < g.H && w >= 0 && w < g.W;
+        lanes[t * kVectorPlane + l] = int32_t(inside ? h * g.W + w : kVectorPlane);
+      }
+    }
+  }
+};
+
+inline bool vector_planes(const Geometry& g) { return g.n == kVectorPlane; }
+
+// Planes go kChunk / 16 at a time, so that the maths runs over kChunk values like the block
+// layout's (GCC leaves a loop of 16 scalar); planes past the item's end are zeros, not stored.
+template <typename scalar_t>
+FR_CPU_MULTIVERSION void forward_item_vector_planes(const scalar_t* x, const scalar_t* weight,
+                                                    scalar_t bias, scalar_t* y, int64_t c,
+                                                    int64_t b0, int64_t nb,
+                                                    const PlanePermutes& permutes,
+                                                    const Geometry& g) {
+  constexpr int64_t kPlanes = kChunk / kVectorPlane;
+  float w[kMaxVectorPlaneTaps];
+  for (int t = 0; t < g.taps; ++t) w[t] = static_cast<float>(weight[c * g.taps + t]);
+  PlaneIdx idx[kMaxVectorPlaneTaps];
+  for (int t = 0; t < g.taps; ++t)
+    std::memcpy(&idx[t], permutes.lanes.data() + t * kVectorPlane, sizeof(PlaneIdx));
+  const int64_t plane_stride = g.C * kVectorPlane;
+  for (int64_t b = 0; b < nb; b += kPlanes) {
+    const int64_t planes = std::min(kPlanes, nb - b);
+    const int64_t first = ((b0 + b) * g.C + c) * kVectorPlane;
+    alignas(64) float xs[kChunk], zs[kChunk], ys[kChunk];
+    if (planes < kPlanes) std::fill(xs + planes * kVectorPlane, xs + kChunk, 0.0f);
+    for (int64_t p = 0; p < planes; ++p)
+      cpu::convert(x + first + p * plane_stride, xs + p * kVectorPlane, kVectorPlane);
+    for (int64_t p = 0; p < kPlanes; ++p) {
+      PlaneVec xv, z = PlaneVec{} + static_cast<float>(bias);
+      std::memcpy(&xv, xs + p * kVectorPlane, sizeof(xv));
+      for (int t = 0; t < g.taps; ++t) z += w[t] * __builtin_shuffle(xv, PlaneVec{}, idx[t]);
+      std::memcpy(zs + p * kVectorPlane, &z, sizeof(z));
+    }
+    for (int64_t l = 0; l < kChunk; ++l) ys[l] = sparta::forward<float, Exp>(xs[l], zs[l]);
+    for (int64_t p = 0; p < planes; ++p)
+      cpu::convert(ys + p * kVectorPlane, y + first + p * plane_stride, kVectorPlane);
+  }
+}
+
 // Runs f(c, b0, nb, item) over all (channel, image block) items in parallel.
 template <typename F>
 void for_each_item(const Geometry& g, F&& f) {
@@ -348,11 +417,20 @@ at::Tensor sparta_cpu(const at::Tensor& x_, const at::Tensor& weight_, const at:
   const Geometry g(x, weight);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparta_cpu", [&] {
     using acc = typename cpu_acc<scalar_t>::type;
-    const Masks<acc> masks(g);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* wp = weight.const_data_ptr<scalar_t>();
     const scalar_t* bp = bias.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    if constexpr (std::is_same_v<acc, float>) {
+      if (vector_planes(g) && g.taps <= kMaxVectorPlaneTaps) {
+        const PlanePermutes permutes(g);
+        for_each_item(g, [&](int64_t c, int64_t b0, int64_t nb, int64_t) {
+          forward_item_vector_planes<scalar_t>(xp, wp, bp[c], yp, c, b0, nb, permutes, g);
+        });
+        return;
+      }
+    }
+    const Masks<acc> masks(g);
     for_each_item(g, [&](int64_t c, int64_t b0, int64_t nb, int64_t) {
       thread_local Scratch<acc> scratch;
       forward_item<scalar_t>(xp, wp, bp[c], yp, c, b0, nb, masks, g, scratch);
