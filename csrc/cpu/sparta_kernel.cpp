@@ -332,6 +332,15 @@ FR_CPU_MULTIVERSION void backward_item(const scalar_t* grad_y, const scalar_t* x
 }
 
 // ---- Planes of one vector ----------------------------------------------------------------
+// GCC only: a lane permutation chosen at run time is GCC's __builtin_shuffle (Clang's takes
+// constant indices); other compilers run these planes in the block layout.
+#if defined(__GNUC__) && !defined(__clang__)
+#define FR_SPARTA_VECTOR_PLANES 1
+#else
+#define FR_SPARTA_VECTOR_PLANES 0
+#endif
+
+#if FR_SPARTA_VECTOR_PLANES
 // Where a plane is exactly 16 values (4x4 maps, ResNet-18's last stage at 32x32 inputs) and
 // the maths is in float, the forward skips the block layout: a plane is one vector of 16
 // floats, and what a tap reads is a lane permutation of it, with zeros where the tap falls
@@ -397,6 +406,8 @@ FR_CPU_MULTIVERSION void forward_item_vector_planes(const scalar_t* x, const sca
   }
 }
 
+#endif  // FR_SPARTA_VECTOR_PLANES
+
 // Runs f(c, b0, nb, item) over all (channel, image block) items in parallel.
 template <typename F>
 void for_each_item(const Geometry& g, F&& f) {
@@ -421,6 +432,7 @@ at::Tensor sparta_cpu(const at::Tensor& x_, const at::Tensor& weight_, const at:
     const scalar_t* wp = weight.const_data_ptr<scalar_t>();
     const scalar_t* bp = bias.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+#if FR_SPARTA_VECTOR_PLANES
     if constexpr (std::is_same_v<acc, float>) {
       if (vector_planes(g) && g.taps <= kMaxVectorPlaneTaps) {
         const PlanePermutes permutes(g);
@@ -430,6 +442,7 @@ at::Tensor sparta_cpu(const at::Tensor& x_, const at::Tensor& weight_, const at:
         return;
       }
     }
+#endif
     const Masks<acc> masks(g);
     for_each_item(g, [&](int64_t c, int64_t b0, int64_t nb, int64_t) {
       thread_local Scratch<acc> scratch;
