@@ -139,21 +139,27 @@ def test_cpu_accepts_any_odd_kernel_size():
     check_against_reference(CPU, (2, 3, 11, 10), 9, torch.float32)
 
 
-# Planes of 16 values take their own CPU forward (a plane is one vector, taps are lane
-# permutations): every arrangement of 16, kernels wider than the plane, batches that are not a
-# whole number of the 4 planes it takes at a time, and k = 9 (past its tap limit, block layout).
-VECTOR_PLANE_SHAPES = [(33, 5, 4, 4), (3, 2, 2, 8), (2, 3, 8, 2), (5, 2, 1, 16), (1, 3, 16, 1), (6, 1, 4, 4)]
+# Planes that are whole 16-float vectors (up to 4 of them, W dividing 16) take their own CPU
+# passes (taps are lane permutations of one or two vectors): every arrangement of 16 values, of
+# 32, 48 and 64 (rows read across vector boundaries, taps whose pair of vectors is all padding),
+# kernels wider than the plane, batches that are not a whole number of the planes taken at a
+# time, and k = 9 (past the tap limit, block layout).
+VECTOR_PLANE_SHAPES = [
+    (33, 5, 4, 4), (3, 2, 2, 8), (2, 3, 8, 2), (5, 2, 1, 16), (1, 3, 16, 1), (6, 1, 4, 4),
+    (5, 3, 8, 8), (3, 2, 4, 8), (3, 2, 8, 4), (3, 2, 2, 16), (2, 2, 6, 8), (2, 2, 3, 16),
+    (2, 1, 16, 4), (2, 1, 32, 2), (1, 2, 64, 1), (2, 2, 4, 16),
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("k", KERNEL_SIZES + [9])
-def test_cpu_planes_of_one_vector(dtype, k):
+def test_cpu_planes_in_vectors(dtype, k):
     for shape in VECTOR_PLANE_SHAPES:
         check_against_reference(CPU, shape, k, dtype)
 
 
 @pytest.mark.parametrize("backend", backends())
-@pytest.mark.parametrize("shape", [(2, 3, 4, 4), (2, 3, 8, 8), (2, 3, 5, 7), (2, 2, 20, 20), (3, 2, 2, 8)])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 4), (2, 3, 8, 8), (2, 3, 5, 7), (2, 2, 20, 20), (3, 2, 2, 8), (2, 2, 6, 8), (2, 2, 2, 16), (2, 2, 16, 4)])
 def test_non_finite_input_stays_in_its_window(backend, shape):
     """A NaN or inf pixel spoils exactly the outputs and input gradients the reference spoils:
     its own k x k window, never another row's end, another plane or another image."""

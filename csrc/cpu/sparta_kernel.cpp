@@ -20,7 +20,7 @@
 // accumulated in vector registers; the per-element maths comes from csrc/kernels/sparta.h,
 // the same functions the CUDA kernels call (with the vectorisable PolyExp).
 //
-// Planes of exactly 16 values skip this layout (see "Planes of one vector").
+// Planes of up to 64 values that are whole vectors skip this layout (sparta_vector_planes.h).
 //
 // Work items are (channel, block of images). Per-item sums of the weight/bias gradients
 // are reduced in a fixed order afterwards, and the blocking depends on the shape only, so
@@ -39,6 +39,7 @@
 
 #include "../kernels/sparta.h"
 #include "../ops/sparta.h"
+#include "sparta_vector_planes.h"
 #include "vectorize.h"
 
 namespace fastrobust {
@@ -331,176 +332,6 @@ FR_CPU_MULTIVERSION void backward_item(const scalar_t* grad_y, const scalar_t* x
   store_block(gx, g, c, b0, nb, grad_x);
 }
 
-// ---- Planes of one vector ----------------------------------------------------------------
-// GCC only: a lane permutation chosen at run time is GCC's __builtin_shuffle (Clang's takes
-// constant indices); other compilers run these planes in the block layout.
-#if defined(__GNUC__) && !defined(__clang__)
-#define FR_SPARTA_VECTOR_PLANES 1
-#else
-#define FR_SPARTA_VECTOR_PLANES 0
-#endif
-
-#if FR_SPARTA_VECTOR_PLANES
-// Where a plane is exactly 16 values (4x4 maps, ResNet-18's last stage at 32x32 inputs) and
-// the maths is in float, both passes skip the block layout: a plane is one vector of 16
-// floats, and what a tap reads is a lane permutation of it, with zeros where the tap falls
-// outside the plane. No staging buffer, no zero rows, no masks: the planes go from the tensor
-// to registers and back; the transposed conv permutes dL/dz the other way. In the block layout
-// at 4x4 the staging alone (copies in and out, zero rows, masked copies) took about half of
-// the forward's time. At (32, 512, 4, 4) on one thread this forward is about 1.7x faster than
-// the block layout's, this backward about 1.65x.
-constexpr int64_t kVectorPlane = 16;
-constexpr int kMaxVectorPlaneTaps = 7 * 7;  // kernels up to 7x7 (a 4x4 plane sees at most that)
-typedef float PlaneVec __attribute__((vector_size(64)));
-typedef int32_t PlaneIdx __attribute__((vector_size(64)));
-
-// Per tap, the lanes each output lane takes from (plane, zeros): lane (h, w) reads the plane's
-// lane (h + dh, w + dw) where that is inside the plane, else lane 16, the first of the zeros.
-// `transposed` is the same for the transposed conv: input lane (h, w) takes dL/dz of the
-// output lane (h - dh, w - dw), the output that read it through the tap.
-struct PlanePermutes {
-  // kVectorPlane per tap (plain ints: no over-aligned vectors in a std::vector)
-  std::vector<int32_t> lanes, transposed;
-
-  explicit PlanePermutes(const Geometry& g)
-      : lanes(g.taps * kVectorPlane), transposed(g.taps * kVectorPlane) {
-    auto lane_at = [&](int64_t h, int64_t w) {
-      const bool inside = h >= 0 && h < g.H && w >= 0 && w < g.W;
-      return int32_t(inside ? h * g.W + w : kVectorPlane);
-    };
-    for (int t = 0; t < g.taps; ++t) {
-      const int64_t dh = t / g.k - g.r, dw = t % g.k - g.r;
-      for (int64_t l = 0; l < kVectorPlane; ++l) {
-        const int64_t h = l / g.W, w = l % g.W;
-        lanes[t * kVectorPlane + l] = lane_at(h + dh, w + dw);
-        transposed[t * kVectorPlane + l] = lane_at(h - dh, w - dw);
-      }
-    }
-  }
-};
-
-// A channel's taps as floats and its permutations as vectors, for one work item.
-struct PlaneTaps {
-  float w[kMaxVectorPlaneTaps];
-  PlaneIdx lanes[kMaxVectorPlaneTaps], transposed[kMaxVectorPlaneTaps];
-
-  template <typename scalar_t>
-  PlaneTaps(const scalar_t* weight, const PlanePermutes& permutes, const Geometry& g) {
-    for (int t = 0; t < g.taps; ++t) {
-      w[t] = static_cast<float>(weight[t]);
-      std::memcpy(&lanes[t], permutes.lanes.data() + t * kVectorPlane, sizeof(PlaneIdx));
-      std::memcpy(&transposed[t], permutes.transposed.data() + t * kVectorPlane, sizeof(PlaneIdx));
-    }
-  }
-};
-
-// z of kChunk / 16 planes: bias + sum over taps of w[t] * (plane permuted by the tap).
-inline void vector_planes_conv(const float* xs, const PlaneTaps& taps, int n_taps, float bias,
-                               float* zs) {
-  for (int64_t p = 0; p < kChunk / kVectorPlane; ++p) {
-    PlaneVec xv, z = PlaneVec{} + bias;
-    std::memcpy(&xv, xs + p * kVectorPlane, sizeof(xv));
-    for (int t = 0; t < n_taps; ++t)
-      z += taps.w[t] * __builtin_shuffle(xv, PlaneVec{}, taps.lanes[t]);
-    std::memcpy(zs + p * kVectorPlane, &z, sizeof(z));
-  }
-}
-
-// Reads `planes` planes of channel c from images b, b + 1, ... into kChunk floats (zeros past
-// the last plane), or writes them back.
-template <typename scalar_t>
-inline void load_planes(const scalar_t* src, const Geometry& g, int64_t c, int64_t b,
-                        int64_t planes, float* dst) {
-  if (planes < kChunk / kVectorPlane) std::fill(dst + planes * kVectorPlane, dst + kChunk, 0.0f);
-  for (int64_t p = 0; p < planes; ++p)
-    cpu::convert(src + ((b + p) * g.C + c) * kVectorPlane, dst + p * kVectorPlane, kVectorPlane);
-}
-
-template <typename scalar_t>
-inline void store_planes(const float* src, const Geometry& g, int64_t c, int64_t b,
-                         int64_t planes, scalar_t* dst) {
-  for (int64_t p = 0; p < planes; ++p)
-    cpu::convert(src + p * kVectorPlane, dst + ((b + p) * g.C + c) * kVectorPlane, kVectorPlane);
-}
-
-// Whether an op call runs in planes of one vector: 16-value planes, float maths (double keeps
-// the block layout), kernels up to kMaxVectorPlaneTaps taps.
-inline bool vector_planes(const Geometry& g, bool float_maths) {
-  return float_maths && g.n == kVectorPlane && g.taps <= kMaxVectorPlaneTaps;
-}
-
-// Planes go kChunk / 16 at a time, so that the maths runs over kChunk values like the block
-// layout's (GCC leaves a loop of 16 scalar); planes past the item's end are zeros, not stored.
-template <typename scalar_t>
-FR_CPU_MULTIVERSION void forward_item_vector_planes(const scalar_t* x, const scalar_t* weight,
-                                                    scalar_t bias, scalar_t* y, int64_t c,
-                                                    int64_t b0, int64_t nb,
-                                                    const PlanePermutes& permutes,
-                                                    const Geometry& g) {
-  constexpr int64_t kPlanes = kChunk / kVectorPlane;
-  const PlaneTaps taps(weight + c * g.taps, permutes, g);
-  for (int64_t b = 0; b < nb; b += kPlanes) {
-    const int64_t planes = std::min(kPlanes, nb - b);
-    alignas(64) float xs[kChunk], zs[kChunk], ys[kChunk];
-    load_planes(x, g, c, b0 + b, planes, xs);
-    vector_planes_conv(xs, taps, g.taps, static_cast<float>(bias), zs);
-    for (int64_t l = 0; l < kChunk; ++l) ys[l] = sparta::forward<float, Exp>(xs[l], zs[l]);
-    store_planes(ys, g, c, b0 + b, planes, y);
-  }
-}
-
-// The backward of one item in planes of one vector: dL/dx, and the item's sums of dL/dw (taps)
-// and dL/db (last) into `partial`, each kept in 16 lanes over the item's planes and added up
-// lane by lane at the end (a fixed order: results do not depend on the thread count).
-// (sum_t is float wherever it runs; the dispatch instantiates it for double's sums too.)
-template <typename scalar_t, typename sum_t>
-FR_CPU_MULTIVERSION void backward_item_vector_planes(const scalar_t* grad_y, const scalar_t* x,
-                                                     const scalar_t* weight, scalar_t bias,
-                                                     scalar_t* grad_x, sum_t* partial, int64_t c,
-                                                     int64_t b0, int64_t nb,
-                                                     const PlanePermutes& permutes,
-                                                     const Geometry& g) {
-  constexpr int64_t kPlanes = kChunk / kVectorPlane;
-  const PlaneTaps taps(weight + c * g.taps, permutes, g);
-  PlaneVec tap_sums[kMaxVectorPlaneTaps], bias_sum{};
-  for (int t = 0; t < g.taps; ++t) tap_sums[t] = PlaneVec{};
-  for (int64_t b = 0; b < nb; b += kPlanes) {
-    const int64_t planes = std::min(kPlanes, nb - b);
-    alignas(64) float xs[kChunk], gys[kChunk], zs[kChunk], gzs[kChunk], gxs[kChunk];
-    load_planes(x, g, c, b0 + b, planes, xs);
-    load_planes(grad_y, g, c, b0 + b, planes, gys);
-    vector_planes_conv(xs, taps, g.taps, static_cast<float>(bias), zs);
-    for (int64_t l = 0; l < kChunk; ++l) {
-      const auto d = sparta::backward<float, Exp>(xs[l], zs[l], gys[l]);
-      gxs[l] = d.dx;
-      gzs[l] = d.dz;
-    }
-    // Only the item's planes count (a zero plane's dL/dz is not 0 where the bias is NaN).
-    for (int64_t p = 0; p < planes; ++p) {
-      PlaneVec xv, gz, gx;
-      std::memcpy(&xv, xs + p * kVectorPlane, sizeof(xv));
-      std::memcpy(&gz, gzs + p * kVectorPlane, sizeof(gz));
-      std::memcpy(&gx, gxs + p * kVectorPlane, sizeof(gx));
-      bias_sum += gz;
-      for (int t = 0; t < g.taps; ++t) {
-        tap_sums[t] += gz * __builtin_shuffle(xv, PlaneVec{}, taps.lanes[t]);
-        gx += taps.w[t] * __builtin_shuffle(gz, PlaneVec{}, taps.transposed[t]);
-      }
-      std::memcpy(gxs + p * kVectorPlane, &gx, sizeof(gx));
-    }
-    store_planes(gxs, g, c, b0 + b, planes, grad_x);
-  }
-  auto total = [](const PlaneVec& v) {
-    float s = 0.0f;
-    for (int64_t l = 0; l < kVectorPlane; ++l) s += v[l];
-    return s;
-  };
-  for (int t = 0; t < g.taps; ++t) partial[t] = static_cast<sum_t>(total(tap_sums[t]));
-  partial[g.taps] = static_cast<sum_t>(total(bias_sum));
-}
-
-#endif  // FR_SPARTA_VECTOR_PLANES
-
 // Runs f(c, b0, nb, item) over all (channel, image block) items in parallel.
 template <typename F>
 void for_each_item(const Geometry& g, F&& f) {
@@ -526,10 +357,13 @@ at::Tensor sparta_cpu(const at::Tensor& x_, const at::Tensor& weight_, const at:
     const scalar_t* bp = bias.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
 #if FR_SPARTA_VECTOR_PLANES
-    if (vector_planes(g, std::is_same_v<acc, float>)) {
-      const PlanePermutes permutes(g);
-      for_each_item(g, [&](int64_t c, int64_t b0, int64_t nb, int64_t) {
-        forward_item_vector_planes<scalar_t>(xp, wp, bp[c], yp, c, b0, nb, permutes, g);
+    namespace vp = sparta_vector_planes;
+    if (vp::Layout::supported(g.H, g.W, g.k, std::is_same_v<acc, float>)) {
+      const vp::Layout layout(g.B, g.C, g.H, g.W, g.k);
+      vp::with_vectors(layout, [&](auto vectors) {
+        for_each_item(g, [&](int64_t c, int64_t b0, int64_t nb, int64_t) {
+          vp::forward_item<scalar_t, decltype(vectors)::value>(xp, wp, bp[c], yp, c, b0, nb, layout);
+        });
       });
       return;
     }
@@ -565,12 +399,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparta_backward_cpu(const at::Ten
     std::vector<acc> partial(g.C * g.blocks() * (g.taps + 1), acc(0));
     bool done = x.numel() == 0;
 #if FR_SPARTA_VECTOR_PLANES
-    if (!done && vector_planes(g, std::is_same_v<acc, float>)) {
-      const PlanePermutes permutes(g);
-      for_each_item(g, [&](int64_t c, int64_t b0, int64_t nb, int64_t item) {
-        backward_item_vector_planes<scalar_t>(gyp, xp, wp, bp[c], gxp,
-                                              partial.data() + item * (g.taps + 1), c, b0, nb,
-                                              permutes, g);
+    namespace vp = sparta_vector_planes;
+    if (!done && vp::Layout::supported(g.H, g.W, g.k, std::is_same_v<acc, float>)) {
+      const vp::Layout layout(g.B, g.C, g.H, g.W, g.k);
+      vp::with_vectors(layout, [&](auto vectors) {
+        for_each_item(g, [&](int64_t c, int64_t b0, int64_t nb, int64_t item) {
+          vp::backward_item<scalar_t, acc, decltype(vectors)::value>(gyp, xp, wp, bp[c], gxp,
+                                                      partial.data() + item * (g.taps + 1), c,
+                                                      b0, nb, layout);
+        });
       });
       done = true;
     }
