@@ -210,6 +210,18 @@ constexpr int64_t planes_per_chunk() {
   return std::max(1, kChunkValues / (M * kLanes));
 }
 
+// z = bias + the conv, for the kPlanes planes of a chunk.
+template <int M, int64_t kPlanes>
+inline void conv_planes(const float* xs, const Layout& L, const float* w, float bias, float* zs) {
+  for (int64_t p = 0; p < kPlanes; ++p) {
+    const PaddedPlane<M> plane(xs + p * M * kLanes);
+    Vec z[M];
+    for (int j = 0; j < M; ++j) z[j] = Vec{} + bias;
+    conv_plane<M>(plane, L.forward, L.taps, w, z);
+    std::memcpy(zs + p * M * kLanes, z, sizeof(z));
+  }
+}
+
 // One forward work item: channel c, images b0 .. b0 + nb - 1. Planes past the item's end are
 // zeros, not stored.
 template <typename scalar_t, int M>
@@ -223,13 +235,7 @@ FR_CPU_MULTIVERSION void forward_item(const scalar_t* x, const scalar_t* weight,
     const int64_t planes = std::min(kPlanes, nb - b);
     alignas(64) float xs[kValues], zs[kValues], ys[kValues];
     load_planes<M>(x, L, c, b0 + b, planes, kPlanes, xs);
-    for (int64_t p = 0; p < kPlanes; ++p) {
-      const PaddedPlane<M> plane(xs + p * M * kLanes);
-      Vec z[M];
-      for (int j = 0; j < M; ++j) z[j] = Vec{} + static_cast<float>(bias);
-      conv_plane<M>(plane, L.forward, L.taps, w, z);
-      std::memcpy(zs + p * M * kLanes, z, sizeof(z));
-    }
+    conv_planes<M, kPlanes>(xs, L, w, static_cast<float>(bias), zs);
     for (int64_t l = 0; l < kValues; ++l) ys[l] = sparta::forward<float, Exp>(xs[l], zs[l]);
     store_planes<M>(ys, L, c, b0 + b, planes, y);
   }
@@ -254,13 +260,7 @@ FR_CPU_MULTIVERSION void backward_item(const scalar_t* grad_y, const scalar_t* x
     alignas(64) float xs[kValues], gys[kValues], zs[kValues], gzs[kValues], gxs[kValues];
     load_planes<M>(x, L, c, b0 + b, planes, kPlanes, xs);
     load_planes<M>(grad_y, L, c, b0 + b, planes, kPlanes, gys);
-    for (int64_t p = 0; p < kPlanes; ++p) {
-      const PaddedPlane<M> plane(xs + p * M * kLanes);
-      Vec z[M];
-      for (int j = 0; j < M; ++j) z[j] = Vec{} + static_cast<float>(bias);
-      conv_plane<M>(plane, L.forward, L.taps, w, z);
-      std::memcpy(zs + p * M * kLanes, z, sizeof(z));
-    }
+    conv_planes<M, kPlanes>(xs, L, w, static_cast<float>(bias), zs);
     for (int64_t l = 0; l < kValues; ++l) {
       const auto d = sparta::backward<float, Exp>(xs[l], zs[l], gys[l]);
       gxs[l] = d.dx;
