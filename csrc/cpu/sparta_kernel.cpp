@@ -344,6 +344,24 @@ void for_each_item(const Geometry& g, F&& f) {
   });
 }
 
+#if FR_SPARTA_VECTOR_PLANES
+// Where the planes go in vectors (sparta_vector_planes.h): runs f(vectors, layout, c, b0, nb,
+// item) over all items, with the plane's vector count as a compile-time constant, and returns
+// true; elsewhere returns false and runs nothing.
+template <typename acc, typename F>
+bool for_each_item_in_vectors(const Geometry& g, F&& f) {
+  namespace vp = sparta_vector_planes;
+  if (!vp::Layout::supported(g.H, g.W, g.k, std::is_same_v<acc, float>)) return false;
+  const vp::Layout layout(g.B, g.C, g.H, g.W, g.k);
+  vp::with_vectors(layout, [&](auto vectors) {
+    for_each_item(g, [&](int64_t c, int64_t b0, int64_t nb, int64_t item) {
+      f(vectors, layout, c, b0, nb, item);
+    });
+  });
+  return true;
+}
+#endif
+
 at::Tensor sparta_cpu(const at::Tensor& x_, const at::Tensor& weight_, const at::Tensor& bias_) {
   check_sparta_args(x_, weight_, bias_);
   const at::Tensor x = x_.contiguous(), weight = weight_.contiguous(), bias = bias_.contiguous();
@@ -357,16 +375,12 @@ at::Tensor sparta_cpu(const at::Tensor& x_, const at::Tensor& weight_, const at:
     const scalar_t* bp = bias.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
 #if FR_SPARTA_VECTOR_PLANES
-    namespace vp = sparta_vector_planes;
-    if (vp::Layout::supported(g.H, g.W, g.k, std::is_same_v<acc, float>)) {
-      const vp::Layout layout(g.B, g.C, g.H, g.W, g.k);
-      vp::with_vectors(layout, [&](auto vectors) {
-        for_each_item(g, [&](int64_t c, int64_t b0, int64_t nb, int64_t) {
-          vp::forward_item<scalar_t, decltype(vectors)::value>(xp, wp, bp[c], yp, c, b0, nb, layout);
+    const bool in_vectors = for_each_item_in_vectors<acc>(
+        g, [&](auto vectors, const auto& layout, int64_t c, int64_t b0, int64_t nb, int64_t) {
+          sparta_vector_planes::forward_item<scalar_t, decltype(vectors)::value>(xp, wp, bp[c], yp, c,
+                                                                              b0, nb, layout);
         });
-      });
-      return;
-    }
+    if (in_vectors) return;
 #endif
     const Masks<acc> masks(g);
     for_each_item(g, [&](int64_t c, int64_t b0, int64_t nb, int64_t) {
@@ -399,18 +413,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparta_backward_cpu(const at::Ten
     std::vector<acc> partial(g.C * g.blocks() * (g.taps + 1), acc(0));
     bool done = x.numel() == 0;
 #if FR_SPARTA_VECTOR_PLANES
-    namespace vp = sparta_vector_planes;
-    if (!done && vp::Layout::supported(g.H, g.W, g.k, std::is_same_v<acc, float>)) {
-      const vp::Layout layout(g.B, g.C, g.H, g.W, g.k);
-      vp::with_vectors(layout, [&](auto vectors) {
-        for_each_item(g, [&](int64_t c, int64_t b0, int64_t nb, int64_t item) {
-          vp::backward_item<scalar_t, acc, decltype(vectors)::value>(gyp, xp, wp, bp[c], gxp,
-                                                      partial.data() + item * (g.taps + 1), c,
-                                                      b0, nb, layout);
-        });
-      });
-      done = true;
-    }
+    if (!done)
+      done = for_each_item_in_vectors<acc>(
+          g, [&](auto vectors, const auto& layout, int64_t c, int64_t b0, int64_t nb, int64_t item) {
+            sparta_vector_planes::backward_item<scalar_t, acc, decltype(vectors)::value>(
+                gyp, xp, wp, bp[c], gxp, partial.data() + item * (g.taps + 1), c, b0, nb, layout);
+          });
 #endif
     if (!done) {
       const Masks<acc> masks(g);

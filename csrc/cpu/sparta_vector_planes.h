@@ -72,7 +72,7 @@ struct Shift {
 // (tap (dh, dw)), `transposed` for the transposed conv (tap (-dh, -dw)).
 struct Layout {
   int64_t B, C;
-  int k, taps, vectors;
+  int taps, vectors;
   std::vector<Shift> forward, transposed;
 
   // Whether planes of H x W run here: whole vectors, at most kMaxVectors, rows within a vector,
@@ -83,8 +83,8 @@ struct Layout {
            kLanes % W == 0 && k * k <= kMaxTaps;
   }
 
-  Layout(int64_t B_, int64_t C_, int64_t H, int64_t W, int k_)
-      : B(B_), C(C_), k(k_), taps(k_ * k_), vectors(static_cast<int>(H * W / kLanes)),
+  Layout(int64_t B_, int64_t C_, int64_t H, int64_t W, int k)
+      : B(B_), C(C_), taps(k * k), vectors(static_cast<int>(H * W / kLanes)),
         forward(taps), transposed(taps) {
     const int r = k / 2;
     for (int t = 0; t < taps; ++t) {
@@ -105,7 +105,6 @@ struct Layout {
     const bool first_zero = s.step + vectors - 1 < 0 || s.step >= vectors;
     const bool second_zero = s.step + 1 >= vectors || s.step + vectors < 0;
     const int32_t zero_lane = first_zero ? 0 : second_zero ? kLanes : -1;
-    s.masked = false;
     for (int l = 0; l < kLanes; ++l) {
       const int w = static_cast<int>(l % W);
       const bool inside = w + dw >= 0 && w + dw < W;
