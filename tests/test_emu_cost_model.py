@@ -283,7 +283,7 @@ def test_repeated_chunk_launches_cost_what_their_first_did(monkeypatch, dtype):
     monkeypatch.setenv("FASTROBUST_NLM_PLANE_BYTES", str(2 * 64 * 64 * 4))
     emu = torch.ops.fastrobust_emu
     gen = torch.Generator().manual_seed(0)
-    b, d, c, hw = 5, 32, 128, 8  # per-sample strides of whole sectors
+    b, d, c, hw = 5, 32, 320, 8  # per-sample strides of whole sectors; bf16 too wide for the one-pass forward
     th, ph = (torch.randn(b, d, hw, hw, generator=gen).to(dtype) for _ in range(2))
     g = torch.randn(b, c, hw, hw, generator=gen).to(dtype)
     y, lse = emu.nlm_gaussian(th, ph, g, 1.0)
@@ -310,8 +310,9 @@ def test_a_tensor_core_operation_counts_its_depth(dtype, depth):
 
 def test_tf32_nlm_kernels_count_the_products_of_their_padded_tiles():
     """fp32 on tensor cores (tf32) does the bf16 kernels' padded-tile products
-    (nlm_dispatch.kernel_flops) in m16n16k8 steps; its forward takes the logits plane at any width,
-    so up to 64 channels it multiplies a 128-column slice where the bf16 one-pass forward has 64."""
+    (nlm_dispatch.kernel_flops) in m16n16k8 steps; its forward takes the logits plane at any width
+    (kernel_flops of 4-byte elements), so it multiplies whole 128-column slices where the bf16
+    one-pass forward multiplies the 8-column tiles that hold C."""
     from fastrobust.kernel_cases import with_tf32
     from fastrobust.ops import nlm_dispatch
 
@@ -333,5 +334,4 @@ def test_tf32_nlm_kernels_count_the_products_of_their_padded_tiles():
         assert backward == nlm_dispatch.kernel_flops(b, d, c, n, backward=True), c
         plane = 2 * b * _round_up(n, 64) * _round_up(n, 32)
         assert forward == plane * (_round_up(d, 32) + 128), c
-        if c > 64:
-            assert forward == nlm_dispatch.kernel_flops(b, d, c, n, backward=False)
+        assert forward == nlm_dispatch.kernel_flops(b, d, c, n, backward=False, element=4), c

@@ -114,3 +114,26 @@ def test_wmma_rejects_what_the_hardware_leaves_undefined():
     padded = torch.ones(16 * 20).bfloat16()
     with pytest.raises(RuntimeError, match="ldm 4 is not a multiple of 16 bytes"):
         torch.ops.fastrobust_emu._selftest_wmma(padded, padded, False, False, False, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_mma_m16n8k16_follows_the_ptx_register_layout(dtype):
+    """mma.sync m16n8k16: the test kernel loads each lane's registers of A (16 x 16), B (16 x 8)
+    and C (16 x 8) as the PTX ISA lays them out and stores D the same way; D = A B + C exactly
+    (small integers and halves: every product and sum is exact in float)."""
+    gen = torch.Generator().manual_seed(1)
+    a = (torch.randint(-8, 9, (16, 16), generator=gen) / 2).to(dtype)
+    b = (torch.randint(-8, 9, (16, 8), generator=gen) / 2).to(dtype)
+    c = torch.randint(-20, 21, (16, 8), generator=gen).float()
+    d = torch.ops.fastrobust_emu._selftest_mma(a, b, c)
+    torch.testing.assert_close(d, a.float() @ b.float() + c, rtol=0, atol=0)
+
+
+def test_mma_m16n8k16_is_counted_as_half_a_16x16x16_product():
+    from fastrobust import cost_model
+
+    a = torch.ones(16, 16, dtype=torch.bfloat16)
+    b = torch.ones(16, 8, dtype=torch.bfloat16)
+    c = torch.zeros(16, 8)
+    (launch,) = cost_model.model(lambda: torch.ops.fastrobust_emu._selftest_mma(a, b, c))
+    assert launch.counters["mma_ops"] == 1 and launch.mma_flops == 2 * 16 * 8 * 16

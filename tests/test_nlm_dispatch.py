@@ -33,7 +33,7 @@ def test_kernel_flops_equal_the_emulators_count_of_the_tensor_core_launches():
     row_dot is a SIMT kernel, whose C multiply-adds per row are not part of this count)."""
     counted = {}
     for r in model_records():
-        if r["op"] == "nlm_gaussian" and r["dtype"] == "bfloat16" and "wmma" in r["kernel"]:
+        if r["op"] == "nlm_gaussian" and r["dtype"] == "bfloat16" and "mma" in r["kernel"]:  # wmma and mma.sync
             counted[r["case"]] = counted.get(r["case"], 0.0) + r["flops"]
     assert len(counted) == 8  # four shapes, forward and backward
     for case, flops in counted.items():
@@ -49,7 +49,7 @@ def test_kernel_bytes_equal_the_emulators_count_where_it_ran_whole_rows_of_block
     for r in model_records():
         if r["op"] == "nlm_gaussian" and r["dtype"] == "bfloat16" and r["kernel"] != "(op)":
             counted[r["case"]] = counted.get(r["case"], 0.0) + r["bytes"]
-            if "wmma" in r["kernel"]:
+            if "mma" in r["kernel"]:
                 whole[r["case"]] = whole.get(r["case"], True) and r["grid"][0] <= r["blocks_run"]
     compared = [case for case in counted if whole[case]]
     assert len(compared) == 6

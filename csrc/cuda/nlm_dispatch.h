@@ -12,7 +12,7 @@
 
 #include "../ops/nlm.h"
 #include "nlm_kernels.cuh"
-#include "nlm_wmma_kernels.cuh"
+#include "nlm_mma_forward.cuh"
 
 namespace fastrobust {
 namespace FR_KERNEL_NS {

@@ -11,7 +11,7 @@
 namespace fastrobust {
 namespace {
 
-// The wmma kernels run where the device has bf16 tensor cores and their compiled code has a
+// The tensor-core kernels (wmma and mma.sync) run where the device has bf16 tensor cores and their compiled code has a
 // body (tensor_core_kernels_usable); decided once per device.
 bool has_tensor_cores() {
   constexpr int kMaxDevices = 64;
@@ -19,7 +19,7 @@ bool has_tensor_cores() {
   const int device = c10::cuda::current_device();
   if (device < kMaxDevices && decided[device].load() != 0) return decided[device].load() == 2;
   cudaFuncAttributes attr{};
-  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, cuda::nlm::forward_wmma_kernel<c10::BFloat16>));
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, (cuda::nlm::forward_mma_kernel<c10::BFloat16, 64>)));
   const bool usable = nlm::tensor_core_kernels_usable(at::cuda::getCurrentDeviceProperties()->major,
                                                       attr.binaryVersion, attr.ptxVersion);
   if (device < kMaxDevices) decided[device].store(usable ? 2 : 1);

@@ -9,18 +9,10 @@
 // in every step, so a warp's SIMT rows and matrix tiles are the same); the other axis comes in
 // tiles of kKeys = 32.
 //
-// Forward, up to kOutWidth = 64 channels: one pass (own positions are queries). Per key tile:
-//   1. S (64 x 32) accumulates over the width d in chunks of 32, theta and phi staged in
-//      shared memory as 16-bit values (zero outside the sample, so any d, N);
-//   2. each row's two lanes (16 keys each) update the row's max m and sum l, write
-//      P = exp(scale S - m) as 16-bit values and rescale the row's output accumulator by
-//      exp(m_old - m); the accumulators live in shared memory (float), since which lane holds
-//      which entry of a wmma fragment is unspecified;
-//   3. O (64 x kOutWidth) += P (64 x 32) g^T (32 x kOutWidth).
-// P is rounded to the input type before the product, as FlashAttention does; l sums the
-// float values.
+// The one-pass forward of fp16 / bf16 inputs (up to 256 channels) is in nlm_mma_forward.cuh,
+// on mma.sync with its accumulators in registers; it uses this file's tiles and staging.
 //
-// Wider forwards and the backward compute each logit (and each dp = dy . g) once: a plane
+// Wider forwards (and fp32 ones) and the backward compute each logit (and each dp = dy . g) once: a plane
 // kernel writes a tile of the (query, key) plane per block to global memory (the forward's
 // float logits with per-tile row maxima and sums; the backward's p and ds in the input type),
 // and weighted-sum kernels form the outputs as matrix products over those planes, kGradWidth
@@ -50,7 +42,6 @@ constexpr int kQueries = 64;                     // queries per block (16 per wa
 constexpr int kKeys = 32;                        // keys per tile
 constexpr int kChunk = 2 * kWmmaDim;             // rows of the reduction staged per barrier pair
 constexpr int kWarps = kQueries / kWmmaDim;
-constexpr int kHalfKeys = kKeys / 2;             // keys per lane in the softmax step
 // Leading dimensions of the shared tiles: a multiple of 16 bytes (wmma), padded off a
 // multiple of 128 bytes against bank conflicts.
 constexpr int kLdTheta = kQueries + 8;           // theta chunk, col-major A: [k][query]
@@ -66,15 +57,6 @@ static_assert(kQueries == kWarps * kWmmaDim && kKeys % kWmmaDim == 0 && kOutWidt
 static_assert(kWarpSize == 2 * kWmmaDim, "two lanes per softmax row");
 static_assert(kKeys == kTile, "the row partials of both paths cover tiles of kTile keys (combined_lse)");
 
-// The softmax steps give each query row two lanes: lanes 2k and 2k + 1 of warp w hold row
-// 16w + k, each walking 16 keys (or half the output columns). The float tiles' row pitches
-// (kLdS, kLdO) are 4 modulo 32, as wmma wants multiples of 4, so rows k and k + 8 and the two
-// halves of a row meet in one bank when every lane reads the same column: each lane starts its
-// walk at its own offset instead (0-3; the walk wraps around its half), which spreads the 32
-// lanes over the 32 banks, and the 16-bit tiles written in the same walk (kLdKey) stay
-// conflict-free as well.
-FR_HOST_DEVICE int walk_offset(int row, int half) { return ((row >> 3) & 1) + 2 * half; }
-static_assert(kLdS % kWarpSize == 4 && kLdO % kWarpSize == 4, "walk_offset assumes pitches of 4 modulo 32");
 
 }  // namespace tc
 
@@ -152,81 +134,6 @@ __device__ __forceinline__ void store_tile_output(FR_GLOBAL(scalar_t) out, smem_
     if (w0 + c < width && p0 + r < n)
       out[(w0 + c) * n + p0 + r] = static_cast<scalar_t>(Fs[r * kLdO + c] * (row_inv ? row_inv[r] : 1.f));
   }
-}
-
-// Up to kOutWidth channels: y and lse in one pass over the keys (online softmax).
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) forward_wmma_kernel(Ptrs<scalar_t, float> a) {
-#if FR_HAS_WMMA
-  using namespace tc;
-  FR_SHARED_ALIGNED(32, scalar_t, Ths, kChunk * kLdTheta);
-  FR_SHARED_ALIGNED(32, scalar_t, Phs, kChunk * kLdKey);
-  FR_SHARED_ALIGNED(32, scalar_t, Ps, kQueries * kLdKey);
-  FR_SHARED_ALIGNED(32, scalar_t, Gs, kOutWidth * kLdKey);
-  FR_SHARED_ALIGNED(32, float, Ss, kQueries * kLdS);
-  FR_SHARED_ALIGNED(32, float, Os, kQueries * kLdO);
-  FR_SHARED(float, row_inv, kQueries);
-
-  const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
-  const int row = warp * kWmmaDim + lane / 2, half = lane % 2;  // this lane's softmax row and keys
-  const int rot = walk_offset(row, half);
-  const int64_t b = blockIdx.z, q0 = int64_t(blockIdx.x) * kQueries;
-  const int64_t n = a.positions;
-  FR_GLOBAL(const scalar_t) theta = a.theta + b * a.dim * n;
-  FR_GLOBAL(const scalar_t) phi = a.phi + b * a.dim * n;
-  FR_GLOBAL(const scalar_t) g = a.g + b * a.channels * n;
-  for (int e = threadIdx.x; e < kQueries * kLdO; e += blockDim.x) Os[e] = 0.f;
-  // The zeroing above is spread over the block, the rescaling below is per warp: a barrier
-  // between them (the products' barriers do not run when d = 0).
-  __syncthreads();
-  float m = mn::neg_inf<float>(), l = 0.f;
-
-  for (int64_t k0 = 0; k0 < n; k0 += kKeys) {
-    stage<kKeys>(Gs, kLdKey, g, a.channels, n, 0, kOutWidth, k0);
-    tile_product(Ss, theta, phi, a.dim, n, q0, k0, Ths, Phs);
-    __syncwarp();
-
-    // Online softmax of the row over this tile: the lane's 16 keys, then its partner's.
-    float s[kHalfKeys];
-    float tile_max = mn::neg_inf<float>();
-    for (int u = 0; u < kHalfKeys; ++u) {
-      const int j = half * kHalfKeys + (u + rot) % kHalfKeys;
-      s[u] = k0 + j < n ? a.scale * Ss[row * kLdS + j] : mn::neg_inf<float>();
-      tile_max = mn::RowMax{}(tile_max, s[u]);
-    }
-    const float m_new = mn::RowMax{}(m, mn::RowMax{}(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1)));
-    const float alpha = mn::rescale(m, m_new);
-    float sum = 0.f;
-    for (int u = 0; u < kHalfKeys; ++u) {
-      const float p = mn::shifted_weight(s[u], m_new);
-      sum += p;
-      Ps[row * kLdKey + half * kHalfKeys + (u + rot) % kHalfKeys] = static_cast<scalar_t>(p);
-    }
-    l = l * alpha + sum + __shfl_xor_sync(0xffffffffu, sum, 1);
-    m = m_new;
-    for (int v = 0; v < kOutWidth / 2; ++v) Os[row * kLdO + half * (kOutWidth / 2) + (v + rot) % (kOutWidth / 2)] *= alpha;
-    __syncthreads();  // g staged by the block; P and the rescaled O by the warp
-
-    // the output accumulators round-trip through shared memory, where the rows were rescaled
-    WmmaAcc<scalar_t> o_acc[kOutWidth / kWmmaDim];
-    for (int f = 0; f < kOutWidth / kWmmaDim; ++f)
-      wmma::load_matrix_sync(o_acc[f], Os + warp * kWmmaDim * kLdO + f * kWmmaDim, kLdO, wmma::mem_row_major);
-    accumulate_product<kOutWidth, false>(o_acc, Ps, Gs);
-    for (int f = 0; f < kOutWidth / kWmmaDim; ++f)
-      wmma::store_matrix_sync(Os + warp * kWmmaDim * kLdO + f * kWmmaDim, o_acc[f], kLdO, wmma::mem_row_major);
-    __syncthreads();  // before the next tile restages g, theta, phi and rescales O
-  }
-
-  const int64_t i = q0 + row;
-  if (half == 0) {
-    row_inv[row] = 1.f / l;
-    if (i < n) a.lse[b * n + i] = mn::row_lse(m, l);
-  }
-  __syncthreads();
-  store_tile_output<scalar_t>(a.out + b * a.channels * n, Os, row_inv, a.channels, n, 0, q0);
-#else
-  __trap();  // compiled for a GPU without bf16 tensor cores: the host never launches it there
-#endif
 }
 
 // The tensor-core kernels' planes (Planes, csrc/cuda/nlm_kernels.cuh): float logits and partials,
@@ -362,18 +269,12 @@ __global__ void __launch_bounds__(kThreads) weighted_sum_wmma_kernel(Ptrs<scalar
 #endif
 }
 
-// Up to kOutWidth channels: one pass (online softmax, y and lse). Wider, and fp32 at any width:
-// the logits plane with per-tile row partials, then y (and lse) in slices of kGradWidth
-// channels over it.
+// The forward over the logits plane with per-tile row partials, then y (and lse) in slices of
+// kGradWidth channels over it (fp32 at any width, 16-bit inputs wider than the one-pass forward,
+// nlm_mma_forward.cuh).
 template <typename scalar_t>
-void launch_forward_wmma(const Ptrs<scalar_t, float>& a, const WmmaPlanes<scalar_t>& planes, cudaStream_t stream) {
-  if constexpr (!std::is_same_v<scalar_t, float>) {  // (fp32 takes the planes at any width: use_tensor_cores)
-    if (a.channels <= kOutWidth) {
-      FR_LAUNCH((forward_wmma_kernel<scalar_t>), tile_grid(a.batch, a.positions, 0, tc::kQueries), dim3(kThreads), 0,
-                stream, a);
-      return;
-    }
-  }
+void launch_forward_planes_wmma(const Ptrs<scalar_t, float>& a, const WmmaPlanes<scalar_t>& planes,
+                                cudaStream_t stream) {
   for_each_chunk(a.batch, planes, [&](const WmmaPlanes<scalar_t>& pl, int64_t samples) {
     FR_LAUNCH((plane_tile_wmma_kernel<scalar_t, false>), plane_grid(samples, a.positions, tc::kQueries),
               dim3(kThreads), 0, stream, a, pl);
@@ -400,58 +301,6 @@ void launch_backward_wmma(const Ptrs<scalar_t, float>& a, const WmmaPlanes<scala
       FR_LAUNCH((weighted_sum_wmma_kernel<scalar_t, Grad::kTheta>), grid, dim3(kThreads), 0, stream, a, pl);
     }
   });
-}
-
-// fp16 / bf16 run on tensor cores wherever the device has them; fp32 only where the caller
-// allows tf32 (the products then round their inputs to 10-bit mantissas). An fp32 forward on
-// tensor cores takes the planes at any width (forward_uses_planes): the one-pass kernel's tiles
-// in float would take 60 KiB of shared memory, over the 48 KiB a block has without opting in,
-// and the SIMT one-pass forward would give an lse of exact fp32 logits, which the backward's
-// tf32 logits would not sum to one against (errors of up to 3x fp16's where it was tried).
-template <typename scalar_t>
-constexpr bool kHasWmmaPath = std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16> ||
-                              std::is_same_v<scalar_t, float>;
-
-struct TensorCores {
-  bool usable = false;  // the device has them and the compiled code has the kernels' bodies
-  bool tf32 = false;    // fp32 may run as tf32 (tensor_cores_for, nlm_dispatch.h)
-};
-
-template <typename scalar_t>
-bool use_tensor_cores(const TensorCores& tc) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    return tc.usable && tc.tf32;
-  } else {
-    return kHasWmmaPath<scalar_t> && tc.usable;
-  }
-}
-
-// Whether the forward holds the logits plane (forward_planes, nlm_dispatch.h): above kOutWidth
-// channels, and for fp32 on tensor cores.
-template <typename scalar_t>
-bool forward_uses_planes(const TensorCores& tc, int64_t channels) {
-  return channels > kOutWidth || (std::is_same_v<scalar_t, float> && use_tensor_cores<scalar_t>(tc));
-}
-
-// The forward and the backward for any input type: wmma where use_tensor_cores, SIMT otherwise.
-template <typename scalar_t>
-void launch_forward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, const TensorCores& tensor_cores,
-                    const PlaneBuffers& buffers, cudaStream_t stream) {
-  if constexpr (kHasWmmaPath<scalar_t>) {
-    if (use_tensor_cores<scalar_t>(tensor_cores))
-      return launch_forward_wmma<scalar_t>(a, typed_planes<float, scalar_t>(buffers), stream);
-  }
-  launch_forward<scalar_t>(a, buffers, stream);
-}
-
-template <typename scalar_t>
-void launch_backward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, const TensorCores& tensor_cores,
-                     const PlaneBuffers& buffers, cudaStream_t stream) {
-  if constexpr (kHasWmmaPath<scalar_t>) {
-    if (use_tensor_cores<scalar_t>(tensor_cores))
-      return launch_backward_wmma<scalar_t>(a, typed_planes<float, scalar_t>(buffers), stream);
-  }
-  launch_backward<scalar_t>(a, buffers, stream);
 }
 
 }  // namespace nlm

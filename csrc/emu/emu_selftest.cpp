@@ -12,6 +12,7 @@
 
 #include "../common/checks.h"
 #include "../common/cuda_utils.cuh"
+#include "../common/mma.cuh"
 #include "../common/wmma.cuh"
 
 namespace fastrobust {
@@ -177,6 +178,45 @@ at::Tensor selftest_wmma(const at::Tensor& a, const at::Tensor& b, bool a_col_ma
   return c;
 }
 
+// One warp: d = A B + c for A (16 x 16), B (16 x 8) and c (16 x 8), all row-major, through
+// mma_m16n8k16: each lane loads and stores its registers as the PTX ISA lays them out
+// (g = lane / 4, t = lane % 4; csrc/emu/mma_emu.h), so a product that matches A B + c shows
+// that the emulated instruction follows that layout.
+template <typename scalar_t>
+__global__ void mma_product_kernel(const scalar_t* a, const scalar_t* b, const float* c, float* d) {
+  const int lane = static_cast<int>(threadIdx.x), g = lane / 4, t = lane % 4;
+  const auto A = [&](int r, int k) { return a[r * 16 + k]; };
+  const auto B = [&](int k, int col) { return b[k * 8 + col]; };
+  const uint32_t ra[4] = {pack_pair(A(g, 2 * t), A(g, 2 * t + 1)), pack_pair(A(g + 8, 2 * t), A(g + 8, 2 * t + 1)),
+                          pack_pair(A(g, 2 * t + 8), A(g, 2 * t + 9)),
+                          pack_pair(A(g + 8, 2 * t + 8), A(g + 8, 2 * t + 9))};
+  const uint32_t rb[2] = {pack_pair(B(2 * t, g), B(2 * t + 1, g)), pack_pair(B(2 * t + 8, g), B(2 * t + 9, g))};
+  float acc[4] = {c[g * 8 + 2 * t], c[g * 8 + 2 * t + 1], c[(g + 8) * 8 + 2 * t], c[(g + 8) * 8 + 2 * t + 1]};
+  mma_m16n8k16<scalar_t>(acc, ra, rb);
+  d[g * 8 + 2 * t] = acc[0];
+  d[g * 8 + 2 * t + 1] = acc[1];
+  d[(g + 8) * 8 + 2 * t] = acc[2];
+  d[(g + 8) * 8 + 2 * t + 1] = acc[3];
+}
+
+at::Tensor selftest_mma(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
+  FR_CHECK(a.scalar_type() == b.scalar_type() && (a.scalar_type() == at::kBFloat16 || a.scalar_type() == at::kHalf),
+           "a and b must be both bfloat16 or both float16");
+  FR_CHECK(c.scalar_type() == at::kFloat, "c must be float32");
+  FR_CHECK(a.is_contiguous() && b.is_contiguous() && c.is_contiguous(), "a, b and c must be contiguous");
+  FR_CHECK(a.numel() == 16 * 16 && b.numel() == 16 * 8 && c.numel() == 16 * 8,
+           "a must have 16 x 16 elements, b and c 16 x 8");
+  at::Tensor d = at::empty({16, 8}, c.options());
+  if (a.scalar_type() == at::kHalf)
+    FR_LAUNCH(mma_product_kernel<c10::Half>, dim3(1), dim3(kWarpSize), 0, nullptr, a.const_data_ptr<c10::Half>(),
+              b.const_data_ptr<c10::Half>(), c.const_data_ptr<float>(), d.mutable_data_ptr<float>());
+  else
+    FR_LAUNCH(mma_product_kernel<c10::BFloat16>, dim3(1), dim3(kWarpSize), 0, nullptr,
+              a.const_data_ptr<c10::BFloat16>(), b.const_data_ptr<c10::BFloat16>(), c.const_data_ptr<float>(),
+              d.mutable_data_ptr<float>());
+  return d;
+}
+
 }  // namespace
 }  // namespace emu
 
@@ -185,12 +225,14 @@ TORCH_LIBRARY_FRAGMENT(fastrobust_emu, m) {
         "-> (Tensor, Tensor, Tensor)");
   m.def("_selftest_wmma(Tensor a, Tensor b, bool a_col_major, bool b_col_major, bool c_col_major, int ld, "
         "bool round_tf32=True) -> Tensor");
+  m.def("_selftest_mma(Tensor a, Tensor b, Tensor c) -> Tensor");
   m.def("_selftest_block_order(int blocks) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastrobust_emu, CPU, m) {
   m.impl("_selftest_block_sum", &emu::selftest_block_sum);
   m.impl("_selftest_wmma", &emu::selftest_wmma);
+  m.impl("_selftest_mma", &emu::selftest_mma);
 }
 
 TORCH_LIBRARY_IMPL(fastrobust_emu, CatchAll, m) {

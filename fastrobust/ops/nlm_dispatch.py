@@ -70,10 +70,11 @@ MEASURED_EFFICIENCY = {
     ("materialize", "32", "forward"): 0.541, ("materialize", "32", "backward"): 0.466,
 }
 
-# The tensor-core kernels' tiles (csrc/cuda/nlm_wmma_kernels.cuh): a block owns 64 positions and
-# walks the others 32 at a time; reductions run in chunks of 32 rows; the one-pass forward
-# writes 64 output columns, the weighted-sum kernels 128.
-OWN_TILE, OTHER_TILE, CHUNK, ONE_PASS_WIDTH, SLICE_WIDTH = 64, 32, 32, 64, 128
+# The tensor-core kernels' tiles (csrc/cuda/nlm_wmma_kernels.cuh, nlm_mma_forward.cuh): a block
+# owns 64 positions and walks the others 32 at a time; reductions run in chunks of 32 rows; the
+# one-pass forward of 16-bit inputs takes up to 256 channels in tiles of 8 columns, the
+# weighted-sum kernels 128 columns a block.
+OWN_TILE, OTHER_TILE, CHUNK, ONE_PASS_WIDTH, ONE_PASS_TILE, SLICE_WIDTH = 64, 32, 32, 256, 8, 128
 # The backward's D_i = dy_i . y_i comes in partial sums over groups of channels (row_dot_kernel,
 # csrc/cuda/nlm_kernels.cuh): C / 64 groups, 1 to 16.
 ROW_DOT_CHANNELS_PER_GROUP, ROW_DOT_MAX_GROUPS = 64, 16
@@ -92,9 +93,16 @@ def check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
 
 
-def kernel_flops(b: int, d: int, c: int, n: int, backward: bool) -> int:
+def one_pass(c: int, element: int) -> bool:
+    """Whether the tensor-core forward is one pass: 16-bit inputs (element = 2) up to
+    ONE_PASS_WIDTH channels; fp32 (tf32) takes the logits plane at any width."""
+    return element == 2 and c <= ONE_PASS_WIDTH
+
+
+def kernel_flops(b: int, d: int, c: int, n: int, backward: bool, element: int = 2) -> int:
     """FLOPs (2 per multiply-add) of our tensor-core kernels' launches for one forward, or one
-    backward: every tile product counted whole (padded to the tiles above)."""
+    backward, of inputs of `element` bytes: every tile product counted whole (padded to the
+    tiles above)."""
     own, other = _round_up(n, OWN_TILE), _round_up(n, OTHER_TILE)
     dp, cp = _round_up(d, CHUNK), _round_up(c, CHUNK)
     plane = 2 * b * own * other  # one multiply-add per (own, other) pair and reduction row
@@ -103,8 +111,8 @@ def kernel_flops(b: int, d: int, c: int, n: int, backward: bool) -> int:
         return math.ceil(width / SLICE_WIDTH) * SLICE_WIDTH
 
     if not backward:
-        if c <= ONE_PASS_WIDTH:  # one pass: S, then P g^T for 64 columns
-            return plane * (dp + ONE_PASS_WIDTH)
+        if one_pass(c, element):  # one pass: S, then P g^T for the 8-column tiles that hold C
+            return plane * (dp + _round_up(c, ONE_PASS_TILE))
         return plane * (dp + sliced(c))  # the logits plane, then y over it
     # the p and ds planes (S and dP = dy . g once each), then dg, dphi and dtheta over them
     return plane * (dp + cp + (sliced(c) if c > 0 else 0) + (2 * sliced(d) if d > 0 else 0))
@@ -130,7 +138,7 @@ def kernel_bytes(b: int, d: int, c: int, n: int, backward: bool, element: int) -
     logits and their row partials are float32, p and ds in the input type; the float32 lse
     and row scalars count where the emulator counts them."""
     tp, values, key_half, lse = 2 * b * d * n * element, b * c * n * element, b * d * n * element, 4 * b * n
-    if not backward and c <= ONE_PASS_WIDTH:
+    if not backward and one_pass(c, element):
         return tp + values + values + lse  # theta, phi, g; y, lse
     key_tiles = math.ceil(n / OTHER_TILE)
 
@@ -208,7 +216,8 @@ def pass_roofline_us(path: str, dtype: torch.dtype, b: int, d: int, c: int, n: i
     microseconds: a bound that assumes the path runs at peak."""
     flops, nbytes = WORK_MODELS[path]
     name, element = torch_dtype_name(dtype), torch.empty((), dtype=dtype).element_size()
-    return roofline_us(nbytes(b, d, c, n, backward, element), flops(b, d, c, n, backward), name)
+    work = flops(b, d, c, n, backward, element) if path == "kernel" else flops(b, d, c, n, backward)
+    return roofline_us(nbytes(b, d, c, n, backward, element), work, name)
 
 
 def modeled_us(path: str, dtype: torch.dtype, b: int, d: int, c: int, n: int, backward: bool) -> float:

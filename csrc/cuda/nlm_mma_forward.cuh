@@ -1,0 +1,257 @@
+#pragma once
+// The one-pass softmax non-local-means forward of fp16 / bf16 inputs on tensor cores, for up to
+// kOnePassWidth = 256 channels, FlashAttention-2's forward: y and lse in one walk over the keys,
+// every product an mma.sync m16n8k16 (csrc/common/mma.cuh) whose accumulators stay in registers.
+//
+// A block has 4 warps and owns kQueries = 64 queries (warp w: rows 16w .. 16w + 15); the keys
+// come in tiles of kKeys = 32. Lane (g = lane / 4, t = lane % 4) of a warp holds rows g and g + 8
+// of the warp's 16 and, of each 8-column tile, columns 2t and 2t + 1. Per key tile:
+//   1. S (16 x 32 per warp, 4 tiles of 16 x 8) accumulates over the width d in chunks of 32,
+//      theta and phi staged in shared memory as they are in global memory ([k][position]);
+//   2. each row's max m and sum l are updated from its 8 entries in each of 4 lanes (two
+//      shuffles), the row's output accumulators rescaled by exp(m_old - m), and
+//      P = exp(scale S - m) rounded to the input type: the accumulator layout of two adjacent
+//      8-key tiles is the A operand layout of a 16-key product, so P never leaves registers;
+//   3. O (16 x kWidth per warp) += P (16 x 32) g^T (32 x kWidth), g staged [channel][key]; only
+//      the 8-column tiles that hold channels run.
+// P is rounded to the input type before the product, as FlashAttention does; l sums the float
+// values. At the end each warp writes O / l, rounded, into the g tile's storage as
+// [channel][query] (half the width at a time) and the block writes y from it along positions.
+//
+// Shared reads: the A operand of S reads theta rows 2t and 2t + 1 (kLdTheta = 72 elements, 36
+// words apart, so 4 t in 4 groups of 8 banks, the 8 g in 4 words), B reads phi (kLdKey = 40:
+// 20 words) and g (pairs of keys, one 32-bit word, 20 words a channel): no bank conflicts.
+#include <type_traits>
+
+#include "../common/mma.cuh"
+#include "nlm_wmma_kernels.cuh"
+
+namespace fastrobust {
+namespace FR_KERNEL_NS {
+namespace nlm {
+
+namespace tc {
+constexpr int kOnePassWidth = 256;  // the widest C of the one-pass forward (O: 128 floats a lane)
+constexpr int kColTile = 8;          // columns of an m16n8 accumulator
+static_assert(kLdTheta * 2 % 128 == 16 && kLdKey * 2 % 128 == 80, "the pitches the bank analysis above assumes");
+}  // namespace tc
+
+#if FR_HAS_WMMA
+// acc[j] += (the warp's 16 rows of A) times the 16 x 8 tile j of B, over 16 rows k0 .. k0 + 15 of
+// the reduction: A col-major in shared memory ([k][row], ld_a, the warp's rows from row0), B
+// row-major ([k][column], ld_b).
+template <int kTiles, typename scalar_t>
+__device__ __forceinline__ void accumulate_k16(float (&acc)[kTiles][4], smem_ptr<scalar_t> As, int ld_a, int row0,
+                                               smem_ptr<scalar_t> Bs, int ld_b, int k0) {
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize, g = lane / 4, t = lane % 4;
+  const auto a_at = [&](int k, int r) { return static_cast<scalar_t>(As[(k0 + k) * ld_a + row0 + r]); };
+  const uint32_t a[4] = {pack_pair(a_at(2 * t, g), a_at(2 * t + 1, g)),
+                         pack_pair(a_at(2 * t, g + 8), a_at(2 * t + 1, g + 8)),
+                         pack_pair(a_at(2 * t + 8, g), a_at(2 * t + 9, g)),
+                         pack_pair(a_at(2 * t + 8, g + 8), a_at(2 * t + 9, g + 8))};
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+    const auto b_at = [&](int k) { return static_cast<scalar_t>(Bs[(k0 + k) * ld_b + j * tc::kColTile + g]); };
+    const uint32_t b[2] = {pack_pair(b_at(2 * t), b_at(2 * t + 1)), pack_pair(b_at(2 * t + 8), b_at(2 * t + 9))};
+    mma_m16n8k16<scalar_t>(acc[j], a, b);
+  }
+}
+#endif
+
+// y and lse of kQueries queries of one sample for C <= kWidth channels (64, 128 or 256).
+template <typename scalar_t, int kWidth>
+__global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, float> a) {
+#if FR_HAS_WMMA
+  using namespace tc;
+  constexpr int kKeyTiles = kKeys / kColTile, kOutTiles = kWidth / kColTile, kHalf = kWidth / 2;
+  static_assert(kKeys % kWmmaDim == 0 && kChunk % kWmmaDim == 0 && kWidth % (2 * kColTile) == 0, "tile shape");
+  static_assert(kHalf * kLdTheta <= kWidth * kLdKey, "half of y fits in the g tile's storage");
+  FR_SHARED_ALIGNED(16, scalar_t, Ths, kChunk * kLdTheta);  // theta [k][query]
+  FR_SHARED_ALIGNED(16, scalar_t, Phs, kChunk * kLdKey);    // phi [k][key]
+  FR_SHARED_ALIGNED(16, scalar_t, Gs, kWidth * kLdKey);     // g [channel][key]; at the end y [channel][query]
+
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int g = lane / 4, t = lane % 4, row0 = warp * kWmmaDim;
+  const int64_t b = blockIdx.z, q0 = int64_t(blockIdx.x) * kQueries, n = a.positions;
+  FR_GLOBAL(const scalar_t) theta = a.theta + b * a.dim * n;
+  FR_GLOBAL(const scalar_t) phi = a.phi + b * a.dim * n;
+  FR_GLOBAL(const scalar_t) values = a.g + b * a.channels * n;
+  // the 8-column tiles of O that hold channels (the same for every thread)
+  const int out_tiles = static_cast<int>(ceil_div<int64_t>(a.channels, kColTile));
+
+  float o[kOutTiles][4] = {};
+  float m[2] = {mn::neg_inf<float>(), mn::neg_inf<float>()}, l[2] = {0.f, 0.f};  // rows g, g + 8
+  for (int64_t k0 = 0; k0 < n; k0 += kKeys) {
+    stage<kKeys>(Gs, kLdKey, values, a.channels, n, 0, out_tiles * kColTile, k0);
+    float s[kKeyTiles][4] = {};
+    for (int64_t d0 = 0; d0 < a.dim; d0 += kChunk) {
+      stage<kQueries>(Ths, kLdTheta, theta, a.dim, n, d0, kChunk, q0);
+      stage<kKeys>(Phs, kLdKey, phi, a.dim, n, d0, kChunk, k0);
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < kChunk; kk += kWmmaDim) accumulate_k16<kKeyTiles>(s, Ths, kLdTheta, row0, Phs, kLdKey, kk);
+      __syncthreads();  // before the next chunk is staged
+    }
+    if (a.dim == 0) __syncthreads();  // g staged (the chunks' barriers order it otherwise)
+
+    // Online softmax of rows g (h = 0) and g + 8 (h = 1) over this tile: 8 keys a lane.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float tile_max = mn::neg_inf<float>();
+#pragma unroll
+      for (int j = 0; j < kKeyTiles; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t key = k0 + j * kColTile + 2 * t + e;
+          float& x = s[j][2 * h + e];
+          x = key < n ? a.scale * x : mn::neg_inf<float>();
+          tile_max = mn::RowMax{}(tile_max, x);
+        }
+      tile_max = mn::RowMax{}(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+      tile_max = mn::RowMax{}(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+      const float m_new = mn::RowMax{}(m[h], tile_max);
+      const float alpha = mn::rescale(m[h], m_new);
+      float sum = 0.f;
+#pragma unroll
+      for (int j = 0; j < kKeyTiles; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[j][2 * h + e];
+          x = mn::shifted_weight(x, m_new);
+          sum += x;
+        }
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      l[h] = l[h] * alpha + sum;
+      m[h] = m_new;
+#pragma unroll
+      for (int f = 0; f < kOutTiles; ++f) {
+        o[f][2 * h] *= alpha;
+        o[f][2 * h + 1] *= alpha;
+      }
+    }
+
+    // O += P g^T, P's accumulators as the A operand: keys 16u .. 16u + 15 are tiles 2u, 2u + 1.
+#pragma unroll
+    for (int u = 0; u < kKeys / kWmmaDim; ++u) {
+      const uint32_t p[4] = {pack_pair<scalar_t>(s[2 * u][0], s[2 * u][1]), pack_pair<scalar_t>(s[2 * u][2], s[2 * u][3]),
+                             pack_pair<scalar_t>(s[2 * u + 1][0], s[2 * u + 1][1]),
+                             pack_pair<scalar_t>(s[2 * u + 1][2], s[2 * u + 1][3])};
+#pragma unroll
+      for (int f = 0; f < kOutTiles; ++f) {
+        if (f >= out_tiles) break;  // the same for the whole block
+        const int at = (f * kColTile + g) * kLdKey + u * kWmmaDim + 2 * t;
+        const uint32_t gb[2] = {shared_pair(Gs, at), shared_pair(Gs, at + 8)};
+        mma_m16n8k16<scalar_t>(o[f], p, gb);
+      }
+    }
+    __syncthreads();  // before the next tile restages g, theta and phi
+  }
+
+  if (t == 0) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t i = q0 + row0 + g + 8 * h;
+      if (i < n) a.lse[b * n + i] = mn::row_lse(m[h], l[h]);
+    }
+  }
+  const float inv[2] = {1.f / l[0], 1.f / l[1]};
+  FR_GLOBAL(scalar_t) out = a.out + b * a.channels * n;
+  for (int c0 = 0; c0 < out_tiles * kColTile; c0 += kHalf) {
+#pragma unroll
+    for (int f = 0; f < kOutTiles; ++f) {
+      if (f * kColTile < c0 || f * kColTile >= c0 + kHalf || f >= out_tiles) continue;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int c = f * kColTile + 2 * t + i % 2 - c0, r = row0 + g + 8 * (i / 2);
+        Gs[c * kLdTheta + r] = static_cast<scalar_t>(o[f][i] * inv[i / 2]);
+      }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < kHalf * kQueries; e += blockDim.x) {
+      const int c = e / kQueries, r = e % kQueries;
+      if (c0 + c < a.channels && q0 + r < n) out[(c0 + c) * n + q0 + r] = static_cast<scalar_t>(Gs[c * kLdTheta + r]);
+    }
+    __syncthreads();  // before the next half overwrites the tile
+  }
+#else
+  __trap();  // compiled for a GPU without bf16 tensor cores: the host never launches it there
+#endif
+}
+
+// fp16 / bf16 run on tensor cores wherever the device has them; fp32 only where the caller
+// allows tf32 (the products then round their inputs to 10-bit mantissas). An fp32 forward on
+// tensor cores takes the planes at any width (forward_uses_planes): a one-pass kernel of tf32
+// would need float tiles (twice the shared memory) and m16n8k8 products, and the SIMT one-pass
+// forward would give an lse of exact fp32 logits, which the backward's tf32 logits would not sum
+// to one against (errors of up to 3x fp16's where it was tried).
+template <typename scalar_t>
+constexpr bool kHasWmmaPath = std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16> ||
+                              std::is_same_v<scalar_t, float>;
+
+struct TensorCores {
+  bool usable = false;  // the device has them and the compiled code has the kernels' bodies
+  bool tf32 = false;    // fp32 may run as tf32 (tensor_cores_for, nlm_dispatch.h)
+};
+
+template <typename scalar_t>
+bool use_tensor_cores(const TensorCores& tc) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return tc.usable && tc.tf32;
+  } else {
+    return kHasWmmaPath<scalar_t> && tc.usable;
+  }
+}
+
+// Whether the forward holds the logits plane (forward_planes, nlm_dispatch.h): on tensor cores,
+// fp32 at any width and 16-bit inputs above kOnePassWidth channels; SIMT above kOutWidth.
+template <typename scalar_t>
+bool forward_uses_planes(const TensorCores& tc, int64_t channels) {
+  if (use_tensor_cores<scalar_t>(tc)) return std::is_same_v<scalar_t, float> || channels > tc::kOnePassWidth;
+  return channels > kOutWidth;
+}
+
+// The tensor-core forward: one pass for 16-bit inputs up to kOnePassWidth channels (the
+// narrowest of 64, 128 and 256 columns that holds them), the planes otherwise.
+template <typename scalar_t>
+void launch_forward_wmma(const Ptrs<scalar_t, float>& a, const WmmaPlanes<scalar_t>& planes, cudaStream_t stream) {
+  if constexpr (kMmaInput<scalar_t>) {
+    if (a.channels <= tc::kOnePassWidth) {
+      const dim3 grid = tile_grid(a.batch, a.positions, 0, tc::kQueries);
+      if (a.channels <= 64)
+        FR_LAUNCH((forward_mma_kernel<scalar_t, 64>), grid, dim3(kThreads), 0, stream, a);
+      else if (a.channels <= 128)
+        FR_LAUNCH((forward_mma_kernel<scalar_t, 128>), grid, dim3(kThreads), 0, stream, a);
+      else
+        FR_LAUNCH((forward_mma_kernel<scalar_t, 256>), grid, dim3(kThreads), 0, stream, a);
+      return;
+    }
+  }
+  launch_forward_planes_wmma<scalar_t>(a, planes, stream);
+}
+
+// The forward and the backward for any input type: tensor cores where use_tensor_cores, SIMT
+// otherwise.
+template <typename scalar_t>
+void launch_forward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, const TensorCores& tensor_cores,
+                    const PlaneBuffers& buffers, cudaStream_t stream) {
+  if constexpr (kHasWmmaPath<scalar_t>) {
+    if (use_tensor_cores<scalar_t>(tensor_cores))
+      return launch_forward_wmma<scalar_t>(a, typed_planes<float, scalar_t>(buffers), stream);
+  }
+  launch_forward<scalar_t>(a, buffers, stream);
+}
+
+template <typename scalar_t>
+void launch_backward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, const TensorCores& tensor_cores,
+                     const PlaneBuffers& buffers, cudaStream_t stream) {
+  if constexpr (kHasWmmaPath<scalar_t>) {
+    if (use_tensor_cores<scalar_t>(tensor_cores))
+      return launch_backward_wmma<scalar_t>(a, typed_planes<float, scalar_t>(buffers), stream);
+  }
+  launch_backward<scalar_t>(a, buffers, stream);
+}
+
+}  // namespace nlm
+}  // namespace FR_KERNEL_NS
+}  // namespace fastrobust

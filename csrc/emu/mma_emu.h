@@ -1,0 +1,71 @@
+#pragma once
+// The warp-level tensor-core instruction mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16} for
+// the CPU emulator (reached through csrc/common/mma.cuh). Unlike wmma's fragments, its register
+// layout is documented (PTX ISA, "Matrix fragments for mma.m16n8k16 with floating point type"),
+// so kernels may read and write the accumulator's entries in registers. With g = lane / 4 and
+// t = lane % 4:
+//   A (16 x 16, four 32-bit registers of two 16-bit values, the lower column in the low half):
+//     a[0]: (g, 2t..2t+1)   a[1]: (g+8, 2t..2t+1)   a[2]: (g, 2t+8..2t+9)   a[3]: (g+8, 2t+8..2t+9)
+//   B (16 x 8, two registers, the lower row in the low half):
+//     b[0]: (2t..2t+1, g)   b[1]: (2t+8..2t+9, g)
+//   C and D (16 x 8, four floats):
+//     d[0], d[1]: (g, 2t), (g, 2t+1)   d[2], d[3]: (g+8, 2t), (g+8, 2t+1)
+// All 32 lanes must call it at one place (synccheck). Each lane publishes its registers, the
+// warp meets, every lane forms its own four sums from all of them (float products and sums; the
+// hardware's order of summation differs), and the warp meets again before the registers are
+// released. Like the hardware instruction, it does not order memory between the lanes.
+#ifndef FR_CUDA_EMULATION
+#error "mma_emu.h is for the emulated build"
+#endif
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "cuda_emu.h"
+
+namespace fr_emu {
+
+template <typename T>  // c10::Half or c10::BFloat16
+float from_bits16(uint32_t bits) {
+  return static_cast<float>(T(static_cast<uint16_t>(bits & 0xffffu), T::from_bits()));
+}
+
+template <typename T>
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const char* file, int line) {
+  check_whole_warp("mma.sync.m16n8k16", file, line);
+  BlockState& s = block_state();
+  const unsigned base = warp_id() * kWarp, lane = lane_id();
+  const uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+  s.exchange[linear_tid] = reinterpret_cast<uint64_t>(&mine[0]);
+  warp_phase(false);
+  float A[16][16], B[16][8];
+  for (unsigned l = 0; l < kWarp; ++l) {
+    uint32_t regs[6];
+    std::memcpy(regs, reinterpret_cast<const uint32_t*>(s.exchange[base + l]), sizeof regs);
+    const int g = static_cast<int>(l / 4), t = static_cast<int>(l % 4);
+    for (int half = 0; half < 2; ++half) {
+      const int k = 2 * t + half;
+      const int shift = 16 * half;
+      A[g][k] = from_bits16<T>(regs[0] >> shift);
+      A[g + 8][k] = from_bits16<T>(regs[1] >> shift);
+      A[g][k + 8] = from_bits16<T>(regs[2] >> shift);
+      A[g + 8][k + 8] = from_bits16<T>(regs[3] >> shift);
+      B[k][g] = from_bits16<T>(regs[4] >> shift);
+      B[k + 8][g] = from_bits16<T>(regs[5] >> shift);
+    }
+  }
+  warp_phase(false);
+  if (lane == 0) note_mma(8);  // 2 * 16 * 8 * 16 FLOPs: half an m16n16k16 operation
+  const int g = static_cast<int>(lane / 4), t = static_cast<int>(lane % 4);
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+    float sum = d[i];
+    for (int k = 0; k < 16; ++k) sum += A[row][k] * B[k][col];
+    d[i] = sum;
+  }
+}
+
+}  // namespace fr_emu
