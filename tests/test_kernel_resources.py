@@ -168,4 +168,4 @@ def test_info_kernels_prints_the_table():
     assert "sparta::sparta_forward_kernel<float, 3>  <- sparta float32 (256, 64, 32, 32)" in out
     assert "REFUSED" not in out
     if kr.build_resources():
-        assert "compiled kernels" in out and "nlm::weighted_sum_wmma_kernel<BFloat16, Grad(0)>" in out
+        assert "compiled kernels" in out and "nlm::forward_mma_kernel<BFloat16, 256>" in out

@@ -34,7 +34,7 @@ EMU_SHAPES = [
     (1, 1, 3, 33, 1),
     (1, 24, 70, 9, 8),  # two 64-query blocks of the tensor-core forward; 9 of its 16 column tiles
     (2, 8, 200, 3, 3),  # D_i in 3 uneven groups of channels (67, 67, 66)
-    (1, 8, 300, 4, 5),  # 16-bit: wider than the one-pass forward (the logits plane, 3 slices)
+    (1, 8, 300, 4, 5),  # 16-bit forward: two channel slices (256 + 44); fp32's planes: 3 slices
     (0, 8, 3, 4, 4),
 ]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -163,11 +163,11 @@ def test_tf32_runs_only_where_torch_allows_it(cuda_matmul_precision, channels):
 @pytest.mark.skipif(not fastrobust.HAS_EMU, reason="built without FR_EMULATE_CUDA=1")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)  # tensor-core and SIMT kernels
 def test_planes_run_the_batch_in_chunks(monkeypatch, dtype):
-    """The backward, and forwards over more than 256 channels (bf16) or 64 (fp32 SIMT), keep
-    (query, key) planes in global memory (4 N^2 bytes per sample in bf16, 4 N^2 forward and
-    8 N^2 backward in fp32) and run the batch in chunks within a memory budget: one or two
-    samples per chunk give the bits of the whole batch at once."""
-    shape = (3, 24, 300, 5, 7)  # N = 35
+    """The backward, and the fp32 SIMT forward over more than 64 channels, keep (query, key)
+    planes in global memory (4 N^2 bytes per sample in bf16, 4 N^2 forward and 8 N^2 backward in
+    fp32) and run the batch in chunks within a memory budget: one or two samples per chunk give
+    the bits of the whole batch at once (the bf16 forward, in one pass, holds no planes)."""
+    shape = (3, 24, 70, 5, 7)  # N = 35
     theta, phi, g, grad_y = inputs(shape, dtype, "cpu", seed=5)
     fn = backend_fn(CUDA_EMU)
     whole_y, whole_grads = run(fn, theta, phi, g, grad_y, 0.2)
@@ -230,7 +230,7 @@ def test_plane_budget_setting_rejects_what_is_not_a_byte_count(monkeypatch, budg
     the setting. A test of its own, named "rejects": CI's AddressSanitizer step preloads ASan
     into Python, where its exception interceptor ends the process, and so leaves out by name the
     tests that expect an exception from C++ (.ci/test.sh)."""
-    theta, phi, g, _ = inputs((1, 4, 300, 3, 3), torch.bfloat16, "cpu", seed=0)
+    theta, phi, g, _ = inputs((1, 4, 70, 3, 3), torch.float32, "cpu", seed=0)  # the SIMT forward's planes
     monkeypatch.setenv("FASTROBUST_NLM_PLANE_BYTES", budget)
     with pytest.raises(RuntimeError, match="FASTROBUST_NLM_PLANE_BYTES must be a positive number of bytes"):
         CUDA_EMU.op("nlm_gaussian")(theta, phi, g, 0.2)
@@ -362,7 +362,7 @@ def test_python_errors_match_the_kernels():
 
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("channels", [3, 70, 300])  # bf16: one pass up to 256 channels, then the planes
+@pytest.mark.parametrize("channels", [3, 70, 300])  # bf16: blocks of 64 and 128 columns, 2 slices of 256
 def test_zero_width_queries_give_the_mean(backend, dtype, channels):
     """d = 0: every logit is 0, so y is the mean of g and lse = log N. The tensor-core forward
     once zeroed its output accumulators across the block and rescaled them per warp with no

@@ -1,10 +1,14 @@
 #pragma once
-// The one-pass softmax non-local-means forward of fp16 / bf16 inputs on tensor cores, for up to
-// kOnePassWidth = 256 channels, FlashAttention-2's forward: y and lse in one walk over the keys,
-// every product an mma.sync m16n8k16 (csrc/common/mma.cuh) whose accumulators stay in registers.
+// The softmax non-local-means forward of fp16 / bf16 inputs on tensor cores, FlashAttention-2's
+// forward: y and lse in one walk over the keys, every product an mma.sync m16n8k16
+// (csrc/common/mma.cuh) whose accumulators stay in registers.
 //
-// A block has 4 warps and owns kQueries = 64 queries (warp w: rows 16w .. 16w + 15); the keys
-// come in tiles of kKeys = 32. Lane (g = lane / 4, t = lane % 4) of a warp holds rows g and g + 8
+// A block has 4 warps and owns kQueries = 64 queries (warp w: rows 16w .. 16w + 15) and a slice
+// of up to kWidth channels (64, 128 or 256: O takes kWidth / 2 floats a lane); the keys come in
+// tiles of kKeys = 32. Above kSliceWidth = 256 channels the channels come in slices of 256, one
+// per blockIdx.y, each block computing the logits of its queries again: at C = 512 and 1024 (d =
+// C / 2) that is 1.33x and 2x the forward's minimal FLOPs, where holding the logits in global
+// memory instead (as the backward does, nlm_wmma_kernels.cuh) moved 4-10x its minimal bytes. Lane (g = lane / 4, t = lane % 4) of a warp holds rows g and g + 8
 // of the warp's 16 and, of each 8-column tile, columns 2t and 2t + 1. Per key tile:
 //   1. S (16 x 32 per warp, 4 tiles of 16 x 8) accumulates over the width d in chunks of 32,
 //      theta and phi staged in shared memory as they are in global memory ([k][position]);
@@ -21,6 +25,7 @@
 // Shared reads: the A operand of S reads theta rows 2t and 2t + 1 (kLdTheta = 72 elements, 36
 // words apart, so 4 t in 4 groups of 8 banks, the 8 g in 4 words), B reads phi (kLdKey = 40:
 // 20 words) and g (pairs of keys, one 32-bit word, 20 words a channel): no bank conflicts.
+#include <algorithm>
 #include <type_traits>
 
 #include "../common/mma.cuh"
@@ -31,8 +36,8 @@ namespace FR_KERNEL_NS {
 namespace nlm {
 
 namespace tc {
-constexpr int kOnePassWidth = 256;  // the widest C of the one-pass forward (O: 128 floats a lane)
-constexpr int kColTile = 8;          // columns of an m16n8 accumulator
+constexpr int kSliceWidth = 256;  // channels per block at most (O: 128 floats a lane)
+constexpr int kColTile = 8;       // columns of an m16n8 accumulator
 static_assert(kLdTheta * 2 % 128 == 16 && kLdKey * 2 % 128 == 80, "the pitches the bank analysis above assumes");
 }  // namespace tc
 
@@ -58,7 +63,8 @@ __device__ __forceinline__ void accumulate_k16(float (&acc)[kTiles][4], smem_ptr
 }
 #endif
 
-// y and lse of kQueries queries of one sample for C <= kWidth channels (64, 128 or 256).
+// y and lse of kQueries queries of one sample, for channels blockIdx.y * kWidth and on (at most
+// kWidth of them); the blocks of slice 0 write lse.
 template <typename scalar_t, int kWidth>
 __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, float> a) {
 #if FR_HAS_WMMA
@@ -75,14 +81,16 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, fl
   const int64_t b = blockIdx.z, q0 = int64_t(blockIdx.x) * kQueries, n = a.positions;
   FR_GLOBAL(const scalar_t) theta = a.theta + b * a.dim * n;
   FR_GLOBAL(const scalar_t) phi = a.phi + b * a.dim * n;
-  FR_GLOBAL(const scalar_t) values = a.g + b * a.channels * n;
+  const int64_t c_first = int64_t(blockIdx.y) * kWidth;
+  const int64_t channels = std::min<int64_t>(kWidth, a.channels - c_first);  // this block's
+  FR_GLOBAL(const scalar_t) values = a.g + (b * a.channels + c_first) * n;
   // the 8-column tiles of O that hold channels (the same for every thread)
-  const int out_tiles = static_cast<int>(ceil_div<int64_t>(a.channels, kColTile));
+  const int out_tiles = static_cast<int>(ceil_div<int64_t>(channels, kColTile));
 
   float o[kOutTiles][4] = {};
   float m[2] = {mn::neg_inf<float>(), mn::neg_inf<float>()}, l[2] = {0.f, 0.f};  // rows g, g + 8
   for (int64_t k0 = 0; k0 < n; k0 += kKeys) {
-    stage<kKeys>(Gs, kLdKey, values, a.channels, n, 0, out_tiles * kColTile, k0);
+    stage<kKeys>(Gs, kLdKey, values, channels, n, 0, out_tiles * kColTile, k0);
     float s[kKeyTiles][4] = {};
     for (int64_t d0 = 0; d0 < a.dim; d0 += kChunk) {
       stage<kQueries>(Ths, kLdTheta, theta, a.dim, n, d0, kChunk, q0);
@@ -148,7 +156,7 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, fl
     __syncthreads();  // before the next tile restages g, theta and phi
   }
 
-  if (t == 0) {
+  if (t == 0 && blockIdx.y == 0) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int64_t i = q0 + row0 + g + 8 * h;
@@ -156,7 +164,7 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, fl
     }
   }
   const float inv[2] = {1.f / l[0], 1.f / l[1]};
-  FR_GLOBAL(scalar_t) out = a.out + b * a.channels * n;
+  FR_GLOBAL(scalar_t) out = a.out + (b * a.channels + c_first) * n;
   for (int c0 = 0; c0 < out_tiles * kColTile; c0 += kHalf) {
 #pragma unroll
     for (int f = 0; f < kOutTiles; ++f) {
@@ -170,7 +178,7 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, fl
     __syncthreads();
     for (int e = threadIdx.x; e < kHalf * kQueries; e += blockDim.x) {
       const int c = e / kQueries, r = e % kQueries;
-      if (c0 + c < a.channels && q0 + r < n) out[(c0 + c) * n + q0 + r] = static_cast<scalar_t>(Gs[c * kLdTheta + r]);
+      if (c0 + c < channels && q0 + r < n) out[(c0 + c) * n + q0 + r] = static_cast<scalar_t>(Gs[c * kLdTheta + r]);
     }
     __syncthreads();  // before the next half overwrites the tile
   }
@@ -203,31 +211,34 @@ bool use_tensor_cores(const TensorCores& tc) {
   }
 }
 
-// Whether the forward holds the logits plane (forward_planes, nlm_dispatch.h): on tensor cores,
-// fp32 at any width and 16-bit inputs above kOnePassWidth channels; SIMT above kOutWidth.
+// Whether the forward holds the logits plane (forward_planes, nlm_dispatch.h): fp32 on tensor
+// cores (tf32) at any width, SIMT above kOutWidth channels; fp16 / bf16 on tensor cores never.
 template <typename scalar_t>
 bool forward_uses_planes(const TensorCores& tc, int64_t channels) {
-  if (use_tensor_cores<scalar_t>(tc)) return std::is_same_v<scalar_t, float> || channels > tc::kOnePassWidth;
+  if (use_tensor_cores<scalar_t>(tc)) return std::is_same_v<scalar_t, float>;
   return channels > kOutWidth;
 }
 
-// The tensor-core forward: one pass for 16-bit inputs up to kOnePassWidth channels (the
-// narrowest of 64, 128 and 256 columns that holds them), the planes otherwise.
+// The tensor-core forward: fp16 / bf16 in one pass, on blocks of the narrowest of 64, 128 and
+// 256 columns that holds C, or on slices of 256; fp32 (tf32) over the planes.
 template <typename scalar_t>
 void launch_forward_wmma(const Ptrs<scalar_t, float>& a, const WmmaPlanes<scalar_t>& planes, cudaStream_t stream) {
   if constexpr (kMmaInput<scalar_t>) {
-    if (a.channels <= tc::kOnePassWidth) {
-      const dim3 grid = tile_grid(a.batch, a.positions, 0, tc::kQueries);
-      if (a.channels <= 64)
-        FR_LAUNCH((forward_mma_kernel<scalar_t, 64>), grid, dim3(kThreads), 0, stream, a);
-      else if (a.channels <= 128)
-        FR_LAUNCH((forward_mma_kernel<scalar_t, 128>), grid, dim3(kThreads), 0, stream, a);
-      else
-        FR_LAUNCH((forward_mma_kernel<scalar_t, 256>), grid, dim3(kThreads), 0, stream, a);
-      return;
+    // (FR_LAUNCH names the kernel as written, for the emulator's launch log: one call each)
+    const dim3 block(kThreads);
+    if (a.channels <= 64) {
+      FR_LAUNCH((forward_mma_kernel<scalar_t, 64>), tile_grid(a.batch, a.positions, a.channels, tc::kQueries, 64),
+                block, 0, stream, a);
+    } else if (a.channels <= 128) {
+      FR_LAUNCH((forward_mma_kernel<scalar_t, 128>), tile_grid(a.batch, a.positions, a.channels, tc::kQueries, 128),
+                block, 0, stream, a);
+    } else {
+      FR_LAUNCH((forward_mma_kernel<scalar_t, tc::kSliceWidth>),
+                tile_grid(a.batch, a.positions, a.channels, tc::kQueries, tc::kSliceWidth), block, 0, stream, a);
     }
+  } else {
+    launch_forward_planes_wmma<scalar_t>(a, planes, stream);
   }
-  launch_forward_planes_wmma<scalar_t>(a, planes, stream);
 }
 
 // The forward and the backward for any input type: tensor cores where use_tensor_cores, SIMT

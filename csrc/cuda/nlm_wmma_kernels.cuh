@@ -9,14 +9,14 @@
 // in every step, so a warp's SIMT rows and matrix tiles are the same); the other axis comes in
 // tiles of kKeys = 32.
 //
-// The one-pass forward of fp16 / bf16 inputs (up to 256 channels) is in nlm_mma_forward.cuh,
-// on mma.sync with its accumulators in registers; it uses this file's tiles and staging.
+// The forward of fp16 / bf16 inputs is in nlm_mma_forward.cuh, one pass over the keys on
+// mma.sync with its accumulators in registers; it uses this file's tiles and staging.
 //
-// Wider forwards (and fp32 ones) and the backward compute each logit (and each dp = dy . g) once: a plane
-// kernel writes a tile of the (query, key) plane per block to global memory (the forward's
-// float logits with per-tile row maxima and sums; the backward's p and ds in the input type),
-// and weighted-sum kernels form the outputs as matrix products over those planes, kGradWidth
-// = 128 output columns per block with the accumulators in wmma fragments. Recomputing the
+// The tf32 forward of fp32 inputs and the backward compute each logit (and each dp = dy . g)
+// once: a plane kernel writes a tile of the (query, key) plane per block to global memory (the
+// forward's float logits with per-tile row maxima and sums; the backward's p and ds in the input
+// type), and weighted-sum kernels form the outputs as matrix products over those planes,
+// kGradWidth = 128 output columns per block with the accumulators in wmma fragments. Recomputing the
 // logits in every output slice instead (as these kernels did, C and d being too wide for one
 // block's accumulators) cost a d-deep product per 128 columns of C (and a C-deep dp per 128
 // columns of d): up to 4x (forward) and 5.6x (backward) the minimal work at the benchmark
@@ -270,8 +270,7 @@ __global__ void __launch_bounds__(kThreads) weighted_sum_wmma_kernel(Ptrs<scalar
 }
 
 // The forward over the logits plane with per-tile row partials, then y (and lse) in slices of
-// kGradWidth channels over it (fp32 at any width, 16-bit inputs wider than the one-pass forward,
-// nlm_mma_forward.cuh).
+// kGradWidth channels over it: fp32 on tf32 (fp16 / bf16 take nlm_mma_forward.cuh).
 template <typename scalar_t>
 void launch_forward_planes_wmma(const Ptrs<scalar_t, float>& a, const WmmaPlanes<scalar_t>& planes,
                                 cudaStream_t stream) {

@@ -20,7 +20,8 @@
 //     the warp (or past the end of a partial warp) returns the caller's own value;
 //   - atomicAdd/atomicMax use std::atomic_ref;
 //   - warp matrix operations (nvcuda::wmma, m16n16k16 and tf32 m16n16k8) are in wmma_emu.h, reached through
-//     csrc/common/wmma.cuh;
+//     csrc/common/wmma.cuh; mma.sync m16n8k16 with its documented register layout is in
+//     mma_emu.h, reached through csrc/common/mma.cuh;
 //   - launches are serialised by a global mutex, since __shared__ storage is process-wide.
 // What it cannot show: real concurrency between blocks, the memory model, speed.
 #ifndef FR_CUDA_EMULATION

@@ -9,6 +9,7 @@
 //   divergent_barrier      two halves of a block wait at different __syncthreads() (synccheck)
 //   partial_warp_full_mask a 16-thread block shuffles with the full 32-lane mask (synccheck)
 //   wmma_partial_warp      half a warp calls a wmma load (synccheck)
+//   mma_partial_warp       half a warp calls mma.sync m16n8k16 (synccheck)
 //   shared_over_48k        40 KiB static plus 10 KiB dynamic shared memory (launch limit)
 //   fragment_mapping       an accumulator fragment written out element by element, assuming
 //                          which lane holds which entry (the broken twin's output depends on
@@ -25,6 +26,7 @@
 
 #include "../common/checks.h"
 #include "../common/cuda_utils.cuh"
+#include "../common/mma.cuh"
 #include "../common/wmma.cuh"
 
 namespace fastrobust {
@@ -97,6 +99,19 @@ __global__ void wmma_partial_kernel(const c10::BFloat16* a, float* out) {
   out[lane] = static_cast<float>(fa.x[lane]);
 }
 
+// One warp multiplies ones (16 x 16) by ones (16 x 8): every entry 16 (all lanes, or, broken,
+// only the first 16).
+template <bool kBroken>
+__global__ void mma_partial_kernel(float* out) {
+  const int lane = threadIdx.x;
+  if (kBroken && lane >= 16) return;
+  const uint32_t ones = pack_pair<c10::BFloat16>(1.f, 1.f);
+  const uint32_t a[4] = {ones, ones, ones, ones}, b[2] = {ones, ones};
+  float d[4] = {};
+  mma_m16n8k16<c10::BFloat16>(d, a, b);
+  out[lane] = d[0];
+}
+
 constexpr int kStatic = 40 * 1024 / sizeof(float);
 
 __global__ void big_shared_kernel(float* out, int dynamic_elems) {
@@ -165,6 +180,11 @@ at::Tensor sanitizer_case(c10::string_view name_view, bool broken) {
     at::Tensor out = at::zeros({kWarpSize}, f32);
     FR_LAUNCH_TWIN(wmma_partial_kernel, broken, dim3(1), dim3(kWarpSize), 0, a.const_data_ptr<c10::BFloat16>(),
                    out.mutable_data_ptr<float>());
+    return out;
+  }
+  if (name == "mma_partial_warp") {
+    at::Tensor out = at::zeros({kWarpSize}, f32);
+    FR_LAUNCH_TWIN(mma_partial_kernel, broken, dim3(1), dim3(kWarpSize), 0, out.mutable_data_ptr<float>());
     return out;
   }
   if (name == "shared_over_48k") {

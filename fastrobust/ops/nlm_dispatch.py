@@ -72,8 +72,8 @@ MEASURED_EFFICIENCY = {
 
 # The tensor-core kernels' tiles (csrc/cuda/nlm_wmma_kernels.cuh, nlm_mma_forward.cuh): a block
 # owns 64 positions and walks the others 32 at a time; reductions run in chunks of 32 rows; the
-# one-pass forward of 16-bit inputs takes up to 256 channels in tiles of 8 columns, the
-# weighted-sum kernels 128 columns a block.
+# one-pass forward of 16-bit inputs takes up to 256 channels a block (in tiles of 8 columns), the
+# weighted-sum kernels 128.
 OWN_TILE, OTHER_TILE, CHUNK, ONE_PASS_WIDTH, ONE_PASS_TILE, SLICE_WIDTH = 64, 32, 32, 256, 8, 128
 # The backward's D_i = dy_i . y_i comes in partial sums over groups of channels (row_dot_kernel,
 # csrc/cuda/nlm_kernels.cuh): C / 64 groups, 1 to 16.
@@ -93,10 +93,11 @@ def check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
 
 
-def one_pass(c: int, element: int) -> bool:
-    """Whether the tensor-core forward is one pass: 16-bit inputs (element = 2) up to
-    ONE_PASS_WIDTH channels; fp32 (tf32) takes the logits plane at any width."""
-    return element == 2 and c <= ONE_PASS_WIDTH
+def one_pass_slices(c: int, element: int) -> int:
+    """The channel slices of the tensor-core forward's one pass over the keys (each computes the
+    logits): 16-bit inputs (element = 2) in slices of ONE_PASS_WIDTH; 0 for fp32 (tf32), which
+    takes the logits plane."""
+    return max(1, math.ceil(c / ONE_PASS_WIDTH)) if element == 2 else 0
 
 
 def kernel_flops(b: int, d: int, c: int, n: int, backward: bool, element: int = 2) -> int:
@@ -111,8 +112,10 @@ def kernel_flops(b: int, d: int, c: int, n: int, backward: bool, element: int = 
         return math.ceil(width / SLICE_WIDTH) * SLICE_WIDTH
 
     if not backward:
-        if one_pass(c, element):  # one pass: S, then P g^T for the 8-column tiles that hold C
-            return plane * (dp + _round_up(c, ONE_PASS_TILE))
+        slices = one_pass_slices(c, element)
+        if slices:  # one pass per slice: S, then P g^T for the 8-column tiles that hold its channels
+            widths = [min(ONE_PASS_WIDTH, c - s * ONE_PASS_WIDTH) for s in range(slices)]
+            return plane * (slices * dp + sum(_round_up(w, ONE_PASS_TILE) for w in widths))
         return plane * (dp + sliced(c))  # the logits plane, then y over it
     # the p and ds planes (S and dP = dy . g once each), then dg, dphi and dtheta over them
     return plane * (dp + cp + (sliced(c) if c > 0 else 0) + (2 * sliced(d) if d > 0 else 0))
@@ -138,8 +141,11 @@ def kernel_bytes(b: int, d: int, c: int, n: int, backward: bool, element: int) -
     logits and their row partials are float32, p and ds in the input type; the float32 lse
     and row scalars count where the emulator counts them."""
     tp, values, key_half, lse = 2 * b * d * n * element, b * c * n * element, b * d * n * element, 4 * b * n
-    if not backward and one_pass(c, element):
-        return tp + values + values + lse  # theta, phi, g; y, lse
+    slices = one_pass_slices(c, element)
+    if not backward and slices:
+        # each slice's rows read theta and phi; g and y once; the lse counted in every slice (the
+        # rows the model ran at the benchmark shapes were slice 0's, which write it)
+        return slices * (tp + lse) + values + values
     key_tiles = math.ceil(n / OTHER_TILE)
 
     def strips(width: int) -> int:  # one key tile's strip of a (width, n) input, and all of it
