@@ -137,3 +137,25 @@ def test_mma_m16n8k16_is_counted_as_half_a_16x16x16_product():
     c = torch.zeros(16, 8)
     (launch,) = cost_model.model(lambda: torch.ops.fastrobust_emu._selftest_mma(a, b, c))
     assert launch.counters["mma_ops"] == 1 and launch.mma_flops == 2 * 16 * 8 * 16
+
+
+@pytest.mark.parametrize("src_bytes", [16, 8, 0])
+def test_cp_async_lands_at_the_wait_and_zero_fills(src_bytes):
+    """cp.async of 16 bytes per lane: the first src_bytes come from global memory, the rest are
+    zeros; after the wait and a barrier the lanes read each other's copies."""
+    src = torch.arange(1, 129).float()
+    out = torch.ops.fastrobust_emu._selftest_cp_async(src, src_bytes)
+    copied = src.view(32, 4).clone()
+    copied[:, src_bytes // 4:] = 0
+    torch.testing.assert_close(out.view(32, 4), copied, rtol=0, atol=0)
+
+
+def test_cp_async_counts_one_16_byte_access_per_lane():
+    from fastrobust import cost_model
+
+    src = torch.ones(128)
+    (launch,) = cost_model.model(lambda: torch.ops.fastrobust_emu._selftest_cp_async(src, 16))
+    c = launch.counters
+    # the copy: one warp-wide load of 512 contiguous bytes; its landing one conflict-free store
+    assert launch.load_sector_efficiency == 1.0 and c["global_load_bytes"] == 512
+    assert launch.bank_conflict_factor == 1.0

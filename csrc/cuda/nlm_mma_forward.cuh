@@ -11,13 +11,18 @@
 // memory instead (as the backward does, nlm_wmma_kernels.cuh) moved 4-10x its minimal bytes. Lane (g = lane / 4, t = lane % 4) of a warp holds rows g and g + 8
 // of the warp's 16 and, of each 8-column tile, columns 2t and 2t + 1. Per key tile:
 //   1. S (16 x 32 per warp, 4 tiles of 16 x 8) accumulates over the width d in chunks of 32,
-//      theta and phi staged in shared memory as they are in global memory ([k][position]);
+//      theta and phi staged in shared memory as they are in global memory ([k][position]), in
+//      two buffers: the next chunk (of this key tile or the next) is copied while this one is
+//      multiplied;
 //   2. each row's max m and sum l are updated from its 8 entries in each of 4 lanes (two
 //      shuffles), the row's output accumulators rescaled by exp(m_old - m), and
 //      P = exp(scale S - m) rounded to the input type: the accumulator layout of two adjacent
 //      8-key tiles is the A operand layout of a 16-key product, so P never leaves registers;
 //   3. O (16 x kWidth per warp) += P (16 x 32) g^T (32 x kWidth), g staged [channel][key]; only
 //      the 8-column tiles that hold channels run.
+// The g tile's copy is issued as the key tile starts and waited for with the first chunk. Where
+// N is a multiple of 8 and the inputs are 16-byte aligned the tiles come by 16-byte cp.async
+// (csrc/common/cp_async.cuh), otherwise by plain loads.
 // P is rounded to the input type before the product, as FlashAttention does; l sums the float
 // values. At the end each warp writes O / l, rounded, into the g tile's storage as
 // [channel][query] (half the width at a time) and the block writes y from it along positions.
@@ -28,6 +33,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "../common/cp_async.cuh"
 #include "../common/mma.cuh"
 #include "nlm_wmma_kernels.cuh"
 
@@ -63,18 +69,46 @@ __device__ __forceinline__ void accumulate_k16(float (&acc)[kTiles][4], smem_ptr
 }
 #endif
 
+// stage() (nlm_kernels.cuh) by 16-byte cp.async copies, 8 positions each: n a multiple of 8 and
+// src 16-byte aligned, dst's rows a multiple of 16 bytes apart. Rows and positions outside the
+// (width, n) slice are zero-filled.
+template <int kCols, typename scalar_t>
+__device__ __forceinline__ void stage_async(smem_ptr<scalar_t> dst, int stride, FR_GLOBAL(const scalar_t) src,
+                                            int64_t width, int64_t n, int64_t w0, int rows, int64_t p0) {
+  constexpr int kVec = 16 / sizeof(scalar_t), kPerRow = kCols / kVec;
+  static_assert(kCols % kVec == 0, "whole 16-byte copies");
+  for (int e = threadIdx.x; e < rows * kPerRow; e += blockDim.x) {
+    const int w = e / kPerRow, t = (e % kPerRow) * kVec;
+    const int64_t ch = w0 + w, pos = p0 + t;
+    const bool inside = ch < width && pos < n;
+    cp_async_16(dst + w * stride + t, inside ? src + ch * n + pos : src, inside ? 16 : 0);
+  }
+}
+
+template <int kCols, typename scalar_t>
+__device__ __forceinline__ void stage_tile(bool async, smem_ptr<scalar_t> dst, int stride,
+                                           FR_GLOBAL(const scalar_t) src, int64_t width, int64_t n, int64_t w0,
+                                           int rows, int64_t p0) {
+  if (async)
+    stage_async<kCols>(dst, stride, src, width, n, w0, rows, p0);
+  else
+    stage<kCols>(dst, stride, src, width, n, w0, rows, p0);
+}
+
 // y and lse of kQueries queries of one sample, for channels blockIdx.y * kWidth and on (at most
 // kWidth of them); the blocks of slice 0 write lse.
 template <typename scalar_t, int kWidth>
-__global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, float> a) {
+__global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, float> a, bool async) {
 #if FR_HAS_WMMA
   using namespace tc;
   constexpr int kKeyTiles = kKeys / kColTile, kOutTiles = kWidth / kColTile, kHalf = kWidth / 2;
+  constexpr int kThetaTile = kChunk * kLdTheta, kPhiTile = kChunk * kLdKey;
   static_assert(kKeys % kWmmaDim == 0 && kChunk % kWmmaDim == 0 && kWidth % (2 * kColTile) == 0, "tile shape");
   static_assert(kHalf * kLdTheta <= kWidth * kLdKey, "half of y fits in the g tile's storage");
-  FR_SHARED_ALIGNED(16, scalar_t, Ths, kChunk * kLdTheta);  // theta [k][query]
-  FR_SHARED_ALIGNED(16, scalar_t, Phs, kChunk * kLdKey);    // phi [k][key]
-  FR_SHARED_ALIGNED(16, scalar_t, Gs, kWidth * kLdKey);     // g [channel][key]; at the end y [channel][query]
+  static_assert(kLdTheta * sizeof(scalar_t) % 16 == 0 && kLdKey * sizeof(scalar_t) % 16 == 0, "16-byte rows");
+  FR_SHARED_ALIGNED(16, scalar_t, Ths, 2 * kThetaTile);  // theta [k][query], two chunks
+  FR_SHARED_ALIGNED(16, scalar_t, Phs, 2 * kPhiTile);    // phi [k][key], two chunks
+  FR_SHARED_ALIGNED(16, scalar_t, Gs, kWidth * kLdKey);  // g [channel][key]; at the end y [channel][query]
 
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int g = lane / 4, t = lane % 4, row0 = warp * kWmmaDim;
@@ -86,21 +120,42 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, fl
   FR_GLOBAL(const scalar_t) values = a.g + (b * a.channels + c_first) * n;
   // the 8-column tiles of O that hold channels (the same for every thread)
   const int out_tiles = static_cast<int>(ceil_div<int64_t>(channels, kColTile));
+  const int64_t chunks = ceil_div<int64_t>(a.dim, kChunk);
+  // The theta and phi chunk d0 of key tile k0 into buffer buf, as one group of copies.
+  const auto copy_chunk = [&](int64_t k0, int64_t d0, int buf) {
+    stage_tile<kQueries>(async, Ths + buf * kThetaTile, kLdTheta, theta, a.dim, n, d0, kChunk, q0);
+    stage_tile<kKeys>(async, Phs + buf * kPhiTile, kLdKey, phi, a.dim, n, d0, kChunk, k0);
+    cp_async_commit();
+  };
 
   float o[kOutTiles][4] = {};
   float m[2] = {mn::neg_inf<float>(), mn::neg_inf<float>()}, l[2] = {0.f, 0.f};  // rows g, g + 8
+  int buf = 0;
+  if (chunks > 0) copy_chunk(0, 0, 0);
   for (int64_t k0 = 0; k0 < n; k0 += kKeys) {
-    stage<kKeys>(Gs, kLdKey, values, channels, n, 0, out_tiles * kColTile, k0);
+    stage_tile<kKeys>(async, Gs, kLdKey, values, channels, n, 0, out_tiles * kColTile, k0);
+    cp_async_commit();
     float s[kKeyTiles][4] = {};
-    for (int64_t d0 = 0; d0 < a.dim; d0 += kChunk) {
-      stage<kQueries>(Ths, kLdTheta, theta, a.dim, n, d0, kChunk, q0);
-      stage<kKeys>(Phs, kLdKey, phi, a.dim, n, d0, kChunk, k0);
+    for (int64_t c = 0; c < chunks; ++c) {
+      // the next chunk, of this key tile or the first of the next, goes to the other buffer
+      if (c + 1 < chunks)
+        copy_chunk(k0, (c + 1) * kChunk, buf ^ 1);
+      else if (k0 + kKeys < n)
+        copy_chunk(k0 + kKeys, 0, buf ^ 1);
+      else
+        cp_async_commit();  // an empty group: the wait below leaves the newest group pending
+      cp_async_wait<1>();  // this chunk's copies (and the g tile's) have landed
       __syncthreads();
 #pragma unroll
-      for (int kk = 0; kk < kChunk; kk += kWmmaDim) accumulate_k16<kKeyTiles>(s, Ths, kLdTheta, row0, Phs, kLdKey, kk);
-      __syncthreads();  // before the next chunk is staged
+      for (int kk = 0; kk < kChunk; kk += kWmmaDim)
+        accumulate_k16<kKeyTiles>(s, Ths + buf * kThetaTile, kLdTheta, row0, Phs + buf * kPhiTile, kLdKey, kk);
+      __syncthreads();  // before the buffer is copied into again
+      buf ^= 1;
     }
-    if (a.dim == 0) __syncthreads();  // g staged (the chunks' barriers order it otherwise)
+    if (chunks == 0) {  // d = 0: no chunk waited for the g tile
+      cp_async_wait<0>();
+      __syncthreads();
+    }
 
     // Online softmax of rows g (h = 0) and g + 8 (h = 1) over this tile: 8 keys a lane.
 #pragma unroll
@@ -164,6 +219,7 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, fl
     }
   }
   const float inv[2] = {1.f / l[0], 1.f / l[1]};
+  cp_async_wait<0>();  // (only empty groups are left)
   FR_GLOBAL(scalar_t) out = a.out + (b * a.channels + c_first) * n;
   for (int c0 = 0; c0 < out_tiles * kColTile; c0 += kHalf) {
 #pragma unroll
@@ -226,15 +282,18 @@ void launch_forward_wmma(const Ptrs<scalar_t, float>& a, const WmmaPlanes<scalar
   if constexpr (kMmaInput<scalar_t>) {
     // (FR_LAUNCH names the kernel as written, for the emulator's launch log: one call each)
     const dim3 block(kThreads);
+    const auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+    const bool async = a.positions % (16 / sizeof(scalar_t)) == 0 && aligned(a.theta) &&
+                       aligned(a.phi) && aligned(a.g);
     if (a.channels <= 64) {
       FR_LAUNCH((forward_mma_kernel<scalar_t, 64>), tile_grid(a.batch, a.positions, a.channels, tc::kQueries, 64),
-                block, 0, stream, a);
+                block, 0, stream, a, async);
     } else if (a.channels <= 128) {
       FR_LAUNCH((forward_mma_kernel<scalar_t, 128>), tile_grid(a.batch, a.positions, a.channels, tc::kQueries, 128),
-                block, 0, stream, a);
+                block, 0, stream, a, async);
     } else {
       FR_LAUNCH((forward_mma_kernel<scalar_t, tc::kSliceWidth>),
-                tile_grid(a.batch, a.positions, a.channels, tc::kQueries, tc::kSliceWidth), block, 0, stream, a);
+                tile_grid(a.batch, a.positions, a.channels, tc::kQueries, tc::kSliceWidth), block, 0, stream, a, async);
     }
   } else {
     launch_forward_planes_wmma<scalar_t>(a, planes, stream);

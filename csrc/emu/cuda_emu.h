@@ -121,8 +121,8 @@ T warp_exchange(T value, int src_lane, unsigned mask, const char* what) {
   return out;
 }
 
-// The wmma operations are warp-wide: all 32 lanes call the same one at the same place. Two
-// check-only phases (they do not order memory between the lanes).
+// The warp matrix operations (wmma, mma.sync) are warp-wide: all 32 lanes call the same one at
+// the same place. Two check-only phases (they do not order memory between the lanes).
 inline void check_whole_warp(const char* op, const char* file, int line) {
   BlockState& s = block_state();
   if (checks_enabled() && s.live_lanes(warp_id()) != 0xffffffffu)
@@ -138,8 +138,9 @@ inline void check_whole_warp(const char* op, const char* file, int line) {
   warp_phase(false);
   if (checks_enabled() && !same)
     raise_sanitizer_error(std::string("emulated synccheck: the lanes of warp ") + std::to_string(warp_id()) +
-                          " of kernel " + launch_state().kernel + " call different wmma operations together (" +
-                          op + " at " + file + ":" + std::to_string(line) + ")");
+                          " of kernel " + launch_state().kernel +
+                          " call different warp matrix operations together (" + op + " at " + file + ":" +
+                          std::to_string(line) + ")");
 }
 
 // A failed FR_DEVICE_ASSERT: the thread leaves the kernel (like a trap), and the launch

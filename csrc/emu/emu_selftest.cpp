@@ -12,6 +12,7 @@
 
 #include "../common/checks.h"
 #include "../common/cuda_utils.cuh"
+#include "../common/cp_async.cuh"
 #include "../common/mma.cuh"
 #include "../common/wmma.cuh"
 
@@ -217,6 +218,28 @@ at::Tensor selftest_mma(const at::Tensor& a, const at::Tensor& b, const at::Tens
   return d;
 }
 
+// One warp: lane l copies floats 4l .. 4l + 3 of src (src_bytes of them, zeros after) into
+// shared memory with cp.async, waits, meets the block, and writes out floats l, l + 32, l + 64
+// and l + 96 (other lanes' copies; conflict-free reads).
+__global__ void cp_async_kernel(const float* src, float* out, int src_bytes) {
+  FR_SHARED_ALIGNED(16, float, s, 4 * kWarpSize);
+  const int lane = static_cast<int>(threadIdx.x);
+  cp_async_16(s + 4 * lane, FR_GLOBAL(const float)(src + 4 * lane), src_bytes);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  for (int i = 0; i < 4; ++i) out[i * kWarpSize + lane] = s[i * kWarpSize + lane];
+}
+
+at::Tensor selftest_cp_async(const at::Tensor& src, int64_t src_bytes) {
+  FR_CHECK(src.scalar_type() == at::kFloat && src.is_contiguous() && src.numel() == 4 * kWarpSize,
+           "src must be a contiguous float32 tensor of 128 elements");
+  at::Tensor out = at::empty({4 * kWarpSize}, src.options());
+  FR_LAUNCH(cp_async_kernel, dim3(1), dim3(kWarpSize), 0, nullptr, src.const_data_ptr<float>(),
+            out.mutable_data_ptr<float>(), static_cast<int>(src_bytes));
+  return out;
+}
+
 }  // namespace
 }  // namespace emu
 
@@ -226,6 +249,7 @@ TORCH_LIBRARY_FRAGMENT(fastrobust_emu, m) {
   m.def("_selftest_wmma(Tensor a, Tensor b, bool a_col_major, bool b_col_major, bool c_col_major, int ld, "
         "bool round_tf32=True) -> Tensor");
   m.def("_selftest_mma(Tensor a, Tensor b, Tensor c) -> Tensor");
+  m.def("_selftest_cp_async(Tensor src, int src_bytes) -> Tensor");
   m.def("_selftest_block_order(int blocks) -> Tensor");
 }
 
@@ -233,6 +257,7 @@ TORCH_LIBRARY_IMPL(fastrobust_emu, CPU, m) {
   m.impl("_selftest_block_sum", &emu::selftest_block_sum);
   m.impl("_selftest_wmma", &emu::selftest_wmma);
   m.impl("_selftest_mma", &emu::selftest_mma);
+  m.impl("_selftest_cp_async", &emu::selftest_cp_async);
 }
 
 TORCH_LIBRARY_IMPL(fastrobust_emu, CatchAll, m) {

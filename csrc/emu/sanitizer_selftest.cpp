@@ -10,6 +10,7 @@
 //   partial_warp_full_mask a 16-thread block shuffles with the full 32-lane mask (synccheck)
 //   wmma_partial_warp      half a warp calls a wmma load (synccheck)
 //   mma_partial_warp       half a warp calls mma.sync m16n8k16 (synccheck)
+//   cp_async_no_wait       a cp.async destination read before the copy was waited for (initcheck)
 //   shared_over_48k        40 KiB static plus 10 KiB dynamic shared memory (launch limit)
 //   fragment_mapping       an accumulator fragment written out element by element, assuming
 //                          which lane holds which entry (the broken twin's output depends on
@@ -26,6 +27,7 @@
 
 #include "../common/checks.h"
 #include "../common/cuda_utils.cuh"
+#include "../common/cp_async.cuh"
 #include "../common/mma.cuh"
 #include "../common/wmma.cuh"
 
@@ -112,6 +114,19 @@ __global__ void mma_partial_kernel(float* out) {
   out[lane] = d[0];
 }
 
+// Each thread copies 16 bytes into shared memory with cp.async and reads them back (broken:
+// before waiting for the copy).
+template <bool kBroken>
+__global__ void cp_async_kernel(const float* src, float* out) {
+  FR_SHARED_ALIGNED(16, float, s, 4 * kWarpSize);
+  const int t = threadIdx.x;
+  cp_async_16(s + 4 * t, FR_GLOBAL(const float)(src + 4 * t), 16);
+  cp_async_commit();
+  if (!kBroken) cp_async_wait<0>();
+  out[t] = s[4 * t];
+  cp_async_wait<0>();
+}
+
 constexpr int kStatic = 40 * 1024 / sizeof(float);
 
 __global__ void big_shared_kernel(float* out, int dynamic_elems) {
@@ -185,6 +200,13 @@ at::Tensor sanitizer_case(c10::string_view name_view, bool broken) {
   if (name == "mma_partial_warp") {
     at::Tensor out = at::zeros({kWarpSize}, f32);
     FR_LAUNCH_TWIN(mma_partial_kernel, broken, dim3(1), dim3(kWarpSize), 0, out.mutable_data_ptr<float>());
+    return out;
+  }
+  if (name == "cp_async_no_wait") {
+    at::Tensor src = at::arange(4 * kWarpSize, f32);
+    at::Tensor out = at::zeros({kWarpSize}, f32);
+    FR_LAUNCH_TWIN(cp_async_kernel, broken, dim3(1), dim3(kWarpSize), 0, src.const_data_ptr<float>(),
+                   out.mutable_data_ptr<float>());
     return out;
   }
   if (name == "shared_over_48k") {

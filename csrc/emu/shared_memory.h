@@ -310,6 +310,13 @@ class SharedPtr {
   ptrdiff_t index() const { return index_; }
   // The address of the element (alignment checks; never for an unchecked access).
   T* raw() const { return reinterpret_cast<T*>(array_->bytes()) + index_; }
+  // Writes nbytes (whole elements) from src as one access of the calling thread, as a vector
+  // store or a cp.async landing is: every element is checked, the cost model sees one access.
+  void store_bytes(const void* src, size_t nbytes) const {
+    for (size_t e = 0; e < nbytes / sizeof(T); ++e) array_->on_write(static_cast<size_t>(index_) + e);
+    note_shared(array_, static_cast<size_t>(index_) * sizeof(T), nbytes, true);
+    std::memcpy(raw(), src, nbytes);
+  }
 
  private:
   SharedArrayBase* array_ = nullptr;
