@@ -27,6 +27,7 @@ EXPECTED = {
     "shared_over_48k": torch.tensor([3.0] * 16 + [1.0] * 48),
     "mma_partial_warp": torch.full((32,), 16.0),
     "cp_async_no_wait": 4 * torch.arange(32).float(),
+    "cp_async_unwaited": torch.ones(32),
 }
 
 DEFECTS = {
@@ -46,6 +47,8 @@ DEFECTS = {
                         r"matrix operations together \(mma.sync.m16n8k16)",
     "cp_async_no_wait": r"emulated initcheck: read of shared memory no thread of the block has written .*"
                         r"cp_async_kernel<true>",
+    "cp_async_unwaited": r"emulated cp.async: a thread of kernel cp_async_unwaited_kernel<true> left its block "
+                         r"with copies it never waited for",
     "shared_over_48k": r"emulated launch: kernel big_shared_kernel uses 40960 bytes of static and 10240 bytes of "
                        r"dynamic shared memory, over the 48 KiB",
 }

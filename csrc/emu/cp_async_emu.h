@@ -7,8 +7,8 @@
 //   - a thread that reads the destination before its own wait, or another thread that reads it
 //     without a barrier after that wait, reads unwritten or stale memory, which initcheck and
 //     racecheck report as they would a plain store at the wait;
-//   - copies a thread never waits for never land: a block must wait for all of its copies
-//     before it ends (issuing a copy while copies of an earlier block are pending is an error).
+//   - copies a thread never waits for never land: a thread that leaves its block with copies
+//     not waited for is an error (check_copies_waited, sanitizer.h).
 // Destinations and sources must be 16-byte aligned (the hardware's requirement); a copy of
 // src_bytes < 16 fills the rest of the 16 bytes with zeros (cp.async's src-size operand).
 #ifndef FR_CUDA_EMULATION
@@ -25,30 +25,9 @@
 
 namespace fr_emu {
 
-struct PendingCopy {
-  std::function<void(const unsigned char*)> land;  // the checked shared store of the 16 bytes
-  unsigned char bytes[16];
-};
-
-struct CopyQueue {
-  uint64_t block = 0;
-  std::vector<std::vector<PendingCopy>> groups;  // committed groups, oldest first
-  std::vector<PendingCopy> open;                 // copies issued since the last commit
-  bool empty() const { return groups.empty() && open.empty(); }
-};
-
-inline thread_local CopyQueue copy_queue;
-
 template <typename T>
 void cp_async_16(const SharedPtr<T>& dst, const T* src, int src_bytes) {
   CopyQueue& q = copy_queue;
-  const uint64_t block = current_block_serial();
-  if (!q.empty() && q.block != block) {
-    q = CopyQueue{};
-    raise_sanitizer_error(std::string("emulated cp.async: a thread of kernel ") + launch_state().kernel +
-                          " left a block with copies it never waited for (cp.async.wait_group)");
-  }
-  q.block = block;
   if (reinterpret_cast<std::uintptr_t>(dst.raw()) % 16 != 0 || reinterpret_cast<std::uintptr_t>(src) % 16 != 0)
     raise_sanitizer_error(std::string("emulated cp.async in kernel ") + launch_state().kernel +
                           ": source or destination not aligned to 16 bytes");

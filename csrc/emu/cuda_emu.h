@@ -328,7 +328,9 @@ void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, s
       blockIdx = b;
       try {
         kernel(args...);
+        check_copies_waited();
       } catch (...) {
+        copy_queue = CopyQueue{};
         std::lock_guard<std::mutex> g(error_mutex);
         if (!error) error = std::current_exception();
       }

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -175,6 +176,35 @@ inline uint64_t current_block_serial() { return launch_state().block_serial.load
 inline const char* current_kernel() { return launch_state().kernel; }
 
 [[noreturn]] inline void raise_sanitizer_error(const std::string& msg) { throw SanitizerError(msg); }
+
+// The calling thread's cp.async copies not yet waited for (cp_async_emu.h): each lands, through a
+// checked shared store, when its group is waited for.
+struct PendingCopy {
+  std::function<void(const unsigned char*)> land;
+  unsigned char bytes[16];
+};
+struct CopyQueue {
+  std::vector<std::vector<PendingCopy>> groups;  // committed groups, oldest first
+  std::vector<PendingCopy> open;                 // copies issued since the last commit
+  bool empty() const {
+    for (const auto& group : groups)
+      if (!group.empty()) return false;
+    return open.empty();
+  }
+};
+inline thread_local CopyQueue copy_queue;
+
+// At the end of a thread's block: copies it never waited for would land at some unknown time on
+// the hardware (and never here), so that is an error.
+inline void check_copies_waited() {
+  if (copy_queue.empty()) {
+    copy_queue = CopyQueue{};
+    return;
+  }
+  copy_queue = CopyQueue{};
+  raise_sanitizer_error(std::string("emulated cp.async: a thread of kernel ") + launch_state().kernel +
+                        " left its block with copies it never waited for (cp.async.wait_group)");
+}
 
 // With a seed, a thread gives up its core now and then (1 in 8 calls), so that the threads of a
 // block interleave differently from run to run of different seeds.

@@ -11,6 +11,7 @@
 //   wmma_partial_warp      half a warp calls a wmma load (synccheck)
 //   mma_partial_warp       half a warp calls mma.sync m16n8k16 (synccheck)
 //   cp_async_no_wait       a cp.async destination read before the copy was waited for (initcheck)
+//   cp_async_unwaited      a thread leaves its block with a cp.async copy it never waited for
 //   shared_over_48k        40 KiB static plus 10 KiB dynamic shared memory (launch limit)
 //   fragment_mapping       an accumulator fragment written out element by element, assuming
 //                          which lane holds which entry (the broken twin's output depends on
@@ -127,6 +128,18 @@ __global__ void cp_async_kernel(const float* src, float* out) {
   cp_async_wait<0>();
 }
 
+// Each thread copies 16 bytes into shared memory with cp.async and writes 1 (broken: without
+// ever waiting for the copy).
+template <bool kBroken>
+__global__ void cp_async_unwaited_kernel(const float* src, float* out) {
+  FR_SHARED_ALIGNED(16, float, s, 4 * kWarpSize);
+  const int t = threadIdx.x;
+  cp_async_16(s + 4 * t, FR_GLOBAL(const float)(src + 4 * t), 16);
+  cp_async_commit();
+  if (!kBroken) cp_async_wait<0>();
+  out[t] = 1.f;
+}
+
 constexpr int kStatic = 40 * 1024 / sizeof(float);
 
 __global__ void big_shared_kernel(float* out, int dynamic_elems) {
@@ -206,6 +219,13 @@ at::Tensor sanitizer_case(c10::string_view name_view, bool broken) {
     at::Tensor src = at::arange(4 * kWarpSize, f32);
     at::Tensor out = at::zeros({kWarpSize}, f32);
     FR_LAUNCH_TWIN(cp_async_kernel, broken, dim3(1), dim3(kWarpSize), 0, src.const_data_ptr<float>(),
+                   out.mutable_data_ptr<float>());
+    return out;
+  }
+  if (name == "cp_async_unwaited") {
+    at::Tensor src = at::arange(4 * kWarpSize, f32);
+    at::Tensor out = at::zeros({kWarpSize}, f32);
+    FR_LAUNCH_TWIN(cp_async_unwaited_kernel, broken, dim3(1), dim3(kWarpSize), 0, src.const_data_ptr<float>(),
                    out.mutable_data_ptr<float>());
     return out;
   }

@@ -18,8 +18,9 @@ that measurement:
   - "kernel": always. Its work and bytes are those of its launches (kernel_flops,
     kernel_bytes: the emulator's counts, which a test holds them to). Its efficiencies are
     those of the kernels the H200 ran (commit 1cb7f70), which recomputed the logits in every
-    output slice; applied here to the work of today's kernels (each logit once) until a GPU
-    measures them.
+    128-column output slice; applied here to the work of today's kernels (the fp16/bf16 forward
+    in one pass per 256 channels on mma.sync, the backward over planes that hold each logit
+    once) until a GPU measures them.
   - "sdpa": float16 and bfloat16 on compute capability 8.0 or newer, with N, B > 0 and a padded
     width of at most 512 (at 1024, SDPA measured 3-12 % of its roofline on the H200). It
     runs on (B, 1, N, D) copies whose widths are zero-padded to D = max(d, C) rounded up to 8
