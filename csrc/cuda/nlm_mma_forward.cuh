@@ -8,8 +8,10 @@
 // tiles of kKeys = 32. Above kSliceWidth = 256 channels the channels come in slices of 256, one
 // per blockIdx.y, each block computing the logits of its queries again: at C = 512 and 1024 (d =
 // C / 2) that is 1.33x and 2x the forward's minimal FLOPs, where holding the logits in global
-// memory instead (as the backward does, nlm_wmma_kernels.cuh) moved 4-10x its minimal bytes. Lane (g = lane / 4, t = lane % 4) of a warp holds rows g and g + 8
-// of the warp's 16 and, of each 8-column tile, columns 2t and 2t + 1. Per key tile:
+// memory instead (as the backward does, nlm_wmma_kernels.cuh) moved 4-10x its minimal bytes.
+//
+// Lane (g = lane / 4, t = lane % 4) of a warp holds rows g and g + 8 of the warp's 16 and, of
+// each 8-column tile, columns 2t and 2t + 1. Per key tile:
 //   1. S (16 x 32 per warp, 4 tiles of 16 x 8) accumulates over the width d in chunks of 32,
 //      theta and phi staged in shared memory as they are in global memory ([k][position]), in
 //      two buffers: the next chunk (of this key tile or the next) is copied while this one is
@@ -28,8 +30,9 @@
 // [channel][query] (half the width at a time) and the block writes y from it along positions.
 //
 // Shared reads: the A operand of S reads theta rows 2t and 2t + 1 (kLdTheta = 72 elements, 36
-// words apart, so 4 t in 4 groups of 8 banks, the 8 g in 4 words), B reads phi (kLdKey = 40:
-// 20 words) and g (pairs of keys, one 32-bit word, 20 words a channel): no bank conflicts.
+// words apart: the 4 t start 8 banks apart, the 8 g share 4 words), B reads phi (kLdKey = 40:
+// 20 words a row) and g (pairs of keys, one 32-bit word; 20 words a channel): no bank
+// conflicts.
 #include <algorithm>
 #include <type_traits>
 
