@@ -21,14 +21,13 @@ namespace nlm {
 namespace pn = ::fastrobust::nlm;
 
 // The SIMT forward above kOutWidth channels, the tf32 forward and the backward hold (query, key)
-// planes in global memory
-// (Planes, nlm_kernels.cuh): the logits in the accumulation type, and p and ds in the input type
-// on tensor cores, else in the accumulation type. They run the batch in chunks of at most
-// kPlaneBudgetBytes of planes, or of FASTROBUST_NLM_PLANE_BYTES where that is set (the tests use
-// it to run several chunks at small sizes), all chunks of one size but the last, which is at most
-// one sample smaller. The budget is what sizes the grids of the weighted-sum kernels (a block per
-// position tile and output slice of each sample of a chunk): at 256 MiB a 56x56 map's chunks
-// were 3-6 samples, grids of 0.4-1.5 waves on an H100; 1 GiB, less than the materialising
+// planes in global memory (Planes, nlm_kernels.cuh): the logits in the accumulation type, and p and
+// ds in the input type on tensor cores, else in the accumulation type. They run the batch in chunks
+// of at most kPlaneBudgetBytes of planes, or of FASTROBUST_NLM_PLANE_BYTES where that is set (the
+// tests use it to run several chunks at small sizes), all chunks of one size but the last, which is
+// at most one sample smaller. The budget is what sizes the grids of the weighted-sum kernels (a
+// block per position tile and output slice of each sample of a chunk): at 256 MiB a 56x56 map's
+// chunks were 3-6 samples, grids of 0.4-1.5 waves on an H100; 1 GiB, less than the materialising
 // composition holds at those sizes (B N^2 logits, then p and their gradients), gives 2 or more.
 constexpr int64_t kPlaneBudgetBytes = int64_t(1) << 30;
 

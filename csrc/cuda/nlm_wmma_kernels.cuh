@@ -12,17 +12,16 @@
 // The forward of fp16 / bf16 inputs is in nlm_mma_forward.cuh, one pass over the keys on
 // mma.sync with its accumulators in registers; it uses this file's tiles and staging.
 //
-// The tf32 forward of fp32 inputs and the backward compute each logit (and each dp = dy . g)
-// once: a plane kernel writes a tile of the (query, key) plane per block to global memory (the
-// forward's float logits with per-tile row maxima and sums; the backward's p and ds in the input
-// type), and weighted-sum kernels form the outputs as matrix products over those planes,
-// kGradWidth = 128 output columns per block with the accumulators in wmma fragments. Recomputing the
-// logits in every output slice instead (as these kernels did, C and d being too wide for one
-// block's accumulators) cost a d-deep product per 128 columns of C (and a C-deep dp per 128
-// columns of d): up to 4x (forward) and 5.6x (backward) the minimal work at the benchmark
-// shapes, where C and d are 128 to 1024 wide, against 4 N^2 bytes per sample of planes here
-// (written once, read once per output; the batch runs in chunks within a memory budget,
-// csrc/cuda/nlm_dispatch.h).
+// The tf32 forward of fp32 inputs and the backward compute each logit (and each dp = dy . g) once:
+// a plane kernel writes a tile of the (query, key) plane per block to global memory (the forward's
+// float logits with per-tile row maxima and sums; the backward's p and ds in the input type), and
+// weighted-sum kernels form the outputs as matrix products over those planes, kGradWidth = 128
+// output columns per block with the accumulators in wmma fragments. Recomputing the logits in every
+// output slice instead (as these kernels did, C and d being too wide for one block's accumulators)
+// cost a d-deep product per 128 columns of C (and a C-deep dp per 128 columns of d): up to 4x
+// (forward) and 5.6x (backward) the minimal work at the benchmark shapes, where C and d are 128 to
+// 1024 wide, against 4 N^2 bytes per sample of planes here (written once, read once per output; the
+// batch runs in chunks within a memory budget, csrc/cuda/nlm_dispatch.h).
 //
 // Device code compiled for an architecture without bf16 tensor cores (FR_HAS_WMMA = 0) has
 // kernels whose body is a trap: the host launches these kernels only where
