@@ -312,10 +312,10 @@ def test_a_tensor_core_operation_counts_its_depth(dtype, depth):
 
 
 def test_tf32_nlm_kernels_count_the_products_of_their_padded_tiles():
-    """fp32 on tensor cores (tf32) does the bf16 kernels' padded-tile products
-    (nlm_dispatch.kernel_flops) in m16n16k8 steps; its forward takes the logits plane at any width
-    (kernel_flops of 4-byte elements), so it multiplies whole 128-column slices where the bf16
-    one-pass forward multiplies the 8-column tiles that hold C."""
+    """fp32 on tensor cores (tf32): the backward does the bf16 kernels' padded-tile products
+    (nlm_dispatch.kernel_flops) in m16n16k8 steps; the one-pass forward's m16n8k8 products
+    cover 64-query blocks, 16-key tiles, the width in chunks of 32 and the 8-column tiles that
+    hold C."""
     from fastrobust.kernel_cases import with_tf32
     from fastrobust.ops import nlm_dispatch
 
@@ -328,13 +328,13 @@ def test_tf32_nlm_kernels_count_the_products_of_their_padded_tiles():
     def mma_flops(fn):
         return sum(k.mma_flops for k in cost_model.model(with_tf32(fn), cost_model.EVERY_BLOCK))
 
-    for c in (72, 24):
+    for c in (72, 20):
         g = torch.randn(b, c, h, w, generator=gen)
         y, lse = with_tf32(lambda: emu.nlm_gaussian(th, ph, g, 1.0))()
         gy = torch.randn(y.shape, generator=gen)
         forward = mma_flops(lambda: emu.nlm_gaussian(th, ph, g, 1.0))
         backward = mma_flops(lambda: emu._nlm_gaussian_backward(gy, th, ph, g, y, lse, 1.0))
         assert backward == nlm_dispatch.kernel_flops(b, d, c, n, backward=True), c
-        plane = 2 * b * _round_up(n, 64) * _round_up(n, 32)
-        assert forward == plane * (_round_up(d, 32) + 128), c
+        plane = 2 * b * _round_up(n, 64) * _round_up(n, 16)
+        assert forward == plane * (_round_up(d, 32) + _round_up(c, 8)), c
         assert forward == nlm_dispatch.kernel_flops(b, d, c, n, backward=False, element=4), c

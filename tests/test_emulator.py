@@ -129,14 +129,42 @@ def test_mma_m16n8k16_follows_the_ptx_register_layout(dtype):
     torch.testing.assert_close(d, a.float() @ b.float() + c, rtol=0, atol=0)
 
 
-def test_mma_m16n8k16_is_counted_as_half_a_16x16x16_product():
+def test_mma_m16n8k8_tf32_follows_the_ptx_register_layout():
+    """mma.sync m16n8k8 of tf32 values: A (16 x 8) in rows g, g + 8 and columns t, t + 4 of
+    each lane, B (8 x 8) in rows t, t + 4; D = A B + C exactly (quarters: tf32 values whose
+    products and sums are exact in float)."""
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randint(-16, 17, (16, 8), generator=gen) / 4
+    b = torch.randint(-16, 17, (8, 8), generator=gen) / 4
+    c = torch.randint(-20, 21, (16, 8), generator=gen).float()
+    d = torch.ops.fastrobust_emu._selftest_mma(a, b, c)
+    torch.testing.assert_close(d, a @ b + c, rtol=0, atol=0)
+
+
+def test_mma_m16n8k8_rounds_with_cvt_rna_and_refuses_unrounded_operands():
+    """The kernel's operands go through tf32_bits (cvt.rna.tf32.f32): 1/3 becomes the nearest
+    tf32 value. Registers that still hold low mantissa bits are refused, as the hardware's result
+    on them is undefined."""
+    a = torch.full((16, 8), 1 / 3)
+    ones, zeros = torch.ones(8, 8), torch.zeros(16, 8)
+    d = torch.ops.fastrobust_emu._selftest_mma(a, ones, zeros)
+    assert torch.equal(d, torch.full((16, 8), 8 * to_tf32(torch.tensor(1 / 3)).item()))
+    with pytest.raises(RuntimeError, match="operand was not rounded to tf32"):
+        torch.ops.fastrobust_emu._selftest_mma(a, ones, zeros, round_tf32=False)
+    exact = torch.ops.fastrobust_emu._selftest_mma(to_tf32(a), ones, zeros, round_tf32=False)
+    assert torch.equal(exact, d)
+
+
+@pytest.mark.parametrize("dtype, depth", [(torch.bfloat16, 16), (torch.float32, 8)], ids=str)
+def test_mma_m16n8_is_counted_by_its_depth(dtype, depth):
+    """m16n8k16 is half a 16 x 16 x 16 product, the tf32 m16n8k8 a quarter: 2 x 16 x 8 x k FLOPs."""
     from fastrobust import cost_model
 
-    a = torch.ones(16, 16, dtype=torch.bfloat16)
-    b = torch.ones(16, 8, dtype=torch.bfloat16)
+    a = torch.ones(16, depth, dtype=dtype)
+    b = torch.ones(depth, 8, dtype=dtype)
     c = torch.zeros(16, 8)
     (launch,) = cost_model.model(lambda: torch.ops.fastrobust_emu._selftest_mma(a, b, c))
-    assert launch.counters["mma_ops"] == 1 and launch.mma_flops == 2 * 16 * 8 * 16
+    assert launch.counters["mma_ops"] == 1 and launch.mma_flops == 2 * 16 * 8 * depth
 
 
 @pytest.mark.parametrize("src_bytes", [16, 8, 0])

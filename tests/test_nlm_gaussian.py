@@ -130,11 +130,12 @@ def test_emulated_tf32_path_of_fp32(cuda_matmul_precision):
 
 
 @pytest.mark.skipif(not fastrobust.HAS_EMU, reason="built without FR_EMULATE_CUDA=1")
-@pytest.mark.parametrize("channels", [3, 70])  # the one-pass forward's width, and wider
+@pytest.mark.parametrize("channels", [3, 70])  # the narrowest block of the one-pass forward, and wider
 def test_tf32_runs_only_where_torch_allows_it(cuda_matmul_precision, channels):
-    """fp32 takes the tensor-core kernels with fp32_precision = "tf32" only; its forward then
-    holds the logits plane at any width, so that the backward's tf32 logits and the forward's
-    lse agree (the SIMT one-pass forward's lse of exact logits did not, by up to 3x fp16's error)."""
+    """fp32 takes the tensor-core kernels with fp32_precision = "tf32" only: the forward in one
+    pass on m16n8k8 products of tf32 values (its logits are tf32 products, as the backward's
+    are, so the lse it passes on is the one the backward's logits sum to one against), the
+    backward over its planes."""
     from fastrobust.kernel_resources import kernel_name, record_launches
 
     theta, phi, g, grad_y = inputs((2, 24, channels, 9, 8), torch.float32, "cpu", seed=3)
@@ -147,13 +148,13 @@ def test_tf32_runs_only_where_torch_allows_it(cuda_matmul_precision, channels):
         return [kernel_name(symbol) for symbol, *_ in record_launches(forward_backward)]
 
     cuda_matmul_precision("ieee")
-    assert not any("wmma" in name for name in kernels())
+    assert not any("mma" in name for name in kernels())
     ieee_y, ieee_grads = forward_backward()
     cuda_matmul_precision("tf32")
     assert [name for name in kernels() if name != "nlm::row_dot_kernel<float>"] == [
-        "nlm::plane_tile_wmma_kernel<float, false>", "nlm::weighted_sum_wmma_kernel<float, Grad(0)>",
-        "nlm::plane_tile_wmma_kernel<float, true>", "nlm::weighted_sum_wmma_kernel<float, Grad(1)>",
-        "nlm::weighted_sum_wmma_kernel<float, Grad(2)>", "nlm::weighted_sum_wmma_kernel<float, Grad(3)>"]
+        f"nlm::forward_mma_kernel<float, {64 if channels <= 64 else 128}>", "nlm::plane_tile_wmma_kernel<float>",
+        "nlm::weighted_sum_wmma_kernel<float, Grad(1)>", "nlm::weighted_sum_wmma_kernel<float, Grad(2)>",
+        "nlm::weighted_sum_wmma_kernel<float, Grad(3)>"]
     tf32_y, tf32_grads = forward_backward()
     for tf32, ieee in zip((tf32_y, *tf32_grads), (ieee_y, *ieee_grads)):
         assert not torch.equal(tf32, ieee)  # rounded to tf32: not the fp32 kernels' bits

@@ -1,6 +1,6 @@
 #pragma once
-// The tensor-core instruction mma.sync m16n8k16 (16-bit inputs, float accumulators) for device
-// code, in both builds: inline PTX under nvcc (sm_80 and newer, FR_HAS_WMMA), csrc/emu/mma_emu.h
+// The tensor-core instructions mma.sync m16n8k16 (16-bit inputs) and m16n8k8 (tf32 inputs), float
+// accumulators, for device code, in both builds: inline PTX under nvcc (sm_80 and newer, FR_HAS_WMMA), csrc/emu/mma_emu.h
 // in the emulator. Its register layout is documented (mma_emu.h gives it), so a kernel can keep
 // accumulators in registers and rescale their rows there, and reuse a product's accumulators as
 // the A operand of the next product (FlashAttention's P V), which wmma's unspecified fragment
@@ -9,7 +9,11 @@
 // Operands are 32-bit registers of two 16-bit values, the lower index in the low half:
 // pack_pair rounds two floats to scalar_t, shared_pair reads two adjacent elements of shared
 // memory (an even index: one 32-bit load on the GPU, two checked 16-bit reads in the emulator).
+// tf32 operands are floats rounded to 10-bit mantissas (tf32_bits: cvt.rna.tf32.f32, to
+// nearest, ties away from zero): the instruction's result is undefined on other values, and the
+// emulator refuses them.
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "cuda_utils.cuh"
@@ -52,7 +56,51 @@ __device__ __forceinline__ uint32_t shared_pair(smem_ptr<scalar_t> p, int i) {
 #endif
 }
 
+// p[i] and p[i + 1] of a float tile, i even: one 8-byte access (8-byte aligned where p is).
+__device__ __forceinline__ void shared_float_pair(smem_ptr<float> p, int i, float& lo, float& hi) {
+#if defined(FR_CUDA_EMULATION)
+  float pair[2];
+  (p + i).load_bytes(pair, sizeof pair);
+  lo = pair[0];
+  hi = pair[1];
+#else
+  const float2 pair = *reinterpret_cast<const float2*>(p + i);
+  lo = pair.x;
+  hi = pair.y;
+#endif
+}
+
 #if FR_HAS_WMMA
+// v rounded to tf32, as the 32-bit register an m16n8k8 tf32 operand takes.
+__device__ __forceinline__ uint32_t tf32_bits(float v) {
+#if defined(FR_CUDA_EMULATION)
+  const float r = nvcuda::wmma::__float_to_tf32(v);
+  uint32_t bits;
+  std::memcpy(&bits, &r, sizeof bits);
+  return bits;
+#else
+  uint32_t bits;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(bits) : "f"(v));
+  return bits;
+#endif
+}
+
+// d += A (16 x 8) B (8 x 8) of tf32 values for the calling warp (layout: mma_emu.h).
+__device__ __forceinline__ void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                                 const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+#if defined(FR_CUDA_EMULATION)
+  ::fr_emu::mma_m16n8k8_tf32(d, a, b, file, line);
+#else
+  (void)file;
+  (void)line;
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
 // d += A (16 x 16) B (16 x 8) for the calling warp, every lane with its share of the registers.
 template <typename scalar_t>
 __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],

@@ -20,7 +20,7 @@ namespace nlm {
 
 namespace pn = ::fastrobust::nlm;
 
-// The SIMT forward above kOutWidth channels, the tf32 forward and the backward hold (query, key)
+// The SIMT forward above kOutWidth channels and the backward hold (query, key)
 // planes in global memory (Planes, nlm_kernels.cuh): the logits in the accumulation type, and p and
 // ds in the input type on tensor cores, else in the accumulation type. They run the batch in chunks
 // of at most kPlaneBudgetBytes of planes, or of FASTROBUST_NLM_PLANE_BYTES where that is set (the

@@ -1,38 +1,42 @@
 #pragma once
-// The softmax non-local-means forward of fp16 / bf16 inputs on tensor cores, FlashAttention-2's
-// forward: y and lse in one walk over the keys, every product an mma.sync m16n8k16
-// (csrc/common/mma.cuh) whose accumulators stay in registers.
+// The softmax non-local-means forward on tensor cores, FlashAttention-2's forward: y and lse in
+// one walk over the keys, every product an mma.sync (csrc/common/mma.cuh) whose accumulators
+// stay in registers: m16n8k16 for fp16 / bf16, m16n8k8 of tf32 for fp32 (where tf32 is allowed).
 //
 // A block has 4 warps and owns kQueries = 64 queries (warp w: rows 16w .. 16w + 15) and a slice
 // of up to kWidth channels (64, 128 or 256: O takes kWidth / 2 floats a lane); the keys come in
-// tiles of kKeys = 32. Above kSliceWidth = 256 channels the channels come in slices of 256, one
-// per blockIdx.y, each block computing the logits of its queries again: at C = 512 and 1024 (d =
-// C / 2) that is 1.33x and 2x the forward's minimal FLOPs, where holding the logits in global
-// memory instead (as the backward does, nlm_wmma_kernels.cuh) moved 4-10x its minimal bytes.
+// tiles of 32 (16 for fp32: OnePass). Above kSliceWidth = 256 channels the channels come in
+// slices of 256, one per blockIdx.y, each block computing the logits of its queries again: at
+// C = 512 and 1024 (d = C / 2) that is 1.33x and 2x the forward's minimal FLOPs, where holding
+// the logits in global memory instead (as the backward does, nlm_wmma_kernels.cuh) moved 4-10x
+// its minimal bytes.
 //
 // Lane (g = lane / 4, t = lane % 4) of a warp holds rows g and g + 8 of the warp's 16 and, of
 // each 8-column tile, columns 2t and 2t + 1. Per key tile:
-//   1. S (16 x 32 per warp, 4 tiles of 16 x 8) accumulates over the width d in chunks of 32,
+//   1. S (16 x keys per warp, tiles of 16 x 8) accumulates over the width d in chunks of 32,
 //      theta and phi staged in shared memory as they are in global memory ([k][position]), in
 //      two buffers: the next chunk (of this key tile or the next) is copied while this one is
 //      multiplied;
-//   2. each row's max m and sum l are updated from its 8 entries in each of 4 lanes (two
-//      shuffles), the row's output accumulators rescaled by exp(m_old - m), and
-//      P = exp(scale S - m) rounded to the input type: the accumulator layout of two adjacent
-//      8-key tiles is the A operand layout of a 16-key product, so P never leaves registers;
-//   3. O (16 x kWidth per warp) += P (16 x 32) g^T (32 x kWidth), g staged [channel][key]; only
-//      the 8-column tiles that hold channels run.
+//   2. each row's max m and sum l are updated from its entries in 4 lanes (two shuffles), the
+//      row's output accumulators rescaled by exp(m_old - m), and P = exp(scale S - m) rounded to
+//      the input type (tf32 for fp32): the accumulators of P are the A operand of the next
+//      product (p_operand), so P never leaves registers;
+//   3. O (16 x kWidth per warp) += P g^T, g staged [channel][key]; only the 8-column tiles that
+//      hold channels run.
 // The g tile's copy is issued as the key tile starts and waited for with the first chunk. Where
-// N is a multiple of 8 and the inputs are 16-byte aligned the tiles come by 16-byte cp.async
-// (csrc/common/cp_async.cuh), otherwise by plain loads.
-// P is rounded to the input type before the product, as FlashAttention does; l sums the float
-// values. At the end each warp writes O / l, rounded, into the g tile's storage as
-// [channel][query] (half the width at a time) and the block writes y from it along positions.
+// N is a multiple of 16 bytes' elements and the inputs are 16-byte aligned the tiles come by
+// 16-byte cp.async (csrc/common/cp_async.cuh), otherwise by plain loads.
+// P is rounded before the product, as FlashAttention does; l sums the float values. At the end
+// each warp writes O / l, rounded, into the g tile's storage as [channel][query] (kYPart
+// channels at a time) and the block writes y from it along positions.
 //
-// Shared reads: the A operand of S reads theta rows 2t and 2t + 1 (kLdTheta = 72 elements, 36
-// words apart: the 4 t start 8 banks apart, the 8 g share 4 words), B reads phi (kLdKey = 40:
-// 20 words a row) and g (pairs of keys, one 32-bit word; 20 words a channel): no bank
-// conflicts.
+// Shared reads, free of bank conflicts:
+//   - 16-bit: the A operand of S reads theta rows 2t and 2t + 1 (kLdTheta = 72 elements, 36
+//     words apart: the 4 t start 8 banks apart, the 8 g share 4 words), B reads phi (pitch 40:
+//     20 words a row) and g (pairs of keys, one 32-bit word; 20 words a channel);
+//   - fp32: A reads theta rows t and t + 4 (72 words apart: the 4 t 8 banks apart, the 8 g
+//     consecutive), B reads phi (pitch 24: 24 t mod 32 = 0, 24, 16, 8) and g as 8-byte pairs of
+//     keys (a wavefront per half warp: its 4 g 24 words apart, its 4 t 2 words apart).
 #include <algorithm>
 #include <type_traits>
 
@@ -47,27 +51,102 @@ namespace nlm {
 namespace tc {
 constexpr int kSliceWidth = 256;  // channels per block at most (O: 128 floats a lane)
 constexpr int kColTile = 8;       // columns of an m16n8 accumulator
-static_assert(kLdTheta * 2 % 128 == 16 && kLdKey * 2 % 128 == 80, "the pitches the bank analysis above assumes");
+// Per input type: the reduction depth of one product (16 for fp16 / bf16 on m16n8k16, 8 for
+// tf32 on m16n8k8), the keys of a tile and the pitch of the phi and g tiles. fp32's tiles take
+// twice the bytes, so its key tiles are 16 keys (pitch 24 floats): a 256-channel g tile and the
+// double-buffered theta and phi chunks then fit the 48 KiB of static shared memory.
+template <typename scalar_t>
+struct OnePass {
+  static constexpr bool kTf32 = std::is_same_v<scalar_t, float>;
+  static constexpr int kDepth = kTf32 ? 8 : 16;
+  static constexpr int kKeys = kTf32 ? 16 : 32;
+  static constexpr int kLdKey = kKeys + 8;
+};
+static_assert(kLdTheta * 2 % 128 == 16 && OnePass<c10::BFloat16>::kLdKey * 2 % 128 == 80,
+              "the 16-bit pitches the bank analysis above assumes");
+static_assert(kLdTheta % 32 == 8 && OnePass<float>::kLdKey % 32 == 24, "the fp32 pitches the bank analysis assumes");
+// The largest power-of-two share of kWidth channels whose y tile ([channel][query], pitch
+// kLdTheta) fits in the g tile's storage (capacity elements).
+constexpr int y_part(int width, int capacity) { return width * kLdTheta <= capacity ? width : y_part(width / 2, capacity); }
 }  // namespace tc
 
 #if FR_HAS_WMMA
-// acc[j] += (the warp's 16 rows of A) times the 16 x 8 tile j of B, over 16 rows k0 .. k0 + 15 of
-// the reduction: A col-major in shared memory ([k][row], ld_a, the warp's rows from row0), B
+// d += A B on the type's instruction: m16n8k16 for fp16 / bf16, m16n8k8 of tf32 for fp32.
+template <typename scalar_t>
+__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                    const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  if constexpr (std::is_same_v<scalar_t, float>)
+    mma_m16n8k8_tf32(d, a, b, file, line);
+  else
+    mma_m16n8k16<scalar_t>(d, a, b, file, line);
+}
+
+// acc[j] += (the warp's 16 rows of A) times the 16 x 8 tile j of B, over the kDepth rows k0 ..
+// of the reduction: A col-major in shared memory ([k][row], ld_a, the warp's rows from row0), B
 // row-major ([k][column], ld_b).
 template <int kTiles, typename scalar_t>
-__device__ __forceinline__ void accumulate_k16(float (&acc)[kTiles][4], smem_ptr<scalar_t> As, int ld_a, int row0,
-                                               smem_ptr<scalar_t> Bs, int ld_b, int k0) {
+__device__ __forceinline__ void accumulate_logits(float (&acc)[kTiles][4], smem_ptr<scalar_t> As, int ld_a,
+                                                  int row0, smem_ptr<scalar_t> Bs, int ld_b, int k0) {
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize, g = lane / 4, t = lane % 4;
   const auto a_at = [&](int k, int r) { return static_cast<scalar_t>(As[(k0 + k) * ld_a + row0 + r]); };
-  const uint32_t a[4] = {pack_pair(a_at(2 * t, g), a_at(2 * t + 1, g)),
-                         pack_pair(a_at(2 * t, g + 8), a_at(2 * t + 1, g + 8)),
-                         pack_pair(a_at(2 * t + 8, g), a_at(2 * t + 9, g)),
-                         pack_pair(a_at(2 * t + 8, g + 8), a_at(2 * t + 9, g + 8))};
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const uint32_t a[4] = {tf32_bits(a_at(t, g)), tf32_bits(a_at(t, g + 8)), tf32_bits(a_at(t + 4, g)),
+                           tf32_bits(a_at(t + 4, g + 8))};
 #pragma unroll
-  for (int j = 0; j < kTiles; ++j) {
-    const auto b_at = [&](int k) { return static_cast<scalar_t>(Bs[(k0 + k) * ld_b + j * tc::kColTile + g]); };
-    const uint32_t b[2] = {pack_pair(b_at(2 * t), b_at(2 * t + 1)), pack_pair(b_at(2 * t + 8), b_at(2 * t + 9))};
-    mma_m16n8k16<scalar_t>(acc[j], a, b);
+    for (int j = 0; j < kTiles; ++j) {
+      const auto b_at = [&](int k) { return static_cast<float>(Bs[(k0 + k) * ld_b + j * tc::kColTile + g]); };
+      const uint32_t b[2] = {tf32_bits(b_at(t)), tf32_bits(b_at(t + 4))};
+      mma<scalar_t>(acc[j], a, b);
+    }
+  } else {
+    const uint32_t a[4] = {pack_pair(a_at(2 * t, g), a_at(2 * t + 1, g)),
+                           pack_pair(a_at(2 * t, g + 8), a_at(2 * t + 1, g + 8)),
+                           pack_pair(a_at(2 * t + 8, g), a_at(2 * t + 9, g)),
+                           pack_pair(a_at(2 * t + 8, g + 8), a_at(2 * t + 9, g + 8))};
+#pragma unroll
+    for (int j = 0; j < kTiles; ++j) {
+      const auto b_at = [&](int k) { return static_cast<scalar_t>(Bs[(k0 + k) * ld_b + j * tc::kColTile + g]); };
+      const uint32_t b[2] = {pack_pair(b_at(2 * t), b_at(2 * t + 1)), pack_pair(b_at(2 * t + 8), b_at(2 * t + 9))};
+      mma<scalar_t>(acc[j], a, b);
+    }
+  }
+}
+
+// P's accumulators s (kKeyTiles tiles of 16 x 8) as the A operand of reduction step u of P g^T:
+// 16-bit values take keys 16u .. 16u + 15, tiles 2u and 2u + 1, in their accumulator layout;
+// tf32 takes tile u, whose lane holds keys 2t and 2t + 1 where the A operand wants columns t and
+// t + 4: the step's columns are read as keys 0, 2, 4, 6, 1, 3, 5, 7 (g_operand reads B's rows
+// in the same order).
+template <typename scalar_t, int kKeyTiles>
+__device__ __forceinline__ void p_operand(uint32_t (&p)[4], const float (&s)[kKeyTiles][4], int u) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    p[0] = tf32_bits(s[u][0]);
+    p[1] = tf32_bits(s[u][2]);
+    p[2] = tf32_bits(s[u][1]);
+    p[3] = tf32_bits(s[u][3]);
+  } else {
+    p[0] = pack_pair<scalar_t>(s[2 * u][0], s[2 * u][1]);
+    p[1] = pack_pair<scalar_t>(s[2 * u][2], s[2 * u][3]);
+    p[2] = pack_pair<scalar_t>(s[2 * u + 1][0], s[2 * u + 1][1]);
+    p[3] = pack_pair<scalar_t>(s[2 * u + 1][2], s[2 * u + 1][3]);
+  }
+}
+
+// The B operand of step u of P g^T for the 8 channels of column tile f, g staged [channel][key]
+// (pitch ld): each register a pair of adjacent keys (16-bit), or one key of an adjacent pair
+// read at once (tf32: keys 2t and 2t + 1 are rows t and t + 4, as p_operand orders them).
+template <typename scalar_t>
+__device__ __forceinline__ void g_operand(uint32_t (&b)[2], smem_ptr<scalar_t> Gs, int ld, int f, int u) {
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize, g = lane / 4, t = lane % 4;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    float lo, hi;
+    shared_float_pair(Gs, (f * tc::kColTile + g) * ld + u * 8 + 2 * t, lo, hi);
+    b[0] = tf32_bits(lo);
+    b[1] = tf32_bits(hi);
+  } else {
+    const int at = (f * tc::kColTile + g) * ld + u * 16 + 2 * t;
+    b[0] = shared_pair(Gs, at);
+    b[1] = shared_pair(Gs, at + 8);
   }
 }
 #endif
@@ -104,14 +183,17 @@ template <typename scalar_t, int kWidth>
 __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, float> a, bool async) {
 #if FR_HAS_WMMA
   using namespace tc;
-  constexpr int kKeyTiles = kKeys / kColTile, kOutTiles = kWidth / kColTile, kHalf = kWidth / 2;
-  constexpr int kThetaTile = kChunk * kLdTheta, kPhiTile = kChunk * kLdKey;
-  static_assert(kKeys % kWmmaDim == 0 && kChunk % kWmmaDim == 0 && kWidth % (2 * kColTile) == 0, "tile shape");
-  static_assert(kHalf * kLdTheta <= kWidth * kLdKey, "half of y fits in the g tile's storage");
-  static_assert(kLdTheta * sizeof(scalar_t) % 16 == 0 && kLdKey * sizeof(scalar_t) % 16 == 0, "16-byte rows");
+  constexpr int kTileKeys = OnePass<scalar_t>::kKeys, kPitchKey = OnePass<scalar_t>::kLdKey;
+  constexpr int kDepth = OnePass<scalar_t>::kDepth;
+  constexpr int kKeyTiles = kTileKeys / kColTile, kOutTiles = kWidth / kColTile;
+  constexpr int kThetaTile = kChunk * kLdTheta, kPhiTile = kChunk * kPitchKey;
+  constexpr int kYPart = y_part(kWidth, kWidth * kPitchKey);  // channels of y written per round
+  static_assert(kTileKeys % kDepth == 0 && kChunk % kDepth == 0 && kWidth % (2 * kColTile) == 0, "tile shape");
+  static_assert(kYPart % kColTile == 0, "whole column tiles of y per round");
+  static_assert(kLdTheta * sizeof(scalar_t) % 16 == 0 && kPitchKey * sizeof(scalar_t) % 16 == 0, "16-byte rows");
   FR_SHARED_ALIGNED(16, scalar_t, Ths, 2 * kThetaTile);  // theta [k][query], two chunks
   FR_SHARED_ALIGNED(16, scalar_t, Phs, 2 * kPhiTile);    // phi [k][key], two chunks
-  FR_SHARED_ALIGNED(16, scalar_t, Gs, kWidth * kLdKey);  // g [channel][key]; at the end y [channel][query]
+  FR_SHARED_ALIGNED(16, scalar_t, Gs, kWidth * kPitchKey);  // g [channel][key]; at the end y [channel][query]
 
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int g = lane / 4, t = lane % 4, row0 = warp * kWmmaDim;
@@ -127,7 +209,7 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, fl
   // The theta and phi chunk d0 of key tile k0 into buffer buf, as one group of copies.
   const auto copy_chunk = [&](int64_t k0, int64_t d0, int buf) {
     stage_tile<kQueries>(async, Ths + buf * kThetaTile, kLdTheta, theta, a.dim, n, d0, kChunk, q0);
-    stage_tile<kKeys>(async, Phs + buf * kPhiTile, kLdKey, phi, a.dim, n, d0, kChunk, k0);
+    stage_tile<kTileKeys>(async, Phs + buf * kPhiTile, kPitchKey, phi, a.dim, n, d0, kChunk, k0);
     cp_async_commit();
   };
 
@@ -135,23 +217,23 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, fl
   float m[2] = {mn::neg_inf<float>(), mn::neg_inf<float>()}, l[2] = {0.f, 0.f};  // rows g, g + 8
   int buf = 0;
   if (chunks > 0) copy_chunk(0, 0, 0);
-  for (int64_t k0 = 0; k0 < n; k0 += kKeys) {
-    stage_tile<kKeys>(async, Gs, kLdKey, values, channels, n, 0, out_tiles * kColTile, k0);
+  for (int64_t k0 = 0; k0 < n; k0 += kTileKeys) {
+    stage_tile<kTileKeys>(async, Gs, kPitchKey, values, channels, n, 0, out_tiles * kColTile, k0);
     cp_async_commit();
     float s[kKeyTiles][4] = {};
     for (int64_t c = 0; c < chunks; ++c) {
       // the next chunk, of this key tile or the first of the next, goes to the other buffer
       if (c + 1 < chunks)
         copy_chunk(k0, (c + 1) * kChunk, buf ^ 1);
-      else if (k0 + kKeys < n)
-        copy_chunk(k0 + kKeys, 0, buf ^ 1);
+      else if (k0 + kTileKeys < n)
+        copy_chunk(k0 + kTileKeys, 0, buf ^ 1);
       else
         cp_async_commit();  // an empty group: the wait below leaves the newest group pending
       cp_async_wait<1>();  // this chunk's copies (and the g tile's) have landed
       __syncthreads();
 #pragma unroll
-      for (int kk = 0; kk < kChunk; kk += kWmmaDim)
-        accumulate_k16<kKeyTiles>(s, Ths + buf * kThetaTile, kLdTheta, row0, Phs + buf * kPhiTile, kLdKey, kk);
+      for (int kk = 0; kk < kChunk; kk += kDepth)
+        accumulate_logits<kKeyTiles>(s, Ths + buf * kThetaTile, kLdTheta, row0, Phs + buf * kPhiTile, kPitchKey, kk);
       __syncthreads();  // before the buffer is copied into again
       buf ^= 1;
     }
@@ -197,18 +279,17 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, fl
       }
     }
 
-    // O += P g^T, P's accumulators as the A operand: keys 16u .. 16u + 15 are tiles 2u, 2u + 1.
+    // O += P g^T, P's accumulators as the A operand (p_operand), kDepth keys a step.
 #pragma unroll
-    for (int u = 0; u < kKeys / kWmmaDim; ++u) {
-      const uint32_t p[4] = {pack_pair<scalar_t>(s[2 * u][0], s[2 * u][1]), pack_pair<scalar_t>(s[2 * u][2], s[2 * u][3]),
-                             pack_pair<scalar_t>(s[2 * u + 1][0], s[2 * u + 1][1]),
-                             pack_pair<scalar_t>(s[2 * u + 1][2], s[2 * u + 1][3])};
+    for (int u = 0; u < kTileKeys / kDepth; ++u) {
+      uint32_t p[4];
+      p_operand<scalar_t>(p, s, u);
 #pragma unroll
       for (int f = 0; f < kOutTiles; ++f) {
         if (f >= out_tiles) break;  // the same for the whole block
-        const int at = (f * kColTile + g) * kLdKey + u * kWmmaDim + 2 * t;
-        const uint32_t gb[2] = {shared_pair(Gs, at), shared_pair(Gs, at + 8)};
-        mma_m16n8k16<scalar_t>(o[f], p, gb);
+        uint32_t gb[2];
+        g_operand<scalar_t>(gb, Gs, kPitchKey, f, u);
+        mma<scalar_t>(o[f], p, gb);
       }
     }
     __syncthreads();  // before the next tile restages g, theta and phi
@@ -224,10 +305,10 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, fl
   const float inv[2] = {1.f / l[0], 1.f / l[1]};
   cp_async_wait<0>();  // (only empty groups are left)
   FR_GLOBAL(scalar_t) out = a.out + (b * a.channels + c_first) * n;
-  for (int c0 = 0; c0 < out_tiles * kColTile; c0 += kHalf) {
+  for (int c0 = 0; c0 < out_tiles * kColTile; c0 += kYPart) {
 #pragma unroll
     for (int f = 0; f < kOutTiles; ++f) {
-      if (f * kColTile < c0 || f * kColTile >= c0 + kHalf || f >= out_tiles) continue;
+      if (f * kColTile < c0 || f * kColTile >= c0 + kYPart || f >= out_tiles) continue;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int c = f * kColTile + 2 * t + i % 2 - c0, r = row0 + g + 8 * (i / 2);
@@ -235,11 +316,11 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, fl
       }
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < kHalf * kQueries; e += blockDim.x) {
+    for (int e = threadIdx.x; e < kYPart * kQueries; e += blockDim.x) {
       const int c = e / kQueries, r = e % kQueries;
       if (c0 + c < channels && q0 + r < n) out[(c0 + c) * n + q0 + r] = static_cast<scalar_t>(Gs[c * kLdTheta + r]);
     }
-    __syncthreads();  // before the next half overwrites the tile
+    __syncthreads();  // before the next round overwrites the tile
   }
 #else
   __trap();  // compiled for a GPU without bf16 tensor cores: the host never launches it there
@@ -247,11 +328,10 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, fl
 }
 
 // fp16 / bf16 run on tensor cores wherever the device has them; fp32 only where the caller
-// allows tf32 (the products then round their inputs to 10-bit mantissas). An fp32 forward on
-// tensor cores takes the planes at any width (forward_uses_planes): a one-pass kernel of tf32
-// would need float tiles (twice the shared memory) and m16n8k8 products, and the SIMT one-pass
-// forward would give an lse of exact fp32 logits, which the backward's tf32 logits would not sum
-// to one against (errors of up to 3x fp16's where it was tried).
+// allows tf32 (the products then round their inputs to 10-bit mantissas). The tf32 forward's
+// logits are tf32 products, as the backward's are, so its lse is what the backward's logits sum
+// to one against (the SIMT forward's lse of exact fp32 logits was not: errors of up to 3x fp16's
+// where that mix was tried).
 template <typename scalar_t>
 constexpr bool kHasWmmaPath = std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16> ||
                               std::is_same_v<scalar_t, float>;
@@ -270,36 +350,31 @@ bool use_tensor_cores(const TensorCores& tc) {
   }
 }
 
-// Whether the forward holds the logits plane (forward_planes, nlm_dispatch.h): fp32 on tensor
-// cores (tf32) at any width, SIMT above kOutWidth channels; fp16 / bf16 on tensor cores never.
+// Whether the forward holds the logits plane (forward_planes, nlm_dispatch.h): the SIMT forward
+// above kOutWidth channels; the tensor-core forward never.
 template <typename scalar_t>
 bool forward_uses_planes(const TensorCores& tc, int64_t channels) {
-  if (use_tensor_cores<scalar_t>(tc)) return std::is_same_v<scalar_t, float>;
-  return channels > kOutWidth;
+  return !use_tensor_cores<scalar_t>(tc) && channels > kOutWidth;
 }
 
-// The tensor-core forward: fp16 / bf16 in one pass, on blocks of the narrowest of 64, 128 and
-// 256 columns that holds C, or on slices of 256; fp32 (tf32) over the planes.
+// The tensor-core forward in one pass, on blocks of the narrowest of 64, 128 and 256 columns
+// that holds C, or on slices of 256.
 template <typename scalar_t>
-void launch_forward_wmma(const Ptrs<scalar_t, float>& a, const WmmaPlanes<scalar_t>& planes, cudaStream_t stream) {
-  if constexpr (kMmaInput<scalar_t>) {
-    // (FR_LAUNCH names the kernel as written, for the emulator's launch log: one call each)
-    const dim3 block(kThreads);
-    const auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
-    const bool async = a.positions % (16 / sizeof(scalar_t)) == 0 && aligned(a.theta) &&
-                       aligned(a.phi) && aligned(a.g);
-    if (a.channels <= 64) {
-      FR_LAUNCH((forward_mma_kernel<scalar_t, 64>), tile_grid(a.batch, a.positions, a.channels, tc::kQueries, 64),
-                block, 0, stream, a, async);
-    } else if (a.channels <= 128) {
-      FR_LAUNCH((forward_mma_kernel<scalar_t, 128>), tile_grid(a.batch, a.positions, a.channels, tc::kQueries, 128),
-                block, 0, stream, a, async);
-    } else {
-      FR_LAUNCH((forward_mma_kernel<scalar_t, tc::kSliceWidth>),
-                tile_grid(a.batch, a.positions, a.channels, tc::kQueries, tc::kSliceWidth), block, 0, stream, a, async);
-    }
+void launch_forward_mma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
+  // (FR_LAUNCH names the kernel as written, for the emulator's launch log: one call each)
+  const dim3 block(kThreads);
+  const auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+  const bool async = a.positions % (16 / sizeof(scalar_t)) == 0 && aligned(a.theta) && aligned(a.phi) &&
+                     aligned(a.g);
+  if (a.channels <= 64) {
+    FR_LAUNCH((forward_mma_kernel<scalar_t, 64>), tile_grid(a.batch, a.positions, a.channels, tc::kQueries, 64), block,
+              0, stream, a, async);
+  } else if (a.channels <= 128) {
+    FR_LAUNCH((forward_mma_kernel<scalar_t, 128>), tile_grid(a.batch, a.positions, a.channels, tc::kQueries, 128),
+              block, 0, stream, a, async);
   } else {
-    launch_forward_planes_wmma<scalar_t>(a, planes, stream);
+    FR_LAUNCH((forward_mma_kernel<scalar_t, tc::kSliceWidth>),
+              tile_grid(a.batch, a.positions, a.channels, tc::kQueries, tc::kSliceWidth), block, 0, stream, a, async);
   }
 }
 
@@ -309,8 +384,7 @@ template <typename scalar_t>
 void launch_forward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, const TensorCores& tensor_cores,
                     const PlaneBuffers& buffers, cudaStream_t stream) {
   if constexpr (kHasWmmaPath<scalar_t>) {
-    if (use_tensor_cores<scalar_t>(tensor_cores))
-      return launch_forward_wmma<scalar_t>(a, typed_planes<float, scalar_t>(buffers), stream);
+    if (use_tensor_cores<scalar_t>(tensor_cores)) return launch_forward_mma<scalar_t>(a, stream);
   }
   launch_forward<scalar_t>(a, buffers, stream);
 }

@@ -1,6 +1,6 @@
 #pragma once
-// Softmax non-local means on tensor cores, for fp16 and bf16 inputs and, where tf32 is allowed,
-// fp32 inputs (sm_80+): every product of a tile is a warp matrix operation with float
+// The softmax non-local-means backward on tensor cores, for fp16 and bf16 inputs and, where tf32
+// is allowed, fp32 inputs (sm_80+): every product of a tile is a warp matrix operation with float
 // accumulators (16x16x16 on 16-bit values; 16x16x8 on tf32 values, the fp32 inputs rounded to
 // 10-bit mantissas as they are loaded into fragments, their tiles staged as float); the softmax
 // maths between products is SIMT code on float tiles in shared memory.
@@ -9,19 +9,18 @@
 // in every step, so a warp's SIMT rows and matrix tiles are the same); the other axis comes in
 // tiles of kKeys = 32.
 //
-// The forward of fp16 / bf16 inputs is in nlm_mma_forward.cuh, one pass over the keys on
-// mma.sync with its accumulators in registers; it uses this file's tiles and staging.
+// The forward is in nlm_mma_forward.cuh, one pass over the keys on mma.sync with its
+// accumulators in registers; it uses this file's tiles and staging.
 //
-// The tf32 forward of fp32 inputs and the backward compute each logit (and each dp = dy . g) once:
-// a plane kernel writes a tile of the (query, key) plane per block to global memory (the forward's
-// float logits with per-tile row maxima and sums; the backward's p and ds in the input type), and
-// weighted-sum kernels form the outputs as matrix products over those planes, kGradWidth = 128
-// output columns per block with the accumulators in wmma fragments. Recomputing the logits in every
-// output slice instead (as these kernels did, C and d being too wide for one block's accumulators)
-// cost a d-deep product per 128 columns of C (and a C-deep dp per 128 columns of d): up to 4x
-// (forward) and 5.6x (backward) the minimal work at the benchmark shapes, where C and d are 128 to
-// 1024 wide, against 4 N^2 bytes per sample of planes here (written once, read once per output; the
-// batch runs in chunks within a memory budget, csrc/cuda/nlm_dispatch.h).
+// The backward computes each logit and each dp = dy . g once: a plane kernel writes a tile of
+// the (query, key) planes p and ds per block to global memory in the input type, and
+// weighted-sum kernels form the gradients as matrix products over those planes, kGradWidth =
+// 128 output columns per block with the accumulators in wmma fragments. Recomputing the logits
+// in every output slice instead (as these kernels did, C and d being too wide for one block's
+// accumulators) cost a C-deep dp per 128 columns of d: up to 5.6x the minimal work at the
+// benchmark shapes, where C and d are 128 to 1024 wide, against 4 N^2 bytes per sample of planes
+// here (written once, read once per output; the batch runs in chunks within a memory budget,
+// csrc/cuda/nlm_dispatch.h).
 //
 // Device code compiled for an architecture without bf16 tensor cores (FR_HAS_WMMA = 0) has
 // kernels whose body is a trap: the host launches these kernels only where
@@ -53,8 +52,7 @@ constexpr int kGradWidth = 2 * kOutWidth;
 static_assert(kThreads == kWarps * kWarpSize, "one warp per 16 query rows");
 static_assert(kChunk % kWmmaDim == 0, "whole warp products per chunk");
 static_assert(kQueries == kWarps * kWmmaDim && kKeys % kWmmaDim == 0 && kOutWidth % kWmmaDim == 0, "tile shape");
-static_assert(kWarpSize == 2 * kWmmaDim, "two lanes per softmax row");
-static_assert(kKeys == kTile, "the row partials of both paths cover tiles of kTile keys (combined_lse)");
+static_assert(kKeys == kWarpSize, "a plane tile's row is written a lane per key");
 
 
 }  // namespace tc
@@ -116,12 +114,12 @@ __device__ __forceinline__ void accumulate_product(WmmaAcc<scalar_t> (&acc)[kWid
 }
 #endif
 
-// out[(w0 + c) * n + p0 + r] = Fs[r * kLdO + c] * (row_inv ? row_inv[r] : 1) inside one
-// sample's (width, n) slice. A warp takes 16 positions of 2 columns: each column's 16 values
-// fill one 32-byte sector of the output, and the column read of the float tile (rows kLdO = 4
-// mod 32 words apart) meets 2 words per bank, where 32 positions of one column met 4.
+// out[(w0 + c) * n + p0 + r] = Fs[r * kLdO + c] inside one sample's (width, n) slice. A warp
+// takes 16 positions of 2 columns: each column's 16 values fill one 32-byte sector of the
+// output, and the column read of the float tile (rows kLdO = 4 mod 32 words apart) meets 2
+// words per bank, where 32 positions of one column met 4.
 template <typename scalar_t>
-__device__ __forceinline__ void store_tile_output(FR_GLOBAL(scalar_t) out, smem_ptr<float> Fs, smem_ptr<float> row_inv,
+__device__ __forceinline__ void store_tile_output(FR_GLOBAL(scalar_t) out, smem_ptr<float> Fs,
                                                   int64_t width, int64_t n, int64_t w0, int64_t p0) {
   using namespace tc;
   constexpr int kRun = kWarpSize / 2;  // positions per column in a warp's step
@@ -131,68 +129,45 @@ __device__ __forceinline__ void store_tile_output(FR_GLOBAL(scalar_t) out, smem_
     const int r = (step % (kQueries / kRun)) * kRun + lane % kRun;
     const int c = (step / (kQueries / kRun)) * 2 + lane / kRun;
     if (w0 + c < width && p0 + r < n)
-      out[(w0 + c) * n + p0 + r] = static_cast<scalar_t>(Fs[r * kLdO + c] * (row_inv ? row_inv[r] : 1.f));
+      out[(w0 + c) * n + p0 + r] = static_cast<scalar_t>(float(Fs[r * kLdO + c]));
   }
 }
 
-// The tensor-core kernels' planes (Planes, csrc/cuda/nlm_kernels.cuh): float logits and partials,
-// p and ds in the input type, as the products take them.
+// The tensor-core backward's planes (Planes, csrc/cuda/nlm_kernels.cuh): p and ds in the input
+// type, as the products take them.
 template <typename scalar_t>
 using WmmaPlanes = Planes<float, scalar_t>;
 
-// One block: the kQueries x kKeys tile (blockIdx.x, blockIdx.y) of the (query, key) plane of
-// sample s, its logits (d deep) and for the backward dp = dy . g (C deep) on tensor cores; each
-// warp then writes its 16 rows a row per step, a lane per key (coalesced).
-template <typename scalar_t, bool kBackward>
+// One block: the kQueries x kKeys tile (blockIdx.x, blockIdx.y) of the (query, key) planes of
+// sample s: its logits (d deep) and dp = dy . g (C deep) on tensor cores, then p and ds in the
+// input type; each warp writes its 16 rows a row per step, a lane per key (coalesced).
+template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) plane_tile_wmma_kernel(Ptrs<scalar_t, float> a, WmmaPlanes<scalar_t> pl) {
 #if FR_HAS_WMMA
   using namespace tc;
   FR_SHARED_ALIGNED(32, scalar_t, Own, kChunk * kLdTheta);
   FR_SHARED_ALIGNED(32, scalar_t, Oth, kChunk * kLdKey);
   FR_SHARED_ALIGNED(32, float, Ss, kQueries * kLdS);
-  FR_SHARED_ALIGNED(32, float, Dps, kBackward ? kQueries * kLdS : 8);
+  FR_SHARED_ALIGNED(32, float, Dps, kQueries * kLdS);
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int64_t s = blockIdx.z, b = pl.sample0 + s, n = a.positions;
   const int64_t q0 = int64_t(blockIdx.x) * kQueries, k0 = int64_t(blockIdx.y) * kKeys, j = k0 + lane;
   tile_product<scalar_t>(Ss, a.theta + b * a.dim * n, a.phi + b * a.dim * n, a.dim, n, q0, k0, Own, Oth);
-  if (kBackward)
-    tile_product<scalar_t>(Dps, a.grad_y + b * a.channels * n, a.g + b * a.channels * n, a.channels, n, q0, k0, Own,
-                           Oth);
+  tile_product<scalar_t>(Dps, a.grad_y + b * a.channels * n, a.g + b * a.channels * n, a.channels, n, q0, k0, Own,
+                         Oth);
   __syncwarp();
-  // (each pass's pointers only: the other pass's are null)
-  FR_GLOBAL(const float) lse = kBackward ? a.lse + b * n : nullptr;
-  FR_GLOBAL(scalar_t) weights = kBackward ? pl.weights + s * n * n : nullptr;
-  FR_GLOBAL(scalar_t) logit_grads = kBackward ? pl.logit_grads + s * n * n : nullptr;
-  FR_GLOBAL(float) logits = kBackward ? nullptr : pl.logits + s * n * n;
-  float tile_m = mn::neg_inf<float>(), tile_l = 0.f;  // lane r < 16: row r's partial (forward)
+  FR_GLOBAL(const float) lse = a.lse + b * n;
+  FR_GLOBAL(scalar_t) weights = pl.weights + s * n * n;
+  FR_GLOBAL(scalar_t) logit_grads = pl.logit_grads + s * n * n;
   for (int r = 0; r < kWmmaDim; ++r) {
     const int row = warp * kWmmaDim + r;
     const int64_t i = q0 + row;
     if (i >= n) break;  // the same for the whole warp
-    const float x = j < n ? a.scale * Ss[row * kLdS + lane] : mn::neg_inf<float>();
-    if constexpr (kBackward) {
-      if (j < n) {
-        const float p = mn::probability(x, float(lse[i]));
-        weights[i * n + j] = static_cast<scalar_t>(p);
-        logit_grads[i * n + j] =
-            static_cast<scalar_t>(mn::scaled_logit_grad(p, float(Dps[row * kLdS + lane]), row_dot_of(a, b, i), a.scale));
-      }
-    } else {
-      if (j < n) logits[i * n + j] = x;
-      const float m = warp_reduce(x, mn::RowMax{});
-      const float l = warp_sum(mn::shifted_weight(x, m));
-      if (lane == r) {
-        tile_m = m;
-        tile_l = l;
-      }
-    }
-  }
-  if constexpr (!kBackward) {
-    const int64_t i = q0 + warp * kWmmaDim + lane;
-    FR_GLOBAL(float) partials = pl.partials + (s * gridDim.y + blockIdx.y) * 2 * n;
-    if (lane < kWmmaDim && i < n) {
-      partials[i] = tile_m;
-      partials[n + i] = tile_l;
+    if (j < n) {
+      const float p = mn::probability(a.scale * Ss[row * kLdS + lane], float(lse[i]));
+      weights[i * n + j] = static_cast<scalar_t>(p);
+      logit_grads[i * n + j] =
+          static_cast<scalar_t>(mn::scaled_logit_grad(p, float(Dps[row * kLdS + lane]), row_dot_of(a, b, i), a.scale));
     }
   }
 #else
@@ -200,23 +175,22 @@ __global__ void __launch_bounds__(kThreads) plane_tile_wmma_kernel(Ptrs<scalar_t
 #endif
 }
 
-// One block: kGradWidth columns of its output for kQueries own positions, a sum over the other
-// axis of a plane tile T times a staged slice X of one input:
-//   y_i      = sum_j p_ij g_j          (own = queries, T = exp(logit - lse) from the logits)
+// One block: kGradWidth columns of a gradient for kQueries own positions, a sum over the
+// other axis of a plane tile T times a staged slice X of one input:
 //   dg_j     = sum_i p_ij dy_i         (own = keys,    T = weights^T)
 //   dphi_j   = sum_i ds_ij theta_i     (own = keys,    T = logit_grads^T)
 //   dtheta_i = sum_j ds_ij phi_j       (own = queries, T = logit_grads)
 // The accumulators stay in registers (no rescaling) and are written through shared memory at
-// the end. y's kernel also forms each row's lse from the plane kernel's per-tile partials.
+// the end.
 template <typename scalar_t, Grad kWhich>
 __global__ void __launch_bounds__(kThreads) weighted_sum_wmma_kernel(Ptrs<scalar_t, float> a, WmmaPlanes<scalar_t> pl) {
 #if FR_HAS_WMMA
   using namespace tc;
+  static_assert(kWhich != Grad::kY, "y comes from the one-pass forward (nlm_mma_forward.cuh)");
   constexpr bool kByKey = kOwnKeys<kWhich>;
   FR_SHARED_ALIGNED(32, scalar_t, Ts, kByKey ? kKeys * kLdTheta : kQueries * kLdKey);
   FR_SHARED_ALIGNED(32, scalar_t, Xs, kGradWidth * kLdKey);
   FR_SHARED_ALIGNED(32, float, Fs, kQueries * kLdO);
-  FR_SHARED(float, row_lse, kQueries);
 
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
   const int64_t s = blockIdx.z, b = pl.sample0 + s, n = a.positions;
@@ -224,27 +198,13 @@ __global__ void __launch_bounds__(kThreads) weighted_sum_wmma_kernel(Ptrs<scalar
   const int64_t width = kChannelWide<kWhich> ? a.channels : a.dim;
   FR_GLOBAL(const scalar_t) x = weighted_sum_input<kWhich>(a) + b * width * n;
   FR_GLOBAL(scalar_t) out = weighted_sum_output<kWhich>(a) + b * width * n;
-  FR_GLOBAL(const scalar_t) plane =
-      kWhich == Grad::kY ? nullptr : (kWhich == Grad::kG ? pl.weights : pl.logit_grads) + s * n * n;
-
-  if constexpr (kWhich == Grad::kY) {
-    if (threadIdx.x < kQueries) row_lse[threadIdx.x] = combined_lse(a, pl.partials, s, b, p0 + threadIdx.x);
-    __syncthreads();
-  }
+  FR_GLOBAL(const scalar_t) plane = (kWhich == Grad::kG ? pl.weights : pl.logit_grads) + s * n * n;
 
   WmmaAcc<scalar_t> o_acc[kGradWidth / kWmmaDim];
   for (auto& f : o_acc) wmma::fill_fragment(f, 0.f);
   for (int64_t o0 = 0; o0 < n; o0 += kKeys) {
     stage<kKeys>(Xs, kLdKey, x, width, n, w0, kGradWidth, o0);
-    if constexpr (kWhich == Grad::kY) {
-      FR_GLOBAL(const float) logits = pl.logits + s * n * n;
-      for (int e = threadIdx.x; e < kQueries * kKeys; e += blockDim.x) {
-        const int r = e / kKeys, t = e % kKeys;
-        const int64_t i = p0 + r, j = o0 + t;
-        const float p = i < n && j < n ? mn::probability(float(logits[i * n + j]), float(row_lse[r])) : 0.f;
-        Ts[r * kLdKey + t] = static_cast<scalar_t>(p);
-      }
-    } else if constexpr (kByKey) {
+    if constexpr (kByKey) {
       stage<kQueries>(Ts, kLdTheta, plane, n, n, o0, kKeys, p0);  // Ts[t][own] = plane[o0 + t][p0 + own]
     } else {
       stage<kKeys>(Ts, kLdKey, plane, n, n, p0, kQueries, o0);  // Ts[own][t] = plane[p0 + own][o0 + t]
@@ -260,7 +220,7 @@ __global__ void __launch_bounds__(kThreads) weighted_sum_wmma_kernel(Ptrs<scalar
       wmma::store_matrix_sync(Fs + warp * kWmmaDim * kLdO + f * kWmmaDim, o_acc[pass * kPerPass + f], kLdO,
                               wmma::mem_row_major);
     __syncthreads();
-    store_tile_output(out, Fs, smem_ptr<float>(nullptr), width, n, w0 + pass * kOutWidth, p0);
+    store_tile_output(out, Fs, width, n, w0 + pass * kOutWidth, p0);
     __syncthreads();  // before the next pass overwrites the buffer
   }
 #else
@@ -268,26 +228,12 @@ __global__ void __launch_bounds__(kThreads) weighted_sum_wmma_kernel(Ptrs<scalar
 #endif
 }
 
-// The forward over the logits plane with per-tile row partials, then y (and lse) in slices of
-// kGradWidth channels over it: fp32 on tf32 (fp16 / bf16 take nlm_mma_forward.cuh).
-template <typename scalar_t>
-void launch_forward_planes_wmma(const Ptrs<scalar_t, float>& a, const WmmaPlanes<scalar_t>& planes,
-                                cudaStream_t stream) {
-  for_each_chunk(a.batch, planes, [&](const WmmaPlanes<scalar_t>& pl, int64_t samples) {
-    FR_LAUNCH((plane_tile_wmma_kernel<scalar_t, false>), plane_grid(samples, a.positions, tc::kQueries),
-              dim3(kThreads), 0, stream, a, pl);
-    FR_LAUNCH((weighted_sum_wmma_kernel<scalar_t, Grad::kY>),
-              tile_grid(samples, a.positions, a.channels, tc::kQueries, tc::kGradWidth), dim3(kThreads), 0, stream, a,
-              pl);
-  });
-}
-
 // D first (whole batch), then per chunk the p and ds planes and the three gradients over them.
 template <typename scalar_t>
 void launch_backward_wmma(const Ptrs<scalar_t, float>& a, const WmmaPlanes<scalar_t>& planes, cudaStream_t stream) {
   launch_row_dot(a, stream);
   for_each_chunk(a.batch, planes, [&](const WmmaPlanes<scalar_t>& pl, int64_t samples) {
-    FR_LAUNCH((plane_tile_wmma_kernel<scalar_t, true>), plane_grid(samples, a.positions, tc::kQueries),
+    FR_LAUNCH((plane_tile_wmma_kernel<scalar_t>), plane_grid(samples, a.positions, tc::kQueries),
               dim3(kThreads), 0, stream, a, pl);
     if (a.channels > 0)
       FR_LAUNCH((weighted_sum_wmma_kernel<scalar_t, Grad::kG>),

@@ -17,9 +17,7 @@
 
 #include <cstdint>
 #include <cstring>
-#include <functional>
 #include <string>
-#include <vector>
 
 #include "cuda_emu.h"
 

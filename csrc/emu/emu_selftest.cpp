@@ -8,6 +8,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <tuple>
 
 #include "../common/checks.h"
@@ -200,15 +201,41 @@ __global__ void mma_product_kernel(const scalar_t* a, const scalar_t* b, const f
   d[(g + 8) * 8 + 2 * t + 1] = acc[3];
 }
 
-at::Tensor selftest_mma(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
-  FR_CHECK(a.scalar_type() == b.scalar_type() && (a.scalar_type() == at::kBFloat16 || a.scalar_type() == at::kHalf),
-           "a and b must be both bfloat16 or both float16");
+// The same for mma_m16n8k8_tf32: A (16 x 8) and B (8 x 8) of floats, each rounded with
+// tf32_bits where round_tf32 (else passed as they are, which the emulator must refuse).
+__global__ void mma_tf32_product_kernel(const float* a, const float* b, const float* c, float* d, bool round_tf32) {
+  const int lane = static_cast<int>(threadIdx.x), g = lane / 4, t = lane % 4;
+  const auto reg = [&](float v) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    return round_tf32 ? tf32_bits(v) : bits;
+  };
+  const auto A = [&](int r, int k) { return reg(a[r * 8 + k]); };
+  const auto B = [&](int k, int col) { return reg(b[k * 8 + col]); };
+  const uint32_t ra[4] = {A(g, t), A(g + 8, t), A(g, t + 4), A(g + 8, t + 4)};
+  const uint32_t rb[2] = {B(t, g), B(t + 4, g)};
+  float acc[4] = {c[g * 8 + 2 * t], c[g * 8 + 2 * t + 1], c[(g + 8) * 8 + 2 * t], c[(g + 8) * 8 + 2 * t + 1]};
+  mma_m16n8k8_tf32(acc, ra, rb);
+  d[g * 8 + 2 * t] = acc[0];
+  d[g * 8 + 2 * t + 1] = acc[1];
+  d[(g + 8) * 8 + 2 * t] = acc[2];
+  d[(g + 8) * 8 + 2 * t + 1] = acc[3];
+}
+
+at::Tensor selftest_mma(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool round_tf32) {
+  FR_CHECK(a.scalar_type() == b.scalar_type() && (a.scalar_type() == at::kBFloat16 || a.scalar_type() == at::kHalf ||
+                                                  a.scalar_type() == at::kFloat),
+           "a and b must be both bfloat16, both float16 or both float32 (tf32)");
   FR_CHECK(c.scalar_type() == at::kFloat, "c must be float32");
   FR_CHECK(a.is_contiguous() && b.is_contiguous() && c.is_contiguous(), "a, b and c must be contiguous");
-  FR_CHECK(a.numel() == 16 * 16 && b.numel() == 16 * 8 && c.numel() == 16 * 8,
-           "a must have 16 x 16 elements, b and c 16 x 8");
+  const int64_t k = a.scalar_type() == at::kFloat ? 8 : 16;
+  FR_CHECK(a.numel() == 16 * k && b.numel() == k * 8 && c.numel() == 16 * 8, "a must have 16 x ", k,
+           " elements, b ", k, " x 8, c 16 x 8");
   at::Tensor d = at::empty({16, 8}, c.options());
-  if (a.scalar_type() == at::kHalf)
+  if (a.scalar_type() == at::kFloat)
+    FR_LAUNCH(mma_tf32_product_kernel, dim3(1), dim3(kWarpSize), 0, nullptr, a.const_data_ptr<float>(),
+              b.const_data_ptr<float>(), c.const_data_ptr<float>(), d.mutable_data_ptr<float>(), round_tf32);
+  else if (a.scalar_type() == at::kHalf)
     FR_LAUNCH(mma_product_kernel<c10::Half>, dim3(1), dim3(kWarpSize), 0, nullptr, a.const_data_ptr<c10::Half>(),
               b.const_data_ptr<c10::Half>(), c.const_data_ptr<float>(), d.mutable_data_ptr<float>());
   else
@@ -248,7 +275,7 @@ TORCH_LIBRARY_FRAGMENT(fastrobust_emu, m) {
         "-> (Tensor, Tensor, Tensor)");
   m.def("_selftest_wmma(Tensor a, Tensor b, bool a_col_major, bool b_col_major, bool c_col_major, int ld, "
         "bool round_tf32=True) -> Tensor");
-  m.def("_selftest_mma(Tensor a, Tensor b, Tensor c) -> Tensor");
+  m.def("_selftest_mma(Tensor a, Tensor b, Tensor c, bool round_tf32=True) -> Tensor");
   m.def("_selftest_cp_async(Tensor src, int src_bytes) -> Tensor");
   m.def("_selftest_block_order(int blocks) -> Tensor");
 }

@@ -1,15 +1,20 @@
 #pragma once
-// The warp-level tensor-core instruction mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16} for
-// the CPU emulator (reached through csrc/common/mma.cuh). Unlike wmma's fragments, its register
-// layout is documented (PTX ISA, "Matrix fragments for mma.m16n8k16 with floating point type"),
-// so kernels may read and write the accumulator's entries in registers. With g = lane / 4 and
-// t = lane % 4:
+// The warp-level tensor-core instructions mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16} and
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 for the CPU emulator (reached through
+// csrc/common/mma.cuh). Unlike wmma's fragments, their register layouts are documented (PTX
+// ISA, "Matrix fragments for mma.m16n8k16 with floating point type" and "for mma.m16n8k8"), so
+// kernels may read and write the accumulator's entries in registers. With g = lane / 4 and
+// t = lane % 4, m16n8k16:
 //   A (16 x 16, four 32-bit registers of two 16-bit values, the lower column in the low half):
 //     a[0]: (g, 2t..2t+1)   a[1]: (g+8, 2t..2t+1)   a[2]: (g, 2t+8..2t+9)   a[3]: (g+8, 2t+8..2t+9)
 //   B (16 x 8, two registers, the lower row in the low half):
 //     b[0]: (2t..2t+1, g)   b[1]: (2t+8..2t+9, g)
 //   C and D (16 x 8, four floats):
 //     d[0], d[1]: (g, 2t), (g, 2t+1)   d[2], d[3]: (g+8, 2t), (g+8, 2t+1)
+// m16n8k8 of tf32 values (each register one float whose 13 low mantissa bits are zero):
+//   A (16 x 8): a[0]: (g, t)   a[1]: (g+8, t)   a[2]: (g, t+4)   a[3]: (g+8, t+4)
+//   B (8 x 8):  b[0]: (t, g)   b[1]: (t+4, g)
+//   C and D as above.
 // All 32 lanes must call it at one place (synccheck). Each lane publishes its registers, the
 // warp meets, every lane forms its own four sums from all of them (float products and sums; the
 // hardware's order of summation differs), and the warp meets again before the registers are
@@ -21,8 +26,10 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 #include "cuda_emu.h"
 
@@ -33,39 +40,72 @@ float from_bits16(uint32_t bits) {
   return static_cast<float>(T(static_cast<uint16_t>(bits & 0xffffu), T::from_bits()));
 }
 
-template <typename T>
-void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const char* file, int line) {
-  check_whole_warp("mma.sync.m16n8k16", file, line);
+// The shared body of both shapes: each lane publishes its six registers, the warp meets, every
+// lane decodes the operands of all 32 (decode(lane's registers, A, B)) and forms its own four
+// sums, and the warp meets again before the registers are released.
+template <int K, typename Decode>
+void mma_m16n8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const char* name, const char* file,
+               int line, Decode decode) {
+  check_whole_warp(name, file, line);
   BlockState& s = block_state();
   const unsigned base = warp_id() * kWarp, lane = lane_id();
   const uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
   s.exchange[linear_tid] = reinterpret_cast<uint64_t>(&mine[0]);
   warp_phase(false);
-  float A[16][16], B[16][8];
+  float A[16][K], B[K][8];
   for (unsigned l = 0; l < kWarp; ++l) {
     uint32_t regs[6];
     std::memcpy(regs, reinterpret_cast<const uint32_t*>(s.exchange[base + l]), sizeof regs);
-    const int g = static_cast<int>(l / 4), t = static_cast<int>(l % 4);
-    for (int half = 0; half < 2; ++half) {
-      const int k = 2 * t + half;
-      const int shift = 16 * half;
-      A[g][k] = from_bits16<T>(regs[0] >> shift);
-      A[g + 8][k] = from_bits16<T>(regs[1] >> shift);
-      A[g][k + 8] = from_bits16<T>(regs[2] >> shift);
-      A[g + 8][k + 8] = from_bits16<T>(regs[3] >> shift);
-      B[k][g] = from_bits16<T>(regs[4] >> shift);
-      B[k + 8][g] = from_bits16<T>(regs[5] >> shift);
-    }
+    decode(static_cast<int>(l / 4), static_cast<int>(l % 4), regs, A, B);
   }
   warp_phase(false);
-  if (lane == 0) note_mma(8);  // 2 * 16 * 8 * 16 FLOPs: half an m16n16k16 operation
+  if (lane == 0) note_mma(K / 2);  // 2 * 16 * 8 * K FLOPs: an m16n16 operation of depth K / 2
   const int g = static_cast<int>(lane / 4), t = static_cast<int>(lane % 4);
   for (int i = 0; i < 4; ++i) {
     const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
     float sum = d[i];
-    for (int k = 0; k < 16; ++k) sum += A[row][k] * B[k][col];
+    for (int k = 0; k < K; ++k) sum += A[row][k] * B[k][col];
     d[i] = sum;
   }
+}
+
+template <typename T>
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const char* file, int line) {
+  mma_m16n8<16>(d, a, b, "mma.sync.m16n8k16", file, line,
+                [](int g, int t, const uint32_t (&regs)[6], float (&A)[16][16], float (&B)[16][8]) {
+                  for (int half = 0; half < 2; ++half) {
+                    const int k = 2 * t + half;
+                    const int shift = 16 * half;
+                    A[g][k] = from_bits16<T>(regs[0] >> shift);
+                    A[g + 8][k] = from_bits16<T>(regs[1] >> shift);
+                    A[g][k + 8] = from_bits16<T>(regs[2] >> shift);
+                    A[g + 8][k + 8] = from_bits16<T>(regs[3] >> shift);
+                    B[k][g] = from_bits16<T>(regs[4] >> shift);
+                    B[k + 8][g] = from_bits16<T>(regs[5] >> shift);
+                  }
+                });
+}
+
+// A tf32 operand register as a float: its 13 low mantissa bits must be zero (tf32_bits, mma.cuh).
+inline float from_tf32_bits(uint32_t bits) {
+  float v;
+  std::memcpy(&v, &bits, sizeof v);
+  if ((bits & 0x1fffu) != 0 && std::isfinite(v))
+    raise_sanitizer_error("emulated mma.sync.m16n8k8 tf32: an operand was not rounded to tf32 (value " +
+                          std::to_string(v) + "); convert it with cvt.rna.tf32.f32 (tf32_bits)");
+  return v;
+}
+
+inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const char* file, int line) {
+  mma_m16n8<8>(d, a, b, "mma.sync.m16n8k8", file, line,
+               [](int g, int t, const uint32_t (&regs)[6], float (&A)[16][8], float (&B)[8][8]) {
+                 A[g][t] = from_tf32_bits(regs[0]);
+                 A[g + 8][t] = from_tf32_bits(regs[1]);
+                 A[g][t + 4] = from_tf32_bits(regs[2]);
+                 A[g + 8][t + 4] = from_tf32_bits(regs[3]);
+                 B[t][g] = from_tf32_bits(regs[4]);
+                 B[t + 4][g] = from_tf32_bits(regs[5]);
+               });
 }
 
 }  // namespace fr_emu

@@ -197,13 +197,11 @@ inline thread_local CopyQueue copy_queue;
 // At the end of a thread's block: copies it never waited for would land at some unknown time on
 // the hardware (and never here), so that is an error.
 inline void check_copies_waited() {
-  if (copy_queue.empty()) {
-    copy_queue = CopyQueue{};
-    return;
-  }
-  copy_queue = CopyQueue{};
-  raise_sanitizer_error(std::string("emulated cp.async: a thread of kernel ") + launch_state().kernel +
-                        " left its block with copies it never waited for (cp.async.wait_group)");
+  const bool pending = !copy_queue.empty();
+  copy_queue = CopyQueue{};  // the next block's thread starts with none
+  if (pending)
+    raise_sanitizer_error(std::string("emulated cp.async: a thread of kernel ") + launch_state().kernel +
+                          " left its block with copies it never waited for (cp.async.wait_group)");
 }
 
 // With a seed, a thread gives up its core now and then (1 in 8 calls), so that the threads of a

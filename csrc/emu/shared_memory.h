@@ -317,6 +317,12 @@ class SharedPtr {
     note_shared(array_, static_cast<size_t>(index_) * sizeof(T), nbytes, true);
     std::memcpy(raw(), src, nbytes);
   }
+  // Reads nbytes (whole elements) into dst as one access of the calling thread (a vector load).
+  void load_bytes(void* dst, size_t nbytes) const {
+    for (size_t e = 0; e < nbytes / sizeof(T); ++e) array_->on_read(static_cast<size_t>(index_) + e);
+    note_shared(array_, static_cast<size_t>(index_) * sizeof(T), nbytes, false);
+    std::memcpy(dst, raw(), nbytes);
+  }
 
  private:
   SharedArrayBase* array_ = nullptr;

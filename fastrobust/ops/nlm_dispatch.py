@@ -73,9 +73,10 @@ MEASURED_EFFICIENCY = {
 
 # The tensor-core kernels' tiles (csrc/cuda/nlm_wmma_kernels.cuh, nlm_mma_forward.cuh): a block
 # owns 64 positions and walks the others 32 at a time; reductions run in chunks of 32 rows; the
-# one-pass forward of 16-bit inputs takes up to 256 channels a block (in tiles of 8 columns), the
-# weighted-sum kernels 128.
+# one-pass forward takes up to 256 channels a block (in tiles of 8 columns) and walks the keys 32
+# at a time (16 for fp32 on tf32, whose tiles take twice the bytes), the weighted-sum kernels 128.
 OWN_TILE, OTHER_TILE, CHUNK, ONE_PASS_WIDTH, ONE_PASS_TILE, SLICE_WIDTH = 64, 32, 32, 256, 8, 128
+ONE_PASS_KEYS = {2: 32, 4: 16}  # by element size
 # The backward's D_i = dy_i . y_i comes in partial sums over groups of channels (row_dot_kernel,
 # csrc/cuda/nlm_kernels.cuh): C / 64 groups, 1 to 16.
 ROW_DOT_CHANNELS_PER_GROUP, ROW_DOT_MAX_GROUPS = 64, 16
@@ -94,31 +95,29 @@ def check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
 
 
-def one_pass_slices(c: int, element: int) -> int:
+def one_pass_slices(c: int) -> int:
     """The channel slices of the tensor-core forward's one pass over the keys (each computes the
-    logits): 16-bit inputs (element = 2) in slices of ONE_PASS_WIDTH; 0 for fp32 (tf32), which
-    takes the logits plane."""
-    return max(1, math.ceil(c / ONE_PASS_WIDTH)) if element == 2 else 0
+    logits): slices of ONE_PASS_WIDTH."""
+    return max(1, math.ceil(c / ONE_PASS_WIDTH))
 
 
 def kernel_flops(b: int, d: int, c: int, n: int, backward: bool, element: int = 2) -> int:
     """FLOPs (2 per multiply-add) of our tensor-core kernels' launches for one forward, or one
-    backward, of inputs of `element` bytes: every tile product counted whole (padded to the
-    tiles above)."""
+    backward, of inputs of `element` bytes (2: fp16 / bf16, 4: fp32 on tf32): every tile product
+    counted whole (padded to the tiles above)."""
     own, other = _round_up(n, OWN_TILE), _round_up(n, OTHER_TILE)
     dp, cp = _round_up(d, CHUNK), _round_up(c, CHUNK)
-    plane = 2 * b * own * other  # one multiply-add per (own, other) pair and reduction row
 
     def sliced(width: int) -> int:  # the weighted-sum kernels' columns: whole slices of 128
         return math.ceil(width / SLICE_WIDTH) * SLICE_WIDTH
 
-    if not backward:
-        slices = one_pass_slices(c, element)
-        if slices:  # one pass per slice: S, then P g^T for the 8-column tiles that hold its channels
-            widths = [min(ONE_PASS_WIDTH, c - s * ONE_PASS_WIDTH) for s in range(slices)]
-            return plane * (slices * dp + sum(_round_up(w, ONE_PASS_TILE) for w in widths))
-        return plane * (dp + sliced(c))  # the logits plane, then y over it
+    if not backward:  # one pass per slice: S, then P g^T for the 8-column tiles that hold its channels
+        slices = one_pass_slices(c)
+        widths = [min(ONE_PASS_WIDTH, c - s * ONE_PASS_WIDTH) for s in range(slices)]
+        plane = 2 * b * own * _round_up(n, ONE_PASS_KEYS[element])
+        return plane * (slices * dp + sum(_round_up(w, ONE_PASS_TILE) for w in widths))
     # the p and ds planes (S and dP = dy . g once each), then dg, dphi and dtheta over them
+    plane = 2 * b * own * other  # one multiply-add per (own, other) pair and reduction row
     return plane * (dp + cp + (sliced(c) if c > 0 else 0) + (2 * sliced(d) if d > 0 else 0))
 
 
@@ -136,40 +135,32 @@ def sdpa_flops(b: int, d: int, c: int, n: int, backward: bool) -> int:
 def kernel_bytes(b: int, d: int, c: int, n: int, backward: bool, element: int) -> int:
     """Bytes our tensor-core kernels' launches move in the cost model's view: a launch reads
     once what one row of its grid reads (blockIdx.x varies, a block's re-reads of what its row
-    shares hit L2), times its rows. The plane kernels' rows are key tiles (each reads all of
-    the sample's queries and a strip of keys, and writes a strip of the planes), the
-    weighted-sum kernels' rows are output slices (each reads the sample's whole plane). The
-    logits and their row partials are float32, p and ds in the input type; the float32 lse
-    and row scalars count where the emulator counts them."""
-    tp, values, key_half, lse = 2 * b * d * n * element, b * c * n * element, b * d * n * element, 4 * b * n
-    slices = one_pass_slices(c, element)
-    if not backward and slices:
-        # each slice's rows read theta and phi; g and y once (the lse, 4 bytes a row, goes
-        # through a plain pointer, which the emulator does not count)
-        return slices * tp + values + values
+    shares hit L2), times its rows. The forward's rows are channel slices; the backward's plane
+    kernel's rows are key tiles (each reads all of the sample's queries and a strip of keys, and
+    writes a strip of the p and ds planes, in the input type), the weighted-sum kernels' rows
+    are output slices (each reads the sample's whole plane). The float32 lse and row scalars
+    count where the emulator counts them."""
+    tp, values, lse = 2 * b * d * n * element, b * c * n * element, 4 * b * n
+    if not backward:
+        # one pass per slice: each slice's rows read theta and phi; g and y once (the lse, 4
+        # bytes a row, goes through a plain pointer, which the emulator does not count)
+        return one_pass_slices(c) * tp + values + values
     key_tiles = math.ceil(n / OTHER_TILE)
 
     def strips(width: int) -> int:  # one key tile's strip of a (width, n) input, and all of it
         return OTHER_TILE * width * element + n * width * element
 
-    def sums(width: int, plane_element: int) -> int:  # weighted sums over a plane, 128 columns a row
+    def sums(width: int) -> int:  # weighted sums over a plane (in the input type), 128 columns a row
         if width == 0:
             return 0
         slice_bytes = min(width, SLICE_WIDTH) * n * element  # a slice of X read, of the output written
-        return b * math.ceil(width / SLICE_WIDTH) * (n * n * plane_element + 2 * slice_bytes)
+        return b * math.ceil(width / SLICE_WIDTH) * (n * n * element + 2 * slice_bytes)
 
-    if not backward:  # the logits plane and its partials (float32), then y over it
-        partials = 2 * n * 4
-        plane = b * key_tiles * (strips(d) + OTHER_TILE * n * 4 + partials)
-        # y's rows also read the partials, and write the lse (the first slice's blocks: the rows
-        # the model ran at the benchmark shapes, so counted once per slice)
-        slices = math.ceil(c / SLICE_WIDTH)
-        return plane + sums(c, 4) + b * slices * key_tiles * partials + slices * lse
     groups = row_dot_groups(c)
     row_dot = 2 * values + groups * lse  # dy . y per row, a partial sum per group of channels
     # each key strip: theta, phi, dy and g strips, the lse and D's partial sums, the p and ds strips
     plane = b * key_tiles * (strips(d) + strips(c) + (1 + groups) * 4 * n + 2 * OTHER_TILE * n * element)
-    return row_dot + plane + sums(c, element) + 2 * sums(d, element)
+    return row_dot + plane + sums(c) + 2 * sums(d)
 
 
 def sdpa_bytes(b: int, d: int, c: int, n: int, backward: bool, element: int) -> int:
