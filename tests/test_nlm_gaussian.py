@@ -133,9 +133,9 @@ def test_emulated_tf32_path_of_fp32(cuda_matmul_precision):
 @pytest.mark.parametrize("channels", [3, 70])  # the narrowest block of the one-pass forward, and wider
 def test_tf32_runs_only_where_torch_allows_it(cuda_matmul_precision, channels):
     """fp32 takes the tensor-core kernels with fp32_precision = "tf32" only: the forward in one
-    pass on m16n8k8 products of tf32 values (its logits are tf32 products, as the backward's
-    are, so the lse it passes on is the one the backward's logits sum to one against), the
-    backward over its planes."""
+    pass and the backward's three gradients, on m16n8k8 products of tf32 values (the forward's
+    logits are tf32 products, as the backward's are, so the lse it passes on is the one the
+    backward's logits sum to one against)."""
     from fastrobust.kernel_resources import kernel_name, record_launches
 
     theta, phi, g, grad_y = inputs((2, 24, channels, 9, 8), torch.float32, "cpu", seed=3)
@@ -151,10 +151,10 @@ def test_tf32_runs_only_where_torch_allows_it(cuda_matmul_precision, channels):
     assert not any("mma" in name for name in kernels())
     ieee_y, ieee_grads = forward_backward()
     cuda_matmul_precision("tf32")
+    width = 64 if channels <= 64 else 128  # the blocks' columns: C's for y and dg, d's (24) for dphi and dtheta
     assert [name for name in kernels() if name != "nlm::row_dot_kernel<float>"] == [
-        f"nlm::forward_mma_kernel<float, {64 if channels <= 64 else 128}>", "nlm::plane_tile_wmma_kernel<float>",
-        "nlm::weighted_sum_wmma_kernel<float, Grad(1)>", "nlm::weighted_sum_wmma_kernel<float, Grad(2)>",
-        "nlm::weighted_sum_wmma_kernel<float, Grad(3)>"]
+        f"nlm::forward_mma_kernel<float, {width}>", f"nlm::backward_mma_kernel<float, Grad(1), {width}>",
+        "nlm::backward_mma_kernel<float, Grad(2), 64>", "nlm::backward_mma_kernel<float, Grad(3), 64>"]
     tf32_y, tf32_grads = forward_backward()
     for tf32, ieee in zip((tf32_y, *tf32_grads), (ieee_y, *ieee_grads)):
         assert not torch.equal(tf32, ieee)  # rounded to tf32: not the fp32 kernels' bits
@@ -162,12 +162,14 @@ def test_tf32_runs_only_where_torch_allows_it(cuda_matmul_precision, channels):
 
 
 @pytest.mark.skipif(not fastrobust.HAS_EMU, reason="built without FR_EMULATE_CUDA=1")
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)  # tensor-core and SIMT kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 def test_planes_run_the_batch_in_chunks(monkeypatch, dtype):
-    """The backward, and the fp32 SIMT forward over more than 64 channels, keep (query, key)
-    planes in global memory (4 N^2 bytes per sample in bf16, 4 N^2 forward and 8 N^2 backward in
-    fp32) and run the batch in chunks within a memory budget: one or two samples per chunk give
-    the bits of the whole batch at once (the bf16 forward, in one pass, holds no planes)."""
+    """The SIMT kernels (fp32, and fp16/bf16 where there are no tensor cores) keep (query, key)
+    planes in global memory for the backward (8 N^2 bytes per sample: p and ds in float) and for
+    the forward over more than 64 channels (4 N^2: the logits), and run the batch in chunks
+    within a memory budget: one or two samples per chunk give the bits of the whole batch at
+    once."""
+    monkeypatch.setenv("FASTROBUST_EMU_SIMT", "1")
     shape = (3, 24, 70, 5, 7)  # N = 35
     theta, phi, g, grad_y = inputs(shape, dtype, "cpu", seed=5)
     fn = backend_fn(CUDA_EMU)
@@ -180,6 +182,24 @@ def test_planes_run_the_batch_in_chunks(monkeypatch, dtype):
         assert torch.equal(CUDA_EMU.op("nlm_gaussian")(theta, phi, g, 0.2)[1], lse)
         for grad, whole in zip(grads, whole_grads):
             assert torch.equal(grad, whole)
+
+
+@pytest.mark.skipif(not fastrobust.HAS_EMU, reason="built without FR_EMULATE_CUDA=1")
+def test_tensor_core_kernels_hold_no_planes(monkeypatch):
+    """On tensor cores the forward and the backward keep no plane: under a budget of one byte of
+    planes every launch still covers the whole batch."""
+    from fastrobust.kernel_resources import kernel_name, record_launches
+
+    theta, phi, g, grad_y = inputs((3, 24, 70, 5, 7), torch.bfloat16, "cpu", seed=2)
+    y, lse = CUDA_EMU.op("nlm_gaussian")(theta, phi, g, 0.2)
+    monkeypatch.setenv("FASTROBUST_NLM_PLANE_BYTES", "1")
+    launches = record_launches(lambda: (CUDA_EMU.op("nlm_gaussian")(theta, phi, g, 0.2),
+                                        CUDA_EMU.op("_nlm_gaussian_backward")(grad_y, theta, phi, g, y, lse, 0.2)))
+    mma = [(kernel_name(symbol), grid) for symbol, grid, *_ in launches if "mma" in symbol]
+    assert [name for name, _ in mma] == [
+        "nlm::forward_mma_kernel<BFloat16, 128>", "nlm::backward_mma_kernel<BFloat16, Grad(1), 128>",
+        "nlm::backward_mma_kernel<BFloat16, Grad(2), 64>", "nlm::backward_mma_kernel<BFloat16, Grad(3), 64>"]
+    assert all(grid[2] == 3 for _, grid in mma)
 
 
 @pytest.mark.skipif(not fastrobust.HAS_EMU, reason="built without FR_EMULATE_CUDA=1")

@@ -12,7 +12,7 @@
 
 #include "../ops/nlm.h"
 #include "nlm_kernels.cuh"
-#include "nlm_mma_forward.cuh"
+#include "nlm_mma_backward.cuh"
 
 namespace fastrobust {
 namespace FR_KERNEL_NS {
@@ -20,9 +20,9 @@ namespace nlm {
 
 namespace pn = ::fastrobust::nlm;
 
-// The SIMT forward above kOutWidth channels and the backward hold (query, key)
-// planes in global memory (Planes, nlm_kernels.cuh): the logits in the accumulation type, and p and
-// ds in the input type on tensor cores, else in the accumulation type. They run the batch in chunks
+// The SIMT kernels (the forward above kOutWidth channels, the backward) hold (query, key) planes
+// in global memory (Planes, nlm_kernels.cuh): the logits, p and ds in the accumulation type (the
+// tensor-core kernels hold none). They run the batch in chunks
 // of at most kPlaneBudgetBytes of planes, or of FASTROBUST_NLM_PLANE_BYTES where that is set (the
 // tests use it to run several chunks at small sizes), all chunks of one size but the last, which is
 // at most one sample smaller. The budget is what sizes the grids of the weighted-sum kernels (a
@@ -71,17 +71,18 @@ inline PlaneTensors forward_planes(const pn::Prepared& p) {
   return with_buffers(planes, chunk);
 }
 
-// The backward's planes: p and ds, of weight_dtype.
-inline PlaneTensors backward_planes(const pn::Prepared& p, at::ScalarType weight_dtype) {
-  const int64_t n = p.positions, chunk = plane_chunk(p.batch, 2 * n * n * c10::elementSize(weight_dtype));
+// The SIMT backward's planes: p and ds, in the accumulation type.
+inline PlaneTensors backward_planes(const pn::Prepared& p) {
+  const at::ScalarType acc = pn::acc_dtype(p.theta);
+  const int64_t n = p.positions, chunk = plane_chunk(p.batch, 2 * n * n * c10::elementSize(acc));
   PlaneTensors planes;
-  planes.weights = at::empty({chunk, n, n}, p.theta.options().dtype(weight_dtype));
+  planes.weights = at::empty({chunk, n, n}, p.theta.options().dtype(acc));
   planes.logit_grads = at::empty_like(planes.weights);
   return with_buffers(planes, chunk);
 }
 
-// tensor_cores: the device has them (sm_80 or newer) and runs the wmma kernels' code; fp16 /
-// bf16 inputs then run the wmma kernels, and fp32 inputs where torch allows tf32 in CUDA matrix
+// tensor_cores: the device has them (sm_80 or newer) and runs the mma.sync kernels' code; fp16 /
+// bf16 inputs then run the mma.sync kernels, and fp32 inputs where torch allows tf32 in CUDA matrix
 // products (torch.backends.cuda.matmul.fp32_precision = "tf32", or its legacy allow_tf32 = True,
 // or torch.set_float32_matmul_precision("high")), read per call. (allowTF32CuBLAS() would
 // raise where a program mixes the legacy and the new setters; this reading takes either.)
@@ -119,10 +120,10 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
   if (p.batch > 0 && p.positions > 0) {
     at::Tensor row_dot = at::empty({row_dot_parts(p.channels), p.batch, p.positions}, p.lse.options());
     const TensorCores cores = tensor_cores_for(tensor_cores);
-    // p and ds in the input type on tensor cores, else in the accumulation type (the two differ
-    // for fp16 / bf16 only, which take the tensor cores wherever they are usable)
-    const PlaneTensors planes = backward_planes(p, cores.usable ? p.theta.scalar_type() : pn::acc_dtype(p.theta));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.theta.scalar_type(), "nlm_gaussian_backward", [&] {
+      // the SIMT backward's p and ds planes, in the accumulation type (none on tensor cores)
+      const PlaneTensors planes =
+          use_tensor_cores<scalar_t>(cores) ? PlaneTensors{} : backward_planes(p);
       auto a = pn::ptrs<scalar_t, acc_t<scalar_t>>(p);
       a.lse = p.lse.data_ptr<acc_t<scalar_t>>();
       a.row_dot = row_dot.mutable_data_ptr<acc_t<scalar_t>>();

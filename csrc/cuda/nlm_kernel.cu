@@ -11,7 +11,7 @@
 namespace fastrobust {
 namespace {
 
-// The tensor-core kernels (wmma and mma.sync) run where the device has bf16 tensor cores and
+// The tensor-core kernels (mma.sync) run where the device has bf16 tensor cores and
 // their compiled code has a body (tensor_core_kernels_usable); decided once per device.
 bool has_tensor_cores() {
   constexpr int kMaxDevices = 64;

@@ -23,8 +23,8 @@
 //                   weighted_sum<kPhi>   (key tile, d slice): dphi_j = sum_i ds_ij theta_i;
 //                   weighted_sum<kTheta> (query tile, d slice): dtheta_i = sum_j ds_ij phi_j.
 // These are SIMT kernels (FMA in the accumulation type: float for fp16/bf16/fp32, double for
-// fp64). On GPUs with bf16 tensor cores (sm_80+) fp16/bf16 inputs run nlm_wmma_kernels.cuh,
-// which has the same structure, and their forward up to 256 channels nlm_mma_forward.cuh.
+// fp64). On GPUs with bf16 tensor cores (sm_80+) fp16/bf16 inputs (and fp32 where tf32 is
+// allowed) run nlm_mma_forward.cuh and nlm_mma_backward.cuh instead, which hold no planes.
 #include <algorithm>
 #include <cstdint>
 

@@ -8,8 +8,7 @@
 // tiles of 32 (16 for fp32: OnePass). Above kSliceWidth = 256 channels the channels come in
 // slices of 256, one per blockIdx.y, each block computing the logits of its queries again: at
 // C = 512 and 1024 (d = C / 2) that is 1.33x and 2x the forward's minimal FLOPs, where holding
-// the logits in global memory instead (as the backward does, nlm_wmma_kernels.cuh) moved 4-10x
-// its minimal bytes.
+// the logits in global memory instead (as the backward once did) moved 4-10x its minimal bytes.
 //
 // Lane (g = lane / 4, t = lane % 4) of a warp holds rows g and g + 8 of the warp's 16 and, of
 // each 8-column tile, columns 2t and 2t + 1. Per key tile:
@@ -42,13 +41,22 @@
 
 #include "../common/cp_async.cuh"
 #include "../common/mma.cuh"
-#include "nlm_wmma_kernels.cuh"
+#include "../common/wmma.cuh"  // kWmmaDim, FR_HAS_WMMA
+#include "nlm_kernels.cuh"
 
 namespace fastrobust {
 namespace FR_KERNEL_NS {
 namespace nlm {
 
 namespace tc {
+constexpr int kQueries = 64;  // own positions per block (16 per warp)
+constexpr int kChunk = 32;    // rows of the reduction staged per barrier pair
+constexpr int kWarps = kQueries / kWmmaDim;
+// Pitch of the own positions' chunk ([k][position]): a multiple of 16 bytes, off a multiple of
+// 128 bytes against bank conflicts.
+constexpr int kLdTheta = kQueries + 8;
+static_assert(kThreads == kWarps * kWarpSize, "one warp per 16 own rows");
+static_assert(kChunk % kWmmaDim == 0, "whole warp products per chunk");
 constexpr int kSliceWidth = 256;  // channels per block at most (O: 128 floats a lane)
 constexpr int kColTile = 8;       // columns of an m16n8 accumulator
 // Per input type: the reduction depth of one product (16 for fp16 / bf16 on m16n8k16, 8 for
@@ -378,8 +386,8 @@ void launch_forward_mma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
   }
 }
 
-// The forward and the backward for any input type: tensor cores where use_tensor_cores, SIMT
-// otherwise.
+// The forward for any input type: tensor cores where use_tensor_cores, SIMT otherwise (the
+// backward: nlm_mma_backward.cuh).
 template <typename scalar_t>
 void launch_forward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, const TensorCores& tensor_cores,
                     const PlaneBuffers& buffers, cudaStream_t stream) {
@@ -387,16 +395,6 @@ void launch_forward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, const TensorCores&
     if (use_tensor_cores<scalar_t>(tensor_cores)) return launch_forward_mma<scalar_t>(a, stream);
   }
   launch_forward<scalar_t>(a, buffers, stream);
-}
-
-template <typename scalar_t>
-void launch_backward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, const TensorCores& tensor_cores,
-                     const PlaneBuffers& buffers, cudaStream_t stream) {
-  if constexpr (kHasWmmaPath<scalar_t>) {
-    if (use_tensor_cores<scalar_t>(tensor_cores))
-      return launch_backward_wmma<scalar_t>(a, typed_planes<float, scalar_t>(buffers), stream);
-  }
-  launch_backward<scalar_t>(a, buffers, stream);
 }
 
 }  // namespace nlm

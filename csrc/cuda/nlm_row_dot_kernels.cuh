@@ -1,7 +1,7 @@
 #pragma once
 // The backward's row dots D_i = dy_i . y_i of softmax non-local means (device code and its
-// launcher), read by the SIMT and the tensor-core plane kernels (nlm_kernels.cuh,
-// nlm_wmma_kernels.cuh). Free of CUDA runtime and torch headers (nvcc, or g++ through
+// launcher), read by the SIMT plane kernels (nlm_kernels.cuh) and the tensor-core backward
+// (nlm_mma_backward.cuh). Free of CUDA runtime and torch headers (nvcc, or g++ through
 // csrc/emu/cuda_emu.h).
 #include <algorithm>
 #include <cstdint>

@@ -37,7 +37,7 @@ Prepared prepare_backward(const at::Tensor& grad_y, const at::Tensor& theta, con
 // float64 for float64 inputs, float32 otherwise.
 at::ScalarType acc_dtype(const at::Tensor& t);
 
-// Whether the tensor-core (wmma) kernels can run: the device has bf16 tensor cores (compute
+// Whether the tensor-core (mma.sync) kernels can run: the device has bf16 tensor cores (compute
 // capability >= 8), and the code the device runs was compiled for such an architecture. A
 // kernel's code comes from a cubin or is JIT-compiled from PTX; cudaFuncGetAttributes gives
 // the architecture of both (binaryVersion, ptxVersion: 10 * major + minor). A build for

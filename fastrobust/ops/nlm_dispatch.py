@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -71,12 +71,14 @@ MEASURED_EFFICIENCY = {
     ("materialize", "32", "forward"): 0.541, ("materialize", "32", "backward"): 0.466,
 }
 
-# The tensor-core kernels' tiles (csrc/cuda/nlm_wmma_kernels.cuh, nlm_mma_forward.cuh): a block
-# owns 64 positions and walks the others 32 at a time; reductions run in chunks of 32 rows; the
-# one-pass forward takes up to 256 channels a block (in tiles of 8 columns) and walks the keys 32
-# at a time (16 for fp32 on tf32, whose tiles take twice the bytes), the weighted-sum kernels 128.
-OWN_TILE, OTHER_TILE, CHUNK, ONE_PASS_WIDTH, ONE_PASS_TILE, SLICE_WIDTH = 64, 32, 32, 256, 8, 128
+# The tensor-core kernels' tiles (csrc/cuda/nlm_mma_forward.cuh, nlm_mma_backward.cuh): a block
+# owns 64 positions and walks the others 32 at a time (16 for fp32 on tf32, whose tiles take twice
+# the bytes), its reductions in chunks of 32 rows, its output in tiles of 8 columns, on blocks 64,
+# 128 or 256 columns wide (the narrowest that holds the output), or on slices of 256 (the fp32
+# backward: 128).
+OWN_TILE, CHUNK, ONE_PASS_WIDTH, ONE_PASS_TILE = 64, 32, 256, 8
 ONE_PASS_KEYS = {2: 32, 4: 16}  # by element size
+BACKWARD_SLICE = {2: 256, 4: 128}
 # The backward's D_i = dy_i . y_i comes in partial sums over groups of channels (row_dot_kernel,
 # csrc/cuda/nlm_kernels.cuh): C / 64 groups, 1 to 16.
 ROW_DOT_CHANNELS_PER_GROUP, ROW_DOT_MAX_GROUPS = 64, 16
@@ -95,30 +97,33 @@ def check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
 
 
-def one_pass_slices(c: int) -> int:
-    """The channel slices of the tensor-core forward's one pass over the keys (each computes the
-    logits): slices of ONE_PASS_WIDTH."""
-    return max(1, math.ceil(c / ONE_PASS_WIDTH))
+def slice_widths(width: int, widest: int = ONE_PASS_WIDTH) -> Tuple[int, List[int]]:
+    """(block width, the columns of each block's slice) of an output `width` wide: the narrowest
+    of 64, 128 and widest that holds it, else slices of widest."""
+    block = next((w for w in (64, 128) if width <= w), widest)
+    slices = max(1, math.ceil(width / block))
+    return block, [min(block, width - s * block) for s in range(slices)]
 
 
 def kernel_flops(b: int, d: int, c: int, n: int, backward: bool, element: int = 2) -> int:
     """FLOPs (2 per multiply-add) of our tensor-core kernels' launches for one forward, or one
     backward, of inputs of `element` bytes (2: fp16 / bf16, 4: fp32 on tf32): every tile product
-    counted whole (padded to the tiles above)."""
-    own, other = _round_up(n, OWN_TILE), _round_up(n, OTHER_TILE)
+    counted whole (padded to the tiles above). Each block of a slice forms the logits of its tile
+    pairs (d deep) and, for dphi and dtheta, dp = dy . g (C deep), then its output's 8-column
+    tiles."""
+    plane = 2 * b * _round_up(n, OWN_TILE) * _round_up(n, ONE_PASS_KEYS[element])
     dp, cp = _round_up(d, CHUNK), _round_up(c, CHUNK)
 
-    def sliced(width: int) -> int:  # the weighted-sum kernels' columns: whole slices of 128
-        return math.ceil(width / SLICE_WIDTH) * SLICE_WIDTH
+    def per_slice(width: int, depth: int, widest: int) -> int:
+        _, widths = slice_widths(width, widest)
+        return len(widths) * depth + sum(_round_up(w, ONE_PASS_TILE) for w in widths)
 
-    if not backward:  # one pass per slice: S, then P g^T for the 8-column tiles that hold its channels
-        slices = one_pass_slices(c)
-        widths = [min(ONE_PASS_WIDTH, c - s * ONE_PASS_WIDTH) for s in range(slices)]
-        plane = 2 * b * own * _round_up(n, ONE_PASS_KEYS[element])
-        return plane * (slices * dp + sum(_round_up(w, ONE_PASS_TILE) for w in widths))
-    # the p and ds planes (S and dP = dy . g once each), then dg, dphi and dtheta over them
-    plane = 2 * b * own * other  # one multiply-add per (own, other) pair and reduction row
-    return plane * (dp + cp + (sliced(c) if c > 0 else 0) + (2 * sliced(d) if d > 0 else 0))
+    if not backward:  # y: S, then P g^T
+        return plane * per_slice(c, dp, ONE_PASS_WIDTH)
+    widest = BACKWARD_SLICE[element]
+    dg = per_slice(c, dp, widest) if c > 0 else 0  # S, then P^T dy
+    ds = per_slice(d, dp + cp, widest) if d > 0 else 0  # S and dP, then dS^T theta (dS phi)
+    return plane * (dg + 2 * ds)
 
 
 def padded_width(d: int, c: int) -> int:
@@ -135,32 +140,20 @@ def sdpa_flops(b: int, d: int, c: int, n: int, backward: bool) -> int:
 def kernel_bytes(b: int, d: int, c: int, n: int, backward: bool, element: int) -> int:
     """Bytes our tensor-core kernels' launches move in the cost model's view: a launch reads
     once what one row of its grid reads (blockIdx.x varies, a block's re-reads of what its row
-    shares hit L2), times its rows. The forward's rows are channel slices; the backward's plane
-    kernel's rows are key tiles (each reads all of the sample's queries and a strip of keys, and
-    writes a strip of the p and ds planes, in the input type), the weighted-sum kernels' rows
-    are output slices (each reads the sample's whole plane). The float32 lse and row scalars
-    count where the emulator counts them."""
+    shares hit L2), times its rows; a row is an output slice of one sample. Each row reads
+    theta and phi (the logits), for dphi and dtheta also dy and g (dp) and the lse and D of
+    every row; it writes its slice of the output. The forward's lse (written through a plain
+    pointer) is not counted, as the emulator does not count it."""
     tp, values, lse = 2 * b * d * n * element, b * c * n * element, 4 * b * n
-    if not backward:
-        # one pass per slice: each slice's rows read theta and phi; g and y once (the lse, 4
-        # bytes a row, goes through a plain pointer, which the emulator does not count)
-        return one_pass_slices(c) * tp + values + values
-    key_tiles = math.ceil(n / OTHER_TILE)
-
-    def strips(width: int) -> int:  # one key tile's strip of a (width, n) input, and all of it
-        return OTHER_TILE * width * element + n * width * element
-
-    def sums(width: int) -> int:  # weighted sums over a plane (in the input type), 128 columns a row
-        if width == 0:
-            return 0
-        slice_bytes = min(width, SLICE_WIDTH) * n * element  # a slice of X read, of the output written
-        return b * math.ceil(width / SLICE_WIDTH) * (n * n * element + 2 * slice_bytes)
-
-    groups = row_dot_groups(c)
+    if not backward:  # each slice: theta and phi; g read and y written once over the slices
+        return len(slice_widths(c)[1]) * tp + values + values
+    widest, groups = BACKWARD_SLICE[element], row_dot_groups(c)
     row_dot = 2 * values + groups * lse  # dy . y per row, a partial sum per group of channels
-    # each key strip: theta, phi, dy and g strips, the lse and D's partial sums, the p and ds strips
-    plane = b * key_tiles * (strips(d) + strips(c) + (1 + groups) * 4 * n + 2 * OTHER_TILE * n * element)
-    return row_dot + plane + sums(c) + 2 * sums(d)
+    # dg's slices: theta, phi and the lse; dy read and dg written once over the slices
+    dg = len(slice_widths(c, widest)[1]) * (tp + lse) + 2 * values if c > 0 else 0
+    # dphi's (dtheta's) slices: theta, phi, dy, g, the lse and D's partial sums; the output once
+    ds = len(slice_widths(d, widest)[1]) * (tp + 2 * values + (1 + groups) * lse) + tp // 2 if d > 0 else 0
+    return row_dot + dg + 2 * ds
 
 
 def sdpa_bytes(b: int, d: int, c: int, n: int, backward: bool, element: int) -> int:
