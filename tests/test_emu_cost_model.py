@@ -279,8 +279,9 @@ def test_repeated_chunk_launches_cost_what_their_first_did(monkeypatch, dtype):
     """reuse_repeats (what the NLM model cases use): NLM's batch chunks launch the same kernels
     over other samples; modelled once, each repeat gets the counters that running it gives, and
     a launch of another grid (the last, smaller chunk) is run."""
-    # chunks of 2 samples of float logits (fp32 SIMT forward), 1 or 2 of p and ds (fp32, bf16
-    # backward); the bf16 forward is one pass, without planes
+    # the SIMT kernels (the tensor-core ones hold no planes): chunks of 2 samples of float
+    # logits (forward), of 1 of p and ds (backward)
+    monkeypatch.setenv("FASTROBUST_EMU_SIMT", "1")
     monkeypatch.setenv("FASTROBUST_NLM_PLANE_BYTES", str(2 * 64 * 64 * 4))
     emu = torch.ops.fastrobust_emu
     gen = torch.Generator().manual_seed(0)
@@ -289,9 +290,7 @@ def test_repeated_chunk_launches_cost_what_their_first_did(monkeypatch, dtype):
     g = torch.randn(b, c, hw, hw, generator=gen).to(dtype)
     y, lse = emu.nlm_gaussian(th, ph, g, 1.0)
     gy = torch.randn(y.shape, generator=gen).to(dtype)
-    chunked = [lambda: emu._nlm_gaussian_backward(gy, th, ph, g, y, lse, 1.0)]
-    if dtype == torch.float32:
-        chunked.append(lambda: emu.nlm_gaussian(th, ph, g, 1.0))
+    chunked = [lambda: emu._nlm_gaussian_backward(gy, th, ph, g, y, lse, 1.0), lambda: emu.nlm_gaussian(th, ph, g, 1.0)]
     for fn in chunked:
         run_all = cost_model.model(fn, 4)
         reused = cost_model.model(fn, 4, reuse_repeats=True)
@@ -312,10 +311,9 @@ def test_a_tensor_core_operation_counts_its_depth(dtype, depth):
 
 
 def test_tf32_nlm_kernels_count_the_products_of_their_padded_tiles():
-    """fp32 on tensor cores (tf32): the backward does the bf16 kernels' padded-tile products
-    (nlm_dispatch.kernel_flops) in m16n16k8 steps; the one-pass forward's m16n8k8 products
-    cover 64-query blocks, 16-key tiles, the width in chunks of 32 and the 8-column tiles that
-    hold C."""
+    """fp32 on tensor cores (tf32): the m16n8k8 products of the forward and the backward cover
+    64-position blocks, 16-position tiles of the other axis, the reductions in chunks of 32 and
+    the 8-column tiles that hold the output (nlm_dispatch.kernel_flops of 4-byte elements)."""
     from fastrobust.kernel_cases import with_tf32
     from fastrobust.ops import nlm_dispatch
 
@@ -334,7 +332,7 @@ def test_tf32_nlm_kernels_count_the_products_of_their_padded_tiles():
         gy = torch.randn(y.shape, generator=gen)
         forward = mma_flops(lambda: emu.nlm_gaussian(th, ph, g, 1.0))
         backward = mma_flops(lambda: emu._nlm_gaussian_backward(gy, th, ph, g, y, lse, 1.0))
-        assert backward == nlm_dispatch.kernel_flops(b, d, c, n, backward=True), c
+        assert backward == nlm_dispatch.kernel_flops(b, d, c, n, backward=True, element=4), c
         plane = 2 * b * _round_up(n, 64) * _round_up(n, 16)
         assert forward == plane * (_round_up(d, 32) + _round_up(c, 8)), c
         assert forward == nlm_dispatch.kernel_flops(b, d, c, n, backward=False, element=4), c

@@ -34,7 +34,8 @@ EMU_SHAPES = [
     (1, 1, 3, 33, 1),
     (1, 24, 70, 9, 8),  # two 64-query blocks of the tensor-core forward; 9 of its 16 column tiles
     (2, 8, 200, 3, 3),  # D_i in 3 uneven groups of channels (67, 67, 66)
-    (1, 8, 300, 4, 6),  # 16-bit forward: two channel slices (256 + 44); fp32's planes: 3 slices
+    (1, 8, 300, 4, 6),  # tensor-core forward and dg: two channel slices (256 + 44; fp32's dg: 3 of 128)
+    (1, 300, 5, 4, 4),  # tensor-core dphi and dtheta: two slices of d (256 + 44; fp32: 3 of 128)
     (0, 8, 3, 4, 4),
 ]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]

@@ -116,32 +116,16 @@ __global__ void __launch_bounds__(kThreads) backward_mma_kernel(Ptrs<scalar_t, f
       }
     }
     float s[kKeyTiles][4] = {}, dp[kKeyTiles][4] = {};
-    for (int64_t k = 0; k < chunks; ++k) {
-      // the next chunk, of this tile or the first of the next, goes to the other buffer
-      if (k + 1 < chunks)
-        copy_chunk(o0, k + 1, buf ^ 1);
-      else if (o0 + kTileKeys < n)
-        copy_chunk(o0 + kTileKeys, 0, buf ^ 1);
-      else
-        cp_async_commit();  // an empty group: the wait below leaves the newest group pending
-      cp_async_wait<1>();  // this chunk's copies (and Z's) have landed
-      __syncthreads();
+    reduce_chunks(chunks, o0, o0 + kTileKeys, o0 + kTileKeys < n, buf, copy_chunk, [&](int64_t k, int at) {
 #pragma unroll
       for (int kk = 0; kk < kChunk; kk += kDepth) {
         if (k < logit_chunks)
-          accumulate_logits<kKeyTiles>(s, Owns + buf * kOwnTile, kLdTheta, row0, Others + buf * kOtherTile, kPitchKey,
-                                       kk);
+          accumulate_logits<kKeyTiles>(s, Owns + at * kOwnTile, kLdTheta, row0, Others + at * kOtherTile, kPitchKey, kk);
         else
-          accumulate_logits<kKeyTiles>(dp, Owns + buf * kOwnTile, kLdTheta, row0, Others + buf * kOtherTile, kPitchKey,
+          accumulate_logits<kKeyTiles>(dp, Owns + at * kOwnTile, kLdTheta, row0, Others + at * kOtherTile, kPitchKey,
                                        kk);
       }
-      __syncthreads();  // before the buffer is copied into again
-      buf ^= 1;
-    }
-    if (chunks == 0) {  // d = 0 (and no dp): no chunk waited for Z, lse and D
-      cp_async_wait<0>();
-      __syncthreads();
-    }
+    });
 
     // p (or ds) of each entry, in place of its logit: rows g + 8h, columns o0 + 8j + 2t + e
 #pragma unroll
@@ -159,40 +143,12 @@ __global__ void __launch_bounds__(kThreads) backward_mma_kernel(Ptrs<scalar_t, f
         }
       }
 
-    // O += W Z^T, W's accumulators as the A operand (p_operand), kDepth positions a step.
-#pragma unroll
-    for (int u = 0; u < kTileKeys / kDepth; ++u) {
-      uint32_t w[4];
-      p_operand<scalar_t>(w, s, u);
-#pragma unroll
-      for (int f = 0; f < kOutTiles; ++f) {
-        if (f >= out_tiles) break;  // the same for the whole block
-        uint32_t zb[2];
-        g_operand<scalar_t>(zb, Zs, kPitchKey, f, u);
-        mma<scalar_t>(o[f], w, zb);
-      }
-    }
+    accumulate_output<scalar_t>(o, s, Zs, kPitchKey, out_tiles);  // O += W Z^T
     __syncthreads();  // before the next tile restages Z, lse, D and the chunks
   }
 
-  cp_async_wait<0>();  // (only empty groups are left)
-  for (int c0 = 0; c0 < out_tiles * kColTile; c0 += kPart) {
-#pragma unroll
-    for (int f = 0; f < kOutTiles; ++f) {
-      if (f * kColTile < c0 || f * kColTile >= c0 + kPart || f >= out_tiles) continue;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int col = f * kColTile + 2 * t + i % 2 - c0, r = row0 + g + 8 * (i / 2);
-        Zs[col * kLdTheta + r] = static_cast<scalar_t>(o[f][i]);
-      }
-    }
-    __syncthreads();
-    for (int e = threadIdx.x; e < kPart * kQueries; e += blockDim.x) {
-      const int col = e / kQueries, r = e % kQueries;
-      if (c0 + col < columns && own0 + r < n) out[(c0 + col) * n + own0 + r] = static_cast<scalar_t>(Zs[col * kLdTheta + r]);
-    }
-    __syncthreads();  // before the next round overwrites the tile
-  }
+  const float unscaled[2] = {1.f, 1.f};
+  store_output<kWidth, kPart>(o, unscaled, Zs, out, columns, out_tiles, n, own0);
 #else
   __trap();  // compiled for a GPU without bf16 tensor cores: the host never launches it there
 #endif
@@ -221,9 +177,7 @@ void launch_backward_gradient(const Ptrs<scalar_t, float>& a, int64_t width, boo
 template <typename scalar_t>
 void launch_backward_mma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
   launch_row_dot(a, stream);
-  const auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
-  const bool async = a.positions % (16 / sizeof(scalar_t)) == 0 && aligned(a.theta) && aligned(a.phi) &&
-                     aligned(a.g) && aligned(a.grad_y);
+  const bool async = async_staging<scalar_t>(a.positions, a.theta, a.phi, a.g, a.grad_y);
   if (a.channels > 0) launch_backward_gradient<scalar_t, Grad::kG>(a, a.channels, async, stream);
   if (a.dim > 0) {
     launch_backward_gradient<scalar_t, Grad::kPhi>(a, a.dim, async, stream);

@@ -157,6 +157,28 @@ __device__ __forceinline__ void g_operand(uint32_t (&b)[2], smem_ptr<scalar_t> G
     b[1] = shared_pair(Gs, at + 8);
   }
 }
+
+// o (the warp's 16 rows of an output, in tiles of 8 columns) += W (the warp's 16 rows of a tile
+// of the other axis, in the accumulators w) times Z^T, Z staged [column][other] with pitch ld:
+// W's accumulators are the A operand (p_operand), kDepth positions a step; only the out_tiles
+// tiles that hold columns run.
+template <typename scalar_t, int kOutTiles, int kKeyTiles>
+__device__ __forceinline__ void accumulate_output(float (&o)[kOutTiles][4], const float (&w)[kKeyTiles][4],
+                                                  smem_ptr<scalar_t> Zs, int ld, int out_tiles) {
+  constexpr int kDepth = tc::OnePass<scalar_t>::kDepth;
+#pragma unroll
+  for (int u = 0; u < kKeyTiles * tc::kColTile / kDepth; ++u) {
+    uint32_t a[4];
+    p_operand<scalar_t>(a, w, u);
+#pragma unroll
+    for (int f = 0; f < kOutTiles; ++f) {
+      if (f >= out_tiles) break;  // the same for the whole block
+      uint32_t b[2];
+      g_operand<scalar_t>(b, Zs, ld, f, u);
+      mma<scalar_t>(o[f], a, b);
+    }
+  }
+}
 #endif
 
 // stage() (nlm_kernels.cuh) by 16-byte cp.async copies, 8 positions each: n a multiple of 8 and
@@ -183,6 +205,75 @@ __device__ __forceinline__ void stage_tile(bool async, smem_ptr<scalar_t> dst, i
     stage_async<kCols>(dst, stride, src, width, n, w0, rows, p0);
   else
     stage<kCols>(dst, stride, src, width, n, w0, rows, p0);
+}
+
+// The reduction of one tile of the other axis (at o0) over `chunks` chunks, double-buffered:
+// copy(o, k, buf) stages chunk k of the tile at o into buffer buf as one group of copies, and
+// multiply(k, buf) consumes it. Chunk k + 1 (or the next tile's first, where the tile at next_o0
+// exists) is copied while chunk k is multiplied; the caller has copied the first chunk and
+// issued the tile's other copies (waited for with its first chunk). Every thread of the block
+// calls it.
+template <typename Copy, typename Multiply>
+__device__ __forceinline__ void reduce_chunks(int64_t chunks, int64_t o0, int64_t next_o0, bool next_exists, int& buf,
+                                              Copy copy, Multiply multiply) {
+  for (int64_t k = 0; k < chunks; ++k) {
+    if (k + 1 < chunks)
+      copy(o0, k + 1, buf ^ 1);
+    else if (next_exists)
+      copy(next_o0, 0, buf ^ 1);
+    else
+      cp_async_commit();  // an empty group: the wait below leaves the newest group pending
+    cp_async_wait<1>();  // this chunk's copies (and the tile's others) have landed
+    __syncthreads();
+    multiply(k, buf);
+    __syncthreads();  // before the buffer is copied into again
+    buf ^= 1;
+  }
+  if (chunks == 0) {  // no chunk waited for the tile's other copies
+    cp_async_wait<0>();
+    __syncthreads();
+  }
+}
+
+// Writes the block's output: each warp's accumulators o (its 16 rows; rows g and g + 8 times
+// row_scale[0] and [1]) of kWidth columns go, kPart columns at a time, into tile ([column][own
+// position], pitch kLdTheta; the g or Z tile's storage), and the block writes them to out
+// ([column][position], its columns of them, own positions from own0) along positions. Every
+// thread of the block calls it, after the block's last read of tile.
+template <int kWidth, int kPart, typename scalar_t>
+__device__ __forceinline__ void store_output(const float (&o)[kWidth / tc::kColTile][4], const float (&row_scale)[2],
+                                             smem_ptr<scalar_t> tile, FR_GLOBAL(scalar_t) out, int64_t columns,
+                                             int out_tiles, int64_t n, int64_t own0) {
+  using namespace tc;
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int g = lane / 4, t = lane % 4, row0 = warp * kWmmaDim;
+  cp_async_wait<0>();  // (only empty groups are left)
+  for (int c0 = 0; c0 < out_tiles * kColTile; c0 += kPart) {
+#pragma unroll
+    for (int f = 0; f < kWidth / kColTile; ++f) {
+      if (f * kColTile < c0 || f * kColTile >= c0 + kPart || f >= out_tiles) continue;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int col = f * kColTile + 2 * t + i % 2 - c0, r = row0 + g + 8 * (i / 2);
+        tile[col * kLdTheta + r] = static_cast<scalar_t>(o[f][i] * row_scale[i / 2]);
+      }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < kPart * kQueries; e += blockDim.x) {
+      const int col = e / kQueries, r = e % kQueries;
+      if (c0 + col < columns && own0 + r < n)
+        out[(c0 + col) * n + own0 + r] = static_cast<scalar_t>(tile[col * kLdTheta + r]);
+    }
+    __syncthreads();  // before the next round overwrites the tile
+  }
+}
+
+// Whether the tiles can come by 16-byte cp.async: n a multiple of 16 bytes' elements and every
+// input 16-byte aligned.
+template <typename scalar_t, typename... P>
+bool async_staging(int64_t n, const P*... inputs) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+  return n % (16 / sizeof(scalar_t)) == 0 && (aligned(inputs) && ...);
 }
 
 // y and lse of kQueries queries of one sample, for channels blockIdx.y * kWidth and on (at most
@@ -214,10 +305,10 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, fl
   // the 8-column tiles of O that hold channels (the same for every thread)
   const int out_tiles = static_cast<int>(ceil_div<int64_t>(channels, kColTile));
   const int64_t chunks = ceil_div<int64_t>(a.dim, kChunk);
-  // The theta and phi chunk d0 of key tile k0 into buffer buf, as one group of copies.
-  const auto copy_chunk = [&](int64_t k0, int64_t d0, int buf) {
-    stage_tile<kQueries>(async, Ths + buf * kThetaTile, kLdTheta, theta, a.dim, n, d0, kChunk, q0);
-    stage_tile<kTileKeys>(async, Phs + buf * kPhiTile, kPitchKey, phi, a.dim, n, d0, kChunk, k0);
+  // The theta and phi chunk c of key tile k0 into buffer buf, as one group of copies.
+  const auto copy_chunk = [&](int64_t k0, int64_t c, int buf) {
+    stage_tile<kQueries>(async, Ths + buf * kThetaTile, kLdTheta, theta, a.dim, n, c * kChunk, kChunk, q0);
+    stage_tile<kTileKeys>(async, Phs + buf * kPhiTile, kPitchKey, phi, a.dim, n, c * kChunk, kChunk, k0);
     cp_async_commit();
   };
 
@@ -229,26 +320,11 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, fl
     stage_tile<kTileKeys>(async, Gs, kPitchKey, values, channels, n, 0, out_tiles * kColTile, k0);
     cp_async_commit();
     float s[kKeyTiles][4] = {};
-    for (int64_t c = 0; c < chunks; ++c) {
-      // the next chunk, of this key tile or the first of the next, goes to the other buffer
-      if (c + 1 < chunks)
-        copy_chunk(k0, (c + 1) * kChunk, buf ^ 1);
-      else if (k0 + kTileKeys < n)
-        copy_chunk(k0 + kTileKeys, 0, buf ^ 1);
-      else
-        cp_async_commit();  // an empty group: the wait below leaves the newest group pending
-      cp_async_wait<1>();  // this chunk's copies (and the g tile's) have landed
-      __syncthreads();
+    reduce_chunks(chunks, k0, k0 + kTileKeys, k0 + kTileKeys < n, buf, copy_chunk, [&](int64_t, int at) {
 #pragma unroll
       for (int kk = 0; kk < kChunk; kk += kDepth)
-        accumulate_logits<kKeyTiles>(s, Ths + buf * kThetaTile, kLdTheta, row0, Phs + buf * kPhiTile, kPitchKey, kk);
-      __syncthreads();  // before the buffer is copied into again
-      buf ^= 1;
-    }
-    if (chunks == 0) {  // d = 0: no chunk waited for the g tile
-      cp_async_wait<0>();
-      __syncthreads();
-    }
+        accumulate_logits<kKeyTiles>(s, Ths + at * kThetaTile, kLdTheta, row0, Phs + at * kPhiTile, kPitchKey, kk);
+    });
 
     // Online softmax of rows g (h = 0) and g + 8 (h = 1) over this tile: 8 keys a lane.
 #pragma unroll
@@ -287,19 +363,7 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, fl
       }
     }
 
-    // O += P g^T, P's accumulators as the A operand (p_operand), kDepth keys a step.
-#pragma unroll
-    for (int u = 0; u < kTileKeys / kDepth; ++u) {
-      uint32_t p[4];
-      p_operand<scalar_t>(p, s, u);
-#pragma unroll
-      for (int f = 0; f < kOutTiles; ++f) {
-        if (f >= out_tiles) break;  // the same for the whole block
-        uint32_t gb[2];
-        g_operand<scalar_t>(gb, Gs, kPitchKey, f, u);
-        mma<scalar_t>(o[f], p, gb);
-      }
-    }
+    accumulate_output<scalar_t>(o, s, Gs, kPitchKey, out_tiles);  // O += P g^T
     __syncthreads();  // before the next tile restages g, theta and phi
   }
 
@@ -311,25 +375,8 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, fl
     }
   }
   const float inv[2] = {1.f / l[0], 1.f / l[1]};
-  cp_async_wait<0>();  // (only empty groups are left)
   FR_GLOBAL(scalar_t) out = a.out + (b * a.channels + c_first) * n;
-  for (int c0 = 0; c0 < out_tiles * kColTile; c0 += kYPart) {
-#pragma unroll
-    for (int f = 0; f < kOutTiles; ++f) {
-      if (f * kColTile < c0 || f * kColTile >= c0 + kYPart || f >= out_tiles) continue;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int c = f * kColTile + 2 * t + i % 2 - c0, r = row0 + g + 8 * (i / 2);
-        Gs[c * kLdTheta + r] = static_cast<scalar_t>(o[f][i] * inv[i / 2]);
-      }
-    }
-    __syncthreads();
-    for (int e = threadIdx.x; e < kYPart * kQueries; e += blockDim.x) {
-      const int c = e / kQueries, r = e % kQueries;
-      if (c0 + c < channels && q0 + r < n) out[(c0 + c) * n + q0 + r] = static_cast<scalar_t>(Gs[c * kLdTheta + r]);
-    }
-    __syncthreads();  // before the next round overwrites the tile
-  }
+  store_output<kWidth, kYPart>(o, inv, Gs, out, channels, out_tiles, n, q0);
 #else
   __trap();  // compiled for a GPU without bf16 tensor cores: the host never launches it there
 #endif
@@ -371,9 +418,7 @@ template <typename scalar_t>
 void launch_forward_mma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
   // (FR_LAUNCH names the kernel as written, for the emulator's launch log: one call each)
   const dim3 block(kThreads);
-  const auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
-  const bool async = a.positions % (16 / sizeof(scalar_t)) == 0 && aligned(a.theta) && aligned(a.phi) &&
-                     aligned(a.g);
+  const bool async = async_staging<scalar_t>(a.positions, a.theta, a.phi, a.g);
   if (a.channels <= 64) {
     FR_LAUNCH((forward_mma_kernel<scalar_t, 64>), tile_grid(a.batch, a.positions, a.channels, tc::kQueries, 64), block,
               0, stream, a, async);

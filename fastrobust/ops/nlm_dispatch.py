@@ -2,12 +2,12 @@
 or the materialising composition (logits, softmax, product).
 
 Softmax non-local means is one-head attention with queries theta, keys phi and values g. Our
-kernel returns the log-sum-exp that `torch.ops.fastrobust.nlm_gaussian` exposes, and its CUDA
-kernels keep the N x N planes only in chunks of the batch. On the GPU, though, it is not yet the fastest way
-to y: on an H200 (benchmarks/results/nlm-cuda.json) its tensor-core path reached 1-2 % of the
-roofline below, its fp32 path about 10 %, where cuBLAS behind the materialising composition
-reached 33 % (16-bit) and 51 % (fp32) and SDPA's fused kernels 24 %. `backend="auto"` picks by
-that measurement:
+kernel returns the log-sum-exp that `torch.ops.fastrobust.nlm_gaussian` exposes, and its
+tensor-core kernels keep no N x N plane. On the GPU, though, it was not the fastest way to y
+when a GPU last timed it: on an H200 (benchmarks/results/nlm-cuda.json) its tensor-core path
+reached 1-2 % of the roofline below, its fp32 path about 10 %, where cuBLAS behind the
+materialising composition reached 33 % (16-bit) and 51 % (fp32) and SDPA's fused kernels 24 %.
+`backend="auto"` picks by that measurement:
 
 - On a CUDA GPU each candidate's time is expected to be its roofline (fastrobust.roofline:
   max(bytes / HBM bandwidth, FLOPs / peak), forward plus backward when a gradient will be
@@ -18,9 +18,9 @@ that measurement:
   - "kernel": always. Its work and bytes are those of its launches (kernel_flops,
     kernel_bytes: the emulator's counts, which a test holds them to). Its efficiencies are
     those of the kernels the H200 ran (commit 1cb7f70), which recomputed the logits in every
-    128-column output slice; applied here to the work of today's kernels (the fp16/bf16 forward
-    in one pass per 256 channels on mma.sync, the backward over planes that hold each logit
-    once) until a GPU measures them.
+    128-column output slice; applied here to the work of today's kernels (forward and backward
+    on mma.sync with their accumulators in registers, each output slice of up to 256 columns
+    forming the logits again, no planes) until a GPU measures them.
   - "sdpa": float16 and bfloat16 on compute capability 8.0 or newer, with N, B > 0 and a padded
     width of at most 512 (at 1024, SDPA measured 3-12 % of its roofline on the H200). It
     runs on (B, 1, N, D) copies whose widths are zero-padded to D = max(d, C) rounded up to 8
