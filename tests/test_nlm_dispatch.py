@@ -28,33 +28,52 @@ def case_problem(case: str):
 
 
 def test_kernel_flops_equal_the_emulators_count_of_the_tensor_core_launches():
-    """kernel_flops is the model's view of our kernel: it must be what the emulator counted
-    over every tensor-core launch of each bf16 case (the committed model JSON; the backward's
-    row_dot is a SIMT kernel, whose C multiply-adds per row are not part of this count)."""
-    counted = {}
-    for r in model_records():
-        if r["op"] == "nlm_gaussian" and r["dtype"] == "bfloat16" and "mma" in r["kernel"]:  # wmma and mma.sync
-            counted[r["case"]] = counted.get(r["case"], 0.0) + r["flops"]
-    assert len(counted) == 8  # four shapes, forward and backward
-    for case, flops in counted.items():
-        assert nlm_dispatch.kernel_flops(*case_problem(case)) == flops, case
+    """kernel_flops is the model's view of our kernel: it must be what the emulator counts over
+    every tensor-core launch, every block run, of the forward and the backward in bf16 and in
+    fp32 as tf32, at shapes that take one or several slices of 64, 128 and 256 (fp32's backward:
+    128) columns, widths that are no multiple of the tiles and positions that fill no tile."""
+    from fastrobust import cost_model
+    from fastrobust.kernel_cases import with_tf32
+
+    if not fastrobust.HAS_EMU:
+        pytest.skip("built without FR_EMULATE_CUDA=1")
+    emu = torch.ops.fastrobust_emu
+    gen = torch.Generator().manual_seed(0)
+    for b, d, c, h, w in [(2, 40, 72, 5, 7), (1, 136, 300, 8, 8), (2, 8, 20, 4, 4), (1, 264, 130, 6, 6)]:
+        n = h * w
+        for dtype, element, wrap in ((torch.bfloat16, 2, lambda f: f), (torch.float32, 4, with_tf32)):
+            theta, phi = (torch.randn(b, d, h, w, generator=gen).to(dtype) for _ in range(2))
+            g = torch.randn(b, c, h, w, generator=gen).to(dtype)
+            y, lse = wrap(lambda: emu.nlm_gaussian(theta, phi, g, 0.3))()
+            gy = torch.randn(y.shape, generator=gen).to(dtype)
+            passes = {False: lambda: emu.nlm_gaussian(theta, phi, g, 0.3),
+                      True: lambda: emu._nlm_gaussian_backward(gy, theta, phi, g, y, lse, 0.3)}
+            for backward, fn in passes.items():
+                counted = sum(k.mma_flops for k in cost_model.model(wrap(fn), cost_model.EVERY_BLOCK))
+                assert counted == nlm_dispatch.kernel_flops(b, d, c, n, backward, element), (b, d, c, n, dtype, backward)
 
 
-def test_kernel_bytes_equal_the_emulators_count_where_it_ran_whole_rows_of_blocks():
-    """kernel_bytes against the bytes the emulator counted over the bf16 cases' launches. The
-    model runs 32 blocks of a launch and scales up; where a launch has more than 32 blocks
-    along its positions (56x56: 49), the blocks it ran read a larger share of the keys than
-    the average block, so that case is left out."""
-    counted, whole = {}, {}
+def test_kernel_flops_and_bytes_equal_the_committed_models_forward_records():
+    """kernel_flops and kernel_bytes against the bf16 forward records of the committed model
+    (the cases whose launches ran whole rows of blocks for the bytes: the model runs 32 blocks
+    of a launch and scales up; at 56x56, 49 blocks a row, the blocks it ran read a larger share
+    of the keys than the average block). The backward's records there are of the plane kernels
+    the mma.sync backward replaced (the model JSON's commit): they are not compared."""
+    flops, nbytes, whole = {}, {}, {}
     for r in model_records():
-        if r["op"] == "nlm_gaussian" and r["dtype"] == "bfloat16" and r["kernel"] != "(op)":
-            counted[r["case"]] = counted.get(r["case"], 0.0) + r["bytes"]
+        if r["op"] == "nlm_gaussian" and r["dtype"] == "bfloat16" and " backward " not in r["case"]:
             if "mma" in r["kernel"]:
+                flops[r["case"]] = flops.get(r["case"], 0.0) + r["flops"]
                 whole[r["case"]] = whole.get(r["case"], True) and r["grid"][0] <= r["blocks_run"]
-    compared = [case for case in counted if whole[case]]
-    assert len(compared) == 6
+            if r["kernel"] != "(op)":
+                nbytes[r["case"]] = nbytes.get(r["case"], 0.0) + r["bytes"]
+    assert len(flops) == 4
+    for case, counted in flops.items():
+        assert nlm_dispatch.kernel_flops(*case_problem(case)) == counted, case
+    compared = [case for case in nbytes if whole[case]]
+    assert len(compared) == 3
     for case in compared:
-        assert nlm_dispatch.kernel_bytes(*case_problem(case), element=2) == counted[case], case
+        assert nlm_dispatch.kernel_bytes(*case_problem(case), element=2) == nbytes[case], case
 
 
 def test_sdpa_flops_are_flash_attention_2s_minimum_when_no_padding_is_needed():
