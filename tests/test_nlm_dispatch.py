@@ -50,7 +50,8 @@ def test_kernel_flops_equal_the_emulators_count_of_the_tensor_core_launches():
                       True: lambda: emu._nlm_gaussian_backward(gy, theta, phi, g, y, lse, 0.3)}
             for backward, fn in passes.items():
                 counted = sum(k.mma_flops for k in cost_model.model(wrap(fn), cost_model.EVERY_BLOCK))
-                assert counted == nlm_dispatch.kernel_flops(b, d, c, n, backward, element), (b, d, c, n, dtype, backward)
+                expected = nlm_dispatch.kernel_flops(b, d, c, n, backward, element)
+                assert counted == expected, (b, d, c, n, dtype, backward)
 
 
 def test_kernel_flops_and_bytes_equal_the_committed_models_forward_records():

@@ -1,12 +1,12 @@
 #pragma once
 // The tensor-core instructions mma.sync m16n8k16 (16-bit inputs) and m16n8k8 (tf32 inputs), float
-// accumulators, for device code, in both builds: inline PTX under nvcc (sm_80 and newer, FR_HAS_WMMA), csrc/emu/mma_emu.h
-// in the emulator. Its register layout is documented (mma_emu.h gives it), so a kernel can keep
-// accumulators in registers and rescale their rows there, and reuse a product's accumulators as
-// the A operand of the next product (FlashAttention's P V), which wmma's unspecified fragment
-// layout does not allow.
+// accumulators, for device code, in both builds: inline PTX under nvcc (sm_80 and newer,
+// FR_HAS_WMMA), csrc/emu/mma_emu.h in the emulator. Their register layouts are documented
+// (mma_emu.h gives them), so a kernel can keep accumulators in registers and rescale their rows
+// there, and reuse a product's accumulators as the A operand of the next product
+// (FlashAttention's P V), which wmma's unspecified fragment layout does not allow.
 //
-// Operands are 32-bit registers of two 16-bit values, the lower index in the low half:
+// 16-bit operands are 32-bit registers of two values, the lower index in the low half:
 // pack_pair rounds two floats to scalar_t, shared_pair reads two adjacent elements of shared
 // memory (an even index: one 32-bit load on the GPU, two checked 16-bit reads in the emulator).
 // tf32 operands are floats rounded to 10-bit mantissas (tf32_bits: cvt.rna.tf32.f32, to

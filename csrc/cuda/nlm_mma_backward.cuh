@@ -19,8 +19,9 @@
 // Work: every block forms the logits of its tile pairs (d deep) and, for dphi and dtheta, dp (C
 // deep), once per output slice: 256 columns a slice (128 for fp32, whose 256-column tiles would
 // not fit 48 KiB of shared memory next to the staged lse and D). At the benchmark shapes (d =
-// C / 2) that is 1.5x (C <= 256) to 2.9x (C = 1024) the backward's minimal FLOPs, where the
-// planes (p and ds written once, read by every output slice) moved 4-39x its minimal bytes.
+// C / 2) that is 1.57x (C = 256), 1.71x (512) and 3.09x (1024, with the padding of 784
+// positions to 832) the backward's minimal FLOPs in bf16 (fp32 as tf32: 1.71x to 5.46x), where
+// the planes (p and ds written once, read by every output slice) moved 4-39x its minimal bytes.
 #include "nlm_mma_forward.cuh"
 
 namespace fastrobust {
@@ -120,7 +121,8 @@ __global__ void __launch_bounds__(kThreads) backward_mma_kernel(Ptrs<scalar_t, f
 #pragma unroll
       for (int kk = 0; kk < kChunk; kk += kDepth) {
         if (k < logit_chunks)
-          accumulate_logits<kKeyTiles>(s, Owns + at * kOwnTile, kLdTheta, row0, Others + at * kOtherTile, kPitchKey, kk);
+          accumulate_logits<kKeyTiles>(s, Owns + at * kOwnTile, kLdTheta, row0, Others + at * kOtherTile, kPitchKey,
+                                       kk);
         else
           accumulate_logits<kKeyTiles>(dp, Owns + at * kOwnTile, kLdTheta, row0, Others + at * kOtherTile, kPitchKey,
                                        kk);

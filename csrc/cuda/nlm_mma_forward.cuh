@@ -75,7 +75,9 @@ static_assert(kLdTheta * 2 % 128 == 16 && OnePass<c10::BFloat16>::kLdKey * 2 % 1
 static_assert(kLdTheta % 32 == 8 && OnePass<float>::kLdKey % 32 == 24, "the fp32 pitches the bank analysis assumes");
 // The largest power-of-two share of kWidth channels whose y tile ([channel][query], pitch
 // kLdTheta) fits in the g tile's storage (capacity elements).
-constexpr int y_part(int width, int capacity) { return width * kLdTheta <= capacity ? width : y_part(width / 2, capacity); }
+constexpr int y_part(int width, int capacity) {
+  return width * kLdTheta <= capacity ? width : y_part(width / 2, capacity);
+}
 }  // namespace tc
 
 #if FR_HAS_WMMA

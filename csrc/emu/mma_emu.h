@@ -96,7 +96,8 @@ inline float from_tf32_bits(uint32_t bits) {
   return v;
 }
 
-inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const char* file, int line) {
+inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const char* file,
+                             int line) {
   mma_m16n8<8>(d, a, b, "mma.sync.m16n8k8", file, line,
                [](int g, int t, const uint32_t (&regs)[6], float (&A)[16][8], float (&B)[8][8]) {
                  A[g][t] = from_tf32_bits(regs[0]);
