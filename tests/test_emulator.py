@@ -141,7 +141,7 @@ def test_mma_m16n8k8_tf32_follows_the_ptx_register_layout():
     torch.testing.assert_close(d, a @ b + c, rtol=0, atol=0)
 
 
-def test_mma_m16n8k8_rounds_with_cvt_rna_and_refuses_unrounded_operands():
+def test_mma_m16n8k8_rounds_with_cvt_rna_and_rejects_unrounded_operands():
     """The kernel's operands go through tf32_bits (cvt.rna.tf32.f32): 1/3 becomes the nearest
     tf32 value. Registers that still hold low mantissa bits are refused, as the hardware's result
     on them is undefined."""
