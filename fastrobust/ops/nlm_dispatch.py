@@ -97,12 +97,11 @@ def check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
 
 
-def slice_widths(width: int, widest: int = ONE_PASS_WIDTH) -> Tuple[int, List[int]]:
-    """(block width, the columns of each block's slice) of an output `width` wide: the narrowest
-    of 64, 128 and widest that holds it, else slices of widest."""
+def slice_widths(width: int, widest: int = ONE_PASS_WIDTH) -> List[int]:
+    """The columns of each slice of an output `width` wide: one block of the narrowest of 64, 128
+    and widest that holds it, else slices of widest."""
     block = next((w for w in (64, 128) if width <= w), widest)
-    slices = max(1, math.ceil(width / block))
-    return block, [min(block, width - s * block) for s in range(slices)]
+    return [min(block, width - s * block) for s in range(max(1, math.ceil(width / block)))]
 
 
 def kernel_flops(b: int, d: int, c: int, n: int, backward: bool, element: int = 2) -> int:
@@ -115,7 +114,7 @@ def kernel_flops(b: int, d: int, c: int, n: int, backward: bool, element: int = 
     dp, cp = _round_up(d, CHUNK), _round_up(c, CHUNK)
 
     def per_slice(width: int, depth: int, widest: int) -> int:
-        _, widths = slice_widths(width, widest)
+        widths = slice_widths(width, widest)
         return len(widths) * depth + sum(_round_up(w, ONE_PASS_TILE) for w in widths)
 
     if not backward:  # y: S, then P g^T
@@ -146,13 +145,13 @@ def kernel_bytes(b: int, d: int, c: int, n: int, backward: bool, element: int) -
     pointer) is not counted, as the emulator does not count it."""
     tp, values, lse = 2 * b * d * n * element, b * c * n * element, 4 * b * n
     if not backward:  # each slice: theta and phi; g read and y written once over the slices
-        return len(slice_widths(c)[1]) * tp + values + values
+        return len(slice_widths(c)) * tp + values + values
     widest, groups = BACKWARD_SLICE[element], row_dot_groups(c)
     row_dot = 2 * values + groups * lse  # dy . y per row, a partial sum per group of channels
     # dg's slices: theta, phi and the lse; dy read and dg written once over the slices
-    dg = len(slice_widths(c, widest)[1]) * (tp + lse) + 2 * values if c > 0 else 0
+    dg = len(slice_widths(c, widest)) * (tp + lse) + 2 * values if c > 0 else 0
     # dphi's (dtheta's) slices: theta, phi, dy, g, the lse and D's partial sums; the output once
-    ds = len(slice_widths(d, widest)[1]) * (tp + 2 * values + (1 + groups) * lse) + tp // 2 if d > 0 else 0
+    ds = len(slice_widths(d, widest)) * (tp + 2 * values + (1 + groups) * lse) + tp // 2 if d > 0 else 0
     return row_dot + dg + 2 * ds
 
 
