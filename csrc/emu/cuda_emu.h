@@ -122,14 +122,24 @@ T warp_exchange(T value, int src_lane, unsigned mask, const char* what) {
 }
 
 // The warp matrix operations (wmma, mma.sync) are warp-wide: all 32 lanes call the same one at
-// the same place. Two check-only phases (they do not order memory between the lanes).
-inline void check_whole_warp(const char* op, const char* file, int line) {
+// the same place. check_full_warp: no lane has left the kernel; call_site_key: what each lane
+// publishes to show where it calls from.
+inline void check_full_warp(const char* op, const char* file, int line) {
   BlockState& s = block_state();
   if (checks_enabled() && s.live_lanes(warp_id()) != 0xffffffffu)
     raise_sanitizer_error(std::string("emulated synccheck: ") + op + " in kernel " + launch_state().kernel +
                           " needs all 32 lanes of warp " + std::to_string(warp_id()) + ", live lanes 0x" +
                           hex(s.live_lanes(warp_id())) + " (" + file + ":" + std::to_string(line) + ")");
-  const uint64_t key = (reinterpret_cast<uintptr_t>(file) << 16) ^ static_cast<uint64_t>(line);
+}
+inline uint64_t call_site_key(const char* file, int line) {
+  return (reinterpret_cast<uintptr_t>(file) << 16) ^ static_cast<uint64_t>(line);
+}
+
+// Both checks for wmma, in two check-only phases (they do not order memory between the lanes).
+inline void check_whole_warp(const char* op, const char* file, int line) {
+  check_full_warp(op, file, line);
+  BlockState& s = block_state();
+  const uint64_t key = call_site_key(file, line);
   s.exchange[linear_tid] = key;
   warp_phase(false);
   const unsigned base = warp_id() * kWarp;

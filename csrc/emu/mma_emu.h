@@ -15,10 +15,11 @@
 //   A (16 x 8): a[0]: (g, t)   a[1]: (g+8, t)   a[2]: (g, t+4)   a[3]: (g+8, t+4)
 //   B (8 x 8):  b[0]: (t, g)   b[1]: (t+4, g)
 //   C and D as above.
-// All 32 lanes must call it at one place (synccheck). Each lane publishes its registers, the
-// warp meets, every lane forms its own four sums from all of them (float products and sums; the
-// hardware's order of summation differs), and the warp meets again before the registers are
-// released. Like the hardware instruction, it does not order memory between the lanes.
+// All 32 lanes must call it at one place (synccheck). Each lane publishes where its registers
+// are, the warp meets once, and the thread that completes the meeting decodes the 32 lanes'
+// operands and forms every lane's four sums (float products and sums; the hardware's order of
+// summation differs) before any lane goes on. Like the hardware instruction, it does not order
+// memory between the lanes.
 #ifndef FR_CUDA_EMULATION
 #error "mma_emu.h is for the emulated build"
 #endif
@@ -40,33 +41,61 @@ float from_bits16(uint32_t bits) {
   return static_cast<float>(T(static_cast<uint16_t>(bits & 0xffffu), T::from_bits()));
 }
 
-// The shared body of both shapes: each lane publishes its six registers, the warp meets, every
-// lane decodes the operands of all 32 (decode(lane's registers, A, B)) and forms its own four
-// sums, and the warp meets again before the registers are released.
+// One lane's operands and accumulator, on its stack while the warp meets.
+struct MmaLane {
+  const uint32_t* a;
+  const uint32_t* b;
+  float* d;
+};
+
+// The product for the whole warp, run once by the thread that completes its meeting: the lanes
+// must have come from one call site (their keys in s.exchange), their operands are decoded once
+// (Decode: a lane's registers into A and B), and each lane's four sums are written to its d.
+template <int K, typename Decode>
+void mma_m16n8_collective(unsigned warp) {
+  BlockState& s = block_state();
+  const unsigned base = warp * kWarp;
+  std::string& error = s.warp_errors[warp];
+  for (unsigned l = 1; l < kWarp; ++l)
+    if (s.exchange[base + l] != s.exchange[base]) {
+      error = std::string("emulated synccheck: the lanes of warp ") + std::to_string(warp) + " of kernel " +
+              launch_state().kernel + " call different warp matrix operations together (mma.sync)";
+      return;
+    }
+  float A[16][K], B[K][8];
+  try {
+    for (unsigned l = 0; l < kWarp; ++l) {
+      const MmaLane& lane = *static_cast<const MmaLane*>(s.collective_args[base + l]);
+      const uint32_t regs[6] = {lane.a[0], lane.a[1], lane.a[2], lane.a[3], lane.b[0], lane.b[1]};
+      Decode{}(static_cast<int>(l / 4), static_cast<int>(l % 4), regs, A, B);
+    }
+  } catch (const std::exception& e) {
+    error = e.what();
+    return;
+  }
+  for (unsigned l = 0; l < kWarp; ++l) {
+    float* d = static_cast<const MmaLane*>(s.collective_args[base + l])->d;
+    const int g = static_cast<int>(l / 4), t = static_cast<int>(l % 4);
+    for (int i = 0; i < 4; ++i) {
+      const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+      float sum = d[i];
+      for (int k = 0; k < K; ++k) sum += A[row][k] * B[k][col];
+      d[i] = sum;
+    }
+  }
+}
+
+// The shared body of both shapes: the warp-wide check, then one meeting that does the product.
 template <int K, typename Decode>
 void mma_m16n8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const char* name, const char* file,
-               int line, Decode decode) {
-  check_whole_warp(name, file, line);
+               int line, Decode) {
+  check_full_warp(name, file, line);
   BlockState& s = block_state();
-  const unsigned base = warp_id() * kWarp, lane = lane_id();
-  const uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
-  s.exchange[linear_tid] = reinterpret_cast<uint64_t>(&mine[0]);
-  warp_phase(false);
-  float A[16][K], B[K][8];
-  for (unsigned l = 0; l < kWarp; ++l) {
-    uint32_t regs[6];
-    std::memcpy(regs, reinterpret_cast<const uint32_t*>(s.exchange[base + l]), sizeof regs);
-    decode(static_cast<int>(l / 4), static_cast<int>(l % 4), regs, A, B);
-  }
-  warp_phase(false);
-  if (lane == 0) note_mma(K / 2);  // 2 * 16 * 8 * K FLOPs: an m16n16 operation of depth K / 2
-  const int g = static_cast<int>(lane / 4), t = static_cast<int>(lane % 4);
-  for (int i = 0; i < 4; ++i) {
-    const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
-    float sum = d[i];
-    for (int k = 0; k < K; ++k) sum += A[row][k] * B[k][col];
-    d[i] = sum;
-  }
+  const MmaLane mine{a, b, d};
+  s.exchange[linear_tid] = call_site_key(file, line);
+  s.collective_args[linear_tid] = &mine;
+  warp_phase_with(&mma_m16n8_collective<K, Decode>);
+  if (lane_id() == 0) note_mma(K / 2);  // 2 * 16 * 8 * K FLOPs: an m16n16 operation of depth K / 2
 }
 
 template <typename T>

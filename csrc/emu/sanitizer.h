@@ -98,6 +98,12 @@ struct BlockState {
   std::atomic<uint32_t> block_epoch{0};
   std::unique_ptr<std::atomic<uint32_t>[]> warp_epochs;
   std::unique_ptr<std::atomic<bool>[]> warp_phase_syncs;  // the warp's current phase orders memory
+  // A warp operation done once for all lanes by the thread that completes the warp's phase
+  // (warp_phase_with), its per-lane arguments and the error it leaves for every lane to raise.
+  using WarpCollective = void (*)(unsigned warp);
+  std::unique_ptr<std::atomic<WarpCollective>[]> warp_collectives;
+  std::vector<const void*> collective_args;  // per thread
+  std::vector<std::string> warp_errors;      // per warp
   std::string pending_error;  // set by a completion step, raised by every thread after it
   std::atomic<bool> has_pending_error{false};
   unsigned num_threads = 0;
@@ -111,13 +117,17 @@ struct BlockState {
       for (unsigned w = 0; w < warps; ++w) warp_barriers.push_back(std::make_unique<std::optional<WarpBarrier>>());
       warp_epochs.reset(new std::atomic<uint32_t>[warps]);
       warp_phase_syncs.reset(new std::atomic<bool>[warps]);
+      warp_collectives.reset(new std::atomic<WarpCollective>[warps]);
     }
     for (unsigned w = 0; w < warps; ++w) {
       warp_barriers[w]->emplace(static_cast<std::ptrdiff_t>(warp_size(w)), WarpBarrierDone{w});
       warp_epochs[w].store(0);
       warp_phase_syncs[w].store(true);
+      warp_collectives[w].store(nullptr);
     }
     exchange.assign(n, 0);
+    collective_args.assign(n, nullptr);
+    warp_errors.assign(warps, std::string());
     sites.assign(n, Site{});
     if (!exited || exited_size != n) {
       exited.reset(new std::atomic<bool>[n]);
@@ -223,6 +233,16 @@ inline void warp_phase(bool sync) {
   warp_barrier().arrive_and_wait();
 }
 
+// A check-only phase in which the thread that completes it runs `collective` once for the whole
+// warp (every lane names the same one); the lanes have published their arguments before. An
+// error it records is raised by every lane after the phase.
+inline void warp_phase_with(BlockState::WarpCollective collective) {
+  BlockState& s = block_state();
+  s.warp_collectives[warp_id()].store(collective);
+  warp_phase(false);
+  if (!s.warp_errors[warp_id()].empty()) raise_sanitizer_error(s.warp_errors[warp_id()]);
+}
+
 inline void raise_pending_error() {
   BlockState& s = block_state();
   if (s.has_pending_error.load()) raise_sanitizer_error(s.pending_error);
@@ -256,6 +276,7 @@ inline void WarpBarrierDone::operator()() noexcept {
   BlockState& s = block_state();
   if (s.warp_phase_syncs[warp].load()) s.warp_epochs[warp].fetch_add(1);
   s.warp_phase_syncs[warp].store(true);
+  if (BlockState::WarpCollective collective = s.warp_collectives[warp].exchange(nullptr)) collective(warp);
 }
 
 // The calling thread's synchronisation stamp (see shared_memory.h).
