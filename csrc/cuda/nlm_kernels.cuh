@@ -202,25 +202,25 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Ptrs<scalar_t, acc_t<
 // logits in every output slice instead: a d-deep product per slice of C (and a C-deep dp per
 // slice of d), several times the minimal work where C and d are hundreds of columns wide,
 // against a few N^2 words per sample here (written once, read once per output).
-template <typename logit_t, typename weight_t>
+template <typename acc>
 struct Planes {
   int64_t sample0, chunk;
-  logit_t* logits;
-  logit_t* partials;
-  weight_t* weights;
-  weight_t* logit_grads;
+  acc* logits;
+  acc* partials;
+  acc* weights;
+  acc* logit_grads;
 };
 
-// The dispatch's buffers, untyped until a path (SIMT or tensor cores) gives them its types.
+// The dispatch's buffers, untyped until the SIMT kernels give them their accumulation type.
 struct PlaneBuffers {
   int64_t chunk;
   void *logits, *partials, *weights, *logit_grads;
 };
 
-template <typename logit_t, typename weight_t>
-Planes<logit_t, weight_t> typed_planes(const PlaneBuffers& buf) {
-  return {0, buf.chunk, static_cast<logit_t*>(buf.logits), static_cast<logit_t*>(buf.partials),
-          static_cast<weight_t*>(buf.weights), static_cast<weight_t*>(buf.logit_grads)};
+template <typename acc>
+Planes<acc> typed_planes(const PlaneBuffers& buf) {
+  return {0, buf.chunk, static_cast<acc*>(buf.logits), static_cast<acc*>(buf.partials),
+          static_cast<acc*>(buf.weights), static_cast<acc*>(buf.logit_grads)};
 }
 
 // Calls launch(planes, samples) for each chunk of the batch, planes.sample0 its first sample.
@@ -260,7 +260,7 @@ __device__ acc combined_lse(const Ptrs<scalar_t, acc>& a, const acc* all_partial
 // row's kRowThreads threads.
 template <typename scalar_t, bool kBackward>
 __global__ void __launch_bounds__(kThreads)
-    plane_tile_kernel(Ptrs<scalar_t, acc_t<scalar_t>> a, Planes<acc_t<scalar_t>, acc_t<scalar_t>> pl) {
+    plane_tile_kernel(Ptrs<scalar_t, acc_t<scalar_t>> a, Planes<acc_t<scalar_t>> pl) {
   using acc = acc_t<scalar_t>;
   FR_SHARED(acc, As, kTile * kTile);
   FR_SHARED(acc, Bs, kTile * kTile);
@@ -341,7 +341,7 @@ __device__ __forceinline__ scalar_t* weighted_sum_output(const Ptrs<scalar_t, ac
 // y's kernel also forms each row's lse from the plane kernel's per-tile partials.
 template <typename scalar_t, Grad kWhich>
 __global__ void __launch_bounds__(kThreads)
-    weighted_sum_kernel(Ptrs<scalar_t, acc_t<scalar_t>> a, Planes<acc_t<scalar_t>, acc_t<scalar_t>> pl) {
+    weighted_sum_kernel(Ptrs<scalar_t, acc_t<scalar_t>> a, Planes<acc_t<scalar_t>> pl) {
   using acc = acc_t<scalar_t>;
   constexpr bool kByKey = kOwnKeys<kWhich>;
   FR_SHARED(acc, Ts, kTile * kPad);
@@ -407,7 +407,7 @@ void launch_forward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, const PlaneBuffers
     return;
   }
   using acc = acc_t<scalar_t>;
-  for_each_chunk(a.batch, typed_planes<acc, acc>(buffers), [&](const Planes<acc, acc>& pl, int64_t samples) {
+  for_each_chunk(a.batch, typed_planes<acc>(buffers), [&](const Planes<acc>& pl, int64_t samples) {
     FR_LAUNCH((plane_tile_kernel<scalar_t, false>), plane_grid(samples, a.positions, kTile), dim3(kThreads), 0,
               stream, a, pl);
     FR_LAUNCH((weighted_sum_kernel<scalar_t, Grad::kY>), tile_grid(samples, a.positions, a.channels), dim3(kThreads),
@@ -420,7 +420,7 @@ template <typename scalar_t>
 void launch_backward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, const PlaneBuffers& buffers, cudaStream_t stream) {
   launch_row_dot(a, stream);
   using acc = acc_t<scalar_t>;
-  for_each_chunk(a.batch, typed_planes<acc, acc>(buffers), [&](const Planes<acc, acc>& pl, int64_t samples) {
+  for_each_chunk(a.batch, typed_planes<acc>(buffers), [&](const Planes<acc>& pl, int64_t samples) {
     FR_LAUNCH((plane_tile_kernel<scalar_t, true>), plane_grid(samples, a.positions, kTile), dim3(kThreads), 0, stream,
               a, pl);
     if (a.channels > 0)

@@ -169,7 +169,7 @@ void launch_backward_gradient(const Ptrs<scalar_t, float>& a, int64_t width, boo
   } else if (width <= 128 || kSlice == 128) {
     FR_LAUNCH((backward_mma_kernel<scalar_t, kWhich, 128>), tile_grid(a.batch, a.positions, width, tc::kQueries, 128),
               block, 0, stream, a, async);
-  } else {
+  } else if constexpr (kSlice > 128) {
     FR_LAUNCH((backward_mma_kernel<scalar_t, kWhich, kSlice>),
               tile_grid(a.batch, a.positions, width, tc::kQueries, kSlice), block, 0, stream, a, async);
   }
@@ -192,7 +192,7 @@ void launch_backward_mma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
 template <typename scalar_t>
 void launch_backward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, const TensorCores& tensor_cores,
                      const PlaneBuffers& buffers, cudaStream_t stream) {
-  if constexpr (kHasWmmaPath<scalar_t>) {
+  if constexpr (kHasTensorCorePath<scalar_t>) {
     if (use_tensor_cores<scalar_t>(tensor_cores)) return launch_backward_mma<scalar_t>(a, stream);
   }
   launch_backward<scalar_t>(a, buffers, stream);

@@ -390,8 +390,8 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, fl
 // to one against (the SIMT forward's lse of exact fp32 logits was not: errors of up to 3x fp16's
 // where that mix was tried).
 template <typename scalar_t>
-constexpr bool kHasWmmaPath = std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16> ||
-                              std::is_same_v<scalar_t, float>;
+constexpr bool kHasTensorCorePath =
+    std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16> || std::is_same_v<scalar_t, float>;
 
 struct TensorCores {
   bool usable = false;  // the device has them and the compiled code has the kernels' bodies
@@ -403,7 +403,7 @@ bool use_tensor_cores(const TensorCores& tc) {
   if constexpr (std::is_same_v<scalar_t, float>) {
     return tc.usable && tc.tf32;
   } else {
-    return kHasWmmaPath<scalar_t> && tc.usable;
+    return kHasTensorCorePath<scalar_t> && tc.usable;
   }
 }
 
@@ -438,7 +438,7 @@ void launch_forward_mma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
 template <typename scalar_t>
 void launch_forward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, const TensorCores& tensor_cores,
                     const PlaneBuffers& buffers, cudaStream_t stream) {
-  if constexpr (kHasWmmaPath<scalar_t>) {
+  if constexpr (kHasTensorCorePath<scalar_t>) {
     if (use_tensor_cores<scalar_t>(tensor_cores)) return launch_forward_mma<scalar_t>(a, stream);
   }
   launch_forward<scalar_t>(a, buffers, stream);
