@@ -24,6 +24,7 @@ EXPECTED = {
     "shared_out_of_bounds": torch.cat([torch.zeros(1), torch.arange(1, 64).float()]),
     "divergent_barrier": torch.arange(63, -1, -1).float(),
     "partial_warp_full_mask": torch.arange(16).float() + (torch.arange(16) ^ 1).float(),
+    "divergent_shuffle": torch.arange(32).float() + (torch.arange(32) ^ 1).float(),
     "shared_over_48k": torch.tensor([3.0] * 16 + [1.0] * 48),
     "mma_partial_warp": torch.full((32,), 16.0),
     "cp_async_no_wait": 4 * torch.arange(32).float(),
@@ -40,6 +41,8 @@ DEFECTS = {
                          r"divergent code",
     "partial_warp_full_mask": r"emulated synccheck: __shfl_xor_sync .* mask 0xffffffff while the lanes of warp 0 "
                               r"that call it are 0x0000ffff",
+    "divergent_shuffle": r"emulated synccheck: lanes \d+ and \d+ of warp 0 of kernel divergent_shuffle_kernel<true> "
+                         r"met at different warp-wide operations",
     # (the check sees the missing lanes either as not live or, where they have not yet left, as
     # lanes at another call)
     "wmma_partial_warp": r"emulated synccheck: .*(needs all 32 lanes|call different warp matrix operations)",

@@ -14,14 +14,16 @@
 //   - shared memory (FR_SHARED arrays and FR_DYNAMIC_SMEM) belongs to the running block,
 //     poisoned before each block, every access checked for reads of unwritten elements and
 //     for races (shared_memory.h);
-//   - warp shuffles and ballots exchange values through a per-warp buffer between two
-//     per-warp barriers; a warp is 32 consecutive linear thread ids, the last one may be
-//     partial. The mask must be the warp's live lanes. A shuffle whose source lane is outside
-//     the warp (or past the end of a partial warp) returns the caller's own value;
+//   - warp shuffles, ballots and mma.sync are one phase of a per-warp barrier: each lane
+//     publishes its operands, and the thread that completes the phase does the operation for
+//     the whole warp (lanes that meet at different kinds of operation are a synccheck error);
+//     a warp is 32 consecutive linear thread ids, the last one may be partial. The mask must
+//     be the warp's live lanes. A shuffle whose source lane is outside the warp (or past the
+//     end of a partial warp) returns the caller's own value;
 //   - atomicAdd/atomicMax use std::atomic_ref;
-//   - warp matrix operations (nvcuda::wmma, m16n16k16 and tf32 m16n16k8) are in wmma_emu.h, reached through
-//     csrc/common/wmma.cuh; mma.sync m16n8k16 with its documented register layout is in
-//     mma_emu.h, reached through csrc/common/mma.cuh;
+//   - warp matrix operations (nvcuda::wmma, m16n16k16 and tf32 m16n16k8) are in wmma_emu.h,
+//     reached through csrc/common/wmma.cuh; mma.sync m16n8k16 and m16n8k8 with their
+//     documented register layouts are in mma_emu.h, reached through csrc/common/mma.cuh;
 //   - launches are serialised by a global mutex, since __shared__ storage is process-wide.
 // What it cannot show: real concurrency between blocks, the memory model, speed.
 #ifndef FR_CUDA_EMULATION
@@ -100,8 +102,19 @@ inline void check_collective_mask(unsigned mask, const char* what) {
                           " that call it are 0x" + hex(live) + " (thread " + std::to_string(linear_tid) + ")");
 }
 
+// Every lane of the warp reads the value published by lane sources[lane] (its own where that
+// is not a lane of the warp); run once per shuffle by the thread that completes the phase.
+inline void exchange_collective(unsigned warp) {
+  BlockState& s = block_state();
+  const unsigned base = warp * kWarp, size = s.warp_size(warp);
+  for (unsigned l = 0; l < size; ++l) {
+    const int src = s.sources[base + l];
+    s.results[base + l] = src >= 0 && static_cast<unsigned>(src) < size ? s.exchange[base + src] : s.exchange[base + l];
+  }
+}
+
 // Exchange one value across the calling thread's warp: every live lane publishes `value`,
-// then reads the value published by `src_lane` (its own when src_lane is not a live lane).
+// then reads the value published by `src_lane` (its own when src_lane is not a lane of the warp).
 // A warp collective: it orders the lanes' shared-memory accesses (the warp's epoch moves).
 template <typename T>
 T warp_exchange(T value, int src_lane, unsigned mask, const char* what) {
@@ -109,16 +122,24 @@ T warp_exchange(T value, int src_lane, unsigned mask, const char* what) {
                 "emulated shuffles move values of up to 8 bytes");
   check_collective_mask(mask, what);
   BlockState& s = block_state();
-  const unsigned base = warp_id() * kWarp;
   uint64_t slot = 0;
   std::memcpy(&slot, &value, sizeof(T));
   s.exchange[linear_tid] = slot;
-  warp_phase(true);
+  s.sources[linear_tid] = src_lane;
+  warp_phase(true, &exchange_collective);
   T out = value;
-  if (src_lane >= 0 && static_cast<unsigned>(src_lane) < s.warp_size(warp_id()))
-    std::memcpy(&out, &s.exchange[base + src_lane], sizeof(T));
-  warp_phase(true);
+  std::memcpy(&out, &s.results[linear_tid], sizeof(T));
   return out;
+}
+
+// The bits of the warp's live lanes whose predicate is set, for every lane.
+inline void ballot_collective(unsigned warp) {
+  BlockState& s = block_state();
+  const unsigned base = warp * kWarp, size = s.warp_size(warp);
+  unsigned bits = 0;
+  for (unsigned l = 0; l < size; ++l)
+    if (!s.exited[base + l].load() && s.exchange[base + l]) bits |= 1u << l;
+  for (unsigned l = 0; l < size; ++l) s.results[base + l] = bits;
 }
 
 // The warp matrix operations (wmma, mma.sync) are warp-wide: all 32 lanes call the same one at
@@ -414,14 +435,9 @@ inline unsigned __ballot_sync(unsigned mask, int predicate) {
   using namespace fr_emu;
   check_collective_mask(mask, "__ballot_sync");
   BlockState& s = block_state();
-  const unsigned base = warp_id() * kWarp;
   s.exchange[linear_tid] = predicate ? 1u : 0u;
-  warp_phase(true);
-  unsigned bits = 0;
-  for (unsigned l = 0; l < s.warp_size(warp_id()); ++l)
-    if (s.exchange[base + l]) bits |= 1u << l;
-  warp_phase(true);
-  return bits;
+  warp_phase(true, &ballot_collective);
+  return static_cast<unsigned>(s.results[linear_tid]);
 }
 
 template <typename T>

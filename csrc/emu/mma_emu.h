@@ -48,20 +48,28 @@ struct MmaLane {
   float* d;
 };
 
-// The product for the whole warp, run once by the thread that completes its meeting: the lanes
-// must have come from one call site (their keys in s.exchange), their operands are decoded once
-// (Decode: a lane's registers into A and B), and each lane's four sums are written to its d.
+// The product for the whole warp, run once by the thread that completes its meeting: all 32
+// lanes must be there, from one call site (their keys in s.exchange); their operands are decoded
+// once (Decode: a lane's registers into A and B), and each lane's four sums are written to its d.
 template <int K, typename Decode>
 void mma_m16n8_collective(unsigned warp) {
   BlockState& s = block_state();
   const unsigned base = warp * kWarp;
   std::string& error = s.warp_errors[warp];
-  for (unsigned l = 1; l < kWarp; ++l)
-    if (s.exchange[base + l] != s.exchange[base]) {
-      error = std::string("emulated synccheck: the lanes of warp ") + std::to_string(warp) + " of kernel " +
-              launch_state().kernel + " call different warp matrix operations together (mma.sync)";
+  const char* name = K == 16 ? "mma.sync.m16n8k16" : "mma.sync.m16n8k8";
+  for (unsigned l = 0; l < kWarp; ++l) {
+    if (l >= s.warp_size(warp) || s.exited[base + l].load()) {
+      error = std::string("emulated synccheck: ") + name + " in kernel " + launch_state().kernel +
+              " needs all 32 lanes of warp " + std::to_string(warp) + ", live lanes 0x" +
+              hex(s.live_lanes(warp));
       return;
     }
+    if (s.exchange[base + l] != s.exchange[base]) {
+      error = std::string("emulated synccheck: the lanes of warp ") + std::to_string(warp) + " of kernel " +
+              launch_state().kernel + " call different warp matrix operations together (" + name + ")";
+      return;
+    }
+  }
   float A[16][K], B[K][8];
   try {
     for (unsigned l = 0; l < kWarp; ++l) {
@@ -94,7 +102,7 @@ void mma_m16n8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], co
   const MmaLane mine{a, b, d};
   s.exchange[linear_tid] = call_site_key(file, line);
   s.collective_args[linear_tid] = &mine;
-  warp_phase_with(&mma_m16n8_collective<K, Decode>);
+  warp_phase(false, &mma_m16n8_collective<K, Decode>);
   if (lane_id() == 0) note_mma(K / 2);  // 2 * 16 * 8 * K FLOPs: an m16n16 operation of depth K / 2
 }
 

@@ -98,12 +98,15 @@ struct BlockState {
   std::atomic<uint32_t> block_epoch{0};
   std::unique_ptr<std::atomic<uint32_t>[]> warp_epochs;
   std::unique_ptr<std::atomic<bool>[]> warp_phase_syncs;  // the warp's current phase orders memory
-  // A warp operation done once for all lanes by the thread that completes the warp's phase
-  // (warp_phase_with), its per-lane arguments and the error it leaves for every lane to raise.
+  // A warp phase's operation (a shuffle, a ballot, an mma.sync), done once for the whole warp by
+  // the thread that completes the phase (warp_phase): what each lane asked for, its arguments,
+  // its result, and the error the operation leaves for every lane to raise.
   using WarpCollective = void (*)(unsigned warp);
-  std::unique_ptr<std::atomic<WarpCollective>[]> warp_collectives;
-  std::vector<const void*> collective_args;  // per thread
-  std::vector<std::string> warp_errors;      // per warp
+  std::vector<WarpCollective> lane_collectives;  // per thread; nullptr: a phase that only meets
+  std::vector<const void*> collective_args;      // per thread
+  std::vector<int> sources;                      // per thread: a shuffle's source lane
+  std::vector<uint64_t> results;                 // per thread: a shuffle's or ballot's result
+  std::vector<std::string> warp_errors;          // per warp
   std::string pending_error;  // set by a completion step, raised by every thread after it
   std::atomic<bool> has_pending_error{false};
   unsigned num_threads = 0;
@@ -117,16 +120,17 @@ struct BlockState {
       for (unsigned w = 0; w < warps; ++w) warp_barriers.push_back(std::make_unique<std::optional<WarpBarrier>>());
       warp_epochs.reset(new std::atomic<uint32_t>[warps]);
       warp_phase_syncs.reset(new std::atomic<bool>[warps]);
-      warp_collectives.reset(new std::atomic<WarpCollective>[warps]);
     }
     for (unsigned w = 0; w < warps; ++w) {
       warp_barriers[w]->emplace(static_cast<std::ptrdiff_t>(warp_size(w)), WarpBarrierDone{w});
       warp_epochs[w].store(0);
       warp_phase_syncs[w].store(true);
-      warp_collectives[w].store(nullptr);
     }
     exchange.assign(n, 0);
+    lane_collectives.assign(n, nullptr);
     collective_args.assign(n, nullptr);
+    sources.assign(n, -1);
+    results.assign(n, 0);
     warp_errors.assign(warps, std::string());
     sites.assign(n, Site{});
     if (!exited || exited_size != n) {
@@ -225,21 +229,16 @@ inline void maybe_yield() {
 inline WarpBarrier& warp_barrier() { return **block_state().warp_barriers[warp_id()]; }
 
 // A phase of the calling warp's barrier; sync = false for a check-only phase (wmma
-// participation), which does not order memory between the lanes.
-inline void warp_phase(bool sync) {
-  block_state().warp_phase_syncs[warp_id()].store(sync);  // every lane of the phase stores the same
+// participation), which does not order memory between the lanes. With a collective, the thread
+// that completes the phase runs it once for the warp (every lane names the same one; the lanes
+// have published their arguments before). An error it records is raised by every lane after.
+inline void warp_phase(bool sync, BlockState::WarpCollective collective = nullptr) {
+  BlockState& s = block_state();
+  s.warp_phase_syncs[warp_id()].store(sync);  // every lane of the phase stores the same
+  s.lane_collectives[linear_tid] = collective;
   note_sync();
   maybe_yield();
   warp_barrier().arrive_and_wait();
-}
-
-// A check-only phase in which the thread that completes it runs `collective` once for the whole
-// warp (every lane names the same one); the lanes have published their arguments before. An
-// error it records is raised by every lane after the phase.
-inline void warp_phase_with(BlockState::WarpCollective collective) {
-  BlockState& s = block_state();
-  s.warp_collectives[warp_id()].store(collective);
-  warp_phase(false);
   if (!s.warp_errors[warp_id()].empty()) raise_sanitizer_error(s.warp_errors[warp_id()]);
 }
 
@@ -276,7 +275,24 @@ inline void WarpBarrierDone::operator()() noexcept {
   BlockState& s = block_state();
   if (s.warp_phase_syncs[warp].load()) s.warp_epochs[warp].fetch_add(1);
   s.warp_phase_syncs[warp].store(true);
-  if (BlockState::WarpCollective collective = s.warp_collectives[warp].exchange(nullptr)) collective(warp);
+  // The lanes still in the kernel must have met at the same kind of operation; the collective
+  // checks the rest (its call site, whole warps).
+  const unsigned base = warp * kWarp;
+  int first = -1;
+  for (unsigned l = 0; l < s.warp_size(warp); ++l) {
+    if (s.exited[base + l].load()) continue;
+    if (first < 0) {
+      first = static_cast<int>(l);
+    } else if (s.lane_collectives[base + l] != s.lane_collectives[base + first]) {
+      s.warp_errors[warp] = std::string("emulated synccheck: lanes ") + std::to_string(first) + " and " +
+                            std::to_string(l) + " of warp " + std::to_string(warp) + " of kernel " +
+                            launch_state().kernel +
+                            " met at different warp-wide operations (a shuffle, ballot, __syncwarp or warp matrix "
+                            "operation in divergent code)";
+      return;
+    }
+  }
+  if (first >= 0 && s.lane_collectives[base + first] != nullptr) s.lane_collectives[base + first](warp);
 }
 
 // The calling thread's synchronisation stamp (see shared_memory.h).

@@ -8,6 +8,7 @@
 //   shared_out_of_bounds   a write one past the end of a shared array (memcheck)
 //   divergent_barrier      two halves of a block wait at different __syncthreads() (synccheck)
 //   partial_warp_full_mask a 16-thread block shuffles with the full 32-lane mask (synccheck)
+//   divergent_shuffle      half a warp shuffles while the other half takes a ballot (synccheck)
 //   wmma_partial_warp      half a warp calls a wmma load (synccheck)
 //   mma_partial_warp       half a warp calls mma.sync m16n8k16 (synccheck)
 //   cp_async_no_wait       a cp.async destination read before the copy was waited for (initcheck)
@@ -90,6 +91,18 @@ __global__ void partial_warp_kernel(float* out) {
   const int t = threadIdx.x;
   const float v = static_cast<float>(t);
   out[t] = v + __shfl_xor_sync(kBroken ? 0xffffffffu : 0x0000ffffu, v, 1);
+}
+
+// One warp: each lane adds its partner's value (lane ^ 1); broken, the upper half takes a ballot
+// instead, in divergent code (on the hardware the two halves do not exchange anything).
+template <bool kBroken>
+__global__ void divergent_shuffle_kernel(float* out) {
+  const int t = threadIdx.x;
+  const float v = static_cast<float>(t);
+  if (kBroken && t >= 16)
+    out[t] = static_cast<float>(__popc(__ballot_sync(0xffffffffu, t % 2)));
+  else
+    out[t] = v + __shfl_xor_sync(0xffffffffu, v, 1);
 }
 
 // One warp loads a 16 x 16 bf16 tile (all lanes, or, broken, only the first 16).
@@ -201,6 +214,11 @@ at::Tensor sanitizer_case(c10::string_view name_view, bool broken) {
   if (name == "partial_warp_full_mask") {
     at::Tensor out = at::zeros({16}, f32);
     FR_LAUNCH_TWIN(partial_warp_kernel, broken, dim3(1), dim3(16), 0, out.mutable_data_ptr<float>());
+    return out;
+  }
+  if (name == "divergent_shuffle") {
+    at::Tensor out = at::zeros({kWarpSize}, f32);
+    FR_LAUNCH_TWIN(divergent_shuffle_kernel, broken, dim3(1), dim3(kWarpSize), 0, out.mutable_data_ptr<float>());
     return out;
   }
   if (name == "wmma_partial_warp") {
