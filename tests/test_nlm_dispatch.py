@@ -54,27 +54,30 @@ def test_kernel_flops_equal_the_emulators_count_of_the_tensor_core_launches():
                 assert counted == expected, (b, d, c, n, dtype, backward)
 
 
-def test_kernel_flops_and_bytes_equal_the_committed_models_forward_records():
-    """kernel_flops and kernel_bytes against the bf16 forward records of the committed model
-    (the cases whose launches ran whole rows of blocks for the bytes: the model runs 32 blocks
-    of a launch and scales up; at 56x56, 49 blocks a row, the blocks it ran read a larger share
-    of the keys than the average block). The backward's records there are of the plane kernels
-    the mma.sync backward replaced (the model JSON's commit): they are not compared."""
-    flops, nbytes, whole = {}, {}, {}
+def test_kernel_flops_and_bytes_equal_the_committed_models_records():
+    """kernel_flops and kernel_bytes against the committed model's records of the tensor-core
+    kernels (bf16, and fp32 as tf32), forward and backward: the FLOPs of every case; the bytes
+    of the cases whose launches ran whole rows of blocks (the model runs 32 blocks of a launch
+    and scales up; at 56x56, 49 blocks a row, the blocks it ran read a larger share of the keys
+    than the average block)."""
+    flops, nbytes, whole, element = {}, {}, {}, {}
     for r in model_records():
-        if r["op"] == "nlm_gaussian" and r["dtype"] == "bfloat16" and " backward " not in r["case"]:
-            if "mma" in r["kernel"]:
-                flops[r["case"]] = flops.get(r["case"], 0.0) + r["flops"]
-                whole[r["case"]] = whole.get(r["case"], True) and r["grid"][0] <= r["blocks_run"]
-            if r["kernel"] != "(op)":
-                nbytes[r["case"]] = nbytes.get(r["case"], 0.0) + r["bytes"]
-    assert len(flops) == 4
+        if r["op"] != "nlm_gaussian" or not (r["dtype"] == "bfloat16" or " tf32 " in r["case"]):
+            continue
+        case = r["case"]
+        element[case] = 2 if r["dtype"] == "bfloat16" else 4
+        if "mma" in r["kernel"]:
+            flops[case] = flops.get(case, 0.0) + r["flops"]
+            whole[case] = whole.get(case, True) and r["grid"][0] <= r["blocks_run"]
+        if r["kernel"] != "(op)":
+            nbytes[case] = nbytes.get(case, 0.0) + r["bytes"]
+    assert len(flops) == 16  # four shapes, forward and backward, bf16 and tf32
     for case, counted in flops.items():
-        assert nlm_dispatch.kernel_flops(*case_problem(case)) == counted, case
+        assert nlm_dispatch.kernel_flops(*case_problem(case), element=element[case]) == counted, case
     compared = [case for case in nbytes if whole[case]]
-    assert len(compared) == 3
+    assert len(compared) == 12
     for case in compared:
-        assert nlm_dispatch.kernel_bytes(*case_problem(case), element=2) == nbytes[case], case
+        assert nlm_dispatch.kernel_bytes(*case_problem(case), element=element[case]) == nbytes[case], case
 
 
 def test_sdpa_flops_are_flash_attention_2s_minimum_when_no_padding_is_needed():
