@@ -144,13 +144,18 @@ inline void ballot_collective(unsigned warp) {
 
 // The warp matrix operations (wmma, mma.sync) are warp-wide: all 32 lanes call the same one at
 // the same place. check_full_warp: no lane has left the kernel; call_site_key: what each lane
-// publishes to show where it calls from.
+// publishes to show where it calls from; the two synccheck messages, `where` naming the call.
+inline std::string missing_lanes_message(const std::string& where, unsigned warp) {
+  return "emulated synccheck: " + where + " in kernel " + launch_state().kernel + " needs all 32 lanes of warp " +
+         std::to_string(warp) + ", live lanes 0x" + hex(block_state().live_lanes(warp));
+}
+inline std::string mixed_operations_message(const std::string& where, unsigned warp) {
+  return "emulated synccheck: the lanes of warp " + std::to_string(warp) + " of kernel " + launch_state().kernel +
+         " call different warp matrix operations together (" + where + ")";
+}
 inline void check_full_warp(const char* op, const char* file, int line) {
-  BlockState& s = block_state();
-  if (checks_enabled() && s.live_lanes(warp_id()) != 0xffffffffu)
-    raise_sanitizer_error(std::string("emulated synccheck: ") + op + " in kernel " + launch_state().kernel +
-                          " needs all 32 lanes of warp " + std::to_string(warp_id()) + ", live lanes 0x" +
-                          hex(s.live_lanes(warp_id())) + " (" + file + ":" + std::to_string(line) + ")");
+  if (checks_enabled() && block_state().live_lanes(warp_id()) != 0xffffffffu)
+    raise_sanitizer_error(missing_lanes_message(op, warp_id()) + " (" + file + ":" + std::to_string(line) + ")");
 }
 inline uint64_t call_site_key(const char* file, int line) {
   return (reinterpret_cast<uintptr_t>(file) << 16) ^ static_cast<uint64_t>(line);
@@ -168,10 +173,8 @@ inline void check_whole_warp(const char* op, const char* file, int line) {
   for (unsigned l = 0; l < kWarp; ++l) same = same && s.exchange[base + l] == key;
   warp_phase(false);
   if (checks_enabled() && !same)
-    raise_sanitizer_error(std::string("emulated synccheck: the lanes of warp ") + std::to_string(warp_id()) +
-                          " of kernel " + launch_state().kernel +
-                          " call different warp matrix operations together (" + op + " at " + file + ":" +
-                          std::to_string(line) + ")");
+    raise_sanitizer_error(mixed_operations_message(std::string(op) + " at " + file + ":" + std::to_string(line),
+                                                   warp_id()));
 }
 
 // A failed FR_DEVICE_ASSERT: the thread leaves the kernel (like a trap), and the launch

@@ -59,14 +59,11 @@ void mma_m16n8_collective(unsigned warp) {
   const char* name = K == 16 ? "mma.sync.m16n8k16" : "mma.sync.m16n8k8";
   for (unsigned l = 0; l < kWarp; ++l) {
     if (l >= s.warp_size(warp) || s.exited[base + l].load()) {
-      error = std::string("emulated synccheck: ") + name + " in kernel " + launch_state().kernel +
-              " needs all 32 lanes of warp " + std::to_string(warp) + ", live lanes 0x" +
-              hex(s.live_lanes(warp));
+      error = missing_lanes_message(name, warp);
       return;
     }
     if (s.exchange[base + l] != s.exchange[base]) {
-      error = std::string("emulated synccheck: the lanes of warp ") + std::to_string(warp) + " of kernel " +
-              launch_state().kernel + " call different warp matrix operations together (" + name + ")";
+      error = mixed_operations_message(name, warp);
       return;
     }
   }
