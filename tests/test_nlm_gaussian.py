@@ -36,6 +36,7 @@ EMU_SHAPES = [
     (2, 8, 200, 3, 3),  # D_i in 3 uneven groups of channels (67, 67, 66)
     (1, 8, 300, 4, 6),  # tensor-core forward and dg: two channel slices (256 + 44; fp32's dg: 3 of 128)
     (1, 300, 5, 4, 4),  # tensor-core dphi and dtheta: two slices of d (256 + 44; fp32: 3 of 128)
+    (1, 128, 256, 5, 7),  # 16-bit: dg and dphi in one kernel at its widest (fuses_key_gradients)
     (0, 8, 3, 4, 4),
 ]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]

@@ -237,26 +237,28 @@ __device__ __forceinline__ void reduce_chunks(int64_t chunks, int64_t o0, int64_
   }
 }
 
-// Writes the block's output: each warp's accumulators o (its 16 rows; rows g and g + 8 times
-// row_scale[0] and [1]) of kWidth columns go, kPart columns at a time, into tile ([column][own
-// position], pitch kLdTheta; the g or Z tile's storage), and the block writes them to out
-// ([column][position], its columns of them, own positions from own0) along positions. Every
-// thread of the block calls it, after the block's last read of tile.
-template <int kWidth, int kPart, typename scalar_t>
-__device__ __forceinline__ void store_output(const float (&o)[kWidth / tc::kColTile][4], const float (&row_scale)[2],
-                                             smem_ptr<scalar_t> tile, FR_GLOBAL(scalar_t) out, int64_t columns,
-                                             int out_tiles, int64_t n, int64_t own0) {
+// Writes the block's output: each warp's accumulators o (its 16 rows from row0, of kWarpWidth
+// columns from col0 of the block's; rows g and g + 8 times row_scale[0] and [1]) go, kPart
+// columns at a time, into tile ([column][own position], pitch kLdTheta; the g or Z tile's
+// storage), and the block writes them to out ([column][position], its `columns` columns of it,
+// own positions from own0) along positions. Every thread of the block calls it, after the
+// block's last read of tile.
+template <int kWarpWidth, int kPart, typename scalar_t>
+__device__ __forceinline__ void store_columns(const float (&o)[kWarpWidth / tc::kColTile][4],
+                                              const float (&row_scale)[2], smem_ptr<scalar_t> tile,
+                                              FR_GLOBAL(scalar_t) out, int64_t columns, int64_t n, int64_t own0,
+                                              int row0, int col0) {
   using namespace tc;
-  const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
-  const int g = lane / 4, t = lane % 4, row0 = warp * kWmmaDim;
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize, g = lane / 4, t = lane % 4;
   cp_async_wait<0>();  // (only empty groups are left)
-  for (int c0 = 0; c0 < out_tiles * kColTile; c0 += kPart) {
+  for (int c0 = 0; c0 < columns; c0 += kPart) {
 #pragma unroll
-    for (int f = 0; f < kWidth / kColTile; ++f) {
-      if (f * kColTile < c0 || f * kColTile >= c0 + kPart || f >= out_tiles) continue;
+    for (int f = 0; f < kWarpWidth / kColTile; ++f) {
+      const int first = col0 + f * kColTile;  // the tile's first column
+      if (first < c0 || first >= c0 + kPart || first >= columns) continue;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int col = f * kColTile + 2 * t + i % 2 - c0, r = row0 + g + 8 * (i / 2);
+        const int col = first + 2 * t + i % 2 - c0, r = row0 + g + 8 * (i / 2);
         tile[col * kLdTheta + r] = static_cast<scalar_t>(o[f][i] * row_scale[i / 2]);
       }
     }
@@ -268,6 +270,15 @@ __device__ __forceinline__ void store_output(const float (&o)[kWidth / tc::kColT
     }
     __syncthreads();  // before the next round overwrites the tile
   }
+}
+
+// store_columns for a block whose warp w holds rows 16w .. 16w + 15 of every column.
+template <int kWidth, int kPart, typename scalar_t>
+__device__ __forceinline__ void store_output(const float (&o)[kWidth / tc::kColTile][4], const float (&row_scale)[2],
+                                             smem_ptr<scalar_t> tile, FR_GLOBAL(scalar_t) out, int64_t columns,
+                                             int64_t n, int64_t own0) {
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  store_columns<kWidth, kPart>(o, row_scale, tile, out, columns, n, own0, warp * kWmmaDim, 0);
 }
 
 // Whether the tiles can come by 16-byte cp.async: n a multiple of 16 bytes' elements and every
@@ -378,7 +389,7 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, fl
   }
   const float inv[2] = {1.f / l[0], 1.f / l[1]};
   FR_GLOBAL(scalar_t) out = a.out + (b * a.channels + c_first) * n;
-  store_output<kWidth, kYPart>(o, inv, Gs, out, channels, out_tiles, n, q0);
+  store_output<kWidth, kYPart>(o, inv, Gs, out, channels, n, q0);
 #else
   __trap();  // compiled for a GPU without bf16 tensor cores: the host never launches it there
 #endif

@@ -79,6 +79,9 @@ MEASURED_EFFICIENCY = {
 OWN_TILE, CHUNK, ONE_PASS_WIDTH, ONE_PASS_TILE = 64, 32, 256, 8
 ONE_PASS_KEYS = {2: 32, 4: 16}  # by element size
 BACKWARD_SLICE = {2: 256, 4: 128}
+# The 16-bit backward forms dg and dphi in one kernel (fused_key_gradients_kernel) where d and C
+# are at most these: each entry's logit and dp once for both.
+FUSED_MAX_DIM, FUSED_MAX_CHANNELS = 128, 256
 # The backward's D_i = dy_i . y_i comes in partial sums over groups of channels (row_dot_kernel,
 # csrc/cuda/nlm_kernels.cuh): C / 64 groups, 1 to 16.
 ROW_DOT_CHANNELS_PER_GROUP, ROW_DOT_MAX_GROUPS = 64, 16
@@ -90,6 +93,12 @@ def row_dot_groups(c: int) -> int:
 
 def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
+
+
+def fuses_key_gradients(d: int, c: int, element: int) -> bool:
+    """Whether the backward's dg and dphi come from one kernel (fuses_key_gradients,
+    csrc/cuda/nlm_mma_backward.cuh)."""
+    return element == 2 and 0 < d <= FUSED_MAX_DIM and 0 < c <= FUSED_MAX_CHANNELS
 
 
 def check_backend(backend: str) -> None:
@@ -122,6 +131,8 @@ def kernel_flops(b: int, d: int, c: int, n: int, backward: bool, element: int = 
     widest = BACKWARD_SLICE[element]
     dg = per_slice(c, dp, widest) if c > 0 else 0  # S, then P^T dy
     ds = per_slice(d, dp + cp, widest) if d > 0 else 0  # S and dP, then dS^T theta (dS phi)
+    if fuses_key_gradients(d, c, element):  # dg and dphi share S
+        return plane * (dg + ds - dp + ds)
     return plane * (dg + 2 * ds)
 
 
@@ -152,6 +163,8 @@ def kernel_bytes(b: int, d: int, c: int, n: int, backward: bool, element: int) -
     dg = len(slice_widths(c, widest)) * (tp + lse) + 2 * values if c > 0 else 0
     # dphi's (dtheta's) slices: theta, phi, dy, g, the lse and D's partial sums; the output once
     ds = len(slice_widths(d, widest)) * (tp + 2 * values + (1 + groups) * lse) + tp // 2 if d > 0 else 0
+    if fuses_key_gradients(d, c, element):  # dphi's reads, and dg written
+        return row_dot + ds + values + ds
     return row_dot + dg + 2 * ds
 
 
