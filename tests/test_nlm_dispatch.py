@@ -54,6 +54,10 @@ def test_kernel_flops_equal_the_emulators_count_of_the_tensor_core_launches():
                 assert counted == expected, (b, d, c, n, dtype, backward)
 
 
+# The tensor-core kernels of nlm_gaussian (csrc/cuda/nlm_mma_forward.cuh, nlm_mma_backward.cuh).
+TENSOR_CORE_KERNELS = ("forward_mma_kernel", "backward_mma_kernel", "fused_key_gradients_kernel")
+
+
 def test_kernel_flops_and_bytes_equal_the_committed_models_records():
     """kernel_flops and kernel_bytes against the committed model's records of the tensor-core
     kernels (bf16, and fp32 as tf32), forward and backward: the FLOPs of every case; the bytes
@@ -66,7 +70,7 @@ def test_kernel_flops_and_bytes_equal_the_committed_models_records():
             continue
         case = r["case"]
         element[case] = 2 if r["dtype"] == "bfloat16" else 4
-        if "mma" in r["kernel"]:
+        if any(name in r["kernel"] for name in TENSOR_CORE_KERNELS):
             flops[case] = flops.get(case, 0.0) + r["flops"]
             whole[case] = whole.get(case, True) and r["grid"][0] <= r["blocks_run"]
         if r["kernel"] != "(op)":

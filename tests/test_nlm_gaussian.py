@@ -197,10 +197,11 @@ def test_tensor_core_kernels_hold_no_planes(monkeypatch):
     monkeypatch.setenv("FASTROBUST_NLM_PLANE_BYTES", "1")
     launches = record_launches(lambda: (CUDA_EMU.op("nlm_gaussian")(theta, phi, g, 0.2),
                                         CUDA_EMU.op("_nlm_gaussian_backward")(grad_y, theta, phi, g, y, lse, 0.2)))
-    mma = [(kernel_name(symbol), grid) for symbol, grid, *_ in launches if "mma" in symbol]
+    mma = [(kernel_name(symbol), grid) for symbol, grid, *_ in launches
+           if "mma" in symbol or "fused_key_gradients" in symbol]
     assert [name for name, _ in mma] == [
-        "nlm::forward_mma_kernel<BFloat16, 128>", "nlm::backward_mma_kernel<BFloat16, Grad(1), 128>",
-        "nlm::backward_mma_kernel<BFloat16, Grad(2), 64>", "nlm::backward_mma_kernel<BFloat16, Grad(3), 64>"]
+        "nlm::forward_mma_kernel<BFloat16, 128>", "nlm::fused_key_gradients_kernel<BFloat16>",
+        "nlm::backward_mma_kernel<BFloat16, Grad(3), 64>"]
     assert all(grid[2] == 3 for _, grid in mma)
 
 
