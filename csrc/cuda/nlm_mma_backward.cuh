@@ -176,8 +176,9 @@ namespace tc {
 // Each entry's logit and dp are thus formed once for both outputs where the separate kernels
 // formed them twice (S) and once more (dP): the backward's FLOPs at d = C / 2 fall from 11 to 10
 // units of 2 N^2 d (its minimum: 7; dtheta's query-owning kernel still forms S and dP again).
-// X holds 32-bit pairs of queries, 16 words a key, XOR-swizzled (word ^ 4 ((key / 2) % 4)): the
-// 8 g of a warp's write or read (rows g, the same 4 words t apart) then fall in 32 different banks.
+// X holds 32-bit pairs of queries, 16 words a key, XOR-swizzled (word ^ 4 ((key / 2) % 4)): a
+// warp's write or A-operand read touches words t (+ a multiple of 4) of rows g, which without
+// the swizzle would share banks 4 ways (16 words a row); with it they fall in 32 different banks.
 constexpr int kFusedWarps = 8;
 constexpr int kFusedThreads = kFusedWarps * kWarpSize;
 constexpr int kFusedQueries = 32;

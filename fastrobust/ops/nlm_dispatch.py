@@ -20,7 +20,8 @@ materialising composition reached 33 % (16-bit) and 51 % (fp32) and SDPA's fused
     those of the kernels the H200 ran (commit 1cb7f70), which recomputed the logits in every
     128-column output slice; applied here to the work of today's kernels (forward and backward
     on mma.sync with their accumulators in registers, each output slice of up to 256 columns
-    forming the logits again, no planes) until a GPU measures them.
+    forming the logits again, dg and dphi of 16-bit inputs in one kernel where C <= 256 and
+    d <= 128, no planes) until a GPU measures them.
   - "sdpa": float16 and bfloat16 on compute capability 8.0 or newer, with N, B > 0 and a padded
     width of at most 512 (at 1024, SDPA measured 3-12 % of its roofline on the H200). It
     runs on (B, 1, N, D) copies whose widths are zero-padded to D = max(d, C) rounded up to 8
