@@ -110,7 +110,7 @@ def model(fn: Callable[[], object], model_blocks: int = 64, reuse_repeats: bool 
     if model_blocks < 1:
         raise ValueError(f"model_blocks must be >= 1, got {model_blocks}")
     return [LaunchCost(kernel_name(symbol), tuple(grid), tuple(block), int(smem), dict(counters))
-            for symbol, grid, block, smem, counters in record_launches(fn, model_blocks, reuse_repeats)]
+            for symbol, grid, block, smem, counters, _ in record_launches(fn, model_blocks, reuse_repeats)]
 
 
 # model_blocks that runs every block of any launch

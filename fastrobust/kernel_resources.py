@@ -130,6 +130,7 @@ class Launch:
     grid: tuple
     block: tuple
     dynamic_smem: int
+    smem_opt_in: int = -1  # the kernel's cudaFuncAttributeMaxDynamicSharedMemorySize (-1: none set)
 
     @property
     def threads(self) -> int:
@@ -142,7 +143,8 @@ class Launch:
 
 def refusals(launch: Launch, usage: Optional[dict], limits: GpuLimits = H100, opted_in: bool = False) -> List[str]:
     """Why the GPU would refuse this launch (empty: it would run). opted_in: the kernel sets
-    cudaFuncAttributeMaxDynamicSharedMemorySize (none of ours does)."""
+    cudaFuncAttributeMaxDynamicSharedMemorySize (as launch.smem_opt_in >= 0 records: then the
+    launch's dynamic shared memory may not exceed that value)."""
     problems = []
     if not 1 <= launch.threads <= limits.max_threads_per_block:
         problems.append(f"{launch.threads} threads per block (1..{limits.max_threads_per_block})")
@@ -150,6 +152,10 @@ def refusals(launch: Launch, usage: Optional[dict], limits: GpuLimits = H100, op
     if not (1 <= gx <= limits.max_grid_x and 1 <= gy <= limits.max_grid_yz and 1 <= gz <= limits.max_grid_yz):
         problems.append(f"grid {launch.grid} outside ({limits.max_grid_x}, {limits.max_grid_yz}, {limits.max_grid_yz})")
     static = usage.get("static_smem", 0) if usage else 0
+    opted_in = opted_in or launch.smem_opt_in >= 0
+    if launch.smem_opt_in >= 0 and launch.dynamic_smem > launch.smem_opt_in:
+        problems.append(f"{launch.dynamic_smem} bytes of dynamic shared memory (> the {launch.smem_opt_in} of "
+                        "its cudaFuncAttributeMaxDynamicSharedMemorySize)")
     allowed = limits.shared_per_block_optin if opted_in else limits.shared_per_block_default
     if static + launch.dynamic_smem > allowed:
         problems.append(f"{static} + {launch.dynamic_smem} bytes of shared memory per block (> {allowed}"
@@ -196,7 +202,8 @@ def occupancy(launch: Launch, usage: dict, limits: GpuLimits = H100) -> dict:
 
 
 def record_launches(fn: Callable[[], object], model_blocks: int = 0, reuse_repeats: bool = False) -> List[tuple]:
-    """The emulated kernel launches fn makes, as (symbol, grid, block, dynamic smem, counters).
+    """The emulated kernel launches fn makes, as (symbol, grid, block, dynamic smem, counters,
+    the kernel's dynamic shared memory opt-in or -1).
     model_blocks = 0: a dry run, the kernels not run (their outputs are left unwritten);
     model_blocks > 0: each launch runs at most that many of its blocks, spread over its grid,
     under the cost model's counters (fastrobust.cost_model); with reuse_repeats, a launch that
@@ -218,8 +225,8 @@ def benchmark_launches() -> List[Launch]:
 
     launches = []
     for case in launch_cases():
-        for symbol, grid, block, smem, _ in record_launches(case.fn):
-            launches.append(Launch(case.label, kernel_name(symbol), tuple(grid), tuple(block), int(smem)))
+        for symbol, grid, block, smem, _, opt_in in record_launches(case.fn):
+            launches.append(Launch(case.label, kernel_name(symbol), tuple(grid), tuple(block), int(smem), int(opt_in)))
     return launches
 
 

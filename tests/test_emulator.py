@@ -34,6 +34,30 @@ def test_launch_limits_are_enforced():
         block_sum(x, 1025, 10, True)
 
 
+def dynamic_smem(nbytes, opt_in=-1):
+    return torch.ops.fastrobust_emu._selftest_dynamic_smem(nbytes, opt_in)
+
+
+def test_dynamic_smem_opt_in_lets_a_block_use_more_than_48_kib():
+    # Every float of a 160 KiB dynamic allocation written and read back (reversed).
+    for nbytes in (48 * 1024, 160 * 1024):
+        out = dynamic_smem(nbytes, opt_in=160 * 1024)
+        assert torch.equal(out, torch.arange(nbytes // 4 - 1, -1, -1, dtype=torch.float32))
+    assert torch.equal(dynamic_smem(48 * 1024), torch.arange(12 * 1024 - 1, -1, -1, dtype=torch.float32))
+
+
+def test_dynamic_smem_launch_limits_follow_the_opt_in():
+    # Without the attribute a block gets 48 KiB; with it, what it was set to, at most 227 KiB.
+    with pytest.raises(ValueError, match="48 KiB allowed without opting in"):
+        dynamic_smem(48 * 1024 + 4)
+    with pytest.raises(ValueError, match="its cudaFuncAttributeMaxDynamicSharedMemorySize is 65536 bytes"):
+        dynamic_smem(64 * 1024 + 4, opt_in=64 * 1024)
+    with pytest.raises(ValueError, match=r"asks for 232452 bytes .*at most 232448"):
+        dynamic_smem(1024, opt_in=227 * 1024 + 4)
+    with pytest.raises(ValueError, match="48 KiB allowed without opting in"):  # the other kernel is as it was
+        dynamic_smem(64 * 1024)
+
+
 def test_rejects_bad_arguments():
     with pytest.raises(RuntimeError, match="x must be a 1-D tensor"):
         block_sum(torch.ones(2, 2), 32, 4, True)

@@ -80,6 +80,10 @@ def test_refusals_name_what_the_gpu_refuses():
                for p in kr.refusals(launch(smem=32 * 1024 + 1), ok))
     assert kr.refusals(launch(smem=32 * 1024), ok) == []
     assert kr.refusals(launch(smem=100 * 1024), ok, opted_in=True) == []
+    opted = kr.Launch("op", "k", (100, 1, 1), (256, 1, 1), 100 * 1024, smem_opt_in=100 * 1024)
+    assert kr.refusals(opted, ok) == []  # the opt-in the launch log records
+    over = kr.Launch("op", "k", (100, 1, 1), (256, 1, 1), 100 * 1024, smem_opt_in=64 * 1024)
+    assert any("the 65536 of its cudaFuncAttributeMaxDynamicSharedMemorySize" in p for p in kr.refusals(over, ok))
     assert any("registers per block" in p for p in kr.refusals(launch(1024), {"registers": 72, "static_smem": 0}))
     assert any("grid" in p for p in kr.refusals(launch(grid=(1, 65536, 1)), ok))
 

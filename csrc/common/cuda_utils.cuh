@@ -33,6 +33,9 @@
 #define FR_LAUNCH(kernel, grid, block, smem_bytes, stream, ...) \
   ::fr_emu::launch(#kernel, kernel, grid, block, smem_bytes, __VA_ARGS__)
 #define FR_DYNAMIC_SMEM(type, name) const ::fr_emu::SharedPtr<type> name = ::fr_emu::dynamic_shared<type>()
+// Lets kernel's launches take up to `bytes` of dynamic shared memory, over the 48 KiB a block gets
+// without it (cudaFuncAttributeMaxDynamicSharedMemorySize; the emulator applies the same limits).
+#define FR_OPT_IN_DYNAMIC_SMEM(kernel, bytes) ::fr_emu::opt_in_dynamic_smem(#kernel, kernel, bytes)
 #define FR_SHARED(type, name, ...)                                         \
   static ::fr_emu::SharedArray<type, (__VA_ARGS__)> name##_fr_storage_(#name); \
   const ::fr_emu::SharedPtr<type> name = name##_fr_storage_.begin()
@@ -56,6 +59,10 @@
 #define FR_DYNAMIC_SMEM(type, name)                                 \
   extern __shared__ __align__(16) unsigned char fr_dynamic_smem_[]; \
   type* name = reinterpret_cast<type*>(fr_dynamic_smem_)
+#define FR_OPT_IN_DYNAMIC_SMEM(kernel, bytes)                                                              \
+  ::fastrobust::check_launch(                                                                            \
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), \
+      #kernel)
 #define FR_SHARED(type, name, ...) __shared__ type name[__VA_ARGS__]
 #define FR_SHARED_ALIGNED(align, type, name, ...) __shared__ __align__(align) type name[__VA_ARGS__]
 #define FR_GLOBAL(type) type*

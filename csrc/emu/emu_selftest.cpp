@@ -1,5 +1,6 @@
 // Kernels that exercise the CUDA emulator's own machinery (shared memory, barriers, warp
-// shuffles and ballots, atomics, several blocks, partial warps), registered as
+// shuffles and ballots, atomics, several blocks, partial warps, dynamic shared memory and its
+// opt-in), registered as
 // fastrobust_emu::_selftest_block_sum so that tests/test_emulator.py can check them.
 #define FR_CUDA_EMULATION 1
 #include <ATen/core/Tensor.h>
@@ -267,10 +268,39 @@ at::Tensor selftest_cp_async(const at::Tensor& src, int64_t src_bytes) {
   return out;
 }
 
+// Fills the launch's dynamic shared memory (count floats) and reads it back reversed: every
+// byte of a large dynamic allocation is usable. kOptedIn: which of two kernels, one that never
+// opts in and one that does, so that the opt-in (which lasts, as on a GPU) leaves the other as
+// it was.
+template <bool kOptedIn>
+__global__ void dynamic_smem_kernel(float* out, int count) {
+  FR_DYNAMIC_SMEM(float, buffer);
+  for (int e = threadIdx.x; e < count; e += blockDim.x) buffer[e] = static_cast<float>(e);
+  __syncthreads();
+  for (int e = threadIdx.x; e < count; e += blockDim.x) out[e] = buffer[count - 1 - e];
+}
+
+// Launches dynamic_smem_kernel with `bytes` of dynamic shared memory; opt_in >= 0 first sets
+// the opted-in kernel's cudaFuncAttributeMaxDynamicSharedMemorySize to it and launches that one.
+at::Tensor selftest_dynamic_smem(int64_t bytes, int64_t opt_in) {
+  FR_CHECK(bytes >= 4 && bytes % 4 == 0, "bytes must be a positive multiple of 4, got ", bytes);
+  at::Tensor out = at::empty({bytes / 4}, at::TensorOptions().dtype(at::kFloat));
+  const auto count = static_cast<int>(bytes / 4);
+  const auto smem = static_cast<size_t>(bytes);
+  if (opt_in >= 0) {
+    FR_OPT_IN_DYNAMIC_SMEM(dynamic_smem_kernel<true>, static_cast<size_t>(opt_in));
+    FR_LAUNCH(dynamic_smem_kernel<true>, dim3(1), dim3(256), smem, nullptr, out.mutable_data_ptr<float>(), count);
+  } else {
+    FR_LAUNCH(dynamic_smem_kernel<false>, dim3(1), dim3(256), smem, nullptr, out.mutable_data_ptr<float>(), count);
+  }
+  return out;
+}
+
 }  // namespace
 }  // namespace emu
 
 TORCH_LIBRARY_FRAGMENT(fastrobust_emu, m) {
+  m.def("_selftest_dynamic_smem(int bytes, int opt_in) -> Tensor");
   m.def("_selftest_block_sum(Tensor x, int block, int chunk, bool use_shuffles) "
         "-> (Tensor, Tensor, Tensor)");
   m.def("_selftest_wmma(Tensor a, Tensor b, bool a_col_major, bool b_col_major, bool c_col_major, int ld, "
@@ -289,6 +319,7 @@ TORCH_LIBRARY_IMPL(fastrobust_emu, CPU, m) {
 
 TORCH_LIBRARY_IMPL(fastrobust_emu, CatchAll, m) {
   m.impl("_selftest_block_order", &emu::selftest_block_order);
+  m.impl("_selftest_dynamic_smem", &emu::selftest_dynamic_smem);
 }
 
 }  // namespace fastrobust

@@ -27,6 +27,7 @@ struct LaunchRecord {
   unsigned block[3];
   size_t dynamic_smem;
   std::map<std::string, uint64_t> counters;  // the cost model's (cost_model.h), when it ran
+  int64_t smem_opt_in = -1;  // the kernel's cudaFuncAttributeMaxDynamicSharedMemorySize (-1: none)
 };
 
 struct LaunchLog {
@@ -66,17 +67,19 @@ inline void start_launch_log(bool execute, int64_t model_blocks, bool reuse_repe
   log.reuse_repeats = log.model_blocks > 0 && reuse_repeats;
 }
 
-// Ends recording; returns (symbol, grid, block, dynamic shared memory bytes, cost counters)
-// per launch.
+// Ends recording; returns (symbol, grid, block, dynamic shared memory bytes, cost counters,
+// the kernel's dynamic shared memory opt-in, -1 where it has none) per launch.
 using LaunchTuple = std::tuple<std::string, std::tuple<unsigned, unsigned, unsigned>,
-                               std::tuple<unsigned, unsigned, unsigned>, size_t, std::map<std::string, uint64_t>>;
+                               std::tuple<unsigned, unsigned, unsigned>, size_t, std::map<std::string, uint64_t>,
+                               int64_t>;
 inline std::vector<LaunchTuple> stop_launch_log() {
   LaunchLog& log = launch_log();
   std::lock_guard<std::mutex> guard(log.mutex);
   std::vector<LaunchTuple> out;
   for (const LaunchRecord& r : log.records)
     out.emplace_back(r.symbol, std::make_tuple(r.grid[0], r.grid[1], r.grid[2]),
-                     std::make_tuple(r.block[0], r.block[1], r.block[2]), r.dynamic_smem, r.counters);
+                     std::make_tuple(r.block[0], r.block[1], r.block[2]), r.dynamic_smem, r.counters,
+                     r.smem_opt_in);
   log.records.clear();
   log.first_of.clear();
   log.recording = false;

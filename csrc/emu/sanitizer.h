@@ -168,6 +168,7 @@ struct LaunchState {
   uint64_t serial = 0;                   // launches so far
   std::atomic<uint64_t> block_serial{0};  // unique per block run, over all launches
   size_t dynamic_bytes = 0;
+  bool opted_in = false;    // the kernel set cudaFuncAttributeMaxDynamicSharedMemorySize
   size_t static_bytes = 0;  // of the FR_SHARED arrays the kernel has touched
   std::vector<const void*> static_arrays;
   std::mutex mutex;
@@ -307,7 +308,7 @@ inline Stamp current_stamp() {
 }
 
 // Records a FR_SHARED array the running launch uses; its bytes count towards the block's
-// shared memory, which the hardware caps at 48 KiB without an opt-in.
+// shared memory, which the hardware caps at 48 KiB without an opt-in (static arrays: always).
 constexpr size_t kMaxSharedBytes = 48 * 1024;
 void note_static_array(const void* array, size_t bytes);
 
