@@ -37,6 +37,21 @@ template <typename scalar_t>
 constexpr int kBackwardSlice = std::is_same_v<scalar_t, float> ? 128 : kSliceWidth;
 }  // namespace tc
 
+// A key-owning block's per-column factors of the other tile (the kCount queries from q0): their
+// lse and, with_dot, D (else 0); 0 past the n positions. Read after the next barrier (the last
+// tile's readers are past theirs).
+template <int kCount, typename scalar_t>
+__device__ __forceinline__ void stage_query_stats(smem_ptr<float> col_lse, smem_ptr<float> col_dot,
+                                                  FR_GLOBAL(const float) lse, const Ptrs<scalar_t, float>& a,
+                                                  int64_t b, int64_t q0, bool with_dot) {
+  if (threadIdx.x < kCount) {
+    const int64_t i = q0 + threadIdx.x;
+    const bool inside = i < a.positions;
+    col_lse[threadIdx.x] = inside ? float(lse[i]) : 0.f;
+    col_dot[threadIdx.x] = with_dot && inside ? row_dot_of(a, b, i) : 0.f;
+  }
+}
+
 // One block: the kQueries positions blockIdx.x * kQueries.. of the own axis, kWidth columns
 // (blockIdx.y's slice) of the gradient kWhich, sample blockIdx.z.
 template <typename scalar_t, Grad kWhich, int kWidth>
@@ -112,13 +127,7 @@ __global__ void __launch_bounds__(kThreads) backward_mma_kernel(Ptrs<scalar_t, f
   for (int64_t o0 = 0; o0 < n; o0 += kTileKeys) {
     stage_tile<kTileKeys>(async, Zs, kPitchKey, z, columns, n, 0, out_tiles * kColTile, o0);
     cp_async_commit();
-    if constexpr (!kByQuery) {
-      if (threadIdx.x < kTileKeys) {  // (read after the barrier below; the last tile's readers are past theirs)
-        const int64_t j = o0 + threadIdx.x;
-        col_lse[threadIdx.x] = j < n ? float(lse[j]) : 0.f;
-        col_dot[threadIdx.x] = kWithDp && j < n ? row_dot_of(a, b, j) : 0.f;
-      }
-    }
+    if constexpr (!kByQuery) stage_query_stats<kTileKeys>(col_lse, col_dot, lse, a, b, o0, kWithDp);
     float s[kKeyTiles][4] = {}, dp[kKeyTiles][4] = {};
     reduce_chunks(chunks, o0, o0 + kTileKeys, o0 + kTileKeys < n, buf, copy_chunk, [&](int64_t k, int at) {
 #pragma unroll
@@ -245,11 +254,7 @@ __global__ void __launch_bounds__(tc::kFusedThreads)
     stage_tile<kFusedQueries>(async, Zth, kLdQuery, theta, d, n, 0, static_cast<int>(d_rows), q0);
     stage_tile<kFusedQueries>(async, Zdy, kLdQuery, grad_y, c, n, 0, static_cast<int>(c_rows), q0);
     cp_async_commit();
-    if (threadIdx.x < kFusedQueries) {  // (read after the barrier below; the last tile's readers are past theirs)
-      const int64_t i = q0 + threadIdx.x;
-      col_lse[threadIdx.x] = i < n ? float(lse[i]) : 0.f;
-      col_dot[threadIdx.x] = i < n ? row_dot_of(a, b, i) : 0.f;
-    }
+    stage_query_stats<kFusedQueries>(col_lse, col_dot, lse, a, b, q0, true);
     // S^T and dP^T of this warp's keys and half of the queries
     float s[kHalfTiles][4] = {}, dp[kHalfTiles][4] = {};
     reduce_chunks(chunks, q0, q0 + kFusedQueries, q0 + kFusedQueries < n, buf, copy_chunk, [&](int64_t k, int at) {

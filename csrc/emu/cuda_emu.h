@@ -31,7 +31,6 @@
 #endif
 
 #include <algorithm>
-#include <map>
 #include <atomic>
 #include <barrier>
 #include <cmath>
@@ -73,45 +72,11 @@ inline thread_local dim3 blockDim;
 inline thread_local dim3 gridDim;
 constexpr int warpSize = 32;
 
+#include "launch_limits.h"
 #include "sanitizer.h"
 #include "shared_memory.h"
 
 namespace fr_emu {
-
-// Upper bounds of the hardware that the emulator enforces, so that a launch configuration
-// the GPU would reject fails here too.
-constexpr unsigned kMaxThreadsPerBlock = 1024;
-constexpr size_t kMaxDynamicSmem = kMaxSharedBytes;  // without the opt-in
-// A block's shared memory with cudaFuncAttributeMaxDynamicSharedMemorySize (sm_90: 227 KiB).
-constexpr size_t kMaxOptInSmem = 227 * 1024;
-
-// The dynamic shared memory each kernel opted in to (FR_OPT_IN_DYNAMIC_SMEM), by its function.
-inline std::map<const void*, size_t>& smem_opt_ins() {
-  static std::map<const void*, size_t> m;
-  return m;
-}
-inline std::mutex& smem_opt_ins_mutex() {
-  static std::mutex m;
-  return m;
-}
-// The kernel's opt-in, -1 where it has none.
-inline int64_t smem_opt_in_of(const void* kernel) {
-  std::lock_guard<std::mutex> guard(smem_opt_ins_mutex());
-  const auto it = smem_opt_ins().find(kernel);
-  return it == smem_opt_ins().end() ? -1 : static_cast<int64_t>(it->second);
-}
-// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes): the GPU
-// refuses more than 227 KiB (less the kernel's static shared memory, which the emulator checks
-// as the kernel touches its arrays).
-template <typename... KArgs>
-void opt_in_dynamic_smem(const char* name, void (*kernel)(KArgs...), size_t bytes) {
-  if (bytes > kMaxOptInSmem)
-    throw std::invalid_argument(std::string("emulated cudaFuncSetAttribute: ") + name + " asks for " +
-                                std::to_string(bytes) + " bytes of dynamic shared memory (at most " +
-                                std::to_string(kMaxOptInSmem) + ")");
-  std::lock_guard<std::mutex> guard(smem_opt_ins_mutex());
-  smem_opt_ins()[reinterpret_cast<const void*>(kernel)] = bytes;
-}
 
 inline unsigned char*& dynamic_smem() {
   static unsigned char* p = nullptr;
@@ -248,16 +213,7 @@ inline void note_static_array(const void* array, size_t bytes) {
   if (std::find(L.static_arrays.begin(), L.static_arrays.end(), array) != L.static_arrays.end()) return;
   L.static_arrays.push_back(array);
   L.static_bytes += bytes;
-  if (L.static_bytes > kMaxSharedBytes)
-    raise_sanitizer_error(std::string("emulated launch: kernel ") + L.kernel + " declares " +
-                          std::to_string(L.static_bytes) + " bytes of static shared memory (at most 48 KiB)");
-  if (L.static_bytes + L.dynamic_bytes > (L.opted_in ? kMaxOptInSmem : kMaxSharedBytes))
-    raise_sanitizer_error(std::string("emulated launch: kernel ") + L.kernel + " uses " +
-                          std::to_string(L.static_bytes) + " bytes of static and " + std::to_string(L.dynamic_bytes) +
-                          " bytes of dynamic shared memory, over the " + (L.opted_in ? "227" : "48") +
-                          " KiB a block gets " +
-                          (L.opted_in ? "with" : "without opting in with") +
-                          " cudaFuncAttributeMaxDynamicSharedMemorySize; the GPU refuses the launch");
+  check_shared_bytes(L.kernel, L.static_bytes, L.dynamic_bytes, L.opted_in);
 }
 
 // What the schedule of a launch is drawn from: the seed and the kernel, not the launch's place
@@ -324,7 +280,6 @@ void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, s
             Args&&... args) {
   LaunchLog& log = launch_log();
   const int64_t opt_in = smem_opt_in_of(reinterpret_cast<const void*>(kernel));  // -1: none
-  const size_t allowed = opt_in >= 0 ? static_cast<size_t>(opt_in) : kMaxDynamicSmem;
   bool execute = true;
   int64_t model_blocks = 0;
   size_t record = 0;
@@ -348,19 +303,7 @@ void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, s
     }
   }
   const unsigned nthreads = block.x * block.y * block.z;
-  if (nthreads == 0 || nthreads > kMaxThreadsPerBlock)
-    throw std::invalid_argument("emulated launch: block of " + std::to_string(nthreads) +
-                                " threads (1..1024 allowed)");
-  if (smem_bytes > allowed)
-    throw std::invalid_argument("emulated launch: " + std::to_string(smem_bytes) +
-                                " bytes of dynamic shared memory (" +
-                                (opt_in >= 0 ? "its cudaFuncAttributeMaxDynamicSharedMemorySize is " +
-                                                   std::to_string(opt_in) + " bytes"
-                                             : std::string("48 KiB allowed without opting in with "
-                                                           "cudaFuncAttributeMaxDynamicSharedMemorySize")) +
-                                ")");
-  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535)
-    throw std::invalid_argument("emulated launch: invalid grid");
+  check_launch_shape(grid, nthreads, smem_bytes, opt_in);
   if (!execute) return;  // a dry run of the host code (launch_log.h)
   if (repeat_of >= 0) {  // modelled already (launch_log.h, reuse_repeats)
     std::lock_guard<std::mutex> guard(log.mutex);
