@@ -34,9 +34,17 @@ EMU_SHAPES = [
     (1, 1, 3, 33, 1),
     (1, 24, 70, 9, 8),  # two 64-query blocks of the tensor-core forward; 9 of its 16 column tiles
     (2, 8, 200, 3, 3),  # D_i in 3 uneven groups of channels (67, 67, 66)
-    (1, 8, 300, 4, 6),  # tensor-core forward and dg: two channel slices (256 + 44; fp32's dg: 3 of 128)
+    # 16-bit: the wide forward's block of 512 channels (two 64-query blocks, 3 key tiles) and dg
+    # and dphi in one kernel of 32-key blocks; tf32's forward and dg: two channel slices (256 + 44;
+    # fp32's dg: 3 of 128)
+    (1, 8, 300, 9, 8),
+    # 16-bit: the wide forward's 1024-channel slice of 32-query blocks, d in 2 chunks; dg and dphi
+    # from separate kernels (C over 512)
+    (1, 40, 600, 5, 7),
+    (1, 8, 1100, 2, 3),  # 16-bit forward: two 1024-channel slices (1024 + 76)
     (1, 300, 5, 4, 4),  # tensor-core dphi and dtheta: two slices of d (256 + 44; fp32: 3 of 128)
-    (1, 128, 256, 5, 7),  # 16-bit: dg and dphi in one kernel at its widest (fuses_key_gradients)
+    (1, 128, 256, 5, 7),  # 16-bit: dg and dphi in one kernel, its 64-key blocks at their widest
+    (1, 256, 512, 5, 7),  # and its 32-key blocks at theirs
     (0, 8, 3, 4, 4),
 ]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -200,7 +208,7 @@ def test_tensor_core_kernels_hold_no_planes(monkeypatch):
     mma = [(kernel_name(symbol), grid) for symbol, grid, *_ in launches
            if "mma" in symbol or "fused_key_gradients" in symbol]
     assert [name for name, _ in mma] == [
-        "nlm::forward_mma_kernel<BFloat16, 128>", "nlm::fused_key_gradients_kernel<BFloat16>",
+        "nlm::forward_mma_kernel<BFloat16, 128>", "nlm::fused_key_gradients_kernel<BFloat16, 64>",
         "nlm::backward_mma_kernel<BFloat16, Grad(3), 64>"]
     assert all(grid[2] == 3 for _, grid in mma)
 
@@ -386,7 +394,7 @@ def test_python_errors_match_the_kernels():
 
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("channels", [3, 70, 300])  # bf16: blocks of 64 and 128 columns, 2 slices of 256
+@pytest.mark.parametrize("channels", [3, 70, 300])  # bf16: blocks of 64 and 128 columns, the wide forward's 512
 def test_zero_width_queries_give_the_mean(backend, dtype, channels):
     """d = 0: every logit is 0, so y is the mean of g and lse = log N. The tensor-core forward
     once zeroed its output accumulators across the block and rescaled them per warp with no

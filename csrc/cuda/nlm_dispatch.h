@@ -13,6 +13,7 @@
 #include "../ops/nlm.h"
 #include "nlm_kernels.cuh"
 #include "nlm_mma_backward.cuh"
+#include "nlm_mma_forward_wide.cuh"
 
 namespace fastrobust {
 namespace FR_KERNEL_NS {

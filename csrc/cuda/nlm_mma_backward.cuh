@@ -22,9 +22,9 @@
 // C / 2) that is 1.57x (C = 256), 1.71x (512) and 3.09x (1024, with the padding of 784
 // positions to 832) the backward's minimal FLOPs in bf16 (fp32 as tf32: 1.71x to 5.46x), where
 // the planes (p and ds written once, read by every output slice) moved 4-39x its minimal bytes.
-// fp16 / bf16 inputs with C <= 256 and d <= 128 take dg and dphi from one kernel instead
+// fp16 / bf16 inputs with C <= 512 and d <= 256 take dg and dphi from one kernel instead
 // (fused_key_gradients_kernel), which forms each entry's logit and dp once for both: 1.43x at
-// C = 256, d = 128.
+// C = 256, d = 128 and at C = 512, d = 256.
 #include "nlm_mma_forward.cuh"
 
 namespace fastrobust {
@@ -169,19 +169,22 @@ __global__ void __launch_bounds__(kThreads) backward_mma_kernel(Ptrs<scalar_t, f
 }
 
 namespace tc {
-// The key-owning gradients dg and dphi of 16-bit inputs in one kernel, where C <= kFusedG and
-// d <= kFusedPhi: a block owns kQueries keys with 8 warps and walks the queries in tiles of
-// kFusedQueries. Per query tile:
+// The key-owning gradients dg and dphi of 16-bit inputs in one kernel, where C <= kMaxG and
+// d <= kMaxPhi of one of two shapes (Fused<kKeys>): a block owns kKeys keys with 8 warps and
+// walks the queries in tiles of kFusedQueries. Per query tile:
 //   1. the tile's theta ([k][query], d rows) and dy (C rows) are staged whole (Z, pitch
 //      kLdQuery): they are the B operand of S^T = phi^T theta and dP^T = g^T dy and, after, the
 //      B operand of dphi += dS^T theta^T and dg += P^T dy^T; phi and g (the own operand, d then
 //      C rows) stream through the double-buffered chunks;
-//   2. warp w forms S^T and dP^T of keys 16 (w % 4) .. and queries 16 (w / 4) .. (a half tile
-//      each, so each entry is formed once), turns them into P^T and dS^T and writes both to
-//      shared memory (X, 64 keys x 32 queries each);
+//   2. warp w forms S^T and dP^T of the 16 keys of key tile w % kKeyTiles and of one share of
+//      the queries (w / kKeyTiles), so each entry is formed once, turns them into P^T and dS^T
+//      and writes both to shared memory (X, kKeys x 32 queries each);
 //   3. after a barrier, warp w multiplies its 16 keys' rows of P^T and dS^T (all 32 queries,
-//      from X) into its half of the output columns: dg's columns 128 (w / 4) .., dphi's
-//      64 (w / 4) ...
+//      from X) into its share (w / kKeyTiles) of the output columns.
+// The two shapes keep 96 accumulators a lane: 64 keys with C <= 256, d <= 128 (4 key tiles,
+// column halves; 48,384 bytes of shared memory, within the 48 KiB a block gets without opting
+// in) and 32 keys with C <= 512, d <= 256 (2 key tiles, column quarters; 70,912 bytes, opted
+// into: FR_OPT_IN_DYNAMIC_SMEM).
 // Each entry's logit and dp are thus formed once for both outputs where the separate kernels
 // formed them twice (S) and once more (dP): the backward's FLOPs at d = C / 2 fall from 11 to 10
 // units of 2 N^2 d (its minimum: 7; dtheta's query-owning kernel still forms S and dP again).
@@ -192,41 +195,58 @@ constexpr int kFusedWarps = 8;
 constexpr int kFusedThreads = kFusedWarps * kWarpSize;
 constexpr int kFusedQueries = 32;
 constexpr int kLdQuery = kFusedQueries + 8;  // 20 words a row: the B operand's bank analysis above
-constexpr int kFusedG = 256, kFusedPhi = 128;
-constexpr int kXWords = kFusedQueries / 2;  // 32-bit words of a key's row of X
-static_assert(kFusedWarps / 2 * kWmmaDim == kQueries, "4 warps of 16 keys, twice");
+constexpr int kXWords = kFusedQueries / 2;   // 32-bit words of a key's row of X
+template <int kKeys>
+struct Fused {
+  static constexpr int kKeyTiles = kKeys / kWmmaDim;
+  static constexpr int kShares = kFusedWarps / kKeyTiles;  // warps per key tile: queries, then columns
+  static constexpr int kMaxG = kKeys == 64 ? 256 : 512, kMaxPhi = kMaxG / 2;
+  static constexpr int kShareQueries = kFusedQueries / kShares, kSTiles = kShareQueries / kColTile;
+  static constexpr int kGTiles = kMaxG / kShares / kColTile, kPhiTiles = kMaxPhi / kShares / kColTile;
+  static constexpr int kLdOwn = kKeys + 8;  // the own chunk [k][key]: theta's pitch in the forward
+  static constexpr int kOwnTile = kChunk * kLdOwn, kZTile = (kMaxPhi + kMaxG) * kLdQuery;
+  static constexpr int kXTile = kKeys * kFusedQueries;
+  static constexpr int kElements = 2 * kOwnTile + kZTile + 2 * kXTile;  // the dynamic tiles
+  static constexpr int kPart = y_part(kMaxG, kZTile, kLdOwn);  // output columns written per round
+  static_assert(kKeyTiles * kShares == kFusedWarps && kSTiles >= 1, "the warps cover the tile once");
+  static_assert(kPart % kColTile == 0 && kOwnTile % 8 == 0 && kZTile % 8 == 0, "tile shape");
+};
 
 __device__ __forceinline__ int x_word(int key, int word) { return key * kXWords + (word ^ (4 * ((key >> 1) & 3))); }
 }  // namespace tc
 
-// Whether the backward takes fused_key_gradients_kernel for dg and dphi.
+// The keys per block of fused_key_gradients_kernel for (d, C), or 0 where the backward takes
+// separate kernels for dg and dphi.
 template <typename scalar_t>
-bool fuses_key_gradients(int64_t dim, int64_t channels) {
-  return kMmaInput<scalar_t> && dim > 0 && channels > 0 && dim <= tc::kFusedPhi && channels <= tc::kFusedG;
+int fused_key_tile(int64_t dim, int64_t channels) {
+  if (!kMmaInput<scalar_t> || dim <= 0 || channels <= 0) return 0;
+  if (dim <= tc::Fused<64>::kMaxPhi && channels <= tc::Fused<64>::kMaxG) return 64;
+  return dim <= tc::Fused<32>::kMaxPhi && channels <= tc::Fused<32>::kMaxG ? 32 : 0;
 }
 
-// dg and dphi of the kQueries keys blockIdx.x * kQueries .. of sample blockIdx.z (tc above).
-template <typename scalar_t>
+// dg and dphi of the kKeys keys blockIdx.x * kKeys .. of sample blockIdx.z (tc above).
+template <typename scalar_t, int kKeys>
 __global__ void __launch_bounds__(tc::kFusedThreads)
     fused_key_gradients_kernel(Ptrs<scalar_t, float> a, bool async) {
 #if FR_HAS_WMMA
   using namespace tc;
+  using F = Fused<kKeys>;
   static_assert(kMmaInput<scalar_t>, "16-bit inputs: m16n8k16");
-  constexpr int kDepth = OnePass<scalar_t>::kDepth, kHalfTiles = kFusedQueries / 2 / kColTile;
-  constexpr int kGTiles = kFusedG / 2 / kColTile, kPhiTiles = kFusedPhi / 2 / kColTile;  // a warp's
-  constexpr int kOwnTile = kChunk * kLdTheta;
-  constexpr int kPart = y_part(kFusedG, (kFusedPhi + kFusedG) * kLdQuery);  // output columns written per round
-  static_assert(kFusedQueries % kDepth == 0 && kPart % kColTile == 0, "tile shape");
-  FR_SHARED_ALIGNED(16, scalar_t, Owns, 2 * kOwnTile);                   // phi, then g: [k][key], two chunks
-  FR_SHARED_ALIGNED(16, scalar_t, Zs, (kFusedPhi + kFusedG) * kLdQuery);  // theta, then dy: [k][query]
-  FR_SHARED_ALIGNED(16, scalar_t, Xp, kQueries * kFusedQueries);         // P^T [key][query], swizzled
-  FR_SHARED_ALIGNED(16, scalar_t, Xds, kQueries * kFusedQueries);        // dS^T
+  constexpr int kDepth = OnePass<scalar_t>::kDepth, kSTiles = F::kSTiles;
+  constexpr int kGTiles = F::kGTiles, kPhiTiles = F::kPhiTiles;  // a warp's
+  constexpr int kOwnTile = F::kOwnTile, kLdOwn = F::kLdOwn;
+  static_assert(kFusedQueries % kDepth == 0, "tile shape");
+  FR_DYNAMIC_SMEM(scalar_t, tiles);
+  const smem_ptr<scalar_t> Owns = tiles;                // phi, then g: [k][key], two chunks
+  const smem_ptr<scalar_t> Zs = Owns + 2 * kOwnTile;    // theta, then dy: [k][query]
+  const smem_ptr<scalar_t> Xp = Zs + F::kZTile;         // P^T [key][query], swizzled
+  const smem_ptr<scalar_t> Xds = Xp + F::kXTile;        // dS^T
   FR_SHARED(float, col_lse, kFusedQueries);
   FR_SHARED(float, col_dot, kFusedQueries);
 
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
-  const int g = lane / 4, t = lane % 4, row0 = (warp % 4) * kWmmaDim, half = warp / 4;
-  const int64_t b = blockIdx.z, own0 = int64_t(blockIdx.x) * kQueries, n = a.positions;
+  const int g = lane / 4, t = lane % 4, row0 = (warp % F::kKeyTiles) * kWmmaDim, share = warp / F::kKeyTiles;
+  const int64_t b = blockIdx.z, own0 = int64_t(blockIdx.x) * kKeys, n = a.positions;
   const int64_t d = a.dim, c = a.channels, d_rows = ceil_div<int64_t>(d, kChunk) * kChunk;
   const int64_t c_rows = ceil_div<int64_t>(c, kChunk) * kChunk;
   FR_GLOBAL(const scalar_t) theta = a.theta + b * d * n;
@@ -234,7 +254,7 @@ __global__ void __launch_bounds__(tc::kFusedThreads)
   FR_GLOBAL(const scalar_t) values = a.g + b * c * n;
   FR_GLOBAL(const scalar_t) grad_y = a.grad_y + b * c * n;
   FR_GLOBAL(const float) lse = a.lse + b * n;
-  const smem_ptr<scalar_t> Zth = Zs, Zdy = Zs + kFusedPhi * kLdQuery;
+  const smem_ptr<scalar_t> Zth = Zs, Zdy = Zs + F::kMaxPhi * kLdQuery;
   const int g_tiles = static_cast<int>(ceil_div<int64_t>(c, kColTile));  // 8-column tiles holding columns
   const int phi_tiles = static_cast<int>(ceil_div<int64_t>(d, kColTile));
 
@@ -242,7 +262,7 @@ __global__ void __launch_bounds__(tc::kFusedThreads)
   const int64_t logit_chunks = d_rows / kChunk, chunks = logit_chunks + c_rows / kChunk;
   const auto copy_chunk = [&](int64_t, int64_t k, int buf) {
     const bool logit = k < logit_chunks;
-    stage_tile<kQueries>(async, Owns + buf * kOwnTile, kLdTheta, logit ? phi : values, logit ? d : c, n,
+    stage_tile<kKeys>(async, Owns + buf * kOwnTile, kLdOwn, logit ? phi : values, logit ? d : c, n,
                          (logit ? k : k - logit_chunks) * kChunk, kChunk, own0);
     cp_async_commit();
   };
@@ -255,35 +275,35 @@ __global__ void __launch_bounds__(tc::kFusedThreads)
     stage_tile<kFusedQueries>(async, Zdy, kLdQuery, grad_y, c, n, 0, static_cast<int>(c_rows), q0);
     cp_async_commit();
     stage_query_stats<kFusedQueries>(col_lse, col_dot, lse, a, b, q0, true);
-    // S^T and dP^T of this warp's keys and half of the queries
-    float s[kHalfTiles][4] = {}, dp[kHalfTiles][4] = {};
+    // S^T and dP^T of this warp's keys and share of the queries
+    float s[kSTiles][4] = {}, dp[kSTiles][4] = {};
     reduce_chunks(chunks, q0, q0 + kFusedQueries, q0 + kFusedQueries < n, buf, copy_chunk, [&](int64_t k, int at) {
       const bool logit = k < logit_chunks;
       const int row = static_cast<int>(logit ? k : k - logit_chunks) * kChunk;
-      const smem_ptr<scalar_t> others = (logit ? Zth : Zdy) + row * kLdQuery + half * kFusedQueries / 2;
+      const smem_ptr<scalar_t> others = (logit ? Zth : Zdy) + row * kLdQuery + share * F::kShareQueries;
 #pragma unroll
       for (int kk = 0; kk < kChunk; kk += kDepth) {
         if (logit)
-          accumulate_logits<kHalfTiles>(s, Owns + at * kOwnTile, kLdTheta, row0, others, kLdQuery, kk);
+          accumulate_logits<kSTiles>(s, Owns + at * kOwnTile, kLdOwn, row0, others, kLdQuery, kk);
         else
-          accumulate_logits<kHalfTiles>(dp, Owns + at * kOwnTile, kLdTheta, row0, others, kLdQuery, kk);
+          accumulate_logits<kSTiles>(dp, Owns + at * kOwnTile, kLdOwn, row0, others, kLdQuery, kk);
       }
     });
 
-    // P^T and dS^T of each entry into X: keys row0 + g + 8h, queries 16 half + 8j + 2t + e
+    // P^T and dS^T of each entry into X: keys row0 + g + 8h, queries kShareQueries share + 8j + 2t + e
 #pragma unroll
-    for (int j = 0; j < kHalfTiles; ++j)
+    for (int j = 0; j < kSTiles; ++j)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         float p[2], ds[2];
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int col = half * kFusedQueries / 2 + j * kColTile + 2 * t + e;
+          const int col = share * F::kShareQueries + j * kColTile + 2 * t + e;
           const float x = q0 + col < n ? a.scale * s[j][2 * h + e] : mn::neg_inf<float>();
           p[e] = mn::probability(x, float(col_lse[col]));
           ds[e] = mn::scaled_logit_grad(p[e], dp[j][2 * h + e], float(col_dot[col]), a.scale);
         }
-        const int at = 2 * x_word(row0 + g + 8 * h, half * kXWords / 2 + j * kColTile / 2 + t);
+        const int at = 2 * x_word(row0 + g + 8 * h, (share * F::kShareQueries + j * kColTile) / 2 + t);
         Xp[at] = static_cast<scalar_t>(p[0]);
         Xp[at + 1] = static_cast<scalar_t>(p[1]);
         Xds[at] = static_cast<scalar_t>(ds[0]);
@@ -303,27 +323,28 @@ __global__ void __launch_bounds__(tc::kFusedThreads)
       }
 #pragma unroll
       for (int f = 0; f < kGTiles; ++f) {
-        if (half * kGTiles + f >= g_tiles) break;  // the same for the whole warp
+        if (share * kGTiles + f >= g_tiles) break;  // the same for the whole warp
         uint32_t bv[2];
-        g_operand<scalar_t>(bv, Zdy + half * kGTiles * kColTile * kLdQuery, kLdQuery, f, u);
+        g_operand<scalar_t>(bv, Zdy + share * kGTiles * kColTile * kLdQuery, kLdQuery, f, u);
         mma<scalar_t>(og[f], ap, bv);
       }
 #pragma unroll
       for (int f = 0; f < kPhiTiles; ++f) {
-        if (half * kPhiTiles + f >= phi_tiles) break;
+        if (share * kPhiTiles + f >= phi_tiles) break;
         uint32_t bv[2];
-        g_operand<scalar_t>(bv, Zth + half * kPhiTiles * kColTile * kLdQuery, kLdQuery, f, u);
+        g_operand<scalar_t>(bv, Zth + share * kPhiTiles * kColTile * kLdQuery, kLdQuery, f, u);
         mma<scalar_t>(ophi[f], ads, bv);
       }
     }
     __syncthreads();  // before the next tile restages Z, X, the lse and D
   }
 
-  const float unscaled[2] = {1.f, 1.f};
   FR_GLOBAL(scalar_t) grad_g = a.grad_g + b * c * n;
   FR_GLOBAL(scalar_t) grad_phi = a.grad_phi + b * d * n;
-  store_columns<kFusedG / 2, kPart>(og, unscaled, Zs, grad_g, c, n, own0, row0, half * kFusedG / 2);
-  store_columns<kFusedPhi / 2, kPart>(ophi, unscaled, Zs, grad_phi, d, n, own0, row0, half * kFusedPhi / 2);
+  store_block<1, kGTiles, kKeys, F::kPart>([&](int, int f, int e) { return og[f][e]; }, Zs, grad_g, c, n, own0, row0,
+                                           share * kGTiles * kColTile);
+  store_block<1, kPhiTiles, kKeys, F::kPart>([&](int, int f, int e) { return ophi[f][e]; }, Zs, grad_phi, d, n, own0,
+                                             row0, share * kPhiTiles * kColTile);
 #else
   __trap();  // compiled for a GPU without bf16 tensor cores: the host never launches it there
 #endif
@@ -348,15 +369,33 @@ void launch_backward_gradient(const Ptrs<scalar_t, float>& a, int64_t width, boo
   }
 }
 
-// D first, then dg and dphi (in one kernel where fuses_key_gradients), and dtheta.
+// fused_key_gradients_kernel's launch on blocks of `keys` keys, its tiles' dynamic shared memory
+// opted into first (one call each: FR_LAUNCH names the kernel as written).
+template <typename scalar_t>
+void launch_fused_key_gradients(const Ptrs<scalar_t, float>& a, int keys, bool async, cudaStream_t stream) {
+  const dim3 block(tc::kFusedThreads);
+  if (keys == 64) {
+    constexpr size_t kBytes = tc::Fused<64>::kElements * sizeof(scalar_t);
+    FR_OPT_IN_DYNAMIC_SMEM((fused_key_gradients_kernel<scalar_t, 64>), kBytes);
+    FR_LAUNCH((fused_key_gradients_kernel<scalar_t, 64>), tile_grid(a.batch, a.positions, 1, 64, 1), block, kBytes,
+              stream, a, async);
+  } else {
+    constexpr size_t kBytes = tc::Fused<32>::kElements * sizeof(scalar_t);
+    FR_OPT_IN_DYNAMIC_SMEM((fused_key_gradients_kernel<scalar_t, 32>), kBytes);
+    FR_LAUNCH((fused_key_gradients_kernel<scalar_t, 32>), tile_grid(a.batch, a.positions, 1, 32, 1), block, kBytes,
+              stream, a, async);
+  }
+}
+
+// D first, then dg and dphi (in one kernel where fused_key_tile), and dtheta.
 template <typename scalar_t>
 void launch_backward_mma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
   launch_row_dot(a, stream);
   const bool async = async_staging<scalar_t>(a.positions, a.theta, a.phi, a.g, a.grad_y);
   if constexpr (kMmaInput<scalar_t>) {
-    if (fuses_key_gradients<scalar_t>(a.dim, a.channels)) {
-      FR_LAUNCH((fused_key_gradients_kernel<scalar_t>), tile_grid(a.batch, a.positions, 1, tc::kQueries, 1),
-                dim3(tc::kFusedThreads), 0, stream, a, async);
+    const int keys = fused_key_tile<scalar_t>(a.dim, a.channels);
+    if (keys != 0) {
+      launch_fused_key_gradients<scalar_t>(a, keys, async, stream);
       return launch_backward_gradient<scalar_t, Grad::kTheta>(a, a.dim, async, stream);
     }
   }

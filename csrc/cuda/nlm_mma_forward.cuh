@@ -5,10 +5,10 @@
 //
 // A block has 4 warps and owns kQueries = 64 queries (warp w: rows 16w .. 16w + 15) and a slice
 // of up to kWidth channels (64, 128 or 256: O takes kWidth / 2 floats a lane); the keys come in
-// tiles of 32 (16 for fp32: OnePass). Above kSliceWidth = 256 channels the channels come in
-// slices of 256, one per blockIdx.y, each block computing the logits of its queries again: at
-// C = 512 and 1024 (d = C / 2) that is 1.33x and 2x the forward's minimal FLOPs, where holding
-// the logits in global memory instead (as the backward once did) moved 4-10x its minimal bytes.
+// tiles of 32 (16 for fp32: OnePass). Above kSliceWidth = 256 channels fp16 and bf16 take
+// forward_wide_kernel (nlm_mma_forward_wide.cuh), which forms each logit once; tf32's channels
+// come in slices of 256, one per blockIdx.y, each block computing the logits of its queries
+// again: at C = 512 and 1024 (d = C / 2) that is 1.33x and 2x the forward's minimal FLOPs.
 //
 // Lane (g = lane / 4, t = lane % 4) of a warp holds rows g and g + 8 of the warp's 16 and, of
 // each 8-column tile, columns 2t and 2t + 1. Per key tile:
@@ -74,9 +74,9 @@ static_assert(kLdTheta * 2 % 128 == 16 && OnePass<c10::BFloat16>::kLdKey * 2 % 1
               "the 16-bit pitches the bank analysis above assumes");
 static_assert(kLdTheta % 32 == 8 && OnePass<float>::kLdKey % 32 == 24, "the fp32 pitches the bank analysis assumes");
 // The largest power-of-two share of kWidth channels whose y tile ([channel][query], pitch
-// kLdTheta) fits in the g tile's storage (capacity elements).
-constexpr int y_part(int width, int capacity) {
-  return width * kLdTheta <= capacity ? width : y_part(width / 2, capacity);
+// kLdTheta or pitch) fits in the g tile's storage (capacity elements).
+constexpr int y_part(int width, int capacity, int pitch = kLdTheta) {
+  return width * pitch <= capacity ? width : y_part(width / 2, capacity, pitch);
 }
 }  // namespace tc
 
@@ -237,39 +237,52 @@ __device__ __forceinline__ void reduce_chunks(int64_t chunks, int64_t o0, int64_
   }
 }
 
-// Writes the block's output: each warp's accumulators o (its 16 rows from row0, of kWarpWidth
-// columns from col0 of the block's; rows g and g + 8 times row_scale[0] and [1]) go, kPart
-// columns at a time, into tile ([column][own position], pitch kLdTheta; the g or Z tile's
-// storage), and the block writes them to out ([column][position], its `columns` columns of it,
-// own positions from own0) along positions. Every thread of the block calls it, after the
-// block's last read of tile.
+// Writes a block's output from accumulators spread over its warps: value(i, f, e) is entry e of
+// column tile f of row tile i of this warp (row row0 + 16 i + g + 8 (e / 2) of the block's kRows
+// own positions, column col0 + 8 f + 2 t + e % 2 of its `columns`), scaled as it is to be
+// written. kPart columns at a time go into tile ([column][own position], pitch kRows + 8: the
+// g or Z tile's storage) and the block writes them to out ([column][position], own positions
+// from own0) along positions. Every thread of the block calls it, after the block's last read
+// of tile.
+template <int kRowTiles, int kWarpTiles, int kRows, int kPart, typename scalar_t, typename Value>
+__device__ __forceinline__ void store_block(Value value, smem_ptr<scalar_t> tile, FR_GLOBAL(scalar_t) out,
+                                            int64_t columns, int64_t n, int64_t own0, int row0, int col0) {
+  using tc::kColTile;
+  constexpr int kLd = kRows + 8;
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize, g = lane / 4, t = lane % 4;
+  cp_async_wait<0>();  // (only empty groups are left)
+  for (int c0 = 0; c0 < columns; c0 += kPart) {
+#pragma unroll
+    for (int f = 0; f < kWarpTiles; ++f) {
+      const int first = col0 + f * kColTile;  // the tile's first column
+      if (first < c0 || first >= c0 + kPart || first >= columns) continue;
+#pragma unroll
+      for (int i = 0; i < kRowTiles; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = first + 2 * t + e % 2 - c0, r = row0 + i * kWmmaDim + g + 8 * (e / 2);
+          tile[col * kLd + r] = static_cast<scalar_t>(value(i, f, e));
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < kPart * kRows; e += blockDim.x) {
+      const int col = e / kRows, r = e % kRows;
+      if (c0 + col < columns && own0 + r < n)
+        out[(c0 + col) * n + own0 + r] = static_cast<scalar_t>(tile[col * kLd + r]);
+    }
+    __syncthreads();  // before the next round overwrites the tile
+  }
+}
+
+// store_block for a warp whose accumulators o are 16 rows from row0 (of the block's kQueries)
+// and kWarpWidth columns from col0, rows g and g + 8 times row_scale[0] and [1].
 template <int kWarpWidth, int kPart, typename scalar_t>
 __device__ __forceinline__ void store_columns(const float (&o)[kWarpWidth / tc::kColTile][4],
                                               const float (&row_scale)[2], smem_ptr<scalar_t> tile,
                                               FR_GLOBAL(scalar_t) out, int64_t columns, int64_t n, int64_t own0,
                                               int row0, int col0) {
-  using namespace tc;
-  const int lane = static_cast<int>(threadIdx.x) % kWarpSize, g = lane / 4, t = lane % 4;
-  cp_async_wait<0>();  // (only empty groups are left)
-  for (int c0 = 0; c0 < columns; c0 += kPart) {
-#pragma unroll
-    for (int f = 0; f < kWarpWidth / kColTile; ++f) {
-      const int first = col0 + f * kColTile;  // the tile's first column
-      if (first < c0 || first >= c0 + kPart || first >= columns) continue;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int col = first + 2 * t + i % 2 - c0, r = row0 + g + 8 * (i / 2);
-        tile[col * kLdTheta + r] = static_cast<scalar_t>(o[f][i] * row_scale[i / 2]);
-      }
-    }
-    __syncthreads();
-    for (int e = threadIdx.x; e < kPart * kQueries; e += blockDim.x) {
-      const int col = e / kQueries, r = e % kQueries;
-      if (c0 + col < columns && own0 + r < n)
-        out[(c0 + col) * n + own0 + r] = static_cast<scalar_t>(tile[col * kLdTheta + r]);
-    }
-    __syncthreads();  // before the next round overwrites the tile
-  }
+  store_block<1, kWarpWidth / tc::kColTile, tc::kQueries, kPart>(
+      [&](int, int f, int e) { return o[f][e] * row_scale[e / 2]; }, tile, out, columns, n, own0, row0, col0);
 }
 
 // store_columns for a block whose warp w holds rows 16w .. 16w + 15 of every column.
@@ -423,36 +436,6 @@ bool use_tensor_cores(const TensorCores& tc) {
 template <typename scalar_t>
 bool forward_uses_planes(const TensorCores& tc, int64_t channels) {
   return !use_tensor_cores<scalar_t>(tc) && channels > kOutWidth;
-}
-
-// The tensor-core forward in one pass, on blocks of the narrowest of 64, 128 and 256 columns
-// that holds C, or on slices of 256.
-template <typename scalar_t>
-void launch_forward_mma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
-  // (FR_LAUNCH names the kernel as written, for the emulator's launch log: one call each)
-  const dim3 block(kThreads);
-  const bool async = async_staging<scalar_t>(a.positions, a.theta, a.phi, a.g);
-  if (a.channels <= 64) {
-    FR_LAUNCH((forward_mma_kernel<scalar_t, 64>), tile_grid(a.batch, a.positions, a.channels, tc::kQueries, 64), block,
-              0, stream, a, async);
-  } else if (a.channels <= 128) {
-    FR_LAUNCH((forward_mma_kernel<scalar_t, 128>), tile_grid(a.batch, a.positions, a.channels, tc::kQueries, 128),
-              block, 0, stream, a, async);
-  } else {
-    FR_LAUNCH((forward_mma_kernel<scalar_t, tc::kSliceWidth>),
-              tile_grid(a.batch, a.positions, a.channels, tc::kQueries, tc::kSliceWidth), block, 0, stream, a, async);
-  }
-}
-
-// The forward for any input type: tensor cores where use_tensor_cores, SIMT otherwise (the
-// backward: nlm_mma_backward.cuh).
-template <typename scalar_t>
-void launch_forward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, const TensorCores& tensor_cores,
-                    const PlaneBuffers& buffers, cudaStream_t stream) {
-  if constexpr (kHasTensorCorePath<scalar_t>) {
-    if (use_tensor_cores<scalar_t>(tensor_cores)) return launch_forward_mma<scalar_t>(a, stream);
-  }
-  launch_forward<scalar_t>(a, buffers, stream);
 }
 
 }  // namespace nlm

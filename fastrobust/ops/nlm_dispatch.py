@@ -20,8 +20,8 @@ materialising composition reached 33 % (16-bit) and 51 % (fp32) and SDPA's fused
     those of the kernels the H200 ran (commit 1cb7f70), which recomputed the logits in every
     128-column output slice; applied here to the work of today's kernels (forward and backward
     on mma.sync with their accumulators in registers, each output slice of up to 256 columns
-    forming the logits again, dg and dphi of 16-bit inputs in one kernel where C <= 256 and
-    d <= 128, no planes) until a GPU measures them.
+    (the 16-bit forward: 1024) forming the logits again, dg and dphi of 16-bit inputs in one
+    kernel where C <= 256 and d <= 128, no planes) until a GPU measures them.
   - "sdpa": float16 and bfloat16 on compute capability 8.0 or newer, with N, B > 0 and a padded
     width of at most 512 (at 1024, SDPA measured 3-12 % of its roofline on the H200). It
     runs on (B, 1, N, D) copies whose widths are zero-padded to D = max(d, C) rounded up to 8
@@ -79,10 +79,15 @@ MEASURED_EFFICIENCY = {
 # backward: 128).
 OWN_TILE, CHUNK, ONE_PASS_WIDTH, ONE_PASS_TILE = 64, 32, 256, 8
 ONE_PASS_KEYS = {2: 32, 4: 16}  # by element size
+# Above ONE_PASS_WIDTH the 16-bit forward takes its wide kernel (forward_wide_kernel,
+# nlm_mma_forward_wide.cuh): blocks of 512 channels and 64 queries, or slices of 1024 channels
+# and 32 queries, each logit formed once per slice.
+WIDE_ROWS = {512: 64, 1024: 32}
 BACKWARD_SLICE = {2: 256, 4: 128}
 # The 16-bit backward forms dg and dphi in one kernel (fused_key_gradients_kernel) where d and C
-# are at most these: each entry's logit and dp once for both.
-FUSED_MAX_DIM, FUSED_MAX_CHANNELS = 128, 256
+# are at most these: each entry's logit and dp once for both; its blocks own the keys (64 or 32)
+# the widths map to.
+FUSED_KEY_TILES = ((128, 256, 64), (256, 512, 32))  # (d at most, C at most, keys per block)
 # The backward's D_i = dy_i . y_i comes in partial sums over groups of channels (row_dot_kernel,
 # csrc/cuda/nlm_kernels.cuh): C / 64 groups, 1 to 16.
 ROW_DOT_CHANNELS_PER_GROUP, ROW_DOT_MAX_GROUPS = 64, 16
@@ -96,10 +101,17 @@ def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
+def fused_key_tile(d: int, c: int, element: int) -> int:
+    """The keys per block of the kernel that forms the backward's dg and dphi together, or 0
+    where separate kernels form them (fused_key_tile, csrc/cuda/nlm_mma_backward.cuh)."""
+    if element != 2 or d <= 0 or c <= 0:
+        return 0
+    return next((keys for max_d, max_c, keys in FUSED_KEY_TILES if d <= max_d and c <= max_c), 0)
+
+
 def fuses_key_gradients(d: int, c: int, element: int) -> bool:
-    """Whether the backward's dg and dphi come from one kernel (fuses_key_gradients,
-    csrc/cuda/nlm_mma_backward.cuh)."""
-    return element == 2 and 0 < d <= FUSED_MAX_DIM and 0 < c <= FUSED_MAX_CHANNELS
+    """Whether the backward's dg and dphi come from one kernel."""
+    return fused_key_tile(d, c, element) > 0
 
 
 def check_backend(backend: str) -> None:
@@ -114,6 +126,14 @@ def slice_widths(width: int, widest: int = ONE_PASS_WIDTH) -> List[int]:
     return [min(block, width - s * block) for s in range(max(1, math.ceil(width / block)))]
 
 
+def forward_slices(c: int, element: int) -> List[Tuple[int, int]]:
+    """(columns, own positions per block) of each channel slice of the tensor-core forward."""
+    if element == 2 and c > ONE_PASS_WIDTH:
+        block = 512 if c <= 512 else 1024
+        return [(min(block, c - s * block), WIDE_ROWS[block]) for s in range(math.ceil(c / block))]
+    return [(w, OWN_TILE) for w in slice_widths(c)]
+
+
 def kernel_flops(b: int, d: int, c: int, n: int, backward: bool, element: int = 2) -> int:
     """FLOPs (2 per multiply-add) of our tensor-core kernels' launches for one forward, or one
     backward, of inputs of `element` bytes (2: fp16 / bf16, 4: fp32 on tf32): every tile product
@@ -121,7 +141,8 @@ def kernel_flops(b: int, d: int, c: int, n: int, backward: bool, element: int = 
     pairs (d deep) and, for dphi and dtheta, dp = dy . g (C deep), then its output's 8-column
     tiles; where fuses_key_gradients, dg and dphi's one kernel forms the logits and dp once for
     both."""
-    plane = 2 * b * _round_up(n, OWN_TILE) * _round_up(n, ONE_PASS_KEYS[element])
+    keys = _round_up(n, ONE_PASS_KEYS[element])
+    plane = 2 * b * _round_up(n, OWN_TILE) * keys
     dp, cp = _round_up(d, CHUNK), _round_up(c, CHUNK)
 
     def per_slice(width: int, depth: int, widest: int) -> int:
@@ -129,12 +150,15 @@ def kernel_flops(b: int, d: int, c: int, n: int, backward: bool, element: int = 
         return len(widths) * depth + sum(_round_up(w, ONE_PASS_TILE) for w in widths)
 
     if not backward:  # y: S, then P g^T
-        return plane * per_slice(c, dp, ONE_PASS_WIDTH)
+        return sum(2 * b * _round_up(n, rows) * keys * (dp + _round_up(w, ONE_PASS_TILE))
+                   for w, rows in forward_slices(c, element))
     widest = BACKWARD_SLICE[element]
     dg = per_slice(c, dp, widest) if c > 0 else 0  # S, then P^T dy
     ds = per_slice(d, dp + cp, widest) if d > 0 else 0  # S and dP, then dS^T theta (dS phi)
-    if fuses_key_gradients(d, c, element):  # dg and dphi share S
-        return plane * (dg + ds - dp + ds)
+    own = fused_key_tile(d, c, element)
+    if own:  # dg and dphi from one slice of blocks of `own` keys, S and dP formed once; dtheta's
+        fused = dp + cp + _round_up(c, ONE_PASS_TILE) + _round_up(d, ONE_PASS_TILE)
+        return 2 * b * _round_up(n, own) * keys * fused + plane * ds
     return plane * (dg + 2 * ds)
 
 
@@ -158,7 +182,7 @@ def kernel_bytes(b: int, d: int, c: int, n: int, backward: bool, element: int) -
     pointer) is not counted, as the emulator does not count it."""
     tp, values, lse = 2 * b * d * n * element, b * c * n * element, 4 * b * n
     if not backward:  # each slice: theta and phi; g read and y written once over the slices
-        return len(slice_widths(c)) * tp + values + values
+        return len(forward_slices(c, element)) * tp + values + values
     widest, groups = BACKWARD_SLICE[element], row_dot_groups(c)
     row_dot = 2 * values + groups * lse  # dy . y per row, a partial sum per group of channels
     # dg's slices: theta, phi and the lse; dy read and dg written once over the slices
