@@ -302,6 +302,25 @@ bool async_staging(int64_t n, const P*... inputs) {
   return n % (16 / sizeof(scalar_t)) == 0 && (aligned(inputs) && ...);
 }
 
+// What a forward block of sample b reads and how much of it: theta and phi, and g's channels
+// from blockIdx.y * kWidth (at most kWidth of them, in out_tiles 8-column tiles); d in chunks.
+template <typename scalar_t>
+struct ForwardSlice {
+  FR_GLOBAL(const scalar_t) theta;
+  FR_GLOBAL(const scalar_t) phi;
+  FR_GLOBAL(const scalar_t) values;
+  int64_t c_first, channels, chunks;
+  int out_tiles;  // the same for every thread
+};
+
+template <int kWidth, typename scalar_t>
+__device__ __forceinline__ ForwardSlice<scalar_t> forward_slice(const Ptrs<scalar_t, float>& a, int64_t b) {
+  const int64_t n = a.positions, c_first = int64_t(blockIdx.y) * kWidth;
+  const int64_t channels = std::min<int64_t>(kWidth, a.channels - c_first);
+  return {a.theta + b * a.dim * n, a.phi + b * a.dim * n, a.g + (b * a.channels + c_first) * n, c_first, channels,
+          ceil_div<int64_t>(a.dim, tc::kChunk), static_cast<int>(ceil_div<int64_t>(channels, tc::kColTile))};
+}
+
 // y and lse of kQueries queries of one sample, for channels blockIdx.y * kWidth and on (at most
 // kWidth of them); the blocks of slice 0 write lse.
 template <typename scalar_t, int kWidth>
@@ -323,14 +342,10 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(Ptrs<scalar_t, fl
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int g = lane / 4, t = lane % 4, row0 = warp * kWmmaDim;
   const int64_t b = blockIdx.z, q0 = int64_t(blockIdx.x) * kQueries, n = a.positions;
-  FR_GLOBAL(const scalar_t) theta = a.theta + b * a.dim * n;
-  FR_GLOBAL(const scalar_t) phi = a.phi + b * a.dim * n;
-  const int64_t c_first = int64_t(blockIdx.y) * kWidth;
-  const int64_t channels = std::min<int64_t>(kWidth, a.channels - c_first);  // this block's
-  FR_GLOBAL(const scalar_t) values = a.g + (b * a.channels + c_first) * n;
-  // the 8-column tiles of O that hold channels (the same for every thread)
-  const int out_tiles = static_cast<int>(ceil_div<int64_t>(channels, kColTile));
-  const int64_t chunks = ceil_div<int64_t>(a.dim, kChunk);
+  const ForwardSlice<scalar_t> in = forward_slice<kWidth>(a, b);
+  const auto theta = in.theta, phi = in.phi, values = in.values;
+  const int64_t c_first = in.c_first, channels = in.channels, chunks = in.chunks;
+  const int out_tiles = in.out_tiles;
   // The theta and phi chunk c of key tile k0 into buffer buf, as one group of copies.
   const auto copy_chunk = [&](int64_t k0, int64_t c, int buf) {
     stage_tile<kQueries>(async, Ths + buf * kThetaTile, kLdTheta, theta, a.dim, n, c * kChunk, kChunk, q0);

@@ -82,13 +82,10 @@ __global__ void __launch_bounds__(tc::Wide<kWidth>::kThreads) forward_wide_kerne
   const int g = lane / 4, t = lane % 4;
   const int s_row0 = (warp % W::kRowTiles) * kWmmaDim, group = warp / W::kRowTiles;  // the warp's logits
   const int64_t b = blockIdx.z, q0 = int64_t(blockIdx.x) * kRows, n = a.positions;
-  FR_GLOBAL(const scalar_t) theta = a.theta + b * a.dim * n;
-  FR_GLOBAL(const scalar_t) phi = a.phi + b * a.dim * n;
-  const int64_t c_first = int64_t(blockIdx.y) * kWidth;
-  const int64_t channels = std::min<int64_t>(kWidth, a.channels - c_first);  // this block's
-  FR_GLOBAL(const scalar_t) values = a.g + (b * a.channels + c_first) * n;
-  const int out_tiles = static_cast<int>(ceil_div<int64_t>(channels, kColTile));  // tiles holding channels
-  const int64_t chunks = ceil_div<int64_t>(a.dim, kChunk);
+  const ForwardSlice<scalar_t> in = forward_slice<kWidth>(a, b);
+  const auto theta = in.theta, phi = in.phi, values = in.values;
+  const int64_t c_first = in.c_first, channels = in.channels, chunks = in.chunks;
+  const int out_tiles = in.out_tiles;
   const auto copy_chunk = [&](int64_t k0, int64_t c, int buf) {
     stage_tile<kRows>(async, Ths + buf * W::kThetaTile, W::kLdRows, theta, a.dim, n, c * kChunk, kChunk, q0);
     stage_tile<W::kKeys>(async, Phs + buf * W::kPhiTile, kLdKey, phi, a.dim, n, c * kChunk, kChunk, k0);

@@ -21,7 +21,7 @@ materialising composition reached 33 % (16-bit) and 51 % (fp32) and SDPA's fused
     128-column output slice; applied here to the work of today's kernels (forward and backward
     on mma.sync with their accumulators in registers, each output slice of up to 256 columns
     (the 16-bit forward: 1024) forming the logits again, dg and dphi of 16-bit inputs in one
-    kernel where C <= 256 and d <= 128, no planes) until a GPU measures them.
+    kernel where C <= 512 and d <= 256, no planes) until a GPU measures them.
   - "sdpa": float16 and bfloat16 on compute capability 8.0 or newer, with N, B > 0 and a padded
     width of at most 512 (at 1024, SDPA measured 3-12 % of its roofline on the H200). It
     runs on (B, 1, N, D) copies whose widths are zero-padded to D = max(d, C) rounded up to 8
@@ -73,7 +73,7 @@ MEASURED_EFFICIENCY = {
 }
 
 # The tensor-core kernels' tiles (csrc/cuda/nlm_mma_forward.cuh, nlm_mma_backward.cuh): a block
-# owns 64 positions and walks the others 32 at a time (16 for fp32 on tf32, whose tiles take twice
+# owns 64 positions (but for the wide forward and the fused dg and dphi below) and walks the others 32 at a time (16 for fp32 on tf32, whose tiles take twice
 # the bytes), its reductions in chunks of 32 rows, its output in tiles of 8 columns, on blocks 64,
 # 128 or 256 columns wide (the narrowest that holds the output), or on slices of 256 (the fp32
 # backward: 128).
