@@ -31,7 +31,7 @@ def test_kernel_flops_equal_the_emulators_count_of_the_tensor_core_launches():
     """kernel_flops is the model's view of our kernel: it must be what the emulator counts over
     every tensor-core launch, every block run, of the forward and the backward in bf16 and in
     fp32 as tf32, at shapes that take one or several slices of 64, 128 and 256 (fp32's backward:
-    128) columns, the 16-bit forward's wide blocks of 512 and slices of 1024, widths that are no
+    128) columns, the 16-bit wide kernels' blocks of 512 and slices of 1024, widths that are no
     multiple of the tiles and positions that fill no tile."""
     from fastrobust import cost_model
     from fastrobust.kernel_cases import with_tf32
@@ -41,7 +41,7 @@ def test_kernel_flops_equal_the_emulators_count_of_the_tensor_core_launches():
     emu = torch.ops.fastrobust_emu
     gen = torch.Generator().manual_seed(0)
     for b, d, c, h, w in [(2, 40, 72, 5, 7), (1, 136, 300, 8, 8), (2, 8, 20, 4, 4), (1, 264, 130, 6, 6),
-                          (1, 24, 600, 5, 7), (1, 8, 1100, 2, 3)]:
+                          (1, 24, 600, 5, 7), (1, 8, 1100, 2, 3), (1, 600, 24, 3, 3)]:
         n = h * w
         for dtype, element, wrap in ((torch.bfloat16, 2, lambda f: f), (torch.float32, 4, with_tf32)):
             theta, phi = (torch.randn(b, d, h, w, generator=gen).to(dtype) for _ in range(2))
@@ -57,7 +57,7 @@ def test_kernel_flops_equal_the_emulators_count_of_the_tensor_core_launches():
 
 
 # The tensor-core kernels of nlm_gaussian (csrc/cuda/nlm_mma_forward.cuh, nlm_mma_backward.cuh).
-TENSOR_CORE_KERNELS = ("forward_mma_kernel", "forward_wide_kernel", "backward_mma_kernel",
+TENSOR_CORE_KERNELS = ("forward_mma_kernel", "forward_wide_kernel", "backward_mma_kernel", "backward_wide_kernel",
                        "fused_key_gradients_kernel")
 
 

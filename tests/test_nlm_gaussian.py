@@ -38,11 +38,12 @@ EMU_SHAPES = [
     # and dphi in one kernel of 32-key blocks; tf32's forward and dg: two channel slices (256 + 44;
     # fp32's dg: 3 of 128)
     (1, 8, 300, 9, 8),
-    # 16-bit: the wide forward's 1024-channel slice of 32-query blocks, d in 2 chunks; dg and dphi
-    # from separate kernels (C over 512)
+    # 16-bit: the wide forward's and dg's 1024-column slice of 32-position blocks, d in 2 chunks;
+    # dg and dphi from separate kernels (C over 512)
     (1, 40, 600, 5, 7),
-    (1, 8, 1100, 2, 3),  # 16-bit forward: two 1024-channel slices (1024 + 76)
-    (1, 300, 5, 4, 4),  # tensor-core dphi and dtheta: two slices of d (256 + 44; fp32: 3 of 128)
+    (1, 8, 1100, 2, 3),  # 16-bit forward and dg: two 1024-column slices (1024 + 76)
+    (1, 300, 5, 4, 4),  # tensor-core dphi and dtheta: 16-bit the wide kernel's 512 columns (fp32: 3 slices of 128)
+    (1, 600, 4, 3, 3),  # 16-bit dphi and dtheta: the wide kernel's 1024-column slice
     (1, 128, 256, 5, 7),  # 16-bit: dg and dphi in one kernel, its 64-key blocks at their widest
     (1, 256, 512, 5, 7),  # and its 32-key blocks at theirs
     (0, 8, 3, 4, 4),

@@ -176,8 +176,8 @@ def nlm_shapes(draw, emulated):
     """(B, d, C, positions): 3-D (B, c, N) or 4-D (B, c, H, W) maps; N up to 81 crosses the
     kernels' 32-key tiles and 64-query blocks, C = 70 their 64-channel slices, d = 33 the
     32-wide reduction chunk; on tensor cores 16-bit C = 300 takes the wide forward's 512-channel
-    blocks and the backward's 32-key blocks, C = 520 the wide forward's 1024-channel slices and
-    the backward's separate dg and dphi kernels."""
+    blocks and the backward's 32-key blocks, C = 520 the wide forward's and dg's 1024-column
+    slices (dg and dphi from separate kernels)."""
     b = draw(st.integers(0, 2))
     d = draw(st.sampled_from([1, 2, 3, 4, 8, 16, 24, 33]))
     c = draw(st.sampled_from([1, 2, 3, 5, 8, 13, 64, 70, 300, 520]))

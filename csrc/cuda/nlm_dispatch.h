@@ -12,7 +12,7 @@
 
 #include "../ops/nlm.h"
 #include "nlm_kernels.cuh"
-#include "nlm_mma_backward.cuh"
+#include "nlm_mma_backward_wide.cuh"
 #include "nlm_mma_forward_wide.cuh"
 
 namespace fastrobust {

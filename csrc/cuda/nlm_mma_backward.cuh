@@ -52,6 +52,46 @@ __device__ __forceinline__ void stage_query_stats(smem_ptr<float> col_lse, smem_
   }
 }
 
+// What a block of gradient kWhich for sample b reads and writes: the logits' factors on its own
+// axis and on the other (theta and phi, one way round), dp's (dy and g), the output's factor Z
+// ([column][other]) and the output, from column blockIdx.y * kWidth (at most kWidth of them,
+// in out_tiles 8-column tiles); the logits' reduction in logit_chunks chunks.
+template <typename scalar_t>
+struct GradientSlice {
+  FR_GLOBAL(const scalar_t) own_logit;
+  FR_GLOBAL(const scalar_t) other_logit;
+  FR_GLOBAL(const scalar_t) own_dp;
+  FR_GLOBAL(const scalar_t) other_dp;
+  FR_GLOBAL(const scalar_t) z;
+  FR_GLOBAL(scalar_t) out;
+  FR_GLOBAL(const float) lse;
+  int64_t columns, logit_chunks;
+  int out_tiles;  // the same for every thread
+};
+
+template <Grad kWhich, int kWidth, typename scalar_t>
+__device__ __forceinline__ GradientSlice<scalar_t> gradient_slice(const Ptrs<scalar_t, float>& a, int64_t b) {
+  constexpr bool kByQuery = kWhich == Grad::kTheta;
+  const int64_t n = a.positions, d = a.dim, c = a.channels;
+  FR_GLOBAL(const scalar_t) theta = a.theta + b * d * n;
+  FR_GLOBAL(const scalar_t) phi = a.phi + b * d * n;
+  FR_GLOBAL(const scalar_t) values = a.g + b * c * n;
+  FR_GLOBAL(const scalar_t) grad_y = a.grad_y + b * c * n;
+  const int64_t width = kWhich == Grad::kG ? c : d;
+  const int64_t c_first = int64_t(blockIdx.y) * kWidth;
+  const int64_t columns = std::min<int64_t>(kWidth, width - c_first);
+  return {kByQuery ? theta : phi,
+          kByQuery ? phi : theta,
+          kByQuery ? grad_y : values,
+          kByQuery ? values : grad_y,
+          (kWhich == Grad::kG ? grad_y : (kWhich == Grad::kPhi ? theta : phi)) + c_first * n,
+          (kWhich == Grad::kG ? a.grad_g : (kWhich == Grad::kPhi ? a.grad_phi : a.grad_theta)) + (b * width + c_first) * n,
+          a.lse + b * n,
+          columns,
+          ceil_div<int64_t>(d, tc::kChunk),
+          static_cast<int>(ceil_div<int64_t>(columns, tc::kColTile))};
+}
+
 // One block: the kQueries positions blockIdx.x * kQueries.. of the own axis, kWidth columns
 // (blockIdx.y's slice) of the gradient kWhich, sample blockIdx.z.
 template <typename scalar_t, Grad kWhich, int kWidth>
@@ -76,27 +116,16 @@ __global__ void __launch_bounds__(kThreads) backward_mma_kernel(Ptrs<scalar_t, f
   const int g = lane / 4, t = lane % 4, row0 = warp * kWmmaDim;
   const int64_t b = blockIdx.z, own0 = int64_t(blockIdx.x) * kQueries, n = a.positions;
   const int64_t d = a.dim, c = a.channels;
-  FR_GLOBAL(const scalar_t) theta = a.theta + b * d * n;
-  FR_GLOBAL(const scalar_t) phi = a.phi + b * d * n;
-  FR_GLOBAL(const scalar_t) values = a.g + b * c * n;
-  FR_GLOBAL(const scalar_t) grad_y = a.grad_y + b * c * n;
-  FR_GLOBAL(const float) lse = a.lse + b * n;
-  // the logits' and dp's factors on the own axis and on the other
-  FR_GLOBAL(const scalar_t) own_logit = kByQuery ? theta : phi;
-  FR_GLOBAL(const scalar_t) other_logit = kByQuery ? phi : theta;
-  FR_GLOBAL(const scalar_t) own_dp = kByQuery ? grad_y : values;
-  FR_GLOBAL(const scalar_t) other_dp = kByQuery ? values : grad_y;
-  // the output's factor Z ([column][other]) and the output
-  const int64_t width = kWhich == Grad::kG ? c : d;
-  const int64_t c_first = int64_t(blockIdx.y) * kWidth;
-  const int64_t columns = std::min<int64_t>(kWidth, width - c_first);  // this block's
-  FR_GLOBAL(const scalar_t) z = (kWhich == Grad::kG ? grad_y : (kWhich == Grad::kPhi ? theta : phi)) + c_first * n;
-  FR_GLOBAL(scalar_t) out =
-      (kWhich == Grad::kG ? a.grad_g : (kWhich == Grad::kPhi ? a.grad_phi : a.grad_theta)) + (b * width + c_first) * n;
-  const int out_tiles = static_cast<int>(ceil_div<int64_t>(columns, kColTile));  // the same for every thread
+  const GradientSlice<scalar_t> in = gradient_slice<kWhich, kWidth>(a, b);
+  const auto own_logit = in.own_logit, other_logit = in.other_logit, own_dp = in.own_dp, other_dp = in.other_dp;
+  const auto z = in.z;
+  const auto out = in.out;
+  const auto lse = in.lse;
+  const int64_t columns = in.columns;
+  const int out_tiles = in.out_tiles;
 
   // Chunks of the reduction: the logits' d rows, then (kWithDp) dp's C rows.
-  const int64_t logit_chunks = ceil_div<int64_t>(d, kChunk);
+  const int64_t logit_chunks = in.logit_chunks;
   const int64_t chunks = logit_chunks + (kWithDp ? ceil_div<int64_t>(c, kChunk) : 0);
   const auto copy_chunk = [&](int64_t o0, int64_t k, int buf) {
     const bool logit = k < logit_chunks;
@@ -348,73 +377,6 @@ __global__ void __launch_bounds__(tc::kFusedThreads)
 #else
   __trap();  // compiled for a GPU without bf16 tensor cores: the host never launches it there
 #endif
-}
-
-// One gradient's launch: blocks of the narrowest of 64, 128 and kBackwardSlice columns that holds
-// its width, or slices of kBackwardSlice.
-template <typename scalar_t, Grad kWhich>
-void launch_backward_gradient(const Ptrs<scalar_t, float>& a, int64_t width, bool async, cudaStream_t stream) {
-  constexpr int kSlice = tc::kBackwardSlice<scalar_t>;
-  const dim3 block(kThreads);
-  // (FR_LAUNCH names the kernel as written, for the emulator's launch log: one call each)
-  if (width <= 64) {
-    FR_LAUNCH((backward_mma_kernel<scalar_t, kWhich, 64>), tile_grid(a.batch, a.positions, width, tc::kQueries, 64),
-              block, 0, stream, a, async);
-  } else if (width <= 128 || kSlice == 128) {
-    FR_LAUNCH((backward_mma_kernel<scalar_t, kWhich, 128>), tile_grid(a.batch, a.positions, width, tc::kQueries, 128),
-              block, 0, stream, a, async);
-  } else if constexpr (kSlice > 128) {
-    FR_LAUNCH((backward_mma_kernel<scalar_t, kWhich, kSlice>),
-              tile_grid(a.batch, a.positions, width, tc::kQueries, kSlice), block, 0, stream, a, async);
-  }
-}
-
-// fused_key_gradients_kernel's launch on blocks of `keys` keys, its tiles' dynamic shared memory
-// opted into first (one call each: FR_LAUNCH names the kernel as written).
-template <typename scalar_t>
-void launch_fused_key_gradients(const Ptrs<scalar_t, float>& a, int keys, bool async, cudaStream_t stream) {
-  const dim3 block(tc::kFusedThreads);
-  if (keys == 64) {
-    constexpr size_t kBytes = tc::Fused<64>::kElements * sizeof(scalar_t);
-    FR_OPT_IN_DYNAMIC_SMEM((fused_key_gradients_kernel<scalar_t, 64>), kBytes);
-    FR_LAUNCH((fused_key_gradients_kernel<scalar_t, 64>), tile_grid(a.batch, a.positions, 1, 64, 1), block, kBytes,
-              stream, a, async);
-  } else {
-    constexpr size_t kBytes = tc::Fused<32>::kElements * sizeof(scalar_t);
-    FR_OPT_IN_DYNAMIC_SMEM((fused_key_gradients_kernel<scalar_t, 32>), kBytes);
-    FR_LAUNCH((fused_key_gradients_kernel<scalar_t, 32>), tile_grid(a.batch, a.positions, 1, 32, 1), block, kBytes,
-              stream, a, async);
-  }
-}
-
-// D first, then dg and dphi (in one kernel where fused_key_tile), and dtheta.
-template <typename scalar_t>
-void launch_backward_mma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
-  launch_row_dot(a, stream);
-  const bool async = async_staging<scalar_t>(a.positions, a.theta, a.phi, a.g, a.grad_y);
-  if constexpr (kMmaInput<scalar_t>) {
-    const int keys = fused_key_tile<scalar_t>(a.dim, a.channels);
-    if (keys != 0) {
-      launch_fused_key_gradients<scalar_t>(a, keys, async, stream);
-      return launch_backward_gradient<scalar_t, Grad::kTheta>(a, a.dim, async, stream);
-    }
-  }
-  if (a.channels > 0) launch_backward_gradient<scalar_t, Grad::kG>(a, a.channels, async, stream);
-  if (a.dim > 0) {
-    launch_backward_gradient<scalar_t, Grad::kPhi>(a, a.dim, async, stream);
-    launch_backward_gradient<scalar_t, Grad::kTheta>(a, a.dim, async, stream);
-  }
-}
-
-// The backward for any input type: tensor cores where use_tensor_cores (no planes), SIMT over
-// the planes otherwise.
-template <typename scalar_t>
-void launch_backward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, const TensorCores& tensor_cores,
-                     const PlaneBuffers& buffers, cudaStream_t stream) {
-  if constexpr (kHasTensorCorePath<scalar_t>) {
-    if (use_tensor_cores<scalar_t>(tensor_cores)) return launch_backward_mma<scalar_t>(a, stream);
-  }
-  launch_backward<scalar_t>(a, buffers, stream);
 }
 
 }  // namespace nlm

@@ -163,3 +163,55 @@ void launch_backward_gradient(const Ptrs<scalar_t, float>& a, int64_t width, boo
     launch_backward_wide<scalar_t, kWhich>(a, width, async, stream);
   }
 }
+
+// fused_key_gradients_kernel's launch on blocks of `keys` keys, its tiles' dynamic shared memory
+// opted into first (one call each: FR_LAUNCH names the kernel as written).
+template <typename scalar_t>
+void launch_fused_key_gradients(const Ptrs<scalar_t, float>& a, int keys, bool async, cudaStream_t stream) {
+  const dim3 block(tc::kFusedThreads);
+  if (keys == 64) {
+    constexpr size_t kBytes = tc::Fused<64>::kElements * sizeof(scalar_t);
+    FR_OPT_IN_DYNAMIC_SMEM((fused_key_gradients_kernel<scalar_t, 64>), kBytes);
+    FR_LAUNCH((fused_key_gradients_kernel<scalar_t, 64>), tile_grid(a.batch, a.positions, 1, 64, 1), block, kBytes,
+              stream, a, async);
+  } else {
+    constexpr size_t kBytes = tc::Fused<32>::kElements * sizeof(scalar_t);
+    FR_OPT_IN_DYNAMIC_SMEM((fused_key_gradients_kernel<scalar_t, 32>), kBytes);
+    FR_LAUNCH((fused_key_gradients_kernel<scalar_t, 32>), tile_grid(a.batch, a.positions, 1, 32, 1), block, kBytes,
+              stream, a, async);
+  }
+}
+
+// D first, then dg and dphi (in one kernel where fused_key_tile), and dtheta.
+template <typename scalar_t>
+void launch_backward_mma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
+  launch_row_dot(a, stream);
+  const bool async = async_staging<scalar_t>(a.positions, a.theta, a.phi, a.g, a.grad_y);
+  if constexpr (kMmaInput<scalar_t>) {
+    const int keys = fused_key_tile<scalar_t>(a.dim, a.channels);
+    if (keys != 0) {
+      launch_fused_key_gradients<scalar_t>(a, keys, async, stream);
+      return launch_backward_gradient<scalar_t, Grad::kTheta>(a, a.dim, async, stream);
+    }
+  }
+  if (a.channels > 0) launch_backward_gradient<scalar_t, Grad::kG>(a, a.channels, async, stream);
+  if (a.dim > 0) {
+    launch_backward_gradient<scalar_t, Grad::kPhi>(a, a.dim, async, stream);
+    launch_backward_gradient<scalar_t, Grad::kTheta>(a, a.dim, async, stream);
+  }
+}
+
+// The backward for any input type: tensor cores where use_tensor_cores (no planes), SIMT over
+// the planes otherwise.
+template <typename scalar_t>
+void launch_backward(const Ptrs<scalar_t, acc_t<scalar_t>>& a, const TensorCores& tensor_cores,
+                     const PlaneBuffers& buffers, cudaStream_t stream) {
+  if constexpr (kHasTensorCorePath<scalar_t>) {
+    if (use_tensor_cores<scalar_t>(tensor_cores)) return launch_backward_mma<scalar_t>(a, stream);
+  }
+  launch_backward<scalar_t>(a, buffers, stream);
+}
+
+}  // namespace nlm
+}  // namespace FR_KERNEL_NS
+}  // namespace fastrobust

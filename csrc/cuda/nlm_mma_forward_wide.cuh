@@ -58,6 +58,39 @@ struct Wide {
 };
 }  // namespace tc
 
+#if FR_HAS_WMMA
+// o (all kRows rows of the block, this warp's eighth of the columns) += W Z^T over a tile of
+// kKeys positions of the other axis, 16 a step: W from shared memory ([row][other], pitch kLdKey),
+// its A operand read once per row tile and step; Z ([column][other], pitch kLdKey) as the B
+// operand, read once for all row tiles; only the out_tiles column tiles that hold columns run.
+template <int kWidth, typename scalar_t>
+__device__ __forceinline__ void accumulate_wide(float (&o)[tc::Wide<kWidth>::kRowTiles][tc::Wide<kWidth>::kWarpTiles][4],
+                                                smem_ptr<scalar_t> Ws, smem_ptr<scalar_t> Zs, int out_tiles) {
+  using W = tc::Wide<kWidth>;
+  constexpr int kDepth = tc::OnePass<scalar_t>::kDepth, kLd = W::kLdKey;
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int g = lane / 4, t = lane % 4;
+  const smem_ptr<scalar_t> warp_z = Zs + warp * W::kWarpCols * kLd;
+#pragma unroll
+  for (int u = 0; u < W::kKeys / kDepth; ++u) {
+    uint32_t wa[W::kRowTiles][4];
+#pragma unroll
+    for (int i = 0; i < W::kRowTiles; ++i)
+#pragma unroll
+      for (int r = 0; r < 4; ++r)  // rows g (r even) and g + 8, positions 16u + 2t (r < 2) and + 8
+        wa[i][r] = shared_pair(Ws, (i * kWmmaDim + g + 8 * (r % 2)) * kLd + u * kDepth + 2 * t + 8 * (r / 2));
+#pragma unroll
+    for (int f = 0; f < W::kWarpTiles; ++f) {
+      if (warp * W::kWarpTiles + f >= out_tiles) break;  // the same for the whole warp
+      uint32_t bv[2];
+      g_operand<scalar_t>(bv, warp_z, kLd, f, u);
+#pragma unroll
+      for (int i = 0; i < W::kRowTiles; ++i) mma<scalar_t>(o[i][f], wa[i], bv);
+    }
+  }
+}
+#endif
+
 // y and lse of Wide<kWidth>::kRows queries of sample blockIdx.z, for channels blockIdx.y * kWidth
 // and on (at most kWidth of them); the blocks of slice 0 write lse.
 template <typename scalar_t, int kWidth>
@@ -178,24 +211,7 @@ __global__ void __launch_bounds__(tc::Wide<kWidth>::kThreads) forward_wide_kerne
           o[i][f][2 * h + 1] *= scale;
         }
       }
-    const smem_ptr<scalar_t> warp_g = Gs + warp * W::kWarpCols * kLdKey;
-#pragma unroll
-    for (int u = 0; u < W::kKeys / kDepth; ++u) {
-      uint32_t pa[W::kRowTiles][4];
-#pragma unroll
-      for (int i = 0; i < W::kRowTiles; ++i)
-#pragma unroll
-        for (int r = 0; r < 4; ++r)  // rows g (r even) and g + 8, keys 16u + 2t (r < 2) and + 8
-          pa[i][r] = shared_pair(Ps, (i * kWmmaDim + g + 8 * (r % 2)) * kLdKey + u * kDepth + 2 * t + 8 * (r / 2));
-#pragma unroll
-      for (int f = 0; f < W::kWarpTiles; ++f) {
-        if (warp * W::kWarpTiles + f >= out_tiles) break;  // the same for the whole warp
-        uint32_t bv[2];
-        g_operand<scalar_t>(bv, warp_g, kLdKey, f, u);
-#pragma unroll
-        for (int i = 0; i < W::kRowTiles; ++i) mma<scalar_t>(o[i][f], pa[i], bv);
-      }
-    }
+    accumulate_wide<kWidth, scalar_t>(o, Ps, Gs, out_tiles);
     __syncthreads();  // before the next tile restages g, theta and phi and rewrites P
   }
 

@@ -79,9 +79,9 @@ MEASURED_EFFICIENCY = {
 # backward: 128).
 OWN_TILE, CHUNK, ONE_PASS_WIDTH, ONE_PASS_TILE = 64, 32, 256, 8
 ONE_PASS_KEYS = {2: 32, 4: 16}  # by element size
-# Above ONE_PASS_WIDTH the 16-bit forward takes its wide kernel (forward_wide_kernel,
-# nlm_mma_forward_wide.cuh): blocks of 512 channels and 64 queries, or slices of 1024 channels
-# and 32 queries, each logit formed once per slice.
+# Above ONE_PASS_WIDTH columns the 16-bit kernels take their wide forms (forward_wide_kernel,
+# backward_wide_kernel): blocks of 512 columns and 64 own positions, or slices of 1024 columns
+# and 32 positions, each logit (and dp) formed once per slice.
 WIDE_ROWS = {512: 64, 1024: 32}
 BACKWARD_SLICE = {2: 256, 4: 128}
 # The 16-bit backward forms dg and dphi in one kernel (fused_key_gradients_kernel) where d and C
@@ -126,12 +126,14 @@ def slice_widths(width: int, widest: int = ONE_PASS_WIDTH) -> List[int]:
     return [min(block, width - s * block) for s in range(max(1, math.ceil(width / block)))]
 
 
-def forward_slices(c: int, element: int) -> List[Tuple[int, int]]:
-    """(columns, own positions per block) of each channel slice of the tensor-core forward."""
-    if element == 2 and c > ONE_PASS_WIDTH:
-        block = 512 if c <= 512 else 1024
-        return [(min(block, c - s * block), WIDE_ROWS[block]) for s in range(math.ceil(c / block))]
-    return [(w, OWN_TILE) for w in slice_widths(c)]
+def output_slices(width: int, element: int, widest: int = ONE_PASS_WIDTH) -> List[Tuple[int, int]]:
+    """(columns, own positions per block) of each slice of a tensor-core kernel's output `width`
+    wide: slice_widths of its narrow kernels (up to `widest` columns), or for fp16 / bf16 above
+    256 columns the wide kernels' one block of 512 (64 positions) or slices of 1024 (32)."""
+    if element == 2 and width > ONE_PASS_WIDTH:
+        block = 512 if width <= 512 else 1024
+        return [(min(block, width - s * block), WIDE_ROWS[block]) for s in range(math.ceil(width / block))]
+    return [(w, OWN_TILE) for w in slice_widths(width, widest)]
 
 
 def kernel_flops(b: int, d: int, c: int, n: int, backward: bool, element: int = 2) -> int:
@@ -139,27 +141,26 @@ def kernel_flops(b: int, d: int, c: int, n: int, backward: bool, element: int = 
     backward, of inputs of `element` bytes (2: fp16 / bf16, 4: fp32 on tf32): every tile product
     counted whole (padded to the tiles above). Each block of a slice forms the logits of its tile
     pairs (d deep) and, for dphi and dtheta, dp = dy . g (C deep), then its output's 8-column
-    tiles; where fuses_key_gradients, dg and dphi's one kernel forms the logits and dp once for
+    tiles (output_slices); where fuses_key_gradients, dg and dphi's one kernel forms the logits and dp once for
     both."""
     keys = _round_up(n, ONE_PASS_KEYS[element])
-    plane = 2 * b * _round_up(n, OWN_TILE) * keys
     dp, cp = _round_up(d, CHUNK), _round_up(c, CHUNK)
 
-    def per_slice(width: int, depth: int, widest: int) -> int:
-        widths = slice_widths(width, widest)
-        return len(widths) * depth + sum(_round_up(w, ONE_PASS_TILE) for w in widths)
+    def work(width: int, depth: int, widest: int) -> int:  # each slice: depth, then its columns
+        if width <= 0:
+            return 0
+        return sum(2 * b * _round_up(n, rows) * keys * (depth + _round_up(w, ONE_PASS_TILE))
+                   for w, rows in output_slices(width, element, widest))
 
     if not backward:  # y: S, then P g^T
-        return sum(2 * b * _round_up(n, rows) * keys * (dp + _round_up(w, ONE_PASS_TILE))
-                   for w, rows in forward_slices(c, element))
+        return work(c, dp, ONE_PASS_WIDTH)
     widest = BACKWARD_SLICE[element]
-    dg = per_slice(c, dp, widest) if c > 0 else 0  # S, then P^T dy
-    ds = per_slice(d, dp + cp, widest) if d > 0 else 0  # S and dP, then dS^T theta (dS phi)
+    ds = work(d, dp + cp, widest)  # S and dP, then dS^T theta (dS phi)
     own = fused_key_tile(d, c, element)
     if own:  # dg and dphi from one slice of blocks of `own` keys, S and dP formed once; dtheta's
         fused = dp + cp + _round_up(c, ONE_PASS_TILE) + _round_up(d, ONE_PASS_TILE)
-        return 2 * b * _round_up(n, own) * keys * fused + plane * ds
-    return plane * (dg + 2 * ds)
+        return 2 * b * _round_up(n, own) * keys * fused + ds
+    return work(c, dp, widest) + 2 * ds  # dg: S, then P^T dy
 
 
 def padded_width(d: int, c: int) -> int:
@@ -182,13 +183,13 @@ def kernel_bytes(b: int, d: int, c: int, n: int, backward: bool, element: int) -
     pointer) is not counted, as the emulator does not count it."""
     tp, values, lse = 2 * b * d * n * element, b * c * n * element, 4 * b * n
     if not backward:  # each slice: theta and phi; g read and y written once over the slices
-        return len(forward_slices(c, element)) * tp + values + values
+        return len(output_slices(c, element)) * tp + values + values
     widest, groups = BACKWARD_SLICE[element], row_dot_groups(c)
     row_dot = 2 * values + groups * lse  # dy . y per row, a partial sum per group of channels
     # dg's slices: theta, phi and the lse; dy read and dg written once over the slices
-    dg = len(slice_widths(c, widest)) * (tp + lse) + 2 * values if c > 0 else 0
+    dg = len(output_slices(c, element, widest)) * (tp + lse) + 2 * values if c > 0 else 0
     # dphi's (dtheta's) slices: theta, phi, dy, g, the lse and D's partial sums; the output once
-    ds = len(slice_widths(d, widest)) * (tp + 2 * values + (1 + groups) * lse) + tp // 2 if d > 0 else 0
+    ds = len(output_slices(d, element, widest)) * (tp + 2 * values + (1 + groups) * lse) + tp // 2 if d > 0 else 0
     if fuses_key_gradients(d, c, element):  # dphi's reads, and dg written
         return row_dot + ds + values + ds
     return row_dot + dg + 2 * ds
