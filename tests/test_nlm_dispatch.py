@@ -56,7 +56,7 @@ def test_kernel_flops_equal_the_emulators_count_of_the_tensor_core_launches():
                 assert counted == expected, (b, d, c, n, dtype, backward)
 
 
-# The tensor-core kernels of nlm_gaussian (csrc/cuda/nlm_mma_forward.cuh, nlm_mma_backward.cuh).
+# The tensor-core kernels of nlm_gaussian (csrc/cuda/nlm_mma_forward*.cuh, nlm_mma_backward*.cuh).
 TENSOR_CORE_KERNELS = ("forward_mma_kernel", "forward_wide_kernel", "backward_mma_kernel", "backward_wide_kernel",
                        "fused_key_gradients_kernel")
 

@@ -186,6 +186,19 @@ def nlm_shapes(draw, emulated):
     return b, d, c, positions
 
 
+@st.composite
+def nlm_wide_shapes(draw):
+    """(B, d, C, positions) whose outputs are over 256 columns: the 16-bit tensor-core kernels'
+    wide forms (the forward's and dg's blocks of 512 and slices of 1024 columns, dphi's and
+    dtheta's at d = 300) and the fused dg and dphi on 32-key blocks (C <= 512, d <= 256)."""
+    b = draw(st.integers(1, 2))
+    d = draw(st.sampled_from([1, 8, 33, 300]))
+    c = draw(st.sampled_from([5, 257, 300, 520]))
+    h, w = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    positions = (h, w) if draw(st.booleans()) else (h * w,)
+    return b, d, c, positions
+
+
 @pytest.mark.parametrize("backend", backends())
 @property_settings()
 @given(data=st.data())
@@ -194,7 +207,21 @@ def test_nlm_gaussian(backend, data):
     theta[b,:,i] y[b,:,i], in phi[b,:,j] all of y[b], never another sample; +-inf in theta or
     phi give +-inf / NaN logits whose rows follow torch.softmax (equal non-finite masks)."""
     dtype = data.draw(dtypes(), label="dtype")
-    b, d, c, positions = data.draw(nlm_shapes(backend.emulated), label="shape")
+    check_nlm_gaussian(backend, data, dtype, data.draw(nlm_shapes(backend.emulated), label="shape"))
+
+
+@pytest.mark.parametrize("backend", backends())
+@property_settings()
+@given(data=st.data())
+def test_nlm_gaussian_over_256_columns_in_16_bits(backend, data):
+    """test_nlm_gaussian's checks at fp16 / bf16 and widths over 256 columns (nlm_wide_shapes),
+    which its own draws reach rarely in 16 bits."""
+    dtype = data.draw(st.sampled_from(LOW_PRECISION), label="dtype")
+    check_nlm_gaussian(backend, data, dtype, data.draw(nlm_wide_shapes(), label="shape"))
+
+
+def check_nlm_gaussian(backend, data, dtype, shape):
+    b, d, c, positions = shape
     bad = draw_nonfinite(data, ["theta", "phi", "g"])
     # float16 holds values up to 65504 only, and the contract keeps float16 intermediates (the
     # CPU kernel's logits, the tensor-core path's probabilities and ds = p (dy . g - D)): values

@@ -24,7 +24,7 @@
 //                   weighted_sum<kTheta> (query tile, d slice): dtheta_i = sum_j ds_ij phi_j.
 // These are SIMT kernels (FMA in the accumulation type: float for fp16/bf16/fp32, double for
 // fp64). On GPUs with bf16 tensor cores (sm_80+) fp16/bf16 inputs (and fp32 where tf32 is
-// allowed) run nlm_mma_forward.cuh and nlm_mma_backward.cuh instead, which hold no planes.
+// allowed) run nlm_mma_forward*.cuh and nlm_mma_backward*.cuh instead, which hold no planes.
 #include <algorithm>
 #include <cstdint>
 
@@ -233,15 +233,19 @@ void for_each_chunk(int64_t batch, P planes, F launch) {
 }
 
 // lse_i of sample b (place s in the chunk) from its row's per-tile partials, combined in key
-// order as the online softmax does; written to a.lse by the blocks of the first output slice.
-// 0 for rows past N.
+// order as the online softmax does (its max and sum of shifted weights into m and l); written to
+// a.lse by the blocks of the first output slice. 0 for rows past N.
 template <typename scalar_t, typename acc>
-__device__ acc combined_lse(const Ptrs<scalar_t, acc>& a, const acc* all_partials, int64_t s, int64_t b, int64_t i) {
+__device__ acc combined_lse(const Ptrs<scalar_t, acc>& a, const acc* all_partials, int64_t s, int64_t b, int64_t i,
+                            acc& m, acc& l) {
   const int64_t n = a.positions;
+  m = 0;
+  l = 1;
   if (i >= n) return acc(0);
   const int64_t tiles = ceil_div<int64_t>(n, kTile);
   FR_GLOBAL(const acc) partials = all_partials + s * tiles * 2 * n;
-  acc m = mn::neg_inf<acc>(), l = 0;
+  m = mn::neg_inf<acc>();
+  l = 0;
   for (int64_t t = 0; t < tiles; ++t) {
     const acc tile_m = partials[t * 2 * n + i], tile_l = partials[t * 2 * n + n + i];
     const acc m_new = mn::RowMax{}(m, tile_m);
@@ -338,7 +342,8 @@ __device__ __forceinline__ scalar_t* weighted_sum_output(const Ptrs<scalar_t, ac
 //   dg_j     = sum_i p_ij dy_i          (T^T = weights^T, X = dy)
 //   dphi_j   = sum_i ds_ij theta_i      (T^T = logit_grads^T, X = theta)
 //   dtheta_i = sum_j ds_ij phi_j        (T = logit_grads, X = phi)
-// y's kernel also forms each row's lse from the plane kernel's per-tile partials.
+// y's kernel also forms each row's lse, max and sum from the plane kernel's per-tile partials
+// (p from the max and sum: normalized_weight).
 template <typename scalar_t, Grad kWhich>
 __global__ void __launch_bounds__(kThreads)
     weighted_sum_kernel(Ptrs<scalar_t, acc_t<scalar_t>> a, Planes<acc_t<scalar_t>> pl) {
@@ -346,7 +351,9 @@ __global__ void __launch_bounds__(kThreads)
   constexpr bool kByKey = kOwnKeys<kWhich>;
   FR_SHARED(acc, Ts, kTile * kPad);
   FR_SHARED(acc, Xs, kOutWidth * kPad);
-  FR_SHARED(acc, row_lse, kTile);
+  FR_SHARED(acc, row_lse, kTile);  // y's rows: lse, max and 1 / sum (normalized_weight)
+  FR_SHARED(acc, row_max, kWhich == Grad::kY ? kTile : 1);
+  FR_SHARED(acc, row_inv_sum, kWhich == Grad::kY ? kTile : 1);
   const int64_t s = blockIdx.z, b = pl.sample0 + s, n = a.positions;
   const int64_t p0 = int64_t(blockIdx.x) * kTile, w0 = int64_t(blockIdx.y) * kOutWidth;
   const int64_t width = kChannelWide<kWhich> ? a.channels : a.dim;
@@ -355,7 +362,12 @@ __global__ void __launch_bounds__(kThreads)
   FR_GLOBAL(const acc) plane = (kWhich == Grad::kY ? pl.logits : (kWhich == Grad::kG ? pl.weights : pl.logit_grads)) +
                                s * n * n;
   if constexpr (kWhich == Grad::kY) {
-    if (threadIdx.x < kTile) row_lse[threadIdx.x] = combined_lse(a, pl.partials, s, b, p0 + threadIdx.x);
+    if (threadIdx.x < kTile) {
+      acc m, l;
+      row_lse[threadIdx.x] = combined_lse(a, pl.partials, s, b, p0 + threadIdx.x, m, l);
+      row_max[threadIdx.x] = m;
+      row_inv_sum[threadIdx.x] = acc(1) / l;
+    }
     __syncthreads();
   }
   acc o[kOutCols] = {};
@@ -364,7 +376,9 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = threadIdx.x; e < kTile * kTile; e += blockDim.x) {
         const int r = e / kTile, t = e % kTile;
         const int64_t i = p0 + r, j = o0 + t;
-        Ts[r * kPad + t] = i < n && j < n ? mn::probability(acc(plane[i * n + j]), acc(row_lse[r])) : acc(0);
+        Ts[r * kPad + t] = i < n && j < n ? mn::normalized_weight(acc(plane[i * n + j]), acc(row_max[r]),
+                                                                  acc(row_inv_sum[r]), acc(row_lse[r]))
+                                          : acc(0);
       }
     } else if constexpr (kByKey) {
       stage(Ts, kPad, plane, n, n, o0, kTile, p0);  // Ts[t][own] = plane[o0 + t][p0 + own]

@@ -18,13 +18,14 @@
 //
 // Work: every block forms the logits of its tile pairs (d deep) and, for dphi and dtheta, dp (C
 // deep), once per output slice: 256 columns a slice (128 for fp32, whose 256-column tiles would
-// not fit 48 KiB of shared memory next to the staged lse and D). At the benchmark shapes (d =
-// C / 2) that is 1.57x (C = 256), 1.71x (512) and 3.09x (1024, with the padding of 784
-// positions to 832) the backward's minimal FLOPs in bf16 (fp32 as tf32: 1.71x to 5.46x), where
-// the planes (p and ds written once, read by every output slice) moved 4-39x its minimal bytes.
-// fp16 / bf16 inputs with C <= 512 and d <= 256 take dg and dphi from one kernel instead
-// (fused_key_gradients_kernel), which forms each entry's logit and dp once for both: 1.43x at
-// C = 256, d = 128 and at C = 512, d = 256.
+// not fit 48 KiB of shared memory next to the staged lse and D; fp16 / bf16 above 256 columns:
+// backward_wide_kernel's 512 or slices of 1024, nlm_mma_backward_wide.cuh). With one kernel
+// per gradient that is 1.68x the backward's minimal FLOPs in bf16 at the benchmark shape
+// C = 1024, d = 512 (with the padding of 784 positions to 800; fp32 as tf32, in slices of 128:
+// 1.71x to 5.46x at the four shapes), where the planes (p and ds written once, read by every
+// output slice) moved 4-39x its minimal bytes. fp16 / bf16 inputs with C <= 512 and d <= 256
+// take dg and dphi from one kernel instead (fused_key_gradients_kernel), which forms each
+// entry's logit and dp once for both: 1.43x at C = 256, d = 128 and at C = 512, d = 256.
 #include "nlm_mma_forward.cuh"
 
 namespace fastrobust {
@@ -49,6 +50,19 @@ __device__ __forceinline__ void stage_query_stats(smem_ptr<float> col_lse, smem_
     const bool inside = i < a.positions;
     col_lse[threadIdx.x] = inside ? float(lse[i]) : 0.f;
     col_dot[threadIdx.x] = with_dot && inside ? row_dot_of(a, b, i) : 0.f;
+  }
+}
+
+// A query-owning block's rows i0 and i0 + 8 (a lane's g and g + 8): their lse and D; 0 past the
+// n positions.
+template <typename scalar_t>
+__device__ __forceinline__ void query_row_stats(float (&row_lse)[2], float (&row_dot)[2], FR_GLOBAL(const float) lse,
+                                                const Ptrs<scalar_t, float>& a, int64_t b, int64_t i0) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t i = i0 + 8 * h;
+    row_lse[h] = i < a.positions ? float(lse[i]) : 0.f;
+    row_dot[h] = i < a.positions ? row_dot_of(a, b, i) : 0.f;
   }
 }
 
@@ -139,16 +153,7 @@ __global__ void __launch_bounds__(kThreads) backward_mma_kernel(Ptrs<scalar_t, f
 
   // a query-owning block's rows g and g + 8: their lse and D
   float row_lse[2] = {0.f, 0.f}, row_dot[2] = {0.f, 0.f};
-  if constexpr (kByQuery) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t i = own0 + row0 + g + 8 * h;
-      if (i < n) {
-        row_lse[h] = lse[i];
-        row_dot[h] = row_dot_of(a, b, i);
-      }
-    }
-  }
+  if constexpr (kByQuery) query_row_stats(row_lse, row_dot, lse, a, b, own0 + row0 + g);
 
   float o[kOutTiles][4] = {};
   int buf = 0;

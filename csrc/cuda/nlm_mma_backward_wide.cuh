@@ -60,16 +60,7 @@ __global__ void __launch_bounds__(tc::Wide<kWidth>::kThreads) backward_wide_kern
 
   // a query-owning block's rows s_row0 + g + 8h: their lse and D
   float row_lse[2] = {0.f, 0.f}, row_dot[2] = {0.f, 0.f};
-  if constexpr (kByQuery) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t i = own0 + s_row0 + g + 8 * h;
-      if (i < n) {
-        row_lse[h] = in.lse[i];
-        row_dot[h] = row_dot_of(a, b, i);
-      }
-    }
-  }
+  if constexpr (kByQuery) query_row_stats(row_lse, row_dot, in.lse, a, b, own0 + s_row0 + g);
 
   float o[W::kRowTiles][W::kWarpTiles][4] = {};
   int buf = 0;

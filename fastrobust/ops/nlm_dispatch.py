@@ -20,7 +20,7 @@ materialising composition reached 33 % (16-bit) and 51 % (fp32) and SDPA's fused
     those of the kernels the H200 ran (commit 1cb7f70), which recomputed the logits in every
     128-column output slice; applied here to the work of today's kernels (forward and backward
     on mma.sync with their accumulators in registers, each output slice of up to 256 columns
-    (the 16-bit forward: 1024) forming the logits again, dg and dphi of 16-bit inputs in one
+    (16-bit: 1024) forming the logits again, dg and dphi of 16-bit inputs in one
     kernel where C <= 512 and d <= 256, no planes) until a GPU measures them.
   - "sdpa": float16 and bfloat16 on compute capability 8.0 or newer, with N, B > 0 and a padded
     width of at most 512 (at 1024, SDPA measured 3-12 % of its roofline on the H200). It
@@ -72,11 +72,11 @@ MEASURED_EFFICIENCY = {
     ("materialize", "32", "forward"): 0.541, ("materialize", "32", "backward"): 0.466,
 }
 
-# The tensor-core kernels' tiles (csrc/cuda/nlm_mma_forward.cuh, nlm_mma_backward.cuh): a block
-# owns 64 positions (but for the wide forward and the fused dg and dphi below) and walks the others 32 at a time (16 for fp32 on tf32, whose tiles take twice
-# the bytes), its reductions in chunks of 32 rows, its output in tiles of 8 columns, on blocks 64,
-# 128 or 256 columns wide (the narrowest that holds the output), or on slices of 256 (the fp32
-# backward: 128).
+# The tensor-core kernels' tiles (csrc/cuda/nlm_mma_forward*.cuh, nlm_mma_backward*.cuh): a block
+# owns 64 positions (but for the wide kernels and the fused dg and dphi below) and walks the
+# others 32 at a time (16 for fp32 on tf32, whose tiles take twice the bytes), its reductions in
+# chunks of 32 rows, its output in tiles of 8 columns, on blocks 64, 128 or 256 columns wide (the
+# narrowest that holds the output), or on slices of 256 (the fp32 backward: 128).
 OWN_TILE, CHUNK, ONE_PASS_WIDTH, ONE_PASS_TILE = 64, 32, 256, 8
 ONE_PASS_KEYS = {2: 32, 4: 16}  # by element size
 # Above ONE_PASS_WIDTH columns the 16-bit kernels take their wide forms (forward_wide_kernel,
