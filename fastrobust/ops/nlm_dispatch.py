@@ -141,8 +141,8 @@ def kernel_flops(b: int, d: int, c: int, n: int, backward: bool, element: int = 
     backward, of inputs of `element` bytes (2: fp16 / bf16, 4: fp32 on tf32): every tile product
     counted whole (padded to the tiles above). Each block of a slice forms the logits of its tile
     pairs (d deep) and, for dphi and dtheta, dp = dy . g (C deep), then its output's 8-column
-    tiles (output_slices); where fuses_key_gradients, dg and dphi's one kernel forms the logits and dp once for
-    both."""
+    tiles (output_slices); where fuses_key_gradients, dg and dphi's one kernel forms the logits
+    and dp once for both."""
     keys = _round_up(n, ONE_PASS_KEYS[element])
     dp, cp = _round_up(d, CHUNK), _round_up(c, CHUNK)
 
