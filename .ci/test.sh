@@ -43,7 +43,7 @@ step "the FMA variant is the one imported" uses_variant fma
 step "emulated kernels, FMA-contracted build" env PYTHONPATH=build/variant-fma/pkg $py -P -m pytest -q -p no:cacheprovider \
   -k "$EMULATED" tests/test_sparta.py tests/test_nlm_gaussian.py tests/test_median3x3.py tests/test_cifs_reweight.py \
   tests/test_pgd_ops.py tests/test_margin_loss.py tests/test_emulator.py tests/test_properties_layers.py \
-  tests/test_properties_attack_ops.py
+  tests/test_properties_nlm.py tests/test_properties_attack_ops.py
 
 step "build: AddressSanitizer variant" bash .ci/variant.sh asan "-fsanitize=address -fno-omit-frame-pointer" \
   "-fsanitize=address"

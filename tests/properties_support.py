@@ -277,6 +277,14 @@ def f64(t: torch.Tensor) -> torch.Tensor:
     return t.detach().cpu().to(torch.float64)
 
 
+def grads(fn, inputs, grad_out):
+    """Autograd of a float64 oracle: d<fn(*inputs), grad_out>/d inputs."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = fn(*leaves)
+    return out, torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
+
+
+
 def finite(t: torch.Tensor) -> torch.Tensor:
     """t with every non-finite value replaced by 0 (for error magnitudes)."""
     return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)

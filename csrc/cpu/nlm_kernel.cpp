@@ -209,8 +209,13 @@ void bmm_accumulate(at::Tensor& out, bool first, const at::Tensor& a, const at::
 // The dtype of the GEMMs and tiles: bfloat16 inputs stay bfloat16 (this CPU path runs bfloat16
 // GEMMs with float32 accumulation, several times faster than float32 GEMMs where the CPU has
 // bfloat16 dot products), float16 is computed in float32, float32 and float64 as they are.
-at::ScalarType compute_dtype(const at::Tensor& t) {
-  return t.scalar_type() == at::kBFloat16 ? at::kBFloat16 : acc_dtype(t);
+// bfloat16 logits whose theta or phi holds an infinity are computed in float32 too: the bfloat16
+// GEMMs read subnormal inputs as 0 (oneDNN's kernels for larger products), which turns
+// inf * 1e-40 into NaN, a NaN logit, lse and row where the contract's logit is +-inf.
+at::ScalarType compute_dtype(const at::Tensor& theta, const at::Tensor& phi) {
+  if (theta.scalar_type() != at::kBFloat16) return acc_dtype(theta);
+  const bool infinite = theta.isinf().any().item<bool>() || phi.isinf().any().item<bool>();
+  return infinite ? at::kFloat : at::kBFloat16;
 }
 
 template <typename T> struct cpu_acc { using type = float; };
@@ -224,7 +229,7 @@ acc* row_ptr(const at::Tensor& t, int64_t b, int64_t i) {
 std::tuple<at::Tensor, at::Tensor> nlm_gaussian_cpu(const at::Tensor& theta, const at::Tensor& phi,
                                                     const at::Tensor& g, double scale) {
   const Prepared p = prepare(theta, phi, g, scale);
-  const auto acc_type = acc_dtype(theta), st_type = compute_dtype(theta);
+  const auto acc_type = acc_dtype(theta), st_type = compute_dtype(theta, phi);
   at::Tensor lse = at::empty({p.batch, p.positions}, theta.options().dtype(acc_type));
   at::Tensor y = at::empty({p.batch, p.channels, p.positions}, g.options().dtype(st_type));
   if (p.batch > 0 && p.positions > 0) {
@@ -251,7 +256,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nlm_gaussian_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& g,
     const at::Tensor& y, const at::Tensor& lse, double scale) {
   const Prepared p = prepare_backward(grad_y, theta, phi, g, y, lse, scale);
-  const auto acc_type = acc_dtype(theta), st_type = compute_dtype(theta);
+  const auto acc_type = acc_dtype(theta), st_type = compute_dtype(theta, phi);
   const at::Tensor q = p.theta.to(st_type), k = p.phi.to(st_type), v = p.g.to(st_type);
   at::Tensor dq, dk, dv;
   if (p.batch > 0 && p.positions > 0) {
