@@ -209,6 +209,25 @@ def test_bench_model_dtypes_replaces_only_those_records(tmp_path):
         run.main(["pgd", "--model", "h100", "--quick", "--model-dtypes", "fp64", "--out", str(tmp_path)])
 
 
+def test_bench_model_dtypes_tf32_selects_the_fp32_cases_run_as_tf32():
+    """--model-dtypes tf32 replaces the records of the fp32 cases run as tf32 alone; fp32 those of
+    every fp32 case."""
+    from fastrobust.bench import run
+
+    assert run._model_dtypes("tf32, bf16") == ["tf32", "bfloat16"]
+    old = {"records": [{"op": "nlm_gaussian", "case": case, "dtype": dtype, **({"math": math} if math else {}),
+                        "bytes": 0} for case, dtype, math in (("a", "float32", None), ("b", "float32", "tf32"),
+                                                               ("c", "bfloat16", None))]}
+
+    def merged(dtypes):  # the records of a run modelling the cases of dtypes again (bytes 1)
+        fresh = [dict(r, bytes=1) for r in old["records"] if run._selected(dtypes, r["dtype"], r.get("math"))]
+        result = run._merged_model(old, {"records": fresh, "argv": [], "wall_time_s": 0.0}, ["nlm_gaussian"], dtypes)
+        return [(r["case"], r["bytes"]) for r in result["records"]]
+
+    assert merged(["tf32"]) == [("a", 0), ("b", 1), ("c", 0)]
+    assert merged(["float32"]) == [("a", 1), ("b", 1), ("c", 0)]
+
+
 def test_bench_model_rejects_bad_options(tmp_path, capsys):
     from fastrobust.bench import run
 

@@ -31,8 +31,8 @@ def test_kernel_flops_equal_the_emulators_count_of_the_tensor_core_launches():
     """kernel_flops is the model's view of our kernel: it must be what the emulator counts over
     every tensor-core launch, every block run, of the forward and the backward in bf16 and in
     fp32 as tf32, at shapes that take one or several slices of 64, 128 and 256 (fp32's backward:
-    128) columns, the 16-bit wide kernels' blocks of 512 and slices of 1024, widths that are no
-    multiple of the tiles and positions that fill no tile."""
+    128) columns, the wide kernels' blocks of 512 and slices of 1024, widths that are no multiple
+    of the tiles and positions that fill no tile."""
     from fastrobust import cost_model
     from fastrobust.kernel_cases import with_tf32
 

@@ -70,6 +70,16 @@ __device__ __forceinline__ void shared_float_pair(smem_ptr<float> p, int i, floa
 #endif
 }
 
+// p[i] = lo and p[i + 1] = hi in a float tile, i even: one 8-byte access.
+__device__ __forceinline__ void store_shared_float_pair(smem_ptr<float> p, int i, float lo, float hi) {
+#if defined(FR_CUDA_EMULATION)
+  const float pair[2] = {lo, hi};
+  (p + i).store_bytes(pair, sizeof pair);
+#else
+  *reinterpret_cast<float2*>(p + i) = make_float2(lo, hi);
+#endif
+}
+
 #if FR_HAS_WMMA
 // v rounded to tf32, as the 32-bit register an m16n8k8 tf32 operand takes.
 __device__ __forceinline__ uint32_t tf32_bits(float v) {

@@ -1,10 +1,11 @@
 #pragma once
-// The tensor-core backward's gradients wider than 256 columns, fp16 / bf16: dg where C > 256,
-// dphi and dtheta where d > 256 (and C or d is over the fused kernel's widths). backward_mma_kernel
-// (nlm_mma_backward.cuh) holds a warp's 16 rows of all its columns in registers, so above 256
-// columns it runs slices of 256, each forming the logits (and dp) of its tiles again: 2x and 4x
-// them at 512 and 1024 columns. backward_wide_kernel is forward_wide_kernel's block
-// (nlm_mma_forward_wide.cuh: 8 warps, Wide<kWidth>'s tiles) for a gradient: warp w forms the
+// The tensor-core backward's gradients wider than 256 columns (fp16 / bf16, and fp32 as tf32): dg
+// where C > 256, dphi and dtheta where d > 256 (and, 16-bit, C or d is over the fused kernel's
+// widths). backward_mma_kernel (nlm_mma_backward.cuh) holds a warp's 16 rows of all its columns
+// in registers, so above 256 columns (tf32: 128) it runs slices, each forming the logits (and dp)
+// of its tiles again: 2x and 4x them at 512 and 1024 columns (tf32: 4x and 8x).
+// backward_wide_kernel is forward_wide_kernel's block (nlm_mma_forward_wide.cuh: 8 warps,
+// Wide<kWidth>'s tiles) for a gradient: warp w forms the
 // logits (and dp) of one 16-row tile of the own positions and one share of the other axis's
 // tile, turns them into p (dg) or ds (dphi, dtheta) and writes them to shared memory (Ws); after
 // a barrier every warp multiplies all kRows rows of W into its eighth of the columns (O += W Z^T,
@@ -27,7 +28,7 @@ __global__ void __launch_bounds__(tc::Wide<kWidth>::kThreads) backward_wide_kern
 #if FR_HAS_WMMA
   using namespace tc;
   using W = Wide<kWidth>;
-  static_assert(kMmaInput<scalar_t>, "16-bit inputs: m16n8k16");
+  static_assert(kMmaInput<scalar_t> || std::is_same_v<scalar_t, float>, "m16n8k16 or tf32's m16n8k8");
   static_assert(kWhich != Grad::kY, "y comes from the forward");
   constexpr bool kByQuery = kWhich == Grad::kTheta, kWithDp = kWhich != Grad::kG;
   constexpr int kDepth = OnePass<scalar_t>::kDepth, kRows = W::kRows, kLdKey = W::kLdKey, kKeys = W::kKeys;
@@ -98,8 +99,7 @@ __global__ void __launch_bounds__(tc::Wide<kWidth>::kThreads) backward_wide_kern
             w[e] = p;
         }
         const int at = (s_row0 + g + 8 * h) * kLdKey + group * W::kGroupKeys + j * kColTile + 2 * t;
-        Ws[at] = static_cast<scalar_t>(w[0]);
-        Ws[at + 1] = static_cast<scalar_t>(w[1]);
+        store_entry_pair(Ws, at, w[0], w[1]);
       }
     __syncthreads();
     accumulate_wide<kWidth, scalar_t>(o, Ws, Zs, out_tiles);  // O += W Z^T
@@ -135,7 +135,7 @@ void launch_backward_wide(const Ptrs<scalar_t, float>& a, int64_t width, bool as
 }
 
 // One gradient's launch: blocks of the narrowest of 64, 128 and kBackwardSlice columns that holds
-// its width; wider, fp16 / bf16 take the wide kernel, tf32 slices of kBackwardSlice.
+// its width (tf32 up to 256 columns: slices of 128); wider, the wide kernel.
 template <typename scalar_t, Grad kWhich>
 void launch_backward_gradient(const Ptrs<scalar_t, float>& a, int64_t width, bool async, cudaStream_t stream) {
   constexpr int kSlice = tc::kBackwardSlice<scalar_t>;
@@ -144,14 +144,14 @@ void launch_backward_gradient(const Ptrs<scalar_t, float>& a, int64_t width, boo
   if (width <= 64) {
     FR_LAUNCH((backward_mma_kernel<scalar_t, kWhich, 64>), tile_grid(a.batch, a.positions, width, tc::kQueries, 64),
               block, 0, stream, a, async);
-  } else if (width <= 128 || kSlice == 128) {
+  } else if (width <= 128 || (kSlice == 128 && width <= tc::kSliceWidth)) {
     FR_LAUNCH((backward_mma_kernel<scalar_t, kWhich, 128>), tile_grid(a.batch, a.positions, width, tc::kQueries, 128),
               block, 0, stream, a, async);
-  } else if (width <= kSlice || !kMmaInput<scalar_t>) {
+  } else if (width > tc::kSliceWidth) {
+    launch_backward_wide<scalar_t, kWhich>(a, width, async, stream);
+  } else if constexpr (kSlice != 128) {
     FR_LAUNCH((backward_mma_kernel<scalar_t, kWhich, kSlice>),
               tile_grid(a.batch, a.positions, width, tc::kQueries, kSlice), block, 0, stream, a, async);
-  } else if constexpr (kMmaInput<scalar_t>) {
-    launch_backward_wide<scalar_t, kWhich>(a, width, async, stream);
   }
 }
 

@@ -5,10 +5,10 @@
 //
 // A block has 4 warps and owns kQueries = 64 queries (warp w: rows 16w .. 16w + 15) and a slice
 // of up to kWidth channels (64, 128 or 256: O takes kWidth / 2 floats a lane); the keys come in
-// tiles of 32 (16 for fp32: OnePass). Above kSliceWidth = 256 channels fp16 and bf16 take
-// forward_wide_kernel (nlm_mma_forward_wide.cuh), which forms each logit once; tf32's channels
-// come in slices of 256, one per blockIdx.y, each block computing the logits of its queries
-// again: at C = 512 and 1024 (d = C / 2) that is 1.33x and 2x the forward's minimal FLOPs.
+// tiles of 32 (16 for fp32: OnePass). Above kSliceWidth = 256 channels the forward is
+// forward_wide_kernel (nlm_mma_forward_wide.cuh), which forms each logit once, where slices of
+// 256, each computing the logits of its queries again, would take 1.33x and 2x the forward's
+// minimal FLOPs at C = 512 and 1024 (d = C / 2).
 //
 // Lane (g = lane / 4, t = lane % 4) of a warp holds rows g and g + 8 of the warp's 16 and, of
 // each 8-column tile, columns 2t and 2t + 1. Per key tile:

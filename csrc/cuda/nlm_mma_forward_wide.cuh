@@ -1,8 +1,9 @@
 #pragma once
-// The softmax non-local-means forward on tensor cores for fp16 / bf16 outputs wider than 256
-// channels: one walk over the keys that forms each logit once, where forward_mma_kernel
-// (nlm_mma_forward.cuh), whose O stays in one warp's registers, forms them again in every
-// 256-channel slice (1.33x the forward's minimal FLOPs at C = 512, d = 256; 2x at 1024).
+// The softmax non-local-means forward on tensor cores for outputs wider than 256 channels (fp16
+// and bf16 on m16n8k16, fp32 as tf32 on m16n8k8): one walk over the keys that forms each logit
+// once, where forward_mma_kernel (nlm_mma_forward.cuh), whose O stays in one warp's registers,
+// forms them again in every 256-channel slice (1.33x the forward's minimal FLOPs at C = 512,
+// d = 256; 2x at 1024).
 //
 // A block has 8 warps and owns kRows queries of one sample and up to kWidth channels (Wide:
 // 64 queries at 512 channels, 32 at 1024, so that O takes 128 floats a lane either way); wider
@@ -12,7 +13,8 @@
 //      chunks of 32 rows of d, double-buffered (reduce_chunks, as forward_mma_kernel);
 //   2. each warp's maxima of its rows over its keys go through shared memory (part_max); a
 //      row's new max is its old one's and those; P = exp(scale S - m_new), rounded to the input
-//      type, goes to shared memory [query][key] (Ps) and its row sums (of the float values) to
+//      type (tf32: a float, rounded when read), goes to shared memory [query][key] (Ps) and its
+//      row sums (of the float values) to
 //      part_sum. Thread r (r < kRows) keeps row r's statistics: it writes the new max and the
 //      rescaling factor exp(m_old - m_new) of its row (row_alpha) and updates its sum l;
 //   3. every warp holds all kRows rows of O for its eighth of the channels (kWidth / 8): it
@@ -24,12 +26,14 @@
 // tile's storage (store_block).
 //
 // Shared memory: the tiles are dynamic, over the 48 KiB a block gets without opting in
-// (FR_OPT_IN_DYNAMIC_SMEM): 60,416 bytes at 512 channels, 94,720 at 1024; the row statistics
-// are static (1,792 and 1,408 bytes).
-// Bank conflicts: Ps has pitch 40 (20 words a row): P's A-operand reads (rows g, words t) and
-// its writes (a row per g, a pair of keys per t) fall on 8 x 4 distinct banks; theta, phi and g
-// are read as in forward_mma_kernel (theta's pitch at 32 queries is 40: rows 2t start 40t words
-// apart, 8 banks).
+// (FR_OPT_IN_DYNAMIC_SMEM): 60,416 bytes at 512 channels, 94,720 at 1024 (twice that for tf32's
+// floats: 120,832 and 189,440); the row statistics are static (1,792 and 1,408 bytes).
+// Bank conflicts: Ps has pitch 40 (20 words a row): P's 16-bit A-operand reads (rows g, words t)
+// and its writes (a row per g, a pair of keys per t) fall on 8 x 4 distinct banks; theta, phi
+// and g are read as in forward_mma_kernel (theta's pitch at 32 queries is 40: rows 2t start 40t
+// words apart, 8 banks). tf32's tiles have the same pitches in floats: 40 and 72 are 8 banks
+// apart a row, so the logits' scalar reads (row t, column g: bank 8t + g) are conflict-free and
+// the 8-byte pairs of P and g (rows g, words 2t, 2t + 1) take one wavefront per half-warp.
 #include "nlm_mma_forward.cuh"
 
 namespace fastrobust {
@@ -53,19 +57,58 @@ struct Wide {
   static constexpr int kElements = 2 * kThetaTile + 2 * kPhiTile + kGTile + kPTile;  // the dynamic tiles
   static constexpr int kYPart = y_part(kWidth, kGTile, kLdRows);  // channels of y written per round
   static_assert(kRowTiles * kKeyGroups == kWarps && kGroupTiles >= 1, "the warps cover the logits' tile once");
-  static_assert(kYPart % kColTile == 0 && kLdRows * 2 % 16 == 0, "whole column tiles, 16-byte rows");
+  static_assert(kYPart % kColTile == 0 && kLdRows % 8 == 0, "whole column tiles, 16-byte rows");
   static_assert(kThetaTile % 8 == 0 && kPhiTile % 8 == 0 && kGTile % 8 == 0, "16-byte aligned tiles");
+  static_assert(kLdRows % 32 == 8 && kLdKey % 32 == 8, "the pitches the bank analysis above assumes");
 };
 }  // namespace tc
 
+// W's entries at and at + 1 (at even, one row): rounded to the 16-bit input type, or tf32's
+// floats as one 8-byte store (rounded to tf32 where they are read as an operand).
+template <typename scalar_t>
+__device__ __forceinline__ void store_entry_pair(smem_ptr<scalar_t> Ws, int at, float lo, float hi) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    store_shared_float_pair(Ws, at, lo, hi);
+  } else {
+    Ws[at] = static_cast<scalar_t>(lo);
+    Ws[at + 1] = static_cast<scalar_t>(hi);
+  }
+}
+
 #if FR_HAS_WMMA
+// The A operand of step u of W Z^T for W's 16 rows from row0 ([row][other], pitch ld): 16-bit
+// pairs of adjacent positions; tf32 reads positions 2t and 2t + 1 as columns t and t + 4, the
+// order in which g_operand reads Z's.
+template <typename scalar_t>
+__device__ __forceinline__ void w_operand(uint32_t (&a)[4], smem_ptr<scalar_t> Ws, int ld, int row0, int u) {
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize, g = lane / 4, t = lane % 4;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // rows g and g + 8: a[h] (column t) and a[h + 2] (t + 4)
+      float lo, hi;
+      shared_float_pair(Ws, (row0 + g + 8 * h) * ld + u * 8 + 2 * t, lo, hi);
+      a[h] = tf32_bits(lo);
+      a[h + 2] = tf32_bits(hi);
+    }
+  } else {
+#pragma unroll
+    for (int r = 0; r < 4; ++r)  // rows g (r even) and g + 8, positions 16u + 2t (r < 2) and + 8
+      a[r] = shared_pair(Ws, (row0 + g + 8 * (r % 2)) * ld + u * 16 + 2 * t + 8 * (r / 2));
+  }
+}
+
+// The accumulators of all kRows rows of a wide block, one warp's eighth of the columns.
+template <int kWidth>
+using WideAccumulators = float[tc::Wide<kWidth>::kRowTiles][tc::Wide<kWidth>::kWarpTiles][4];
+
 // o (all kRows rows of the block, this warp's eighth of the columns) += W Z^T over a tile of
-// kKeys positions of the other axis, 16 a step: W from shared memory ([row][other], pitch kLdKey),
-// its A operand read once per row tile and step; Z ([column][other], pitch kLdKey) as the B
-// operand, read once for all row tiles; only the out_tiles column tiles that hold columns run.
+// kKeys positions of the other axis, kDepth a step: W from shared memory ([row][other], pitch
+// kLdKey), its A operand read once per row tile and step; Z ([column][other], pitch kLdKey) as
+// the B operand, read once for all row tiles; only the out_tiles column tiles that hold columns
+// run.
 template <int kWidth, typename scalar_t>
-__device__ __forceinline__ void accumulate_wide(float (&o)[tc::Wide<kWidth>::kRowTiles][tc::Wide<kWidth>::kWarpTiles][4],
-                                                smem_ptr<scalar_t> Ws, smem_ptr<scalar_t> Zs, int out_tiles) {
+__device__ __forceinline__ void accumulate_wide(WideAccumulators<kWidth>& o, smem_ptr<scalar_t> Ws,
+                                                smem_ptr<scalar_t> Zs, int out_tiles) {
   using W = tc::Wide<kWidth>;
   constexpr int kDepth = tc::OnePass<scalar_t>::kDepth, kLd = W::kLdKey;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
@@ -75,10 +118,7 @@ __device__ __forceinline__ void accumulate_wide(float (&o)[tc::Wide<kWidth>::kRo
   for (int u = 0; u < W::kKeys / kDepth; ++u) {
     uint32_t wa[W::kRowTiles][4];
 #pragma unroll
-    for (int i = 0; i < W::kRowTiles; ++i)
-#pragma unroll
-      for (int r = 0; r < 4; ++r)  // rows g (r even) and g + 8, positions 16u + 2t (r < 2) and + 8
-        wa[i][r] = shared_pair(Ws, (i * kWmmaDim + g + 8 * (r % 2)) * kLd + u * kDepth + 2 * t + 8 * (r / 2));
+    for (int i = 0; i < W::kRowTiles; ++i) w_operand<scalar_t>(wa[i], Ws, kLd, i * kWmmaDim, u);
 #pragma unroll
     for (int f = 0; f < W::kWarpTiles; ++f) {
       if (warp * W::kWarpTiles + f >= out_tiles) break;  // the same for the whole warp
@@ -99,7 +139,7 @@ __global__ void __launch_bounds__(tc::Wide<kWidth>::kThreads) forward_wide_kerne
 #if FR_HAS_WMMA
   using namespace tc;
   using W = Wide<kWidth>;
-  static_assert(kMmaInput<scalar_t>, "16-bit inputs: m16n8k16");
+  static_assert(kMmaInput<scalar_t> || std::is_same_v<scalar_t, float>, "m16n8k16 or tf32's m16n8k8");
   constexpr int kDepth = OnePass<scalar_t>::kDepth, kRows = W::kRows, kLdKey = W::kLdKey;
   FR_DYNAMIC_SMEM(scalar_t, tiles);
   const smem_ptr<scalar_t> Ths = tiles;                  // theta [k][query], two chunks
@@ -175,9 +215,7 @@ __global__ void __launch_bounds__(tc::Wide<kWidth>::kThreads) forward_wide_kerne
       for (int j = 0; j < W::kGroupTiles; ++j) {
         const float p0 = mn::shifted_weight(s[j][2 * h], m_new), p1 = mn::shifted_weight(s[j][2 * h + 1], m_new);
         sum += p0 + p1;
-        const int at = r * kLdKey + group * W::kGroupKeys + j * kColTile + 2 * t;
-        Ps[at] = static_cast<scalar_t>(p0);
-        Ps[at + 1] = static_cast<scalar_t>(p1);
+        store_entry_pair(Ps, r * kLdKey + group * W::kGroupKeys + j * kColTile + 2 * t, p0, p1);
       }
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
@@ -199,7 +237,7 @@ __global__ void __launch_bounds__(tc::Wide<kWidth>::kThreads) forward_wide_kerne
       l = l * alpha + sum;
     }
 
-    // 3. O (all rows, this warp's channels) rescaled, then += P g^T, 16 keys a step
+    // 3. O (all rows, this warp's channels) rescaled, then += P g^T, kDepth keys a step
 #pragma unroll
     for (int i = 0; i < W::kRowTiles; ++i)
 #pragma unroll
@@ -246,8 +284,7 @@ void launch_forward_wide(const Ptrs<scalar_t, float>& a, bool async, cudaStream_
 }
 
 // The tensor-core forward in one pass: on blocks of the narrowest of 64, 128 and 256 columns that
-// holds C; above that, for fp16 / bf16, the wide forward's blocks of 512 or slices of 1024, for
-// tf32 slices of 256.
+// holds C; above that the wide forward's blocks of 512 or slices of 1024.
 template <typename scalar_t>
 void launch_forward_mma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
   const dim3 block(kThreads);
@@ -258,10 +295,10 @@ void launch_forward_mma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
   } else if (a.channels <= 128) {
     FR_LAUNCH((forward_mma_kernel<scalar_t, 128>), tile_grid(a.batch, a.positions, a.channels, tc::kQueries, 128),
               block, 0, stream, a, async);
-  } else if (a.channels <= tc::kSliceWidth || !kMmaInput<scalar_t>) {
+  } else if (a.channels <= tc::kSliceWidth) {
     FR_LAUNCH((forward_mma_kernel<scalar_t, tc::kSliceWidth>),
               tile_grid(a.batch, a.positions, a.channels, tc::kQueries, tc::kSliceWidth), block, 0, stream, a, async);
-  } else if constexpr (kMmaInput<scalar_t>) {
+  } else {
     if (a.channels <= 512)
       launch_forward_wide<scalar_t, 512>(a, async, stream);
     else

@@ -64,18 +64,29 @@ def build_parser(default_out: Path = harness.DEFAULT_OUT_DIR) -> argparse.Argume
                                        "records in the existing model file, keeping the others' (its `updates` "
                                        "list says which ops were modelled again, when; default: every op)")
     p.add_argument("--model-dtypes", type=_model_dtypes, default=None, metavar="DTYPES",
-                   help="--model: model only the cases of these dtypes (comma-separated: fp32, bf16, ...) and "
-                        "replace their records in the existing model file, as --model-ops (with which it combines)")
+                   help="--model: model only the cases of these dtypes (comma-separated: fp32, bf16, ...; tf32: "
+                        "the fp32 cases run as tf32 alone) and replace their records in the existing model file, "
+                        "as --model-ops (with which it combines)")
     return p
 
 
+TF32 = "tf32"  # --model-dtypes: the fp32 cases whose products run as tf32 (their records' "math")
+
+
 def _model_dtypes(text: str) -> List[str]:
-    """--model-dtypes: the record names (float32, bfloat16, ...) of fp32,bf16,... (an unknown name
-    is argparse's usage error)."""
+    """--model-dtypes: the record names (float32, bfloat16, ...) of fp32,bf16,..., and tf32 as it is
+    (an unknown name is argparse's usage error)."""
     try:
-        return [torch_dtype_name(harness.parse_dtype(t.strip())) for t in text.split(",") if t.strip()]
+        return [t if t == TF32 else torch_dtype_name(harness.parse_dtype(t))
+                for t in (t.strip() for t in text.split(",")) if t]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _selected(dtypes: Optional[List[str]], dtype: str, math: Optional[str]) -> bool:
+    """Whether --model-dtypes selects a case (or record) of dtype run as math: a dtype's name
+    selects all of its cases, tf32 the fp32 cases run as tf32."""
+    return dtypes is None or dtype in dtypes or (math == TF32 and TF32 in dtypes)
 
 
 def model_one(name: str, args) -> bool:
@@ -101,7 +112,7 @@ def model_one(name: str, args) -> bool:
     dtypes = args.model_dtypes
     partial = bool(args.model_ops or dtypes)
     existing = _existing_model(path, blocks) if partial else None
-    cases = [c for c in launch_cases() if c.op in ops and (dtypes is None or c.dtype in dtypes)]
+    cases = [c for c in launch_cases() if c.op in ops and _selected(dtypes, c.dtype, c.math)]
     if not cases:
         raise SystemExit(f"--model-dtypes: no case of the {name} suite's ops {', '.join(ops)} has dtype "
                          f"{' or '.join(dtypes or [])}")
@@ -141,7 +152,7 @@ def _merged_model(old: dict, fresh: dict, ops: List[str], dtypes: Optional[List[
     records, placed = [], set()
     for record in old["records"]:  # each case's fresh records where its old ones were
         case = record["case"]
-        if record["op"] not in ops or (dtypes is not None and record["dtype"] not in dtypes):
+        if record["op"] not in ops or not _selected(dtypes, record["dtype"], record.get("math")):
             records.append(record)
         elif case not in placed:
             placed.add(case)

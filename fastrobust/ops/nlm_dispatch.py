@@ -19,9 +19,9 @@ materialising composition reached 33 % (16-bit) and 51 % (fp32) and SDPA's fused
     kernel_bytes: the emulator's counts, which a test holds them to). Its efficiencies are
     those of the kernels the H200 ran (commit 1cb7f70), which recomputed the logits in every
     128-column output slice; applied here to the work of today's kernels (forward and backward
-    on mma.sync with their accumulators in registers, each output slice of up to 256 columns
-    (16-bit: 1024) forming the logits again, dg and dphi of 16-bit inputs in one
-    kernel where C <= 512 and d <= 256, no planes) until a GPU measures them.
+    on mma.sync with their accumulators in registers, each output slice of up to 1024 columns
+    forming the logits again, dg and dphi of 16-bit inputs in one kernel where C <= 512 and
+    d <= 256, no planes) until a GPU measures them.
   - "sdpa": float16 and bfloat16 on compute capability 8.0 or newer, with N, B > 0 and a padded
     width of at most 512 (at 1024, SDPA measured 3-12 % of its roofline on the H200). It
     runs on (B, 1, N, D) copies whose widths are zero-padded to D = max(d, C) rounded up to 8
@@ -79,10 +79,10 @@ MEASURED_EFFICIENCY = {
 # narrowest that holds the output), or on slices of 256 (the fp32 backward: 128).
 OWN_TILE, CHUNK, ONE_PASS_WIDTH, ONE_PASS_TILE = 64, 32, 256, 8
 ONE_PASS_KEYS = {2: 32, 4: 16}  # by element size
-# Above ONE_PASS_WIDTH columns the 16-bit kernels take their wide forms (forward_wide_kernel,
-# backward_wide_kernel): blocks of 512 columns and 64 own positions, or slices of 1024 columns
-# and 32 positions, each logit (and dp) formed once per slice.
-WIDE_ROWS = {512: 64, 1024: 32}
+# Above ONE_PASS_WIDTH columns the kernels take their wide forms (forward_wide_kernel,
+# backward_wide_kernel; tf32 too): blocks of 512 columns and 64 own positions, or slices of 1024
+# columns and 32 positions, each logit (and dp) formed once per slice, the others 32 at a time.
+WIDE_ROWS, WIDE_KEYS = {512: 64, 1024: 32}, 32
 BACKWARD_SLICE = {2: 256, 4: 128}
 # The 16-bit backward forms dg and dphi in one kernel (fused_key_gradients_kernel) where d and C
 # are at most these: each entry's logit and dp once for both; its blocks own the keys (64 or 32)
@@ -126,14 +126,15 @@ def slice_widths(width: int, widest: int = ONE_PASS_WIDTH) -> List[int]:
     return [min(block, width - s * block) for s in range(max(1, math.ceil(width / block)))]
 
 
-def output_slices(width: int, element: int, widest: int = ONE_PASS_WIDTH) -> List[Tuple[int, int]]:
-    """(columns, own positions per block) of each slice of a tensor-core kernel's output `width`
-    wide: slice_widths of its narrow kernels (up to `widest` columns), or for fp16 / bf16 above
-    256 columns the wide kernels' one block of 512 (64 positions) or slices of 1024 (32)."""
-    if element == 2 and width > ONE_PASS_WIDTH:
+def output_slices(width: int, element: int, widest: int = ONE_PASS_WIDTH) -> List[Tuple[int, int, int]]:
+    """(columns, own positions per block, other positions per tile) of each slice of a
+    tensor-core kernel's output `width` wide, of inputs of `element` bytes: slice_widths of its
+    narrow kernels (up to `widest` columns; ONE_PASS_KEYS a tile), or above 256 columns the wide
+    kernels' one block of 512 (64 positions) or slices of 1024 (32), WIDE_KEYS a tile."""
+    if width > ONE_PASS_WIDTH:
         block = 512 if width <= 512 else 1024
-        return [(min(block, width - s * block), WIDE_ROWS[block]) for s in range(math.ceil(width / block))]
-    return [(w, OWN_TILE) for w in slice_widths(width, widest)]
+        return [(min(block, width - s * block), WIDE_ROWS[block], WIDE_KEYS) for s in range(math.ceil(width / block))]
+    return [(w, OWN_TILE, ONE_PASS_KEYS[element]) for w in slice_widths(width, widest)]
 
 
 def kernel_flops(b: int, d: int, c: int, n: int, backward: bool, element: int = 2) -> int:
@@ -143,14 +144,13 @@ def kernel_flops(b: int, d: int, c: int, n: int, backward: bool, element: int = 
     pairs (d deep) and, for dphi and dtheta, dp = dy . g (C deep), then its output's 8-column
     tiles (output_slices); where fuses_key_gradients, dg and dphi's one kernel forms the logits
     and dp once for both."""
-    keys = _round_up(n, ONE_PASS_KEYS[element])
     dp, cp = _round_up(d, CHUNK), _round_up(c, CHUNK)
 
     def work(width: int, depth: int, widest: int) -> int:  # each slice: depth, then its columns
         if width <= 0:
             return 0
-        return sum(2 * b * _round_up(n, rows) * keys * (depth + _round_up(w, ONE_PASS_TILE))
-                   for w, rows in output_slices(width, element, widest))
+        return sum(2 * b * _round_up(n, rows) * _round_up(n, keys) * (depth + _round_up(w, ONE_PASS_TILE))
+                   for w, rows, keys in output_slices(width, element, widest))
 
     if not backward:  # y: S, then P g^T
         return work(c, dp, ONE_PASS_WIDTH)
@@ -159,7 +159,7 @@ def kernel_flops(b: int, d: int, c: int, n: int, backward: bool, element: int = 
     own = fused_key_tile(d, c, element)
     if own:  # dg and dphi from one slice of blocks of `own` keys, S and dP formed once; dtheta's
         fused = dp + cp + _round_up(c, ONE_PASS_TILE) + _round_up(d, ONE_PASS_TILE)
-        return 2 * b * _round_up(n, own) * keys * fused + ds
+        return 2 * b * _round_up(n, own) * _round_up(n, ONE_PASS_KEYS[element]) * fused + ds
     return work(c, dp, widest) + 2 * ds  # dg: S, then P^T dy
 
 
