@@ -143,9 +143,9 @@ def test_emulated_tf32_path_of_fp32(cuda_matmul_precision):
 @pytest.mark.parametrize("channels", [3, 70])  # the narrowest block of the one-pass forward, and wider
 def test_tf32_runs_only_where_torch_allows_it(cuda_matmul_precision, channels):
     """fp32 takes the tensor-core kernels with fp32_precision = "tf32" only: the forward in one
-    pass and the backward's three gradients, on m16n8k8 products of tf32 values (the forward's
-    logits are tf32 products, as the backward's are, so the lse it passes on is the one the
-    backward's logits sum to one against)."""
+    pass and the backward's gradients (dg and dphi from one kernel, dtheta), on m16n8k8 products
+    of tf32 values (the forward's logits are tf32 products, as the backward's are, so the lse it
+    passes on is the one the backward's logits sum to one against)."""
     from fastrobust.kernel_resources import kernel_name, record_launches
 
     theta, phi, g, grad_y = inputs((2, 24, channels, 9, 8), torch.float32, "cpu", seed=3)
@@ -161,10 +161,10 @@ def test_tf32_runs_only_where_torch_allows_it(cuda_matmul_precision, channels):
     assert not any("mma" in name for name in kernels())
     ieee_y, ieee_grads = forward_backward()
     cuda_matmul_precision("tf32")
-    width = 64 if channels <= 64 else 128  # the blocks' columns: C's for y and dg, d's (24) for dphi and dtheta
+    width = 64 if channels <= 64 else 128  # the forward's columns (C); dtheta's: d's (24)
     assert [name for name in kernels() if name != "nlm::row_dot_kernel<float>"] == [
-        f"nlm::forward_mma_kernel<float, {width}>", f"nlm::backward_mma_kernel<float, Grad(1), {width}>",
-        "nlm::backward_mma_kernel<float, Grad(2), 64>", "nlm::backward_mma_kernel<float, Grad(3), 64>"]
+        f"nlm::forward_mma_kernel<float, {width}>", "nlm::fused_key_gradients_kernel<float, 64>",
+        "nlm::backward_mma_kernel<float, Grad(3), 64>"]
     tf32_y, tf32_grads = forward_backward()
     for tf32, ieee in zip((tf32_y, *tf32_grads), (ieee_y, *ieee_grads)):
         assert not torch.equal(tf32, ieee)  # rounded to tf32: not the fp32 kernels' bits

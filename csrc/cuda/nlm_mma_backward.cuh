@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(kThreads) backward_mma_kernel(Ptrs<scalar_t, f
 }
 
 namespace tc {
-// The key-owning gradients dg and dphi of 16-bit inputs in one kernel, where C <= kMaxG and
+// The key-owning gradients dg and dphi in one kernel (fp16 / bf16, and fp32 as tf32), where C <= kMaxG and
 // d <= kMaxPhi of one of two shapes (Fused<kKeys>): a block owns kKeys keys with 8 warps and
 // walks the queries in tiles of kFusedQueries. Per query tile:
 //   1. the tile's theta ([k][query], d rows) and dy (C rows) are staged whole (Z, pitch
@@ -216,15 +216,17 @@ namespace tc {
 //   3. after a barrier, warp w multiplies its 16 keys' rows of P^T and dS^T (all 32 queries,
 //      from X) into its share (w / kKeyTiles) of the output columns.
 // The two shapes keep 96 accumulators a lane: 64 keys with C <= 256, d <= 128 (4 key tiles,
-// column halves; 48,384 bytes of shared memory, within the 48 KiB a block gets without opting
-// in) and 32 keys with C <= 512, d <= 256 (2 key tiles, column quarters; 70,912 bytes, opted
-// into: FR_OPT_IN_DYNAMIC_SMEM).
+// column halves; 48,384 bytes of shared memory, tf32 100,352) and 32 keys with C <= 512,
+// d <= 256 (2 key tiles, column quarters; 70,912 bytes, tf32 143,360), the tiles dynamic and
+// opted into over 48 KiB (FR_OPT_IN_DYNAMIC_SMEM).
 // Each entry's logit and dp are thus formed once for both outputs where the separate kernels
 // formed them twice (S) and once more (dP): the backward's FLOPs at d = C / 2 fall from 11 to 10
 // units of 2 N^2 d (its minimum: 7; dtheta's query-owning kernel still forms S and dP again).
-// X holds 32-bit pairs of queries, 16 words a key, XOR-swizzled (word ^ 4 ((key / 2) % 4)): a
-// warp's write or A-operand read touches words t (+ a multiple of 4) of rows g, which without
+// 16-bit X holds 32-bit pairs of queries, 16 words a key, XOR-swizzled (word ^ 4 ((key / 2) % 4)):
+// a warp's write or A-operand read touches words t (+ a multiple of 4) of rows g, which without
 // the swizzle would share banks 4 ways (16 words a row); with it they fall in 32 different banks.
+// tf32's X holds floats with pitch kLdQuery (40, 8 banks apart a row): its 8-byte pairs (rows g,
+// words 2t) take one wavefront per half-warp, as the wide kernels' W.
 constexpr int kFusedWarps = 8;
 constexpr int kFusedThreads = kFusedWarps * kWarpSize;
 constexpr int kFusedQueries = 32;
@@ -239,21 +241,49 @@ struct Fused {
   static constexpr int kGTiles = kMaxG / kShares / kColTile, kPhiTiles = kMaxPhi / kShares / kColTile;
   static constexpr int kLdOwn = kKeys + 8;  // the own chunk [k][key]: theta's pitch in the forward
   static constexpr int kOwnTile = kChunk * kLdOwn, kZTile = (kMaxPhi + kMaxG) * kLdQuery;
-  static constexpr int kXTile = kKeys * kFusedQueries;
-  static constexpr int kElements = 2 * kOwnTile + kZTile + 2 * kXTile;  // the dynamic tiles
+  // X (P^T or dS^T, [key][query]) of scalar_t: 16-bit pairs swizzled, tf32's floats padded
+  template <typename scalar_t>
+  static constexpr int kXTile = kKeys * (std::is_same_v<scalar_t, float> ? kLdQuery : kFusedQueries);
+  template <typename scalar_t>  // the dynamic tiles
+  static constexpr int kElements = 2 * kOwnTile + kZTile + 2 * kXTile<scalar_t>;
   static constexpr int kPart = y_part(kMaxG, kZTile, kLdOwn);  // output columns written per round
   static_assert(kKeyTiles * kShares == kFusedWarps && kSTiles >= 1, "the warps cover the tile once");
   static_assert(kPart % kColTile == 0 && kOwnTile % 8 == 0 && kZTile % 8 == 0, "tile shape");
 };
 
 __device__ __forceinline__ int x_word(int key, int word) { return key * kXWords + (word ^ (4 * ((key >> 1) & 3))); }
+
+// The element of X holding (key, query), query even (the first of a pair).
+template <typename scalar_t>
+__device__ __forceinline__ int x_at(int key, int query) {
+  if constexpr (std::is_same_v<scalar_t, float>)
+    return key * kLdQuery + query;
+  else
+    return 2 * x_word(key, query / 2);
+}
 }  // namespace tc
+
+#if FR_HAS_WMMA
+// The A operand of step u of X's product for X's 16 keys from row0: 16-bit pairs from the
+// swizzled words; tf32 as the wide kernels' W (w_operand's order, which g_operand's matches).
+template <typename scalar_t>
+__device__ __forceinline__ void x_operand(uint32_t (&a)[4], smem_ptr<scalar_t> X, int row0, int u) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    w_operand<scalar_t>(a, X, tc::kLdQuery, row0, u);  // x_at<float>: pitch kLdQuery
+  } else {
+    const int lane = static_cast<int>(threadIdx.x) % kWarpSize, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int r = 0; r < 4; ++r)  // keys g (r even) and g + 8, queries 16u + 2t (r < 2) and + 8
+      a[r] = shared_pair(X, tc::x_at<scalar_t>(row0 + g + 8 * (r % 2), u * 16 + 2 * t + 8 * (r / 2)));
+  }
+}
+#endif
 
 // The keys per block of fused_key_gradients_kernel for (d, C), or 0 where the backward takes
 // separate kernels for dg and dphi.
 template <typename scalar_t>
 int fused_key_tile(int64_t dim, int64_t channels) {
-  if (!kMmaInput<scalar_t> || dim <= 0 || channels <= 0) return 0;
+  if (dim <= 0 || channels <= 0) return 0;
   if (dim <= tc::Fused<64>::kMaxPhi && channels <= tc::Fused<64>::kMaxG) return 64;
   return dim <= tc::Fused<32>::kMaxPhi && channels <= tc::Fused<32>::kMaxG ? 32 : 0;
 }
@@ -265,7 +295,7 @@ __global__ void __launch_bounds__(tc::kFusedThreads)
 #if FR_HAS_WMMA
   using namespace tc;
   using F = Fused<kKeys>;
-  static_assert(kMmaInput<scalar_t>, "16-bit inputs: m16n8k16");
+  static_assert(kMmaInput<scalar_t> || std::is_same_v<scalar_t, float>, "m16n8k16 or tf32's m16n8k8");
   constexpr int kDepth = OnePass<scalar_t>::kDepth, kSTiles = F::kSTiles;
   constexpr int kGTiles = F::kGTiles, kPhiTiles = F::kPhiTiles;  // a warp's
   constexpr int kOwnTile = F::kOwnTile, kLdOwn = F::kLdOwn;
@@ -274,7 +304,7 @@ __global__ void __launch_bounds__(tc::kFusedThreads)
   const smem_ptr<scalar_t> Owns = tiles;                // phi, then g: [k][key], two chunks
   const smem_ptr<scalar_t> Zs = Owns + 2 * kOwnTile;    // theta, then dy: [k][query]
   const smem_ptr<scalar_t> Xp = Zs + F::kZTile;         // P^T [key][query], swizzled
-  const smem_ptr<scalar_t> Xds = Xp + F::kXTile;        // dS^T
+  const smem_ptr<scalar_t> Xds = Xp + F::template kXTile<scalar_t>;  // dS^T
   FR_SHARED(float, col_lse, kFusedQueries);
   FR_SHARED(float, col_dot, kFusedQueries);
 
@@ -337,11 +367,9 @@ __global__ void __launch_bounds__(tc::kFusedThreads)
           p[e] = mn::probability(x, float(col_lse[col]));
           ds[e] = mn::scaled_logit_grad(p[e], dp[j][2 * h + e], float(col_dot[col]), a.scale);
         }
-        const int at = 2 * x_word(row0 + g + 8 * h, (share * F::kShareQueries + j * kColTile) / 2 + t);
-        Xp[at] = static_cast<scalar_t>(p[0]);
-        Xp[at + 1] = static_cast<scalar_t>(p[1]);
-        Xds[at] = static_cast<scalar_t>(ds[0]);
-        Xds[at + 1] = static_cast<scalar_t>(ds[1]);
+        const int at = x_at<scalar_t>(row0 + g + 8 * h, share * F::kShareQueries + j * kColTile + 2 * t);
+        store_entry_pair(Xp, at, p[0], p[1]);
+        store_entry_pair(Xds, at, ds[0], ds[1]);
       }
     __syncthreads();
 
@@ -349,12 +377,8 @@ __global__ void __launch_bounds__(tc::kFusedThreads)
 #pragma unroll
     for (int u = 0; u < kFusedQueries / kDepth; ++u) {
       uint32_t ap[4], ads[4];
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {  // rows g (r even) and g + 8, queries 16u + 2t (r < 2) and + 8
-        const int at = 2 * x_word(row0 + g + 8 * (r % 2), u * kDepth / 2 + t + 4 * (r / 2));
-        ap[r] = shared_pair(Xp, at);
-        ads[r] = shared_pair(Xds, at);
-      }
+      x_operand<scalar_t>(ap, Xp, row0, u);
+      x_operand<scalar_t>(ads, Xds, row0, u);
 #pragma unroll
       for (int f = 0; f < kGTiles; ++f) {
         if (share * kGTiles + f >= g_tiles) break;  // the same for the whole warp

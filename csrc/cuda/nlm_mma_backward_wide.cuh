@@ -113,11 +113,22 @@ __global__ void __launch_bounds__(tc::Wide<kWidth>::kThreads) backward_wide_kern
 #endif
 }
 
-// The wide gradient's launch: blocks of 512 columns where width <= 512, else slices of 1024; the
-// tiles' dynamic shared memory opted into first (one call each: FR_LAUNCH names the kernel as
-// written).
+// The wide gradient's launch: blocks of 512 columns where width <= 512 (tf32, whose narrow blocks
+// stop at 128 columns: of 256 where width <= 256), else slices of 1024; the tiles' dynamic shared
+// memory opted into first (one call each: FR_LAUNCH names the kernel as written).
 template <typename scalar_t, Grad kWhich>
 void launch_backward_wide(const Ptrs<scalar_t, float>& a, int64_t width, bool async, cudaStream_t stream) {
+  if constexpr (tc::kBackwardSlice<scalar_t> < tc::kSliceWidth) {
+    if (width <= tc::kSliceWidth) {
+      using W = tc::Wide<tc::kSliceWidth>;
+      constexpr size_t kBytes = W::kElements * sizeof(scalar_t);
+      FR_OPT_IN_DYNAMIC_SMEM((backward_wide_kernel<scalar_t, kWhich, tc::kSliceWidth>), kBytes);
+      FR_LAUNCH((backward_wide_kernel<scalar_t, kWhich, tc::kSliceWidth>),
+                tile_grid(a.batch, a.positions, width, W::kRows, tc::kSliceWidth), dim3(W::kThreads), kBytes, stream,
+                a, async);
+      return;
+    }
+  }
   if (width <= 512) {
     using W = tc::Wide<512>;
     constexpr size_t kBytes = W::kElements * sizeof(scalar_t);
@@ -135,7 +146,7 @@ void launch_backward_wide(const Ptrs<scalar_t, float>& a, int64_t width, bool as
 }
 
 // One gradient's launch: blocks of the narrowest of 64, 128 and kBackwardSlice columns that holds
-// its width (tf32 up to 256 columns: slices of 128); wider, the wide kernel.
+// its width; wider, the wide kernel.
 template <typename scalar_t, Grad kWhich>
 void launch_backward_gradient(const Ptrs<scalar_t, float>& a, int64_t width, bool async, cudaStream_t stream) {
   constexpr int kSlice = tc::kBackwardSlice<scalar_t>;
@@ -144,10 +155,10 @@ void launch_backward_gradient(const Ptrs<scalar_t, float>& a, int64_t width, boo
   if (width <= 64) {
     FR_LAUNCH((backward_mma_kernel<scalar_t, kWhich, 64>), tile_grid(a.batch, a.positions, width, tc::kQueries, 64),
               block, 0, stream, a, async);
-  } else if (width <= 128 || (kSlice == 128 && width <= tc::kSliceWidth)) {
+  } else if (width <= 128) {
     FR_LAUNCH((backward_mma_kernel<scalar_t, kWhich, 128>), tile_grid(a.batch, a.positions, width, tc::kQueries, 128),
               block, 0, stream, a, async);
-  } else if (width > tc::kSliceWidth) {
+  } else if (width > kSlice) {
     launch_backward_wide<scalar_t, kWhich>(a, width, async, stream);
   } else if constexpr (kSlice != 128) {
     FR_LAUNCH((backward_mma_kernel<scalar_t, kWhich, kSlice>),
@@ -161,12 +172,12 @@ template <typename scalar_t>
 void launch_fused_key_gradients(const Ptrs<scalar_t, float>& a, int keys, bool async, cudaStream_t stream) {
   const dim3 block(tc::kFusedThreads);
   if (keys == 64) {
-    constexpr size_t kBytes = tc::Fused<64>::kElements * sizeof(scalar_t);
+    constexpr size_t kBytes = tc::Fused<64>::kElements<scalar_t> * sizeof(scalar_t);
     FR_OPT_IN_DYNAMIC_SMEM((fused_key_gradients_kernel<scalar_t, 64>), kBytes);
     FR_LAUNCH((fused_key_gradients_kernel<scalar_t, 64>), tile_grid(a.batch, a.positions, 1, 64, 1), block, kBytes,
               stream, a, async);
   } else {
-    constexpr size_t kBytes = tc::Fused<32>::kElements * sizeof(scalar_t);
+    constexpr size_t kBytes = tc::Fused<32>::kElements<scalar_t> * sizeof(scalar_t);
     FR_OPT_IN_DYNAMIC_SMEM((fused_key_gradients_kernel<scalar_t, 32>), kBytes);
     FR_LAUNCH((fused_key_gradients_kernel<scalar_t, 32>), tile_grid(a.batch, a.positions, 1, 32, 1), block, kBytes,
               stream, a, async);
@@ -178,12 +189,10 @@ template <typename scalar_t>
 void launch_backward_mma(const Ptrs<scalar_t, float>& a, cudaStream_t stream) {
   launch_row_dot(a, stream);
   const bool async = async_staging<scalar_t>(a.positions, a.theta, a.phi, a.g, a.grad_y);
-  if constexpr (kMmaInput<scalar_t>) {
-    const int keys = fused_key_tile<scalar_t>(a.dim, a.channels);
-    if (keys != 0) {
-      launch_fused_key_gradients<scalar_t>(a, keys, async, stream);
-      return launch_backward_gradient<scalar_t, Grad::kTheta>(a, a.dim, async, stream);
-    }
+  const int keys = fused_key_tile<scalar_t>(a.dim, a.channels);
+  if (keys != 0) {
+    launch_fused_key_gradients<scalar_t>(a, keys, async, stream);
+    return launch_backward_gradient<scalar_t, Grad::kTheta>(a, a.dim, async, stream);
   }
   if (a.channels > 0) launch_backward_gradient<scalar_t, Grad::kG>(a, a.channels, async, stream);
   if (a.dim > 0) {

@@ -42,6 +42,8 @@ namespace nlm {
 
 namespace tc {
 constexpr int kWideSlice = 1024;  // channels per block of the wide forward at most
+// The wide blocks: 8 warps, kRows x kWidth outputs (128 floats a lane): 64 x 512 and 32 x 1024,
+// and 128 x 256 (the tf32 backward between its narrow blocks' 128 columns and 256).
 template <int kWidth>
 struct Wide {
   static constexpr int kWarps = 8, kThreads = kWarps * kWarpSize;
@@ -63,40 +65,7 @@ struct Wide {
 };
 }  // namespace tc
 
-// W's entries at and at + 1 (at even, one row): rounded to the 16-bit input type, or tf32's
-// floats as one 8-byte store (rounded to tf32 where they are read as an operand).
-template <typename scalar_t>
-__device__ __forceinline__ void store_entry_pair(smem_ptr<scalar_t> Ws, int at, float lo, float hi) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    store_shared_float_pair(Ws, at, lo, hi);
-  } else {
-    Ws[at] = static_cast<scalar_t>(lo);
-    Ws[at + 1] = static_cast<scalar_t>(hi);
-  }
-}
-
 #if FR_HAS_WMMA
-// The A operand of step u of W Z^T for W's 16 rows from row0 ([row][other], pitch ld): 16-bit
-// pairs of adjacent positions; tf32 reads positions 2t and 2t + 1 as columns t and t + 4, the
-// order in which g_operand reads Z's.
-template <typename scalar_t>
-__device__ __forceinline__ void w_operand(uint32_t (&a)[4], smem_ptr<scalar_t> Ws, int ld, int row0, int u) {
-  const int lane = static_cast<int>(threadIdx.x) % kWarpSize, g = lane / 4, t = lane % 4;
-  if constexpr (std::is_same_v<scalar_t, float>) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {  // rows g and g + 8: a[h] (column t) and a[h + 2] (t + 4)
-      float lo, hi;
-      shared_float_pair(Ws, (row0 + g + 8 * h) * ld + u * 8 + 2 * t, lo, hi);
-      a[h] = tf32_bits(lo);
-      a[h + 2] = tf32_bits(hi);
-    }
-  } else {
-#pragma unroll
-    for (int r = 0; r < 4; ++r)  // rows g (r even) and g + 8, positions 16u + 2t (r < 2) and + 8
-      a[r] = shared_pair(Ws, (row0 + g + 8 * (r % 2)) * ld + u * 16 + 2 * t + 8 * (r / 2));
-  }
-}
-
 // The accumulators of all kRows rows of a wide block, one warp's eighth of the columns.
 template <int kWidth>
 using WideAccumulators = float[tc::Wide<kWidth>::kRowTiles][tc::Wide<kWidth>::kWarpTiles][4];

@@ -20,8 +20,8 @@ materialising composition reached 33 % (16-bit) and 51 % (fp32) and SDPA's fused
     those of the kernels the H200 ran (commit 1cb7f70), which recomputed the logits in every
     128-column output slice; applied here to the work of today's kernels (forward and backward
     on mma.sync with their accumulators in registers, each output slice of up to 1024 columns
-    forming the logits again, dg and dphi of 16-bit inputs in one kernel where C <= 512 and
-    d <= 256, no planes) until a GPU measures them.
+    forming the logits again, dg and dphi in one kernel where C <= 512 and d <= 256, no planes)
+    until a GPU measures them.
   - "sdpa": float16 and bfloat16 on compute capability 8.0 or newer, with N, B > 0 and a padded
     width of at most 512 (at 1024, SDPA measured 3-12 % of its roofline on the H200). It
     runs on (B, 1, N, D) copies whose widths are zero-padded to D = max(d, C) rounded up to 8
@@ -79,15 +79,17 @@ MEASURED_EFFICIENCY = {
 # narrowest that holds the output), or on slices of 256 (the fp32 backward: 128).
 OWN_TILE, CHUNK, ONE_PASS_WIDTH, ONE_PASS_TILE = 64, 32, 256, 8
 ONE_PASS_KEYS = {2: 32, 4: 16}  # by element size
-# Above ONE_PASS_WIDTH columns the kernels take their wide forms (forward_wide_kernel,
-# backward_wide_kernel; tf32 too): blocks of 512 columns and 64 own positions, or slices of 1024
-# columns and 32 positions, each logit (and dp) formed once per slice, the others 32 at a time.
-WIDE_ROWS, WIDE_KEYS = {512: 64, 1024: 32}, 32
+# Above their widest narrow slice (ONE_PASS_WIDTH; the tf32 backward's 128) the kernels take
+# their wide forms (forward_wide_kernel, backward_wide_kernel): blocks of 256 columns and 128 own
+# positions (the tf32 backward up to 256 columns), of 512 and 64, or slices of 1024 columns and
+# 32 positions, each logit (and dp) formed once per slice, the others WIDE_KEYS at a time.
+WIDE_ROWS, WIDE_KEYS = {256: 128, 512: 64, 1024: 32}, 32
 BACKWARD_SLICE = {2: 256, 4: 128}
-# The 16-bit backward forms dg and dphi in one kernel (fused_key_gradients_kernel) where d and C
-# are at most these: each entry's logit and dp once for both; its blocks own the keys (64 or 32)
-# the widths map to.
+# The tensor-core backward forms dg and dphi in one kernel (fused_key_gradients_kernel) where d
+# and C are at most these: each entry's logit and dp once for both; its blocks own the keys (64
+# or 32) the widths map to and walk the queries FUSED_QUERIES at a time.
 FUSED_KEY_TILES = ((128, 256, 64), (256, 512, 32))  # (d at most, C at most, keys per block)
+FUSED_QUERIES = 32
 # The backward's D_i = dy_i . y_i comes in partial sums over groups of channels (row_dot_kernel,
 # csrc/cuda/nlm_kernels.cuh): C / 64 groups, 1 to 16.
 ROW_DOT_CHANNELS_PER_GROUP, ROW_DOT_MAX_GROUPS = 64, 16
@@ -104,7 +106,7 @@ def _round_up(x: int, m: int) -> int:
 def fused_key_tile(d: int, c: int, element: int) -> int:
     """The keys per block of the kernel that forms the backward's dg and dphi together, or 0
     where separate kernels form them (fused_key_tile, csrc/cuda/nlm_mma_backward.cuh)."""
-    if element != 2 or d <= 0 or c <= 0:
+    if d <= 0 or c <= 0:
         return 0
     return next((keys for max_d, max_c, keys in FUSED_KEY_TILES if d <= max_d and c <= max_c), 0)
 
@@ -129,10 +131,10 @@ def slice_widths(width: int, widest: int = ONE_PASS_WIDTH) -> List[int]:
 def output_slices(width: int, element: int, widest: int = ONE_PASS_WIDTH) -> List[Tuple[int, int, int]]:
     """(columns, own positions per block, other positions per tile) of each slice of a
     tensor-core kernel's output `width` wide, of inputs of `element` bytes: slice_widths of its
-    narrow kernels (up to `widest` columns; ONE_PASS_KEYS a tile), or above 256 columns the wide
-    kernels' one block of 512 (64 positions) or slices of 1024 (32), WIDE_KEYS a tile."""
-    if width > ONE_PASS_WIDTH:
-        block = 512 if width <= 512 else 1024
+    narrow kernels (up to `widest` columns; ONE_PASS_KEYS a tile), or above `widest` the wide
+    kernels' one block of 256 or 512 columns or slices of 1024 (WIDE_ROWS), WIDE_KEYS a tile."""
+    if width > widest:
+        block = next((w for w in (256, 512) if width <= w), 1024)
         return [(min(block, width - s * block), WIDE_ROWS[block], WIDE_KEYS) for s in range(math.ceil(width / block))]
     return [(w, OWN_TILE, ONE_PASS_KEYS[element]) for w in slice_widths(width, widest)]
 
@@ -159,7 +161,7 @@ def kernel_flops(b: int, d: int, c: int, n: int, backward: bool, element: int = 
     own = fused_key_tile(d, c, element)
     if own:  # dg and dphi from one slice of blocks of `own` keys, S and dP formed once; dtheta's
         fused = dp + cp + _round_up(c, ONE_PASS_TILE) + _round_up(d, ONE_PASS_TILE)
-        return 2 * b * _round_up(n, own) * _round_up(n, ONE_PASS_KEYS[element]) * fused + ds
+        return 2 * b * _round_up(n, own) * _round_up(n, FUSED_QUERIES) * fused + ds
     return work(c, dp, widest) + 2 * ds  # dg: S, then P^T dy
 
 
