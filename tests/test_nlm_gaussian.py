@@ -43,8 +43,9 @@ EMU_SHAPES = [
     (1, 8, 1100, 2, 3),  # tensor-core forward and dg: two 1024-column slices (1024 + 76)
     (1, 300, 5, 4, 4),  # tensor-core dphi and dtheta: the wide kernel's 512 columns
     (1, 600, 4, 3, 3),  # tensor-core dphi and dtheta: the wide kernel's 1024-column slice
+    (1, 264, 130, 3, 5),  # dg and dphi from separate kernels (d over 256); tf32's dg on the 256-column wide block
     (1, 128, 256, 5, 7),  # 16-bit: dg and dphi in one kernel, its 64-key blocks at their widest
-    (1, 256, 512, 5, 7),  # and its 32-key blocks at theirs
+    (1, 256, 512, 5, 7),  # and its 32-key blocks at theirs (tf32's dtheta: the 256-column wide block)
     (0, 8, 3, 4, 4),
 ]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
