@@ -35,16 +35,16 @@ EMU_SHAPES = [
     (1, 24, 70, 9, 8),  # two 64-query blocks of the tensor-core forward; 9 of its 16 column tiles
     (2, 8, 200, 3, 3),  # D_i in 3 uneven groups of channels (67, 67, 66)
     # tensor cores: the wide forward's block of 512 channels (two 64-query blocks, 3 key tiles);
-    # 16-bit dg and dphi in one kernel of 32-key blocks, tf32's dg on the wide kernel
+    # dg and dphi in one kernel of 32-key blocks
     (1, 8, 300, 9, 8),
-    # the wide forward's and dg's 1024-column slice of 32-position blocks, d in 2 chunks; 16-bit
-    # dg and dphi from separate kernels (C over 512)
+    # the wide forward's and dg's 1024-column slice of 32-position blocks, d in 2 chunks; dg and
+    # dphi from separate kernels (C over 512)
     (1, 40, 600, 5, 7),
     (1, 8, 1100, 2, 3),  # tensor-core forward and dg: two 1024-column slices (1024 + 76)
     (1, 300, 5, 4, 4),  # tensor-core dphi and dtheta: the wide kernel's 512 columns
     (1, 600, 4, 3, 3),  # tensor-core dphi and dtheta: the wide kernel's 1024-column slice
     (1, 264, 130, 3, 5),  # dg and dphi from separate kernels (d over 256); tf32's dg on the 256-column wide block
-    (1, 128, 256, 5, 7),  # 16-bit: dg and dphi in one kernel, its 64-key blocks at their widest
+    (1, 128, 256, 5, 7),  # tensor cores: dg and dphi in one kernel, its 64-key blocks at their widest
     (1, 256, 512, 5, 7),  # and its 32-key blocks at theirs (tf32's dtheta: the 256-column wide block)
     (0, 8, 3, 4, 4),
 ]

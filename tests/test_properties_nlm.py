@@ -200,6 +200,26 @@ def test_nlm_gaussian_bfloat16_inf_times_subnormal_is_inf(backend):
     assert lse[0, n - 1].item() == math.inf
 
 
+@pytest.mark.parametrize("backend", backends())
+def test_nlm_gaussian_bfloat16_minus_inf_times_subnormal_has_probability_0(backend):
+    """phi_0j = -inf against theta_0i = 1e-40 (subnormal in bfloat16) is a -inf logit: p_ij = 0,
+    so dtheta_ki = scale sum_j ds_ij phi_kj stays finite for k > 0 (ds_ij phi_kj = 0 there), as
+    float64 autograd gives. The backward recomputes the logits: a bfloat16 GEMM that reads the
+    subnormal as 0 makes this one NaN, and with it query i's every gradient."""
+    n, query = 64, 5
+    theta = torch.linspace(-1, 1, 8 * n).reshape(1, 8, n).to(torch.bfloat16)
+    phi = torch.linspace(1, -1, 8 * n).reshape(1, 8, n).to(torch.bfloat16)
+    theta[0, 0, query], phi[0, 0, 0] = 1e-40, -math.inf
+    g = torch.linspace(-2, 2, n).reshape(1, 1, n).to(torch.bfloat16)
+    gy = torch.ones_like(g)
+    td, pd, gd, gyd = (t.to(backend.device) for t in (theta, phi, g, gy))
+    y, lse = backend.op("nlm_gaussian")(td, pd, gd, 1.0)
+    dtheta = backend.op("_nlm_gaussian_backward")(gyd, td, pd, gd, y, lse, 1.0)[0].cpu()
+    _, (dtheta64, _, _) = grads(lambda *t: nlm_oracle(*t, 1.0)[0], [f64(theta), f64(phi), f64(g)], f64(gy))
+    assert torch.isfinite(lse[0, query]) and torch.isfinite(dtheta64[0, 1:, query]).all()
+    torch.testing.assert_close(dtheta[0, 1:, query].double(), dtheta64[0, 1:, query], rtol=0.05, atol=0.05)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_nlm_gaussian_cpu_minus_inf_logit_has_probability_0(dtype):
     """A key j whose logit is -inf has p_ij = 0, as torch.softmax: dg_j = sum_i p_ij dy_i = 0,

@@ -18,6 +18,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -111,18 +114,22 @@ FR_CPU_MULTIVERSION void softmax_rows(st* __restrict__ s, int64_t rows, int64_t 
 }
 
 // Logit rows -> probabilities in place, exp(s - lse_i) from each row's saved log-sum-exp,
-// renormalised to sum to 1. The saved lse is rounded to its type's spacing at |lse| (3e-5 at
+// renormalised to sum to 1; true where a row whose lse is finite got a NaN (a NaN logit that the
+// forward's logits did not hold: see compute_dtype). The saved lse is rounded to its type's spacing at |lse| (3e-5 at
 // 400 in float32), which scales a whole row of exp(s - lse) by a common factor: the division
 // removes it, where D_i = sum_j p_ij dp_ij would keep it and ds_ij = p_ij (dp_ij - D_i), a
 // difference of nearly equal numbers, would lose its digits at large logits.
 template <typename st, typename acc>
-FR_CPU_MULTIVERSION void probability_rows(st* __restrict__ s, int64_t rows, int64_t n, const acc* __restrict__ lse) {
+FR_CPU_MULTIVERSION bool probability_rows(st* __restrict__ s, int64_t rows, int64_t n, const acc* __restrict__ lse) {
   auto& copies = row_copies<acc>();
+  bool lost = false;
   for (int64_t r = 0; r < rows; ++r) {
     acc* row = load_acc<st, acc>(s + r * n, n, copies.first);
-    normalised_exp_row(row, n, lse[r]);
+    const acc total = normalised_exp_row(row, n, lse[r]);
+    lost |= total != total && lse[r] - lse[r] == acc(0);
     store_acc(row, s + r * n, n);
   }
+  return lost;
 }
 
 // dp rows -> scale * p * (dp - D_i) in place, with D_i = sum_j p_ij dp_ij taken from the same
@@ -209,13 +216,24 @@ void bmm_accumulate(at::Tensor& out, bool first, const at::Tensor& a, const at::
 // The dtype of the GEMMs and tiles: bfloat16 inputs stay bfloat16 (this CPU path runs bfloat16
 // GEMMs with float32 accumulation, several times faster than float32 GEMMs where the CPU has
 // bfloat16 dot products), float16 is computed in float32, float32 and float64 as they are.
-// bfloat16 logits whose theta or phi holds an infinity are computed in float32 too: the bfloat16
-// GEMMs read subnormal inputs as 0 (oneDNN's kernels for larger products), which turns
-// inf * 1e-40 into NaN, a NaN logit, lse and row where the contract's logit is +-inf.
-at::ScalarType compute_dtype(const at::Tensor& theta, const at::Tensor& phi) {
-  if (theta.scalar_type() != at::kBFloat16) return acc_dtype(theta);
-  const bool infinite = theta.isinf().any().item<bool>() || phi.isinf().any().item<bool>();
-  return infinite ? at::kFloat : at::kBFloat16;
+// The bfloat16 GEMMs read subnormal inputs as 0 (oneDNN's kernels for larger products), which
+// turns inf * 1e-40 into a NaN logit where the contract's is +-inf: the ops run again in float32
+// where that may have happened (a NaN lse while theta or phi holds an infinity; in the
+// backward a NaN probability in a row whose lse is finite). Checking theta and phi for
+// infinities up front would cost 4-5 % of the forward at C512 16x16 and C1024 28x28.
+at::ScalarType compute_dtype(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 ? at::kBFloat16 : acc_dtype(t);
+}
+
+bool holds_infinity(const at::Tensor& contiguous_bf16) {
+  const auto* bits = reinterpret_cast<const uint16_t*>(contiguous_bf16.data_ptr<at::BFloat16>());
+  std::atomic<bool> found{false};
+  at::parallel_for(0, contiguous_bf16.numel(), int64_t(1) << 16, [&](int64_t begin, int64_t end) {
+    uint32_t infinities = 0;  // +-inf: exponent all ones, mantissa 0
+    for (int64_t i = begin; i < end; ++i) infinities += (bits[i] & 0x7fffu) == 0x7f80u;
+    if (infinities != 0) found.store(true, std::memory_order_relaxed);
+  });
+  return found.load();
 }
 
 template <typename T> struct cpu_acc { using type = float; };
@@ -226,12 +244,9 @@ acc* row_ptr(const at::Tensor& t, int64_t b, int64_t i) {
   return t.data_ptr<acc>() + b * t.stride(0) + i * t.stride(1);
 }
 
-std::tuple<at::Tensor, at::Tensor> nlm_gaussian_cpu(const at::Tensor& theta, const at::Tensor& phi,
-                                                    const at::Tensor& g, double scale) {
-  const Prepared p = prepare(theta, phi, g, scale);
-  const auto acc_type = acc_dtype(theta), st_type = compute_dtype(theta, phi);
-  at::Tensor lse = at::empty({p.batch, p.positions}, theta.options().dtype(acc_type));
-  at::Tensor y = at::empty({p.batch, p.channels, p.positions}, g.options().dtype(st_type));
+// y (B, C, N) in st_type, the GEMMs and tiles in st_type; lse written.
+at::Tensor forward_in(const Prepared& p, at::ScalarType st_type, at::Tensor& lse, double scale) {
+  at::Tensor y = at::empty({p.batch, p.channels, p.positions}, p.g.options().dtype(st_type));
   if (p.batch > 0 && p.positions > 0) {
     const at::Tensor q = p.theta.to(st_type), k = p.phi.to(st_type), v = p.g.to(st_type);
     const int64_t block = query_block(p.batch, p.positions, p.channels, c10::elementSize(st_type));
@@ -249,14 +264,26 @@ std::tuple<at::Tensor, at::Tensor> nlm_gaussian_cpu(const at::Tensor& theta, con
       bmm_into_columns(y, q0, len, v, s.transpose(1, 2), y_tiles);  // y_i = sum_j p_ij g_j
     }
   }
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> nlm_gaussian_cpu(const at::Tensor& theta, const at::Tensor& phi,
+                                                    const at::Tensor& g, double scale) {
+  const Prepared p = prepare(theta, phi, g, scale);
+  at::Tensor lse = at::empty({p.batch, p.positions}, theta.options().dtype(acc_dtype(theta)));
+  at::Tensor y = forward_in(p, compute_dtype(theta), lse, scale);
+  if (y.scalar_type() == at::kBFloat16 && lse.isnan().any().item<bool>() &&
+      (holds_infinity(p.theta) || holds_infinity(p.phi)))
+    y = forward_in(p, at::kFloat, lse, scale);  // compute_dtype: a NaN logit that may be inf * 0
   return {y.to(g.scalar_type()).view(g.sizes()), lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> nlm_gaussian_backward_cpu(
-    const at::Tensor& grad_y, const at::Tensor& theta, const at::Tensor& phi, const at::Tensor& g,
-    const at::Tensor& y, const at::Tensor& lse, double scale) {
-  const Prepared p = prepare_backward(grad_y, theta, phi, g, y, lse, scale);
-  const auto acc_type = acc_dtype(theta), st_type = compute_dtype(theta, phi);
+using Gradients = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// dtheta, dphi and dg (B, d or C, N), the GEMMs and tiles in st_type; nothing where a row whose
+// lse is finite got a NaN probability (compute_dtype).
+std::optional<Gradients> backward_in(const Prepared& p, at::ScalarType st_type, double scale) {
+  const auto acc_type = acc_dtype(p.theta);
   const at::Tensor q = p.theta.to(st_type), k = p.phi.to(st_type), v = p.g.to(st_type);
   at::Tensor dq, dk, dv;
   if (p.batch > 0 && p.positions > 0) {
@@ -276,14 +303,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nlm_gaussian_backward_cpu(
       const at::Tensor dy_block = dy.narrow(2, q0, len);
       at::Tensor ds = grad_tiles.get(len, 1);
       at::bmm_out(ds, dy_block.transpose(1, 2), v);  // dp_ij = dy_i . g_j
+      std::atomic<bool> lost{false};
       AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, st_type, "nlm_gaussian_backward_rows", [&] {
         using acc = typename cpu_acc<scalar_t>::type;
         for_rows(p.batch, len, [&](int64_t b, int64_t i, int64_t rows) {
           scalar_t* prob_rows = row_ptr<scalar_t>(prob, b, i);
-          probability_rows(prob_rows, rows, p.positions, row_ptr<acc>(p.lse, b, q0 + i));
+          if (probability_rows(prob_rows, rows, p.positions, row_ptr<acc>(p.lse, b, q0 + i)))
+            lost.store(true, std::memory_order_relaxed);
           logit_grad_rows(prob_rows, row_ptr<scalar_t>(ds, b, i), rows, p.positions, static_cast<acc>(scale));
         });
       });
+      if (lost.load() && st_type != acc_type) return std::nullopt;
       bmm_accumulate(dv, q0 == 0, dy_block, prob);            // dg_j += sum_i p_ij dy_i
       bmm_accumulate(dk, q0 == 0, q.narrow(2, q0, len), ds);  // dphi_j += sum_i ds_ij theta_i
       bmm_into_columns(dq, q0, len, k, ds.transpose(1, 2), dq_tiles);  // dtheta_i = sum_j ds_ij phi_j
@@ -291,6 +321,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nlm_gaussian_backward_cpu(
   } else {
     dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
   }
+  return Gradients{dq, dk, dv};
+}
+
+Gradients nlm_gaussian_backward_cpu(const at::Tensor& grad_y, const at::Tensor& theta, const at::Tensor& phi,
+                                    const at::Tensor& g, const at::Tensor& y, const at::Tensor& lse, double scale) {
+  const Prepared p = prepare_backward(grad_y, theta, phi, g, y, lse, scale);
+  std::optional<Gradients> grads = backward_in(p, compute_dtype(theta), scale);
+  if (!grads) grads = backward_in(p, at::kFloat, scale);  // compute_dtype: a NaN logit that may be inf * 0
+  const auto& [dq, dk, dv] = *grads;
   const auto dtype = theta.scalar_type();
   return {dq.to(dtype).view(theta.sizes()), dk.to(dtype).view(phi.sizes()), dv.to(dtype).view(g.sizes())};
 }

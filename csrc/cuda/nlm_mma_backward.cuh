@@ -17,15 +17,15 @@
 // them were.
 //
 // Work: every block forms the logits of its tile pairs (d deep) and, for dphi and dtheta, dp (C
-// deep), once per output slice: 256 columns a slice (128 for fp32, whose 256-column tiles would
-// not fit 48 KiB of shared memory next to the staged lse and D; fp16 / bf16 above 256 columns:
-// backward_wide_kernel's 512 or slices of 1024, nlm_mma_backward_wide.cuh). With one kernel
-// per gradient that is 1.68x the backward's minimal FLOPs in bf16 at the benchmark shape
-// C = 1024, d = 512 (with the padding of 784 positions to 800; fp32 as tf32, in slices of 128:
-// 1.71x to 5.46x at the four shapes), where the planes (p and ds written once, read by every
-// output slice) moved 4-39x its minimal bytes. fp16 / bf16 inputs with C <= 512 and d <= 256
-// take dg and dphi from one kernel instead (fused_key_gradients_kernel), which forms each
-// entry's logit and dp once for both: 1.43x at C = 256, d = 128 and at C = 512, d = 256.
+// deep), once per output slice: this kernel's blocks are up to 256 columns wide (128 for fp32,
+// whose 256-column tiles would not fit 48 KiB of shared memory next to the staged lse and D);
+// wider outputs take backward_wide_kernel (nlm_mma_backward_wide.cuh: blocks of 512, slices of
+// 1024, and for tf32 blocks of 256). With one kernel per gradient that is 1.68x the backward's
+// minimal FLOPs at the benchmark shape C = 1024, d = 512 (with the padding of 784 positions to
+// 800), where the planes (p and ds written once, read by every output slice) moved 4-39x its
+// minimal bytes. With C <= 512 and d <= 256 dg and dphi come from one kernel instead
+// (fused_key_gradients_kernel), which forms each entry's logit and dp once for both: 1.43x at
+// C = 256, d = 128 and at C = 512, d = 256.
 #include "nlm_mma_forward.cuh"
 
 namespace fastrobust {
@@ -33,7 +33,7 @@ namespace FR_KERNEL_NS {
 namespace nlm {
 
 namespace tc {
-// Output columns per block of the backward at most: fp32's tiles take twice the bytes.
+// Output columns per block of backward_mma_kernel at most: fp32's tiles take twice the bytes.
 template <typename scalar_t>
 constexpr int kBackwardSlice = std::is_same_v<scalar_t, float> ? 128 : kSliceWidth;
 }  // namespace tc
@@ -99,7 +99,8 @@ __device__ __forceinline__ GradientSlice<scalar_t> gradient_slice(const Ptrs<sca
           kByQuery ? grad_y : values,
           kByQuery ? values : grad_y,
           (kWhich == Grad::kG ? grad_y : (kWhich == Grad::kPhi ? theta : phi)) + c_first * n,
-          (kWhich == Grad::kG ? a.grad_g : (kWhich == Grad::kPhi ? a.grad_phi : a.grad_theta)) + (b * width + c_first) * n,
+          (kWhich == Grad::kG ? a.grad_g : (kWhich == Grad::kPhi ? a.grad_phi : a.grad_theta)) +
+              (b * width + c_first) * n,
           a.lse + b * n,
           columns,
           ceil_div<int64_t>(d, tc::kChunk),
@@ -203,9 +204,9 @@ __global__ void __launch_bounds__(kThreads) backward_mma_kernel(Ptrs<scalar_t, f
 }
 
 namespace tc {
-// The key-owning gradients dg and dphi in one kernel (fp16 / bf16, and fp32 as tf32), where C <= kMaxG and
-// d <= kMaxPhi of one of two shapes (Fused<kKeys>): a block owns kKeys keys with 8 warps and
-// walks the queries in tiles of kFusedQueries. Per query tile:
+// The key-owning gradients dg and dphi in one kernel (fp16 / bf16, and fp32 as tf32), where
+// C <= kMaxG and d <= kMaxPhi of one of two shapes (Fused<kKeys>): a block owns kKeys keys with
+// 8 warps and walks the queries in tiles of kFusedQueries. Per query tile:
 //   1. the tile's theta ([k][query], d rows) and dy (C rows) are staged whole (Z, pitch
 //      kLdQuery): they are the B operand of S^T = phi^T theta and dP^T = g^T dy and, after, the
 //      B operand of dphi += dS^T theta^T and dg += P^T dy^T; phi and g (the own operand, d then

@@ -11,14 +11,17 @@ nlm_gaussian is the op `fastrobust::nlm_gaussian`. It returns y and the per-row 
 softmax. The CPU kernel works in blocks of queries, the softmax recomputed block by block
 (the FlashAttention-2 scheme), extra memory O(B * N) plus an 8 MiB tile: the N x N affinity
 is held whole only where it is no larger than the output (N <= C) and fits that tile, where
-splitting it into blocks costs more than it saves. The CUDA kernels
-compute each logit (and each dp = dy . g) once into (query, key) planes in global memory, for
-forwards over more than 64 channels and for the backward, the batch in even chunks within 1 GiB of
-planes: recomputing them per slice of the wide outputs would cost several times the minimal
-work. On CUDA GPUs of compute capability 8.0 or
-newer, float16 and bfloat16 inputs run on tensor cores with float32 accumulation (the
-probabilities, and ds in the backward, are rounded to the input type before their second
-product, as FlashAttention does); float32 runs in float32 FMA (no TF32).
+splitting it into blocks costs more than it saves. Its bfloat16 GEMMs read subnormal inputs as
+0, so bfloat16 logits whose theta or phi holds an infinity are computed in float32 (an inf times
+a subnormal stays +-inf, not NaN). On CUDA GPUs of compute capability 8.0 or newer, float16 and
+bfloat16 inputs (and float32 where torch allows tf32) run on tensor cores with float32
+accumulation, FlashAttention-2's way: no (query, key) plane, the forward in one pass over the
+keys, each gradient accumulated over the other axis with its logits formed again (dg and dphi
+in one kernel where C <= 512 and d <= 256); the probabilities, and ds in the backward, are
+rounded to the input type (tf32 for float32) before their second product, as FlashAttention
+does. float32 otherwise runs in float32 FMA, each logit (and each dp = dy . g) computed once
+into (query, key) planes in global memory for forwards over more than 64 channels and for the
+backward, the batch in even chunks within 1 GiB of planes.
 
 nlm_gaussian(..., backend="auto") runs, on a CUDA GPU, whichever of the kernel,
 F.scaled_dot_product_attention and the materialising composition (logits, softmax, product) is
