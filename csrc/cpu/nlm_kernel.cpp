@@ -114,11 +114,12 @@ FR_CPU_MULTIVERSION void softmax_rows(st* __restrict__ s, int64_t rows, int64_t 
 }
 
 // Logit rows -> probabilities in place, exp(s - lse_i) from each row's saved log-sum-exp,
-// renormalised to sum to 1; true where a row whose lse is finite got a NaN (a NaN logit that the
-// forward's logits did not hold: see compute_dtype). The saved lse is rounded to its type's spacing at |lse| (3e-5 at
-// 400 in float32), which scales a whole row of exp(s - lse) by a common factor: the division
-// removes it, where D_i = sum_j p_ij dp_ij would keep it and ds_ij = p_ij (dp_ij - D_i), a
-// difference of nearly equal numbers, would lose its digits at large logits.
+// renormalised to sum to 1; true where a row whose lse is finite got a NaN (a NaN logit that
+// the forward's logits did not hold: see compute_dtype). The saved lse is rounded to its type's
+// spacing at |lse| (3e-5 at 400 in float32), which scales a whole row of exp(s - lse) by a
+// common factor: the division removes it, where D_i = sum_j p_ij dp_ij would keep it and
+// ds_ij = p_ij (dp_ij - D_i), a difference of nearly equal numbers, would lose its digits at
+// large logits.
 template <typename st, typename acc>
 FR_CPU_MULTIVERSION bool probability_rows(st* __restrict__ s, int64_t rows, int64_t n, const acc* __restrict__ lse) {
   auto& copies = row_copies<acc>();

@@ -14,9 +14,9 @@
 //   2. each warp's maxima of its rows over its keys go through shared memory (part_max); a
 //      row's new max is its old one's and those; P = exp(scale S - m_new), rounded to the input
 //      type (tf32: a float, rounded when read), goes to shared memory [query][key] (Ps) and its
-//      row sums (of the float values) to
-//      part_sum. Thread r (r < kRows) keeps row r's statistics: it writes the new max and the
-//      rescaling factor exp(m_old - m_new) of its row (row_alpha) and updates its sum l;
+//      row sums (of the float values) to part_sum. Thread r (r < kRows) keeps row r's
+//      statistics: it writes the new max and the rescaling factor exp(m_old - m_new) of its row
+//      (row_alpha) and updates its sum l;
 //   3. every warp holds all kRows rows of O for its eighth of the channels (kWidth / 8): it
 //      rescales them by row_alpha and adds P g^T, P's A operand read from Ps once per row tile
 //      and step, g's B operand once for all row tiles.
@@ -27,7 +27,8 @@
 //
 // Shared memory: the tiles are dynamic, over the 48 KiB a block gets without opting in
 // (FR_OPT_IN_DYNAMIC_SMEM): 60,416 bytes at 512 channels, 94,720 at 1024 (twice that for tf32's
-// floats: 120,832 and 189,440); the row statistics are static (1,792 and 1,408 bytes).
+// floats: 120,832 and 189,440; the tf32 backward's 128 x 256 block: 106,496); the row statistics
+// are static (1,792 and 1,408 bytes).
 // Bank conflicts: Ps has pitch 40 (20 words a row): P's 16-bit A-operand reads (rows g, words t)
 // and its writes (a row per g, a pair of keys per t) fall on 8 x 4 distinct banks; theta, phi
 // and g are read as in forward_mma_kernel (theta's pitch at 32 queries is 40: rows 2t start 40t
