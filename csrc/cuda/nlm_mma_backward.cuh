@@ -304,7 +304,7 @@ __global__ void __launch_bounds__(tc::kFusedThreads)
   FR_DYNAMIC_SMEM(scalar_t, tiles);
   const smem_ptr<scalar_t> Owns = tiles;                // phi, then g: [k][key], two chunks
   const smem_ptr<scalar_t> Zs = Owns + 2 * kOwnTile;    // theta, then dy: [k][query]
-  const smem_ptr<scalar_t> Xp = Zs + F::kZTile;         // P^T [key][query], swizzled
+  const smem_ptr<scalar_t> Xp = Zs + F::kZTile;         // P^T [key][query] (x_at)
   const smem_ptr<scalar_t> Xds = Xp + F::template kXTile<scalar_t>;  // dS^T
   FR_SHARED(float, col_lse, kFusedQueries);
   FR_SHARED(float, col_dot, kFusedQueries);

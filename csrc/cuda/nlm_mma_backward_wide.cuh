@@ -5,11 +5,11 @@
 // in registers, so above 256 columns (tf32: 128) it runs slices, each forming the logits (and dp)
 // of its tiles again: 2x and 4x them at 512 and 1024 columns (tf32: 4x and 8x).
 // backward_wide_kernel is forward_wide_kernel's block (nlm_mma_forward_wide.cuh: 8 warps,
-// Wide<kWidth>'s tiles) for a gradient: warp w forms the
-// logits (and dp) of one 16-row tile of the own positions and one share of the other axis's
-// tile, turns them into p (dg) or ds (dphi, dtheta) and writes them to shared memory (Ws); after
-// a barrier every warp multiplies all kRows rows of W into its eighth of the columns (O += W Z^T,
-// accumulate_wide). Each entry is formed once per slice of up to 1024 columns.
+// Wide<kWidth>'s tiles) for a gradient: warp w forms the logits (and dp) of one 16-row tile of
+// the own positions and one share of the other axis's tile, turns them into p (dg) or ds (dphi,
+// dtheta) and writes them to shared memory (Ws); after a barrier every warp multiplies all kRows
+// rows of W into its eighth of the columns (O += W Z^T, accumulate_wide). Each entry is formed
+// once per slice of up to 1024 columns.
 // The per-entry factors are as backward_mma_kernel's: a query-owning block (dtheta) holds its
 // rows' lse and D in registers, a key-owning block (dg, dphi) stages the query tile's in shared
 // memory.

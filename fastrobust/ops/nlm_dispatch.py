@@ -75,8 +75,8 @@ MEASURED_EFFICIENCY = {
 # The tensor-core kernels' tiles (csrc/cuda/nlm_mma_forward*.cuh, nlm_mma_backward*.cuh): a block
 # owns 64 positions (but for the wide kernels and the fused dg and dphi below) and walks the
 # others 32 at a time (16 for fp32 on tf32, whose tiles take twice the bytes), its reductions in
-# chunks of 32 rows, its output in tiles of 8 columns, on blocks 64, 128 or 256 columns wide (the
-# narrowest that holds the output), or on slices of 256 (the fp32 backward: 128).
+# chunks of 32 rows, its output in tiles of 8 columns, on one block 64, 128 or 256 columns wide
+# (the narrowest that holds the output; the tf32 backward's blocks stop at 128: BACKWARD_SLICE).
 OWN_TILE, CHUNK, ONE_PASS_WIDTH, ONE_PASS_TILE = 64, 32, 256, 8
 ONE_PASS_KEYS = {2: 32, 4: 16}  # by element size
 # Above their widest narrow slice (ONE_PASS_WIDTH; the tf32 backward's 128) the kernels take
@@ -84,7 +84,7 @@ ONE_PASS_KEYS = {2: 32, 4: 16}  # by element size
 # positions (the tf32 backward up to 256 columns), of 512 and 64, or slices of 1024 columns and
 # 32 positions, each logit (and dp) formed once per slice, the others WIDE_KEYS at a time.
 WIDE_ROWS, WIDE_KEYS = {256: 128, 512: 64, 1024: 32}, 32
-BACKWARD_SLICE = {2: 256, 4: 128}
+BACKWARD_SLICE = {2: 256, 4: 128}  # the backward's widest narrow block, by element size
 # The tensor-core backward forms dg and dphi in one kernel (fused_key_gradients_kernel) where d
 # and C are at most these: each entry's logit and dp once for both; its blocks own the keys (64
 # or 32) the widths map to and walk the queries FUSED_QUERIES at a time.
@@ -121,22 +121,15 @@ def check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
 
 
-def slice_widths(width: int, widest: int = ONE_PASS_WIDTH) -> List[int]:
-    """The columns of each slice of an output `width` wide: one block of the narrowest of 64, 128
-    and widest that holds it, else slices of widest."""
-    block = next((w for w in (64, 128) if width <= w), widest)
-    return [min(block, width - s * block) for s in range(max(1, math.ceil(width / block)))]
-
-
 def output_slices(width: int, element: int, widest: int = ONE_PASS_WIDTH) -> List[Tuple[int, int, int]]:
     """(columns, own positions per block, other positions per tile) of each slice of a
-    tensor-core kernel's output `width` wide, of inputs of `element` bytes: slice_widths of its
-    narrow kernels (up to `widest` columns; ONE_PASS_KEYS a tile), or above `widest` the wide
+    tensor-core kernel's output `width` wide, of inputs of `element` bytes: one block of its
+    narrow kernels up to `widest` columns (ONE_PASS_KEYS a tile), or above that the wide
     kernels' one block of 256 or 512 columns or slices of 1024 (WIDE_ROWS), WIDE_KEYS a tile."""
     if width > widest:
         block = next((w for w in (256, 512) if width <= w), 1024)
         return [(min(block, width - s * block), WIDE_ROWS[block], WIDE_KEYS) for s in range(math.ceil(width / block))]
-    return [(w, OWN_TILE, ONE_PASS_KEYS[element]) for w in slice_widths(width, widest)]
+    return [(width, OWN_TILE, ONE_PASS_KEYS[element])]
 
 
 def kernel_flops(b: int, d: int, c: int, n: int, backward: bool, element: int = 2) -> int:
